@@ -1,0 +1,305 @@
+//! Sonde's benchmarks: commands that print figures (not tests). Each starts what it needs (a local
+//! control plane, the operator, the agent) and prints a small table for BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run -p sonde-e2e --bin sonde-bench -- all [--release]
+//! cargo run -p sonde-e2e --bin sonde-bench -- apply-latency --runs 20
+//! cargo run -p sonde-e2e --bin sonde-bench -- operator-scale --crs 1000 --nodes 200
+//! cargo run -p sonde-e2e --bin sonde-bench -- agent-rss
+//! ```
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use clap::{Parser, Subcommand};
+use futures::{StreamExt, TryStreamExt, stream};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use sonde_api::{BpftraceScript, NodeAssignment};
+use sonde_e2e::cluster::{Cluster, Install};
+use sonde_e2e::fake_pod;
+use sonde_e2e::observe;
+use sonde_e2e::sonde::{Agent, Operator, cpu_seconds, memory_kib};
+use sonde_e2e::suite;
+use sonde_e2e::tools::{self, SondeBinaries};
+use sonde_e2e::wait;
+
+#[derive(Parser)]
+#[command(about = "Sonde benchmarks: print figures for BENCHMARKS.md")]
+struct Cli {
+    /// Measure release builds of sonde-operator and sonde-agent (built first) instead of debug builds.
+    #[arg(long, global = true)]
+    release: bool,
+    #[command(subcommand)]
+    bench: Option<Bench>,
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum Bench {
+    /// `kubectl apply` of a BpftraceScript until the CR is Ready (operator + agent on a local control plane).
+    ApplyLatency {
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+    },
+    /// Operator CPU and peak RSS to write every NodeAssignment for many CRs over many simulated nodes.
+    OperatorScale {
+        #[arg(long, default_value_t = 1000)]
+        crs: usize,
+        #[arg(long, default_value_t = 200)]
+        nodes: usize,
+    },
+    /// Standalone agent RSS when idle and with one bpftrace script.
+    AgentRss,
+    /// All of the above with their defaults.
+    All,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let bins = tools::build_sonde_profile(cli.release)?;
+    println!(
+        "# Sonde benchmarks ({} builds; {} CPUs)",
+        if cli.release { "release" } else { "debug" },
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let rt = tokio::runtime::Runtime::new()?;
+    let benches = match cli.bench.unwrap_or(Bench::All) {
+        Bench::All => vec![
+            Bench::ApplyLatency { runs: 20 },
+            Bench::OperatorScale {
+                crs: 1000,
+                nodes: 200,
+            },
+            Bench::AgentRss,
+        ],
+        one => vec![one],
+    };
+    for bench in benches {
+        match bench {
+            Bench::ApplyLatency { runs } => rt.block_on(apply_latency(&bins, runs))?,
+            Bench::OperatorScale { crs, nodes } => {
+                rt.block_on(operator_scale(&bins, crs, nodes))?
+            }
+            Bench::AgentRss => rt.block_on(agent_rss(&bins))?,
+            Bench::All => {}
+        }
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn script(name: &str, node_selector: Option<(&str, &str)>) -> BpftraceScript {
+    let mut spec = serde_json::json!({
+        "program": "tracepoint:syscalls:sys_enter_getppid { @calls = count(); }\n",
+    });
+    if let Some((k, v)) = node_selector {
+        spec["nodeSelector"] = serde_json::json!({ k: v });
+    }
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "sonde.dev/v1alpha1", "kind": "BpftraceScript",
+        "metadata": { "name": name }, "spec": spec,
+    }))
+    .unwrap_or_else(|e| panic!("the benchmark's BpftraceScript does not match the API types: {e}"))
+}
+
+async fn apply_latency(bins: &SondeBinaries, runs: usize) -> Result<()> {
+    let dir = suite::work_dir("sonde-bench-")?;
+    let logs = dir.path().join("logs");
+    let cluster = Cluster::start(dir.path(), Install { rbac: true }).await?;
+    let ids = cluster.identities()?.clone();
+    fake_pod::create_node(&cluster.client, "node-a", &BTreeMap::new()).await?;
+    let _operator = Operator::start(bins, &ids.operator_kubeconfig, "sonde-operator-0", &logs)?;
+    let mut agent = Agent::start_cluster(bins, &ids.agent_kubeconfig, "node-a", &logs)?;
+    agent.wait_healthy().await?;
+    let api: Api<BpftraceScript> = Api::all(cluster.client.clone());
+    let mut samples = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let name = format!("bench-{i}");
+        let yaml = serde_yaml_ng::to_string(&script(&name, None))?;
+        let start = Instant::now();
+        cluster.kubectl.apply(&yaml)?;
+        wait::until(
+            &format!("{name} Ready"),
+            Duration::from_secs(60),
+            || async {
+                let s = api.get(&name).await?;
+                let ready = s.status.as_ref().is_some_and(|st| {
+                    st.observed_generation == s.metadata.generation
+                        && observe::condition(st, "Ready").is_some_and(|c| c.status == "True")
+                });
+                Ok(ready.then_some(()))
+            },
+        )
+        .await
+        .with_context(|| format!("agent log:\n{}", agent.proc.log_tail(20)))?;
+        samples.push(start.elapsed());
+        api.delete(&name, &DeleteParams::default()).await?;
+        wait::until(
+            &format!("{name} deleted"),
+            Duration::from_secs(60),
+            || async { Ok(api.get_opt(&name).await?.is_none().then_some(())) },
+        )
+        .await?;
+    }
+    samples.sort();
+    println!(
+        "\n## kubectl apply of a BpftraceScript -> CR Ready ({runs} runs, operator + agent, local control plane)"
+    );
+    println!("| p50 | p90 | min | max |");
+    println!("|---|---|---|---|");
+    println!(
+        "| {:.0} ms | {:.0} ms | {:.0} ms | {:.0} ms |",
+        percentile(&samples, 0.5).as_secs_f64() * 1e3,
+        percentile(&samples, 0.9).as_secs_f64() * 1e3,
+        samples.first().copied().unwrap_or_default().as_secs_f64() * 1e3,
+        samples.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+async fn operator_scale(bins: &SondeBinaries, crs: usize, nodes: usize) -> Result<()> {
+    const GROUPS: usize = 10;
+    ensure!(nodes >= GROUPS, "use at least {GROUPS} nodes");
+    let dir = suite::work_dir("sonde-bench-")?;
+    let logs = dir.path().join("logs");
+    let cluster = Cluster::start(dir.path(), Install { rbac: true }).await?;
+    let ids = cluster.identities()?.clone();
+    let client = cluster.client.clone();
+    // Nodes in GROUPS groups; CR i selects group i % GROUPS, so every node gets crs/GROUPS probes.
+    stream::iter(0..nodes)
+        .map(|i| {
+            let client = client.clone();
+            async move {
+                let labels = BTreeMap::from([(
+                    "sonde.dev/bench-group".to_string(),
+                    format!("g{}", i % GROUPS),
+                )]);
+                fake_pod::create_node(&client, &format!("node-{i:04}"), &labels).await
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let api: Api<BpftraceScript> = Api::all(client.clone());
+    stream::iter(0..crs)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let group = format!("g{}", i % GROUPS);
+                let s = script(
+                    &format!("scale-{i:05}"),
+                    Some(("sonde.dev/bench-group", &group)),
+                );
+                api.create(&PostParams::default(), &s).await.map(drop)
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<_>>()
+        .await?;
+    let mut expected: BTreeMap<String, u32> = BTreeMap::new();
+    for i in 0..nodes {
+        let group = i % GROUPS;
+        let count = (0..crs).filter(|c| c % GROUPS == group).count() as u32;
+        expected.insert(format!("node-{i:04}"), count);
+    }
+
+    let start = Instant::now();
+    let mut operator = Operator::start(bins, &ids.operator_kubeconfig, "sonde-operator-0", &logs)?;
+    let pid = operator.proc.pid();
+    let nas: Api<NodeAssignment> = Api::all(client.clone());
+    wait::until(
+        "every NodeAssignment written",
+        Duration::from_secs(600),
+        || async {
+            let list = nas.list(&ListParams::default()).await?;
+            let done = list
+                .items
+                .iter()
+                .filter(|na| {
+                    let name = na.metadata.name.as_deref().unwrap_or_default();
+                    expected.get(name) == Some(&(na.spec.probes.len() as u32))
+                })
+                .count();
+            Ok((done == nodes).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| format!("operator log:\n{}", operator.proc.log_tail(20)))?;
+    let wall = start.elapsed();
+    let cpu = cpu_seconds(pid)?;
+    // VmHWM is the kernel's own high-water mark of the RSS, so one read at the end is the peak.
+    let (_, peak_kib) = memory_kib(pid)?;
+    println!(
+        "\n## Operator: {crs} BpftraceScripts over {nodes} simulated nodes (NodeAssignments only, no agents)"
+    );
+    println!(
+        "| CRs | nodes | probes per node | wall until all written | operator CPU | operator peak RSS |"
+    );
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {crs} | {nodes} | {} | {:.1} s | {:.2} s | {:.1} MiB |",
+        crs / GROUPS,
+        wall.as_secs_f64(),
+        cpu,
+        peak_kib as f64 / 1024.0
+    );
+    operator.proc.stop(Duration::from_secs(5));
+    Ok(())
+}
+
+async fn agent_rss(bins: &SondeBinaries) -> Result<()> {
+    let dir = suite::work_dir("sonde-bench-")?;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let settle = Duration::from_secs(5);
+
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let mut idle = Agent::start_standalone(bins, &empty, &logs)?;
+    idle.wait_healthy().await?;
+    tokio::time::sleep(settle).await;
+    let (idle_rss, idle_hwm) = memory_kib(idle.proc.pid())?;
+    idle.proc.stop(Duration::from_secs(10));
+
+    let one = dir.path().join("one-script");
+    std::fs::create_dir_all(&one)?;
+    std::fs::write(
+        one.join("getppid.yaml"),
+        serde_yaml_ng::to_string(&script("getppid", None))?,
+    )?;
+    let mut busy = Agent::start_standalone(bins, &one, &logs)?;
+    busy.wait_healthy().await?;
+    let agent_pid = busy.proc.pid();
+    let bpftrace = wait::until("the script's bpftrace", Duration::from_secs(60), || async {
+        Ok(observe::bpftrace_descendants(agent_pid).first().copied())
+    })
+    .await
+    .with_context(|| format!("agent log:\n{}", busy.proc.log_tail(20)))?;
+    tokio::time::sleep(settle).await;
+    let (busy_rss, busy_hwm) = memory_kib(agent_pid)?;
+    let (bt_rss, _) = memory_kib(bpftrace).unwrap_or((0, 0));
+    busy.proc.stop(Duration::from_secs(10));
+
+    let mib = |k: u64| k as f64 / 1024.0;
+    println!("\n## Standalone agent memory (after {settle:?} settled)");
+    println!("| case | agent RSS | agent peak RSS | bpftrace child RSS |");
+    println!("|---|---|---|---|");
+    println!(
+        "| no manifests | {:.1} MiB | {:.1} MiB | - |",
+        mib(idle_rss),
+        mib(idle_hwm)
+    );
+    println!(
+        "| one bpftrace script | {:.1} MiB | {:.1} MiB | {:.1} MiB |",
+        mib(busy_rss),
+        mib(busy_hwm),
+        mib(bt_rss)
+    );
+    Ok(())
+}

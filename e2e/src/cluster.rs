@@ -1,0 +1,154 @@
+//! A control plane prepared for Sonde: CRDs from `crds/`, the chart's RBAC from `helm template`, and a
+//! separate identity (ServiceAccount token from the TokenRequest API) for the operator, the agent, a
+//! user allowed to read tables and a user who is not.
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::control_plane::ControlPlane;
+use crate::helm;
+use crate::kubeconfig;
+use crate::kubectl::Kubectl;
+use crate::wait;
+
+/// Namespace the test's own pods and ServiceAccounts live in.
+pub const TEST_NAMESPACE: &str = "sonde-e2e";
+/// ServiceAccount bound to the chart's `sonde-data-reader` ClusterRole.
+pub const READER_SA: &str = "table-reader";
+/// ServiceAccount with no permissions at all.
+pub const OUTSIDER_SA: &str = "outsider";
+
+/// What [`Cluster::start`] installs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Install {
+    /// Also install the chart's RBAC and make the operator/agent/reader identities (needs helm).
+    pub rbac: bool,
+}
+
+/// Identities made from the chart's ServiceAccounts.
+#[derive(Clone, Debug)]
+pub struct Identities {
+    pub operator_kubeconfig: PathBuf,
+    pub agent_kubeconfig: PathBuf,
+    /// Token of a user granted `sonde-data-reader` (get nodes/proxy).
+    pub reader_token: String,
+    /// Token of a user with no roles.
+    pub outsider_token: String,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub control_plane: ControlPlane,
+    /// kubectl as the admin.
+    pub kubectl: Kubectl,
+    /// kube client as the admin.
+    pub client: kube::Client,
+    pub identities: Option<Identities>,
+}
+
+impl Cluster {
+    /// Starts a control plane in `dir` and installs the CRDs (and the chart's RBAC when asked).
+    pub async fn start(dir: &Path, install: Install) -> Result<Cluster> {
+        let control_plane = ControlPlane::start(dir).await?;
+        let kubectl = Kubectl::new(&control_plane.admin_kubeconfig)?;
+        let client = kubeconfig::client(&control_plane.admin_kubeconfig).await?;
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            control_plane,
+            kubectl,
+            client,
+            identities: None,
+        };
+        cluster.install_crds().await?;
+        for ns in [TEST_NAMESPACE, helm::NAMESPACE] {
+            cluster.ensure_namespace(ns)?;
+        }
+        if install.rbac {
+            cluster.identities = Some(cluster.install_rbac()?);
+        }
+        Ok(cluster)
+    }
+
+    /// The identities; fails if the cluster was started without RBAC.
+    pub fn identities(&self) -> Result<&Identities> {
+        self.identities
+            .as_ref()
+            .context("this cluster was started without the chart's RBAC (Install { rbac: true })")
+    }
+
+    pub fn ensure_namespace(&self, ns: &str) -> Result<()> {
+        self.kubectl.apply(&format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+        ))?;
+        Ok(())
+    }
+
+    /// `kubectl apply -f crds/` and waits until every CRD is Established.
+    async fn install_crds(&self) -> Result<()> {
+        let crds = crate::tools::workspace_root().join("crds");
+        self.kubectl
+            .run(&["apply", "-f", &crds.to_string_lossy()], None)
+            .context("installing crds/*.yaml")?;
+        let kubectl = self.kubectl.clone();
+        wait::until("CRDs Established", Duration::from_secs(30), || {
+            let out = kubectl.run(
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=5s",
+                    "-f",
+                    &crds.to_string_lossy(),
+                ],
+                None,
+            );
+            async move { Ok(out.is_ok().then_some(())) }
+        })
+        .await
+    }
+
+    /// Installs the chart's RBAC objects and makes a kubeconfig or token per identity.
+    fn install_rbac(&self) -> Result<Identities> {
+        let rbac = helm::rbac_manifests()?;
+        self.kubectl
+            .apply(&rbac)
+            .context("applying the chart's RBAC objects")?;
+        self.kubectl.apply(&format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {READER_SA}, namespace: {TEST_NAMESPACE}}}\n\
+             ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {OUTSIDER_SA}, namespace: {TEST_NAMESPACE}}}\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+             metadata: {{name: e2e-table-reader}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sonde-data-reader}}\n\
+             subjects: [{{kind: ServiceAccount, name: {READER_SA}, namespace: {TEST_NAMESPACE}}}]\n"
+        ))?;
+        let operator_token = self.token(helm::NAMESPACE, &format!("{}-operator", helm::RELEASE))?;
+        let agent_token = self.token(helm::NAMESPACE, &format!("{}-agent", helm::RELEASE))?;
+        let cp = &self.control_plane;
+        Ok(Identities {
+            operator_kubeconfig: cp.token_kubeconfig(
+                &self.dir.join("operator.kubeconfig"),
+                "sonde-operator",
+                &operator_token,
+            )?,
+            agent_kubeconfig: cp.token_kubeconfig(
+                &self.dir.join("agent.kubeconfig"),
+                "sonde-agent",
+                &agent_token,
+            )?,
+            reader_token: self.token(TEST_NAMESPACE, READER_SA)?,
+            outsider_token: self.token(TEST_NAMESPACE, OUTSIDER_SA)?,
+        })
+    }
+
+    /// A token for a ServiceAccount from the TokenRequest API (`kubectl create token`).
+    pub fn token(&self, namespace: &str, sa: &str) -> Result<String> {
+        let out = self
+            .kubectl
+            .run(
+                &["create", "token", sa, "-n", namespace, "--duration=24h"],
+                None,
+            )
+            .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{sa}"))?;
+        Ok(out.trim().to_owned())
+    }
+}

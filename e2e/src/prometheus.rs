@@ -1,0 +1,78 @@
+//! A real Prometheus (Debian's `prometheus`) scraping targets every second, and queries to its HTTP API.
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::{tools, wait};
+
+pub struct Prometheus {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub proc: Proc,
+}
+
+impl Prometheus {
+    /// Starts Prometheus scraping `targets` (host:port, path /metrics) every second.
+    pub async fn start(dir: &Path, targets: &[String]) -> Result<Prometheus> {
+        std::fs::create_dir_all(dir.join("prometheus-data"))?;
+        let config = dir.join("prometheus.yml");
+        let targets_yaml = serde_json::to_string(targets)?;
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+                 scrape_configs:\n  - job_name: sonde-agent\n    static_configs:\n      - targets: {targets_yaml}\n"
+            ),
+        )
+        .with_context(|| format!("writing {}", config.display()))?;
+        let port = free_port()?;
+        let mut cmd = Command::new(tools::prometheus()?);
+        cmd.arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("prometheus-data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let mut prom = Prometheus {
+            url: format!("http://127.0.0.1:{port}"),
+            proc: Proc::spawn("prometheus", cmd, &dir.join("logs"))?,
+        };
+        let http = reqwest::Client::new();
+        let ready = format!("{}/-/ready", prom.url);
+        let proc = &mut prom.proc;
+        wait::until("prometheus /-/ready", Duration::from_secs(30), || {
+            let running = proc.is_running();
+            let req = http.get(&ready).send();
+            async move {
+                if !running {
+                    bail!("prometheus exited");
+                }
+                Ok(req.await.ok().filter(|r| r.status().is_success()).map(drop))
+            }
+        })
+        .await?;
+        Ok(prom)
+    }
+
+    /// Runs an instant query; returns `data.result`.
+    pub async fn query(&self, promql: &str) -> Result<Vec<serde_json::Value>> {
+        let resp: serde_json::Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query", self.url))
+            .query(&[("query", promql)])
+            .send()
+            .await?
+            .json()
+            .await?;
+        if resp["status"] != "success" {
+            bail!("prometheus query {promql:?} failed: {resp}");
+        }
+        Ok(resp["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+}

@@ -1,0 +1,158 @@
+//! Sonde's own processes, each with its own identity: `sonde-operator` replicas and a `sonde-agent`
+//! per (fake) node, plus a standalone agent for benchmarks.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::helm;
+use crate::ports::free_port;
+use crate::process::Proc;
+use crate::tools::SondeBinaries;
+use crate::wait;
+
+/// A running `sonde-operator` replica.
+pub struct Operator {
+    /// Its POD_NAME, which is also its Lease holder identity.
+    pub pod_name: String,
+    pub metrics_addr: String,
+    pub proc: Proc,
+}
+
+impl Operator {
+    pub fn start(
+        bins: &SondeBinaries,
+        kubeconfig: &Path,
+        pod_name: &str,
+        log_dir: &Path,
+    ) -> Result<Operator> {
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        let mut cmd = Command::new(&bins.operator);
+        cmd.args(["--metrics-listen", &metrics_addr])
+            .args(["--lease-namespace", helm::NAMESPACE])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", pod_name)
+            .env("POD_NAMESPACE", helm::NAMESPACE)
+            .env("RUST_LOG", "info,sonde_operator=debug");
+        Ok(Operator {
+            pod_name: pod_name.to_owned(),
+            metrics_addr,
+            proc: Proc::spawn(pod_name, cmd, log_dir)?,
+        })
+    }
+}
+
+/// A running `sonde-agent`.
+pub struct Agent {
+    pub node: Option<String>,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Agent {
+    /// An agent for `node`, talking to the API server as the agent identity.
+    pub fn start_cluster(
+        bins: &SondeBinaries,
+        kubeconfig: &Path,
+        node: &str,
+        log_dir: &Path,
+    ) -> Result<Agent> {
+        let port = free_port()?;
+        let mut cmd = Command::new(&bins.agent);
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--node-name", node])
+            .env("KUBECONFIG", kubeconfig)
+            .env("NODE_NAME", node)
+            .env("RUST_LOG", "info,sonde_agent=debug");
+        Ok(Agent {
+            node: Some(node.to_owned()),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            proc: Proc::spawn(&format!("agent-{node}"), cmd, log_dir)?,
+        })
+    }
+
+    /// A standalone agent (`--manifests DIR`), no Kubernetes.
+    pub fn start_standalone(
+        bins: &SondeBinaries,
+        manifests: &Path,
+        log_dir: &Path,
+    ) -> Result<Agent> {
+        let port = free_port()?;
+        let mut cmd = Command::new(&bins.agent);
+        cmd.arg("--manifests")
+            .arg(manifests)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env_remove("KUBECONFIG")
+            .env("RUST_LOG", "info");
+        Ok(Agent {
+            node: None,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            proc: Proc::spawn("agent-standalone", cmd, log_dir)?,
+        })
+    }
+
+    /// Waits until `/healthz` answers 200.
+    pub async fn wait_healthy(&mut self) -> Result<()> {
+        let http = reqwest::Client::new();
+        let url = format!("{}/healthz", self.url);
+        let proc = &mut self.proc;
+        wait::until("agent /healthz", Duration::from_secs(60), || {
+            let running = proc.is_running();
+            let req = http.get(&url).send();
+            async move {
+                if !running {
+                    bail!("the agent exited");
+                }
+                Ok(req.await.ok().filter(|r| r.status().is_success()).map(drop))
+            }
+        })
+        .await
+    }
+}
+
+/// Resident set size now and at its peak (VmRSS, VmHWM) of a process, in KiB.
+pub fn memory_kib(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+/// CPU time (user + system) a process has used, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        bail!("unexpected /proc/{pid}/stat format");
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based, man 5 proc).
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // SAFETY: sysconf has no preconditions; it only reads a constant of the running system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    Ok((ticks(14) + ticks(15)) as f64 / hz)
+}
+
+/// Paths of the log files of processes, for failure reports.
+pub fn log_paths<'a>(procs: impl IntoIterator<Item = &'a Proc>) -> Vec<PathBuf> {
+    procs
+        .into_iter()
+        .map(|p| p.log_path().to_path_buf())
+        .collect()
+}

@@ -1,0 +1,330 @@
+//! Apply-time validation and the Helm chart, against a real kube-apiserver with Sonde's CRDs (no
+//! operator or agent needed): every bad manifest is rejected with a message naming the field, every
+//! example is accepted, and the chart lints and renders objects the API server accepts.
+//!
+//! Needs: etcd, kube-apiserver and helm from `scripts/setup e2e`, kubectl, openssl.
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail, ensure};
+use sonde_e2e::cluster::{Cluster, Install, TEST_NAMESPACE};
+use sonde_e2e::suite::{self, Environment, Scenario};
+use sonde_e2e::{helm, tools};
+
+struct Env {
+    cluster: Cluster,
+    _dir: tempfile::TempDir,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Environment for Env {
+    fn diagnostics(&self) -> String {
+        suite::log_section(
+            "kube-apiserver log",
+            self.cluster.control_plane.apiserver.log_path(),
+            20,
+        )
+    }
+}
+
+fn setup() -> Result<Env> {
+    let rt = tokio::runtime::Runtime::new()?;
+    let dir = suite::work_dir("sonde-e2e-validation-")?;
+    let cluster = rt.block_on(Cluster::start(dir.path(), Install::default()))?;
+    for ns in ["shop", "demo"] {
+        cluster.ensure_namespace(ns)?;
+    }
+    Ok(Env {
+        cluster,
+        _dir: dir,
+        _rt: rt,
+    })
+}
+
+/// A manifest the API server must reject, and words its message must contain.
+struct BadManifest {
+    case: &'static str,
+    yaml: String,
+    message_contains: &'static [&'static str],
+}
+
+fn tracepoint(spec: &str) -> String {
+    format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata: {{name: bad, namespace: {TEST_NAMESPACE}}}\nspec:\n{spec}"
+    )
+}
+
+fn dynamic_log(spec: &str) -> String {
+    format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: DynamicLog\nmetadata: {{name: bad, namespace: {TEST_NAMESPACE}}}\nspec:\n{spec}"
+    )
+}
+
+fn bpftrace_script(spec: &str) -> String {
+    format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: BpftraceScript\nmetadata: {{name: bad}}\nspec:\n{spec}"
+    )
+}
+
+fn bad_manifests() -> Vec<BadManifest> {
+    vec![
+        BadManifest {
+            case: "a_tracepoint_without_any_selector",
+            yaml: tracepoint("  probe: {protocols: [http]}\n"),
+            message_contains: &["spec.selector", "spec.process", "is required"],
+        },
+        BadManifest {
+            case: "a_dynamic_log_without_any_selector",
+            yaml: dynamic_log("  function: main.handle\n"),
+            message_contains: &["spec.selector", "spec.process", "is required"],
+        },
+        BadManifest {
+            case: "an_unknown_protocol",
+            yaml: tracepoint(
+                "  selector: {matchLabels: {app: web}}\n  probe: {protocols: [http, gopher]}\n",
+            ),
+            message_contains: &["spec.probe.protocols[1]", "gopher", "Unsupported value"],
+        },
+        BadManifest {
+            case: "both_protocols_and_profiler",
+            yaml: tracepoint(
+                "  selector: {matchLabels: {app: web}}\n  probe: {protocols: [http], profiler: {frequencyHz: 99}}\n",
+            ),
+            message_contains: &["spec.probe", "exactly one of protocols or profiler"],
+        },
+        BadManifest {
+            case: "neither_protocols_nor_profiler",
+            yaml: tracepoint("  selector: {matchLabels: {app: web}}\n  probe: {}\n"),
+            message_contains: &["spec.probe", "exactly one of protocols or profiler"],
+        },
+        BadManifest {
+            case: "a_profiler_frequency_of_zero",
+            yaml: tracepoint(
+                "  selector: {matchLabels: {app: web}}\n  probe: {profiler: {frequencyHz: 0}}\n",
+            ),
+            message_contains: &[
+                "spec.probe.profiler.frequencyHz",
+                "greater than or equal to 1",
+            ],
+        },
+        BadManifest {
+            case: "a_profiler_frequency_of_5000",
+            yaml: tracepoint(
+                "  selector: {matchLabels: {app: web}}\n  probe: {profiler: {frequencyHz: 5000}}\n",
+            ),
+            message_contains: &[
+                "spec.probe.profiler.frequencyHz",
+                "less than or equal to 1000",
+            ],
+        },
+        BadManifest {
+            case: "a_ttl_written_in_words",
+            yaml: tracepoint(
+                "  selector: {matchLabels: {app: web}}\n  ttl: 30 minutes\n  probe: {protocols: [http]}\n",
+            ),
+            message_contains: &["spec.ttl", "ttl must be a duration"],
+        },
+        BadManifest {
+            case: "a_bpftrace_script_with_a_ttl_in_words",
+            yaml: bpftrace_script("  program: 'BEGIN { exit(); }'\n  ttl: 30 minutes\n"),
+            message_contains: &["spec.ttl", "ttl must be a duration"],
+        },
+        BadManifest {
+            case: "an_empty_bpftrace_program",
+            yaml: bpftrace_script("  program: '   '\n"),
+            message_contains: &["spec.program", "must contain a bpftrace program"],
+        },
+        BadManifest {
+            case: "an_empty_function_name",
+            yaml: dynamic_log("  selector: {matchLabels: {app: web}}\n  function: ''\n"),
+            message_contains: &["spec.function", "must name a function"],
+        },
+        BadManifest {
+            case: "a_table_name_with_dashes_and_capitals",
+            yaml: bpftrace_script("  program: 'BEGIN { exit(); }'\n  tableName: Bad-Table\n"),
+            message_contains: &["spec.tableName", "lower-case identifier"],
+        },
+        BadManifest {
+            case: "a_dynamic_log_table_name_starting_with_a_digit",
+            yaml: dynamic_log(
+                "  selector: {matchLabels: {app: web}}\n  function: main.handle\n  tableName: 1rows\n",
+            ),
+            message_contains: &["spec.tableName", "lower-case identifier"],
+        },
+        BadManifest {
+            case: "a_process_selector_without_exe_or_cmdline",
+            yaml: tracepoint("  process: {}\n  probe: {protocols: [http]}\n"),
+            message_contains: &["spec.process", "exe", "cmdline"],
+        },
+        BadManifest {
+            case: "an_unknown_spec_field",
+            yaml: bpftrace_script("  program: 'BEGIN { exit(); }'\n  nodeSelectr: {a: b}\n"),
+            message_contains: &["nodeSelectr"],
+        },
+    ]
+}
+
+/// `kubectl apply` must fail and its message must name the field.
+fn rejects(env: &Env, bad: &BadManifest) -> Result<()> {
+    let out = env
+        .cluster
+        .kubectl
+        .output(&["apply", "-f", "-"], Some(&bad.yaml))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // Leave nothing behind for the next case.
+        let _ = env
+            .cluster
+            .kubectl
+            .output(&["delete", "-f", "-"], Some(&bad.yaml));
+        bail!("the API server accepted {}:\n{}", bad.case, bad.yaml);
+    }
+    for needle in bad.message_contains {
+        ensure!(
+            stderr.contains(needle),
+            "the rejection of {} does not mention {needle:?}; kubectl said:\n{stderr}",
+            bad.case
+        );
+    }
+    Ok(())
+}
+
+fn every_example_manifest_is_accepted_by_the_api_server(env: &Env) -> Result<()> {
+    let root = tools::workspace_root().join("examples");
+    let mut files = vec![];
+    for dir in [root.clone(), root.join("cluster")] {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?
+        {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                files.push(path);
+            }
+        }
+    }
+    ensure!(
+        !files.is_empty(),
+        "no example manifests under {}",
+        root.display()
+    );
+    for file in files {
+        env.cluster
+            .kubectl
+            .run(
+                &["apply", "--dry-run=server", "-f", &file.to_string_lossy()],
+                None,
+            )
+            .with_context(|| format!("example {} was rejected", file.display()))?;
+    }
+    Ok(())
+}
+
+fn helm_lint_passes(_: &Env) -> Result<()> {
+    let out = helm::lint()?;
+    ensure!(out.contains("0 chart(s) failed"), "helm lint: {out}");
+    Ok(())
+}
+
+fn the_rendered_chart_is_accepted_by_a_server_side_dry_run(env: &Env) -> Result<()> {
+    let rendered = helm::template(&["--include-crds"])?;
+    let out = env
+        .cluster
+        .kubectl
+        .run(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered))?;
+    for object in [
+        "deployment.apps/sonde-operator",
+        "daemonset.apps/sonde-agent",
+        "clusterrole.rbac.authorization.k8s.io/sonde-data-reader",
+    ] {
+        ensure!(
+            out.contains(object),
+            "{object} missing from the dry run:\n{out}"
+        );
+    }
+    Ok(())
+}
+
+fn monitors_are_rendered_only_when_enabled(_: &Env) -> Result<()> {
+    let kinds = |args: &[&str]| -> Result<Vec<String>> {
+        Ok(helm::documents(&helm::template(args)?)?
+            .iter()
+            .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+            .collect())
+    };
+    let default = kinds(&[])?;
+    ensure!(
+        !default
+            .iter()
+            .any(|k| k == "ServiceMonitor" || k == "PodMonitor"),
+        "monitors rendered by default: {default:?}"
+    );
+    let enabled = kinds(&[
+        "--set",
+        "monitoring.serviceMonitor.enabled=true",
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+    ])?;
+    for kind in ["ServiceMonitor", "PodMonitor"] {
+        ensure!(
+            enabled.iter().any(|k| k == kind),
+            "{kind} not rendered: {enabled:?}"
+        );
+    }
+    Ok(())
+}
+
+fn the_chart_gives_the_agent_only_status_patch_on_node_assignments(_: &Env) -> Result<()> {
+    let docs = helm::documents(&helm::template(&[])?)?;
+    let agent_role = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == "sonde-agent")
+        .context("ClusterRole sonde-agent not rendered")?;
+    let rules = agent_role["rules"].as_array().context("no rules")?;
+    for rule in rules {
+        let resources: Vec<&str> = rule["resources"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let verbs: Vec<&str> = rule["verbs"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        if resources.contains(&"nodeassignments") {
+            ensure!(
+                verbs.iter().all(|v| ["get", "list", "watch"].contains(v)),
+                "agent may {verbs:?} nodeassignments"
+            );
+        }
+        ensure!(!verbs.contains(&"*"), "agent has a wildcard verb: {rule}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut scenarios: Vec<Scenario<Env>> = bad_manifests()
+        .into_iter()
+        .map(|bad| {
+            Scenario::new(
+                format!("api_server_rejects_{}", bad.case),
+                move |env: &Env| rejects(env, &bad),
+            )
+        })
+        .collect();
+    scenarios.push(Scenario::new(
+        "every_example_manifest_is_accepted_by_the_api_server",
+        every_example_manifest_is_accepted_by_the_api_server,
+    ));
+    scenarios.push(Scenario::new("helm_lint_passes", helm_lint_passes));
+    scenarios.push(Scenario::new(
+        "the_rendered_chart_is_accepted_by_a_server_side_dry_run",
+        the_rendered_chart_is_accepted_by_a_server_side_dry_run,
+    ));
+    scenarios.push(Scenario::new(
+        "monitors_are_rendered_only_when_enabled",
+        monitors_are_rendered_only_when_enabled,
+    ));
+    scenarios.push(Scenario::new(
+        "the_chart_gives_the_agent_only_status_patch_on_node_assignments",
+        the_chart_gives_the_agent_only_status_patch_on_node_assignments,
+    ));
+    suite::main(setup, scenarios)
+}

@@ -1,0 +1,125 @@
+//! The agent's one HTTP listener: `/metrics`, `/healthz`, `/readyz` (open) and `/v1/status`,
+//! `/v1/tables`, `/v1/tables/{name}` (bearer token checked like the kubelet's `nodes/proxy` in a
+//! cluster, because tables hold request bodies).
+mod auth;
+mod handlers;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+use sonde_api::{NodeCapabilities, ProbeStatus};
+use tokio::sync::watch;
+
+pub use auth::Authorizer;
+
+use crate::source::manifests::ManifestErrorReport;
+use crate::tables::Store;
+use crate::telemetry::{HttpLabels, Telemetry};
+
+/// How the agent gets its desired probes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Standalone,
+    Cluster,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Standalone => "standalone",
+            Mode::Cluster => "cluster",
+        }
+    }
+}
+
+/// Everything the handlers read. Built once at startup.
+pub struct AppState {
+    pub node: String,
+    pub mode: Mode,
+    pub store: Store,
+    pub registry: Registry,
+    pub telemetry: Telemetry,
+    /// None until detection finished.
+    pub capabilities: watch::Receiver<Option<NodeCapabilities>>,
+    pub probes: watch::Receiver<Vec<ProbeStatus>>,
+    pub manifest_errors: watch::Receiver<Vec<ManifestErrorReport>>,
+    /// True once the first desired state was applied.
+    pub applied: watch::Receiver<bool>,
+    /// Checks bearer tokens on `/v1/*`; None in standalone mode (listening on loopback).
+    pub auth: Option<Authorizer>,
+}
+
+type Shared = Arc<AppState>;
+
+/// The agent's routes.
+pub fn router(state: AppState) -> Router {
+    let state = Arc::new(state);
+    let v1 = Router::new()
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/tables", get(handlers::tables))
+        .route("/v1/tables/{name}", get(handlers::table))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .route("/metrics", get(handlers::metrics))
+        .route("/healthz", get(handlers::healthz))
+        .route("/readyz", get(handlers::readyz))
+        .merge(v1)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+/// Bounded route label: the route template, or `other`.
+fn route_label(path: Option<&str>) -> &'static str {
+    match path {
+        Some("/metrics") => "/metrics",
+        Some("/healthz") => "/healthz",
+        Some("/readyz") => "/readyz",
+        Some("/v1/status") => "/v1/status",
+        Some("/v1/tables") => "/v1/tables",
+        Some("/v1/tables/{name}") => "/v1/tables/{name}",
+        _ => "other",
+    }
+}
+
+async fn count_requests(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let route = route_label(
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
+    );
+    let response = next.run(req).await;
+    state
+        .telemetry
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route,
+            code: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
+
+/// Serves `router` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

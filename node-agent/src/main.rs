@@ -1,0 +1,266 @@
+//! `sonde-agent`: runs this node's probes, from its NodeAssignment (cluster) or from local YAML
+//! files (`--manifests`, standalone), and serves their tables and metrics over HTTP.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use prometheus_client::registry::Registry;
+use sonde_agent::http::{self, AppState, Authorizer, Mode};
+use sonde_agent::probes::{self, ProbeContext, bpftrace::BpftraceShared};
+use sonde_agent::source::{kube::KubeSource, manifests};
+use sonde_agent::tables::{Budget, Store};
+use sonde_agent::telemetry::Telemetry;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span, warn};
+
+/// Sonde's node agent: eBPF probes from custom resources (or local manifests) into tables and metrics.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Standalone mode: run the Tracepoint, DynamicLog and BpftraceScript resources of this YAML file
+    /// or directory (no Kubernetes at all; reloaded when files change).
+    #[arg(long, value_name = "DIR|FILE")]
+    manifests: Option<PathBuf>,
+    /// Address of the HTTP listener [default: 127.0.0.1:9440 standalone, 0.0.0.0:9440 in a cluster].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// This node's name; its NodeAssignment has the same name (cluster mode) [default standalone: the host name].
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    node_name: Option<String>,
+    /// The bpftrace binary used by BpftraceScript probes.
+    #[arg(long, value_name = "PATH", default_value = "bpftrace")]
+    bpftrace: PathBuf,
+    /// Memory budget of each table, in MiB (oldest rows are evicted past it).
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    table_budget_mib: usize,
+    /// Memory budget of all tables together, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 128)]
+    total_budget_mib: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    #[error(
+        "the node name is missing: pass --node-name or set NODE_NAME (in a DaemonSet, from fieldRef spec.nodeName)"
+    )]
+    NodeName,
+    #[error(
+        "cannot reach Kubernetes: {0}; set KUBECONFIG or run in a pod, or use --manifests DIR for standalone mode"
+    )]
+    Kube(#[source] kube::Error),
+    #[error("cannot listen on {addr}: {source}; choose another address with --listen")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot install the {signal} handler: {source}")]
+    Signal {
+        signal: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    // Two workers are plenty for an agent and keep its idle memory small.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(StartError::Runtime);
+    let result = runtime.and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where desired probes come from.
+enum Source {
+    Manifests(PathBuf),
+    Cluster(kube::Client),
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+async fn run(cli: Cli) -> Result<(), StartError> {
+    let source = match cli.manifests.clone() {
+        Some(path) => Source::Manifests(path),
+        None => {
+            if cli.node_name.as_deref().is_none_or(str::is_empty) {
+                return Err(StartError::NodeName);
+            }
+            Source::Cluster(
+                kube::Client::try_default()
+                    .await
+                    .map_err(StartError::Kube)?,
+            )
+        }
+    };
+    let (mode, client) = match &source {
+        Source::Manifests(_) => (Mode::Standalone, None),
+        Source::Cluster(c) => (Mode::Cluster, Some(c.clone())),
+    };
+    let node = cli
+        .node_name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(host_name);
+    let listen = cli.listen.unwrap_or_else(|| match mode {
+        Mode::Standalone => SocketAddr::from(([127, 0, 0, 1], 9440)),
+        Mode::Cluster => SocketAddr::from(([0, 0, 0, 0], 9440)),
+    });
+    let span = info_span!("agent", node = %node, mode = mode.as_str());
+
+    let mut registry = Registry::default();
+    let telemetry = Telemetry::register(&mut registry, &node, mode.as_str());
+    let bpftrace = Arc::new(BpftraceShared::new(&mut registry, cli.bpftrace.clone()));
+    let budget = Budget {
+        per_table: cli.table_budget_mib << 20,
+        total: cli.total_budget_mib << 20,
+    };
+    let store = Store::new(node.clone(), budget, telemetry.tables.clone());
+    let ctx = ProbeContext {
+        node: node.clone(),
+        tables: store.clone(),
+        bpftrace,
+    };
+    let manager = span.in_scope(|| probes::spawn(ctx, telemetry.clone()));
+
+    let (caps_tx, caps_rx) = watch::channel(None);
+    let (applied_tx, applied_rx) = watch::channel(false);
+    let (errors_tx, errors_rx) = watch::channel(Vec::new());
+    let bpftrace_path = cli.bpftrace.clone();
+    tokio::spawn(
+        async move {
+            match tokio::task::spawn_blocking(move || {
+                sonde_agent::capabilities::detect(&bpftrace_path)
+            })
+            .await
+            {
+                Ok(caps) => {
+                    info!(?caps, "node capabilities detected");
+                    caps_tx.send_replace(Some(caps));
+                }
+                Err(e) => error!("capability detection panicked: {e}; /readyz stays unready"),
+            }
+        }
+        .instrument(span.clone()),
+    );
+
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| StartError::Listen {
+            addr: listen,
+            source,
+        })?;
+    let bound = listener.local_addr().unwrap_or(listen);
+    let state = AppState {
+        node: node.clone(),
+        mode,
+        store,
+        registry,
+        telemetry: telemetry.clone(),
+        capabilities: caps_rx.clone(),
+        probes: manager.statuses(),
+        manifest_errors: errors_rx,
+        applied: applied_rx,
+        auth: client.clone().map(|c| Authorizer::new(c, node.clone())),
+    };
+    let stop_http = CancellationToken::new();
+    let http_task = tokio::spawn({
+        let stop = stop_http.clone();
+        async move {
+            if let Err(e) = http::serve(listener, http::router(state), async move {
+                stop.cancelled().await
+            })
+            .await
+            {
+                error!("the HTTP listener failed: {e}");
+            }
+        }
+        .instrument(span.clone())
+    });
+    let _enter = span.enter();
+    info!(
+        "sonde-agent {} listening on http://{bound}",
+        env!("CARGO_PKG_VERSION")
+    );
+    info!("tables: http://{bound}/v1/tables   rows: http://{bound}/v1/tables/<name>?format=csv");
+    info!("status: http://{bound}/v1/status   metrics: http://{bound}/metrics");
+    drop(_enter);
+
+    match source {
+        Source::Manifests(path) => {
+            info!(parent: &span, path = %path.display(), "standalone mode: running the manifests there");
+            tokio::spawn(
+                manifests::run(path, manager.clone(), telemetry, errors_tx, applied_tx)
+                    .instrument(span.clone()),
+            );
+        }
+        Source::Cluster(client) => {
+            info!(parent: &span, "cluster mode: watching NodeAssignment {node}");
+            let source = KubeSource {
+                client,
+                node,
+                manager: manager.clone(),
+                telemetry,
+                capabilities: caps_rx,
+                applied: applied_tx,
+            };
+            tokio::spawn(source.run().instrument(span.clone()));
+        }
+    }
+
+    wait_for_signal().await?;
+    info!(parent: &span, "stopping every probe, then exiting");
+    manager.shutdown().await;
+    stop_http.cancel();
+    if let Err(e) = http_task.await {
+        warn!(parent: &span, "the HTTP task ended badly: {e}");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<(), StartError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(|source| StartError::Signal {
+        signal: "SIGTERM",
+        source,
+    })?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|source| StartError::Signal {
+        signal: "SIGINT",
+        source,
+    })?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = int.recv() => info!("SIGINT received"),
+    }
+    Ok(())
+}

@@ -1,0 +1,329 @@
+//! The probe manager: one task that owns every running probe and applies the difference between
+//! the desired probes and the running ones (start new, stop removed, update changed, leave the rest).
+//!
+//! It rescans host processes every [`RESCAN_EVERY`] so probes follow pods and processes that start or
+//! stop, and polls runtime statuses every [`POLL_EVERY`], publishing them on a `watch` channel.
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sonde_api::{AssignedProbe, ProbeConfig, ProbeStatus};
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::bpftrace::BpftraceProbe;
+use super::unavailable::UnavailableProbe;
+use super::{ProbeContext, RuntimeStatus};
+use crate::targets::{ProcessTable, TargetProcess};
+use crate::telemetry::Telemetry;
+
+/// How often host processes are rescanned to follow pods and processes that come and go.
+pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
+/// How often runtime statuses are collected.
+pub const POLL_EVERY: Duration = Duration::from_millis(500);
+
+enum Command {
+    Apply(Vec<AssignedProbe>, oneshot::Sender<()>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// Talks to the manager task. Cheap to clone.
+#[derive(Clone)]
+pub struct ManagerHandle {
+    tx: mpsc::Sender<Command>,
+    statuses: watch::Receiver<Vec<ProbeStatus>>,
+}
+
+impl ManagerHandle {
+    /// Makes `desired` the set of running probes; returns once every start/stop/update was issued.
+    pub async fn apply(&self, desired: Vec<AssignedProbe>) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Command::Apply(desired, ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Stops every probe (awaiting each runtime's stop) and ends the manager task.
+    pub async fn shutdown(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Command::Shutdown(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Every probe's status, sorted by id; changes whenever a status changes.
+    pub fn statuses(&self) -> watch::Receiver<Vec<ProbeStatus>> {
+        self.statuses.clone()
+    }
+}
+
+enum Runtime {
+    Bpftrace(BpftraceProbe),
+    Unavailable(UnavailableProbe),
+}
+
+impl Runtime {
+    fn status(&self) -> RuntimeStatus {
+        match self {
+            Runtime::Bpftrace(p) => p.status(),
+            Runtime::Unavailable(p) => p.status(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Runtime::Bpftrace(p) => p.stop().await,
+            Runtime::Unavailable(_) => {}
+        }
+    }
+}
+
+struct Running {
+    probe: AssignedProbe,
+    targets: Vec<TargetProcess>,
+    runtime: Runtime,
+}
+
+struct Manager {
+    ctx: ProbeContext,
+    telemetry: Telemetry,
+    running: BTreeMap<String, Running>,
+    statuses: watch::Sender<Vec<ProbeStatus>>,
+    /// Last process-scan error, logged once until it changes.
+    scan_error: Option<String>,
+}
+
+/// Starts the manager task.
+pub fn spawn(ctx: ProbeContext, telemetry: Telemetry) -> ManagerHandle {
+    let (tx, rx) = mpsc::channel(8);
+    let (statuses, statuses_rx) = watch::channel(Vec::new());
+    let manager = Manager {
+        ctx,
+        telemetry,
+        running: BTreeMap::new(),
+        statuses,
+        scan_error: None,
+    };
+    tokio::spawn(manager.run(rx).instrument(info_span!("probes")));
+    ManagerHandle {
+        tx,
+        statuses: statuses_rx,
+    }
+}
+
+fn start(ctx: &ProbeContext, probe: &AssignedProbe, targets: &[TargetProcess]) -> Runtime {
+    match &probe.config {
+        ProbeConfig::BpftraceScript(spec) => {
+            Runtime::Bpftrace(BpftraceProbe::start(ctx, probe, spec, targets))
+        }
+        ProbeConfig::Tracepoint(_) => {
+            Runtime::Unavailable(UnavailableProbe::new("Tracepoint", "protocols/profiler"))
+        }
+        ProbeConfig::DynamicLog(_) => {
+            Runtime::Unavailable(UnavailableProbe::new("DynamicLog", "Go dynamic logging"))
+        }
+    }
+}
+
+impl Manager {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let mut rescan = tokio::time::interval(RESCAN_EVERY);
+        let mut poll = tokio::time::interval(POLL_EVERY);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(Command::Apply(desired, ack)) => {
+                        self.apply(desired).await;
+                        self.publish();
+                        let _ = ack.send(());
+                    }
+                    Some(Command::Shutdown(ack)) => {
+                        self.stop_all().await;
+                        let _ = ack.send(());
+                        return;
+                    }
+                    None => {
+                        self.stop_all().await;
+                        return;
+                    }
+                },
+                _ = rescan.tick() => {
+                    if !self.running.is_empty() {
+                        self.rescan().await;
+                        self.publish();
+                    }
+                }
+                _ = poll.tick() => self.publish(),
+            }
+        }
+    }
+
+    /// Scans /proc on a blocking thread; None (logged once) when it fails.
+    async fn scan(&mut self) -> Option<ProcessTable> {
+        let result = tokio::task::spawn_blocking(ProcessTable::scan).await;
+        let error = match result {
+            Ok(Ok(table)) => {
+                self.scan_error = None;
+                return Some(table);
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the process scan panicked: {e}"),
+        };
+        if self.scan_error.as_ref() != Some(&error) {
+            warn!(%error, "cannot scan host processes; probe targets are not updated");
+            self.scan_error = Some(error);
+        }
+        None
+    }
+
+    async fn apply(&mut self, desired: Vec<AssignedProbe>) {
+        let desired: BTreeMap<String, AssignedProbe> =
+            desired.into_iter().map(|p| (p.id.clone(), p)).collect();
+        let removed: Vec<String> = self
+            .running
+            .keys()
+            .filter(|id| !desired.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in removed {
+            if let Some(running) = self.running.remove(&id) {
+                info!(probe = %id, "stopping removed probe");
+                running
+                    .runtime
+                    .stop()
+                    .instrument(info_span!("probe", id = %id))
+                    .await;
+            }
+        }
+        let changed = desired
+            .iter()
+            .any(|(id, p)| self.running.get(id).is_none_or(|r| r.probe != *p));
+        if !changed {
+            return;
+        }
+        let table = self.scan().await;
+        for (id, probe) in desired {
+            let span = info_span!("probe", id = %id);
+            let targets = table.as_ref().map(|t| t.resolve(&probe));
+            match self.running.remove(&id) {
+                None => {
+                    let targets = targets.unwrap_or_default();
+                    let _g = span.enter();
+                    info!(
+                        owner_generation = probe.owner.generation,
+                        targets = targets.len(),
+                        "starting probe"
+                    );
+                    let runtime = start(&self.ctx, &probe, &targets);
+                    self.running.insert(
+                        id,
+                        Running {
+                            probe,
+                            targets,
+                            runtime,
+                        },
+                    );
+                }
+                Some(running) if running.probe == probe => {
+                    self.running.insert(id, running);
+                }
+                Some(mut running) => {
+                    let targets = targets.unwrap_or_else(|| running.targets.clone());
+                    let same_kind = std::mem::discriminant(&running.probe.config)
+                        == std::mem::discriminant(&probe.config);
+                    match (&mut running.runtime, &probe.config) {
+                        (Runtime::Bpftrace(rt), ProbeConfig::BpftraceScript(spec))
+                            if same_kind && running.probe.owner.uid == probe.owner.uid =>
+                        {
+                            info!(parent: &span, owner_generation = probe.owner.generation, "updating probe");
+                            rt.update(&probe, spec, &targets)
+                                .instrument(span.clone())
+                                .await;
+                            running.probe = probe;
+                            running.targets = targets;
+                            self.running.insert(id, running);
+                        }
+                        _ => {
+                            // Another owner (deleted and re-created) or another config: start afresh.
+                            info!(parent: &span, "restarting probe for its new owner or config");
+                            running.runtime.stop().instrument(span.clone()).await;
+                            let runtime = span.in_scope(|| start(&self.ctx, &probe, &targets));
+                            self.running.insert(
+                                id,
+                                Running {
+                                    probe,
+                                    targets,
+                                    runtime,
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands new targets to probes whose resolved processes changed.
+    async fn rescan(&mut self) {
+        let Some(table) = self.scan().await else {
+            return;
+        };
+        for (id, running) in &mut self.running {
+            let targets = table.resolve(&running.probe);
+            if targets == running.targets {
+                continue;
+            }
+            info!(probe = %id, before = running.targets.len(), after = targets.len(), "probe targets changed");
+            if let (Runtime::Bpftrace(rt), ProbeConfig::BpftraceScript(spec)) =
+                (&mut running.runtime, &running.probe.config)
+            {
+                rt.update(&running.probe, spec, &targets)
+                    .instrument(info_span!("probe", id = %id))
+                    .await;
+            }
+            running.targets = targets;
+        }
+    }
+
+    async fn stop_all(&mut self) {
+        let running = std::mem::take(&mut self.running);
+        info!(probes = running.len(), "stopping every probe");
+        futures::future::join_all(
+            running
+                .into_iter()
+                .map(|(id, r)| r.runtime.stop().instrument(info_span!("probe", id = %id))),
+        )
+        .await;
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let statuses: Vec<ProbeStatus> = self
+            .running
+            .iter()
+            .map(|(id, r)| {
+                let s = r.runtime.status();
+                ProbeStatus {
+                    id: id.clone(),
+                    owner_uid: r.probe.owner.uid.clone(),
+                    generation: r.probe.owner.generation,
+                    state: s.state,
+                    message: s.message,
+                    targets_attached: s.targets_attached,
+                    restarts: s.restarts,
+                }
+            })
+            .collect();
+        self.telemetry
+            .set_probe_states(statuses.iter().map(|s| &s.state));
+        self.statuses.send_if_modified(|current| {
+            if *current == statuses {
+                false
+            } else {
+                *current = statuses;
+                true
+            }
+        });
+    }
+}

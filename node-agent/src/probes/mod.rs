@@ -1,0 +1,31 @@
+//! Probes: the manager (diff desired vs running, follow targets, collect statuses) and one runtime
+//! per probe kind.
+//!
+//! Contract used by the runtimes:
+//! - [`ProbeContext`] is handed to every runtime.
+//! - [`RuntimeStatus`] is what a runtime reports about itself.
+pub mod bpftrace;
+pub mod manager;
+pub mod unavailable;
+
+use sonde_api::ProbeState;
+
+pub use manager::{ManagerHandle, spawn};
+
+/// Everything a probe runtime needs from the agent, cheap to clone.
+#[derive(Clone)]
+pub struct ProbeContext {
+    /// This node's name (`NODE_NAME`, or the host name standalone); fills the `node` column.
+    pub node: String,
+    pub tables: crate::tables::Store,
+    pub bpftrace: std::sync::Arc<bpftrace::BpftraceShared>,
+}
+
+/// What a runtime reports about itself; becomes a `ProbeStatus` in the NodeAssignment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuntimeStatus {
+    pub state: ProbeState,
+    pub message: String,
+    pub targets_attached: u32,
+    pub restarts: u32,
+}

@@ -1,0 +1,206 @@
+use super::*;
+
+fn write(dir: &Path, file: &str, text: &str) -> PathBuf {
+    let p = dir.join(file);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+const GOOD: &str = r#"
+apiVersion: sonde.dev/v1alpha1
+kind: BpftraceScript
+metadata:
+  name: opens
+spec:
+  program: 'tracepoint:syscalls:sys_enter_openat { printf("comm:%s\n", comm); }'
+  ttl: 10m
+---
+apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata:
+  name: web
+spec:
+  process:
+    exe: "*/nginx"
+  probe:
+    protocols: [http]
+"#;
+
+fn only_error(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "bad.yaml", text);
+    let loaded = load(dir.path());
+    assert_eq!(loaded.errors.len(), 1, "{:?}", loaded.errors);
+    loaded.errors[0].to_string()
+}
+
+fn assert_mentions(msg: &str, parts: &[&str]) {
+    for p in parts {
+        assert!(msg.contains(p), "{p:?} missing from: {msg}");
+    }
+}
+
+#[test]
+fn every_document_of_every_yaml_file_becomes_a_probe() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "a.yaml", GOOD);
+    write(dir.path(), "notes.txt", "not a manifest");
+    let loaded = load(dir.path());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    let ids: Vec<&str> = loaded.probes.iter().map(|p| p.probe.id.as_str()).collect();
+    assert_eq!(ids, ["BpftraceScript/opens", "Tracepoint/default/web"]);
+    let opens = &loaded.probes[0];
+    assert_eq!(opens.ttl, Some(Duration::from_secs(600)));
+    assert_eq!(
+        opens.probe.owner.uid,
+        format!("local:{}#opens", file.display())
+    );
+    assert_eq!(opens.probe.owner.namespace, None);
+    assert!(opens.probe.owner.generation > 0);
+    assert_eq!(
+        loaded.probes[1]
+            .probe
+            .process
+            .as_ref()
+            .unwrap()
+            .exe
+            .as_deref(),
+        Some("*/nginx")
+    );
+}
+
+#[test]
+fn the_generation_changes_exactly_when_the_spec_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "a.yaml", GOOD);
+    let first = load(&file).probes[0].probe.owner.generation;
+    assert_eq!(load(&file).probes[0].probe.owner.generation, first);
+    write(dir.path(), "a.yaml", &GOOD.replace("10m", "20m"));
+    assert_ne!(load(&file).probes[0].probe.owner.generation, first);
+}
+
+#[test]
+fn an_unknown_spec_field_names_the_file_document_resource_and_field() {
+    let msg = only_error(&format!(
+        "{GOOD}---\napiVersion: sonde.dev/v1alpha1\nkind: BpftraceScript\nmetadata: {{name: x}}\nspec:\n  program: x\n  prgram: y\n"
+    ));
+    assert_mentions(&msg, &["bad.yaml document 3", "BpftraceScript x", "prgram"]);
+}
+
+#[test]
+fn a_nested_type_error_names_the_field_path() {
+    let msg = only_error(
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata: {name: t}\nspec:\n  process: {exe: a}\n  probe:\n    protocols: [smtp]\n",
+    );
+    assert_mentions(
+        &msg,
+        &["document 1", "Tracepoint t", "spec.probe.protocols", "smtp"],
+    );
+}
+
+#[test]
+fn standalone_tracepoints_need_a_process_selector() {
+    let msg = only_error(
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata: {name: t}\nspec:\n  selector: {matchLabels: {app: web}}\n  probe: {profiler: {}}\n",
+    );
+    assert_mentions(&msg, &["spec.process", "standalone", "exe", "cmdline"]);
+}
+
+#[test]
+fn two_probe_kinds_at_once_are_rejected() {
+    let msg = only_error(
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata: {name: t}\nspec:\n  process: {cmdline: nginx}\n  probe: {protocols: [http], profiler: {frequencyHz: 99}}\n",
+    );
+    assert_mentions(
+        &msg,
+        &["spec.probe", "exactly one of protocols or profiler"],
+    );
+}
+
+#[test]
+fn out_of_range_values_name_field_and_value() {
+    let msg = only_error(
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata: {name: t}\nspec:\n  process: {cmdline: nginx}\n  probe: {profiler: {frequencyHz: 5000}}\n",
+    );
+    assert_mentions(
+        &msg,
+        &["spec.probe.profiler.frequencyHz is 5000", "1 to 1000"],
+    );
+}
+
+#[test]
+fn a_bad_ttl_names_the_value_and_the_accepted_syntax() {
+    let msg = only_error(
+        "apiVersion: sonde.dev/v1alpha1\nkind: BpftraceScript\nmetadata: {name: s}\nspec: {program: 'BEGIN {}', ttl: 10 minutes}\n",
+    );
+    assert_mentions(&msg, &["spec.ttl is 10 minutes", "1h30m"]);
+}
+
+#[test]
+fn empty_programs_bad_regexes_and_table_names_are_all_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "s.yaml",
+        "apiVersion: sonde.dev/v1alpha1\nkind: BpftraceScript\nmetadata: {name: s}\nspec:\n  program: '  '\n  tableName: Bad-Name\n  process: {cmdline: '(unclosed'}\n",
+    );
+    let msgs: Vec<String> = load(dir.path())
+        .errors
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert_mentions(
+        &msgs.join("\n"),
+        &[
+            "spec.program",
+            "spec.tableName is \"Bad-Name\"",
+            "spec.process.cmdline",
+        ],
+    );
+}
+
+#[test]
+fn wrong_api_version_and_kind_say_what_to_use() {
+    let msg = only_error(
+        "apiVersion: v1\nkind: BpftraceScript\nmetadata: {name: s}\nspec: {program: x}\n",
+    );
+    assert_mentions(&msg, &["apiVersion is v1", "sonde.dev/v1alpha1"]);
+    let msg = only_error(
+        "apiVersion: sonde.dev/v1alpha1\nkind: NodeAssignment\nmetadata: {name: s}\nspec: {}\n",
+    );
+    assert_mentions(&msg, &["kind is NodeAssignment", "operator"]);
+}
+
+#[test]
+fn yaml_syntax_errors_name_the_file_and_position() {
+    let msg = only_error("apiVersion: [unclosed\n");
+    assert_mentions(&msg, &["bad.yaml document 1", "not valid YAML", "line"]);
+}
+
+#[test]
+fn a_duplicate_resource_points_at_its_first_definition() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "a.yaml", GOOD);
+    write(dir.path(), "b.yaml", GOOD);
+    let loaded = load(dir.path());
+    assert_eq!(loaded.probes.len(), 2);
+    let msg = loaded.errors[0].to_string();
+    assert_mentions(
+        &msg,
+        &[
+            "b.yaml document 1",
+            "already defined at",
+            "a.yaml document 1",
+        ],
+    );
+}
+
+#[test]
+fn a_missing_path_is_reported_not_fatal() {
+    let loaded = load(Path::new("/nonexistent/sonde.yaml"));
+    assert_mentions(
+        &loaded.errors[0].to_string(),
+        &["/nonexistent/sonde.yaml", "--manifests"],
+    );
+}

@@ -1,0 +1,455 @@
+//! The in-memory table store every probe writes rows to.
+//!
+//! Contract used by the runtimes (the types below are fixed):
+//! - `Store::create(&self, name: &str, owner: &str, columns: Vec<Column>) -> Result<TableWriter, TablesError>`:
+//!   `columns` are the probe's own columns; the store prepends [`TARGET_COLUMNS`]. Creating an existing
+//!   table with the same columns returns a writer to it; different columns is an error naming both.
+//! - `TableWriter::append(&self, row: Row)`: never blocks for long, never fails loudly (a row with the
+//!   wrong width is counted as rejected), evicts the oldest rows past the budget and counts them.
+//!
+//! Tables outlive the probes that created them: their rows stay queryable until evicted. Memory is
+//! bounded twice: per table (oldest rows of that table go first) and in total (oldest rows of the
+//! largest table go first). Sizes are estimates of heap use, computed per row at append.
+mod format;
+mod query;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+pub use format::{Format, encode};
+pub use query::{MAX_LIMIT, Query, QueryError, parse_since};
+
+use crate::telemetry::{TableLabels, TableMetrics};
+
+/// Columns every table starts with, in this order.
+pub const TARGET_COLUMNS: [(&str, ColumnType); 6] = [
+    ("time_", ColumnType::Time),
+    ("node", ColumnType::String),
+    ("namespace", ColumnType::String),
+    ("pod", ColumnType::String),
+    ("container", ColumnType::String),
+    ("pid", ColumnType::Int64),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// Nanoseconds since the Unix epoch.
+    Time,
+    Int64,
+    UInt64,
+    Float64,
+    Boolean,
+    String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Column {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: ColumnType,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Null,
+    Time(i64),
+    Int64(i64),
+    UInt64(u64),
+    Float64(f64),
+    Boolean(bool),
+    String(String),
+}
+
+/// One row as a runtime produces it: the target columns, then the probe's own values in column order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// Nanoseconds since the Unix epoch.
+    pub time_ns: i64,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub pid: i64,
+    pub values: Vec<Value>,
+}
+
+/// Memory budgets of the store, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Budget {
+    pub per_table: usize,
+    pub total: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            per_table: 16 << 20,
+            total: 128 << 20,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TablesError {
+    #[error(
+        "table {table} already exists with other columns (created by {existing_owner}: {existing}; \
+         {owner} wants: {wanted}); choose another tableName for {owner}"
+    )]
+    SchemaConflict {
+        table: String,
+        existing_owner: String,
+        existing: String,
+        owner: String,
+        wanted: String,
+    },
+    #[error("column {column} of table {table} is declared twice; give every column its own name")]
+    DuplicateColumn { table: String, column: String },
+    #[error("no table named {table}; GET /v1/tables lists the tables of this agent")]
+    NotFound { table: String },
+}
+
+/// Summary of one table, as listed by `/v1/tables`.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TableInfo {
+    pub name: String,
+    pub owner: String,
+    pub columns: Vec<Column>,
+    pub rows: usize,
+    pub bytes: usize,
+    pub evicted_rows: u64,
+    pub rejected_rows: u64,
+}
+
+/// The rows a query selected, oldest first, with what is needed to encode them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueryResult {
+    pub node: String,
+    /// Every column, target columns first.
+    pub columns: Vec<Column>,
+    pub rows: Vec<Row>,
+}
+
+/// Every table of this agent. Cheap to clone; clones share the tables.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<StoreInner>,
+}
+
+#[derive(Debug)]
+struct StoreInner {
+    node: String,
+    budget: Budget,
+    metrics: TableMetrics,
+    total_bytes: AtomicUsize,
+    tables: RwLock<BTreeMap<String, Arc<Table>>>,
+}
+
+#[derive(Debug)]
+struct Table {
+    name: String,
+    owner: Mutex<String>,
+    /// Every column, target columns first.
+    columns: Vec<Column>,
+    data: Mutex<TableData>,
+    evicted: AtomicU64,
+    rejected: AtomicU64,
+    labels: TableLabels,
+}
+
+#[derive(Debug, Default)]
+struct TableData {
+    /// Each row with its estimated size.
+    rows: VecDeque<(Row, usize)>,
+    bytes: usize,
+}
+
+/// Appends rows to one table. Cheap to clone, usable from any thread.
+#[derive(Clone, Debug)]
+pub struct TableWriter {
+    store: Arc<StoreInner>,
+    table: Arc<Table>,
+}
+
+impl Default for Store {
+    /// A store with the default budgets and metrics registered nowhere (tests, tools).
+    fn default() -> Self {
+        Store::new(String::new(), Budget::default(), TableMetrics::default())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock leaves rows that are still well-formed; keep serving them.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn describe(columns: &[Column]) -> String {
+    let cols: Vec<String> = columns
+        .iter()
+        .skip(TARGET_COLUMNS.len())
+        .map(|c| {
+            format!(
+                "{}:{}",
+                c.name,
+                serde_json::to_value(c.ty)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    format!("[{}]", cols.join(", "))
+}
+
+impl Store {
+    /// `node` fills the `node` column of every row.
+    pub fn new(node: String, budget: Budget, metrics: TableMetrics) -> Store {
+        Store {
+            inner: Arc::new(StoreInner {
+                node,
+                budget,
+                metrics,
+                total_bytes: AtomicUsize::new(0),
+                tables: RwLock::new(BTreeMap::new()),
+            }),
+        }
+    }
+
+    /// Creates table `name` with the target columns followed by `columns`, or returns a writer to
+    /// the existing table if it has exactly these columns.
+    pub fn create(
+        &self,
+        name: &str,
+        owner: &str,
+        columns: Vec<Column>,
+    ) -> Result<TableWriter, TablesError> {
+        let mut all: Vec<Column> = TARGET_COLUMNS
+            .iter()
+            .map(|(n, ty)| Column {
+                name: (*n).to_owned(),
+                ty: *ty,
+            })
+            .collect();
+        all.extend(columns);
+        for (i, c) in all.iter().enumerate() {
+            if all[..i].iter().any(|earlier| earlier.name == c.name) {
+                return Err(TablesError::DuplicateColumn {
+                    table: name.to_owned(),
+                    column: c.name.clone(),
+                });
+            }
+        }
+        let mut tables = self.inner.tables.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(table) = tables.get(name) {
+            if table.columns != all {
+                return Err(TablesError::SchemaConflict {
+                    table: name.to_owned(),
+                    existing_owner: lock(&table.owner).clone(),
+                    existing: describe(&table.columns),
+                    owner: owner.to_owned(),
+                    wanted: describe(&all),
+                });
+            }
+            *lock(&table.owner) = owner.to_owned();
+            return Ok(TableWriter {
+                store: self.inner.clone(),
+                table: table.clone(),
+            });
+        }
+        let labels = TableLabels {
+            table: name.to_owned(),
+        };
+        // Make the series exist from the start, so a table with no rows still shows up.
+        self.inner.metrics.rows.get_or_create(&labels).set(0);
+        self.inner.metrics.bytes.get_or_create(&labels).set(0);
+        let _ = self.inner.metrics.evicted.get_or_create(&labels);
+        let _ = self.inner.metrics.rejected.get_or_create(&labels);
+        let table = Arc::new(Table {
+            name: name.to_owned(),
+            owner: Mutex::new(owner.to_owned()),
+            columns: all,
+            data: Mutex::new(TableData::default()),
+            evicted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            labels,
+        });
+        tables.insert(name.to_owned(), table.clone());
+        Ok(TableWriter {
+            store: self.inner.clone(),
+            table,
+        })
+    }
+
+    /// Every table, by name.
+    pub fn list(&self) -> Vec<TableInfo> {
+        let tables = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
+        tables
+            .values()
+            .map(|t| {
+                let data = lock(&t.data);
+                TableInfo {
+                    name: t.name.clone(),
+                    owner: lock(&t.owner).clone(),
+                    columns: t.columns.clone(),
+                    rows: data.rows.len(),
+                    bytes: data.bytes,
+                    evicted_rows: t.evicted.load(Ordering::Relaxed),
+                    rejected_rows: t.rejected.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// The newest `query.limit` rows of `name` at or after `query.since_ns`, oldest first.
+    pub fn query(&self, name: &str, query: &Query) -> Result<QueryResult, TablesError> {
+        let table = {
+            let tables = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
+            tables
+                .get(name)
+                .cloned()
+                .ok_or_else(|| TablesError::NotFound {
+                    table: name.to_owned(),
+                })?
+        };
+        let data = lock(&table.data);
+        let since = query.since_ns.unwrap_or(i64::MIN);
+        let mut rows: Vec<Row> = data
+            .rows
+            .iter()
+            .rev()
+            .filter(|(r, _)| r.time_ns >= since)
+            .take(query.limit)
+            .map(|(r, _)| r.clone())
+            .collect();
+        drop(data);
+        rows.reverse();
+        Ok(QueryResult {
+            node: self.inner.node.clone(),
+            columns: table.columns.clone(),
+            rows,
+        })
+    }
+
+    /// Estimated bytes held by every table together.
+    pub fn total_bytes(&self) -> usize {
+        self.inner.total_bytes.load(Ordering::Relaxed)
+    }
+}
+
+fn row_size(row: &Row) -> usize {
+    let strings: usize = row
+        .values
+        .iter()
+        .map(|v| {
+            if let Value::String(s) = v {
+                s.capacity()
+            } else {
+                0
+            }
+        })
+        .sum();
+    std::mem::size_of::<(Row, usize)>()
+        + row.values.capacity() * std::mem::size_of::<Value>()
+        + row.namespace.capacity()
+        + row.pod.capacity()
+        + row.container.capacity()
+        + strings
+}
+
+impl Table {
+    /// Drops the oldest rows until this table holds at most `limit` bytes; returns bytes freed.
+    fn evict_to(&self, store: &StoreInner, data: &mut TableData, limit: usize) -> usize {
+        let (mut freed, mut count) = (0, 0u64);
+        while data.bytes > limit {
+            let Some((_, size)) = data.rows.pop_front() else {
+                break;
+            };
+            data.bytes -= size;
+            freed += size;
+            count += 1;
+        }
+        if count > 0 {
+            self.evicted.fetch_add(count, Ordering::Relaxed);
+            store
+                .metrics
+                .evicted
+                .get_or_create(&self.labels)
+                .inc_by(count);
+            store.total_bytes.fetch_sub(freed, Ordering::Relaxed);
+        }
+        freed
+    }
+
+    fn publish(&self, store: &StoreInner, data: &TableData) {
+        store
+            .metrics
+            .rows
+            .get_or_create(&self.labels)
+            .set(data.rows.len() as i64);
+        store
+            .metrics
+            .bytes
+            .get_or_create(&self.labels)
+            .set(data.bytes as i64);
+    }
+}
+
+impl TableWriter {
+    /// Appends `row`; rows of the wrong width are counted as rejected and dropped.
+    pub fn append(&self, row: Row) {
+        let (table, store) = (&self.table, &*self.store);
+        if row.values.len() + TARGET_COLUMNS.len() != table.columns.len() {
+            table.rejected.fetch_add(1, Ordering::Relaxed);
+            store.metrics.rejected.get_or_create(&table.labels).inc();
+            return;
+        }
+        let size = row_size(&row);
+        {
+            let mut data = lock(&table.data);
+            data.rows.push_back((row, size));
+            data.bytes += size;
+            store.total_bytes.fetch_add(size, Ordering::Relaxed);
+            table.evict_to(store, &mut data, store.budget.per_table);
+            table.publish(store, &data);
+        }
+        if store.total_bytes.load(Ordering::Relaxed) > store.budget.total {
+            self.enforce_total();
+        }
+    }
+
+    /// Evicts the oldest rows of the largest tables until the store is within its total budget.
+    /// Holds at most one table lock at a time.
+    fn enforce_total(&self) {
+        let store = &*self.store;
+        let tables: Vec<Arc<Table>> = store
+            .tables
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        while store.total_bytes.load(Ordering::Relaxed) > store.budget.total {
+            let largest = tables.iter().max_by_key(|t| lock(&t.data).bytes);
+            let Some(largest) = largest else { return };
+            let mut data = lock(&largest.data);
+            let excess = store
+                .total_bytes
+                .load(Ordering::Relaxed)
+                .saturating_sub(store.budget.total);
+            let target = data.bytes.saturating_sub(excess);
+            let freed = largest.evict_to(store, &mut data, target);
+            largest.publish(store, &data);
+            if freed == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Name of the table this writer appends to.
+    pub fn table(&self) -> &str {
+        &self.table.name
+    }
+}

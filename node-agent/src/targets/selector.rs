@@ -1,0 +1,110 @@
+//! Matching processes against a [`ProcessSelector`]: `exe` is an exact path or a glob (globset) over
+//! the executable path inside the process's root, `cmdline` a regular expression searched in the
+//! command line.
+use globset::{Glob, GlobMatcher};
+use regex::Regex;
+use sonde_api::ProcessSelector;
+
+use super::TargetsError;
+
+/// A compiled [`ProcessSelector`].
+#[derive(Clone, Debug)]
+pub struct ProcessMatcher {
+    exe: Option<(String, GlobMatcher)>,
+    cmdline: Option<Regex>,
+}
+
+impl ProcessMatcher {
+    /// Compiles the selector; the error names the field and the bad value.
+    pub fn new(selector: &ProcessSelector) -> Result<Self, TargetsError> {
+        let exe = match &selector.exe {
+            Some(value) => {
+                let glob = Glob::new(value).map_err(|source| TargetsError::ExeGlob {
+                    value: value.clone(),
+                    source,
+                })?;
+                Some((value.clone(), glob.compile_matcher()))
+            }
+            None => None,
+        };
+        let cmdline = match &selector.cmdline {
+            Some(value) => {
+                Some(
+                    Regex::new(value).map_err(|source| TargetsError::CmdlineRegex {
+                        value: value.clone(),
+                        source: Box::new(source),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Ok(ProcessMatcher { exe, cmdline })
+    }
+
+    /// Whether a process with this executable and command line is selected (both fields must match
+    /// when both are set; an empty selector matches everything).
+    pub fn matches(&self, exe: &std::path::Path, cmdline: &str) -> bool {
+        let exe_ok = self.exe.as_ref().is_none_or(|(literal, glob)| {
+            exe.as_os_str() == literal.as_str() || glob.is_match(exe)
+        });
+        let cmdline_ok = self.cmdline.as_ref().is_none_or(|re| re.is_match(cmdline));
+        exe_ok && cmdline_ok
+    }
+}
+
+/// Checks that a selector's glob and regular expression compile.
+pub fn validate(selector: &ProcessSelector) -> Result<(), TargetsError> {
+    ProcessMatcher::new(selector).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn selector(exe: Option<&str>, cmdline: Option<&str>) -> ProcessSelector {
+        ProcessSelector {
+            exe: exe.map(Into::into),
+            cmdline: cmdline.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn exact_paths_and_globs_match_the_executable() {
+        let exact = ProcessMatcher::new(&selector(Some("/usr/sbin/nginx"), None)).unwrap();
+        assert!(exact.matches(Path::new("/usr/sbin/nginx"), ""));
+        assert!(!exact.matches(Path::new("/usr/sbin/nginx2"), ""));
+        let glob = ProcessMatcher::new(&selector(Some("*/nginx"), None)).unwrap();
+        assert!(glob.matches(Path::new("/usr/sbin/nginx"), ""));
+        assert!(!glob.matches(Path::new("/usr/bin/redis-server"), ""));
+    }
+
+    #[test]
+    fn cmdline_is_a_regex_searched_anywhere_and_both_fields_must_match() {
+        let m = ProcessMatcher::new(&selector(Some("*/sleep"), Some(r"^sleep \d+$"))).unwrap();
+        assert!(m.matches(Path::new("/usr/bin/sleep"), "sleep 30"));
+        assert!(!m.matches(Path::new("/usr/bin/sleep"), "sleep infinity"));
+        assert!(!m.matches(Path::new("/usr/bin/cat"), "sleep 30"));
+        let any = ProcessMatcher::new(&selector(None, Some("worker"))).unwrap();
+        assert!(any.matches(Path::new("/x"), "nginx: worker process"));
+    }
+
+    #[test]
+    fn bad_glob_and_bad_regex_are_reported_with_field_and_value() {
+        let err = validate(&selector(Some("/usr/[bin"), None))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("process.exe") && err.contains("/usr/[bin"),
+            "{err}"
+        );
+        let err = validate(&selector(None, Some("(unclosed")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("process.cmdline") && err.contains("(unclosed"),
+            "{err}"
+        );
+    }
+}

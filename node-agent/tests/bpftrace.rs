@@ -1,0 +1,435 @@
+//! BpftraceScript runtime against the real bpftrace and the real kernel.
+//!
+//! Needs root, bpftrace (Debian package) and tracefs; a missing bpftrace fails every test loudly.
+//! The workload (`fixtures/bpftrace/workload.c`) is compiled with `cc` at test time.
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use prometheus_client::registry::Registry;
+use sonde_agent::probes::bpftrace::{BpftraceProbe, BpftraceShared};
+use sonde_agent::probes::{ProbeContext, RuntimeStatus};
+use sonde_agent::tables::{Query, Row, Store, Value};
+use sonde_agent::targets::TargetProcess;
+use sonde_api::{AssignedProbe, BpftraceScriptSpec, ProbeConfig, ProbeOwner, ProbeState};
+
+const WAIT: Duration = Duration::from_secs(30);
+const ORPHAN_HELPER_ENV: &str = "SONDE_BPFTRACE_ORPHAN_HELPER";
+
+fn bpftrace() -> PathBuf {
+    let version = Command::new("bpftrace").arg("--version").output();
+    match version {
+        Ok(out) if out.status.success() => PathBuf::from("bpftrace"),
+        other => {
+            panic!("bpftrace is required for these tests (apt-get install bpftrace): {other:?}")
+        }
+    }
+}
+
+/// bpftrace finds tracepoints through tracefs, which a fresh VM may not have mounted.
+fn ensure_tracefs() {
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        let status = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+        assert!(
+            matches!(status, Ok(s) if s.success())
+                || Path::new("/sys/kernel/tracing/events").exists(),
+            "tracefs is not mounted and cannot be mounted (run the tests as root): {status:?}"
+        );
+    }
+}
+
+struct Harness {
+    registry: Registry,
+    ctx: ProbeContext,
+}
+
+fn harness() -> Harness {
+    ensure_tracefs();
+    let mut registry = Registry::default();
+    let shared = BpftraceShared::new(&mut registry, bpftrace());
+    let ctx = ProbeContext {
+        node: "test-node".into(),
+        tables: Store::default(),
+        bpftrace: Arc::new(shared),
+    };
+    Harness { registry, ctx }
+}
+
+impl Harness {
+    fn scrape(&self) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry).unwrap();
+        text
+    }
+
+    fn rows(&self, table: &str) -> Vec<Row> {
+        self.ctx
+            .tables
+            .query(table, &Query::default())
+            .map(|r| r.rows)
+            .unwrap_or_default()
+    }
+}
+
+fn script(name: &str, program: &str) -> (AssignedProbe, BpftraceScriptSpec) {
+    let spec = BpftraceScriptSpec {
+        program: program.into(),
+        node_selector: Default::default(),
+        pods: None,
+        process: None,
+        table_name: None,
+        ttl: None,
+    };
+    let probe = AssignedProbe {
+        id: format!("BpftraceScript/{name}"),
+        owner: ProbeOwner {
+            kind: "BpftraceScript".into(),
+            namespace: None,
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            generation: 1,
+        },
+        config: ProbeConfig::BpftraceScript(spec.clone()),
+        targets: Vec::new(),
+        process: None,
+    };
+    (probe, spec)
+}
+
+/// Polls `check` until it gives a value; panics naming `what` and the last status after [`WAIT`].
+async fn eventually<T>(
+    what: &str,
+    probe: &BpftraceProbe,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out waiting for {what}; probe status: {:?}",
+            probe.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn workload_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sonde-bpftrace-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // comm is the file name cut to 15 bytes: keep it short and exact.
+        let binary = dir.join("sonde_workload");
+        let source =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bpftrace/workload.c");
+        let status = Command::new("cc")
+            .args(["-O1", "-g", "-o"])
+            .arg(&binary)
+            .arg(&source)
+            .status()
+            .unwrap();
+        assert!(status.success(), "cc could not build {}", source.display());
+        binary
+    })
+}
+
+struct Workload(Child);
+
+impl Workload {
+    fn start() -> Workload {
+        Workload(
+            Command::new(workload_binary())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn target(&self) -> TargetProcess {
+        TargetProcess {
+            pid: self.pid(),
+            namespace: "shop".into(),
+            pod: "web-0".into(),
+            pod_uid: "uid-web-0".into(),
+            container: "app".into(),
+            container_id: "containerd://abc".into(),
+            exe: workload_binary().to_path_buf(),
+            cmdline: workload_binary().display().to_string(),
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wall_now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+/// Gone, or a zombie waiting for init: either way it no longer traces anything.
+fn process_is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X')),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracepoint_printf_rows_carry_wall_clock_time_exact_comm_and_the_targets_pod() {
+    let h = harness();
+    let workload = Workload::start();
+    let before = wall_now_ns();
+    // Other tests run the same workload at the same time: select this one by pid.
+    let program = format!(
+        r#"tracepoint:syscalls:sys_enter_getppid /pid == {}/ {{
+  printf("time_:%llu pid:%d comm:%s\n", nsecs, pid, comm);
+}}"#,
+        workload.pid()
+    );
+    let (probe, spec) = script("getppid-calls", &program);
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[workload.target()]);
+    let rows = eventually("rows in table getppid_calls", &running, || {
+        let rows = h.rows("getppid_calls");
+        (rows.len() >= 3).then_some(rows)
+    })
+    .await;
+    let status = running.status();
+    assert_eq!(status.state, ProbeState::Attached);
+    assert_eq!(status.targets_attached, 1);
+    let after = wall_now_ns();
+    for row in &rows {
+        assert_eq!(row.values, vec![Value::String("sonde_workload".into())]);
+        assert_eq!(row.pid, i64::from(workload.pid()));
+        assert_eq!(
+            (
+                row.namespace.as_str(),
+                row.pod.as_str(),
+                row.container.as_str()
+            ),
+            ("shop", "web-0", "app")
+        );
+        assert!(
+            (before - 2_000_000_000..=after + 2_000_000_000).contains(&row.time_ns),
+            "time_ {} is not within 2 s of the test's wall-clock window {before}..{after}",
+            row.time_ns
+        );
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn printed_maps_become_metric_series_with_exact_values_until_the_script_stops() {
+    let h = harness();
+    let (probe, spec) = script(
+        "map-export",
+        r#"BEGIN { @calls["read"] = 3; @calls["write"] = 5; @total = 42; @pair[7, "x"] = 9;
+  print(@calls); print(@total); print(@pair); }"#,
+    );
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[]);
+    let text = eventually("map series", &running, || {
+        let text = h.scrape();
+        text.contains("sonde_bpftrace_pair{").then_some(text)
+    })
+    .await;
+    for want in [
+        r#"sonde_bpftrace_calls{script="map-export",key="read"} 3"#,
+        r#"sonde_bpftrace_calls{script="map-export",key="write"} 5"#,
+        r#"sonde_bpftrace_total{script="map-export"} 42"#,
+        r#"sonde_bpftrace_pair{script="map-export",key0="7",key1="x"} 9"#,
+    ] {
+        assert!(text.contains(want), "missing {want} in\n{text}");
+    }
+    running.stop().await;
+    assert!(
+        !h.scrape().contains("script=\"map-export\",key"),
+        "series survive the stopped script"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_syntax_error_fails_the_probe_with_bpftraces_own_message() {
+    let h = harness();
+    let (probe, spec) = script("broken", r#"BEGIN { printf("hi" }"#);
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[]);
+    let status = eventually("Failed", &running, || {
+        let s = running.status();
+        (s.state == ProbeState::Failed).then_some(s)
+    })
+    .await;
+    assert!(
+        status.message.starts_with("program:1:") && status.message.contains("ERROR: syntax error"),
+        "message: {}",
+        status.message
+    );
+    assert!(
+        !status.message.contains("RLIMIT_MEMLOCK"),
+        "message: {}",
+        status.message
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uprobe_path_missing_from_every_target_fails_naming_the_path_and_pods() {
+    let h = harness();
+    let workload = Workload::start();
+    let (probe, spec) = script("missing-path", "uprobe:/no/such/binary:f { }");
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[workload.target()]);
+    let status = running.status();
+    assert_eq!(status.state, ProbeState::Failed);
+    assert!(
+        status.message.contains("/no/such/binary") && status.message.contains("shop/web-0"),
+        "{status:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_ends_the_bpftrace_process() {
+    let h = harness();
+    let (probe, spec) = script("stoppable", "interval:s:1 { @ticks = count(); }");
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[]);
+    let pid = eventually("an attached child", &running, || {
+        (running.status().state == ProbeState::Attached)
+            .then(|| running.child_pid())
+            .flatten()
+    })
+    .await;
+    assert!(!process_is_gone(pid));
+    running.stop().await;
+    assert!(process_is_gone(pid), "bpftrace {pid} survived stop()");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exiting_script_is_restarted_and_the_restart_counted() {
+    let h = harness();
+    let (probe, spec) = script("exits", "BEGIN { exit(); }");
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[]);
+    let status: RuntimeStatus = eventually("a restart", &running, || {
+        let s = running.status();
+        (s.restarts >= 1).then_some(s)
+    })
+    .await;
+    assert_ne!(status.state, ProbeState::Failed, "{status:?}");
+    let text = h.scrape();
+    assert!(
+        text.contains(r#"sonde_bpftrace_restarts_total{script="exits"} "#),
+        "{text}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_uprobe_in_a_target_process_binary_produces_rows() {
+    let h = harness();
+    let workload = Workload::start();
+    let path = workload_binary().display().to_string();
+    let (probe, spec) = script(
+        "traced-function",
+        &format!(
+            "uprobe:{path}:sonde_traced_function {{ printf(\"pid:%d arg:%d\\n\", pid, arg0); }}"
+        ),
+    );
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[workload.target()]);
+    let rows = eventually("uprobe rows", &running, || {
+        let rows: Vec<Row> = h
+            .rows("traced_function")
+            .into_iter()
+            .filter(|r| r.pid == i64::from(workload.pid()))
+            .collect();
+        (rows.len() >= 2).then_some(rows)
+    })
+    .await;
+    assert_eq!(running.status().targets_attached, 1);
+    assert_eq!(rows[0].pod, "web-0");
+    let args: Vec<i64> = rows
+        .iter()
+        .map(|r| match r.values[0] {
+            Value::Int64(v) => v,
+            ref other => panic!("{other:?}"),
+        })
+        .collect();
+    assert!(
+        args.windows(2).all(|w| w[1] > w[0]),
+        "the loop counter should increase: {args:?}"
+    );
+    running.stop().await;
+}
+
+#[test]
+fn sigkilling_the_owner_of_a_bpftrace_child_kills_the_child() {
+    bpftrace();
+    let exe = std::env::current_exe().unwrap();
+    let mut helper = Command::new(exe)
+        .args([
+            "--exact",
+            "orphan_helper_runs_a_script_until_killed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ORPHAN_HELPER_ENV, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = helper.stdout.take().unwrap();
+    let pid: u32 = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split_once("BPFTRACE_PID=")
+                .map(|(_, p)| p.trim().parse().unwrap())
+        })
+        .expect("the helper printed no bpftrace pid");
+    assert!(!process_is_gone(pid));
+    helper.kill().unwrap(); // SIGKILL: no destructor of the helper runs.
+    helper.wait().unwrap();
+    let start = Instant::now();
+    while !process_is_gone(pid) {
+        assert!(
+            start.elapsed() < WAIT,
+            "bpftrace {pid} outlived its SIGKILLed owner"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs in a child process of the test above.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process for sigkilling_the_owner_of_a_bpftrace_child_kills_the_child"]
+async fn orphan_helper_runs_a_script_until_killed() {
+    assert_eq!(
+        std::env::var(ORPHAN_HELPER_ENV).as_deref(),
+        Ok("1"),
+        "only run by the orphan test"
+    );
+    let h = harness();
+    let (probe, spec) = script("orphan", "interval:s:1 { @ticks = count(); }");
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[]);
+    let pid = eventually("an attached child", &running, || {
+        (running.status().state == ProbeState::Attached)
+            .then(|| running.child_pid())
+            .flatten()
+    })
+    .await;
+    println!("BPFTRACE_PID={pid}");
+    std::future::pending::<()>().await;
+}

@@ -1,0 +1,165 @@
+//! Runs the built `sonde-agent --manifests <dir>` and talks to it over HTTP like a user would.
+//! Needs nothing but a loopback port (the probes used here do not load eBPF).
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WEB: &str = "apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata:
+  name: web
+spec:
+  process:
+    exe: '*/nginx'
+  probe:
+    protocols: [http]
+";
+
+const BAD: &str = "apiVersion: sonde.dev/v1alpha1
+kind: BpftraceScript
+metadata:
+  name: typo
+spec:
+  program: 'BEGIN { exit(); }'
+  nodeSelectr: {}
+";
+
+/// The agent process, killed if the test fails before stopping it.
+struct Agent {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &Path) -> Agent {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_sonde-agent"))
+        .args([
+            "--manifests",
+            dir.to_str().unwrap(),
+            "--listen",
+            &addr,
+            "--bpftrace",
+            "/nonexistent/bpftrace",
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Agent { child, addr }
+}
+
+/// GET `path`; None while the agent is not answering.
+fn get(addr: &str, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let code = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+/// Polls until `check` passes on `/v1/status`, or panics with the last status after a generous deadline.
+fn wait_for_status(
+    agent: &Agent,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = serde_json::Value::Null;
+    while Instant::now() < deadline {
+        if let Some((200, body)) = get(&agent.addr, "/v1/status") {
+            // Chunked or not, the JSON object is the part between the outer braces.
+            let json = &body[body.find('{').unwrap_or(0)..=body.rfind('}').unwrap_or(0)];
+            last = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
+            if check(&last) {
+                return last;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{what} never happened; last /v1/status: {last:#}");
+}
+
+fn probe<'a>(status: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
+    status["probes"].as_array()?.iter().find(|p| p["id"] == id)
+}
+
+#[test]
+fn the_standalone_agent_serves_its_manifests_probes_and_problems_then_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("web.yaml"), WEB).unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), BAD).unwrap();
+    let mut agent = start(dir.path());
+
+    let status = wait_for_status(&agent, "the Tracepoint from web.yaml showing up", |s| {
+        probe(s, "Tracepoint/default/web").is_some()
+    });
+    assert_eq!(get(&agent.addr, "/healthz").map(|r| r.0), Some(200));
+    assert_eq!(status["mode"], "standalone");
+    let web = probe(&status, "Tracepoint/default/web").unwrap();
+    assert_eq!(web["state"], "Failed");
+    assert!(
+        web["message"]
+            .as_str()
+            .unwrap()
+            .contains("not available in this agent version"),
+        "{web}"
+    );
+    let errors = status["manifestErrors"].as_array().unwrap();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e["file"].as_str().unwrap().ends_with("bad.yaml")
+                && e["message"].as_str().unwrap().contains("nodeSelectr")),
+        "{errors:?}"
+    );
+
+    // Files are reloaded: fixing the bad one turns it into a probe and clears the error.
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        BAD.replace("  nodeSelectr: {}\n", ""),
+    )
+    .unwrap();
+    wait_for_status(&agent, "bad.yaml being reloaded after the fix", |s| {
+        probe(s, "BpftraceScript/typo").is_some()
+            && s["manifestErrors"].as_array().is_some_and(Vec::is_empty)
+    });
+    let (code, metrics) = get(&agent.addr, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("sonde_manifest_errors_total 1"),
+        "{metrics}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let exit = agent.child.wait().unwrap();
+    assert!(exit.success(), "the agent exited with {exit}");
+}

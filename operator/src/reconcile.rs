@@ -1,0 +1,192 @@
+//! Reconciliation of one Tracepoint, DynamicLog or BpftraceScript, written once for the three kinds:
+//! the finalizer, ttl expiry, status aggregation and Events. Assignment itself happens in the
+//! assignment pass, which every change of these resources wakes.
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::finalizer::{self, finalizer};
+use sonde_api::{ConditionType, FINALIZER, OPERATOR_MANAGER, ResourceStatus, Targeting};
+use tracing::{Instrument, info_span, warn};
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::resources::SondeResource;
+use crate::status::{self, Transition};
+use crate::ttl;
+
+/// Longest wait between two reconciliations of an unchanged resource.
+const RESYNC: Duration = Duration::from_secs(300);
+/// After this long, deletion stops waiting for agents (and says so in an Event).
+const CLEANUP_DEADLINE: Duration = Duration::from_secs(60);
+
+pub async fn reconcile<K: SondeResource>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let name = obj.name_any();
+    let namespace = obj.namespace();
+    let span = info_span!("reconcile", kind = K::KIND, %name, namespace = namespace.as_deref().unwrap_or_default());
+    let api = K::api(ctx.client.clone(), namespace.as_deref());
+    let result = finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            finalizer::Event::Apply(o) => apply(&*o, &ctx).await,
+            finalizer::Event::Cleanup(o) => cleanup(&*o, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|source| match source {
+        // Keep "waiting for agents" recognizable for the error policy.
+        finalizer::Error::CleanupFailed(e @ Error::CleanupPending { .. }) => e,
+        source => Error::Finalizer {
+            kind: K::KIND,
+            name,
+            source: Box::new(source),
+        },
+    });
+    ctx.metrics.reconciled(K::KIND, started.elapsed());
+    if let Err(e) = &result
+        && !e.is_cleanup_pending()
+    {
+        ctx.metrics.failed(K::KIND, e.metric_label());
+    }
+    result
+}
+
+pub fn error_policy<K: SondeResource>(obj: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.is_cleanup_pending() {
+        tracing::debug!(kind = K::KIND, name = %obj.name_any(), %error, "waiting for agents");
+        return Action::requeue(Duration::from_secs(2));
+    }
+    warn!(kind = K::KIND, name = %obj.name_any(), %error, "reconcile failed; retrying in 10 s");
+    Action::requeue(Duration::from_secs(10))
+}
+
+async fn apply<K: SondeResource>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let meta = obj.meta();
+    let expires_at = ttl::expires_at(meta.creation_timestamp.as_ref(), obj.spec().ttl())
+        .unwrap_or_else(|e| {
+            warn!(error = %e, "ttl ignored");
+            None
+        });
+    let id = obj.probe_id();
+    let uid = meta.uid.as_deref().unwrap_or_default();
+    let assignments = ctx.stores.node_assignments.state();
+    let view = status::observe(
+        &id,
+        uid,
+        meta.generation.unwrap_or_default(),
+        assignments.iter().map(|a| &**a),
+    );
+    let prev = obj.status();
+    let next = status::next_status(prev, meta.generation, &view, expires_at, now);
+    if prev != Some(&next) {
+        patch_status(obj, &next, ctx).await?;
+        for transition in status::transitions(prev, &next) {
+            if transition.condition == ConditionType::Expired {
+                // The assignment pass has its own timer; this only makes removal immediate.
+                ctx.assignments_changed.notify_one();
+            }
+            publish(ctx, obj, transition_event(&transition)).await;
+        }
+    }
+    let until_expiry = expires_at
+        .filter(|at| *at > now)
+        .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
+        .map(|d| d + Duration::from_millis(200));
+    Ok(Action::requeue(
+        until_expiry.map_or(RESYNC, |d| d.min(RESYNC)),
+    ))
+}
+
+async fn cleanup<K: SondeResource>(obj: &K, ctx: &Context) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let id = obj.probe_id();
+    let uid = obj.meta().uid.as_deref().unwrap_or_default();
+    let assignments = ctx.stores.node_assignments.state();
+    let nodes = status::nodes_still_running(&id, uid, now, assignments.iter().map(|a| &**a));
+    if nodes.is_empty() {
+        let note = format!("probe {id} removed from every node");
+        publish(ctx, obj, event(EventType::Normal, "Deleted", note)).await;
+        return Ok(Action::await_change());
+    }
+    let deleting_since = obj.meta().deletion_timestamp.as_ref().map_or(now, |t| t.0);
+    let waited = Duration::try_from(now.duration_since(deleting_since)).unwrap_or_default();
+    if waited > CLEANUP_DEADLINE {
+        let note = format!(
+            "gave up waiting {}s for nodes {} to remove probe {id}; deleting anyway",
+            CLEANUP_DEADLINE.as_secs(),
+            nodes.join(", ")
+        );
+        publish(ctx, obj, event(EventType::Warning, "CleanupTimedOut", note)).await;
+        return Ok(Action::await_change());
+    }
+    Err(Error::CleanupPending {
+        id,
+        nodes: nodes.join(", "),
+    })
+}
+
+async fn patch_status<K: SondeResource>(
+    obj: &K,
+    status: &ResourceStatus,
+    ctx: &Context,
+) -> Result<(), Error> {
+    let name = obj.name_any();
+    let api = K::api(ctx.client.clone(), obj.meta().namespace.as_deref());
+    // Server-side apply, so fields that disappear from our status (failures, expiresAt) are removed.
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::KIND,
+        "status": status,
+    });
+    let params = PatchParams::apply(OPERATOR_MANAGER).force();
+    api.patch_status(&name, &params, &Patch::Apply(body))
+        .await
+        .map_err(|source| Error::PatchStatus {
+            kind: K::KIND,
+            name,
+            source,
+        })?;
+    Ok(())
+}
+
+fn transition_event(t: &Transition) -> Event {
+    match t.condition {
+        ConditionType::Ready => event(EventType::Normal, "Ready", t.message.clone()),
+        ConditionType::Degraded => event(EventType::Warning, "Degraded", t.message.clone()),
+        ConditionType::Expired => event(EventType::Normal, "Expired", t.message.clone()),
+    }
+}
+
+fn event(type_: EventType, reason: &str, note: String) -> Event {
+    // The Events API limits notes to 1 kB.
+    let note = if note.len() > 1000 {
+        let mut end = 1000;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…", &note[..end])
+    } else {
+        note
+    };
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
+}
+
+/// Events are best effort: failing to publish one never fails a reconciliation.
+async fn publish<K: SondeResource>(ctx: &Context, obj: &K, ev: Event) {
+    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        warn!(reason = %ev.reason, error = %e, "could not publish event");
+        ctx.metrics.failed(K::KIND, "publish_event");
+    }
+}
