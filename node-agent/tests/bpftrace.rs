@@ -123,19 +123,22 @@ async fn eventually<T>(
 fn workload_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("sonde-bpftrace-test-{}", std::process::id()));
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("bpftrace");
         std::fs::create_dir_all(&dir).unwrap();
         // comm is the file name cut to 15 bytes: keep it short and exact.
         let binary = dir.join("sonde_workload");
+        // Built under a private name, then renamed: concurrent test runs never see half a file.
+        let building = dir.join(format!("sonde_workload.{}", std::process::id()));
         let source =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bpftrace/workload.c");
         let status = Command::new("cc")
             .args(["-O1", "-g", "-o"])
-            .arg(&binary)
+            .arg(&building)
             .arg(&source)
             .status()
             .unwrap();
         assert!(status.success(), "cc could not build {}", source.display());
+        std::fs::rename(&building, &binary).unwrap();
         binary
     })
 }
