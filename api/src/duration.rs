@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("`{value}` is not a duration: {reason}; write it like 90s, 30m or 1h30m (units: ns, us, ms, s, m, h)")]
+#[error(
+    "`{value}` is not a duration: {reason}; write it like 90s, 30m or 1h30m (units: ns, us, ms, s, m, h)"
+)]
 pub struct DurationError {
     pub value: String,
     pub reason: &'static str,
@@ -13,7 +15,10 @@ pub struct DurationError {
 
 /// Parses a Go-style duration.
 pub fn parse(value: &str) -> Result<Duration, DurationError> {
-    let err = |reason| DurationError { value: value.to_owned(), reason };
+    let err = |reason| DurationError {
+        value: value.to_owned(),
+        reason,
+    };
     if value.is_empty() {
         return Err(err("it is empty"));
     }
@@ -26,9 +31,13 @@ pub fn parse(value: &str) -> Result<Duration, DurationError> {
         if num_len == 0 {
             return Err(err("a unit has no number before it"));
         }
-        let number: f64 = rest[..num_len].parse().map_err(|_| err("a number is malformed"))?;
+        let number: f64 = rest[..num_len]
+            .parse()
+            .map_err(|_| err("a number is malformed"))?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,

@@ -79,7 +79,9 @@ fn preserved_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// A container of a pod on this node, resolved by the operator.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, KubeSchema)]
+#[derive(
+    Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, KubeSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub struct PodTarget {
     pub pod_uid: String,
