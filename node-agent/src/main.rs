@@ -10,7 +10,10 @@ use std::sync::Arc;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use sonde_agent::http::{self, AppState, Authorizer, Mode};
-use sonde_agent::probes::{self, ProbeContext, bpftrace::BpftraceShared};
+use sonde_agent::probes::{
+    self, ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared,
+    profiler::ProfilerShared, protocols::ProtocolsShared,
+};
 use sonde_agent::source::{kube::KubeSource, manifests};
 use sonde_agent::tables::{Budget, Store};
 use sonde_agent::telemetry::Telemetry;
@@ -150,6 +153,9 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         node: node.clone(),
         tables: store.clone(),
         bpftrace,
+        protocols: Arc::new(ProtocolsShared::new(&mut registry)),
+        profiler: Arc::new(ProfilerShared::new(&mut registry)),
+        dynamic_log: Arc::new(DynamicLogShared::new(&mut registry)),
     };
     let manager = span.in_scope(|| probes::spawn(ctx, telemetry.clone()));
 

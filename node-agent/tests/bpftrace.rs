@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
 use sonde_agent::probes::bpftrace::{BpftraceProbe, BpftraceShared};
+use sonde_agent::probes::dynamic_log::DynamicLogShared;
+use sonde_agent::probes::profiler::ProfilerShared;
+use sonde_agent::probes::protocols::ProtocolsShared;
 use sonde_agent::probes::{ProbeContext, RuntimeStatus};
 use sonde_agent::tables::{Query, Row, Store, Value};
 use sonde_agent::targets::TargetProcess;
@@ -55,6 +58,9 @@ fn harness() -> Harness {
         node: "test-node".into(),
         tables: Store::default(),
         bpftrace: Arc::new(shared),
+        protocols: Arc::new(ProtocolsShared::new(&mut registry)),
+        profiler: Arc::new(ProfilerShared::new(&mut registry)),
+        dynamic_log: Arc::new(DynamicLogShared::new(&mut registry)),
     };
     Harness { registry, ctx }
 }

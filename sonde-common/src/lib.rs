@@ -4,6 +4,10 @@
 //! both sides agree on the layout without hand-copied definitions.
 #![no_std]
 
+pub mod conn;
+pub mod dynlog;
+pub mod profiler;
+
 /// Event the capability self-test programs write to their ring buffer when they fire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::bpftrace::BpftraceProbe;
-use super::unavailable::UnavailableProbe;
+use super::dynamic_log::DynamicLogProbe;
+use super::profiler::ProfilerProbe;
+use super::protocols::ProtocolProbe;
 use super::{ProbeContext, RuntimeStatus};
 use crate::targets::{ProcessTable, TargetProcess};
 use crate::telemetry::Telemetry;
@@ -56,24 +58,56 @@ impl ManagerHandle {
     }
 }
 
+/// One running probe, by kind. Every runtime has the same shape: start, status, update, stop.
 enum Runtime {
     Bpftrace(BpftraceProbe),
-    Unavailable(UnavailableProbe),
+    Protocols(ProtocolProbe),
+    Profiler(ProfilerProbe),
+    DynamicLog(DynamicLogProbe),
 }
 
 impl Runtime {
     fn status(&self) -> RuntimeStatus {
         match self {
             Runtime::Bpftrace(p) => p.status(),
-            Runtime::Unavailable(p) => p.status(),
+            Runtime::Protocols(p) => p.status(),
+            Runtime::Profiler(p) => p.status(),
+            Runtime::DynamicLog(p) => p.status(),
         }
     }
 
     async fn stop(self) {
         match self {
             Runtime::Bpftrace(p) => p.stop().await,
-            Runtime::Unavailable(_) => {}
+            Runtime::Protocols(p) => p.stop().await,
+            Runtime::Profiler(p) => p.stop().await,
+            Runtime::DynamicLog(p) => p.stop().await,
         }
+    }
+
+    /// Hands a new generation or new targets to the runtime; false when `probe` needs another
+    /// runtime kind (the caller then stops this one and starts afresh).
+    async fn update(&mut self, probe: &AssignedProbe, targets: &[TargetProcess]) -> bool {
+        match (self, &probe.config) {
+            (Runtime::Bpftrace(rt), ProbeConfig::BpftraceScript(spec)) => {
+                rt.update(probe, spec, targets).await
+            }
+            (Runtime::Protocols(rt), ProbeConfig::Tracepoint(spec))
+                if spec.probe.protocols.is_some() =>
+            {
+                rt.update(probe, spec, targets).await
+            }
+            (Runtime::Profiler(rt), ProbeConfig::Tracepoint(spec))
+                if spec.probe.profiler.is_some() =>
+            {
+                rt.update(probe, spec, targets).await
+            }
+            (Runtime::DynamicLog(rt), ProbeConfig::DynamicLog(spec)) => {
+                rt.update(probe, spec, targets).await
+            }
+            _ => return false,
+        }
+        true
     }
 }
 
@@ -115,11 +149,15 @@ fn start(ctx: &ProbeContext, probe: &AssignedProbe, targets: &[TargetProcess]) -
         ProbeConfig::BpftraceScript(spec) => {
             Runtime::Bpftrace(BpftraceProbe::start(ctx, probe, spec, targets))
         }
-        ProbeConfig::Tracepoint(_) => {
-            Runtime::Unavailable(UnavailableProbe::new("Tracepoint", "protocols/profiler"))
+        // Validation guarantees exactly one of protocols and profiler.
+        ProbeConfig::Tracepoint(spec) if spec.probe.profiler.is_some() => {
+            Runtime::Profiler(ProfilerProbe::start(ctx, probe, spec, targets))
         }
-        ProbeConfig::DynamicLog(_) => {
-            Runtime::Unavailable(UnavailableProbe::new("DynamicLog", "Go dynamic logging"))
+        ProbeConfig::Tracepoint(spec) => {
+            Runtime::Protocols(ProtocolProbe::start(ctx, probe, spec, targets))
+        }
+        ProbeConfig::DynamicLog(spec) => {
+            Runtime::DynamicLog(DynamicLogProbe::start(ctx, probe, spec, targets))
         }
     }
 }
@@ -230,21 +268,21 @@ impl Manager {
                 }
                 Some(mut running) => {
                     let targets = targets.unwrap_or_else(|| running.targets.clone());
-                    let same_kind = std::mem::discriminant(&running.probe.config)
-                        == std::mem::discriminant(&probe.config);
-                    match (&mut running.runtime, &probe.config) {
-                        (Runtime::Bpftrace(rt), ProbeConfig::BpftraceScript(spec))
-                            if same_kind && running.probe.owner.uid == probe.owner.uid =>
-                        {
-                            info!(parent: &span, owner_generation = probe.owner.generation, "updating probe");
-                            rt.update(&probe, spec, &targets)
-                                .instrument(span.clone())
-                                .await;
+                    let same_owner = running.probe.owner.uid == probe.owner.uid;
+                    info!(parent: &span, owner_generation = probe.owner.generation, "updating probe");
+                    let updated = same_owner
+                        && running
+                            .runtime
+                            .update(&probe, &targets)
+                            .instrument(span.clone())
+                            .await;
+                    match updated {
+                        true => {
                             running.probe = probe;
                             running.targets = targets;
                             self.running.insert(id, running);
                         }
-                        _ => {
+                        false => {
                             // Another owner (deleted and re-created) or another config: start afresh.
                             info!(parent: &span, "restarting probe for its new owner or config");
                             running.runtime.stop().instrument(span.clone()).await;
@@ -275,13 +313,12 @@ impl Manager {
                 continue;
             }
             info!(probe = %id, before = running.targets.len(), after = targets.len(), "probe targets changed");
-            if let (Runtime::Bpftrace(rt), ProbeConfig::BpftraceScript(spec)) =
-                (&mut running.runtime, &running.probe.config)
-            {
-                rt.update(&running.probe, spec, &targets)
-                    .instrument(info_span!("probe", id = %id))
-                    .await;
-            }
+            // The kind cannot change here (same probe), so update always applies.
+            running
+                .runtime
+                .update(&running.probe, &targets)
+                .instrument(info_span!("probe", id = %id))
+                .await;
             running.targets = targets;
         }
     }

@@ -5,7 +5,10 @@
 //! - [`ProbeContext`] is handed to every runtime.
 //! - [`RuntimeStatus`] is what a runtime reports about itself.
 pub mod bpftrace;
+pub mod dynamic_log;
 pub mod manager;
+pub mod profiler;
+pub mod protocols;
 pub mod unavailable;
 
 use sonde_api::ProbeState;
@@ -19,6 +22,9 @@ pub struct ProbeContext {
     pub node: String,
     pub tables: crate::tables::Store,
     pub bpftrace: std::sync::Arc<bpftrace::BpftraceShared>,
+    pub protocols: std::sync::Arc<protocols::ProtocolsShared>,
+    pub profiler: std::sync::Arc<profiler::ProfilerShared>,
+    pub dynamic_log: std::sync::Arc<dynamic_log::DynamicLogShared>,
 }
 
 /// What a runtime reports about itself; becomes a `ProbeStatus` in the NodeAssignment.

@@ -1,0 +1,242 @@
+//! Application-protocol parsers over the bytes Sonde captures from syscalls.
+//!
+//! One module per protocol, each with `detect` (a cheap check on a connection's first bytes), a
+//! per-connection [`ConnParser`] (bytes → frames → request/response [`Record`]s, never panicking), its
+//! [`Columns`](ColumnDef) and its tests. [`Kind`] registers them all. This crate knows nothing about eBPF,
+//! tables or metrics: the agent's protocol runtime feeds it bytes and turns records into rows and
+//! RED metrics, so the parsers can be unit-tested on captured bytes and fuzzed on their own.
+#![forbid(unsafe_code)]
+
+pub mod dns;
+pub mod http;
+pub mod mysql;
+pub mod pgsql;
+pub mod redis;
+
+/// Which way bytes went, seen from the traced process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Written by the traced process (write, send*, sendfile, …).
+    Egress,
+    /// Read by the traced process (read, recv*, …).
+    Ingress,
+}
+
+/// The traced process's side of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// It connected (or sent the first request): its egress bytes are requests.
+    Client,
+    /// It accepted (or received the first request): its ingress bytes are requests.
+    Server,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// Transport under the protocol: TCP is a byte stream per direction; UDP delivers whole datagrams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// Settings of one Tracepoint that every parser honours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParseConfig {
+    /// Bytes of each body (HTTP body, query text beyond the statement, …) kept in records.
+    pub max_body_bytes: usize,
+    /// Replace secrets (Authorization, Cookie, Set-Cookie, Proxy-Authorization header values,
+    /// PostgreSQL/MySQL password messages) with `<redacted>`.
+    pub redact: bool,
+}
+
+impl Default for ParseConfig {
+    fn default() -> Self {
+        ParseConfig {
+            max_body_bytes: 512,
+            redact: true,
+        }
+    }
+}
+
+/// What replaces a redacted value.
+pub const REDACTED: &str = "<redacted>";
+
+/// Type of a protocol column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldType {
+    Int64,
+    UInt64,
+    Float64,
+    Boolean,
+    String,
+}
+
+/// A protocol column of a table (after the common connection columns the runtime adds:
+/// local/remote address and port, trace_role, latency).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ColumnDef {
+    pub name: &'static str,
+    pub ty: FieldType,
+}
+
+/// One value of a record, in the order of its protocol's columns.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Field {
+    Null,
+    Int64(i64),
+    UInt64(u64),
+    Float64(f64),
+    Boolean(bool),
+    String(String),
+}
+
+/// Labels for the RED metrics a record feeds. Every value is from a bounded set (a known method or
+/// operation name, else `_OTHER`; never a path or a query text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Red {
+    /// `http_{server,client}_request_duration_seconds{http_request_method, http_response_status_code}`;
+    /// status 0 when no response came.
+    Http { method: &'static str, status: u16 },
+    /// `dns_lookup_duration_seconds`.
+    Dns,
+    /// `db_client_operation_duration_seconds{db_system_name, db_operation_name}`.
+    Db {
+        system: &'static str,
+        operation: &'static str,
+    },
+}
+
+/// One request with its response (or without, when it timed out or the connection closed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// Monotonic timestamp (ns) of the request's first byte.
+    pub request_ns: u64,
+    /// Response's last byte minus `request_ns`; None without a response.
+    pub latency_ns: Option<u64>,
+    /// Values in the order of [`Kind::columns`].
+    pub fields: Vec<Field>,
+    pub red: Red,
+}
+
+/// A frame that could not be parsed. The runtime counts these per protocol and reason; they are
+/// never fatal (the parser resynchronises or gives up on the connection).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{protocol}: {reason}")]
+pub struct ParseError {
+    pub protocol: &'static str,
+    /// Bounded reason, usable as a metric label (e.g. "bad_request_line", "frame_too_large").
+    pub reason: &'static str,
+}
+
+/// Per-connection parser state of one protocol.
+pub trait ConnParser: Send {
+    /// Bytes of one syscall, in order within each direction (TCP: any chunking; UDP: one datagram).
+    /// Completed records are pushed to `out`.
+    fn feed(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        data: &[u8],
+        out: &mut Vec<Record>,
+    ) -> Result<(), ParseError>;
+    /// Some bytes of this direction were lost (truncated capture or dropped events): resynchronise.
+    fn gap(&mut self, dir: Direction, lost_bytes: u64);
+    /// Emits requests older than `deadline_ns` (monotonic) as records without response; on close the
+    /// runtime calls it with `u64::MAX`.
+    fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>);
+}
+
+/// Every protocol Sonde parses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Http,
+    Dns,
+    Pgsql,
+    Mysql,
+    Redis,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [Kind::Http, Kind::Dns, Kind::Pgsql, Kind::Mysql, Kind::Redis];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Http => "http",
+            Kind::Dns => "dns",
+            Kind::Pgsql => "pgsql",
+            Kind::Mysql => "mysql",
+            Kind::Redis => "redis",
+        }
+    }
+
+    /// Table the records go to (Pixie's names).
+    pub fn table(self) -> &'static str {
+        match self {
+            Kind::Http => "http_events",
+            Kind::Dns => "dns_events",
+            Kind::Pgsql => "pgsql_events",
+            Kind::Mysql => "mysql_events",
+            Kind::Redis => "redis_events",
+        }
+    }
+
+    /// The protocol's own columns (Pixie's names where Pixie has them).
+    pub fn columns(self) -> &'static [ColumnDef] {
+        match self {
+            Kind::Http => http::COLUMNS,
+            Kind::Dns => dns::COLUMNS,
+            Kind::Pgsql => pgsql::COLUMNS,
+            Kind::Mysql => mysql::COLUMNS,
+            Kind::Redis => redis::COLUMNS,
+        }
+    }
+
+    /// Does `data`, the first bytes seen on a connection in direction `dir`, look like this protocol?
+    /// `remote_port` is a hint (e.g. 53, 5432, 3306, 6379) for protocols whose first bytes are weak.
+    pub fn detect(self, dir: Direction, data: &[u8], remote_port: u16) -> bool {
+        match self {
+            Kind::Http => http::detect(dir, data, remote_port),
+            Kind::Dns => dns::detect(dir, data, remote_port),
+            Kind::Pgsql => pgsql::detect(dir, data, remote_port),
+            Kind::Mysql => mysql::detect(dir, data, remote_port),
+            Kind::Redis => redis::detect(dir, data, remote_port),
+        }
+    }
+
+    /// A parser for one connection.
+    pub fn parser(
+        self,
+        role: Role,
+        transport: Transport,
+        config: &ParseConfig,
+    ) -> Box<dyn ConnParser> {
+        match self {
+            Kind::Http => Box::new(http::Parser::new(role, config)),
+            Kind::Dns => Box::new(dns::Parser::new(role, transport, config)),
+            Kind::Pgsql => Box::new(pgsql::Parser::new(role, config)),
+            Kind::Mysql => Box::new(mysql::Parser::new(role, config)),
+            Kind::Redis => Box::new(redis::Parser::new(role, config)),
+        }
+    }
+
+    /// The first of `enabled` that recognises `data`.
+    pub fn detect_any(
+        enabled: &[Kind],
+        dir: Direction,
+        data: &[u8],
+        remote_port: u16,
+    ) -> Option<Kind> {
+        enabled
+            .iter()
+            .copied()
+            .find(|k| k.detect(dir, data, remote_port))
+    }
+}

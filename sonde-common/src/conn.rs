@@ -1,0 +1,1 @@
+//! STUB: shared structs of the conn eBPF programs, written by their owner.
