@@ -44,6 +44,9 @@ struct Cli {
     /// Memory budget of all tables together, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 128)]
     total_budget_mib: usize,
+    /// How often the CPU profiler drains, symbolizes and writes its samples (e.g. 10s).
+    #[arg(long, env = "SONDE_PROFILER_PERIOD", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    profiler_period: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +157,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         tables: store.clone(),
         bpftrace,
         protocols: Arc::new(ProtocolsShared::new(&mut registry)),
-        profiler: Arc::new(ProfilerShared::new(&mut registry)),
+        profiler: Arc::new(ProfilerShared::with_period(
+            &mut registry,
+            cli.profiler_period,
+        )),
         dynamic_log: Arc::new(DynamicLogShared::new(&mut registry)),
     };
     let manager = span.in_scope(|| probes::spawn(ctx, telemetry.clone()));

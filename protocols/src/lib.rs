@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 
 pub mod dns;
+mod frames;
 pub mod http;
 pub mod mysql;
 pub mod pgsql;
 pub mod redis;
+mod sql;
 
 /// Which way bytes went, seen from the traced process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

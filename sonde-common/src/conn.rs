@@ -1,1 +1,242 @@
-//! STUB: shared structs of the conn eBPF programs, written by their owner.
+//! Structs shared by the protocol-tracing eBPF programs (`node-agent-ebpf/src/protocols`) and the
+//! agent's protocols runtime (`node-agent/src/probes/protocols`).
+//!
+//! Kernel → user: events on the [`names::EVENTS_MAP`] ring buffer. Each starts with an
+//! [`EventHeader`] whose `kind` says which struct it is: [`OpenEvent`], [`CloseEvent`],
+//! [`ClassifyEvent`] or a data event ([`DataEventHeader`] followed by `len` bytes). User → kernel:
+//! the filter maps (tgids, cgroup ids) and [`ConnInfo::state`] for fds the kernel could not classify.
+
+/// Bytes of one data event; a syscall's buffers are split into chunks of at most this size.
+/// A power of two so the eBPF side can bound lengths with a mask.
+pub const DATA_CHUNK: usize = 4096;
+/// Chunks emitted per syscall at most; bytes beyond are counted as truncated.
+pub const MAX_CHUNKS_PER_SYSCALL: u32 = 4;
+/// Iovecs read per readv/writev/recvmsg/sendmsg at most; bytes in later ones count as truncated.
+pub const MAX_IOVECS: u32 = 8;
+
+/// [`EventHeader::kind`]: a connection opened (connect/accept), with the peer address if known.
+pub const EVENT_OPEN: u32 = 1;
+/// [`EventHeader::kind`]: bytes of one syscall (one chunk).
+pub const EVENT_DATA: u32 = 2;
+/// [`EventHeader::kind`]: a traced connection's fd was closed, with its byte counts.
+pub const EVENT_CLOSE: u32 = 3;
+/// [`EventHeader::kind`]: a selected process did I/O on an fd of unknown type; user space must set
+/// its [`ConnInfo::state`] to [`CONN_TRACE`] or [`CONN_IGNORE`].
+pub const EVENT_CLASSIFY: u32 = 4;
+
+/// [`ConnInfo::state`]: an inet socket whose bytes are captured.
+pub const CONN_TRACE: u32 = 1;
+/// [`ConnInfo::state`]: an inet socket whose bytes are only counted (no protocol detected).
+pub const CONN_STATS_ONLY: u32 = 2;
+/// [`ConnInfo::state`]: not an inet socket (file, pipe, unix socket…): ignored.
+pub const CONN_IGNORE: u32 = 3;
+/// [`ConnInfo::state`]: waiting for user space to classify the fd; I/O meanwhile is not captured
+/// (counted as [`DROP_UNCLASSIFIED`]).
+pub const CONN_PENDING: u32 = 4;
+
+/// [`ConnInfo::role`] / [`OpenEvent::role`]: not known from connect/accept.
+pub const ROLE_UNKNOWN: u32 = 0;
+/// The process connected.
+pub const ROLE_CLIENT: u32 = 1;
+/// The process accepted.
+pub const ROLE_SERVER: u32 = 2;
+
+/// [`DataEventHeader::direction`]: written by the traced process.
+pub const DIR_EGRESS: u32 = 0;
+/// [`DataEventHeader::direction`]: read by the traced process.
+pub const DIR_INGRESS: u32 = 1;
+
+/// Drop reason (index into the drop counters): the ring buffer was full.
+pub const DROP_RING_FULL: u32 = 0;
+/// Drop reason: a syscall moved more bytes than one event set carries (chunks or iovecs).
+pub const DROP_TRUNCATED: u32 = 1;
+/// Drop reason: the connection map was full.
+pub const DROP_CONN_MAP_FULL: u32 = 2;
+/// Drop reason: the per-thread syscall-argument map was full.
+pub const DROP_ARGS_MAP_FULL: u32 = 3;
+/// Drop reason: I/O on an fd that was still being classified by user space.
+pub const DROP_UNCLASSIFIED: u32 = 4;
+/// Drop reason: user memory could not be read (paged out, bad pointer).
+pub const DROP_READ_FAILED: u32 = 5;
+/// Number of drop reasons (size of the drop counter array).
+pub const DROP_REASONS: u32 = 6;
+
+/// Metric label of each drop reason, by index.
+pub const DROP_REASON_NAMES: [&str; DROP_REASONS as usize] = [
+    "ring_full",
+    "truncated",
+    "conn_map_full",
+    "args_map_full",
+    "unclassified_fd",
+    "read_failed",
+];
+
+/// Key of the connection map: a process's fd.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub tgid: u32,
+    pub fd: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
+
+/// Value of the connection map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// Monotonic ns at open: with (tgid, fd) it names one connection across fd reuse.
+    pub generation: u64,
+    /// Bytes written by the process since open (all of them, captured or not).
+    pub bytes_sent: u64,
+    /// Bytes read by the process since open.
+    pub bytes_recv: u64,
+    /// One of the `CONN_*` states.
+    pub state: u32,
+    /// One of the `ROLE_*` values.
+    pub role: u32,
+}
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 32);
+
+/// Start of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventHeader {
+    /// One of the `EVENT_*` kinds.
+    pub kind: u32,
+    pub tgid: u32,
+    /// Monotonic ns (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) at the syscall's exit.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the thread.
+    pub cgroup_id: u64,
+    pub fd: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// [`ConnInfo::generation`] of the connection.
+    pub generation: u64,
+}
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 40);
+
+/// A connection opened by connect (client) or accept (server).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenEvent {
+    pub header: EventHeader,
+    /// `ROLE_CLIENT` or `ROLE_SERVER`.
+    pub role: u32,
+    /// Address family of `remote_addr` (AF_INET 2, AF_INET6 10; 0: unknown).
+    pub family: u16,
+    /// Remote port, host byte order.
+    pub remote_port: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub remote_addr: [u8; 16],
+    /// For accepted connections: the listening socket's fd, whose address is the local one (the
+    /// accepted fd may be closed before user space can look at it). `u32::MAX` otherwise.
+    pub listen_fd: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<OpenEvent>() == 72);
+
+/// A traced connection was closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub header: EventHeader,
+    pub bytes_sent: u64,
+    pub bytes_recv: u64,
+}
+const _: () = assert!(core::mem::size_of::<CloseEvent>() == 56);
+
+/// I/O on an fd of unknown type (its [`ConnInfo`] is now [`CONN_PENDING`], generation in the header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassifyEvent {
+    pub header: EventHeader,
+}
+const _: () = assert!(core::mem::size_of::<ClassifyEvent>() == 40);
+
+/// Header of a data event; `len` bytes of data follow it in the same ring-buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DataEventHeader {
+    pub header: EventHeader,
+    /// Bytes the whole syscall moved (its return value).
+    pub syscall_len: u64,
+    /// Offset of this chunk's first byte in the connection's stream of this direction.
+    pub stream_pos: u64,
+    /// `DIR_EGRESS` or `DIR_INGRESS`.
+    pub direction: u32,
+    /// Syscall number (x86-64), for diagnostics.
+    pub syscall: u32,
+    /// Data bytes that follow (≤ [`DATA_CHUNK`]).
+    pub len: u32,
+    /// Index of this chunk among the syscall's chunks (0: the first).
+    pub chunk: u32,
+}
+const _: () = assert!(core::mem::size_of::<DataEventHeader>() == 72);
+
+/// A data event as the eBPF side builds it in per-CPU scratch memory; only the header and the first
+/// `header.len` bytes are sent.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct DataEvent {
+    pub header: DataEventHeader,
+    pub data: [u8; DATA_CHUNK],
+}
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 72 + DATA_CHUNK);
+
+/// Names shared by the eBPF object and the loader, so a rename breaks the build, not the agent.
+pub mod names {
+    /// Ring buffer of events.
+    pub const EVENTS_MAP: &str = "CONN_EVENTS";
+    /// `HashMap<u32 tgid, u32>`: selected processes.
+    pub const TGIDS_MAP: &str = "CONN_TGIDS";
+    /// `HashMap<u64 cgroup id, u32>`: selected cgroups (v2 ids).
+    pub const CGROUPS_MAP: &str = "CONN_CGROUPS";
+    /// `HashMap<ConnKey, ConnInfo>`.
+    pub const CONNS_MAP: &str = "CONN_CONNS";
+    /// `PerCpuArray<u64>` of [`super::DROP_REASONS`] drop counters.
+    pub const DROPS_MAP: &str = "CONN_DROPS";
+    /// Global `u32`: the agent's own tgid, never traced.
+    pub const AGENT_TGID_GLOBAL: &str = "CONN_AGENT_TGID";
+    /// Global `u32`: 1 traces every process (cluster-wide auto-telemetry).
+    pub const TRACE_ALL_GLOBAL: &str = "CONN_TRACE_ALL";
+    /// Syscall tracepoints (`syscalls:<name>`) and the program attached to each.
+    pub const TRACEPOINTS: &[(&str, &str)] = &[
+        ("sys_enter_read", "conn_enter_read"),
+        ("sys_exit_read", "conn_exit_data"),
+        ("sys_enter_write", "conn_enter_write"),
+        ("sys_exit_write", "conn_exit_data"),
+        ("sys_enter_readv", "conn_enter_readv"),
+        ("sys_exit_readv", "conn_exit_data"),
+        ("sys_enter_writev", "conn_enter_writev"),
+        ("sys_exit_writev", "conn_exit_data"),
+        ("sys_enter_recvfrom", "conn_enter_recvfrom"),
+        ("sys_exit_recvfrom", "conn_exit_data"),
+        ("sys_enter_sendto", "conn_enter_sendto"),
+        ("sys_exit_sendto", "conn_exit_data"),
+        ("sys_enter_recvmsg", "conn_enter_recvmsg"),
+        ("sys_exit_recvmsg", "conn_exit_data"),
+        ("sys_enter_sendmsg", "conn_enter_sendmsg"),
+        ("sys_exit_sendmsg", "conn_exit_data"),
+        ("sys_enter_connect", "conn_enter_connect"),
+        ("sys_exit_connect", "conn_exit_connect"),
+        ("sys_enter_accept", "conn_enter_accept"),
+        ("sys_exit_accept", "conn_exit_accept"),
+        ("sys_enter_accept4", "conn_enter_accept"),
+        ("sys_exit_accept4", "conn_exit_accept"),
+        ("sys_enter_close", "conn_enter_close"),
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all impls below): the structs are repr(C), Copy, have no implicit padding (sizes asserted
+    // above, padding fields explicit) and every bit pattern of their integer fields is valid.
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnInfo {}
+    unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::OpenEvent {}
+    unsafe impl aya::Pod for super::CloseEvent {}
+    unsafe impl aya::Pod for super::ClassifyEvent {}
+    unsafe impl aya::Pod for super::DataEventHeader {}
+}

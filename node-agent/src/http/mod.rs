@@ -1,8 +1,9 @@
 //! The agent's one HTTP listener: `/metrics`, `/healthz`, `/readyz` (open) and `/v1/status`,
-//! `/v1/tables`, `/v1/tables/{name}` (bearer token checked like the kubelet's `nodes/proxy` in a
+//! `/v1/tables`, `/v1/tables/{name}`, `/v1/profiles/{pprof,flamegraph.svg}` (bearer token checked like the kubelet's `nodes/proxy` in a
 //! cluster, because tables hold request bodies).
 mod auth;
 mod handlers;
+mod profiles;
 #[cfg(test)]
 mod tests;
 
@@ -66,6 +67,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(handlers::status))
         .route("/v1/tables", get(handlers::tables))
         .route("/v1/tables/{name}", get(handlers::table))
+        .route("/v1/profiles/pprof", get(profiles::pprof))
+        .route("/v1/profiles/flamegraph.svg", get(profiles::flamegraph_svg))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -91,6 +94,8 @@ fn route_label(path: Option<&str>) -> &'static str {
         Some("/v1/status") => "/v1/status",
         Some("/v1/tables") => "/v1/tables",
         Some("/v1/tables/{name}") => "/v1/tables/{name}",
+        Some("/v1/profiles/pprof") => "/v1/profiles/pprof",
+        Some("/v1/profiles/flamegraph.svg") => "/v1/profiles/flamegraph.svg",
         _ => "other",
     }
 }

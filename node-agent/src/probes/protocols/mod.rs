@@ -1,56 +1,329 @@
-//! Tracepoint (protocols) runtime. STUB: being written by its owner; until then it reports the runtime as unavailable.
+//! Tracepoint (protocols) runtime: protocol tracing from syscall tracepoints.
 //!
 //! Contract used by the probe manager (same shape as the bpftrace runtime):
-//! - `ProtocolsShared::new(registry: &mut Registry) -> ProtocolsShared`: once at startup (metrics, shared kernel state).
-//! - `ProtocolProbe::start(ctx: &ProbeContext, probe: &AssignedProbe, spec: &TracepointSpec, targets: &[TargetProcess]) -> ProtocolProbe`
-//!   never fails synchronously: problems show in `status()`.
+//! - `ProtocolsShared::new(registry)`: once at startup (metrics). The eBPF programs are loaded and
+//!   attached when the first protocol probe starts and detached when the last one stops.
+//! - `ProtocolProbe::start(ctx, probe, spec, targets)` never fails synchronously: problems show in
+//!   `status()`. It must be called inside a tokio runtime.
 //! - `ProtocolProbe::status(&self) -> RuntimeStatus`
-//! - `ProtocolProbe::update(&mut self, probe, spec, targets)` (async): new generation or new target processes.
-//! - `ProtocolProbe::stop(self)` (async): detach everything this probe attached.
-use prometheus_client::registry::Registry;
-use sonde_api::{AssignedProbe, TracepointSpec};
+//! - `ProtocolProbe::update(&mut self, probe, spec, targets)` (async): new settings or targets.
+//! - `ProtocolProbe::stop(self)` (async).
+//!
+//! Parts: [`kernel`] loads the eBPF side (`node-agent-ebpf/src/protocols`) and keeps its filter maps
+//! equal to [`routes`] (which process gets which protocols); [`events`] decodes the ring buffer;
+//! [`sockets`] tells what an fd is; [`conn`] reassembles and parses one connection; [`tracker`] is
+//! the event loop's state; [`rows`] and [`metrics`] are its outputs. Parsers come from
+//! `sonde-protocols`.
+pub mod conn;
+pub mod events;
+pub mod kernel;
+pub mod metrics;
+pub mod routes;
+pub mod rows;
+pub mod sockets;
+pub mod tracker;
 
-use super::unavailable::UnavailableProbe;
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use prometheus_client::registry::Registry;
+use sonde_api::{AssignedProbe, ProbeState, Protocol, TracepointSpec};
+use sonde_protocols::{Kind, ParseConfig};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, error, info, info_span};
+
+use self::kernel::Kernel;
+use self::metrics::ProtocolMetrics;
+use self::routes::{ProbeRoutes, Routes};
+use self::rows::Tables;
+use self::tracker::Tracker;
 use super::{ProbeContext, RuntimeStatus};
 use crate::targets::TargetProcess;
 
-/// State shared by every probe of this kind.
-#[derive(Debug, Default)]
-pub struct ProtocolsShared {}
+/// Default of `spec.probe.maxBodyBytes`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 512;
+/// Ring-buffer records handled before the event loop yields to other tasks.
+const BATCH: usize = 4096;
 
-impl ProtocolsShared {
-    pub fn new(_registry: &mut Registry) -> ProtocolsShared {
-        ProtocolsShared {}
+/// The Kind of an API protocol.
+pub fn kind_of(protocol: Protocol) -> Kind {
+    match protocol {
+        Protocol::Http => Kind::Http,
+        Protocol::Dns => Kind::Dns,
+        Protocol::Pgsql => Kind::Pgsql,
+        Protocol::Mysql => Kind::Mysql,
+        Protocol::Redis => Kind::Redis,
     }
 }
 
+struct Running {
+    kernel: Kernel,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct Inner {
+    probes: BTreeMap<String, ProbeRoutes>,
+    running: Option<Running>,
+    tables: Option<Arc<Mutex<Tables>>>,
+}
+
+/// State shared by every protocol probe: metrics, the loaded programs and who is traced how.
+pub struct ProtocolsShared {
+    pub metrics: ProtocolMetrics,
+    routes: Arc<RwLock<Routes>>,
+    inner: Mutex<Inner>,
+    cgroup_root: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ProtocolsShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtocolsShared").finish_non_exhaustive()
+    }
+}
+
+impl ProtocolsShared {
+    pub fn new(registry: &mut Registry) -> ProtocolsShared {
+        ProtocolsShared {
+            metrics: ProtocolMetrics::register(registry),
+            routes: Arc::new(RwLock::new(Routes::default())),
+            inner: Mutex::new(Inner::default()),
+            cgroup_root: routes::cgroup2_root(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds or replaces probe `id`; loads the programs if it is the first.
+    fn register(&self, ctx: &ProbeContext, id: &str, probe: ProbeRoutes) -> Result<(), String> {
+        let mut inner = self.lock();
+        let tables = inner
+            .tables
+            .get_or_insert_with(|| Arc::new(Mutex::new(Tables::new(ctx.tables.clone()))))
+            .clone();
+        {
+            let mut tables = tables.lock().unwrap_or_else(PoisonError::into_inner);
+            for kind in probe.kinds.iter().copied().map(Some).chain([None]) {
+                tables.ensure(kind, id).map_err(|e| e.to_string())?;
+            }
+        }
+        inner.probes.insert(id.to_owned(), probe);
+        if inner.running.is_none() {
+            let (kernel, maps) = Kernel::load(false).map_err(|e| e.to_string())?;
+            let tracker = Tracker::new(
+                self.routes.clone(),
+                tables,
+                self.metrics.clone(),
+                maps.conns,
+                maps.drops,
+            );
+            let cancel = CancellationToken::new();
+            let task = tokio::spawn(
+                event_loop(tracker, maps.ring, cancel.clone()).instrument(info_span!("protocols")),
+            );
+            info!("protocol tracing attached to the syscall tracepoints");
+            inner.running = Some(Running {
+                kernel,
+                cancel,
+                task,
+            });
+        }
+        self.apply_routes(&mut inner)
+    }
+
+    /// Removes probe `id`; returns the running programs to stop if it was the last.
+    fn unregister(&self, id: &str) -> Option<Running> {
+        let mut inner = self.lock();
+        inner.probes.remove(id);
+        if inner.probes.is_empty() {
+            *self.routes.write().unwrap_or_else(PoisonError::into_inner) = Routes::default();
+            return inner.running.take();
+        }
+        if let Err(e) = self.apply_routes(&mut inner) {
+            error!("{e}");
+        }
+        None
+    }
+
+    fn apply_routes(&self, inner: &mut Inner) -> Result<(), String> {
+        let root = self.cgroup_root.clone();
+        let routes = Routes::build(&inner.probes, |pid| {
+            root.as_deref().and_then(|r| routes::cgroup_id(r, pid))
+        });
+        let tgids: HashSet<u32> = routes.tgids.keys().copied().collect();
+        let cgroups: HashSet<u64> = routes.cgroups.keys().copied().collect();
+        *self.routes.write().unwrap_or_else(PoisonError::into_inner) = routes;
+        if let Some(running) = inner.running.as_mut() {
+            running
+                .kernel
+                .set_filter(&tgids, &cgroups)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+async fn event_loop(mut tracker: Tracker, ring: RingBuf<MapData>, cancel: CancellationToken) {
+    // SAFETY: the AsyncFd owns the RingBuf, which owns the map's fd: the fd stays open and is not
+    // reused while it is registered, and is deregistered before the RingBuf is dropped.
+    let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
+    let mut ring = match registered {
+        Ok(ring) => ring,
+        Err(e) => {
+            error!("cannot poll the capture ring buffer: {e}; protocol tracing produces nothing");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tick.tick() => tracker.tick(),
+            guard = ring.readable_mut() => {
+                let Ok(mut guard) = guard else { break };
+                let rb = guard.get_inner_mut();
+                let mut handled = 0;
+                while handled < BATCH {
+                    let Some(item) = rb.next() else { break };
+                    tracker.handle(&item);
+                    handled += 1;
+                }
+                if handled < BATCH {
+                    guard.clear_ready();
+                }
+            }
+        }
+    }
+    // Whatever is left is finished by the next start; tables keep the rows written so far.
+    tracker.tick();
+}
+
+/// One protocol Tracepoint on this node.
 pub struct ProtocolProbe {
-    unavailable: UnavailableProbe,
+    shared: Arc<ProtocolsShared>,
+    ctx: ProbeContext,
+    id: String,
+    status: RuntimeStatus,
+}
+
+fn probe_routes(
+    probe: &AssignedProbe,
+    spec: &TracepointSpec,
+    targets: &[TargetProcess],
+) -> ProbeRoutes {
+    let mut kinds: Vec<Kind> = spec
+        .probe
+        .protocols
+        .iter()
+        .flatten()
+        .copied()
+        .map(kind_of)
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    ProbeRoutes {
+        kinds,
+        config: ParseConfig {
+            max_body_bytes: spec
+                .probe
+                .max_body_bytes
+                .map_or(DEFAULT_MAX_BODY_BYTES, |b| b as usize),
+            redact: true,
+        },
+        targets: targets.to_vec(),
+        by_cgroup: probe.process.is_none() && !probe.targets.is_empty(),
+    }
 }
 
 impl ProtocolProbe {
     pub fn start(
-        _ctx: &ProbeContext,
-        _probe: &AssignedProbe,
-        _spec: &TracepointSpec,
-        _targets: &[TargetProcess],
+        ctx: &ProbeContext,
+        probe: &AssignedProbe,
+        spec: &TracepointSpec,
+        targets: &[TargetProcess],
     ) -> ProtocolProbe {
-        ProtocolProbe {
-            unavailable: UnavailableProbe::new("Tracepoint (protocols)", "not written yet"),
-        }
+        let mut this = ProtocolProbe {
+            shared: ctx.protocols.clone(),
+            ctx: ctx.clone(),
+            id: probe.id.clone(),
+            status: RuntimeStatus {
+                state: ProbeState::Pending,
+                message: String::new(),
+                targets_attached: 0,
+                restarts: 0,
+            },
+        };
+        this.apply(probe, spec, targets);
+        this
+    }
+
+    fn apply(&mut self, probe: &AssignedProbe, spec: &TracepointSpec, targets: &[TargetProcess]) {
+        let routes = probe_routes(probe, spec, targets);
+        let names: Vec<&str> = routes.kinds.iter().map(|k| k.name()).collect();
+        let names = names.join(",");
+        self.status = match self.shared.register(&self.ctx, &self.id, routes) {
+            Ok(()) if targets.is_empty() => RuntimeStatus {
+                state: ProbeState::Pending,
+                message: format!("tracing {names}; no target process on this node yet"),
+                targets_attached: 0,
+                restarts: 0,
+            },
+            Ok(()) => RuntimeStatus {
+                state: ProbeState::Attached,
+                message: format!("tracing {names} on {} processes", targets.len()),
+                targets_attached: targets.len() as u32,
+                restarts: 0,
+            },
+            Err(message) => {
+                error!(probe = %self.id, "{message}");
+                RuntimeStatus {
+                    state: ProbeState::Failed,
+                    message,
+                    targets_attached: 0,
+                    restarts: 0,
+                }
+            }
+        };
     }
 
     pub fn status(&self) -> RuntimeStatus {
-        self.unavailable.status()
+        self.status.clone()
     }
 
     pub async fn update(
         &mut self,
-        _probe: &AssignedProbe,
-        _spec: &TracepointSpec,
-        _targets: &[TargetProcess],
+        probe: &AssignedProbe,
+        spec: &TracepointSpec,
+        targets: &[TargetProcess],
     ) {
+        self.apply(probe, spec, targets);
     }
 
-    pub async fn stop(self) {}
+    pub async fn stop(self) {
+        if let Some(running) = self.shared.unregister(&self.id) {
+            running.cancel.cancel();
+            let _ = running.task.await;
+            drop(running.kernel);
+            info!("protocol tracing detached: no protocol probe left");
+        }
+    }
+}
+
+/// Table names and owner, for callers that list what this runtime writes.
+pub fn tables_of(kinds: &[Kind]) -> Vec<&'static str> {
+    kinds
+        .iter()
+        .map(|k| k.table())
+        .chain([rows::CONN_STATS_TABLE])
+        .collect()
 }

@@ -1,0 +1,337 @@
+//! Protocol-tracing benchmarks (issue 3): prints figures for BENCHMARKS.md.
+//!
+//! ```text
+//! cargo run --release -p sonde-e2e --bin sonde-bench-protocols -- [--rounds 3] [--seconds 5] [--rate 10000]
+//! ```
+//!
+//! nginx (1 worker, `return 200`) on loopback, then:
+//! 1. saturation: `wrk -t1 -c16` alternating untraced / bare hooks (bpftrace counting the tracepoints
+//!    Sonde attaches, for the worker only) / Sonde (standalone agent, HTTP Tracepoint on nginx);
+//!    throughput ratios against the untraced runs of the same round;
+//! 2. fixed rate (16 keep-alive connections from this process): untraced then Sonde; cost per request
+//!    = (agent CPU + added system time of nginx and the client) / requests; completeness = rows in
+//!    `http_events` (kept + evicted) / requests; agent RSS and drop counters.
+//!
+//! Needs root, nginx, wrk, bpftrace (`scripts/setup peers`) and a release agent (built first).
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use sonde_e2e::process::Proc;
+use sonde_e2e::sonde::{Agent, cpu_seconds, memory_kib};
+use sonde_e2e::tools::{self, SondeBinaries};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The syscall tracepoints Sonde's protocol capture attaches (node-agent-ebpf/src/protocols).
+const TRACEPOINTS: &[&str] = &[
+    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "connect",
+    "accept", "accept4",
+];
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Length of each wrk run.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Requests per second of the fixed-rate runs.
+    #[arg(long, default_value_t = 10_000)]
+    rate: u64,
+    /// Length of each fixed-rate run.
+    #[arg(long, default_value_t = 10)]
+    fixed_seconds: u64,
+}
+
+struct Nginx {
+    proc: Proc,
+    worker: u32,
+    port: u16,
+}
+
+fn start_nginx(dir: &Path, logs: &Path) -> Result<Nginx> {
+    let port = sonde_e2e::ports::free_port()?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid; error_log stderr;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
+            d = dir.display()
+        ),
+    )?;
+    let mut cmd = Command::new("/usr/sbin/nginx");
+    cmd.arg("-c").arg(&conf);
+    let proc = Proc::spawn("nginx-bench", cmd, logs)?;
+    let master = proc.pid();
+    for _ in 0..200 {
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        if let Some(worker) = children.split_whitespace().next()
+            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        {
+            return Ok(Nginx {
+                proc,
+                worker: worker.parse()?,
+                port,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    bail!("nginx did not start (is it installed? `scripts/setup peers`)")
+}
+
+fn wrk(port: u16, seconds: u64) -> Result<f64> {
+    let out = Command::new("wrk")
+        .args(["-t1", "-c16", &format!("-d{seconds}s")])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .context("running wrk: `scripts/setup peers`")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk output: {text}"))
+}
+
+/// bpftrace counting the same tracepoints for the nginx worker only.
+fn start_bare_hooks(worker: u32, logs: &Path) -> Result<Proc> {
+    let probes: Vec<String> = TRACEPOINTS
+        .iter()
+        .flat_map(|n| {
+            [
+                format!("tracepoint:syscalls:sys_enter_{n}"),
+                format!("tracepoint:syscalls:sys_exit_{n}"),
+            ]
+        })
+        .chain(["tracepoint:syscalls:sys_enter_close".to_owned()])
+        .collect();
+    let program = format!("{} /pid == {worker}/ {{ @n = count(); }}", probes.join(","));
+    let mut cmd = Command::new(tools::bpftrace()?);
+    cmd.arg("-e").arg(program).stdin(Stdio::null());
+    let proc = Proc::spawn("bpftrace-bare", cmd, logs)?;
+    for _ in 0..300 {
+        if std::fs::read_to_string(proc.log_path())
+            .unwrap_or_default()
+            .contains("Attaching")
+        {
+            std::thread::sleep(Duration::from_millis(500));
+            return Ok(proc);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("bpftrace did not attach: {}", proc.log_tail(10))
+}
+
+async fn start_sonde(bins: &SondeBinaries, dir: &Path, logs: &Path) -> Result<Agent> {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join("http.yaml"),
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: web\nspec:\n  process:\n    exe: '*/nginx'\n  probe:\n    protocols: [http]\n",
+    )?;
+    let mut agent = Agent::start_standalone(bins, &manifests, logs)?;
+    agent.wait_healthy().await?;
+    let url = format!("{}/v1/status", agent.url);
+    sonde_e2e::wait::until_ok(
+        "the HTTP Tracepoint attached",
+        Duration::from_secs(60),
+        || {
+            let url = url.clone();
+            async move {
+                let body = reqwest::get(&url).await?.text().await?;
+                ensure!(body.contains("Attached"), "not attached yet: {body}");
+                Ok(())
+            }
+        },
+    )
+    .await?;
+    Ok(agent)
+}
+
+/// System CPU seconds (stime) of a process.
+fn system_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let stime: f64 = rest
+        .split_whitespace()
+        .nth(12)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    stime / hz
+}
+
+/// `rate` requests/s for `seconds` over 16 keep-alive connections; returns the requests answered.
+async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<u64> {
+    const CONNS: u64 = 16;
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..CONNS {
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+            stream.set_nodelay(true)?;
+            let period = Duration::from_secs_f64(CONNS as f64 / rate as f64);
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut buf = vec![0u8; 4096];
+            while Instant::now() < deadline {
+                tick.tick().await;
+                stream
+                    .write_all(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    .await?;
+                let mut have = 0;
+                loop {
+                    let n = stream.read(&mut buf[have..]).await?;
+                    ensure!(n > 0, "nginx closed the connection");
+                    have += n;
+                    if buf[..have].ends_with(b"hello\n") {
+                        break;
+                    }
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// (rows kept + evicted) of `http_events`, from `/v1/tables`.
+async fn http_rows(agent: &Agent) -> Result<u64> {
+    let tables: serde_json::Value = reqwest::get(format!("{}/v1/tables", agent.url))
+        .await?
+        .json()
+        .await?;
+    let list = tables
+        .as_array()
+        .or_else(|| tables["tables"].as_array())
+        .context("unexpected /v1/tables answer")?;
+    let t = list
+        .iter()
+        .find(|t| t["name"] == "http_events")
+        .context("no http_events table")?;
+    Ok(t["rows"].as_u64().unwrap_or(0) + t["evictedRows"].as_u64().unwrap_or(0))
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let bins = tools::build_sonde_profile(true)?;
+    let dir = tempfile::tempdir()?;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let nginx = start_nginx(dir.path(), &logs)?;
+    println!(
+        "# Protocol tracing benchmarks (nginx 1 worker `return 200`, loopback, {} CPUs)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!(
+        "## Saturation: wrk -t1 -c16 -d{}s, {} rounds",
+        cli.seconds, cli.rounds
+    );
+    println!(
+        "| round | untraced req/s | bare hooks req/s | Sonde req/s | bare/untraced | Sonde/untraced |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let (mut bare_ratios, mut sonde_ratios) = (Vec::new(), Vec::new());
+    for round in 1..=cli.rounds {
+        let untraced = wrk(nginx.port, cli.seconds)?;
+        let mut bare = start_bare_hooks(nginx.worker, &logs)?;
+        let bare_rps = wrk(nginx.port, cli.seconds)?;
+        bare.stop(Duration::from_secs(5));
+        let mut agent = start_sonde(&bins, dir.path(), &logs).await?;
+        let sonde_rps = wrk(nginx.port, cli.seconds)?;
+        agent.proc.stop(Duration::from_secs(10));
+        bare_ratios.push(bare_rps / untraced);
+        sonde_ratios.push(sonde_rps / untraced);
+        println!(
+            "| {round} | {untraced:.0} | {bare_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} |",
+            bare_rps / untraced,
+            sonde_rps / untraced
+        );
+    }
+    let (b, s) = (median(bare_ratios), median(sonde_ratios));
+    println!(
+        "median ratios: bare hooks {b:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points",
+        (s - b) * 100.0
+    );
+    println!();
+
+    println!(
+        "## Fixed rate: {} req/s for {} s over 16 keep-alive connections",
+        cli.rate, cli.fixed_seconds
+    );
+    let me = std::process::id();
+    let kernel = || system_seconds(nginx.worker) + system_seconds(me);
+    let k0 = kernel();
+    let base_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
+    let base_kernel = (kernel() - k0) / base_requests as f64;
+
+    let agent = start_sonde(&bins, dir.path(), &logs).await?;
+    let agent_pid = agent.proc.pid();
+    let rows0 = http_rows(&agent).await.unwrap_or(0);
+    let (cpu0, k1) = (cpu_seconds(agent_pid)?, kernel());
+    let requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
+    let traced_kernel = (kernel() - k1) / requests as f64;
+    // Let the agent drain its ring buffer before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let agent_cpu = (cpu_seconds(agent_pid)? - cpu0) / requests as f64;
+    let rows = http_rows(&agent).await? - rows0;
+    let (rss, hwm) = memory_kib(agent_pid)?;
+    let metrics = reqwest::get(format!("{}/metrics", agent.url))
+        .await?
+        .text()
+        .await?;
+    let added = traced_kernel - base_kernel;
+    println!("| figure | value |");
+    println!("|---|---|");
+    println!("| requests answered (untraced / traced run) | {base_requests} / {requests} |");
+    println!("| agent CPU per request | {:.2} µs |", agent_cpu * 1e6);
+    println!(
+        "| added kernel time per request (nginx worker + client stime) | {:.2} µs |",
+        added * 1e6
+    );
+    println!(
+        "| cost per request (agent + added kernel) | {:.2} µs |",
+        (agent_cpu + added) * 1e6
+    );
+    println!(
+        "| completeness (http_events rows / requests) | {rows} / {requests} = {:.2}% |",
+        rows as f64 * 100.0 / requests as f64
+    );
+    println!(
+        "| agent RSS now / peak | {} / {} MiB |",
+        rss / 1024,
+        hwm / 1024
+    );
+    for line in metrics
+        .lines()
+        .filter(|l| l.starts_with("sonde_events_dropped_total"))
+    {
+        println!("| {line} | |");
+    }
+    drop(agent);
+    drop(nginx);
+    Ok(())
+}

@@ -1,0 +1,842 @@
+//! The DWARF of a target binary (gimli): an index of its functions, a function's parameters and
+//! results in declaration order, the types they have, and Go's `runtime.g` layout.
+//!
+//! Parameter *locations* are not taken from `DW_AT_location` (Go's are location lists valid only
+//! after the prologue); [`super::goabi`] and [`super::sysv`] replay the calling convention instead.
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use gimli::{
+    AttributeValue, DebugInfoOffset, DwAt, DwTag, Reader as _, UnitOffset, constants as dw,
+};
+use object::{Object, ObjectSection};
+
+use super::binary::{Binary, BinaryError};
+use super::types::{Field, Type, TypeId};
+
+type R = gimli::EndianRcSlice<gimli::RunTimeEndian>;
+
+/// Go's vendor attributes.
+const DW_AT_GO_KIND: DwAt = DwAt(0x2900);
+const DW_AT_GO_ELEM: DwAt = DwAt(0x2902);
+/// `reflect.Kind` values in `DW_AT_go_kind`.
+const GO_KIND_CHAN: u64 = 18;
+const GO_KIND_FUNC: u64 = 19;
+const GO_KIND_INTERFACE: u64 = 20;
+const GO_KIND_MAP: u64 = 21;
+const GO_KIND_SLICE: u64 = 23;
+const GO_KIND_STRING: u64 = 24;
+
+/// How many names "did you mean" offers.
+const SUGGESTIONS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DwarfError {
+    #[error(transparent)]
+    Binary(#[from] BinaryError),
+    #[error("cannot read the DWARF of {path}: {source}; the debug information looks corrupt")]
+    Gimli {
+        path: String,
+        #[source]
+        source: gimli::Error,
+    },
+    #[error("function {function} not found in {path}{hint}")]
+    NotFound {
+        function: String,
+        path: String,
+        hint: String,
+    },
+    #[error(
+        "function {function} is ambiguous in {path}: it matches {candidates}; write the full name"
+    )]
+    Ambiguous {
+        function: String,
+        path: String,
+        candidates: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Language {
+    Go,
+    C,
+    Cpp,
+    Rust,
+    Other,
+}
+
+/// A function of the index: a concrete (out-of-line) instance with code.
+#[derive(Clone, Debug)]
+pub struct FunctionEntry {
+    pub name: String,
+    pub low_pc: u64,
+    pub high_pc: u64,
+    unit: usize,
+    die: UnitOffset,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Param {
+    pub name: String,
+    pub ty: TypeId,
+    /// A Go result (`DW_AT_variable_parameter`), or a C/Rust return value (named `~r0`).
+    pub is_return: bool,
+}
+
+/// What the planner needs of the traced function.
+#[derive(Clone, Debug)]
+pub struct Function {
+    pub name: String,
+    pub low_pc: u64,
+    pub high_pc: u64,
+    pub language: Language,
+    pub producer: String,
+    /// Arguments, then (Go) results, in declaration order; C/Rust get one synthetic `~r0` result.
+    pub params: Vec<Param>,
+}
+
+/// The loaded DWARF and its function index.
+pub struct Dwarf {
+    path: String,
+    dwarf: gimli::Dwarf<R>,
+    /// Unit headers sorted by offset.
+    headers: Vec<(usize, gimli::UnitHeader<R>)>,
+    units: HashMap<usize, Rc<gimli::Unit<R>>>,
+    types: HashMap<TypeId, Type>,
+    functions: Vec<FunctionEntry>,
+    runtime_g: Option<TypeId>,
+    /// Go struct types by name (for the dynamic types of interface values).
+    go_structs: HashMap<String, TypeId>,
+}
+
+fn section_data(file: &object::File<'_>, id: gimli::SectionId) -> Rc<[u8]> {
+    file.section_by_name(id.name())
+        .and_then(|s| s.uncompressed_data().ok())
+        .map_or_else(|| Rc::from(&[][..]), |d| Rc::from(&*d))
+}
+
+impl Dwarf {
+    /// Loads the sections and indexes every function with code (one pass over all DIEs).
+    pub fn load(binary: &Binary) -> Result<Dwarf, DwarfError> {
+        let file = binary.dwarf_object()?;
+        let endian = if file.is_little_endian() {
+            gimli::RunTimeEndian::Little
+        } else {
+            gimli::RunTimeEndian::Big
+        };
+        let path = binary.dwarf_path().display().to_string();
+        let load = |id: gimli::SectionId| -> Result<R, gimli::Error> {
+            Ok(gimli::EndianRcSlice::new(section_data(&file, id), endian))
+        };
+        let dwarf = gimli::Dwarf::load(load).map_err(|source| DwarfError::Gimli {
+            path: path.clone(),
+            source,
+        })?;
+        let mut me = Dwarf {
+            path,
+            dwarf,
+            headers: Vec::new(),
+            units: HashMap::new(),
+            types: HashMap::new(),
+            functions: Vec::new(),
+            runtime_g: None,
+            go_structs: HashMap::new(),
+        };
+        me.index().map_err(|source| DwarfError::Gimli {
+            path: me.path.clone(),
+            source,
+        })?;
+        Ok(me)
+    }
+
+    fn index(&mut self) -> Result<(), gimli::Error> {
+        let mut headers = self.dwarf.units();
+        while let Some(header) = headers.next()? {
+            let Some(start) = header.offset().as_debug_info_offset() else {
+                continue;
+            };
+            self.headers.push((start.0, header));
+        }
+        self.headers.sort_by_key(|(o, _)| *o);
+        let mut functions = Vec::new();
+        let mut structs = HashMap::new();
+        for index in 0..self.headers.len() {
+            let unit = self.unit_at(index)?;
+            let language = language_of(&unit);
+            let mut entries = unit.entries();
+            let mut depth = 0isize;
+            // Enclosing namespaces (Rust, C++), with the depth they were seen at.
+            let mut scopes: Vec<(isize, String)> = Vec::new();
+            while let Some((delta, entry)) = entries.next_dfs()? {
+                depth += delta;
+                while scopes.last().is_some_and(|(d, _)| *d >= depth) {
+                    scopes.pop();
+                }
+                match entry.tag() {
+                    dw::DW_TAG_namespace => {
+                        let name = self.name_of(&unit, entry)?.unwrap_or_default();
+                        scopes.push((depth, name));
+                    }
+                    dw::DW_TAG_structure_type if language == Language::Go => {
+                        if let Some(name) = self.name_of(&unit, entry)?
+                            && let Some(o) = entry.offset().to_debug_info_offset(&unit.header)
+                        {
+                            structs.entry(name).or_insert(o.0);
+                        }
+                    }
+                    dw::DW_TAG_subprogram => {
+                        let Some(low_pc) = self.low_pc(&unit, entry)? else {
+                            continue;
+                        };
+                        let high_pc = match entry.attr_value(dw::DW_AT_high_pc)? {
+                            Some(AttributeValue::Udata(n)) => low_pc + n,
+                            Some(v) => self.dwarf.attr_address(&unit, v)?.unwrap_or(low_pc),
+                            None => low_pc,
+                        };
+                        let Some(name) = self.function_name(&unit, entry)? else {
+                            continue;
+                        };
+                        let name = if matches!(language, Language::Rust | Language::Cpp)
+                            && !scopes.is_empty()
+                        {
+                            let mut full: Vec<&str> =
+                                scopes.iter().map(|(_, s)| s.as_str()).collect();
+                            full.push(&name);
+                            full.join("::")
+                        } else {
+                            name
+                        };
+                        functions.push(FunctionEntry {
+                            name,
+                            low_pc,
+                            high_pc,
+                            unit: index,
+                            die: entry.offset(),
+                        });
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.functions = functions;
+        self.runtime_g = structs.get("runtime.g").copied();
+        self.go_structs = structs;
+        Ok(())
+    }
+
+    fn unit_at(&mut self, index: usize) -> Result<Rc<gimli::Unit<R>>, gimli::Error> {
+        let (start, header) = &self.headers[index];
+        if let Some(unit) = self.units.get(start) {
+            return Ok(unit.clone());
+        }
+        let unit = Rc::new(self.dwarf.unit(header.clone())?);
+        self.units.insert(*start, unit.clone());
+        Ok(unit)
+    }
+
+    /// The unit that contains the DIE at `offset`.
+    fn unit_for(&mut self, offset: usize) -> Result<Rc<gimli::Unit<R>>, gimli::Error> {
+        let index = self
+            .headers
+            .partition_point(|(start, _)| *start <= offset)
+            .checked_sub(1)
+            .ok_or(gimli::Error::NoEntryAtGivenOffset)?;
+        self.unit_at(index)
+    }
+
+    fn low_pc(
+        &self,
+        unit: &gimli::Unit<R>,
+        entry: &gimli::DebuggingInformationEntry<'_, '_, R>,
+    ) -> Result<Option<u64>, gimli::Error> {
+        match entry.attr_value(dw::DW_AT_low_pc)? {
+            Some(v) => Ok(self.dwarf.attr_address(unit, v)?.filter(|a| *a != 0)),
+            None => Ok(None),
+        }
+    }
+
+    fn name_of(
+        &self,
+        unit: &gimli::Unit<R>,
+        entry: &gimli::DebuggingInformationEntry<'_, '_, R>,
+    ) -> Result<Option<String>, gimli::Error> {
+        match entry.attr_value(dw::DW_AT_name)? {
+            Some(v) => {
+                let s = self.dwarf.attr_string(unit, v)?;
+                Ok(Some(s.to_string_lossy()?.into_owned()))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Global offset of a reference attribute.
+    fn reference(unit: &gimli::Unit<R>, value: AttributeValue<R>) -> Option<usize> {
+        match value {
+            AttributeValue::UnitRef(o) => o.to_debug_info_offset(&unit.header).map(|o| o.0),
+            AttributeValue::DebugInfoRef(DebugInfoOffset(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// A subprogram's name, from itself or its abstract origin / specification.
+    fn function_name(
+        &mut self,
+        unit: &gimli::Unit<R>,
+        entry: &gimli::DebuggingInformationEntry<'_, '_, R>,
+    ) -> Result<Option<String>, gimli::Error> {
+        if let Some(name) = self.name_of(unit, entry)? {
+            return Ok(Some(name));
+        }
+        match self.origin(unit, entry)? {
+            Some(origin) => self.name_at(origin),
+            None => Ok(None),
+        }
+    }
+
+    fn origin(
+        &self,
+        unit: &gimli::Unit<R>,
+        entry: &gimli::DebuggingInformationEntry<'_, '_, R>,
+    ) -> Result<Option<usize>, gimli::Error> {
+        for at in [dw::DW_AT_abstract_origin, dw::DW_AT_specification] {
+            if let Some(v) = entry.attr_value(at)? {
+                return Ok(Self::reference(unit, v));
+            }
+        }
+        Ok(None)
+    }
+
+    fn name_at(&mut self, offset: usize) -> Result<Option<String>, gimli::Error> {
+        let unit = self.unit_for(offset)?;
+        let Some(local) = local_offset(&unit, offset) else {
+            return Ok(None);
+        };
+        let entry = unit.entry(local)?;
+        self.name_of(&unit, &entry)
+    }
+
+    /// Finds `query`: an exact name, else a unique whole-word suffix (`PlaceOrder`,
+    /// `(*Server).PlaceOrder`, `module::func`).
+    pub fn find(&self, query: &str) -> Result<FunctionEntry, DwarfError> {
+        let query = query.trim();
+        let exact: Vec<&FunctionEntry> =
+            self.functions.iter().filter(|f| f.name == query).collect();
+        let matches = if exact.is_empty() {
+            self.functions
+                .iter()
+                .filter(|f| is_word_suffix(&f.name, query))
+                .collect()
+        } else {
+            exact
+        };
+        let mut distinct: Vec<&FunctionEntry> = Vec::new();
+        for m in matches {
+            if !distinct
+                .iter()
+                .any(|d| d.name == m.name && d.low_pc == m.low_pc)
+            {
+                distinct.push(m);
+            }
+        }
+        match distinct.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(DwarfError::NotFound {
+                function: query.to_owned(),
+                path: self.path.clone(),
+                hint: self.suggest(query),
+            }),
+            many => {
+                let mut names: Vec<String> = many
+                    .iter()
+                    .map(|f| format!("{} at {:#x}", f.name, f.low_pc))
+                    .collect();
+                names.truncate(SUGGESTIONS);
+                Err(DwarfError::Ambiguous {
+                    function: query.to_owned(),
+                    path: self.path.clone(),
+                    candidates: names.join(", "),
+                })
+            }
+        }
+    }
+
+    /// Names close to `query`: same last segment up to a few typos, or containing it.
+    fn suggest(&self, query: &str) -> String {
+        let last = last_segment(query).to_ascii_lowercase();
+        let limit = (last.chars().count() / 3).max(2);
+        let mut scored: Vec<(usize, &str)> = self
+            .functions
+            .iter()
+            .filter_map(|f| {
+                let seg = last_segment(&f.name).to_ascii_lowercase();
+                if seg.contains(&last) {
+                    return Some((0, f.name.as_str()));
+                }
+                let d = edit_distance(&seg, &last);
+                (d <= limit).then_some((d, f.name.as_str()))
+            })
+            .collect();
+        scored.sort_by_key(|(d, n)| (*d, n.len(), *n));
+        let mut names: Vec<&str> = scored.into_iter().map(|(_, n)| n).collect();
+        names.dedup();
+        names.truncate(SUGGESTIONS);
+        if names.is_empty() {
+            "; no function has a similar name (is it inlined? mark it //go:noinline or noinline)"
+                .to_owned()
+        } else {
+            format!("; did you mean {}?", names.join(", "))
+        }
+    }
+
+    /// Parameters, results, language and producer of an indexed function.
+    pub fn function(&mut self, entry: &FunctionEntry) -> Result<Function, DwarfError> {
+        self.function_inner(entry)
+            .map_err(|source| DwarfError::Gimli {
+                path: self.path.clone(),
+                source,
+            })
+    }
+
+    fn function_inner(&mut self, f: &FunctionEntry) -> Result<Function, gimli::Error> {
+        let unit = self.unit_at(f.unit)?;
+        let language = language_of(&unit);
+        let producer = match unit.entries().next_dfs()? {
+            Some((_, cu)) => match cu.attr_value(dw::DW_AT_producer)? {
+                Some(v) => self
+                    .dwarf
+                    .attr_string(&unit, v)?
+                    .to_string_lossy()?
+                    .into_owned(),
+                None => String::new(),
+            },
+            None => String::new(),
+        };
+        // Parameters come from the abstract origin when there is one: it lists them all, in order.
+        let entry = unit.entry(f.die)?;
+        let (unit, die) = match self.origin(&unit, &entry)? {
+            Some(origin) => {
+                let origin_unit = self.unit_for(origin)?;
+                let local =
+                    local_offset(&origin_unit, origin).ok_or(gimli::Error::NoEntryAtGivenOffset)?;
+                (origin_unit, local)
+            }
+            None => (unit, f.die),
+        };
+        let mut params = Vec::new();
+        let mut return_type = None;
+        {
+            let mut tree = unit.entries_tree(Some(die))?;
+            let root = tree.root()?;
+            if let Some(v) = root.entry().attr_value(dw::DW_AT_type)? {
+                return_type = Self::reference(&unit, v);
+            }
+            let mut children = root.children();
+            while let Some(child) = children.next()? {
+                let e = child.entry();
+                if e.tag() != dw::DW_TAG_formal_parameter {
+                    continue;
+                }
+                let name = self.name_of(&unit, e)?.unwrap_or_default();
+                let Some(ty) = e
+                    .attr_value(dw::DW_AT_type)?
+                    .and_then(|v| Self::reference(&unit, v))
+                else {
+                    continue;
+                };
+                let is_return = matches!(
+                    e.attr_value(dw::DW_AT_variable_parameter)?,
+                    Some(AttributeValue::Flag(true))
+                );
+                params.push(Param {
+                    name,
+                    ty,
+                    is_return,
+                });
+            }
+        }
+        if language != Language::Go
+            && let Some(ty) = return_type
+        {
+            params.push(Param {
+                name: "~r0".into(),
+                ty,
+                is_return: true,
+            });
+        }
+        // Unnamed C parameters get positional names so expressions can still reach them.
+        for (i, p) in params.iter_mut().enumerate() {
+            if p.name.is_empty() {
+                p.name = format!("arg{i}");
+            }
+        }
+        Ok(Function {
+            name: f.name.clone(),
+            low_pc: f.low_pc,
+            high_pc: f.high_pc,
+            language,
+            producer,
+            params,
+        })
+    }
+
+    /// The Go struct type named `name` (e.g. `errors.errorString`).
+    pub fn go_struct(&self, name: &str) -> Option<TypeId> {
+        self.go_structs.get(name).copied()
+    }
+
+    /// `(offset of goid, offset of stack.hi)` in Go's `runtime.g`.
+    pub fn go_g_offsets(&mut self) -> Option<(u64, u64)> {
+        let g = self.runtime_g?;
+        let Ok(Type::Struct { fields, .. }) = self.ty(g) else {
+            return None;
+        };
+        let goid = fields.iter().find(|f| f.name == "goid")?.offset;
+        let stack = fields.iter().find(|f| f.name == "stack")?;
+        let Ok(Type::Struct { fields: sf, .. }) = self.ty(stack.ty) else {
+            return None;
+        };
+        let hi = sf.iter().find(|f| f.name == "hi")?.offset;
+        Some((goid, stack.offset + hi))
+    }
+
+    /// The type at `id` (memoised).
+    pub fn ty(&mut self, id: TypeId) -> Result<Type, DwarfError> {
+        self.ty_depth(id, 0).map_err(|source| DwarfError::Gimli {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    fn ty_depth(&mut self, id: TypeId, depth: u32) -> Result<Type, gimli::Error> {
+        if let Some(t) = self.types.get(&id) {
+            return Ok(t.clone());
+        }
+        if depth > 16 {
+            return Ok(Type::Unsupported {
+                name: String::new(),
+                why: "type chain too deep".into(),
+            });
+        }
+        let t = self.load_type(id, depth)?;
+        self.types.insert(id, t.clone());
+        Ok(t)
+    }
+
+    fn load_type(&mut self, id: TypeId, depth: u32) -> Result<Type, gimli::Error> {
+        let unit = self.unit_for(id)?;
+        let local = local_offset(&unit, id).ok_or(gimli::Error::NoEntryAtGivenOffset)?;
+        let entry = unit.entry(local)?;
+        let name = self.name_of(&unit, &entry)?.unwrap_or_default();
+        let target = entry
+            .attr_value(dw::DW_AT_type)?
+            .and_then(|v| Self::reference(&unit, v));
+        let byte_size = entry
+            .attr_value(dw::DW_AT_byte_size)?
+            .and_then(|v| v.udata_value());
+        let go_kind = entry
+            .attr_value(DW_AT_GO_KIND)?
+            .and_then(|v| v.udata_value());
+        let tag: DwTag = entry.tag();
+        let t = match tag {
+            dw::DW_TAG_base_type => {
+                let size = byte_size.unwrap_or(0) as u8;
+                match entry.attr_value(dw::DW_AT_encoding)? {
+                    Some(AttributeValue::Encoding(dw::DW_ATE_boolean)) => Type::Bool { name },
+                    Some(AttributeValue::Encoding(dw::DW_ATE_float)) => Type::Float { name, size },
+                    Some(AttributeValue::Encoding(dw::DW_ATE_signed | dw::DW_ATE_signed_char)) => {
+                        Type::Int {
+                            name,
+                            size,
+                            signed: true,
+                        }
+                    }
+                    Some(AttributeValue::Encoding(
+                        dw::DW_ATE_unsigned | dw::DW_ATE_unsigned_char | dw::DW_ATE_UTF,
+                    )) => Type::Int {
+                        name,
+                        size,
+                        signed: false,
+                    },
+                    _ => Type::Unsupported {
+                        why: format!("base type {name} (complex or decimal numbers)"),
+                        name,
+                    },
+                }
+            }
+            dw::DW_TAG_pointer_type
+            | dw::DW_TAG_reference_type
+            | dw::DW_TAG_rvalue_reference_type => Type::Pointer {
+                name,
+                to: target,
+                opaque: matches!(go_kind, Some(GO_KIND_MAP | GO_KIND_CHAN | GO_KIND_FUNC)),
+            },
+            dw::DW_TAG_typedef if go_kind == Some(GO_KIND_INTERFACE) => {
+                let empty = match target {
+                    Some(t) => self.name_at(t)?.as_deref() == Some("runtime.eface"),
+                    None => false,
+                };
+                Type::GoInterface { name, empty }
+            }
+            dw::DW_TAG_typedef
+            | dw::DW_TAG_const_type
+            | dw::DW_TAG_volatile_type
+            | dw::DW_TAG_restrict_type
+            | dw::DW_TAG_atomic_type => match target {
+                Some(t) => {
+                    let mut inner = self.ty_depth(t, depth + 1)?;
+                    if let Type::Struct { name: n, .. } = &mut inner
+                        && n.is_empty()
+                    {
+                        *n = name;
+                    }
+                    inner
+                }
+                None => Type::Unsupported {
+                    why: "void".into(),
+                    name: if name.is_empty() { "void".into() } else { name },
+                },
+            },
+            dw::DW_TAG_enumeration_type => {
+                let signed = match target {
+                    Some(t) => {
+                        matches!(self.ty_depth(t, depth + 1)?, Type::Int { signed: true, .. })
+                    }
+                    None => false,
+                };
+                Type::Int {
+                    name,
+                    size: byte_size.unwrap_or(4) as u8,
+                    signed,
+                }
+            }
+            dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => {
+                let fields = self.fields(&unit, local)?;
+                if go_kind == Some(GO_KIND_STRING) {
+                    Type::GoString
+                } else if go_kind == Some(GO_KIND_SLICE) {
+                    let elem = entry
+                        .attr_value(DW_AT_GO_ELEM)?
+                        .and_then(|v| Self::reference(&unit, v));
+                    match elem {
+                        Some(elem) => Type::GoSlice { name, elem },
+                        None => Type::Unsupported {
+                            why: "slice without element type".into(),
+                            name,
+                        },
+                    }
+                } else if name.starts_with('&')
+                    && fields.iter().any(|f| f.name == "data_ptr")
+                    && fields.iter().any(|f| f.name == "length")
+                {
+                    let is_str = name.ends_with("str");
+                    let elem = match fields.iter().find(|f| f.name == "data_ptr") {
+                        Some(f) => match self.ty_depth(f.ty, depth + 1)? {
+                            Type::Pointer { to, .. } => to,
+                            _ => None,
+                        },
+                        None => None,
+                    };
+                    Type::RustSlice { name, elem, is_str }
+                } else if matches!(
+                    entry.attr_value(dw::DW_AT_declaration)?,
+                    Some(AttributeValue::Flag(true))
+                ) {
+                    Type::Unsupported {
+                        why: format!("{name} is only declared here (incomplete type)"),
+                        name,
+                    }
+                } else if has_variant_part(&unit, local)? {
+                    Type::Unsupported {
+                        why: format!("{name} is a Rust enum; capture a field of it instead"),
+                        name,
+                    }
+                } else {
+                    Type::Struct {
+                        name,
+                        size: byte_size.unwrap_or(0),
+                        fields,
+                    }
+                }
+            }
+            dw::DW_TAG_array_type => {
+                let Some(elem) = target else {
+                    return Ok(Type::Unsupported {
+                        why: "array without element type".into(),
+                        name,
+                    });
+                };
+                let count = array_count(&unit, local)?;
+                let elem_size = self.ty_depth(elem, depth + 1)?.size();
+                Type::Array {
+                    name,
+                    elem,
+                    count,
+                    size: byte_size.unwrap_or(count * elem_size),
+                }
+            }
+            other => Type::Unsupported {
+                why: format!("{} types", other.static_string().unwrap_or("unknown")),
+                name,
+            },
+        };
+        Ok(t)
+    }
+
+    fn fields(&self, unit: &gimli::Unit<R>, at: UnitOffset) -> Result<Vec<Field>, gimli::Error> {
+        let mut tree = unit.entries_tree(Some(at))?;
+        let root = tree.root()?;
+        let mut children = root.children();
+        let mut fields = Vec::new();
+        while let Some(child) = children.next()? {
+            let e = child.entry();
+            if e.tag() != dw::DW_TAG_member {
+                continue;
+            }
+            // Bit fields are skipped: a slot reads whole bytes.
+            if e.attr_value(dw::DW_AT_bit_size)?.is_some() {
+                continue;
+            }
+            let Some(ty) = e
+                .attr_value(dw::DW_AT_type)?
+                .and_then(|v| Self::reference(unit, v))
+            else {
+                continue;
+            };
+            let offset = e
+                .attr_value(dw::DW_AT_data_member_location)?
+                .and_then(|v| v.udata_value())
+                .unwrap_or(0);
+            let name = self.name_of(unit, e)?.unwrap_or_default();
+            fields.push(Field { name, offset, ty });
+        }
+        Ok(fields)
+    }
+}
+
+fn local_offset(unit: &gimli::Unit<R>, global: usize) -> Option<UnitOffset> {
+    let start = unit.header.offset().as_debug_info_offset()?.0;
+    let local = UnitOffset(global.checked_sub(start)?);
+    // The offset must be inside this unit's entries.
+    (local.0 < unit.header.length_including_self()).then_some(local)
+}
+
+fn language_of(unit: &gimli::Unit<R>) -> Language {
+    match unit.entries().next_dfs() {
+        Ok(Some((_, cu))) => match cu.attr_value(dw::DW_AT_language) {
+            Ok(Some(AttributeValue::Language(lang))) => match lang {
+                dw::DW_LANG_Go => Language::Go,
+                dw::DW_LANG_Rust => Language::Rust,
+                dw::DW_LANG_C
+                | dw::DW_LANG_C89
+                | dw::DW_LANG_C99
+                | dw::DW_LANG_C11
+                | dw::DW_LANG_C17 => Language::C,
+                dw::DW_LANG_C_plus_plus
+                | dw::DW_LANG_C_plus_plus_03
+                | dw::DW_LANG_C_plus_plus_11
+                | dw::DW_LANG_C_plus_plus_14
+                | dw::DW_LANG_C_plus_plus_17
+                | dw::DW_LANG_C_plus_plus_20 => Language::Cpp,
+                _ => Language::Other,
+            },
+            _ => Language::Other,
+        },
+        _ => Language::Other,
+    }
+}
+
+fn array_count(unit: &gimli::Unit<R>, at: UnitOffset) -> Result<u64, gimli::Error> {
+    let mut tree = unit.entries_tree(Some(at))?;
+    let root = tree.root()?;
+    let mut children = root.children();
+    while let Some(child) = children.next()? {
+        let e = child.entry();
+        if e.tag() != dw::DW_TAG_subrange_type {
+            continue;
+        }
+        if let Some(n) = e.attr_value(dw::DW_AT_count)?.and_then(|v| v.udata_value()) {
+            return Ok(n);
+        }
+        if let Some(n) = e
+            .attr_value(dw::DW_AT_upper_bound)?
+            .and_then(|v| v.udata_value())
+        {
+            return Ok(n + 1);
+        }
+    }
+    Ok(0)
+}
+
+fn has_variant_part(unit: &gimli::Unit<R>, at: UnitOffset) -> Result<bool, gimli::Error> {
+    let mut tree = unit.entries_tree(Some(at))?;
+    let root = tree.root()?;
+    let mut children = root.children();
+    while let Some(child) = children.next()? {
+        if child.entry().tag() == dw::DW_TAG_variant_part {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+fn last_segment(name: &str) -> &str {
+    name.rsplit(['.', ':', '/', ')', '*', '('])
+        .find(|s| !s.is_empty())
+        .unwrap_or(name)
+}
+
+/// Levenshtein distance (hand-written: a dozen lines, used only for "did you mean").
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diag = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (diag + usize::from(ca != *cb))
+                .min(row[j] + 1)
+                .min(row[j + 1] + 1);
+            diag = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// `query` ends `name` at a word boundary (`PlaceOrder` in `main.(*Server).PlaceOrder`).
+fn is_word_suffix(name: &str, query: &str) -> bool {
+    if query.is_empty() || name.len() <= query.len() || !name.ends_with(query) {
+        return false;
+    }
+    let before = name.as_bytes()[name.len() - query.len() - 1];
+    let first = query.as_bytes()[0];
+    matches!(before, b'.' | b'/' | b':' | b'(' | b')' | b'*' | b' ')
+        || matches!(first, b'.' | b':' | b'(' | b')')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_word_suffix;
+
+    #[test]
+    fn typos_are_a_small_edit_distance_away() {
+        assert_eq!(super::edit_distance("placeordr", "placeorder"), 1);
+        assert_eq!(super::edit_distance("", "abc"), 3);
+        assert_eq!(
+            super::last_segment("main.(*Server).PlaceOrder"),
+            "PlaceOrder"
+        );
+    }
+
+    #[test]
+    fn suffixes_match_only_at_word_boundaries() {
+        assert!(is_word_suffix("main.(*Server).PlaceOrder", "PlaceOrder"));
+        assert!(is_word_suffix(
+            "main.(*Server).PlaceOrder",
+            "(*Server).PlaceOrder"
+        ));
+        assert!(is_word_suffix("prog::greet", "greet"));
+        assert!(!is_word_suffix("main.MyPlaceOrder", "PlaceOrder"));
+        assert!(!is_word_suffix("main.Fib", "main.Fib"));
+    }
+}

@@ -1,0 +1,101 @@
+//! The types of traced values, as far as capturing and rendering them needs: read from DWARF by
+//! [`super::dwarf`], language details (Go strings, slices, interfaces; Rust `&str`) already recognised.
+
+/// Offset of the type's DIE in `.debug_info`: a stable identity for memoising and cycles.
+pub type TypeId = usize;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Type {
+    /// Integers, C enums and characters.
+    Int {
+        name: String,
+        size: u8,
+        signed: bool,
+    },
+    Float {
+        name: String,
+        size: u8,
+    },
+    Bool {
+        name: String,
+    },
+    /// Pointers (Go maps, channels and funcs too: they are one word). `to` is None for `void *`.
+    Pointer {
+        name: String,
+        to: Option<TypeId>,
+        /// Go maps, channels, funcs: not dereferenced automatically.
+        opaque: bool,
+    },
+    Struct {
+        name: String,
+        size: u64,
+        fields: Vec<Field>,
+    },
+    Array {
+        name: String,
+        elem: TypeId,
+        count: u64,
+        size: u64,
+    },
+    /// Go `string`: data pointer at 0, length at 8.
+    GoString,
+    /// Go slice: data pointer at 0, length at 8, capacity at 16.
+    GoSlice {
+        name: String,
+        elem: TypeId,
+    },
+    /// Go interface: type word (itab or type descriptor) at 0, data pointer at 8.
+    GoInterface {
+        name: String,
+        empty: bool,
+    },
+    /// Rust `&str` / `&[T]`: data pointer at 0, length at 8.
+    RustSlice {
+        name: String,
+        elem: Option<TypeId>,
+        is_str: bool,
+    },
+    /// A type DynamicLog cannot capture; `why` says what it is.
+    Unsupported {
+        name: String,
+        why: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u64,
+    pub ty: TypeId,
+}
+
+impl Type {
+    pub fn name(&self) -> &str {
+        match self {
+            Type::Int { name, .. }
+            | Type::Float { name, .. }
+            | Type::Bool { name }
+            | Type::Pointer { name, .. }
+            | Type::Struct { name, .. }
+            | Type::Array { name, .. }
+            | Type::GoSlice { name, .. }
+            | Type::GoInterface { name, .. }
+            | Type::RustSlice { name, .. }
+            | Type::Unsupported { name, .. } => name,
+            Type::GoString => "string",
+        }
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        match self {
+            Type::Int { size, .. } | Type::Float { size, .. } => u64::from(*size),
+            Type::Bool { .. } => 1,
+            Type::Pointer { .. } => 8,
+            Type::Struct { size, .. } | Type::Array { size, .. } => *size,
+            Type::GoString | Type::GoInterface { .. } | Type::RustSlice { .. } => 16,
+            Type::GoSlice { .. } => 24,
+            Type::Unsupported { .. } => 0,
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Protocol capture against real peers on loopback: nginx serving `return 200`, curl as client.
+//! Needs root (eBPF), nginx and curl (`scripts/setup peers`); fails loudly without them.
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::registry::Registry;
+use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared};
+use sonde_agent::probes::{
+    ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared, profiler::ProfilerShared,
+};
+use sonde_agent::tables::{Query, Store, Value};
+use sonde_agent::targets::TargetProcess;
+use sonde_api::{
+    AssignedProbe, ProbeConfig, ProbeOwner, ProbeState, Protocol, TracepointProbe, TracepointSpec,
+};
+
+/// Stops nginx on drop (also when a test fails): SIGTERM to the master, which stops its worker and
+/// exits; SIGKILL to both after 5 s.
+struct Nginx {
+    master: Child,
+    worker: u32,
+}
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
+        let _ = kill(Pid::from_raw(self.master.id() as i32), Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(self.master.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+        if self.worker != 0 {
+            let _ = kill(Pid::from_raw(self.worker as i32), Signal::SIGKILL);
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn which(tool: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} is not installed: run `scripts/setup peers`");
+}
+
+/// nginx with one worker answering `return 200 "hello\n"` on `port`; returns it and its worker pid.
+fn start_nginx(dir: &Path, port: u16) -> (Nginx, u32) {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 1; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
+            dir = dir.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(which("nginx"))
+        .args(["-c"])
+        .arg(&conf)
+        .args(["-e", "stderr"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting nginx");
+    let master = child.id();
+    let mut nginx = Nginx {
+        master: child,
+        worker: 0,
+    };
+    // The worker is the master's only child.
+    for _ in 0..200 {
+        if let Ok(children) =
+            std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+        {
+            if let Some(pid) = children.split_whitespace().next() {
+                nginx.worker = pid.parse().unwrap();
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    let worker = nginx.worker;
+                    return (nginx, worker);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nginx did not start; see {}/error.log", dir.display());
+}
+
+/// curl fetching `paths` in order over one keep-alive connection.
+fn curl(port: u16, paths: &[&str]) -> String {
+    let out = Command::new(which("curl"))
+        .args(["-s", "--http1.1"])
+        .args(paths.iter().map(|p| format!("http://127.0.0.1:{port}{p}")))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn context(store: &Store, registry: &mut Registry) -> ProbeContext {
+    ProbeContext {
+        node: "test".into(),
+        tables: store.clone(),
+        bpftrace: Arc::new(BpftraceShared::new(registry, "bpftrace".into())),
+        protocols: Arc::new(ProtocolsShared::new(registry)),
+        profiler: Arc::new(ProfilerShared::new(registry)),
+        dynamic_log: Arc::new(DynamicLogShared::new(registry)),
+    }
+}
+
+fn tracepoint(protocols: Vec<Protocol>) -> (AssignedProbe, TracepointSpec) {
+    let spec = TracepointSpec {
+        selector: None,
+        container: None,
+        process: Some(sonde_api::ProcessSelector {
+            exe: Some("*/nginx".into()),
+            cmdline: None,
+        }),
+        ttl: None,
+        probe: TracepointProbe {
+            protocols: Some(protocols),
+            profiler: None,
+            max_body_bytes: None,
+        },
+    };
+    let probe = AssignedProbe {
+        id: "Tracepoint/default/web".into(),
+        owner: ProbeOwner {
+            kind: "Tracepoint".into(),
+            namespace: Some("default".into()),
+            name: "web".into(),
+            uid: "u1".into(),
+            generation: 1,
+        },
+        config: ProbeConfig::Tracepoint(spec.clone()),
+        targets: vec![],
+        process: spec.process.clone(),
+    };
+    (probe, spec)
+}
+
+fn target(pid: u32) -> TargetProcess {
+    TargetProcess {
+        pid,
+        namespace: String::new(),
+        pod: String::new(),
+        pod_uid: String::new(),
+        container: String::new(),
+        container_id: String::new(),
+        exe: "/usr/sbin/nginx".into(),
+        cmdline: "nginx".into(),
+    }
+}
+
+/// Rows of `table` as maps column → value.
+fn rows(store: &Store, table: &str) -> Vec<HashMap<String, Value>> {
+    let result = match store.query(table, &Query::default()) {
+        Ok(r) => r,
+        Err(_) => return Vec::new(),
+    };
+    result
+        .rows
+        .iter()
+        .map(|row| {
+            let mut values = vec![
+                Value::Time(row.time_ns),
+                Value::String(result.node.clone()),
+                Value::String(row.namespace.clone()),
+                Value::String(row.pod.clone()),
+                Value::String(row.container.clone()),
+                Value::Int64(row.pid),
+            ];
+            values.extend(row.values.iter().cloned());
+            result
+                .columns
+                .iter()
+                .map(|c| c.name.clone())
+                .zip(values)
+                .collect()
+        })
+        .collect()
+}
+
+async fn wait_for_rows(
+    store: &Store,
+    table: &str,
+    want: impl Fn(&[HashMap<String, Value>]) -> bool,
+) -> Vec<HashMap<String, Value>> {
+    for _ in 0..100 {
+        let r = rows(store, table);
+        if want(&r) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rows(store, table)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_to_traced_nginx_shows_exact_byte_counts_in_conn_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_nginx, worker) = start_nginx(dir.path(), port);
+    let store = Store::default();
+    let mut registry = Registry::default();
+    let ctx = context(&store, &mut registry);
+    let (probe, spec) = tracepoint(vec![Protocol::Http]);
+    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker)]);
+    assert_eq!(
+        p.status().state,
+        ProbeState::Attached,
+        "{}",
+        p.status().message
+    );
+
+    let body = curl(port, &["/hello?x=1"]);
+    assert_eq!(body, "hello\n");
+
+    let stats = wait_for_rows(&store, "conn_stats", |r| !r.is_empty()).await;
+    p.stop().await;
+    assert_eq!(stats.len(), 1, "one connection: {stats:?}");
+    let row = &stats[0];
+    assert_eq!(row["pid"], Value::Int64(i64::from(worker)));
+    assert_eq!(row["trace_role"], Value::String("server".into()));
+    assert_eq!(row["local_port"], Value::Int64(i64::from(port)));
+    assert_eq!(row["remote_addr"], Value::String("127.0.0.1".into()));
+    assert_eq!(row["conn_close"], Value::Int64(1));
+    // What curl sends for this URL and what nginx answers, byte for byte.
+    let request = format!(
+        "GET /hello?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: curl/{}\r\nAccept: */*\r\n\r\n",
+        curl_version()
+    );
+    assert_eq!(row["bytes_recv"], Value::Int64(request.len() as i64));
+    let Value::Int64(sent) = row["bytes_sent"] else {
+        panic!("bytes_sent: {row:?}")
+    };
+    assert!(
+        sent > "HTTP/1.1 200 OK\r\n\r\nhello\n".len() as i64,
+        "bytes_sent {sent}"
+    );
+}
+
+fn curl_version() -> String {
+    let out = Command::new(which("curl"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_outside_the_selected_processes_yields_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port_a, port_b) = (free_port(), free_port());
+    let (_traced, worker_a) = start_nginx(&dir.path().join("a").tap_mkdir(), port_a);
+    let (_untraced, _worker_b) = start_nginx(&dir.path().join("b").tap_mkdir(), port_b);
+    let store = Store::default();
+    let mut registry = Registry::default();
+    let ctx = context(&store, &mut registry);
+    let (probe, spec) = tracepoint(vec![Protocol::Http]);
+    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker_a)]);
+    assert_eq!(
+        p.status().state,
+        ProbeState::Attached,
+        "{}",
+        p.status().message
+    );
+    for _ in 0..3 {
+        curl(port_b, &["/untraced"]);
+    }
+    curl(port_a, &["/traced"]);
+    let stats = wait_for_rows(&store, "conn_stats", |r| !r.is_empty()).await;
+    // Let any late event of the untraced server arrive before looking.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats_after = rows(&store, "conn_stats");
+    p.stop().await;
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats_after.len(), 1, "{stats_after:?}");
+    assert_eq!(
+        stats_after[0]["local_port"],
+        Value::Int64(i64::from(port_a))
+    );
+    let http = rows(&store, "http_events");
+    assert_eq!(http.len(), 1, "{http:?}");
+    assert_eq!(http[0]["req_path"], Value::String("/traced".into()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_requests_to_traced_nginx_become_http_events_and_histogram_samples() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_nginx, worker) = start_nginx(dir.path(), port);
+    let store = Store::default();
+    let mut registry = Registry::default();
+    let ctx = context(&store, &mut registry);
+    let (probe, spec) = tracepoint(vec![Protocol::Http]);
+    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker)]);
+    assert_eq!(
+        p.status().state,
+        ProbeState::Attached,
+        "{}",
+        p.status().message
+    );
+
+    let body = curl(port, &["/a", "/b?q=2", "/c"]);
+    assert_eq!(body, "hello\nhello\nhello\n");
+
+    let http = wait_for_rows(&store, "http_events", |r| r.len() >= 3).await;
+    let stats = wait_for_rows(&store, "conn_stats", |r| !r.is_empty()).await;
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
+    p.stop().await;
+
+    assert_eq!(stats.len(), 1, "one keep-alive connection: {stats:?}");
+    assert_eq!(http.len(), 3, "{http:?}");
+    let paths: Vec<&Value> = http.iter().map(|r| &r["req_path"]).collect();
+    assert_eq!(
+        paths,
+        [
+            &Value::String("/a".into()),
+            &Value::String("/b?q=2".into()),
+            &Value::String("/c".into())
+        ]
+    );
+    for row in &http {
+        assert_eq!(row["req_method"], Value::String("GET".into()));
+        assert_eq!(row["resp_status"], Value::Int64(200));
+        assert_eq!(row["resp_body"], Value::String("hello\n".into()));
+        assert_eq!(row["trace_role"], Value::String("server".into()));
+        assert_eq!(row["local_port"], Value::Int64(i64::from(port)));
+        assert_eq!(row["pid"], Value::Int64(i64::from(worker)));
+        let Value::Int64(latency) = row["latency"] else {
+            panic!("latency: {row:?}")
+        };
+        assert!(latency > 0, "{row:?}");
+    }
+    let count = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("http_server_request_duration_seconds_count{")
+                && l.contains("http_request_method=\"GET\"")
+                && l.contains("http_response_status_code=\"200\"")
+        })
+        .unwrap_or_else(|| panic!("no histogram series in:\n{metrics}"));
+    assert!(count.ends_with(" 3"), "{count}");
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}

@@ -1,0 +1,253 @@
+//! One DNS message: its header (read here) and, when `simple-dns` can decode the body, its
+//! questions and answers rendered as owned strings.
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use serde_json::{Value, json};
+use simple_dns::rdata::RData;
+
+pub(crate) const HEADER_LEN: usize = 12;
+
+/// The fixed header (RFC 1035 §4.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Header {
+    pub id: u16,
+    flags: u16,
+    qd: u16,
+    an: u16,
+    ns: u16,
+    ar: u16,
+}
+
+impl Header {
+    pub fn parse(b: &[u8]) -> Option<Header> {
+        let w = |i: usize| Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]));
+        Some(Header {
+            id: w(0)?,
+            flags: w(2)?,
+            qd: w(4)?,
+            an: w(6)?,
+            ns: w(8)?,
+            ar: w(10)?,
+        })
+    }
+
+    pub fn is_response(&self) -> bool {
+        self.flags & 0x8000 != 0
+    }
+
+    fn opcode(&self) -> u16 {
+        (self.flags >> 11) & 0xf
+    }
+
+    fn bit(&self, n: u16) -> u8 {
+        u8::from(self.flags & (1 << n) != 0)
+    }
+
+    fn rcode(&self) -> u16 {
+        self.flags & 0xf
+    }
+
+    /// Plausible for real traffic: a known opcode, the zero bit clear, one or a few questions.
+    pub fn is_sane(&self) -> bool {
+        matches!(self.opcode(), 0 | 1 | 2 | 4 | 5)
+            && self.bit(6) == 0
+            && (1..=4).contains(&self.qd)
+            && self.ns <= 64
+            && self.ar <= 64
+    }
+
+    pub fn rcode_name(&self) -> &'static str {
+        match self.rcode() {
+            0 => "NOERROR",
+            1 => "FORMERR",
+            2 => "SERVFAIL",
+            3 => "NXDOMAIN",
+            4 => "NOTIMP",
+            5 => "REFUSED",
+            6 => "YXDOMAIN",
+            7 => "YXRRSET",
+            8 => "NXRRSET",
+            9 => "NOTAUTH",
+            10 => "NOTZONE",
+            _ => "RCODE_OTHER",
+        }
+    }
+
+    /// Pixie's header JSON (flags as 0/1).
+    pub fn to_json(self) -> String {
+        object(&[
+            ("txid", json!(self.id)),
+            ("qr", json!(self.bit(15))),
+            ("opcode", json!(self.opcode())),
+            ("aa", json!(self.bit(10))),
+            ("tc", json!(self.bit(9))),
+            ("rd", json!(self.bit(8))),
+            ("ra", json!(self.bit(7))),
+            ("ad", json!(self.bit(5))),
+            ("cd", json!(self.bit(4))),
+            ("rcode", json!(self.rcode())),
+            ("num_queries", json!(self.qd)),
+            ("num_answers", json!(self.an)),
+            ("num_auth", json!(self.ns)),
+            ("num_addl", json!(self.ar)),
+        ])
+    }
+
+    /// Can the counts possibly fit in `len` bytes? (A question takes at least 5 bytes, a
+    /// record 11.) Keeps absurd counts from making the decoder reserve megabytes.
+    fn counts_fit(&self, len: usize) -> bool {
+        let records = u64::from(self.an) + u64::from(self.ns) + u64::from(self.ar);
+        HEADER_LEN as u64 + 5 * u64::from(self.qd) + 11 * records <= len as u64
+    }
+}
+
+/// A question as (name, type).
+type Question = (String, &'static str);
+
+/// An answer as (name, type, data).
+type Answer = (String, &'static str, Option<String>);
+
+/// A parsed message; `body` is None when the decoder rejected it.
+pub(crate) struct Message {
+    pub header: Header,
+    body: Option<(Vec<Question>, Vec<Answer>)>,
+}
+
+impl Message {
+    pub fn parse(bytes: &[u8]) -> Option<Message> {
+        let header = Header::parse(bytes)?;
+        let body = if header.counts_fit(bytes.len()) {
+            simple_dns::Packet::parse(bytes).ok().map(|p| {
+                let questions = p
+                    .questions
+                    .iter()
+                    .map(|q| (q.qname.to_string(), type_name(q.qtype.into())))
+                    .collect();
+                let answers = p
+                    .answers
+                    .iter()
+                    .map(|rr| {
+                        let ty = type_name(rr.rdata.type_code().into());
+                        (rr.name.to_string(), ty, rdata_text(&rr.rdata))
+                    })
+                    .collect();
+                (questions, answers)
+            })
+        } else {
+            None
+        };
+        Some(Message { header, body })
+    }
+
+    pub fn first_question(&self) -> (Option<String>, Option<&'static str>) {
+        match self.body.as_ref().and_then(|(q, _)| q.first()) {
+            Some((name, ty)) => (Some(name.clone()), Some(*ty)),
+            None => (None, None),
+        }
+    }
+
+    /// `{"queries":[{"name":…,"type":…}]}`, None when the body was not decoded.
+    pub fn queries_json(&self) -> Option<String> {
+        let (questions, _) = self.body.as_ref()?;
+        let queries = questions
+            .iter()
+            .map(|(name, ty)| object(&[("name", json!(name)), ("type", json!(ty))]));
+        Some(format!("{{\"queries\":[{}]}}", join(queries)))
+    }
+
+    /// `{"answers":[{"name":…,"type":…,"data":…}]}`, None when the body was not decoded.
+    pub fn answers_json(&self) -> Option<String> {
+        let (_, answers) = self.body.as_ref()?;
+        let answers = answers.iter().map(|(name, ty, data)| {
+            object(&[
+                ("name", json!(name)),
+                ("type", json!(ty)),
+                ("data", json!(data)),
+            ])
+        });
+        Some(format!("{{\"answers\":[{}]}}", join(answers)))
+    }
+}
+
+/// A JSON object with its keys in the given order (serde_json sorts or not depending on a
+/// crate feature some other workspace member might turn on; rows must not change with it).
+fn object(fields: &[(&str, Value)]) -> String {
+    let inner = join(
+        fields
+            .iter()
+            .map(|(k, v)| format!("{}:{v}", Value::from(*k))),
+    );
+    format!("{{{inner}}}")
+}
+
+fn join(items: impl Iterator<Item = String>) -> String {
+    items.collect::<Vec<_>>().join(",")
+}
+
+/// Is this a well-formed standard query (what a client sends first)? Strict, for detection
+/// without a port hint.
+pub(crate) fn is_plain_query(bytes: &[u8]) -> bool {
+    let Some(h) = Header::parse(bytes) else {
+        return false;
+    };
+    if h.is_response() || h.opcode() != 0 || h.qd != 1 || h.an != 0 || h.ns != 0 || h.ar > 1 {
+        return false;
+    }
+    if h.bit(6) != 0 || h.rcode() != 0 {
+        return false;
+    }
+    match simple_dns::Packet::parse(bytes) {
+        Ok(p) => p
+            .questions
+            .first()
+            .is_some_and(|q| q.qname.get_labels().iter().all(|l| !l.as_ref().is_empty())),
+        Err(_) => false,
+    }
+}
+
+/// Mnemonic of a record type; bounded (RFC 3597's `TYPEnnn` is not: unknown types share one name).
+fn type_name(code: u16) -> &'static str {
+    match code {
+        1 => "A",
+        2 => "NS",
+        5 => "CNAME",
+        6 => "SOA",
+        12 => "PTR",
+        13 => "HINFO",
+        15 => "MX",
+        16 => "TXT",
+        28 => "AAAA",
+        33 => "SRV",
+        35 => "NAPTR",
+        41 => "OPT",
+        43 => "DS",
+        46 => "RRSIG",
+        47 => "NSEC",
+        48 => "DNSKEY",
+        64 => "SVCB",
+        65 => "HTTPS",
+        99 => "SPF",
+        252 => "AXFR",
+        255 => "ANY",
+        257 => "CAA",
+        _ => "OTHER",
+    }
+}
+
+/// The answer's data as text for the common types; None for the others.
+fn rdata_text(rdata: &RData) -> Option<String> {
+    Some(match rdata {
+        RData::A(a) => Ipv4Addr::from(a.address).to_string(),
+        RData::AAAA(a) => Ipv6Addr::from(a.address).to_string(),
+        RData::CNAME(n) => n.0.to_string(),
+        RData::NS(n) => n.0.to_string(),
+        RData::PTR(n) => n.0.to_string(),
+        RData::MX(mx) => format!("{} {}", mx.preference, mx.exchange),
+        RData::SRV(srv) => format!(
+            "{} {} {} {}",
+            srv.priority, srv.weight, srv.port, srv.target
+        ),
+        RData::TXT(txt) => String::try_from(txt.clone()).ok()?,
+        _ => return None,
+    })
+}

@@ -1,0 +1,116 @@
+//! HTTP/1.x: request/response heads parsed by [`httparse`] (the parser hyper uses: fast, strict,
+//! zero-copy, fuzzed upstream), chunk-size lines by `httparse::parse_chunk_size`; the framing around
+//! them (Content-Length, chunked, read-until-close, 1xx, HEAD, upgrades) and the stitching are ours,
+//! because a tracer must survive what a client library never sees: bytes lost in the capture, streams
+//! joined mid-message, responses whose request was never seen.
+//!
+//! - [`detect`]: a known method and a space, or `HTTP/1.`, at the start of a connection.
+//! - [`parse`]: one [`parse::Reader`] per direction turns bytes into [`parse::Message`]s; a gap inside a
+//!   body of known length is skipped without losing sync, any other loss resynchronises at the next
+//!   request line (or status line).
+//! - [`stitch`]: requests and responses are paired in order (HTTP/1 has no ids), then rendered into
+//!   Pixie's `http_events` columns.
+use crate::{ColumnDef, ConnParser, Direction, FieldType, ParseConfig, ParseError, Record, Role};
+
+mod body;
+pub mod detect;
+pub mod parse;
+pub mod stitch;
+#[cfg(test)]
+mod tests;
+
+pub use detect::detect;
+
+const fn col(name: &'static str, ty: FieldType) -> ColumnDef {
+    ColumnDef { name, ty }
+}
+
+/// Pixie's `http_events` protocol columns. `content_type` is the media type of the response (of the
+/// request when no response came), not Pixie's enum: it is readable and filterable as text.
+pub const COLUMNS: &[ColumnDef] = &[
+    col("major_version", FieldType::Int64),
+    col("minor_version", FieldType::Int64),
+    col("content_type", FieldType::String),
+    col("req_headers", FieldType::String),
+    col("req_method", FieldType::String),
+    col("req_path", FieldType::String),
+    col("req_body", FieldType::String),
+    col("req_body_size", FieldType::Int64),
+    col("resp_headers", FieldType::String),
+    col("resp_status", FieldType::Int64),
+    col("resp_message", FieldType::String),
+    col("resp_body", FieldType::String),
+    col("resp_body_size", FieldType::Int64),
+];
+
+/// Per-connection HTTP/1.x parser: one reader per direction plus the stitcher pairing them.
+pub struct Parser {
+    role: Role,
+    requests: parse::Reader,
+    responses: parse::Reader,
+    stitch: stitch::Stitcher,
+}
+
+impl Parser {
+    pub fn new(role: Role, config: &ParseConfig) -> Parser {
+        Parser {
+            role,
+            requests: parse::Reader::new(parse::Side::Request, config.max_body_bytes),
+            responses: parse::Reader::new(parse::Side::Response, config.max_body_bytes),
+            stitch: stitch::Stitcher::new(config.clone()),
+        }
+    }
+
+    fn carries_requests(&self, dir: Direction) -> bool {
+        matches!(
+            (self.role, dir),
+            (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
+        )
+    }
+
+    /// After a successful upgrade (101) or CONNECT, the bytes are another protocol: stop parsing.
+    fn follow_tunnel(&mut self) {
+        if self.stitch.tunnel_started() {
+            self.requests.enter_tunnel();
+            self.responses.enter_tunnel();
+        }
+    }
+}
+
+impl ConnParser for Parser {
+    fn feed(
+        &mut self,
+        dir: Direction,
+        ts_ns: u64,
+        data: &[u8],
+        out: &mut Vec<Record>,
+    ) -> Result<(), ParseError> {
+        let result = if self.carries_requests(dir) {
+            self.requests.feed(ts_ns, data, &mut self.stitch)
+        } else {
+            self.responses.feed(ts_ns, data, &mut self.stitch)
+        };
+        self.follow_tunnel();
+        self.stitch.drain(out);
+        result
+    }
+
+    fn gap(&mut self, dir: Direction, lost_bytes: u64) {
+        if self.carries_requests(dir) {
+            self.requests.gap(lost_bytes, &mut self.stitch);
+        } else {
+            self.responses.gap(lost_bytes, &mut self.stitch);
+        }
+    }
+
+    fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
+        if deadline_ns == u64::MAX {
+            // Connection closed: a message cut short, or a response read until close, is now complete.
+            self.requests.close(&mut self.stitch);
+            self.responses.close(&mut self.stitch);
+        }
+        let answering = self.responses.in_message();
+        self.stitch.expire(deadline_ns, answering);
+        self.stitch.drain(out);
+    }
+}

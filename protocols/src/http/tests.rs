@@ -1,0 +1,376 @@
+//! Edge cases as byte constants; captured conversations are replayed in tests/captures.rs.
+use super::*;
+use crate::{Field, Record, Red};
+
+const GET_A: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+const GET_B: &[u8] = b"GET /b HTTP/1.1\r\nHost: x\r\n\r\n";
+const OK_2: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+fn parser() -> Parser {
+    Parser::new(Role::Client, &ParseConfig::default())
+}
+
+fn field<'a>(record: &'a Record, column: &str) -> &'a Field {
+    let i = COLUMNS.iter().position(|c| c.name == column).unwrap();
+    &record.fields[i]
+}
+
+fn text<'a>(record: &'a Record, column: &str) -> &'a str {
+    match field(record, column) {
+        Field::String(s) => s,
+        other => panic!("{column} is {other:?}"),
+    }
+}
+
+fn int(record: &Record, column: &str) -> i64 {
+    match field(record, column) {
+        Field::Int64(v) => *v,
+        other => panic!("{column} is {other:?}"),
+    }
+}
+
+fn feed(p: &mut Parser, dir: Direction, ts: u64, data: &[u8], out: &mut Vec<Record>) {
+    p.feed(dir, ts, data, out).unwrap();
+}
+
+#[test]
+fn detect_accepts_request_and_status_lines_only() {
+    assert!(detect(Direction::Egress, GET_A, 80));
+    assert!(detect(
+        Direction::Ingress,
+        b"HTTP/1.0 404 Not Found\r\n",
+        80
+    ));
+    assert!(detect(Direction::Egress, b"OPTIONS * HTTP/1.1\r\n", 80));
+    assert!(!detect(Direction::Egress, b"GETX / HTTP/1.1\r\n", 80));
+    assert!(!detect(Direction::Egress, b"GET  /", 80));
+    assert!(!detect(Direction::Egress, b"HTTP/2 200\r\n", 80));
+    assert!(!detect(Direction::Egress, b"\x16\x03\x01\x02\x00", 443));
+}
+
+#[test]
+fn a_request_without_response_is_emitted_by_expire_with_status_zero() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
+    p.expire(50, &mut out);
+    assert!(
+        out.is_empty(),
+        "a request newer than the deadline must wait"
+    );
+    p.expire(101, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].latency_ns, None);
+    assert_eq!(
+        out[0].red,
+        Red::Http {
+            method: "GET",
+            status: 0
+        }
+    );
+    assert_eq!(int(&out[0], "resp_status"), 0);
+    assert_eq!(text(&out[0], "req_path"), "/a");
+}
+
+#[test]
+fn a_response_without_length_is_read_until_close() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
+    feed(
+        &mut p,
+        Direction::Ingress,
+        200,
+        b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nhello ",
+        &mut out,
+    );
+    feed(&mut p, Direction::Ingress, 300, b"world", &mut out);
+    p.expire(1_000, &mut out);
+    assert!(
+        out.is_empty(),
+        "the response being read answers the request"
+    );
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(text(&out[0], "resp_body"), "hello world");
+    assert_eq!(int(&out[0], "resp_body_size"), 11);
+    assert_eq!(out[0].latency_ns, Some(200));
+}
+
+#[test]
+fn interim_responses_are_skipped_and_not_stitched() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
+    feed(
+        &mut p,
+        Direction::Ingress,
+        200,
+        b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(int(&out[0], "resp_status"), 200);
+}
+
+#[test]
+fn a_pipelined_head_response_has_no_body_despite_its_content_length() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(
+        &mut p,
+        Direction::Egress,
+        100,
+        b"HEAD /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        &mut out,
+    );
+    feed(
+        &mut p,
+        Direction::Ingress,
+        200,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        &mut out,
+    );
+    assert_eq!(out.len(), 2);
+    assert_eq!(int(&out[0], "resp_body_size"), 0);
+    assert_eq!(text(&out[1], "resp_body"), "ok");
+}
+
+#[test]
+fn a_gap_inside_a_body_of_known_length_keeps_sync() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
+    feed(&mut p, Direction::Egress, 101, GET_B, &mut out);
+    feed(
+        &mut p,
+        Direction::Ingress,
+        200,
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789",
+        &mut out,
+    );
+    p.gap(Direction::Ingress, 80);
+    feed(&mut p, Direction::Ingress, 300, b"abcdefghij", &mut out);
+    feed(&mut p, Direction::Ingress, 400, OK_2, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(int(&out[0], "resp_body_size"), 100);
+    assert_eq!(
+        text(&out[0], "resp_body"),
+        "0123456789",
+        "bytes after a hole are not shown"
+    );
+    assert_eq!(text(&out[1], "req_path"), "/b");
+    assert_eq!(text(&out[1], "resp_body"), "ok");
+}
+
+#[test]
+fn a_gap_in_a_head_resyncs_at_the_next_request_line() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, b"GET /a HTT", &mut out);
+    p.gap(Direction::Egress, 50);
+    feed(&mut p, Direction::Egress, 110, b"xyz\r\n\r\n", &mut out);
+    // The answer to the lost request began before /b was sent: it must not be given to /b.
+    feed(&mut p, Direction::Ingress, 150, OK_2, &mut out);
+    feed(&mut p, Direction::Egress, 200, GET_B, &mut out);
+    feed(
+        &mut p,
+        Direction::Ingress,
+        250,
+        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(text(&out[0], "req_path"), "/b");
+    assert_eq!(int(&out[0], "resp_status"), 404);
+}
+
+#[test]
+fn lost_response_bytes_emit_the_waiting_requests_unanswered() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
+    p.gap(Direction::Ingress, 30);
+    assert!(
+        p.feed(
+            Direction::Ingress,
+            200,
+            b"garbage without a status line",
+            &mut out
+        )
+        .is_ok()
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].latency_ns, None);
+    feed(&mut p, Direction::Egress, 300, GET_B, &mut out);
+    feed(&mut p, Direction::Ingress, 400, OK_2, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(text(&out[1], "req_path"), "/b");
+}
+
+#[test]
+fn garbage_is_an_error_and_parsing_resumes_at_the_next_request() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    let err = p
+        .feed(
+            Direction::Egress,
+            100,
+            b"GET /\x01 HTTP/1.1\r\n\r\n",
+            &mut out,
+        )
+        .unwrap_err();
+    assert_eq!(err.reason, "bad_request_line");
+    feed(&mut p, Direction::Egress, 110, GET_B, &mut out);
+    feed(&mut p, Direction::Ingress, 200, OK_2, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(text(&out[0], "req_path"), "/b");
+}
+
+#[test]
+fn an_unknown_method_is_other_in_metrics_but_kept_in_the_row() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(
+        &mut p,
+        Direction::Egress,
+        100,
+        b"PROPFIND /dav HTTP/1.1\r\n\r\n",
+        &mut out,
+    );
+    feed(
+        &mut p,
+        Direction::Ingress,
+        200,
+        b"HTTP/1.1 207 Multi-Status\r\nContent-Length: 0\r\n\r\n",
+        &mut out,
+    );
+    assert_eq!(
+        out[0].red,
+        Red::Http {
+            method: "_OTHER",
+            status: 207
+        }
+    );
+    assert_eq!(text(&out[0], "req_method"), "PROPFIND");
+}
+
+#[test]
+fn an_upgrade_stops_parsing_the_connection() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(
+        &mut p,
+        Direction::Egress,
+        100,
+        b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        &mut out,
+    );
+    feed(
+        &mut p,
+        Direction::Ingress,
+        200,
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello",
+        &mut out,
+    );
+    feed(
+        &mut p,
+        Direction::Egress,
+        300,
+        b"\x81\x85\x00\x00\x00\x00hello",
+        &mut out,
+    );
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(int(&out[0], "resp_status"), 101);
+}
+
+#[test]
+fn bodies_are_cut_at_the_limit_and_binary_ones_summarised() {
+    let config = ParseConfig {
+        max_body_bytes: 4,
+        redact: true,
+    };
+    let mut p = Parser::new(Role::Server, &config);
+    let mut out = Vec::new();
+    feed(
+        &mut p,
+        Direction::Ingress,
+        100,
+        b"POST /t HTTP/1.1\r\nContent-Length: 10\r\n\r\nabcdefghij",
+        &mut out,
+    );
+    feed(
+        &mut p,
+        Direction::Egress,
+        200,
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 3\r\n\r\n\x00\x01\x02",
+        &mut out,
+    );
+    assert_eq!(text(&out[0], "req_body"), "abcd");
+    assert_eq!(int(&out[0], "req_body_size"), 10);
+    assert_eq!(
+        text(&out[0], "resp_body"),
+        "<binary 3 bytes, application/octet-stream>"
+    );
+}
+
+#[test]
+fn secrets_are_redacted_only_when_configured() {
+    let request = b"GET / HTTP/1.1\r\nAuthorization: Basic YTpi\r\nCookie: s=1\r\n\r\n";
+    for (redact, expected) in [(true, REDACTED_HEADERS), (false, PLAIN_HEADERS)] {
+        let mut p = Parser::new(
+            Role::Client,
+            &ParseConfig {
+                max_body_bytes: 512,
+                redact,
+            },
+        );
+        let mut out = Vec::new();
+        feed(&mut p, Direction::Egress, 100, request, &mut out);
+        p.expire(u64::MAX, &mut out);
+        assert_eq!(text(&out[0], "req_headers"), expected);
+    }
+}
+const REDACTED_HEADERS: &str = r#"{"Authorization":"<redacted>","Cookie":"<redacted>"}"#;
+const PLAIN_HEADERS: &str = r#"{"Authorization":"Basic YTpi","Cookie":"s=1"}"#;
+
+#[test]
+fn a_chunked_body_split_inside_sizes_and_crlfs_is_reassembled() {
+    let response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nTrailer: x\r\n\r\n";
+    for split in 1..response.len() {
+        let mut p = parser();
+        let mut out = Vec::new();
+        feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
+        feed(
+            &mut p,
+            Direction::Ingress,
+            200,
+            &response[..split],
+            &mut out,
+        );
+        feed(
+            &mut p,
+            Direction::Ingress,
+            300,
+            &response[split..],
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "split at {split}");
+        assert_eq!(
+            text(&out[0], "resp_body"),
+            "hello world",
+            "split at {split}"
+        );
+    }
+}
+
+#[test]
+fn a_response_arriving_before_its_request_is_fed_is_still_paired() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Ingress, 200, OK_2, &mut out);
+    feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].latency_ns, Some(100));
+}

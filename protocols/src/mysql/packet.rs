@@ -1,0 +1,298 @@
+//! MySQL/MariaDB client/server protocol packets: framing, commands, OK/ERR/EOF.
+//!
+//! Hand-written: `mysql_common` (the Rust reference) is a client's codec with a large dependency
+//! tree (bigdecimal, chrono, flate2, regex, …) and expects whole, valid packets; what a tracer
+//! needs is the 4-byte framing, the command byte and a few fields, read from possibly truncated
+//! packets without trusting any length.
+
+use crate::frames::Header;
+
+/// Payload length marking a packet continued in the next one (a payload of 16 MiB or more).
+pub(super) const CONTINUED: u32 = 0xff_ffff;
+
+/// Capability flags read from the client's handshake response.
+pub(super) const CLIENT_SSL: u32 = 0x800;
+pub(super) const CLIENT_DEPRECATE_EOF: u32 = 1 << 24;
+pub(super) const CLIENT_SESSION_TRACK: u32 = 1 << 23;
+
+/// Status flag: another result set follows this one.
+const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
+
+pub(super) fn payload_len(b: &[u8]) -> Option<u32> {
+    Some(u32::from_le_bytes([*b.first()?, *b.get(1)?, *b.get(2)?, 0]))
+}
+
+/// Frame header for a packet; `cap` bounds what is kept of statement text and parameters.
+pub(super) fn header(buf: &[u8], from_client: bool, cap: usize) -> Result<Header, &'static str> {
+    let Some(len) = payload_len(buf) else {
+        return Ok(Header::Incomplete);
+    };
+    let total = u64::from(len) + 4;
+    if len == 0 {
+        return Ok(Header::Frame {
+            len: total,
+            keep: 4,
+        });
+    }
+    let Some(&first) = buf.get(4) else {
+        return Ok(Header::Incomplete);
+    };
+    let keep = match (from_client, first) {
+        (true, Command::QUERY | Command::STMT_PREPARE | Command::STMT_EXECUTE) => 4 + cap + 64,
+        (true, _) => 4 + 128,
+        (false, 0xff) => 4 + 512,
+        (false, _) => 4 + 128,
+    };
+    Ok(Header::Frame { len: total, keep })
+}
+
+/// Could a chunk starting with these bytes start a command (client) or a response (server)?
+pub(super) fn starts_packet(data: &[u8], from_client: bool) -> bool {
+    let (Some(len), Some(&seq), Some(&first)) = (payload_len(data), data.get(3), data.get(4))
+    else {
+        return false;
+    };
+    if from_client {
+        seq == 0 && len >= 1 && Command::name(first).is_some()
+    } else {
+        seq == 1 && len >= 1
+    }
+}
+
+/// Command bytes and their names.
+pub(super) struct Command;
+
+impl Command {
+    pub const QUIT: u8 = 0x01;
+    pub const INIT_DB: u8 = 0x02;
+    pub const QUERY: u8 = 0x03;
+    pub const FIELD_LIST: u8 = 0x04;
+    pub const STATISTICS: u8 = 0x09;
+    pub const CHANGE_USER: u8 = 0x11;
+    pub const STMT_PREPARE: u8 = 0x16;
+    pub const STMT_EXECUTE: u8 = 0x17;
+    pub const STMT_SEND_LONG_DATA: u8 = 0x18;
+    pub const STMT_CLOSE: u8 = 0x19;
+    pub const STMT_FETCH: u8 = 0x1c;
+
+    pub fn name(cmd: u8) -> Option<&'static str> {
+        Some(match cmd {
+            0x00 => "COM_SLEEP",
+            0x01 => "COM_QUIT",
+            0x02 => "COM_INIT_DB",
+            0x03 => "COM_QUERY",
+            0x04 => "COM_FIELD_LIST",
+            0x05 => "COM_CREATE_DB",
+            0x06 => "COM_DROP_DB",
+            0x07 => "COM_REFRESH",
+            0x08 => "COM_SHUTDOWN",
+            0x09 => "COM_STATISTICS",
+            0x0a => "COM_PROCESS_INFO",
+            0x0c => "COM_PROCESS_KILL",
+            0x0d => "COM_DEBUG",
+            0x0e => "COM_PING",
+            0x11 => "COM_CHANGE_USER",
+            0x12 => "COM_BINLOG_DUMP",
+            0x16 => "COM_STMT_PREPARE",
+            0x17 => "COM_STMT_EXECUTE",
+            0x18 => "COM_STMT_SEND_LONG_DATA",
+            0x19 => "COM_STMT_CLOSE",
+            0x1a => "COM_STMT_RESET",
+            0x1b => "COM_SET_OPTION",
+            0x1c => "COM_STMT_FETCH",
+            0x1f => "COM_RESET_CONNECTION",
+            _ => return None,
+        })
+    }
+}
+
+/// A length-encoded integer at the cursor.
+pub(super) fn lenenc(c: &mut &[u8]) -> Option<u64> {
+    let (&first, rest) = c.split_first()?;
+    let n = match first {
+        0..=0xfa => {
+            *c = rest;
+            return Some(first.into());
+        }
+        0xfc => 2,
+        0xfd => 3,
+        0xfe => 8,
+        _ => return None,
+    };
+    let bytes = rest.get(..n)?;
+    *c = &rest[n..];
+    Some(
+        bytes
+            .iter()
+            .rev()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
+    )
+}
+
+fn le_u16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+pub(super) fn le_u32(b: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// An OK packet (header 0x00, or 0xFE when it replaces EOF): affected rows, more-results flag, info.
+pub(super) struct Ok {
+    pub affected_rows: u64,
+    pub more_results: bool,
+    pub info: String,
+}
+
+/// `session_track`: the client has CLIENT_SESSION_TRACK (info is then length-prefixed); None when
+/// the handshake was not seen (a length prefix that fits is then taken as one).
+pub(super) fn ok(payload: &[u8], session_track: Option<bool>) -> Option<Ok> {
+    let mut c = payload.get(1..)?;
+    let affected_rows = lenenc(&mut c)?;
+    let _last_insert_id = lenenc(&mut c)?;
+    let status = le_u16(c, 0)?;
+    let mut rest = c.get(4..).unwrap_or_default();
+    if session_track != Some(false) {
+        let mut peek = rest;
+        if let Some(n) = lenenc(&mut peek).and_then(|n| usize::try_from(n).ok())
+            && n <= peek.len()
+        {
+            rest = &peek[..n];
+        }
+    }
+    let info = String::from_utf8_lossy(rest);
+    Some(Ok {
+        affected_rows,
+        more_results: status & SERVER_MORE_RESULTS_EXISTS != 0,
+        info: info.trim_end_matches('\0').to_string(),
+    })
+}
+
+/// A legacy EOF packet: 0xFE, warnings, status — exactly 5 bytes.
+pub(super) fn is_eof(payload: &[u8]) -> bool {
+    payload.len() == 5 && payload[0] == 0xfe
+}
+
+/// Does this EOF or OK-as-EOF say another result set follows?
+pub(super) fn terminal_more_results(payload: &[u8]) -> bool {
+    if is_eof(payload) {
+        le_u16(payload, 3).is_some_and(|s| s & SERVER_MORE_RESULTS_EXISTS != 0)
+    } else {
+        ok(payload, None).is_some_and(|o| o.more_results)
+    }
+}
+
+/// `1146 (42S02): Table 'x' doesn't exist`.
+pub(super) fn err(payload: &[u8]) -> String {
+    let code = le_u16(payload, 1).unwrap_or(0);
+    let rest = payload.get(3..).unwrap_or_default();
+    let (state, msg) = match rest.split_first() {
+        Some((b'#', after)) if after.len() >= 5 => (
+            String::from_utf8_lossy(&after[..5]).into_owned(),
+            &after[5..],
+        ),
+        _ => (String::new(), rest),
+    };
+    let msg = String::from_utf8_lossy(msg);
+    if state.is_empty() {
+        format!("{code}: {msg}")
+    } else {
+        format!("{code} ({state}): {msg}")
+    }
+}
+
+/// A COM_STMT_PREPARE OK: statement id, columns, parameters.
+pub(super) struct PrepareOk {
+    pub statement_id: u32,
+    pub columns: u16,
+    pub params: u16,
+}
+
+pub(super) fn prepare_ok(payload: &[u8]) -> Option<PrepareOk> {
+    (payload.first() == Some(&0)).then_some(())?;
+    Some(PrepareOk {
+        statement_id: le_u32(payload, 1)?,
+        columns: le_u16(payload, 5)?,
+        params: le_u16(payload, 7)?,
+    })
+}
+
+/// Parameters of a COM_STMT_EXECUTE payload rendered as text (`7, 'seven', NULL`).
+/// `types` are the statement's parameter types from an earlier execute; updated when the packet
+/// carries new ones. None when the packet is cut short before the values.
+pub(super) fn execute_params(
+    payload: &[u8],
+    count: u16,
+    types: &mut Vec<(u8, bool)>,
+) -> Option<String> {
+    let n = usize::from(count);
+    if n == 0 {
+        return None;
+    }
+    let mut c = payload.get(10..)?;
+    let bitmap = c.get(..n.div_ceil(8))?;
+    c = &c[n.div_ceil(8)..];
+    let (&bound, rest) = c.split_first()?;
+    c = rest;
+    if bound == 1 {
+        types.clear();
+        for _ in 0..n {
+            let t = c.get(..2)?;
+            types.push((t[0], t[1] & 0x80 != 0));
+            c = &c[2..];
+        }
+    }
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+            out.push("NULL".to_string());
+            continue;
+        }
+        let (ty, unsigned) = *types.get(i)?;
+        out.push(binary_value(&mut c, ty, unsigned)?);
+    }
+    Some(out.join(", "))
+}
+
+fn binary_value(c: &mut &[u8], ty: u8, unsigned: bool) -> Option<String> {
+    let take = |c: &mut &[u8], n: usize| -> Option<Vec<u8>> {
+        let v = c.get(..n)?.to_vec();
+        *c = &c[n..];
+        Some(v)
+    };
+    let int = |b: &[u8]| {
+        let mut le = [0u8; 8];
+        le[..b.len()].copy_from_slice(b);
+        let u = u64::from_le_bytes(le);
+        if unsigned {
+            u.to_string()
+        } else {
+            // Sign-extend from the value's width.
+            let shift = 64 - 8 * b.len() as u32;
+            (((u << shift) as i64) >> shift).to_string()
+        }
+    };
+    Some(match ty {
+        0x06 => "NULL".to_string(),
+        0x01 => int(&take(c, 1)?),
+        0x02 | 0x0d => int(&take(c, 2)?),
+        0x03 | 0x09 => int(&take(c, 4)?),
+        0x08 => int(&take(c, 8)?),
+        0x04 => f32::from_le_bytes(take(c, 4)?.try_into().ok()?).to_string(),
+        0x05 => f64::from_le_bytes(take(c, 8)?.try_into().ok()?).to_string(),
+        0x07 | 0x0a | 0x0b | 0x0c => {
+            let (&len, rest) = c.split_first()?;
+            *c = rest;
+            let v = take(c, usize::from(len))?;
+            format!("<temporal {} bytes>", v.len())
+        }
+        _ => {
+            let len = usize::try_from(lenenc(c)?).ok()?;
+            let v = take(c, len)?;
+            match std::str::from_utf8(&v) {
+                Ok(s) if !s.chars().any(char::is_control) => format!("'{s}'"),
+                _ => format!("<binary {} bytes>", v.len()),
+            }
+        }
+    })
+}

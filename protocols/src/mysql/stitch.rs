@@ -1,0 +1,437 @@
+//! Commands ↔ responses of one MySQL connection.
+//!
+//! A command is a client packet with sequence id 0; its response is the server's packets from
+//! sequence id 1 on, whose shape depends on the command: one OK/ERR packet, a result set (column
+//! count, column definitions, optional EOF, rows, EOF or OK; possibly several), or a prepare answer
+//! (OK with counts, parameter and column definitions each with an optional EOF). COM_QUIT,
+//! COM_STMT_CLOSE and COM_STMT_SEND_LONG_DATA get no response.
+use std::collections::{HashMap, VecDeque};
+
+use super::packet::{self, Command};
+use crate::{Field, ParseConfig, REDACTED, Record, Red, sql};
+
+/// Prepared statements remembered per connection; more are forgotten.
+const MAX_STATEMENTS: usize = 256;
+/// Commands awaiting a response (clients rarely pipeline).
+const MAX_PENDING: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    /// One OK, ERR (or EOF / auth switch) packet.
+    Single,
+    ResultSet,
+    Prepare,
+    /// Column definitions until EOF (COM_FIELD_LIST).
+    FieldList,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Start,
+    /// Column or parameter definitions still to come.
+    Definitions {
+        left: u32,
+        then: After,
+    },
+    /// Right after definitions: a legacy EOF may come.
+    MaybeEof {
+        then: After,
+    },
+    Rows,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum After {
+    Rows,
+    /// Prepare: then the column definitions.
+    PrepareColumns(u32),
+    Done,
+}
+
+struct Pending {
+    cmd: u8,
+    body: Option<String>,
+    params: Option<String>,
+    start_ns: u64,
+    operation: &'static str,
+    shape: Shape,
+    /// Prepare: the statement text, remembered under the id the OK gives.
+    prepared_text: Option<String>,
+}
+
+#[derive(Default)]
+struct Progress {
+    started: bool,
+    phase: Option<Phase>,
+    rows: i64,
+    status: Option<&'static str>,
+    body: Option<String>,
+}
+
+struct Statement {
+    text: String,
+    params: u16,
+    types: Vec<(u8, bool)>,
+}
+
+pub(super) struct Stitcher {
+    pending: VecDeque<Pending>,
+    progress: Progress,
+    statements: HashMap<u32, Statement>,
+    orphans: Vec<Pending>,
+    /// The client asked for CLIENT_DEPRECATE_EOF (None: handshake not seen).
+    deprecate_eof: Option<bool>,
+    /// The client asked for CLIENT_SESSION_TRACK (None: handshake not seen).
+    session_track: Option<bool>,
+    redact: bool,
+    text_cap: usize,
+}
+
+impl Stitcher {
+    pub fn new(config: &ParseConfig) -> Stitcher {
+        Stitcher {
+            pending: VecDeque::new(),
+            progress: Progress::default(),
+            statements: HashMap::new(),
+            orphans: Vec::new(),
+            deprecate_eof: None,
+            session_track: None,
+            redact: config.redact,
+            text_cap: config.max_body_bytes,
+        }
+    }
+
+    pub fn set_capabilities(&mut self, caps: u32) {
+        self.deprecate_eof = Some(caps & packet::CLIENT_DEPRECATE_EOF != 0);
+        self.session_track = Some(caps & packet::CLIENT_SESSION_TRACK != 0);
+    }
+
+    /// A command packet (sequence id 0), payload cut to what was kept.
+    pub fn command(&mut self, payload: &[u8], start_ns: u64, out: &mut Vec<Record>) {
+        let Some((&cmd, body)) = payload.split_first() else {
+            return;
+        };
+        let text = || cut(String::from_utf8_lossy(body).into_owned(), self.text_cap);
+        let mut p = Pending {
+            cmd,
+            body: None,
+            params: None,
+            start_ns,
+            operation: sql::OTHER,
+            shape: Shape::Single,
+            prepared_text: None,
+        };
+        match cmd {
+            Command::QUERY => {
+                let t = text();
+                p.operation = sql::operation(&t);
+                p.body = Some(t);
+                p.shape = Shape::ResultSet;
+            }
+            Command::STMT_PREPARE => {
+                let t = text();
+                p.operation = "PREPARE";
+                p.prepared_text = Some(t.clone());
+                p.body = Some(t);
+                p.shape = Shape::Prepare;
+            }
+            Command::STMT_EXECUTE | Command::STMT_FETCH => {
+                let id = packet::le_u32(body, 0);
+                if let Some(st) = id.and_then(|id| self.statements.get_mut(&id)) {
+                    p.operation = sql::operation(&st.text);
+                    p.body = Some(st.text.clone());
+                    if cmd == Command::STMT_EXECUTE {
+                        p.params = packet::execute_params(payload, st.params, &mut st.types)
+                            .map(|s| cut(s, self.text_cap));
+                    }
+                } else {
+                    p.body = id.map(|id| format!("statement {id}"));
+                }
+                p.shape = Shape::ResultSet;
+            }
+            Command::INIT_DB => p.body = Some(text()),
+            Command::FIELD_LIST => {
+                p.body = Some(text());
+                p.shape = Shape::FieldList;
+            }
+            Command::CHANGE_USER => {
+                let user = body.split(|b| *b == 0).next().unwrap_or_default();
+                let secret = if self.redact {
+                    REDACTED
+                } else {
+                    "<not decoded>"
+                };
+                p.body = Some(format!(
+                    "user={} password={secret}",
+                    String::from_utf8_lossy(user)
+                ));
+            }
+            Command::STMT_CLOSE => {
+                if let Some(id) = packet::le_u32(body, 0) {
+                    self.statements.remove(&id);
+                }
+                return;
+            }
+            Command::STMT_SEND_LONG_DATA => return,
+            Command::QUIT => {
+                out.push(record(p, None, Some("NONE")));
+                return;
+            }
+            Command::STATISTICS => {}
+            _ if Command::name(cmd).is_none() => return,
+            _ => {}
+        }
+        if self.pending.len() >= MAX_PENDING
+            && let Some(old) = self.pending.pop_front()
+        {
+            self.orphans.push(old);
+            self.progress = Progress::default();
+        }
+        self.pending.push_back(p);
+    }
+
+    /// A server packet (payload cut to what was kept) with its sequence id and full length.
+    pub fn response(
+        &mut self,
+        seq: u8,
+        payload: &[u8],
+        len: u32,
+        end_ns: u64,
+        out: &mut Vec<Record>,
+    ) {
+        let Some(head) = self.pending.front() else {
+            return;
+        };
+        let (shape, cmd) = (head.shape, head.cmd);
+        if !self.progress.started {
+            if seq != 1 {
+                return; // The tail of an earlier response (e.g. an EOF we did not wait for).
+            }
+            self.progress.started = true;
+            self.progress.phase = Some(Phase::Start);
+        }
+        let first = payload.first().copied().unwrap_or(0);
+        if first == 0xff {
+            self.progress.status = Some("ERR");
+            self.progress.body = Some(packet::err(payload));
+            return self.complete(end_ns, out);
+        }
+        let phase = self.progress.phase.unwrap_or(Phase::Start);
+        match (shape, phase) {
+            (Shape::Single, _) => {
+                self.progress.status = Some("OK");
+                if first == 0x00 {
+                    self.progress.body =
+                        packet::ok(payload, self.session_track).map(|o| ok_text(&o));
+                } else if cmd == Command::STATISTICS {
+                    self.progress.body = Some(String::from_utf8_lossy(payload).into_owned());
+                }
+                self.complete(end_ns, out)
+            }
+            (Shape::FieldList, _) => {
+                if packet::is_eof(payload) {
+                    self.progress.status = Some("OK");
+                    self.complete(end_ns, out)
+                }
+            }
+            (Shape::ResultSet, Phase::Start) => {
+                if first == 0x00 {
+                    let ok = packet::ok(payload, self.session_track);
+                    let more = ok.as_ref().is_some_and(|o| o.more_results);
+                    self.progress.status = Some("OK");
+                    self.progress.body = ok.map(|o| ok_text(&o));
+                    if !more {
+                        self.complete(end_ns, out);
+                    }
+                } else if first == 0xfb {
+                    self.progress.status = Some("OK");
+                    self.progress.body = Some("LOCAL INFILE".into());
+                    self.complete(end_ns, out);
+                } else {
+                    let mut c = payload;
+                    let n = packet::lenenc(&mut c).unwrap_or(0);
+                    self.progress.phase = Some(Phase::Definitions {
+                        left: u32::try_from(n).unwrap_or(u32::MAX),
+                        then: After::Rows,
+                    });
+                }
+            }
+            (Shape::Prepare, Phase::Start) => {
+                self.progress.status = Some("OK");
+                let Some(ok) = packet::prepare_ok(payload) else {
+                    return self.complete(end_ns, out);
+                };
+                if let Some(text) = self
+                    .pending
+                    .front_mut()
+                    .and_then(|p| p.prepared_text.take())
+                {
+                    if self.statements.len() >= MAX_STATEMENTS {
+                        self.statements.clear();
+                    }
+                    let statement = Statement {
+                        text,
+                        params: ok.params,
+                        types: Vec::new(),
+                    };
+                    self.statements.insert(ok.statement_id, statement);
+                }
+                self.progress.body = Some(format!(
+                    "statement {}: {} params, {} columns",
+                    ok.statement_id, ok.params, ok.columns
+                ));
+                let columns = After::PrepareColumns(ok.columns.into());
+                let next = if ok.params > 0 {
+                    Some(Phase::Definitions {
+                        left: ok.params.into(),
+                        then: columns,
+                    })
+                } else {
+                    next_after(columns)
+                };
+                self.advance(next, end_ns, out);
+            }
+            (_, Phase::Definitions { left, then }) => {
+                let left = left.saturating_sub(1);
+                if left > 0 {
+                    self.progress.phase = Some(Phase::Definitions { left, then });
+                } else if self.deprecate_eof == Some(true)
+                    || (self.deprecate_eof.is_none() && then != After::Rows)
+                {
+                    // No EOF follows (or, handshake unseen, do not wait for one that may not come).
+                    self.advance(next_after(then), end_ns, out);
+                } else {
+                    self.progress.phase = Some(Phase::MaybeEof { then });
+                }
+            }
+            (_, Phase::MaybeEof { then }) => {
+                let next = next_after(then);
+                if packet::is_eof(payload) {
+                    self.advance(next, end_ns, out);
+                } else if next.is_some() {
+                    // No EOF after all: this packet already belongs to what follows.
+                    self.progress.phase = next;
+                    self.response(seq, payload, len, end_ns, out);
+                } else {
+                    self.complete(end_ns, out);
+                }
+            }
+            (_, Phase::Rows) => {
+                if first == 0xfe && len < packet::CONTINUED {
+                    self.progress.status = Some("OK");
+                    if packet::terminal_more_results(payload) {
+                        self.progress.phase = Some(Phase::Start);
+                    } else {
+                        self.progress.body =
+                            Some(format!("Resultset rows = {}", self.progress.rows));
+                        self.complete(end_ns, out);
+                    }
+                } else {
+                    self.progress.rows += 1;
+                }
+            }
+        }
+    }
+
+    /// Moves to `next`, or completes the response when nothing is left.
+    fn advance(&mut self, next: Option<Phase>, end_ns: u64, out: &mut Vec<Record>) {
+        match next {
+            Some(phase) => self.progress.phase = Some(phase),
+            None => self.complete(end_ns, out),
+        }
+    }
+
+    fn complete(&mut self, end_ns: u64, out: &mut Vec<Record>) {
+        let progress = std::mem::take(&mut self.progress);
+        if let Some(p) = self.pending.pop_front() {
+            let latency = end_ns.saturating_sub(p.start_ns);
+            out.push(record(p, Some((latency, progress)), None));
+        }
+    }
+
+    /// Bytes were lost: pending commands can no longer be matched.
+    pub fn lost(&mut self) {
+        self.orphans.extend(self.pending.drain(..));
+        self.progress = Progress::default();
+    }
+
+    pub fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
+        for p in self.orphans.drain(..) {
+            out.push(record(p, None, None));
+        }
+        while self
+            .pending
+            .front()
+            .is_some_and(|p| p.start_ns < deadline_ns)
+        {
+            if let Some(p) = self.pending.pop_front() {
+                self.progress = Progress::default();
+                out.push(record(p, None, None));
+            }
+        }
+    }
+}
+
+fn next_after(then: After) -> Option<Phase> {
+    match then {
+        After::Rows => Some(Phase::Rows),
+        After::PrepareColumns(0) | After::Done => None,
+        After::PrepareColumns(n) => Some(Phase::Definitions {
+            left: n,
+            then: After::Done,
+        }),
+    }
+}
+
+fn ok_text(ok: &packet::Ok) -> String {
+    if ok.info.is_empty() {
+        format!("affected rows: {}", ok.affected_rows)
+    } else {
+        ok.info.clone()
+    }
+}
+
+fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static str>) -> Record {
+    let (latency_ns, status, body, rows) = match response {
+        Some((latency, pr)) => (
+            Some(latency),
+            pr.status.map_or(Field::Null, |s| Field::String(s.into())),
+            pr.body.map_or(Field::Null, Field::String),
+            Field::Int64(pr.rows),
+        ),
+        None => (
+            None,
+            status.map_or(Field::Null, |s| Field::String(s.into())),
+            Field::Null,
+            Field::Null,
+        ),
+    };
+    Record {
+        request_ns: p.start_ns,
+        latency_ns,
+        fields: vec![
+            Field::String(Command::name(p.cmd).unwrap_or("COM_UNKNOWN").to_string()),
+            p.body.map_or(Field::Null, Field::String),
+            p.params.map_or(Field::Null, Field::String),
+            status,
+            body,
+            rows,
+        ],
+        red: Red::Db {
+            system: "mysql",
+            operation: p.operation,
+        },
+    }
+}
+
+/// At most `cap` bytes, cut on a character boundary.
+fn cut(mut s: String, cap: usize) -> String {
+    if s.len() > cap {
+        let mut end = cap;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}

@@ -1,0 +1,174 @@
+//! Edge cases as byte constants; real conversations are in tests/mysql_captures.rs.
+use super::*;
+use crate::{Field, Red};
+
+fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut p = len.to_le_bytes()[..3].to_vec();
+    p.push(seq);
+    p.extend_from_slice(payload);
+    p
+}
+
+const OK: &[u8] = b"\x00\x01\x00\x02\x00\x00\x00";
+
+fn client() -> Parser {
+    Parser::new(Role::Client, &ParseConfig::default())
+}
+
+fn run(p: &mut Parser, steps: &[(Direction, u64, Vec<u8>)]) -> Vec<Record> {
+    let mut out = Vec::new();
+    for (dir, ts, data) in steps {
+        p.feed(*dir, *ts, data, &mut out).unwrap();
+    }
+    out
+}
+
+#[test]
+fn detect_knows_the_server_greeting_anywhere_and_commands_on_3306() {
+    let mut greeting = b"\x0a10.11.19-MariaDB\x00".to_vec();
+    greeting.resize(60, 0);
+    assert!(detect(Direction::Ingress, &pkt(0, &greeting), 40000));
+    let query = pkt(0, b"\x03SELECT 1");
+    assert!(detect(Direction::Egress, &query, 3306));
+    assert!(!detect(Direction::Egress, &query, 40000));
+    assert!(!detect(Direction::Egress, b"GET / HTTP/1.1\r\n", 3306));
+}
+
+#[test]
+fn an_ok_answers_a_query() {
+    let out = run(
+        &mut client(),
+        &[
+            (Direction::Egress, 5, pkt(0, b"\x03DELETE FROM t")),
+            (Direction::Ingress, 9, pkt(1, OK)),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].latency_ns, Some(4));
+    assert_eq!(out[0].fields[3], Field::String("OK".into()));
+    assert_eq!(out[0].fields[4], Field::String("affected rows: 1".into()));
+    assert_eq!(
+        out[0].red,
+        Red::Db {
+            system: "mysql",
+            operation: "DELETE"
+        }
+    );
+}
+
+#[test]
+fn a_result_set_without_eof_packets_ends_at_the_ok() {
+    // CLIENT_DEPRECATE_EOF style: count, one column definition, rows, OK with 0xFE header.
+    let out = run(
+        &mut client(),
+        &[
+            (Direction::Egress, 1, pkt(0, b"\x03SELECT a FROM t")),
+            (Direction::Ingress, 2, [pkt(1, b"\x01"), pkt(2, b"\x03def\x00\x00\x00\x01a\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00")].concat()),
+            (Direction::Ingress, 3, [pkt(3, b"\x011"), pkt(4, b"\x012"), pkt(5, b"\xfe\x00\x00\x02\x00\x00\x00")].concat()),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields[5], Field::Int64(2));
+    assert_eq!(out[0].fields[4], Field::String("Resultset rows = 2".into()));
+}
+
+#[test]
+fn an_err_packet_carries_code_state_and_message() {
+    let out = run(
+        &mut client(),
+        &[
+            (Direction::Egress, 1, pkt(0, b"\x03SELEC")),
+            (
+                Direction::Ingress,
+                2,
+                pkt(1, b"\xff\x28\x04#42000You have an error"),
+            ),
+        ],
+    );
+    assert_eq!(out[0].fields[3], Field::String("ERR".into()));
+    assert_eq!(
+        out[0].fields[4],
+        Field::String("1064 (42000): You have an error".into())
+    );
+}
+
+#[test]
+fn quit_is_recorded_without_a_response() {
+    let out = run(&mut client(), &[(Direction::Egress, 1, pkt(0, b"\x01"))]);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields[0], Field::String("COM_QUIT".into()));
+    assert_eq!(out[0].latency_ns, None);
+}
+
+#[test]
+fn a_prepared_statement_is_executed_under_its_text() {
+    let mut p = client();
+    let out = run(
+        &mut p,
+        &[
+            (Direction::Egress, 1, pkt(0, b"\x16SELECT ?")),
+            // Prepare OK: id 9, 0 columns, 1 param; one parameter definition, no EOF (handshake unseen).
+            (Direction::Ingress, 2, [pkt(1, b"\x00\x09\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00"), pkt(2, b"\x03def\x00\x00\x00\x01?\x00\x0c\x3f\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00")].concat()),
+            // Execute id 9, no cursor, 1 iteration, null bitmap 0, new types: LONGLONG signed, value -5.
+            (Direction::Egress, 3, pkt(0, b"\x17\x09\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x08\x00\xfb\xff\xff\xff\xff\xff\xff\xff")),
+            (Direction::Ingress, 4, pkt(1, OK)),
+        ],
+    );
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].fields[0], Field::String("COM_STMT_EXECUTE".into()));
+    assert_eq!(out[1].fields[1], Field::String("SELECT ?".into()));
+    assert_eq!(out[1].fields[2], Field::String("-5".into()));
+}
+
+#[test]
+fn an_ssl_request_stops_parsing() {
+    let mut ssl = 0x0000_0a00u32.to_le_bytes().to_vec(); // CLIENT_SSL | CLIENT_PROTOCOL_41
+    ssl.resize(32, 0);
+    let out = run(
+        &mut client(),
+        &[
+            (Direction::Egress, 1, pkt(1, &ssl)),
+            (Direction::Egress, 2, pkt(0, b"\x03SELECT 1")),
+        ],
+    );
+    assert!(out.is_empty());
+}
+
+#[test]
+fn a_big_row_split_by_a_gap_is_still_counted() {
+    let mut p = client();
+    let mut out = run(
+        &mut p,
+        &[
+            (Direction::Egress, 1, pkt(0, b"\x03SELECT blob FROM t")),
+            (
+                Direction::Ingress,
+                2,
+                [
+                    pkt(1, b"\x01"),
+                    pkt(2, b"\x03def"),
+                    pkt(3, b"\xfe\x00\x00\x02\x00"),
+                ]
+                .concat(),
+            ),
+        ],
+    );
+    let mut row = vec![0xfc, 0x50, 0xc3];
+    row.resize(50_003, b'x');
+    let row = pkt(4, &row);
+    p.feed(Direction::Ingress, 3, &row[..1000], &mut out)
+        .unwrap();
+    p.gap(Direction::Ingress, 40_000);
+    p.feed(Direction::Ingress, 4, &row[41_000..], &mut out)
+        .unwrap();
+    p.feed(
+        Direction::Ingress,
+        5,
+        &pkt(5, b"\xfe\x00\x00\x02\x00"),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields[5], Field::Int64(1));
+}

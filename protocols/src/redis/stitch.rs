@@ -1,0 +1,390 @@
+//! Commands ↔ replies, in order (RESP has no ids; pipelines keep order). Server pushes are not
+//! replies: RESP3 push frames, and in RESP2 the `message`/`pmessage`/`smessage` arrays a subscribed
+//! connection receives, become records of their own (`PUSH PUB`, `PUSH SUB`, …) without latency.
+//! (UN)SUBSCRIBE is answered by one confirmation per channel; all of them make its reply.
+use std::collections::VecDeque;
+
+use super::commands;
+use super::parse::{AggKind, Frame, Text, Value};
+use crate::{Field, ParseConfig, REDACTED, Record, Red};
+
+/// More unanswered commands than this means replies are not being seen: the oldest go first.
+const MAX_QUEUED: usize = 1024;
+
+const SUBSCRIBE_FAMILY: [&str; 6] = [
+    "subscribe",
+    "unsubscribe",
+    "psubscribe",
+    "punsubscribe",
+    "ssubscribe",
+    "sunsubscribe",
+];
+
+struct Command {
+    start_ns: u64,
+    /// Uppercase name, with the subcommand for container commands (`CONFIG GET`).
+    name: String,
+    operation: &'static str,
+    args: String,
+    /// Replies this command gets: one, or one per channel for the subscribe family.
+    expected: usize,
+    replies: Vec<Frame>,
+}
+
+pub struct Stitcher {
+    config: ParseConfig,
+    commands: VecDeque<Command>,
+    /// Replies that came before their command was seen.
+    replies: VecDeque<Frame>,
+    subscribed: bool,
+    ready: Vec<Record>,
+}
+
+impl Stitcher {
+    pub fn new(config: ParseConfig) -> Stitcher {
+        Stitcher {
+            config,
+            commands: VecDeque::new(),
+            replies: VecDeque::new(),
+            subscribed: false,
+            ready: Vec::new(),
+        }
+    }
+
+    /// A command frame. Anything but an array of strings is not a command.
+    pub fn command(&mut self, frame: Frame) -> Result<(), &'static str> {
+        let Value::Aggregate {
+            kind: AggKind::Array,
+            items,
+            len,
+        } = &frame.value
+        else {
+            return Err("bad_command");
+        };
+        let words: Vec<&Text> = items.iter().filter_map(Value::text).collect();
+        if words.is_empty() || words.len() != items.len() {
+            return Err("bad_command");
+        }
+        let first = String::from_utf8_lossy(&words[0].bytes).to_ascii_uppercase();
+        let operation = commands::known(&first).unwrap_or("_OTHER");
+        let mut name = first.chars().take(64).collect::<String>();
+        let mut args = &words[1..];
+        if commands::is_container(operation)
+            && let Some((sub, rest)) = args.split_first()
+        {
+            name.push(' ');
+            name.push_str(&String::from_utf8_lossy(&sub.bytes).to_ascii_uppercase());
+            args = rest;
+        }
+        let lower = operation.to_ascii_lowercase();
+        let expected = if SUBSCRIBE_FAMILY.contains(&lower.as_str()) {
+            args.len().max(1)
+        } else {
+            1
+        };
+        let more = (*len as usize).saturating_sub(items.len());
+        let args = render_args(operation, &name, args, more, &self.config);
+        if self.commands.len() >= MAX_QUEUED
+            && let Some(old) = self.commands.pop_front()
+        {
+            self.emit(old);
+        }
+        self.commands.push_back(Command {
+            start_ns: frame.start_ns,
+            name,
+            operation,
+            args,
+            expected,
+            replies: Vec::new(),
+        });
+        self.pair();
+        Ok(())
+    }
+
+    pub fn reply(&mut self, frame: Frame) {
+        if let Some(kind) = self.push_kind(&frame.value) {
+            self.push_record(kind, frame);
+            return;
+        }
+        if self.replies.len() >= MAX_QUEUED {
+            self.replies.pop_front();
+        }
+        self.replies.push_back(frame);
+        self.pair();
+    }
+
+    /// Is this reply-side frame a server push rather than the answer to the oldest command? Returns
+    /// the push's kind (`message`, `subscribe`, `invalidate`, …).
+    fn push_kind(&mut self, value: &Value) -> Option<String> {
+        let Value::Aggregate { kind, items, .. } = value else {
+            return None;
+        };
+        let first = items
+            .first()
+            .and_then(Value::text)
+            .map(|t| String::from_utf8_lossy(&t.bytes).to_ascii_lowercase())?;
+        let confirmation = SUBSCRIBE_FAMILY.contains(&first.as_str());
+        if confirmation {
+            // The last element is the number of channels this connection is now subscribed to.
+            if let Some(Value::Int(count)) = items.get(2) {
+                self.subscribed = *count > 0;
+            }
+            let awaited = self
+                .commands
+                .front()
+                .is_some_and(|c| c.operation.eq_ignore_ascii_case(&first));
+            return (!awaited).then_some(first);
+        }
+        let message = matches!(first.as_str(), "message" | "pmessage" | "smessage");
+        match kind {
+            AggKind::Push => Some(first),
+            AggKind::Array if message && self.subscribed => Some(first),
+            _ => None,
+        }
+    }
+
+    fn pair(&mut self) {
+        while let (Some(command), Some(reply)) = (self.commands.front_mut(), self.replies.front()) {
+            if reply.start_ns < command.start_ns {
+                // Answers a command that was lost or already expired.
+                self.replies.pop_front();
+                continue;
+            }
+            let Some(reply) = self.replies.pop_front() else {
+                break;
+            };
+            command.replies.push(reply);
+            if command.replies.len() >= command.expected
+                && let Some(done) = self.commands.pop_front()
+            {
+                self.emit(done);
+            }
+        }
+    }
+
+    /// Reply bytes were lost: waiting commands can no longer be paired by order.
+    pub fn lost_sync(&mut self) {
+        while let Some(command) = self.commands.pop_front() {
+            self.emit(command);
+        }
+    }
+
+    /// Commands older than `deadline_ns` are emitted (unanswered unless confirmations came), unless a
+    /// reply is being read.
+    pub fn expire(&mut self, deadline_ns: u64, answering: bool) {
+        if answering && deadline_ns != u64::MAX {
+            return;
+        }
+        while self
+            .commands
+            .front()
+            .is_some_and(|c| c.start_ns < deadline_ns)
+        {
+            if let Some(command) = self.commands.pop_front() {
+                self.emit(command);
+            }
+        }
+        self.replies.retain(|r| r.start_ns >= deadline_ns);
+    }
+
+    pub fn drain(&mut self, out: &mut Vec<Record>) {
+        out.append(&mut self.ready);
+    }
+
+    fn emit(&mut self, command: Command) {
+        let max = self.config.max_body_bytes;
+        let end_ns = command.replies.last().map(|r| r.end_ns);
+        let resp = match command.replies.as_slice() {
+            [] => String::new(),
+            [one] => render(&one.value, max),
+            many => {
+                let all = Value::Aggregate {
+                    kind: AggKind::Array,
+                    len: many.len() as u64,
+                    items: many.iter().map(|r| r.value.clone()).collect(),
+                };
+                render(&all, max)
+            }
+        };
+        self.ready.push(Record {
+            request_ns: command.start_ns,
+            latency_ns: end_ns.map(|end| end.saturating_sub(command.start_ns)),
+            fields: vec![
+                Field::String(command.name),
+                Field::String(command.args),
+                Field::String(resp),
+            ],
+            red: Red::Db {
+                system: "redis",
+                operation: command.operation,
+            },
+        });
+    }
+
+    fn push_record(&mut self, kind: String, frame: Frame) {
+        let cmd = match kind.as_str() {
+            "message" | "pmessage" | "smessage" => "PUSH PUB".to_string(),
+            k if SUBSCRIBE_FAMILY.contains(&k) => "PUSH SUB".to_string(),
+            k => format!(
+                "PUSH {}",
+                k.to_ascii_uppercase().chars().take(32).collect::<String>()
+            ),
+        };
+        self.ready.push(Record {
+            request_ns: frame.start_ns,
+            latency_ns: None,
+            fields: vec![
+                Field::String(cmd),
+                Field::String(String::new()),
+                Field::String(render(&frame.value, self.config.max_body_bytes)),
+            ],
+            red: Red::Db {
+                system: "redis",
+                operation: "_OTHER",
+            },
+        });
+    }
+}
+
+/// Arguments as a JSON array of strings; credentials redacted when configured.
+fn render_args(
+    operation: &str,
+    name: &str,
+    args: &[&Text],
+    more: usize,
+    config: &ParseConfig,
+) -> String {
+    let words: Vec<String> = args
+        .iter()
+        .map(|t| text(t, config.max_body_bytes))
+        .collect();
+    let secret = |i: usize| config.redact && is_secret(operation, name, &words, i);
+    let mut list: Vec<serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            serde_json::Value::String(if secret(i) {
+                REDACTED.to_string()
+            } else {
+                w.clone()
+            })
+        })
+        .collect();
+    if more > 0 {
+        list.push(serde_json::Value::String(format!("<{more} more>")));
+    }
+    serde_json::Value::Array(list).to_string()
+}
+
+/// Is argument `i` a password? AUTH's arguments, HELLO's and MIGRATE's after AUTH/AUTH2, the
+/// value of CONFIG SET requirepass/masterauth, ACL SETUSER password rules.
+fn is_secret(operation: &str, name: &str, args: &[String], i: usize) -> bool {
+    let after = |keyword: &str, count: usize| {
+        args.iter()
+            .position(|a| a.eq_ignore_ascii_case(keyword))
+            .is_some_and(|k| i > k && i <= k + count)
+    };
+    match operation {
+        "AUTH" => true,
+        "HELLO" => after("AUTH", 2),
+        "MIGRATE" => after("AUTH", 1) || after("AUTH2", 2),
+        "CONFIG" if name == "CONFIG SET" => {
+            i % 2 == 1
+                && matches!(
+                    args[i - 1].to_ascii_lowercase().as_str(),
+                    "requirepass" | "masterauth" | "masteruser"
+                )
+        }
+        "ACL" if name == "ACL SETUSER" => {
+            matches!(args[i].as_bytes().first(), Some(b'>' | b'<' | b'#' | b'!'))
+        }
+        _ => false,
+    }
+}
+
+/// A string for display: its text, or a summary when binary.
+fn text(t: &Text, max: usize) -> String {
+    let kept = &t.bytes[..t.bytes.len().min(max)];
+    let valid = match std::str::from_utf8(kept) {
+        Ok(s) => Some(s),
+        // A character cut at the end of the kept prefix is fine.
+        Err(e) if e.error_len().is_none() && t.len > kept.len() as u64 => {
+            std::str::from_utf8(&kept[..e.valid_up_to()]).ok()
+        }
+        Err(_) => None,
+    };
+    match valid {
+        Some(s)
+            if !s
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+        {
+            s.to_string()
+        }
+        _ => format!("<binary {} bytes>", t.len),
+    }
+}
+
+/// A reply for display: scalars as text (errors keep their `-`), aggregates as JSON, cut at `max`.
+pub fn render(value: &Value, max: usize) -> String {
+    let mut s = match value {
+        Value::Aggregate { .. } => json(value, max).to_string(),
+        Value::Error(t) => format!("-{}", text(t, max)),
+        Value::Null => "<NULL>".to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Bool(b) => b.to_string(),
+        Value::Simple(t) | Value::Bulk(t) | Value::Double(t) | Value::BigNumber(t) => text(t, max),
+        Value::Verbatim(t) => verbatim(t, max),
+    };
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn verbatim(t: &Text, max: usize) -> String {
+    let s = text(t, max);
+    match s.get(3..4) {
+        Some(":") => s[4..].to_string(),
+        _ => s,
+    }
+}
+
+fn json(value: &Value, max: usize) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::Int(i) => J::from(*i),
+        Value::Bool(b) => J::Bool(*b),
+        Value::Null => J::Null,
+        Value::Aggregate {
+            kind: AggKind::Map,
+            items,
+            len,
+        } => {
+            let mut map = serde_json::Map::new();
+            for pair in items.chunks(2) {
+                let key = render(&pair[0], max);
+                let value = pair.get(1).map(|v| json(v, max)).unwrap_or(J::Null);
+                map.insert(key, value);
+            }
+            let missing = (*len as usize).saturating_sub(items.len()) / 2;
+            if missing > 0 {
+                map.insert("<more>".to_string(), J::from(missing));
+            }
+            J::Object(map)
+        }
+        Value::Aggregate { items, len, .. } => {
+            let mut list: Vec<J> = items.iter().map(|v| json(v, max)).collect();
+            let missing = (*len as usize).saturating_sub(items.len());
+            if missing > 0 {
+                list.push(J::String(format!("<{missing} more>")));
+            }
+            J::Array(list)
+        }
+        other => J::String(render(other, max)),
+    }
+}

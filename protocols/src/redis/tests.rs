@@ -1,0 +1,202 @@
+//! Edge cases as byte constants; captured conversations are replayed in tests/captures.rs.
+use super::*;
+use crate::{Field, Record, Red};
+
+fn parser() -> Parser {
+    Parser::new(Role::Client, &ParseConfig::default())
+}
+
+fn row(record: &Record) -> (String, String, String) {
+    let s = |i: usize| match &record.fields[i] {
+        Field::String(s) => s.clone(),
+        other => panic!("column {i} is {other:?}"),
+    };
+    (s(0), s(1), s(2))
+}
+
+fn rows(out: &[Record]) -> Vec<(String, String, String)> {
+    out.iter().map(row).collect()
+}
+
+fn r(cmd: &str, args: &str, resp: &str) -> (String, String, String) {
+    (cmd.to_string(), args.to_string(), resp.to_string())
+}
+
+#[test]
+fn inline_commands_are_parsed_like_arrays() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 100, b"PING\r\nset k  v\r\n", &mut out)
+        .unwrap();
+    p.feed(Direction::Ingress, 200, b"+PONG\r\n+OK\r\n", &mut out)
+        .unwrap();
+    assert_eq!(
+        rows(&out),
+        [r("PING", "[]", "PONG"), r("SET", r#"["k","v"]"#, "OK")]
+    );
+    assert_eq!(
+        out[1].red,
+        Red::Db {
+            system: "redis",
+            operation: "SET"
+        }
+    );
+}
+
+#[test]
+fn deep_nesting_is_an_error_not_a_stack_overflow() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 100, b"*1\r\n$4\r\nPING\r\n", &mut out)
+        .unwrap();
+    let nested = b"*1\r\n".repeat(100_000);
+    let err = p
+        .feed(Direction::Ingress, 200, &nested, &mut out)
+        .unwrap_err();
+    assert_eq!(err.reason, "nesting_too_deep");
+    assert_eq!(out.len(), 1, "the waiting command is emitted unanswered");
+    assert_eq!(out[0].latency_ns, None);
+}
+
+#[test]
+fn a_gap_inside_a_bulk_string_keeps_sync() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(
+        Direction::Egress,
+        100,
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n",
+        &mut out,
+    )
+    .unwrap();
+    p.feed(Direction::Ingress, 200, b"$1000\r\nabc", &mut out)
+        .unwrap();
+    p.gap(Direction::Ingress, 990);
+    p.feed(Direction::Ingress, 300, b"1234567\r\n+PONG\r\n", &mut out)
+        .unwrap();
+    assert_eq!(
+        rows(&out),
+        [r("GET", r#"["k"]"#, "abc"), r("PING", "[]", "PONG")]
+    );
+}
+
+#[test]
+fn resp3_attributes_are_dropped_and_types_rendered() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    let command = b"*1\r\n$4\r\nPING\r\n";
+    p.feed(Direction::Egress, 100, &command.repeat(7), &mut out)
+        .unwrap();
+    let replies: &[u8] = b"|1\r\n+ttl\r\n:3\r\n:5\r\n=15\r\ntxt:Some string\r\n,3.14\r\n#t\r\n(3492890328409238509324850943850943825024385\r\n*-1\r\n!9\r\nERR oops!\r\n";
+    p.feed(Direction::Ingress, 200, replies, &mut out).unwrap();
+    let resps: Vec<String> = rows(&out).into_iter().map(|(_, _, resp)| resp).collect();
+    assert_eq!(
+        resps,
+        [
+            "5",
+            "Some string",
+            "3.14",
+            "true",
+            "3492890328409238509324850943850943825024385",
+            "<NULL>",
+            "-ERR oops!"
+        ]
+    );
+}
+
+#[test]
+fn a_command_without_reply_expires_unanswered() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(
+        Direction::Egress,
+        100,
+        b"*2\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n",
+        &mut out,
+    )
+    .unwrap();
+    p.expire(100, &mut out);
+    assert!(out.is_empty());
+    p.expire(101, &mut out);
+    assert_eq!(rows(&out), [r("BLPOP", r#"["q"]"#, "")]);
+    assert_eq!(out[0].latency_ns, None);
+}
+
+#[test]
+fn passwords_in_auth_and_hello_are_redacted() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    let hello = b"*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$3\r\nbob\r\n$6\r\nsecret\r\n";
+    let auth = b"*3\r\n$4\r\nauth\r\n$3\r\nbob\r\n$6\r\nsecret\r\n";
+    p.feed(Direction::Egress, 100, hello, &mut out).unwrap();
+    p.feed(Direction::Egress, 101, auth, &mut out).unwrap();
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(
+        out[0].fields[1],
+        Field::String(r#"["3","AUTH","<redacted>","<redacted>"]"#.into())
+    );
+    assert_eq!(
+        out[1].fields[1],
+        Field::String(r#"["<redacted>","<redacted>"]"#.into())
+    );
+}
+
+#[test]
+fn a_huge_declared_array_is_counted_not_stored() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 100, b"*1\r\n$4\r\nKEYS\r\n", &mut out)
+        .unwrap();
+    p.feed(Direction::Ingress, 200, b"*1000000000\r\n", &mut out)
+        .unwrap();
+    p.feed(Direction::Ingress, 201, &b"+k\r\n".repeat(1000), &mut out)
+        .unwrap();
+    assert!(out.is_empty());
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(rows(&out), [r("KEYS", "[]", "")]);
+}
+
+#[test]
+fn a_client_tracking_push_between_replies_does_not_shift_pairing() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(
+        Direction::Egress,
+        100,
+        b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n",
+        &mut out,
+    )
+    .unwrap();
+    p.feed(
+        Direction::Ingress,
+        200,
+        b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n$1\r\nv\r\n",
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(
+        rows(&out),
+        [
+            r("PUSH INVALIDATE", "", r#"["invalidate",["k"]]"#),
+            r("GET", r#"["k"]"#, "v")
+        ]
+    );
+}
+
+#[test]
+fn garbage_from_a_client_is_an_error_and_the_next_command_parses() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    let err = p
+        .feed(
+            Direction::Egress,
+            100,
+            b"\x00\x01\x02\r\n*1\r\n$4\r\nPING\r\n",
+            &mut out,
+        )
+        .unwrap_err();
+    assert_eq!(err.reason, "bad_type");
+    p.feed(Direction::Ingress, 200, b"+PONG\r\n", &mut out)
+        .unwrap();
+    assert_eq!(rows(&out), [r("PING", "[]", "PONG")]);
+}

@@ -1,0 +1,80 @@
+//! MySQL parser on conversations captured from the mariadb client and mysql-connector-python
+//! against MariaDB (tests/fixtures/mysql/capture.sh).
+mod replay;
+
+use sonde_protocols::{Field, Kind, Record, Transport};
+
+fn column<'a>(rec: &'a Record, name: &str) -> &'a Field {
+    let i = Kind::Mysql
+        .columns()
+        .iter()
+        .position(|c| c.name == name)
+        .unwrap();
+    &rec.fields[i]
+}
+
+fn text<'a>(rec: &'a Record, name: &str) -> &'a str {
+    match column(rec, name) {
+        Field::String(s) => s,
+        other => panic!("{name} is {other:?}"),
+    }
+}
+
+fn find<'a>(records: &'a [Record], body: &str) -> &'a Record {
+    records
+        .iter()
+        .find(|r| matches!(column(r, "req_body"), Field::String(s) if s == body))
+        .unwrap_or_else(|| panic!("no record for {body}"))
+}
+
+#[test]
+fn mariadb_client_queries_errors_and_quit_become_records() {
+    let r = replay::check_case(Kind::Mysql, Transport::Tcp, "mysql", "mariadb_cli");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let select = find(&r.records, "SELECT id, name FROM t ORDER BY id");
+    assert_eq!(text(select, "resp_status"), "OK");
+    assert_eq!(text(select, "resp_body"), "Resultset rows = 2");
+    assert_eq!(column(select, "rows"), &Field::Int64(2));
+    let missing = find(&r.records, "SELECT * FROM nope");
+    assert_eq!(text(missing, "resp_status"), "ERR");
+    assert_eq!(
+        text(missing, "resp_body"),
+        "1146 (42S02): Table 'sonde.nope' doesn't exist"
+    );
+    let last = r.records.last().unwrap();
+    assert_eq!(text(last, "req_cmd"), "COM_QUIT");
+    assert_eq!(last.latency_ns, None);
+    assert!(
+        r.records[..r.records.len() - 1]
+            .iter()
+            .all(|rec| rec.latency_ns.is_some())
+    );
+}
+
+#[test]
+fn connector_prepared_statements_show_text_and_params() {
+    let r = replay::check_case(Kind::Mysql, Transport::Tcp, "mysql", "connector_prepared");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let executes: Vec<_> = r
+        .records
+        .iter()
+        .filter(|rec| text(rec, "req_cmd") == "COM_STMT_EXECUTE")
+        .collect();
+    let insert = executes
+        .iter()
+        .find(|rec| text(rec, "req_body") == "INSERT INTO u VALUES (?, ?)")
+        .expect("execute of the INSERT");
+    assert_eq!(text(insert, "params"), "7, 'seven'");
+    let select = executes
+        .iter()
+        .find(|rec| text(rec, "req_body") == "SELECT id, name FROM u WHERE id = ?")
+        .expect("execute of the SELECT");
+    assert_eq!(column(select, "rows"), &Field::Int64(1));
+    let failed = r
+        .records
+        .iter()
+        .find(|rec| text(rec, "req_cmd") == "COM_STMT_PREPARE" && text(rec, "resp_status") == "ERR")
+        .expect("failed prepare");
+    assert!(text(failed, "resp_body").starts_with("1146 (42S02)"));
+    assert!(!replay::render(Kind::Mysql, &r).contains("sonde-secret"));
+}
