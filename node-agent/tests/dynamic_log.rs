@@ -1046,7 +1046,7 @@ fn bench_ns_per_call(program: &mut Program) -> f64 {
 fn entry_and_rets(exe: &Path, function: &str) -> (u64, Vec<u64>) {
     use sonde_agent::probes::dynamic_log::{binary::Binary, dwarf::Dwarf, rets::find_rets};
     let binary = Binary::read(exe, Path::new("/")).unwrap();
-    let mut dwarf = Dwarf::load(&binary).unwrap();
+    let dwarf = Dwarf::load(&binary).unwrap();
     let f = dwarf.find(function).unwrap();
     let code = binary
         .code(f.low_pc, f.high_pc - f.low_pc, function)
