@@ -90,15 +90,13 @@ fn start_nginx(dir: &Path, port: u16) -> (Nginx, u32) {
     };
     // The worker is the master's only child.
     for _ in 0..200 {
-        if let Ok(children) =
-            std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        {
-            if let Some(pid) = children.split_whitespace().next() {
-                nginx.worker = pid.parse().unwrap();
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    let worker = nginx.worker;
-                    return (nginx, worker);
-                }
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        if let Some(pid) = children.split_whitespace().next() {
+            nginx.worker = pid.parse().unwrap();
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let worker = nginx.worker;
+                return (nginx, worker);
             }
         }
         std::thread::sleep(Duration::from_millis(25));

@@ -48,7 +48,8 @@ struct Cli {
 }
 
 struct Nginx {
-    proc: Proc,
+    /// Stopped (SIGTERM, then SIGKILL) when dropped.
+    _proc: Proc,
     worker: u32,
     port: u16,
 }
@@ -61,7 +62,7 @@ fn start_nginx(dir: &Path, logs: &Path) -> Result<Nginx> {
         format!(
             "daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid; error_log stderr;\n\
              events {{ worker_connections 1024; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 300s; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
                server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
             d = dir.display()
         ),
@@ -77,7 +78,7 @@ fn start_nginx(dir: &Path, logs: &Path) -> Result<Nginx> {
             && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         {
             return Ok(Nginx {
-                proc,
+                _proc: proc,
                 worker: worker.parse()?,
                 port,
             });

@@ -72,6 +72,13 @@ const BUF_PLAIN: u32 = 0;
 const BUF_IOVEC: u32 = 1;
 const BUF_MSGHDR: u32 = 2;
 
+/// Unread bytes in the ring above which a write wakes the agent up; below, the agent drains the ring
+/// on its own timer. One wake-up per event would cost a context switch per syscall.
+const WAKEUP_BYTES: u64 = 256 << 10;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_AVAIL_DATA: u64 = 0;
+
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
@@ -102,6 +109,16 @@ fn arg(ctx: &TracePointContext, n: usize) -> u64 {
     // SAFETY: syscall tracepoint records hold six u64 arguments after a 16-byte header; the helper
     // reads within the record the kernel hands the program.
     unsafe { ctx.read_at::<u64>(arg_offset(n)) }.unwrap_or(0)
+}
+
+/// Ring-buffer output flags: wake the agent only when enough is waiting.
+#[inline(always)]
+fn wakeup() -> u64 {
+    if CONN_EVENTS.query(BPF_RB_AVAIL_DATA) > WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    }
 }
 
 #[inline(always)]
@@ -366,7 +383,7 @@ fn open(id: u64, fd: u32, sockaddr: u64, role: u32, listen_fd: u32) {
         count_drop(DROP_CONN_MAP_FULL);
         return;
     }
-    if state == CONN_TRACE && CONN_EVENTS.output::<OpenEvent>(&event, 0).is_err() {
+    if state == CONN_TRACE && CONN_EVENTS.output::<OpenEvent>(&event, wakeup()).is_err() {
         count_drop(DROP_RING_FULL);
     }
 }
@@ -393,7 +410,7 @@ pub fn conn_enter_close(ctx: TracePointContext) -> u32 {
         bytes_sent: info.bytes_sent,
         bytes_recv: info.bytes_recv,
     };
-    if CONN_EVENTS.output::<CloseEvent>(&event, 0).is_err() {
+    if CONN_EVENTS.output::<CloseEvent>(&event, wakeup()).is_err() {
         count_drop(DROP_RING_FULL);
     }
     0
@@ -492,7 +509,10 @@ fn unknown_fd(id: u64, key: ConnKey) {
     let event = ClassifyEvent {
         header: header(EVENT_CLASSIFY, id, key.fd, now, now),
     };
-    if CONN_EVENTS.output::<ClassifyEvent>(&event, 0).is_err() {
+    if CONN_EVENTS
+        .output::<ClassifyEvent>(&event, wakeup())
+        .is_err()
+    {
         count_drop(DROP_RING_FULL);
         // Without the event nobody would ever classify the fd: forget it so the next I/O asks again.
         let _ = CONN_CONNS.remove(&key);
@@ -568,7 +588,7 @@ fn emit_chunk(event: &mut DataEvent, src: u64, n: usize, pos: u64) -> bool {
     // SAFETY: DataEvent is repr(C) plain data; `size` never exceeds its size (n ≤ DATA_CHUNK).
     let bytes =
         unsafe { core::slice::from_raw_parts((event as *const DataEvent).cast::<u8>(), size) };
-    if CONN_EVENTS.output::<[u8]>(bytes, 0).is_err() {
+    if CONN_EVENTS.output::<[u8]>(bytes, wakeup()).is_err() {
         count_drop(DROP_RING_FULL);
         return false;
     }

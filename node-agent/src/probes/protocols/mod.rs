@@ -50,6 +50,19 @@ use crate::targets::TargetProcess;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512;
 /// Ring-buffer records handled before the event loop yields to other tasks.
 const BATCH: usize = 4096;
+/// How often the ring buffer is drained without a wake-up from the kernel.
+const DRAIN_EVERY: Duration = Duration::from_millis(20);
+
+/// Handles up to [`BATCH`] records; true when the ring is empty.
+fn drain(rb: &mut RingBuf<MapData>, tracker: &mut Tracker) -> bool {
+    for _ in 0..BATCH {
+        let Some(item) = rb.next() else {
+            return true;
+        };
+        tracker.handle(&item);
+    }
+    false
+}
 
 /// The Kind of an API protocol.
 pub fn kind_of(protocol: Protocol) -> Kind {
@@ -185,20 +198,19 @@ async fn event_loop(mut tracker: Tracker, ring: RingBuf<MapData>, cancel: Cancel
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The kernel side wakes us only when a lot is waiting; below that, this timer drains the ring.
+    let mut drain_timer = tokio::time::interval(DRAIN_EVERY);
+    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = tick.tick() => tracker.tick(),
+            _ = drain_timer.tick() => {
+                drain(ring.get_mut(), &mut tracker);
+            }
             guard = ring.readable_mut() => {
                 let Ok(mut guard) = guard else { break };
-                let rb = guard.get_inner_mut();
-                let mut handled = 0;
-                while handled < BATCH {
-                    let Some(item) = rb.next() else { break };
-                    tracker.handle(&item);
-                    handled += 1;
-                }
-                if handled < BATCH {
+                if drain(guard.get_inner_mut(), &mut tracker) {
                     guard.clear_ready();
                 }
             }

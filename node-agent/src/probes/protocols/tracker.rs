@@ -130,33 +130,44 @@ impl Tracker {
             _ => None,
         };
         conn.remote = remote_of(&ev);
+        let key = ConnKey {
+            tgid: h.tgid,
+            fd: h.fd,
+        };
+        // The fd is looked at after the fact: it may have been closed and reused meanwhile, so the
+        // answer only counts if it matches what the kernel saw at connect/accept.
+        let known_family = ev.family != 0;
         match sockets::inspect(h.tgid, h.fd) {
             Ok(FdKind::Inet {
                 transport,
                 local,
                 remote,
-            }) => {
+            }) if !known_family || remote == conn.remote => {
                 conn.transport = transport;
                 conn.local = local;
                 conn.remote = remote.or(conn.remote);
             }
-            Ok(FdKind::Other) => {
-                let key = ConnKey {
-                    tgid: h.tgid,
-                    fd: h.fd,
-                };
+            Ok(FdKind::Other) if !known_family => {
                 self.set_kernel_state(key, h.generation, &[CONN_TRACE], CONN_IGNORE);
                 return;
             }
+            Ok(_) => {}
             Err(e) => debug!("{e}"),
         }
-        self.conns.insert(
-            ConnKey {
+        if conn.local.is_none() && ev.listen_fd != u32::MAX {
+            let listener = ConnKey {
                 tgid: h.tgid,
-                fd: h.fd,
-            },
-            conn,
-        );
+                fd: ev.listen_fd,
+            };
+            conn.local = *self
+                .listeners
+                .entry(listener)
+                .or_insert_with(|| match sockets::inspect(listener.tgid, listener.fd) {
+                    Ok(FdKind::Inet { local, .. }) => local,
+                    _ => None,
+                });
+        }
+        self.conns.insert(key, conn);
     }
 
     fn on_classify(&mut self, h: EventHeader) {
