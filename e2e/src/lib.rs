@@ -21,6 +21,7 @@ pub mod pki;
 pub mod ports;
 pub mod process;
 pub mod prometheus;
+pub mod single_node;
 pub mod sonde;
 pub mod suite;
 pub mod tools;

@@ -183,29 +183,12 @@ pub async fn agent_get(base: &str, path: &str, token: Option<&str>) -> Result<(u
 pub fn bpftrace_descendants(ancestor: u32) -> Vec<u32> {
     let mut parent: HashMap<u32, u32> = HashMap::new();
     let mut bpftrace = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return bpftrace;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
+    for pid in crate::process::pids() {
+        let Some(stat) = crate::process::stat(pid) else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        let Some((head, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let comm = head.split_once('(').map(|(_, c)| c).unwrap_or_default();
-        let mut fields = rest.split_whitespace();
-        let state = fields.next().unwrap_or("?");
-        let ppid = fields.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        parent.insert(pid, ppid);
-        if comm == "bpftrace" && state != "Z" {
+        parent.insert(pid, stat.ppid);
+        if stat.comm == "bpftrace" && stat.state != "Z" {
             bpftrace.push(pid);
         }
     }

@@ -198,35 +198,55 @@ pub fn run(cmd: &mut Command) -> Result<std::process::Output> {
     Ok(out)
 }
 
+/// Every pid listed under `/proc`.
+pub fn pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect()
+}
+
+/// What `/proc/<pid>/stat` says about a process; fields that cannot be parsed are empty (or 0).
+pub struct Stat {
+    /// The executable name (`comm`).
+    pub comm: String,
+    /// The one-letter state (`R`, `S`, `Z`…).
+    pub state: String,
+    pub ppid: u32,
+}
+
+/// `/proc/<pid>/stat` of `pid`, or `None` if it is gone or unreadable.
+pub fn stat(pid: u32) -> Option<Stat> {
+    let raw = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // comm may contain spaces and parentheses: the fields start after the last ')'.
+    let (head, rest) = raw.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    Some(Stat {
+        comm: head
+            .split_once('(')
+            .map(|(_, c)| c)
+            .unwrap_or_default()
+            .to_owned(),
+        state: fields.next().unwrap_or_default().to_owned(),
+        ppid: fields.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+    })
+}
+
 /// Pids of live processes whose command line contains `needle`, with their parent pid.
 pub fn processes_matching(needle: &str) -> Vec<(u32, u32, String)> {
     let mut found = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+    for pid in pids() {
+        let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&raw).replace('\0', " ");
         if !cmdline.contains(needle) {
             continue;
         }
-        let ppid = std::fs::read_to_string(entry.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .and_then(|(_, rest)| rest.split_whitespace().nth(1).map(str::to_owned))
-            })
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        let ppid = stat(pid).map_or(0, |s| s.ppid);
         found.push((pid, ppid, cmdline.trim().to_owned()));
     }
     found
@@ -234,11 +254,5 @@ pub fn processes_matching(needle: &str) -> Vec<(u32, u32, String)> {
 
 /// Whether `pid` is alive (and not a zombie).
 pub fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st != "Z"))
-                .unwrap_or(false)
-        })
-        .unwrap_or(false)
+    stat(pid).is_some_and(|s| !s.state.is_empty() && s.state != "Z")
 }

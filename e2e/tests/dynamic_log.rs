@@ -4,51 +4,30 @@
 //!
 //! Needs what `scenarios` needs (root, etcd, kube-apiserver, helm from `scripts/setup e2e`) plus Go
 //! at /usr/local/go/bin/go.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Mutex;
 
 use anyhow::{Context, Result, ensure};
 use kube::api::{Api, DeleteParams};
-use sonde_api::{DynamicLog, ProbeState};
-use sonde_e2e::cluster::{Cluster, Install, TEST_NAMESPACE};
-use sonde_e2e::fake_pod::{self, FakePod, PodSpec};
+use sonde_api::DynamicLog;
+use sonde_e2e::cluster::TEST_NAMESPACE;
 use sonde_e2e::observe;
-use sonde_e2e::sonde::{Agent, Operator};
+use sonde_e2e::single_node::{SingleNode, lock};
 use sonde_e2e::suite::{self, Environment, Scenario};
-use sonde_e2e::tools::{self, SondeBinaries};
 use sonde_e2e::wait::{self, CONVERGE};
 
 const NODE: &str = "node-d";
 const PROBE_ID: &str = "DynamicLog/sonde-e2e/checkout-orders";
 
 struct Env {
-    operator: Mutex<Option<Operator>>,
-    agent: Mutex<Option<Agent>>,
-    pods: Mutex<Vec<FakePod>>,
-    cluster: Cluster,
-    bins: SondeBinaries,
+    node: SingleNode,
+    /// The Go program the pods run.
     program: PathBuf,
-    logs: PathBuf,
-    rt: tokio::runtime::Runtime,
-    _dir: tempfile::TempDir,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Environment for Env {
     fn diagnostics(&self) -> String {
-        let mut out = String::new();
-        if let Some(op) = lock(&self.operator).as_ref() {
-            out += &suite::log_section("operator", op.proc.log_path(), 30);
-        }
-        if let Some(agent) = lock(&self.agent).as_ref() {
-            out += &suite::log_section("agent", agent.proc.log_path(), 60);
-        }
-        out
+        self.node.diagnostics()
     }
 }
 
@@ -75,59 +54,24 @@ fn compile_program(dir: &Path) -> Result<PathBuf> {
 }
 
 fn start_pod(env: &Env, name: &str) -> Result<()> {
-    let spec = PodSpec {
-        namespace: TEST_NAMESPACE.into(),
-        name: name.into(),
-        node: NODE.into(),
-        labels: BTreeMap::from([("app".to_string(), "checkout".to_string())]),
-        container: "server".into(),
-        command: vec![
+    env.node.start_pod(
+        name,
+        "checkout",
+        "server",
+        vec![
             env.program.to_string_lossy().into_owned(),
             "loop".into(),
             "order".into(),
         ],
-    };
-    let pod = env
-        .rt
-        .block_on(FakePod::start(&env.cluster.client, &spec, &env.logs))?;
-    lock(&env.pods).push(pod);
-    Ok(())
+    )
 }
 
 fn setup() -> Result<Env> {
-    let bins = tools::build_sonde()?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let dir = suite::work_dir("sonde-e2e-dynamic-log-")?;
-    let logs = dir.path().join("logs");
-    let cluster = rt.block_on(Cluster::start(dir.path(), Install { rbac: true }))?;
-    let program = compile_program(dir.path())?;
-    rt.block_on(fake_pod::create_node(
-        &cluster.client,
-        NODE,
-        &BTreeMap::new(),
-    ))?;
-    let env = Env {
-        operator: Mutex::new(None),
-        agent: Mutex::new(None),
-        pods: Mutex::new(vec![]),
-        cluster,
-        bins,
-        program,
-        logs,
-        rt,
-        _dir: dir,
-    };
+    let node = SingleNode::start("sonde-e2e-dynamic-log-", NODE)?;
+    let program = compile_program(node.dir.path())?;
+    let env = Env { node, program };
     start_pod(&env, "checkout-1")?;
-    let ids = env.cluster.identities()?;
-    *lock(&env.operator) = Some(Operator::start(
-        &env.bins,
-        &ids.operator_kubeconfig,
-        "sonde-operator-0",
-        &env.logs,
-    )?);
-    let mut agent = Agent::start_cluster(&env.bins, &ids.agent_kubeconfig, NODE, &env.logs)?;
-    env.rt.block_on(agent.wait_healthy())?;
-    *lock(&env.agent) = Some(agent);
+    env.node.start_sonde()?;
     Ok(env)
 }
 
@@ -196,32 +140,17 @@ async fn wait_orders(url: &str, token: &str, pod: &str) -> Result<()> {
 fn a_dynamic_log_on_fake_pods_fills_its_table_follows_new_pods_and_detaches_on_delete(
     env: &Env,
 ) -> Result<()> {
-    env.cluster.kubectl.apply(DYNAMIC_LOG)?;
-    let api: Api<DynamicLog> = Api::namespaced(env.cluster.client.clone(), TEST_NAMESPACE);
-    env.rt.block_on(observe::wait_condition(
-        &api,
-        "checkout-orders",
-        "Ready",
-        "True",
-        CONVERGE,
-    ))?;
-    env.rt.block_on(observe::wait_probe_state(
-        &env.cluster.client,
-        NODE,
-        PROBE_ID,
-        ProbeState::Attached,
-        CONVERGE,
-    ))?;
-    let url = lock(&env.agent)
-        .as_ref()
-        .map(|a| a.url.clone())
-        .context("no agent")?;
-    let token = env.cluster.identities()?.reader_token.clone();
-    env.rt.block_on(wait_orders(&url, &token, "checkout-1"))?;
+    let node = &env.node;
+    node.cluster.kubectl.apply(DYNAMIC_LOG)?;
+    let api: Api<DynamicLog> = Api::namespaced(node.cluster.client.clone(), TEST_NAMESPACE);
+    node.wait_ready_and_attached(&api, "checkout-orders", PROBE_ID)?;
+    let url = node.agent_url()?;
+    let token = node.reader_token()?;
+    node.rt.block_on(wait_orders(&url, &token, "checkout-1"))?;
     // A pod started after the probe (scale-up) is traced as well.
     start_pod(env, "checkout-2")?;
-    env.rt.block_on(wait_orders(&url, &token, "checkout-2"))?;
-    env.rt.block_on(wait::until_ok(
+    node.rt.block_on(wait_orders(&url, &token, "checkout-2"))?;
+    node.rt.block_on(wait::until_ok(
         "the place_order counter in /metrics",
         CONVERGE,
         || async {
@@ -236,16 +165,16 @@ fn a_dynamic_log_on_fake_pods_fills_its_table_follows_new_pods_and_detaches_on_d
         },
     ))?;
 
-    env.rt
+    node.rt
         .block_on(api.delete("checkout-orders", &DeleteParams::default()))?;
-    env.rt.block_on(observe::wait_unassigned(
-        &env.cluster.client,
+    node.rt.block_on(observe::wait_unassigned(
+        &node.cluster.client,
         NODE,
         PROBE_ID,
         CONVERGE,
     ))?;
     // The agent stopped the probe: its uprobes are gone from the programs.
-    env.rt.block_on(wait::until_ok(
+    node.rt.block_on(wait::until_ok(
         "the probe gone from the agent's status",
         CONVERGE,
         || async {
@@ -254,7 +183,7 @@ fn a_dynamic_log_on_fake_pods_fills_its_table_follows_new_pods_and_detaches_on_d
             Ok(())
         },
     ))?;
-    for pod in lock(&env.pods).iter() {
+    for pod in lock(&node.pods).iter() {
         let pid = pod.pid().context("pod without a process")?;
         ensure!(
             sonde_e2e::process::alive(pid),

@@ -3,50 +3,30 @@
 //! standalone mode with `spec.process`.
 //!
 //! Needs what `scenarios` needs (root, etcd, kube-apiserver, helm from `scripts/setup e2e`) plus cc.
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Mutex;
 
 use anyhow::{Context, Result, ensure};
-use sonde_api::{ProbeState, Tracepoint};
-use sonde_e2e::cluster::{Cluster, Install, TEST_NAMESPACE};
-use sonde_e2e::fake_pod::{self, FakePod, PodSpec};
+use sonde_api::Tracepoint;
+use sonde_e2e::cluster::TEST_NAMESPACE;
 use sonde_e2e::observe;
-use sonde_e2e::sonde::{Agent, Operator};
+use sonde_e2e::single_node::SingleNode;
+use sonde_e2e::sonde::Agent;
 use sonde_e2e::suite::{self, Environment, Scenario};
-use sonde_e2e::tools::{self, SondeBinaries};
 use sonde_e2e::wait::{self, CONVERGE};
 
 const NODE: &str = "node-p";
 const PROBE_ID: &str = "Tracepoint/sonde-e2e/cpu";
 
 struct Env {
-    operator: Mutex<Option<Operator>>,
-    agent: Mutex<Option<Agent>>,
-    pods: Mutex<Vec<FakePod>>,
-    cluster: Cluster,
-    bins: SondeBinaries,
+    node: SingleNode,
+    /// The CPU-bound fixture program.
     hot: PathBuf,
-    logs: PathBuf,
-    rt: tokio::runtime::Runtime,
-    dir: tempfile::TempDir,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Environment for Env {
     fn diagnostics(&self) -> String {
-        let mut out = String::new();
-        if let Some(op) = lock(&self.operator).as_ref() {
-            out += &suite::log_section("operator", op.proc.log_path(), 30);
-        }
-        if let Some(agent) = lock(&self.agent).as_ref() {
-            out += &suite::log_section("agent", agent.proc.log_path(), 60);
-        }
-        out
+        self.node.diagnostics()
     }
 }
 
@@ -73,51 +53,16 @@ fn setup() -> Result<Env> {
     // The agent reads its drain period from the environment; 1 s keeps the scenarios short.
     // SAFETY: set before any thread of this test process is started.
     unsafe { std::env::set_var("SONDE_PROFILER_PERIOD", "1s") };
-    let bins = tools::build_sonde()?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let dir = suite::work_dir("sonde-e2e-profiler-")?;
-    let logs = dir.path().join("logs");
-    let cluster = rt.block_on(Cluster::start(dir.path(), Install { rbac: true }))?;
-    let hot = compile_hot(dir.path())?;
-    rt.block_on(fake_pod::create_node(
-        &cluster.client,
-        NODE,
-        &BTreeMap::new(),
-    ))?;
-    let env = Env {
-        operator: Mutex::new(None),
-        agent: Mutex::new(None),
-        pods: Mutex::new(vec![]),
-        cluster,
-        bins,
-        hot,
-        logs,
-        rt,
-        dir,
-    };
-    let spec = PodSpec {
-        namespace: TEST_NAMESPACE.into(),
-        name: "busy-1".into(),
-        node: NODE.into(),
-        labels: BTreeMap::from([("app".to_string(), "busy".to_string())]),
-        container: "app".into(),
-        command: vec![env.hot.to_string_lossy().into_owned()],
-    };
-    let pod = env
-        .rt
-        .block_on(FakePod::start(&env.cluster.client, &spec, &env.logs))?;
-    lock(&env.pods).push(pod);
-    let ids = env.cluster.identities()?;
-    *lock(&env.operator) = Some(Operator::start(
-        &env.bins,
-        &ids.operator_kubeconfig,
-        "sonde-operator-0",
-        &env.logs,
-    )?);
-    let mut agent = Agent::start_cluster(&env.bins, &ids.agent_kubeconfig, NODE, &env.logs)?;
-    env.rt.block_on(agent.wait_healthy())?;
-    *lock(&env.agent) = Some(agent);
-    Ok(env)
+    let node = SingleNode::start("sonde-e2e-profiler-", NODE)?;
+    let hot = compile_hot(node.dir.path())?;
+    node.start_pod(
+        "busy-1",
+        "busy",
+        "app",
+        vec![hot.to_string_lossy().into_owned()],
+    )?;
+    node.start_sonde()?;
+    Ok(Env { node, hot })
 }
 
 const TRACEPOINT: &str = "apiVersion: sonde.dev/v1alpha1
@@ -136,27 +81,16 @@ spec:
 fn a_profiler_tracepoint_on_a_fake_pod_fills_stack_traces_pprof_and_pod_metrics(
     env: &Env,
 ) -> Result<()> {
-    env.cluster.kubectl.apply(TRACEPOINT)?;
-    env.rt.block_on(observe::wait_condition(
-        &kube::Api::<Tracepoint>::namespaced(env.cluster.client.clone(), TEST_NAMESPACE),
+    let node = &env.node;
+    node.cluster.kubectl.apply(TRACEPOINT)?;
+    node.wait_ready_and_attached(
+        &kube::Api::<Tracepoint>::namespaced(node.cluster.client.clone(), TEST_NAMESPACE),
         "cpu",
-        "Ready",
-        "True",
-        CONVERGE,
-    ))?;
-    env.rt.block_on(observe::wait_probe_state(
-        &env.cluster.client,
-        NODE,
         PROBE_ID,
-        ProbeState::Attached,
-        CONVERGE,
-    ))?;
-    let url = lock(&env.agent)
-        .as_ref()
-        .map(|a| a.url.clone())
-        .context("no agent")?;
-    let token = env.cluster.identities()?.reader_token.clone();
-    env.rt.block_on(async {
+    )?;
+    let url = node.agent_url()?;
+    let token = node.reader_token()?;
+    node.rt.block_on(async {
         wait::until_ok(
             "hot_three samples of the pod in stack_traces",
             CONVERGE,
@@ -234,7 +168,8 @@ fn a_profiler_tracepoint_on_a_fake_pod_fills_stack_traces_pprof_and_pod_metrics(
 }
 
 fn the_standalone_agent_profiles_a_process_selected_by_spec_process(env: &Env) -> Result<()> {
-    let manifests = env.dir.path().join("standalone");
+    let node = &env.node;
+    let manifests = node.dir.path().join("standalone");
     std::fs::create_dir_all(&manifests)?;
     std::fs::write(
         manifests.join("cpu.yaml"),
@@ -243,10 +178,10 @@ fn the_standalone_agent_profiles_a_process_selected_by_spec_process(env: &Env) -
             env.hot.display()
         ),
     )?;
-    let mut agent = Agent::start_standalone(&env.bins, &manifests, &env.logs)?;
-    env.rt.block_on(agent.wait_healthy())?;
+    let mut agent = Agent::start_standalone(&node.bins, &manifests, &node.logs)?;
+    node.rt.block_on(agent.wait_healthy())?;
     let url = agent.url.clone();
-    env.rt.block_on(wait::until_ok(
+    node.rt.block_on(wait::until_ok(
         "hot_three rows in standalone mode",
         CONVERGE,
         || async {

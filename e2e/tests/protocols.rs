@@ -5,53 +5,33 @@
 //!
 //! Needs what `scenarios` needs (root, etcd, kube-apiserver, helm from `scripts/setup e2e`) plus
 //! nginx and curl (`scripts/setup peers`).
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use sonde_api::{ProbeState, Tracepoint};
-use sonde_e2e::cluster::{Cluster, Install, TEST_NAMESPACE};
-use sonde_e2e::fake_pod::{self, FakePod, PodSpec};
+use sonde_api::Tracepoint;
+use sonde_e2e::cluster::TEST_NAMESPACE;
 use sonde_e2e::observe;
 use sonde_e2e::process::Proc;
-use sonde_e2e::sonde::{Agent, Operator};
+use sonde_e2e::single_node::SingleNode;
 use sonde_e2e::suite::{self, Environment, Scenario};
-use sonde_e2e::tools::{self, SondeBinaries};
 use sonde_e2e::wait::{self, CONVERGE};
 
 const NODE: &str = "node-h";
 const PROBE_ID: &str = "Tracepoint/sonde-e2e/web-http";
 
 struct Env {
-    operator: Mutex<Option<Operator>>,
-    agent: Mutex<Option<Agent>>,
-    outside: Mutex<Option<Proc>>,
-    pods: Mutex<Vec<FakePod>>,
-    cluster: Cluster,
+    // Stopped before the node's processes and work directory (field order = drop order).
+    _outside: Proc,
+    node: SingleNode,
     pod_port: u16,
     outside_port: u16,
-    rt: tokio::runtime::Runtime,
-    _bins: SondeBinaries,
-    _dir: tempfile::TempDir,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Environment for Env {
     fn diagnostics(&self) -> String {
-        let mut out = String::new();
-        if let Some(op) = lock(&self.operator).as_ref() {
-            out += &suite::log_section("operator", op.proc.log_path(), 30);
-        }
-        if let Some(agent) = lock(&self.agent).as_ref() {
-            out += &suite::log_section("agent", agent.proc.log_path(), 60);
-        }
-        out
+        self.node.diagnostics()
     }
 }
 
@@ -83,53 +63,26 @@ fn nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
 
 fn setup() -> Result<Env> {
     let nginx = nginx()?;
-    let bins = tools::build_sonde()?;
-    let rt = tokio::runtime::Runtime::new()?;
-    let dir = suite::work_dir("sonde-e2e-protocols-")?;
-    let logs = dir.path().join("logs");
-    let cluster = rt.block_on(Cluster::start(dir.path(), Install { rbac: true }))?;
-    rt.block_on(fake_pod::create_node(
-        &cluster.client,
-        NODE,
-        &BTreeMap::new(),
-    ))?;
+    let node = SingleNode::start("sonde-e2e-protocols-", NODE)?;
     let pod_port = sonde_e2e::ports::free_port()?;
     let outside_port = sonde_e2e::ports::free_port()?;
-    let pod_conf = nginx_conf(&dir.path().join("nginx-pod"), pod_port)?;
-    let outside_conf = nginx_conf(&dir.path().join("nginx-outside"), outside_port)?;
-    let env = Env {
-        operator: Mutex::new(None),
-        agent: Mutex::new(None),
-        outside: Mutex::new(None),
-        pods: Mutex::new(vec![]),
-        cluster,
-        pod_port,
-        outside_port,
-        rt,
-        _bins: bins,
-        _dir: dir,
-    };
-    let spec = PodSpec {
-        namespace: TEST_NAMESPACE.into(),
-        name: "web-1".into(),
-        node: NODE.into(),
-        labels: BTreeMap::from([("app".to_string(), "web".to_string())]),
-        container: "nginx".into(),
-        command: vec![
+    let pod_conf = nginx_conf(&node.dir.path().join("nginx-pod"), pod_port)?;
+    let outside_conf = nginx_conf(&node.dir.path().join("nginx-outside"), outside_port)?;
+    node.start_pod(
+        "web-1",
+        "web",
+        "nginx",
+        vec![
             nginx.to_string_lossy().into_owned(),
             "-c".into(),
             pod_conf.to_string_lossy().into_owned(),
         ],
-    };
-    let pod = env
-        .rt
-        .block_on(FakePod::start(&env.cluster.client, &spec, &logs))?;
-    lock(&env.pods).push(pod);
+    )?;
     let mut outside = Command::new(&nginx);
     outside.arg("-c").arg(&outside_conf);
-    *lock(&env.outside) = Some(Proc::spawn("nginx-outside", outside, &logs)?);
+    let outside = Proc::spawn("nginx-outside", outside, &node.logs)?;
     for port in [pod_port, outside_port] {
-        env.rt.block_on(wait::until_ok(
+        node.rt.block_on(wait::until_ok(
             &format!("nginx listening on {port}"),
             Duration::from_secs(10),
             || async move {
@@ -138,17 +91,13 @@ fn setup() -> Result<Env> {
             },
         ))?;
     }
-    let ids = env.cluster.identities()?;
-    *lock(&env.operator) = Some(Operator::start(
-        &env._bins,
-        &ids.operator_kubeconfig,
-        "sonde-operator-0",
-        &logs,
-    )?);
-    let mut agent = Agent::start_cluster(&env._bins, &ids.agent_kubeconfig, NODE, &logs)?;
-    env.rt.block_on(agent.wait_healthy())?;
-    *lock(&env.agent) = Some(agent);
-    Ok(env)
+    node.start_sonde()?;
+    Ok(Env {
+        _outside: outside,
+        node,
+        pod_port,
+        outside_port,
+    })
 }
 
 const TRACEPOINT: &str = "apiVersion: sonde.dev/v1alpha1
@@ -182,32 +131,21 @@ fn curl(port: u16, path: &str) -> Result<()> {
 fn an_http_tracepoint_on_a_fake_pod_fills_http_events_and_the_histogram_but_not_for_other_processes(
     env: &Env,
 ) -> Result<()> {
-    env.cluster.kubectl.apply(TRACEPOINT)?;
-    env.rt.block_on(observe::wait_condition(
-        &kube::Api::<Tracepoint>::namespaced(env.cluster.client.clone(), TEST_NAMESPACE),
+    let node = &env.node;
+    node.cluster.kubectl.apply(TRACEPOINT)?;
+    node.wait_ready_and_attached(
+        &kube::Api::<Tracepoint>::namespaced(node.cluster.client.clone(), TEST_NAMESPACE),
         "web-http",
-        "Ready",
-        "True",
-        CONVERGE,
-    ))?;
-    env.rt.block_on(observe::wait_probe_state(
-        &env.cluster.client,
-        NODE,
         PROBE_ID,
-        ProbeState::Attached,
-        CONVERGE,
-    ))?;
+    )?;
     for i in 0..3 {
         curl(env.pod_port, &format!("/inside/{i}"))?;
         curl(env.outside_port, &format!("/outside/{i}"))?;
     }
-    let url = lock(&env.agent)
-        .as_ref()
-        .map(|a| a.url.clone())
-        .context("no agent")?;
-    let token = env.cluster.identities()?.reader_token.clone();
+    let url = node.agent_url()?;
+    let token = node.reader_token()?;
     let (pod_port, outside_port) = (env.pod_port, env.outside_port);
-    env.rt.block_on(async {
+    node.rt.block_on(async {
         wait::until_ok(
             "three rows of pod web-1 in http_events",
             CONVERGE,

@@ -121,14 +121,8 @@ fn the_standalone_agent_serves_its_manifests_probes_and_problems_then_stops_clea
     assert_eq!(get(&agent.addr, "/healthz").map(|r| r.0), Some(200));
     assert_eq!(status["mode"], "standalone");
     let web = probe(&status, "Tracepoint/default/web").unwrap();
-    assert_eq!(web["state"], "Failed");
-    assert!(
-        web["message"]
-            .as_str()
-            .unwrap()
-            .contains("not available in this agent version"),
-        "{web}"
-    );
+    // Nothing runs nginx here: the protocol probe is running but has no process to attach to.
+    assert_ne!(web["state"], "Failed", "{web}");
     let errors = status["manifestErrors"].as_array().unwrap();
     assert!(
         errors

@@ -89,6 +89,12 @@ pub struct ColumnDef {
     pub ty: FieldType,
 }
 
+impl ColumnDef {
+    pub const fn new(name: &'static str, ty: FieldType) -> ColumnDef {
+        ColumnDef { name, ty }
+    }
+}
+
 /// One value of a record, in the order of its protocol's columns.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Field {
@@ -136,6 +142,12 @@ pub struct ParseError {
     pub protocol: &'static str,
     /// Bounded reason, usable as a metric label (e.g. "bad_request_line", "frame_too_large").
     pub reason: &'static str,
+}
+
+impl ParseError {
+    pub const fn new(protocol: &'static str, reason: &'static str) -> ParseError {
+        ParseError { protocol, reason }
+    }
 }
 
 /// Per-connection parser state of one protocol.

@@ -18,31 +18,20 @@ use crate::{
 };
 use message::{Header, Message};
 
-const fn col(name: &'static str, ty: FieldType) -> ColumnDef {
-    ColumnDef { name, ty }
-}
-
 pub const COLUMNS: &[ColumnDef] = &[
-    col("req_header", FieldType::String),
-    col("req_body", FieldType::String),
-    col("resp_header", FieldType::String),
-    col("resp_body", FieldType::String),
-    col("query_name", FieldType::String),
-    col("query_type", FieldType::String),
-    col("rcode", FieldType::String),
+    ColumnDef::new("req_header", FieldType::String),
+    ColumnDef::new("req_body", FieldType::String),
+    ColumnDef::new("resp_header", FieldType::String),
+    ColumnDef::new("resp_body", FieldType::String),
+    ColumnDef::new("query_name", FieldType::String),
+    ColumnDef::new("query_type", FieldType::String),
+    ColumnDef::new("rcode", FieldType::String),
 ];
 
 /// Queries awaiting an answer on one connection (a resolver's UDP socket may have many in flight).
 const MAX_PENDING: usize = 256;
 
 const PROTOCOL: &str = "dns";
-
-fn error(reason: &'static str) -> ParseError {
-    ParseError {
-        protocol: PROTOCOL,
-        reason,
-    }
-}
 
 /// Do these first bytes look like DNS? With the port hint (53, or 5353 for mDNS) any sane header
 /// will do; without it only a well-formed standard query, so that other protocols are not taken
@@ -96,7 +85,7 @@ impl Parser {
         bytes: &[u8],
         out: &mut Vec<Record>,
     ) -> Result<(), ParseError> {
-        let msg = Message::parse(bytes).ok_or(error("short_message"))?;
+        let msg = Message::parse(bytes).ok_or(ParseError::new(PROTOCOL, "short_message"))?;
         if !msg.header.is_response() {
             if self.pending.len() >= MAX_PENDING
                 && let Some(old) = self.pending.pop_front()
@@ -111,7 +100,7 @@ impl Parser {
             return Ok(());
         }
         let Some(i) = self.pending.iter().position(|p| p.txid == msg.header.id) else {
-            return Err(error("response_without_query"));
+            return Err(ParseError::new(PROTOCOL, "response_without_query"));
         };
         if let Some(query) = self.pending.remove(i) {
             let latency = end_ns.saturating_sub(query.ts_ns);
@@ -210,7 +199,7 @@ impl ConnParser for Parser {
                 }
                 Ok(None) => break,
                 Err(reason) => {
-                    first_error.get_or_insert(error(reason));
+                    first_error.get_or_insert(ParseError::new(PROTOCOL, reason));
                     break;
                 }
             }

@@ -21,26 +21,22 @@ mod tests;
 
 pub use detect::detect;
 
-const fn col(name: &'static str, ty: FieldType) -> ColumnDef {
-    ColumnDef { name, ty }
-}
-
 /// Pixie's `http_events` protocol columns. `content_type` is the media type of the response (of the
 /// request when no response came), not Pixie's enum: it is readable and filterable as text.
 pub const COLUMNS: &[ColumnDef] = &[
-    col("major_version", FieldType::Int64),
-    col("minor_version", FieldType::Int64),
-    col("content_type", FieldType::String),
-    col("req_headers", FieldType::String),
-    col("req_method", FieldType::String),
-    col("req_path", FieldType::String),
-    col("req_body", FieldType::String),
-    col("req_body_size", FieldType::Int64),
-    col("resp_headers", FieldType::String),
-    col("resp_status", FieldType::Int64),
-    col("resp_message", FieldType::String),
-    col("resp_body", FieldType::String),
-    col("resp_body_size", FieldType::Int64),
+    ColumnDef::new("major_version", FieldType::Int64),
+    ColumnDef::new("minor_version", FieldType::Int64),
+    ColumnDef::new("content_type", FieldType::String),
+    ColumnDef::new("req_headers", FieldType::String),
+    ColumnDef::new("req_method", FieldType::String),
+    ColumnDef::new("req_path", FieldType::String),
+    ColumnDef::new("req_body", FieldType::String),
+    ColumnDef::new("req_body_size", FieldType::Int64),
+    ColumnDef::new("resp_headers", FieldType::String),
+    ColumnDef::new("resp_status", FieldType::Int64),
+    ColumnDef::new("resp_message", FieldType::String),
+    ColumnDef::new("resp_body", FieldType::String),
+    ColumnDef::new("resp_body_size", FieldType::Int64),
 ];
 
 /// Per-connection HTTP/1.x parser: one reader per direction plus the stitcher pairing them.

@@ -176,10 +176,7 @@ impl Reader {
         }
         self.buf.drain(..pos.min(self.buf.len()));
         match first_error {
-            Some(reason) => Err(ParseError {
-                protocol: "http",
-                reason,
-            }),
+            Some(reason) => Err(ParseError::new("http", reason)),
             None => Ok(()),
         }
     }

@@ -15,27 +15,16 @@ use crate::frames::FrameReader;
 use crate::{ColumnDef, ConnParser, Direction, FieldType, ParseConfig, ParseError, Record, Role};
 use stitch::Stitcher;
 
-const fn col(name: &'static str, ty: FieldType) -> ColumnDef {
-    ColumnDef { name, ty }
-}
-
 pub const COLUMNS: &[ColumnDef] = &[
-    col("req_cmd", FieldType::String),
-    col("req_body", FieldType::String),
-    col("params", FieldType::String),
-    col("resp_status", FieldType::String),
-    col("resp_body", FieldType::String),
-    col("rows", FieldType::Int64),
+    ColumnDef::new("req_cmd", FieldType::String),
+    ColumnDef::new("req_body", FieldType::String),
+    ColumnDef::new("params", FieldType::String),
+    ColumnDef::new("resp_status", FieldType::String),
+    ColumnDef::new("resp_body", FieldType::String),
+    ColumnDef::new("rows", FieldType::Int64),
 ];
 
 const PROTOCOL: &str = "mysql";
-
-fn error(reason: &'static str) -> ParseError {
-    ParseError {
-        protocol: PROTOCOL,
-        reason,
-    }
-}
 
 /// The server's greeting (protocol 10, a version string) is recognised on any port; with the 3306
 /// hint, so is a client command packet.
@@ -190,7 +179,7 @@ impl ConnParser for Parser {
                 Ok(None) => return Ok(()),
                 Err(reason) => {
                     self.stitch.lost();
-                    return Err(error(reason));
+                    return Err(ParseError::new(PROTOCOL, reason));
                 }
             }
         }

@@ -18,26 +18,15 @@ use crate::frames::FrameReader;
 use crate::{ColumnDef, ConnParser, Direction, FieldType, ParseConfig, ParseError, Record, Role};
 use stitch::Stitcher;
 
-const fn col(name: &'static str, ty: FieldType) -> ColumnDef {
-    ColumnDef { name, ty }
-}
-
 pub const COLUMNS: &[ColumnDef] = &[
-    col("req_cmd", FieldType::String),
-    col("req", FieldType::String),
-    col("params", FieldType::String),
-    col("resp", FieldType::String),
-    col("rows", FieldType::Int64),
+    ColumnDef::new("req_cmd", FieldType::String),
+    ColumnDef::new("req", FieldType::String),
+    ColumnDef::new("params", FieldType::String),
+    ColumnDef::new("resp", FieldType::String),
+    ColumnDef::new("rows", FieldType::Int64),
 ];
 
 const PROTOCOL: &str = "pgsql";
-
-fn error(reason: &'static str) -> ParseError {
-    ParseError {
-        protocol: PROTOCOL,
-        reason,
-    }
-}
 
 /// A startup message (protocol 3.0, SSLRequest, GSSENCRequest, CancelRequest) is recognised on
 /// any port; with the 5432 hint, so is the start of any client or server message.
@@ -99,7 +88,10 @@ impl Parser {
                     match frontend::decode(&frame.bytes) {
                         Some(msg) => self.stitch.request(msg, frame.start_ns),
                         None => {
-                            first_error.get_or_insert(error("malformed_frontend_message"));
+                            first_error.get_or_insert(ParseError::new(
+                                PROTOCOL,
+                                "malformed_frontend_message",
+                            ));
                         }
                     }
                     self.client.recycle(frame.bytes);
@@ -107,7 +99,7 @@ impl Parser {
                 Ok(None) => break,
                 Err(reason) => {
                     self.stitch.lost();
-                    first_error.get_or_insert(error(reason));
+                    first_error.get_or_insert(ParseError::new(PROTOCOL, reason));
                     break;
                 }
             }
@@ -147,7 +139,10 @@ impl Parser {
                     match backend::decode(&frame.bytes) {
                         Some(msg) => self.stitch.response(msg, frame.end_ns, out),
                         None => {
-                            first_error.get_or_insert(error("malformed_backend_message"));
+                            first_error.get_or_insert(ParseError::new(
+                                PROTOCOL,
+                                "malformed_backend_message",
+                            ));
                         }
                     }
                     self.server.recycle(frame.bytes);
@@ -155,7 +150,7 @@ impl Parser {
                 Ok(None) => break,
                 Err(reason) => {
                     self.stitch.lost();
-                    first_error.get_or_insert(error(reason));
+                    first_error.get_or_insert(ParseError::new(PROTOCOL, reason));
                     break;
                 }
             }

@@ -24,18 +24,9 @@ pub use detect::detect;
 /// Pixie's `redis_events` protocol columns: the command (with its subcommand), its arguments as a
 /// JSON array, and the reply (scalars as text, aggregates as JSON, errors starting with `-`).
 pub const COLUMNS: &[ColumnDef] = &[
-    ColumnDef {
-        name: "req_cmd",
-        ty: FieldType::String,
-    },
-    ColumnDef {
-        name: "req_args",
-        ty: FieldType::String,
-    },
-    ColumnDef {
-        name: "resp",
-        ty: FieldType::String,
-    },
+    ColumnDef::new("req_cmd", FieldType::String),
+    ColumnDef::new("req_args", FieldType::String),
+    ColumnDef::new("resp", FieldType::String),
 ];
 
 /// Per-connection Redis parser.
@@ -87,10 +78,7 @@ impl ConnParser for Parser {
                 parse::Event::LostSync => {}
                 parse::Event::Frame(frame) if commands => {
                     if let Err(reason) = self.stitch.command(frame) {
-                        result = result.and(Err(ParseError {
-                            protocol: "redis",
-                            reason,
-                        }));
+                        result = result.and(Err(ParseError::new("redis", reason)));
                     }
                 }
                 parse::Event::Frame(frame) => self.stitch.reply(frame),

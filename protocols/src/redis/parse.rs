@@ -189,10 +189,7 @@ impl Reader {
             }
         }
         match first_error {
-            Some(reason) => Err(ParseError {
-                protocol: "redis",
-                reason,
-            }),
+            Some(reason) => Err(ParseError::new("redis", reason)),
             None => Ok(()),
         }
     }
