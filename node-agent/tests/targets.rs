@@ -191,18 +191,24 @@ fn a_process_selector_narrows_the_processes_of_a_pod() {
 fn standalone_selectors_find_host_processes_without_kubernetes_fields() {
     let unique = format!("30.{}", std::process::id());
     let mut child = Command::new("sleep").arg(&unique).spawn().unwrap();
-    let table = ProcessTable::scan();
+    let cmdline = format!(r"^sleep {}$", regex_escape(&unique));
+    let selector = ProcessSelector {
+        exe: None,
+        cmdline: Some(cmdline),
+    };
+    // Poll: other tests fork and exec concurrently, and a scan is a snapshot of a moving /proc.
+    let mut resolved = Vec::new();
+    for _ in 0..50 {
+        resolved = ProcessTable::scan()
+            .unwrap()
+            .resolve(&probe(vec![], Some(selector.clone())));
+        if !resolved.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let _ = child.kill();
     let _ = child.wait();
-
-    let cmdline = format!(r"^sleep {}$", regex_escape(&unique));
-    let resolved = table.unwrap().resolve(&probe(
-        vec![],
-        Some(ProcessSelector {
-            exe: None,
-            cmdline: Some(cmdline),
-        }),
-    ));
 
     assert_eq!(resolved.len(), 1, "{resolved:?}");
     assert_eq!(resolved[0].pid, child.id());
