@@ -686,7 +686,7 @@ fn agent_restart(env: &Env, crash: bool) -> Result<()> {
     }
     env.rt.block_on(wait::until_ok(
         "the old agent's bpftrace processes to exit",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async {
             let alive: Vec<u32> = old.iter().copied().filter(|p| process::alive(*p)).collect();
             ensure!(alive.is_empty(), "orphaned bpftrace: {alive:?}");
