@@ -670,8 +670,16 @@ fn a_killed_agent_leaves_no_bpftrace_behind_and_a_new_one_converges(env: &Env) -
 fn agent_restart(env: &Env, crash: bool) -> Result<()> {
     ensure_ticks_script(env)?;
     let ids_before = assigned_ids(env)?;
-    let old = env.bpftraces()?;
-    ensure!(!old.is_empty(), "no bpftrace running before the restart");
+    // A script may be between a stop and a start of its bpftrace (e.g. the previous scenario's
+    // scripts going away); wait for a running one rather than sampling once.
+    let old: Vec<u32> = env.rt.block_on(wait::until(
+        "a bpftrace running before the restart",
+        CONVERGE,
+        || async {
+            let running = env.bpftraces()?;
+            Ok((!running.is_empty()).then_some(running))
+        },
+    ))?;
     {
         let mut agent = lock(&env.agent).take().context("no agent")?;
         if crash {
