@@ -18,7 +18,8 @@ fn column(name: &str, ty: ColumnType) -> Column {
     }
 }
 
-/// Columns every protocol table starts with (after the target columns).
+/// The connection columns [`base_row`] fills, first in every protocol table and in `conn_stats`
+/// (after the target columns).
 fn connection_columns() -> Vec<Column> {
     vec![
         column("local_addr", ColumnType::String),
@@ -26,12 +27,12 @@ fn connection_columns() -> Vec<Column> {
         column("remote_addr", ColumnType::String),
         column("remote_port", ColumnType::Int64),
         column("trace_role", ColumnType::String),
-        column("latency", ColumnType::Int64),
     ]
 }
 
 pub fn protocol_columns(kind: Kind) -> Vec<Column> {
     let mut columns = connection_columns();
+    columns.push(column("latency", ColumnType::Int64));
     columns.extend(kind.columns().iter().map(|c| {
         column(
             c.name,
@@ -48,19 +49,16 @@ pub fn protocol_columns(kind: Kind) -> Vec<Column> {
 }
 
 pub fn conn_stats_columns() -> Vec<Column> {
-    vec![
-        column("local_addr", ColumnType::String),
-        column("local_port", ColumnType::Int64),
-        column("remote_addr", ColumnType::String),
-        column("remote_port", ColumnType::Int64),
-        column("trace_role", ColumnType::String),
+    let mut columns = connection_columns();
+    columns.extend([
         column("protocol", ColumnType::String),
         column("conn_open", ColumnType::Int64),
         column("conn_close", ColumnType::Int64),
         column("bytes_sent", ColumnType::Int64),
         column("bytes_recv", ColumnType::Int64),
         column("duration", ColumnType::Int64),
-    ]
+    ]);
+    columns
 }
 
 /// Monotonic (kernel timestamps) → wall clock (table rows).
