@@ -55,7 +55,9 @@ pub struct AssignedProbe {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProbeOwner {
-    /// `Tracepoint`, `DynamicLog` or `BpftraceScript`.
+    /// `Tracepoint`, `DynamicLog` or `BpftraceScript`; `AutoTelemetry` (no namespace, name `protocols` or
+    /// `profiler`) for the cluster-wide probes the operator's `--auto-*` flags switch on, which have no
+    /// resource behind them.
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,

@@ -90,12 +90,18 @@ impl SingleNode {
 
     /// Starts the operator and the node's agent, and waits until the agent is healthy.
     pub fn start_sonde(&self) -> Result<()> {
+        self.start_sonde_with(&[])
+    }
+
+    /// Like [`SingleNode::start_sonde`], with extra operator arguments.
+    pub fn start_sonde_with(&self, operator_args: &[String]) -> Result<()> {
         let ids = self.cluster.identities()?;
-        *lock(&self.operator) = Some(Operator::start(
+        *lock(&self.operator) = Some(Operator::start_with_args(
             &self.bins,
             &ids.operator_kubeconfig,
             "sonde-operator-0",
             &self.logs,
+            operator_args,
         )?);
         let mut agent =
             Agent::start_cluster(&self.bins, &ids.agent_kubeconfig, self.node, &self.logs)?;

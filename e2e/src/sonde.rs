@@ -27,9 +27,21 @@ impl Operator {
         pod_name: &str,
         log_dir: &Path,
     ) -> Result<Operator> {
+        Operator::start_with_args(bins, kubeconfig, pod_name, log_dir, &[])
+    }
+
+    /// Like [`Operator::start`], with `extra` arguments (e.g. the chart's `--auto-*` flags).
+    pub fn start_with_args(
+        bins: &SondeBinaries,
+        kubeconfig: &Path,
+        pod_name: &str,
+        log_dir: &Path,
+        extra: &[String],
+    ) -> Result<Operator> {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let mut cmd = Command::new(&bins.operator);
         cmd.args(["--metrics-listen", &metrics_addr])
+            .args(extra)
             .args(["--lease-namespace", helm::NAMESPACE])
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", pod_name)

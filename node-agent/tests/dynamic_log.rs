@@ -30,14 +30,33 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dynamic_log")
 }
 
+/// This test process's own directory for built fixtures. Test binaries running at the same time
+/// (this one and the e2e suite, or two `cargo test`s) must not replace each other's programs: a
+/// program started from a path that another build renamed over runs another file than the one the
+/// test analyses. Directories of test processes that have exited are removed.
 fn out_dir() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dynamic_log");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let parent = Path::new(env!("CARGO_TARGET_TMPDIR")).join("dynamic_log");
+        std::fs::create_dir_all(&parent).unwrap();
+        for entry in std::fs::read_dir(&parent).unwrap().flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("run-")) else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let dir = parent.join(format!("run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    })
+    .clone()
 }
 
-/// Runs a build command into a private file name, then renames (concurrent runs never see half a file).
-fn build(name: &str, mut command: Command, building: &Path) -> PathBuf {
+/// Runs a build command that writes `name` into [`out_dir`].
+fn build(name: &str, mut command: Command, binary: &Path) -> PathBuf {
     let out = command.output().unwrap_or_else(|e| {
         panic!("cannot run {command:?} to build {name}: {e}; is the toolchain installed (scripts/setup)?")
     });
@@ -47,9 +66,7 @@ fn build(name: &str, mut command: Command, building: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let binary = out_dir().join(name);
-    std::fs::rename(building, &binary).unwrap();
-    binary
+    binary.to_owned()
 }
 
 /// The Go test program built with `toolchain` (None: the installed Go).
@@ -61,7 +78,7 @@ fn go_program(toolchain: Option<&'static str>) -> PathBuf {
         return p.clone();
     }
     let name = format!("goprog-{}", toolchain.unwrap_or("local"));
-    let building = out_dir().join(format!("{name}.{}", std::process::id()));
+    let building = out_dir().join(&name);
     let mut command = Command::new(GO);
     command
         .args(["build", "-buildvcs=false", "-o"])
@@ -83,7 +100,7 @@ fn c_program() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let building = out_dir().join(format!("cprog.{}", std::process::id()));
+            let building = out_dir().join("cprog");
             let mut command = Command::new("cc");
             command
                 .args([
@@ -104,7 +121,7 @@ fn rust_program() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let building = out_dir().join(format!("rustprog.{}", std::process::id()));
+            let building = out_dir().join("rustprog");
             let mut command = Command::new("rustc");
             command
                 .args(["--edition", "2021", "-g", "-C", "opt-level=1", "-o"])
@@ -553,16 +570,299 @@ async fn go_slices_render_as_arrays_and_indexes_pick_elements() {
         2,
     )
     .await;
-    // Known bug (noted on issue 4): the first call of a fresh Go process is sometimes recorded twice
-    // with identical values. Until it is fixed, compare the distinct rows in call order.
-    let mut rows = rows;
-    rows.dedup();
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[0]["tag"], s("a"));
     assert_eq!(rows[0]["n"], Value::Int64(1));
     // The second order has no tags: reading element 0 of a nil slice faults, which is a null.
     assert_eq!(rows[1]["tag"], Value::Null);
     assert_eq!(rows[1]["n"], Value::Int64(0));
+}
+
+/// Go re-runs a function's first instructions after `runtime.morestack` (stack growth, or the
+/// runtime asking the goroutine to yield): the entry probe sits after that stack check so the
+/// prologue's second run records nothing. `Grow` has a 1 KiB frame, so 200 nested calls on a fresh
+/// goroutine grow its stack several times, each time in `Grow`'s own prologue.
+#[tokio::test]
+async fn a_go_prologue_rerun_by_stack_growth_records_each_call_once() {
+    let (rows, _) = trace(
+        "main.Grow",
+        |s| s.capture = capture(&[("depth", "depth")], &[], false),
+        "grow",
+        201,
+    )
+    .await;
+    let depths: Vec<Value> = rows.iter().map(|r| r["depth"].clone()).collect();
+    let expected: Vec<Value> = (0..=200).rev().map(Value::Int64).collect();
+    assert_eq!(depths, expected);
+}
+
+/// Both toolchains: the entry probe goes on the frame setup (`push rbp`) that follows the stack
+/// check, for a small frame (`cmp rsp; jbe`) and a large one (`lea r12; cmp r12; jbe`).
+#[test]
+fn go_entry_probes_sit_after_the_stack_check_with_every_toolchain() {
+    use sonde_agent::probes::dynamic_log::analyze::analyze;
+    for toolchain in [None, Some("go1.21.13")] {
+        let exe = go_program(toolchain);
+        let bytes = std::fs::read(&exe).unwrap();
+        for function in ["main.(*Server).PlaceOrder", "main.Grow"] {
+            let entry = analyze(&exe, Path::new("/"), &spec(function))
+                .unwrap()
+                .entry_offset;
+            assert_eq!(
+                bytes[entry as usize], 0x55,
+                "{function} ({toolchain:?}): entry probe at {entry:#x} is not on push rbp"
+            );
+        }
+    }
+}
+
+/// The probe manager sends the full target set again on every rescan; processes already traced
+/// must not be attached a second time (each call would then be recorded twice).
+#[tokio::test]
+async fn every_call_is_one_row_while_the_target_set_keeps_being_updated() {
+    const ROUNDS: usize = 20;
+    let h = harness();
+    let mut first = Program::start(&go_program(None));
+    let mut second = Program::start(&go_program(None));
+    let mut sp = spec("main.(*Server).PlaceOrder");
+    sp.capture = capture(&[("id", "req.ID")], &[], false);
+    let probe_def = assigned("updated", &sp);
+    let mut probe = h.start("updated", sp.clone(), &first).await;
+    for round in 0..ROUNDS {
+        let targets = if round % 2 == 0 {
+            [first.target(), second.target()]
+        } else {
+            [second.target(), first.target()]
+        };
+        probe.update(&probe_def, &sp, &targets).await;
+        if round == 0 {
+            wait_status(&probe, |s| s.targets_attached == 2).await;
+        }
+        first.run("order");
+        second.run("order");
+    }
+    let rows = h.wait_rows("updated", 4 * ROUNDS, &probe).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.rows("updated").len(), rows.len(), "more rows arrived");
+    let cols = h.columns("updated");
+    for program in [&first, &second] {
+        let ids: Vec<Value> = rows
+            .iter()
+            .filter(|r| r.pid == i64::from(program.pid()))
+            .map(|r| by_name(&cols, r)["id"].clone())
+            .collect();
+        let expected: Vec<Value> = (0..ROUNDS)
+            .flat_map(|_| [Value::Int64(42), Value::Int64(7)])
+            .collect();
+        assert_eq!(ids, expected, "pid {}", program.pid());
+    }
+    probe.stop().await;
+    assert!(first.alive() && second.alive());
+}
+
+/// The replacement fixture built as `version` ("v1" or "v2"): v2's `main.Handle` takes its
+/// parameters in the other order (so in other registers) and computes another result.
+fn replaceable_program(version: &'static str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<BTreeMap<&'static str, PathBuf>>> = OnceLock::new();
+    let mut built = BUILT.get_or_init(Default::default).lock().unwrap();
+    if let Some(p) = built.get(version) {
+        return p.clone();
+    }
+    let name = format!("goreplace-{version}");
+    let exe = out_dir().join(&name);
+    let mut command = Command::new(GO);
+    command
+        .args(["build", "-buildvcs=false", "-tags", version, "-o"])
+        .arg(&exe)
+        .arg(".")
+        .current_dir(fixtures().join("goreplace"))
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0");
+    let path = build(&name, command, &exe);
+    built.insert(version, path.clone());
+    path
+}
+
+/// Deploys `build` to `path` the way deploy tools do: beside it under a temporary name, then
+/// renamed over it (a hard link, never a write, so the file is never busy for exec).
+fn deploy(build: &Path, path: &Path) {
+    let staged = path.with_extension("new");
+    std::fs::hard_link(build, &staged).unwrap();
+    std::fs::rename(&staged, path).unwrap();
+}
+
+/// The (dev, inode) of the file `pid` runs.
+fn running_inode(pid: u32) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(format!("/proc/{pid}/exe")).unwrap();
+    (meta.dev(), meta.ino())
+}
+
+fn handle_spec() -> DynamicLogSpec {
+    let mut sp = spec("main.Handle");
+    sp.capture = capture(
+        &[("id", "id"), ("name", "name")],
+        &[("result", "$0")],
+        false,
+    );
+    sp
+}
+
+/// (id, name, result) of each row of `pid`, in call order.
+fn handle_rows(h: &Harness, table: &str, pid: u32) -> Vec<(Value, Value, Value)> {
+    let cols = h.columns(table);
+    h.rows(table)
+        .iter()
+        .filter(|r| r.pid == i64::from(pid))
+        .map(|r| {
+            let v = by_name(&cols, r);
+            (v["id"].clone(), v["name"].clone(), v["result"].clone())
+        })
+        .collect()
+}
+
+fn v1_call() -> (Value, Value, Value) {
+    (Value::Int64(11), s("v1"), Value::Int64(22))
+}
+
+fn v2_call() -> (Value, Value, Value) {
+    (Value::Int64(22), s("two"), Value::Int64(3022))
+}
+
+/// A deploy by rename-over puts v2 at the path of a process still running v1: that process is
+/// analysed and probed in the file it runs (v1's parameter order and offsets), not in the one now
+/// at its path, and a process started from the path afterwards is traced with v2's.
+#[tokio::test]
+async fn a_process_whose_binary_was_renamed_over_is_traced_with_the_build_it_runs() {
+    let dir = tempfile::tempdir_in(out_dir()).unwrap();
+    let app = dir.path().join("app");
+    deploy(&replaceable_program("v1"), &app);
+    let mut old = Program::start(&app);
+    deploy(&replaceable_program("v2"), &app);
+    let mut new = Program::start(&app);
+    assert_ne!(running_inode(old.pid()), running_inode(new.pid()));
+    let h = harness();
+    let sp = handle_spec();
+    // The old process alone first: its path names v2 by the time it is analysed.
+    let mut probe = h.start("replaced", sp.clone(), &old).await;
+    old.run("handle");
+    h.wait_rows("replaced", 1, &probe).await;
+    probe
+        .update(
+            &assigned("replaced", &sp),
+            &sp,
+            &[old.target(), new.target()],
+        )
+        .await;
+    wait_status(&probe, |s| s.targets_attached == 2).await;
+    new.run("handle");
+    old.run("handle");
+    h.wait_rows("replaced", 3, &probe).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        handle_rows(&h, "replaced", old.pid()),
+        [v1_call(), v1_call()]
+    );
+    assert_eq!(handle_rows(&h, "replaced", new.pid()), [v2_call()]);
+    probe.stop().await;
+    assert!(old.alive() && new.alive());
+}
+
+/// `/proc/<pid>/exe` still opens an executable removed from disk.
+#[tokio::test]
+async fn a_process_whose_binary_was_deleted_is_still_traced() {
+    let dir = tempfile::tempdir_in(out_dir()).unwrap();
+    let app = dir.path().join("app");
+    deploy(&replaceable_program("v1"), &app);
+    let mut program = Program::start(&app);
+    std::fs::remove_file(&app).unwrap();
+    let h = harness();
+    let probe = h.start("deleted", handle_spec(), &program).await;
+    program.run("handle");
+    h.wait_rows("deleted", 1, &probe).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(handle_rows(&h, "deleted", program.pid()), [v1_call()]);
+    probe.stop().await;
+}
+
+/// A process that exec's another binary keeps its pid; the next target update attaches to the new
+/// image, with its own layout.
+#[tokio::test]
+async fn a_process_that_execs_another_build_is_traced_in_the_new_one_after_an_update() {
+    let h = harness();
+    let sp = handle_spec();
+    let mut program = Program::start(&replaceable_program("v1"));
+    let mut probe = h.start("reexec", sp.clone(), &program).await;
+    program.run("handle");
+    h.wait_rows("reexec", 1, &probe).await;
+    let v2 = replaceable_program("v2");
+    writeln!(program.stdin, "exec {}", v2.display()).unwrap();
+    program.stdin.flush().unwrap();
+    let mut line = String::new();
+    program.stdout.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the program did not exec {}",
+        v2.display()
+    );
+    program.exe = v2;
+    probe
+        .update(&assigned("reexec", &sp), &sp, &[program.target()])
+        .await;
+    // The update is applied asynchronously: call until a v2 row arrives.
+    let start = Instant::now();
+    while !handle_rows(&h, "reexec", program.pid()).contains(&v2_call()) {
+        assert!(
+            start.elapsed() < WAIT,
+            "no v2 row after the exec: {:?}; status: {:?}",
+            handle_rows(&h, "reexec", program.pid()),
+            probe.status()
+        );
+        program.run("handle");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rows = handle_rows(&h, "reexec", program.pid());
+    assert_eq!(rows[0], v1_call());
+    assert!(
+        rows[1..].iter().all(|r| *r == v2_call()),
+        "after the exec only v2 calls: {rows:?}"
+    );
+    probe.stop().await;
+}
+
+/// A target that cannot be opened (here: it has exited since it was listed) fails with the pid,
+/// the path, and what happens next.
+#[tokio::test]
+async fn a_target_whose_executable_cannot_be_opened_fails_naming_pid_and_path() {
+    let mut program = Program::start(&replaceable_program("v1"));
+    let target = program.target();
+    program.child.kill().unwrap();
+    program.child.wait().unwrap();
+    let h = harness();
+    let sp = handle_spec();
+    let probe = DynamicLogProbe::start(
+        &h.ctx,
+        &assigned("exited", &sp),
+        &sp,
+        std::slice::from_ref(&target),
+    );
+    let status = wait_status(&probe, |s| s.state != ProbeState::Pending).await;
+    assert_eq!(status.state, ProbeState::Failed, "{}", status.message);
+    let pid = target.pid;
+    for part in [
+        format!("pid {pid} has exited"),
+        format!("/proc/{pid}/exe"),
+        target.exe.display().to_string(),
+        "dropped on the next target rescan".into(),
+    ] {
+        assert!(
+            status.message.contains(&part),
+            "{part:?} not in {}",
+            status.message
+        );
+    }
+    probe.stop().await;
 }
 
 #[tokio::test]
@@ -715,7 +1015,7 @@ async fn a_bad_expression_fails_naming_it_the_function_and_what_is_available() {
 
 #[tokio::test]
 async fn a_binary_without_debug_information_fails_saying_so() {
-    let building = out_dir().join(format!("goprog-stripped.{}", std::process::id()));
+    let building = out_dir().join("goprog-stripped");
     let mut command = Command::new(GO);
     command
         .args(["build", "-buildvcs=false", "-ldflags=-s -w", "-o"])
@@ -949,7 +1249,9 @@ impl Drop for Agent {
 fn the_standalone_agent_traces_a_function_of_the_process_named_in_its_manifest() {
     // A copy under a name no other test uses, so only this process matches spec.process.
     let exe = out_dir().join(format!("goprog-standalone-{}", std::process::id()));
-    std::fs::copy(go_program(None), &exe).unwrap();
+    // A hard link, not a copy: a file just written may still be open for writing in a child forked
+    // meanwhile by another test, and then cannot be executed (ETXTBSY).
+    std::fs::hard_link(go_program(None), &exe).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let manifest = format!(
         "apiVersion: sonde.dev/v1alpha1
@@ -1047,9 +1349,11 @@ fn bench_ns_per_call(program: &mut Program) -> f64 {
     f[1].parse::<f64>().unwrap() / f[3].parse::<f64>().unwrap()
 }
 
-/// Entry and RET file offsets of `function` in `exe`.
+/// Entry (where Sonde probes it: after Go's stack check) and RET file offsets of `function` in `exe`.
 fn entry_and_rets(exe: &Path, function: &str) -> (u64, Vec<u64>) {
-    use sonde_agent::probes::dynamic_log::{binary::Binary, dwarf::Dwarf, rets::find_rets};
+    use sonde_agent::probes::dynamic_log::{
+        analyze::analyze, binary::Binary, dwarf::Dwarf, rets::find_rets,
+    };
     let binary = Binary::read(exe, Path::new("/")).unwrap();
     let dwarf = Dwarf::load(&binary).unwrap();
     let f = dwarf.find(function).unwrap();
@@ -1060,7 +1364,10 @@ fn entry_and_rets(exe: &Path, function: &str) -> (u64, Vec<u64>) {
         .into_iter()
         .map(|a| binary.file_offset(a, function).unwrap())
         .collect();
-    (binary.file_offset(f.low_pc, function).unwrap(), rets)
+    let entry = analyze(exe, Path::new("/"), &spec(function))
+        .unwrap()
+        .entry_offset;
+    (entry, rets)
 }
 
 /// The floor: the agent's near-empty self-test uprobe (returns after one comparison) at the entry

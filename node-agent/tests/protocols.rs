@@ -1,23 +1,16 @@
 //! Protocol capture against real peers on loopback: nginx serving `return 200`, curl as client.
 //! Needs root (eBPF), nginx and curl (`scripts/setup peers`); fails loudly without them.
-use std::collections::HashMap;
-use std::net::TcpListener;
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-
-use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use prometheus_client::registry::Registry;
-use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared};
-use sonde_agent::probes::{
-    ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared, profiler::ProfilerShared,
-};
-use sonde_agent::tables::{Query, Store, Value};
-use sonde_agent::targets::TargetProcess;
-use sonde_api::{
-    AssignedProbe, ProbeConfig, ProbeOwner, ProbeState, Protocol, TracepointProbe, TracepointSpec,
-};
+use sonde_agent::probes::protocols::ProtocolProbe;
+use sonde_agent::tables::{Store, Value};
+use sonde_api::{ProbeState, Protocol};
 
 /// Stops nginx on drop (also when a test fails): SIGTERM to the master, which stops its worker and
 /// exits; SIGKILL to both after 5 s.
@@ -42,24 +35,6 @@ impl Drop for Nginx {
             let _ = kill(Pid::from_raw(self.worker as i32), Signal::SIGKILL);
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn which(tool: &str) -> PathBuf {
-    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(tool);
-        if p.exists() {
-            return p;
-        }
-    }
-    panic!("{tool} is not installed: run `scripts/setup peers`");
 }
 
 /// nginx with one worker answering `return 200 "hello\n"` on `port`; returns it and its worker pid.
@@ -115,105 +90,6 @@ fn curl(port: u16, paths: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn context(store: &Store, registry: &mut Registry) -> ProbeContext {
-    ProbeContext {
-        node: "test".into(),
-        tables: store.clone(),
-        bpftrace: Arc::new(BpftraceShared::new(registry, "bpftrace".into())),
-        protocols: Arc::new(ProtocolsShared::new(registry)),
-        profiler: Arc::new(ProfilerShared::new(registry)),
-        dynamic_log: Arc::new(DynamicLogShared::new(registry)),
-    }
-}
-
-fn tracepoint(protocols: Vec<Protocol>) -> (AssignedProbe, TracepointSpec) {
-    let spec = TracepointSpec {
-        selector: None,
-        container: None,
-        process: Some(sonde_api::ProcessSelector {
-            exe: Some("*/nginx".into()),
-            cmdline: None,
-        }),
-        ttl: None,
-        probe: TracepointProbe {
-            protocols: Some(protocols),
-            profiler: None,
-            max_body_bytes: None,
-        },
-    };
-    let probe = AssignedProbe {
-        id: "Tracepoint/default/web".into(),
-        owner: ProbeOwner {
-            kind: "Tracepoint".into(),
-            namespace: Some("default".into()),
-            name: "web".into(),
-            uid: "u1".into(),
-            generation: 1,
-        },
-        config: ProbeConfig::Tracepoint(spec.clone()),
-        targets: vec![],
-        process: spec.process.clone(),
-    };
-    (probe, spec)
-}
-
-fn target(pid: u32) -> TargetProcess {
-    TargetProcess {
-        pid,
-        namespace: String::new(),
-        pod: String::new(),
-        pod_uid: String::new(),
-        container: String::new(),
-        container_id: String::new(),
-        exe: "/usr/sbin/nginx".into(),
-        cmdline: "nginx".into(),
-    }
-}
-
-/// Rows of `table` as maps column → value.
-fn rows(store: &Store, table: &str) -> Vec<HashMap<String, Value>> {
-    let result = match store.query(table, &Query::default()) {
-        Ok(r) => r,
-        Err(_) => return Vec::new(),
-    };
-    result
-        .rows
-        .iter()
-        .map(|row| {
-            let mut values = vec![
-                Value::Time(row.time_ns),
-                Value::String(result.node.clone()),
-                Value::String(row.namespace.clone()),
-                Value::String(row.pod.clone()),
-                Value::String(row.container.clone()),
-                Value::Int64(row.pid),
-            ];
-            values.extend(row.values.iter().cloned());
-            result
-                .columns
-                .iter()
-                .map(|c| c.name.clone())
-                .zip(values)
-                .collect()
-        })
-        .collect()
-}
-
-async fn wait_for_rows(
-    store: &Store,
-    table: &str,
-    want: impl Fn(&[HashMap<String, Value>]) -> bool,
-) -> Vec<HashMap<String, Value>> {
-    for _ in 0..100 {
-        let r = rows(store, table);
-        if want(&r) {
-            return r;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    rows(store, table)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_to_traced_nginx_shows_exact_byte_counts_in_conn_stats() {
     let dir = tempfile::tempdir().unwrap();
@@ -222,8 +98,8 @@ async fn curl_to_traced_nginx_shows_exact_byte_counts_in_conn_stats() {
     let store = Store::default();
     let mut registry = Registry::default();
     let ctx = context(&store, &mut registry);
-    let (probe, spec) = tracepoint(vec![Protocol::Http]);
-    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker)]);
+    let (probe, spec) = tracepoint(vec![Protocol::Http], "*/nginx");
+    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker, "/usr/sbin/nginx")]);
     assert_eq!(
         p.status().state,
         ProbeState::Attached,
@@ -280,8 +156,8 @@ async fn nginx_outside_the_selected_processes_yields_nothing() {
     let store = Store::default();
     let mut registry = Registry::default();
     let ctx = context(&store, &mut registry);
-    let (probe, spec) = tracepoint(vec![Protocol::Http]);
-    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker_a)]);
+    let (probe, spec) = tracepoint(vec![Protocol::Http], "*/nginx");
+    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker_a, "/usr/sbin/nginx")]);
     assert_eq!(
         p.status().state,
         ProbeState::Attached,
@@ -316,8 +192,8 @@ async fn keep_alive_requests_to_traced_nginx_become_http_events_and_histogram_sa
     let store = Store::default();
     let mut registry = Registry::default();
     let ctx = context(&store, &mut registry);
-    let (probe, spec) = tracepoint(vec![Protocol::Http]);
-    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker)]);
+    let (probe, spec) = tracepoint(vec![Protocol::Http], "*/nginx");
+    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker, "/usr/sbin/nginx")]);
     assert_eq!(
         p.status().state,
         ProbeState::Attached,
@@ -330,8 +206,7 @@ async fn keep_alive_requests_to_traced_nginx_become_http_events_and_histogram_sa
 
     let http = wait_for_rows(&store, "http_events", |r| r.len() >= 3).await;
     let stats = wait_for_rows(&store, "conn_stats", |r| !r.is_empty()).await;
-    let mut metrics = String::new();
-    prometheus_client::encoding::text::encode(&mut metrics, &registry).unwrap();
+    let metrics = metrics_text(&registry);
     p.stop().await;
 
     assert_eq!(stats.len(), 1, "one keep-alive connection: {stats:?}");

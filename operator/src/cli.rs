@@ -2,6 +2,9 @@
 use std::net::SocketAddr;
 
 use clap::Parser;
+use sonde_api::Protocol;
+
+use crate::auto_telemetry::{AutoTelemetry, parse_protocol};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,9 +29,31 @@ pub struct Args {
     /// (for benchmarks: measure CPU and memory of a full reconciliation).
     #[arg(long)]
     pub once: bool,
+    /// Cluster-wide protocol tracing: these protocols (comma-separated: http,dns,pgsql,mysql,redis)
+    /// in every pod of every node outside the excluded namespaces. Empty: off.
+    #[arg(long, value_delimiter = ',', value_parser = parse_protocol)]
+    pub auto_protocols: Vec<Protocol>,
+    /// Cluster-wide CPU profiling of every pod outside the excluded namespaces, at this many
+    /// samples per second per CPU (1..1000). 0: off.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub auto_profiler_hz: u32,
+    /// Namespaces whose pods auto-telemetry leaves alone (comma-separated; default kube-system).
+    /// The operator's own namespace (--lease-namespace) is always excluded.
+    #[arg(long, value_delimiter = ',')]
+    pub auto_exclude_namespaces: Option<Vec<String>>,
 }
 
 impl Args {
+    /// What the `--auto-*` flags switch on.
+    pub fn auto_telemetry(&self) -> AutoTelemetry {
+        AutoTelemetry::new(
+            &self.auto_protocols,
+            self.auto_profiler_hz,
+            self.auto_exclude_namespaces.as_deref(),
+            &self.lease_namespace,
+        )
+    }
+
     pub fn identity(&self) -> String {
         self.identity.clone().unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -36,5 +61,44 @@ impl Args {
                 .unwrap_or_else(|_| "sonde-operator".to_owned());
             format!("{host}-{}", std::process::id())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_telemetry_flags_parse_into_features_and_exclusions() {
+        let args = Args::try_parse_from([
+            "sonde-operator",
+            "--lease-namespace",
+            "sonde",
+            "--auto-protocols",
+            "http,dns",
+            "--auto-profiler-hz",
+            "49",
+            "--auto-exclude-namespaces",
+            "kube-system,batch",
+        ])
+        .unwrap();
+        let auto = args.auto_telemetry();
+        assert_eq!(auto.protocols, [Protocol::Http, Protocol::Dns]);
+        assert_eq!(auto.profiler_hz, 49);
+        let excluded: Vec<&str> = auto
+            .excluded_namespaces
+            .iter()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(excluded, ["batch", "kube-system", "sonde"]);
+    }
+
+    #[test]
+    fn unknown_protocols_and_out_of_range_frequencies_are_refused() {
+        let err = Args::try_parse_from(["sonde-operator", "--auto-protocols", "http,grpc"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`grpc`"), "{err}");
+        assert!(Args::try_parse_from(["sonde-operator", "--auto-profiler-hz", "5000"]).is_err());
     }
 }

@@ -5,6 +5,7 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use tokio::sync::Notify;
 
+use crate::auto_telemetry::AutoTelemetry;
 use crate::metrics::Metrics;
 use crate::stores::Stores;
 
@@ -19,4 +20,6 @@ pub struct Context {
     pub recorder: Recorder,
     /// Wakes the assignment pass; notifications within its debounce window coalesce.
     pub assignments_changed: Arc<Notify>,
+    /// Cluster-wide probes switched on by flags, added to every node's assignment.
+    pub auto_telemetry: AutoTelemetry,
 }

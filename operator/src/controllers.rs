@@ -11,6 +11,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::assignment;
+use crate::auto_telemetry::AutoTelemetry;
 use crate::context::Context;
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile};
@@ -33,6 +34,7 @@ pub async fn start(
     client: Client,
     metrics: Arc<Metrics>,
     identity: &str,
+    auto_telemetry: AutoTelemetry,
     tasks: &mut JoinSet<()>,
 ) -> Result<(Arc<Context>, stores::Subscriptions), RunError> {
     let changed = Arc::new(Notify::new());
@@ -47,6 +49,7 @@ pub async fn start(
         stores,
         metrics,
         assignments_changed: changed,
+        auto_telemetry,
     });
     // Until then an empty cache would read as "no probes anywhere".
     ctx.stores
@@ -127,4 +130,46 @@ pub fn owners<K: SondeResource>(na: Arc<NodeAssignment>) -> Vec<ObjectRef<K>> {
     refs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     refs.dedup();
     refs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auto_telemetry::AutoTelemetry;
+    use sonde_api::{
+        BpftraceScript, DynamicLog, NodeAssignmentSpec, ProbeState, ProbeStatus, Protocol,
+        Tracepoint,
+    };
+
+    #[test]
+    fn auto_telemetry_probes_have_no_resource_to_reconcile() {
+        let auto = AutoTelemetry::new(&[Protocol::Http], 99, None, "sonde-system");
+        let probes: Vec<_> = auto.features().iter().map(|f| f.probe(vec![])).collect();
+        let status = probes
+            .iter()
+            .map(|p| ProbeStatus {
+                id: p.id.clone(),
+                owner_uid: p.owner.uid.clone(),
+                generation: p.owner.generation,
+                state: ProbeState::Attached,
+                message: String::new(),
+                targets_attached: 0,
+                restarts: 0,
+            })
+            .collect();
+        let na = Arc::new(NodeAssignment {
+            metadata: Default::default(),
+            spec: NodeAssignmentSpec {
+                probe_count: probes.len() as u32,
+                probes,
+            },
+            status: Some(sonde_api::NodeAssignmentStatus {
+                probes: status,
+                ..Default::default()
+            }),
+        });
+        assert!(owners::<Tracepoint>(na.clone()).is_empty());
+        assert!(owners::<DynamicLog>(na.clone()).is_empty());
+        assert!(owners::<BpftraceScript>(na).is_empty());
+    }
 }

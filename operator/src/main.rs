@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod assignment;
+mod auto_telemetry;
 mod cli;
 mod context;
 mod controllers;
@@ -44,9 +45,17 @@ async fn main() -> anyhow::Result<()> {
         "cannot reach the Kubernetes API: set KUBECONFIG or run in a pod with a service account",
     )?;
     let identity = args.identity();
+    let auto_telemetry = args.auto_telemetry();
+    for feature in auto_telemetry.features() {
+        tracing::info!(
+            id = %feature.id(),
+            excluded_namespaces = ?auto_telemetry.excluded_namespaces,
+            "auto-telemetry on: every pod outside the excluded namespaces is a target"
+        );
+    }
 
     if args.once {
-        return once(client, metrics, &identity).await;
+        return once(client, metrics, &identity, auto_telemetry).await;
     }
 
     let mut leadership = leader::Leadership::start(
@@ -69,8 +78,14 @@ async fn main() -> anyhow::Result<()> {
 
     let mut tasks = JoinSet::new();
     let work = async {
-        let (ctx, subs) =
-            controllers::start(client, metrics.clone(), &identity, &mut tasks).await?;
+        let (ctx, subs) = controllers::start(
+            client,
+            metrics.clone(),
+            &identity,
+            auto_telemetry,
+            &mut tasks,
+        )
+        .await?;
         Err::<(), _>(controllers::run(ctx, subs, tasks).await)
     };
     tokio::select! {
@@ -98,9 +113,15 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// `--once`: one assignment pass over the current state, then exit (for benchmarks; no leader election).
-async fn once(client: kube::Client, metrics: Arc<Metrics>, identity: &str) -> anyhow::Result<()> {
+async fn once(
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    identity: &str,
+    auto_telemetry: crate::auto_telemetry::AutoTelemetry,
+) -> anyhow::Result<()> {
     let mut tasks = JoinSet::new();
-    let (ctx, _subs) = controllers::start(client, metrics, identity, &mut tasks).await?;
+    let (ctx, _subs) =
+        controllers::start(client, metrics, identity, auto_telemetry, &mut tasks).await?;
     let report = assignment::sync::pass(&ctx).await;
     println!(
         "assignment pass: {} nodes, {} probes, {} applied, {} deleted, {} errors, {} ms",

@@ -18,6 +18,12 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeatureLabels {
+    /// `protocols` or `profiler`.
+    pub feature: &'static str,
+}
+
 /// Kind label of the assignment pass (all NodeAssignments at once).
 pub const ASSIGNMENT_KIND: &str = "NodeAssignment";
 
@@ -30,6 +36,7 @@ pub struct Metrics {
     duration: HistogramFamily,
     applies: Counter,
     leader: Gauge,
+    auto_targets: Family<FeatureLabels, Gauge>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -47,6 +54,7 @@ impl Metrics {
         let duration: HistogramFamily = Family::new_with_constructor(duration_histogram);
         let applies = Counter::default();
         let leader = Gauge::default();
+        let auto_targets = Family::<FeatureLabels, Gauge>::default();
         // prometheus-client appends `_total` to counters.
         registry.register(
             "sonde_operator_reconciles",
@@ -73,6 +81,11 @@ impl Metrics {
             "1 while this replica holds the leader lease",
             leader.clone(),
         );
+        registry.register(
+            "sonde_operator_auto_telemetry_targets",
+            "Containers targeted by a cluster-wide auto-telemetry feature on all nodes",
+            auto_targets.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -80,6 +93,7 @@ impl Metrics {
             duration,
             applies,
             leader,
+            auto_targets,
         }
     }
 
@@ -102,6 +116,18 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.leader.set(i64::from(leader));
+    }
+
+    /// Sets the targets of an auto-telemetry feature; returns the value before, None the first time.
+    pub fn set_auto_telemetry_targets(
+        &self,
+        feature: &'static str,
+        targets: usize,
+    ) -> Option<usize> {
+        let labels = FeatureLabels { feature };
+        let first = self.auto_targets.get(&labels).is_none();
+        let before = self.auto_targets.get_or_create(&labels).set(targets as i64);
+        (!first).then_some(before as usize)
     }
 
     /// OpenMetrics text of every metric.
@@ -129,6 +155,8 @@ mod tests {
         m.failed("Tracepoint", "patch_status");
         m.applied();
         m.set_leader(true);
+        assert_eq!(m.set_auto_telemetry_targets("protocols", 3), None);
+        assert_eq!(m.set_auto_telemetry_targets("protocols", 4), Some(3));
         let text = m.encode().unwrap();
         for want in [
             "sonde_operator_reconciles_total{kind=\"Tracepoint\"} 1",
@@ -136,6 +164,7 @@ mod tests {
             "sonde_operator_reconcile_duration_seconds_count{kind=\"Tracepoint\"} 1",
             "sonde_operator_assignment_applies_total 1",
             "sonde_operator_leader 1",
+            "sonde_operator_auto_telemetry_targets{feature=\"protocols\"} 4",
         ] {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");
         }

@@ -3,7 +3,7 @@
 //!
 //! Kernel → user: events on the [`names::EVENTS_MAP`] ring buffer. Each starts with an
 //! [`EventHeader`] whose `kind` says which struct it is: [`OpenEvent`], [`CloseEvent`],
-//! [`ClassifyEvent`] or a data event ([`DataEventHeader`] followed by `len` bytes). User → kernel:
+//! [`ClassifyEvent`], [`PeerEvent`] or a data event ([`DataEventHeader`] followed by `len` bytes). User → kernel:
 //! the filter maps (tgids, cgroup ids) and [`ConnInfo::state`] for fds the kernel could not classify.
 
 /// Bytes of one data event; a syscall's buffers are split into chunks of at most this size.
@@ -13,6 +13,10 @@ pub const DATA_CHUNK: usize = 4096;
 pub const MAX_CHUNKS_PER_SYSCALL: u32 = 4;
 /// Iovecs read per readv/writev/recvmsg/sendmsg at most; bytes in later ones count as truncated.
 pub const MAX_IOVECS: u32 = 8;
+/// Messages read per sendmmsg/recvmmsg at most, of each only its first iovec; later ones count as
+/// truncated. Each message is reported like a syscall of its own (chunk 0 first, `syscall_len` its
+/// length).
+pub const MAX_MMSGS: u32 = 4;
 
 /// [`EventHeader::kind`]: a connection opened (connect/accept), with the peer address if known.
 pub const EVENT_OPEN: u32 = 1;
@@ -23,6 +27,14 @@ pub const EVENT_CLOSE: u32 = 3;
 /// [`EventHeader::kind`]: a selected process did I/O on an fd of unknown type; user space must set
 /// its [`ConnInfo::state`] to [`CONN_TRACE`] or [`CONN_IGNORE`].
 pub const EVENT_CLASSIFY: u32 = 4;
+/// [`EventHeader::kind`]: the following datagrams of a connection-less socket come from / go to
+/// another peer ([`PeerEvent`]).
+pub const EVENT_PEER: u32 = 5;
+
+/// [`OpenEvent::flags`]: a datagram socket seen first in a recvfrom/recvmsg/recvmmsg returning a
+/// source address (role server) or a sendto/sendmsg/sendmmsg with a destination (role client);
+/// `remote_*` is that datagram's peer.
+pub const OPEN_DATAGRAM: u32 = 1;
 
 /// [`ConnInfo::state`]: an inet socket whose bytes are captured.
 pub const CONN_TRACE: u32 = 1;
@@ -30,8 +42,8 @@ pub const CONN_TRACE: u32 = 1;
 pub const CONN_STATS_ONLY: u32 = 2;
 /// [`ConnInfo::state`]: not an inet socket (file, pipe, unix socket…): ignored.
 pub const CONN_IGNORE: u32 = 3;
-/// [`ConnInfo::state`]: waiting for user space to classify the fd; I/O meanwhile is not captured
-/// (counted as [`DROP_UNCLASSIFIED`]).
+/// [`ConnInfo::state`]: waiting for user space to classify the fd; I/O meanwhile is captured (user
+/// space drops it if the fd is no inet socket).
 pub const CONN_PENDING: u32 = 4;
 
 /// [`ConnInfo::role`] / [`OpenEvent::role`]: not known from connect/accept.
@@ -54,7 +66,8 @@ pub const DROP_TRUNCATED: u32 = 1;
 pub const DROP_CONN_MAP_FULL: u32 = 2;
 /// Drop reason: the per-thread syscall-argument map was full.
 pub const DROP_ARGS_MAP_FULL: u32 = 3;
-/// Drop reason: I/O on an fd that was still being classified by user space.
+/// Drop reason: an fd of unknown type could not be sent to user space for classification (ring
+/// full); its I/O is not captured until the next attempt.
 pub const DROP_UNCLASSIFIED: u32 = 4;
 /// Drop reason: user memory could not be read (paged out, bad pointer).
 pub const DROP_READ_FAILED: u32 = 5;
@@ -80,6 +93,19 @@ pub struct ConnKey {
 }
 const _: () = assert!(core::mem::size_of::<ConnKey>() == 8);
 
+/// An IPv4/IPv6 socket address as the kernel side reads it from a `sockaddr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerAddr {
+    /// AF_INET 2, AF_INET6 10; 0: unknown.
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<PeerAddr>() == 20);
+
 /// Value of the connection map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -94,8 +120,12 @@ pub struct ConnInfo {
     pub state: u32,
     /// One of the `ROLE_*` values.
     pub role: u32,
+    /// Datagram sockets: the peer of the last datagram with an address (a [`PeerEvent`] is sent
+    /// when it changes). Zero otherwise.
+    pub peer: PeerAddr,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<ConnInfo>() == 32);
+const _: () = assert!(core::mem::size_of::<ConnInfo>() == 56);
 
 /// Start of every event.
 #[repr(C)]
@@ -132,9 +162,21 @@ pub struct OpenEvent {
     /// For accepted connections: the listening socket's fd, whose address is the local one (the
     /// accepted fd may be closed before user space can look at it). `u32::MAX` otherwise.
     pub listen_fd: u32,
-    pub _pad: u32,
+    /// `OPEN_*` bits.
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 72);
+
+/// The next datagrams of a connection-less socket come from / go to `peer` (sent before their
+/// data events when the peer differs from the previous datagram's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PeerEvent {
+    pub header: EventHeader,
+    pub peer: PeerAddr,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PeerEvent>() == 64);
 
 /// A traced connection was closed.
 #[repr(C)]
@@ -167,7 +209,8 @@ pub struct DataEventHeader {
     pub direction: u32,
     /// Syscall number (x86-64), for diagnostics.
     pub syscall: u32,
-    /// Data bytes that follow (≤ [`DATA_CHUNK`]).
+    /// Data bytes that follow (≤ [`DATA_CHUNK`]). 0 with `syscall_len` > 0: the syscall moved bytes
+    /// that never passed through user memory (sendfile); they are a gap ending at `stream_pos`.
     pub len: u32,
     /// Index of this chunk among the syscall's chunks (0: the first).
     pub chunk: u32,
@@ -224,6 +267,12 @@ pub mod names {
         ("sys_exit_accept", "conn_exit_accept"),
         ("sys_enter_accept4", "conn_enter_accept"),
         ("sys_exit_accept4", "conn_exit_accept"),
+        ("sys_enter_recvmmsg", "conn_enter_recvmmsg"),
+        ("sys_exit_recvmmsg", "conn_exit_mmsg"),
+        ("sys_enter_sendmmsg", "conn_enter_sendmmsg"),
+        ("sys_exit_sendmmsg", "conn_exit_mmsg"),
+        ("sys_enter_sendfile64", "conn_enter_sendfile"),
+        ("sys_exit_sendfile64", "conn_exit_sendfile"),
         ("sys_enter_close", "conn_enter_close"),
     ];
 }
@@ -238,5 +287,7 @@ mod pod {
     unsafe impl aya::Pod for super::OpenEvent {}
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl aya::Pod for super::ClassifyEvent {}
+    unsafe impl aya::Pod for super::PeerEvent {}
+    unsafe impl aya::Pod for super::PeerAddr {}
     unsafe impl aya::Pod for super::DataEventHeader {}
 }

@@ -8,9 +8,16 @@
 //! 1. saturation: `wrk -t1 -c16` alternating untraced / bare hooks (bpftrace counting the tracepoints
 //!    Sonde attaches, for the worker only) / Sonde (standalone agent, HTTP Tracepoint on nginx);
 //!    throughput ratios against the untraced runs of the same round;
-//! 2. fixed rate (16 keep-alive connections from this process): untraced then Sonde; cost per request
-//!    = (agent CPU + added system time of nginx and the client) / requests; completeness = rows in
-//!    `http_events` (kept + evicted) / requests; agent RSS and drop counters.
+//! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, then Sonde;
+//!    cost per request = (agent CPU + added CPU time of the nginx worker, from the scheduler's
+//!    exact accounting: the hooks run in its syscalls) / requests, the added time also shown beyond
+//!    the bare hooks' (what Sonde's programs cost over the floor), and the client's (this process,
+//!    untraced but passing the hooks' early exit; noisy) separately;
+//!    completeness = rows in `http_events` (kept + evicted) / requests; agent RSS and drop counters.
+//!
+//! `--rounds 0` skips the saturation part. The agent's pid is printed on stderr so that it can be
+//! profiled during the fixed-rate run (`perf record -g -p <pid>`).
+//! `SONDE_E2E_PREBUILT=1` uses the release binaries as they are (`cargo build --release -p sonde-agent`).
 //!
 //! Needs root, nginx, wrk, bpftrace (`scripts/setup peers`) and a release agent (built first).
 use std::path::Path;
@@ -156,20 +163,19 @@ async fn start_sonde(bins: &SondeBinaries, dir: &Path, logs: &Path) -> Result<Ag
     Ok(agent)
 }
 
-/// System CPU seconds (stime) of a process.
-fn system_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let Some((_, rest)) = stat.rsplit_once(')') else {
+/// CPU seconds (user + system) every thread of a process ran, from the scheduler's exact
+/// accounting (`/proc/<pid>/task/*/schedstat`; utime/stime are tick samples, too coarse here). What
+/// tracing adds to a traced process is almost all kernel time (the hooks run in its syscalls).
+fn run_seconds(pid: u32) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return 0.0;
     };
-    let stime: f64 = rest
-        .split_whitespace()
-        .nth(12)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    stime / hz
+    let ns: u64 = tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    ns as f64 / 1e9
 }
 
 /// `rate` requests/s for `seconds` over 16 keep-alive connections; returns the requests answered.
@@ -214,7 +220,7 @@ async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<u64> {
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// (rows kept + evicted) of `http_events`, from `/v1/tables`.
@@ -272,29 +278,46 @@ async fn main() -> Result<()> {
             sonde_rps / untraced
         );
     }
-    let (b, s) = (median(bare_ratios), median(sonde_ratios));
-    println!(
-        "median ratios: bare hooks {b:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points",
-        (s - b) * 100.0
-    );
-    println!();
+    if cli.rounds > 0 {
+        let (b, s) = (median(bare_ratios), median(sonde_ratios));
+        println!(
+            "median ratios: bare hooks {b:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points",
+            (s - b) * 100.0
+        );
+        println!();
+    }
 
     println!(
         "## Fixed rate: {} req/s for {} s over 16 keep-alive connections",
         cli.rate, cli.fixed_seconds
     );
     let me = std::process::id();
-    let kernel = || system_seconds(nginx.worker) + system_seconds(me);
-    let k0 = kernel();
+    // (nginx worker, client) CPU seconds; the client (this process) is not traced but its
+    // syscalls pass the same hooks' early exit.
+    let cpu = || (run_seconds(nginx.worker), run_seconds(me));
+    let per_request = |before: (f64, f64), after: (f64, f64), requests: u64| {
+        let n = requests.max(1) as f64;
+        ((after.0 - before.0) / n, (after.1 - before.1) / n)
+    };
+    // Warm-up: nginx's first connections and this client's runtime settle.
+    fixed_rate(nginx.port, cli.rate, 2).await?;
+    let c0 = cpu();
     let base_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
-    let base_kernel = (kernel() - k0) / base_requests as f64;
+    let base = per_request(c0, cpu(), base_requests);
+
+    let mut bare = start_bare_hooks(nginx.worker, &logs)?;
+    let c0 = cpu();
+    let bare_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
+    let bare_cost = per_request(c0, cpu(), bare_requests);
+    bare.stop(Duration::from_secs(5));
 
     let agent = start_sonde(&bins, dir.path(), &logs).await?;
     let agent_pid = agent.proc.pid();
+    eprintln!("agent pid {agent_pid}");
     let rows0 = http_rows(&agent).await.unwrap_or(0);
-    let (cpu0, k1) = (cpu_seconds(agent_pid)?, kernel());
+    let (cpu0, c0) = (cpu_seconds(agent_pid)?, cpu());
     let requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
-    let traced_kernel = (kernel() - k1) / requests as f64;
+    let traced = per_request(c0, cpu(), requests);
     // Let the agent drain its ring buffer before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let agent_cpu = (cpu_seconds(agent_pid)? - cpu0) / requests as f64;
@@ -304,18 +327,39 @@ async fn main() -> Result<()> {
         .await?
         .text()
         .await?;
-    let added = traced_kernel - base_kernel;
+    let us = |v: f64| v * 1e6;
+    let (worker_added, client_added) = (traced.0 - base.0, traced.1 - base.1);
     println!("| figure | value |");
     println!("|---|---|");
-    println!("| requests answered (untraced / traced run) | {base_requests} / {requests} |");
-    println!("| agent CPU per request | {:.2} µs |", agent_cpu * 1e6);
     println!(
-        "| added kernel time per request (nginx worker + client stime) | {:.2} µs |",
-        added * 1e6
+        "| requests answered (untraced / bare hooks / Sonde run) | {base_requests} / {bare_requests} / {requests} |"
     );
     println!(
-        "| cost per request (agent + added kernel) | {:.2} µs |",
-        (agent_cpu + added) * 1e6
+        "| nginx worker CPU per request (untraced / bare hooks / Sonde) | {:.2} / {:.2} / {:.2} µs |",
+        us(base.0),
+        us(bare_cost.0),
+        us(traced.0)
+    );
+    println!(
+        "| client CPU per request (untraced / bare hooks / Sonde) | {:.2} / {:.2} / {:.2} µs |",
+        us(base.1),
+        us(bare_cost.1),
+        us(traced.1)
+    );
+    println!("| agent CPU per request | {:.2} µs |", us(agent_cpu));
+    println!(
+        "| added nginx worker CPU per request: bare hooks / Sonde / Sonde beyond bare hooks | {:.2} / {:.2} / {:.2} µs |",
+        us(bare_cost.0 - base.0),
+        us(worker_added),
+        us(traced.0 - bare_cost.0)
+    );
+    println!(
+        "| cost per request (agent + added nginx worker CPU) | {:.2} µs |",
+        us(agent_cpu + worker_added)
+    );
+    println!(
+        "| cost per request incl. the client's added CPU (noisy: tokio client) | {:.2} µs |",
+        us(agent_cpu + worker_added + client_added)
     );
     println!(
         "| completeness (http_events rows / requests) | {rows} / {requests} = {:.2}% |",

@@ -5,14 +5,22 @@
 //! selected process the enter hook stashes the arguments per thread; the exit hook reads them back
 //! with the return value and acts:
 //! - connect/accept(4): a new connection (tgid, fd, generation) with its role and peer address;
-//! - read/write/readv/writev/recv*/send*: the first bytes moved, in chunks of `DATA_CHUNK`, with the
-//!   position in the connection's stream so user space sees every gap;
+//! - read/write/readv/writev/recv*/send*/recvmmsg/sendmmsg: the first bytes moved, in chunks of
+//!   `DATA_CHUNK`, with the position in the connection's stream so user space sees every gap;
+//! - sendfile: the bytes never pass through user memory; they are counted and reported as a gap of
+//!   that length at the right stream position (a data event without data);
 //! - close: the connection's byte counts.
 //!
 //! Socket vs non-socket fds: fds from connect/accept are known sockets (non-inet families are ignored).
 //! Any other fd a selected process does I/O on is marked pending and reported once; user space looks
 //! at the fd (pidfd_getfd) and sets the state to traced or ignored, so files, pipes and unix sockets
-//! cost one lookup per syscall afterwards. Every loss is counted per reason in `CONN_DROPS`.
+//! cost one lookup per syscall afterwards. Bytes moved while an fd is pending are captured all the
+//! same (user space drops them if the fd is no socket): a socket inherited across fork, like a
+//! PostgreSQL backend's, starts with the message that identifies its protocol. A datagram syscall that names its peer (recvfrom/recvmsg/
+//! recvmmsg returning a source address, sendto/sendmsg/sendmmsg given a destination) is on an inet
+//! socket by definition: its connection is created right there (role server for a receive, client
+//! for a send), so an unconnected UDP server loses nothing of its first datagram; each later change
+//! of peer is reported before the data. Every loss is counted per reason in `CONN_DROPS`.
 #![no_std]
 #![no_main]
 
@@ -29,8 +37,9 @@ use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, ClassifyEvent, CloseEvent, ConnInfo,
     ConnKey, DATA_CHUNK, DIR_EGRESS, DIR_INGRESS, DROP_ARGS_MAP_FULL, DROP_CONN_MAP_FULL,
     DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_TRUNCATED, DROP_UNCLASSIFIED, DataEvent,
-    EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EventHeader, MAX_CHUNKS_PER_SYSCALL,
-    MAX_IOVECS, OpenEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
+    DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PEER, EventHeader,
+    MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OpenEvent, PeerAddr, PeerEvent,
+    ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
 };
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
@@ -66,11 +75,25 @@ const SYS_SENDTO: u32 = 44;
 const SYS_RECVFROM: u32 = 45;
 const SYS_SENDMSG: u32 = 46;
 const SYS_RECVMSG: u32 = 47;
+const SYS_SENDFILE: u32 = 40;
+const SYS_RECVMMSG: u32 = 299;
+const SYS_SENDMMSG: u32 = 307;
+
+/// sendmmsg/recvmmsg messages whose lengths are still added to the byte counts beyond the
+/// `MAX_MMSGS` whose bytes are captured.
+const MAX_MMSGS_COUNTED: u64 = 64;
+/// `struct mmsghdr`: a msghdr (56 bytes) then `msg_len` (u32), padded to 64.
+const MMSGHDR_SIZE: u64 = 64;
+const MMSGHDR_LEN_OFFSET: u64 = 56;
 
 /// How the stashed buffer argument is laid out.
 const BUF_PLAIN: u32 = 0;
 const BUF_IOVEC: u32 = 1;
 const BUF_MSGHDR: u32 = 2;
+/// An mmsghdr array (count: its length); handled by `conn_exit_mmsg`.
+const BUF_MMSG: u32 = 3;
+/// No buffer (sendfile).
+const BUF_NONE: u32 = 4;
 
 /// Unread bytes in the ring above which a write wakes the agent up; below, the agent drains the ring
 /// on its own timer. One wake-up per event would cost a context switch per syscall.
@@ -94,6 +117,10 @@ struct Args {
     count: u64,
     syscall: u32,
     layout: u32,
+    /// recvfrom/sendto: the sockaddr pointer (0: none).
+    addr: u64,
+    /// recvfrom: pointer to the address length; sendto: the address length.
+    addr_len: u64,
 }
 
 /// Offset of syscall argument `n` in a `syscalls:sys_enter_*` record (after the common header and
@@ -148,6 +175,19 @@ fn selected(tgid: u32) -> bool {
 
 #[inline(always)]
 fn stash(fd: u64, buf: u64, count: u64, syscall: u32, layout: u32) -> u32 {
+    stash_addr(fd, buf, count, syscall, layout, 0, 0)
+}
+
+#[inline(always)]
+fn stash_addr(
+    fd: u64,
+    buf: u64,
+    count: u64,
+    syscall: u32,
+    layout: u32,
+    addr: u64,
+    addr_len: u64,
+) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if !selected(tgid) {
@@ -172,6 +212,8 @@ fn stash(fd: u64, buf: u64, count: u64, syscall: u32, layout: u32) -> u32 {
         count,
         syscall,
         layout,
+        addr,
+        addr_len,
     };
     if CONN_ARGS.insert(&id, &args, 0).is_err() {
         count_drop(DROP_ARGS_MAP_FULL);
@@ -248,23 +290,29 @@ pub fn conn_enter_writev(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn conn_enter_recvfrom(ctx: TracePointContext) -> u32 {
-    stash(
+    // Args: fd, ubuf, size, flags, addr, addr_len (a pointer).
+    stash_addr(
         arg(&ctx, 0),
         arg(&ctx, 1),
         arg(&ctx, 2),
         SYS_RECVFROM,
         BUF_PLAIN,
+        arg(&ctx, 4),
+        arg(&ctx, 5),
     )
 }
 
 #[tracepoint]
 pub fn conn_enter_sendto(ctx: TracePointContext) -> u32 {
-    stash(
+    // Args: fd, buff, len, flags, addr, addr_len.
+    stash_addr(
         arg(&ctx, 0),
         arg(&ctx, 1),
         arg(&ctx, 2),
         SYS_SENDTO,
         BUF_PLAIN,
+        arg(&ctx, 4),
+        arg(&ctx, 5),
     )
 }
 
@@ -276,6 +324,36 @@ pub fn conn_enter_recvmsg(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn conn_enter_sendmsg(ctx: TracePointContext) -> u32 {
     stash(arg(&ctx, 0), arg(&ctx, 1), 0, SYS_SENDMSG, BUF_MSGHDR)
+}
+
+#[tracepoint]
+pub fn conn_enter_recvmmsg(ctx: TracePointContext) -> u32 {
+    // Args: fd, mmsg, vlen, flags, timeout.
+    stash(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SYS_RECVMMSG,
+        BUF_MMSG,
+    )
+}
+
+#[tracepoint]
+pub fn conn_enter_sendmmsg(ctx: TracePointContext) -> u32 {
+    // Args: fd, mmsg, vlen, flags.
+    stash(
+        arg(&ctx, 0),
+        arg(&ctx, 1),
+        arg(&ctx, 2),
+        SYS_SENDMMSG,
+        BUF_MMSG,
+    )
+}
+
+#[tracepoint]
+pub fn conn_enter_sendfile(ctx: TracePointContext) -> u32 {
+    // Args: out_fd, in_fd, offset, count. Only the socket side (out_fd) is traced.
+    stash(arg(&ctx, 0), 0, arg(&ctx, 3), SYS_SENDFILE, BUF_NONE)
 }
 
 #[tracepoint]
@@ -328,39 +406,114 @@ pub fn conn_exit_accept(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Reads a `sockaddr` from user memory (may be null); unreadable parts stay zero.
+#[inline(always)]
+fn read_sockaddr(sockaddr: u64) -> PeerAddr {
+    let mut peer = PeerAddr {
+        family: 0,
+        port: 0,
+        addr: [0; 16],
+    };
+    if sockaddr == 0 {
+        return peer;
+    }
+    // sockaddr_in: family u16, port u16 (big endian), addr [u8; 4];
+    // sockaddr_in6: family, port, flowinfo u32, addr [u8; 16].
+    // SAFETY: reads of user memory through the checked helper; failures leave zeros.
+    let family = unsafe { bpf_probe_read_user(sockaddr as *const u16) }.unwrap_or(0);
+    let port = unsafe { bpf_probe_read_user((sockaddr + 2) as *const u16) }.unwrap_or(0);
+    peer.family = family;
+    peer.port = u16::from_be(port);
+    if family == AF_INET {
+        let _ =
+            unsafe { bpf_probe_read_user_buf((sockaddr + 4) as *const u8, &mut peer.addr[..4]) };
+    } else if family == AF_INET6 {
+        let _ = unsafe { bpf_probe_read_user_buf((sockaddr + 8) as *const u8, &mut peer.addr) };
+    }
+    peer
+}
+
+/// An inet peer address of `len` bytes at `sockaddr`; None for null, short or non-inet ones.
+#[inline(always)]
+fn read_peer(sockaddr: u64, len: u64) -> Option<PeerAddr> {
+    // sockaddr_in is 16 bytes, sockaddr_in6 28; the kernel reports 0 for connected sockets.
+    if sockaddr == 0 || len < 16 {
+        return None;
+    }
+    let peer = read_sockaddr(sockaddr);
+    match peer.family {
+        AF_INET => Some(peer),
+        AF_INET6 if len >= 24 => Some(peer),
+        _ => None,
+    }
+}
+
+/// The `msg_name` of a msghdr in user memory, with its length (after a receive: as the kernel
+/// filled it in).
+#[inline(always)]
+fn msghdr_peer(msghdr: u64) -> Option<PeerAddr> {
+    // struct msghdr: msg_name at 0, msg_namelen (u32) at 8.
+    // SAFETY: reads of user memory through the checked helper.
+    let name = unsafe { bpf_probe_read_user(msghdr as *const u64) }.ok()?;
+    let len = unsafe { bpf_probe_read_user((msghdr + 8) as *const u32) }.ok()?;
+    read_peer(name, u64::from(len))
+}
+
+/// The peer a plain datagram syscall names, read after it returned: the source address filled in
+/// by recvfrom/recvmsg or the destination given to sendto/sendmsg.
+#[inline(always)]
+fn datagram_peer(args: &Args) -> Option<PeerAddr> {
+    match args.syscall {
+        SYS_RECVFROM => {
+            if args.addr == 0 || args.addr_len == 0 {
+                return None;
+            }
+            // SAFETY: addr_len points to the socklen_t the kernel updated.
+            let len = unsafe { bpf_probe_read_user(args.addr_len as *const u32) }.ok()?;
+            read_peer(args.addr, u64::from(len))
+        }
+        SYS_SENDTO => read_peer(args.addr, args.addr_len),
+        SYS_RECVMSG | SYS_SENDMSG => msghdr_peer(args.buf),
+        _ => None,
+    }
+}
+
+#[inline(always)]
+fn same_peer(a: &PeerAddr, b: &PeerAddr) -> bool {
+    // Field by field: a slice comparison would need memcmp, which BPF programs cannot call.
+    let mut same = a.family == b.family && a.port == b.port;
+    for i in 0..16 {
+        same = same && a.addr[i] == b.addr[i];
+    }
+    same
+}
+
 /// Records a new connection on `fd`, replacing whatever the fd was before, and reports it.
 /// `sockaddr` (user memory, may be null) is the peer address.
 #[inline(always)]
 fn open(id: u64, fd: u32, sockaddr: u64, role: u32, listen_fd: u32) {
+    open_peer(id, fd, read_sockaddr(sockaddr), role, listen_fd, 0);
+}
+
+/// A datagram with a peer address on an fd not known yet: an inet socket, traced from this datagram.
+#[inline(always)]
+fn open_datagram(id: u64, fd: u32, peer: PeerAddr, role: u32) {
+    open_peer(id, fd, peer, role, u32::MAX, OPEN_DATAGRAM);
+}
+
+#[inline(always)]
+fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags: u32) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let mut event = OpenEvent {
+    let event = OpenEvent {
         header: header(EVENT_OPEN, id, fd, now, now),
         role,
-        family: 0,
-        remote_port: 0,
-        remote_addr: [0; 16],
+        family: peer.family,
+        remote_port: peer.port,
+        remote_addr: peer.addr,
         listen_fd,
-        _pad: 0,
+        flags,
     };
-    if sockaddr != 0 {
-        // sockaddr_in: family u16, port u16 (big endian), addr [u8; 4];
-        // sockaddr_in6: family, port, flowinfo u32, addr [u8; 16].
-        // SAFETY: reads of user memory through the checked helper; failures leave zeros.
-        let family = unsafe { bpf_probe_read_user(sockaddr as *const u16) }.unwrap_or(0);
-        let port = unsafe { bpf_probe_read_user((sockaddr + 2) as *const u16) }.unwrap_or(0);
-        event.family = family;
-        event.remote_port = u16::from_be(port);
-        if family == AF_INET {
-            let _ = unsafe {
-                bpf_probe_read_user_buf((sockaddr + 4) as *const u8, &mut event.remote_addr[..4])
-            };
-        } else if family == AF_INET6 {
-            let _ = unsafe {
-                bpf_probe_read_user_buf((sockaddr + 8) as *const u8, &mut event.remote_addr)
-            };
-        }
-    }
     let key = ConnKey {
         tgid: (id >> 32) as u32,
         fd,
@@ -378,6 +531,8 @@ fn open(id: u64, fd: u32, sockaddr: u64, role: u32, listen_fd: u32) {
         bytes_recv: 0,
         state,
         role,
+        peer,
+        _pad: 0,
     };
     if CONN_CONNS.insert(&key, &info, 0).is_err() {
         count_drop(DROP_CONN_MAP_FULL);
@@ -400,7 +555,8 @@ pub fn conn_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let _ = CONN_CONNS.remove(&key);
-    if info.state != CONN_TRACE && info.state != CONN_STATS_ONLY {
+    // Pending too: user space may have created the connection from its data already.
+    if info.state != CONN_TRACE && info.state != CONN_STATS_ONLY && info.state != CONN_PENDING {
         return 0;
     }
     // SAFETY: helper without arguments.
@@ -431,17 +587,16 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
         tgid: (id >> 32) as u32,
         fd: args.fd as u32,
     };
-    let Some(info) = CONN_CONNS.get_ptr_mut(&key) else {
-        unknown_fd(id, key);
+    let egress = matches!(
+        args.syscall,
+        SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG
+    );
+    let Some(info) = conn_of(id, key, datagram_peer(&args), egress) else {
         return 0;
     };
     // SAFETY: a pointer into the map value, valid for this program run; concurrent updates of the
     // same fd from two threads may lose a count, which only skews byte statistics.
     let info = unsafe { &mut *info };
-    let egress = matches!(
-        args.syscall,
-        SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG
-    );
     let pos = if egress {
         let pos = info.bytes_sent;
         info.bytes_sent = pos + ret;
@@ -451,13 +606,8 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
         info.bytes_recv = pos + ret;
         pos
     };
-    match info.state {
-        CONN_TRACE => {}
-        CONN_PENDING => {
-            count_drop(DROP_UNCLASSIFIED);
-            return 0;
-        }
-        _ => return 0,
+    if info.state != CONN_TRACE && info.state != CONN_PENDING {
+        return 0;
     }
     let generation = info.generation;
     // SAFETY: helper without arguments.
@@ -490,6 +640,201 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The connection state of `key` for a data syscall (None: not traced, or the map is full). `peer`: the address the syscall's datagram names, if any. Such a datagram
+/// on an unknown fd, or on one user space is still classifying, settles the fd as a traced socket
+/// at once: nothing of the first datagram is lost.
+#[inline(always)]
+fn conn_of(id: u64, key: ConnKey, peer: Option<PeerAddr>, egress: bool) -> Option<*mut ConnInfo> {
+    let role = if egress { ROLE_CLIENT } else { ROLE_SERVER };
+    let Some(info) = CONN_CONNS.get_ptr_mut(&key) else {
+        match peer {
+            Some(peer) => {
+                open_datagram(id, key.fd, peer, role);
+                return CONN_CONNS.get_ptr_mut(&key);
+            }
+            None => {
+                unknown_fd(id, key);
+                return CONN_CONNS.get_ptr_mut(&key);
+            }
+        }
+    };
+    if let Some(peer) = peer {
+        // SAFETY: a pointer into the map value, valid for this program run.
+        note_peer(id, key.fd, unsafe { &mut *info }, peer, role);
+    }
+    Some(info)
+}
+
+/// A datagram names `peer`: settle a pending fd as traced, and report a change of peer so user
+/// space attributes the following data to it.
+#[inline(always)]
+fn note_peer(id: u64, fd: u32, info: &mut ConnInfo, peer: PeerAddr, role: u32) {
+    if info.state == CONN_PENDING {
+        // User space's verdict only replaces a pending state, so this one stays.
+        info.state = CONN_TRACE;
+        info.role = role;
+    }
+    if same_peer(&info.peer, &peer) {
+        return;
+    }
+    info.peer = peer;
+    if info.state != CONN_TRACE {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let event = PeerEvent {
+        header: header(EVENT_PEER, id, fd, info.generation, now),
+        peer,
+        _pad: 0,
+    };
+    if CONN_EVENTS.output::<PeerEvent>(&event, wakeup()).is_err() {
+        count_drop(DROP_RING_FULL);
+        // Forget it so the next datagram reports the peer again.
+        info.peer.family = 0;
+    }
+}
+
+/// Adds `n` bytes to one direction of a connection; returns the stream position they start at.
+#[inline(always)]
+fn advance(info: &mut ConnInfo, egress: bool, n: u64) -> u64 {
+    if egress {
+        let pos = info.bytes_sent;
+        info.bytes_sent = pos + n;
+        pos
+    } else {
+        let pos = info.bytes_recv;
+        info.bytes_recv = pos + n;
+        pos
+    }
+}
+
+/// Exit of sendmmsg/recvmmsg: each message is reported like a syscall of its own (its peer first
+/// when it changes), the first `MAX_MMSGS` with their bytes, later ones only counted.
+#[tracepoint]
+pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(args) = take_args(id) else { return 0 };
+    // SAFETY: as in conn_exit_connect.
+    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    if ret <= 0 || args.layout != BUF_MMSG {
+        return 0;
+    }
+    let msgs = ret as u64;
+    let egress = args.syscall == SYS_SENDMMSG;
+    let role = if egress { ROLE_CLIENT } else { ROLE_SERVER };
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: args.fd as u32,
+    };
+    let Some(info) = conn_of(id, key, msghdr_peer(args.buf), egress) else {
+        return 0;
+    };
+    // SAFETY: as in conn_exit_data.
+    let info = unsafe { &mut *info };
+    let Some(event) = CONN_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's scratch slot, used only for the duration of this program run.
+    let event = unsafe { &mut *event };
+    for i in 0..MAX_MMSGS as u64 {
+        if i >= msgs {
+            break;
+        }
+        let hdr = args.buf + MMSGHDR_SIZE * i;
+        // SAFETY: reads of user memory through the checked helper.
+        let len = unsafe { bpf_probe_read_user((hdr + MMSGHDR_LEN_OFFSET) as *const u32) }
+            .map_or(0, u64::from);
+        if i > 0
+            && let Some(peer) = msghdr_peer(hdr)
+        {
+            note_peer(id, key.fd, info, peer, role);
+        }
+        let pos = advance(info, egress, len);
+        if info.state != CONN_TRACE && info.state != CONN_PENDING {
+            continue;
+        }
+        // SAFETY: helper without arguments.
+        let now = unsafe { bpf_ktime_get_ns() };
+        event.header.header = header(EVENT_DATA, id, key.fd, info.generation, now);
+        event.header.syscall_len = len;
+        event.header.direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
+        event.header.syscall = args.syscall;
+        // Only the first iovec of each message: one per datagram is what senders do (glibc's
+        // resolver among them), and the verifier cannot follow messages × iovecs × chunks.
+        // SAFETY: reads of user memory through the checked helper.
+        let iov = unsafe { bpf_probe_read_user((hdr + 16) as *const u64) }.unwrap_or(0);
+        let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
+        let size = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+        let take = if size < len { size } else { len };
+        let mut budget = MAX_CHUNKS_PER_SYSCALL;
+        if emit_buffer(event, base, take, pos, &mut budget) < len {
+            count_drop(DROP_TRUNCATED);
+        }
+    }
+    if msgs > MAX_MMSGS as u64 {
+        count_drop(DROP_TRUNCATED);
+        // Later messages still count in the byte statistics and stream positions.
+        for i in MAX_MMSGS as u64..MAX_MMSGS_COUNTED {
+            if i >= msgs {
+                break;
+            }
+            let hdr = args.buf + MMSGHDR_SIZE * i;
+            // SAFETY: reads of user memory through the checked helper.
+            let len = unsafe { bpf_probe_read_user((hdr + MMSGHDR_LEN_OFFSET) as *const u32) }
+                .map_or(0, u64::from);
+            advance(info, egress, len);
+        }
+    }
+    0
+}
+
+/// Exit of sendfile: the bytes went from a file to the socket inside the kernel. They are counted
+/// and reported as a data event without data ending at the new stream position, so the parser
+/// skips them as a gap of known length (an HTTP body sent by sendfile still completes its response).
+#[tracepoint]
+pub fn conn_exit_sendfile(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(args) = take_args(id) else { return 0 };
+    // SAFETY: as in conn_exit_connect.
+    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    if ret <= 0 || args.layout != BUF_NONE {
+        return 0;
+    }
+    let ret = ret as u64;
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: args.fd as u32,
+    };
+    let Some(info) = conn_of(id, key, None, true) else {
+        return 0;
+    };
+    // SAFETY: as in conn_exit_data.
+    let info = unsafe { &mut *info };
+    let pos = advance(info, true, ret);
+    if info.state != CONN_TRACE && info.state != CONN_PENDING {
+        return 0;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let event = DataEventHeader {
+        header: header(EVENT_DATA, id, key.fd, info.generation, now),
+        syscall_len: ret,
+        stream_pos: pos + ret,
+        direction: DIR_EGRESS,
+        syscall: SYS_SENDFILE,
+        len: 0,
+        chunk: 0,
+    };
+    if CONN_EVENTS
+        .output::<DataEventHeader>(&event, wakeup())
+        .is_err()
+    {
+        count_drop(DROP_RING_FULL);
+    }
+    0
+}
+
 /// First I/O of a selected process on an fd it did not get from connect/accept: ask user space.
 #[inline(always)]
 fn unknown_fd(id: u64, key: ConnKey) {
@@ -501,6 +846,12 @@ fn unknown_fd(id: u64, key: ConnKey) {
         bytes_recv: 0,
         state: CONN_PENDING,
         role: ROLE_UNKNOWN,
+        peer: PeerAddr {
+            family: 0,
+            port: 0,
+            addr: [0; 16],
+        },
+        _pad: 0,
     };
     if CONN_CONNS.insert(&key, &info, 0).is_err() {
         count_drop(DROP_CONN_MAP_FULL);
@@ -516,8 +867,8 @@ fn unknown_fd(id: u64, key: ConnKey) {
         count_drop(DROP_RING_FULL);
         // Without the event nobody would ever classify the fd: forget it so the next I/O asks again.
         let _ = CONN_CONNS.remove(&key);
+        count_drop(DROP_UNCLASSIFIED);
     }
-    count_drop(DROP_UNCLASSIFIED);
 }
 
 /// Emits `len` bytes at user address `buf` in chunks; returns the bytes emitted.

@@ -354,6 +354,9 @@ impl Manager {
             .collect();
         self.telemetry
             .set_probe_states(statuses.iter().map(|s| &s.state));
+        // Resource metrics cover the targets of every probe, and go with the last probe on a pod.
+        let resources = self.ctx.profiler.resources();
+        resources.follow(self.running.values().flat_map(|r| &r.targets));
         self.statuses.send_if_modified(|current| {
             if *current == statuses {
                 false

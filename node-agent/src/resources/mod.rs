@@ -1,5 +1,9 @@
-//! Per-pod resource metrics (Pixie's "infra health") for the pods the agent profiles: CPU seconds,
-//! memory working set and RSS, I/O bytes and network bytes, per namespace, pod and container.
+//! Per-pod resource metrics (Pixie's "infra health") for every pod the agent's probes target: CPU
+//! seconds, memory working set and RSS, I/O bytes and network bytes, per namespace, pod and container.
+//!
+//! Which pods have series is decided by the probe manager ([`PodResources::follow`], with the
+//! targets of every running probe): a pod that no probe targets any more loses its series. The
+//! profiler additionally refreshes its own targets every period ([`PodResources::refresh`]).
 //!
 //! Sources, best first:
 //! - the container's cgroup v2 directory: `cpu.stat` (`usage_usec`), `memory.current` minus
@@ -8,13 +12,16 @@
 //! - otherwise (standalone targets, or controllers not enabled in cgroup v2 on hybrid hosts) the
 //!   sum over the container's live processes of `/proc/<pid>/stat`, `status` (`VmRSS`) and `io`;
 //! - network bytes from `/proc/<pid>/net/dev` of one process per network namespace, without `lo`,
-//!   only for namespaces other than the agent's own (a host-network process would report the node).
+//!   only for pods with a network namespace of their own: a host-network pod (or a standalone
+//!   process) shares the node's namespace and would report the node's interfaces, so it has none.
 //!
 //! Labels are bounded by the pods and containers on this node; in standalone mode there is one
-//! series with empty labels for all profiled processes together. Hand-written readers: a few
+//! series with empty labels for all targeted processes together. Hand-written readers: a few
 //! `key value` files, which no maintained crate covers for cgroup v2 without pulling much more.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,7 +29,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::probes::profiler::selection::cgroup2_mount;
 use crate::targets::TargetProcess;
+
+/// The followed pods are read again at least this often (and at once when they change).
+pub const FOLLOW_REFRESH: Duration = Duration::from_secs(5);
 
 /// `namespace`, `pod`, `container` of a series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
@@ -54,7 +65,10 @@ pub struct Reading {
     pub net_transmit_bytes: Option<u64>,
 }
 
-/// The metric families; refreshed by [`PodResources::refresh`].
+/// Processes of each container, by series labels.
+type Groups = BTreeMap<PodLabels, Vec<u32>>;
+
+/// The metric families and what is followed. Cheap to clone: every clone shares one state.
 #[derive(Clone, Debug, Default)]
 pub struct PodResources {
     cpu: Family<PodLabels, Counter<f64>>,
@@ -62,77 +76,134 @@ pub struct PodResources {
     rss: Family<PodLabels, Gauge>,
     io: Family<DirectionLabels, Counter>,
     network: Family<DirectionLabels, Counter>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
     /// Last cumulative readings, to turn them into counter increments.
     last: HashMap<PodLabels, Reading>,
+    /// The containers that have series, as last handed to `follow`.
+    followed: Groups,
+    refreshed_at: Option<Instant>,
+    /// A background read of the followed containers is running.
+    reading: bool,
 }
+
+const SCOPE: &str = "(pods targeted by any probe)";
 
 impl PodResources {
     pub fn register(registry: &mut Registry) -> PodResources {
         let r = PodResources::default();
         registry.register(
             "sonde_pod_cpu_seconds",
-            "CPU time used by the container (profiled pods)",
+            format!("CPU time used by the container {SCOPE}"),
             r.cpu.clone(),
         );
         registry.register(
             "sonde_pod_memory_working_set_bytes",
-            "Memory working set of the container: usage minus inactive file cache (profiled pods)",
+            format!("Memory working set of the container: usage minus inactive file cache {SCOPE}"),
             r.working_set.clone(),
         );
         registry.register(
             "sonde_pod_memory_rss_bytes",
-            "Anonymous resident memory of the container (profiled pods)",
+            format!("Anonymous resident memory of the container {SCOPE}"),
             r.rss.clone(),
         );
         registry.register(
             "sonde_pod_io_bytes",
-            "Block I/O bytes of the container by direction (read, write) (profiled pods)",
+            format!("Block I/O bytes of the container by direction (read, write) {SCOPE}"),
             r.io.clone(),
         );
         registry.register(
             "sonde_pod_network_bytes",
-            "Network bytes of the pod's network namespace by direction (receive, transmit), loopback excluded",
+            format!(
+                "Network bytes of the pod's own network namespace by direction (receive, transmit), \
+                 loopback excluded, the same for every container of the pod; host-network pods have \
+                 no series (they would report the node's interfaces) {SCOPE}"
+            ),
             r.network.clone(),
         );
         r
     }
 
-    /// Reads every container of `targets` and updates the series; series of containers no longer
-    /// targeted are removed.
-    pub fn refresh(&mut self, targets: &BTreeMap<u32, TargetProcess>, cgroup2: Option<&Path>) {
-        let mut groups: BTreeMap<PodLabels, Vec<u32>> = BTreeMap::new();
-        for (pid, t) in targets {
-            groups
-                .entry(PodLabels {
-                    namespace: t.namespace.clone(),
-                    pod: t.pod.clone(),
-                    container: t.container.clone(),
-                })
-                .or_default()
-                .push(*pid);
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes the containers of `targets` (every running probe's) the ones with series: series of
+    /// containers no longer among them go at once; the followed ones are read when they changed
+    /// or [`FOLLOW_REFRESH`] passed, on a blocking thread when called inside a Tokio runtime.
+    pub fn follow<'a>(&self, targets: impl IntoIterator<Item = &'a TargetProcess>) {
+        let groups = groups(targets);
+        {
+            let mut state = self.lock();
+            let due = state
+                .refreshed_at
+                .is_none_or(|at| at.elapsed() >= FOLLOW_REFRESH);
+            if state.reading || (groups == state.followed && !due) {
+                return;
+            }
+            let gone: Vec<PodLabels> = state
+                .last
+                .keys()
+                .filter(|l| !groups.contains_key(*l))
+                .cloned()
+                .collect();
+            for labels in gone {
+                self.remove(&mut state, &labels);
+            }
+            state.followed = groups.clone();
+            state.refreshed_at = Some(Instant::now());
+            state.reading = true;
         }
+        let this = self.clone();
+        let read = move || {
+            this.read_and_publish(&groups, cgroup2_mount().as_deref());
+            this.lock().reading = false;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(read)),
+            Err(_) => read(),
+        }
+    }
+
+    /// Reads the containers of `targets` that are followed and updates their series (the profiler,
+    /// each period); it never adds or removes series.
+    pub fn refresh(&self, targets: &BTreeMap<u32, TargetProcess>, cgroup2: Option<&Path>) {
+        let followed = self.lock().followed.clone();
+        let groups: Groups = groups(targets.values())
+            .into_iter()
+            .filter(|(labels, _)| followed.contains_key(labels))
+            .collect();
+        self.read_and_publish(&groups, cgroup2);
+    }
+
+    fn read_and_publish(&self, groups: &Groups, cgroup2: Option<&Path>) {
         let own_netns = netns(std::process::id());
-        for (labels, pids) in &groups {
+        // With hostPID (as deployed) and standalone, pid 1 is the node's init: its namespace is the node's.
+        let host_netns = netns(1);
+        let shared: Vec<&Path> = own_netns
+            .iter()
+            .chain(&host_netns)
+            .map(|p| p.as_path())
+            .collect();
+        for (labels, pids) in groups {
             let in_container = !labels.pod.is_empty();
             let cgroup = cgroup2
                 .filter(|_| in_container)
                 .and_then(|mount| pids.iter().find_map(|p| cgroup_dir(mount, *p)));
-            let reading = read(cgroup.as_deref(), pids, own_netns.as_deref());
-            self.publish(labels, reading);
-        }
-        let gone: Vec<PodLabels> = self
-            .last
-            .keys()
-            .filter(|l| !groups.contains_key(*l))
-            .cloned()
-            .collect();
-        for labels in gone {
-            self.remove(&labels);
+            let reading = read(cgroup.as_deref(), pids, &shared);
+            let mut state = self.lock();
+            // A container that stopped being followed while it was read keeps no series.
+            if state.followed.contains_key(labels) {
+                self.publish(&mut state, labels, reading);
+            }
         }
     }
 
-    fn publish(&mut self, labels: &PodLabels, reading: Reading) {
-        let last = self.last.get(labels).cloned().unwrap_or_default();
+    fn publish(&self, state: &mut State, labels: &PodLabels, reading: Reading) {
+        let last = state.last.get(labels).cloned().unwrap_or_default();
         let dir = |direction| DirectionLabels {
             namespace: labels.namespace.clone(),
             pod: labels.pod.clone(),
@@ -180,10 +251,10 @@ impl PodResources {
                 counter.inc_by(now.saturating_sub(before.unwrap_or(0)));
             }
         }
-        self.last.insert(labels.clone(), reading);
+        state.last.insert(labels.clone(), reading);
     }
 
-    fn remove(&mut self, labels: &PodLabels) {
+    fn remove(&self, state: &mut State, labels: &PodLabels) {
         self.cpu.remove(labels);
         self.working_set.remove(labels);
         self.rss.remove(labels);
@@ -203,8 +274,28 @@ impl PodResources {
                 direction,
             });
         }
-        self.last.remove(labels);
+        state.last.remove(labels);
     }
+}
+
+/// Targets grouped by container (pids sorted, deduplicated).
+fn groups<'a>(targets: impl IntoIterator<Item = &'a TargetProcess>) -> Groups {
+    let mut groups = Groups::new();
+    for t in targets {
+        groups
+            .entry(PodLabels {
+                namespace: t.namespace.clone(),
+                pod: t.pod.clone(),
+                container: t.container.clone(),
+            })
+            .or_default()
+            .push(t.pid);
+    }
+    for pids in groups.values_mut() {
+        pids.sort_unstable();
+        pids.dedup();
+    }
+    groups
 }
 
 /// The cgroup2 directory of `pid`, unless it is the root cgroup.
@@ -278,7 +369,9 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
 }
 
 /// Reads one container: from its cgroup where possible, else from its processes.
-pub fn read(cgroup: Option<&Path>, pids: &[u32], own_netns: Option<&Path>) -> Reading {
+/// `shared_netns`: namespaces that are not a pod's own (the agent's and the node's); processes in
+/// them report no network bytes.
+pub fn read(cgroup: Option<&Path>, pids: &[u32], shared_netns: &[&Path]) -> Reading {
     let mut r = Reading::default();
     if let Some(dir) = cgroup {
         r.cpu_seconds = read_file(dir.join("cpu.stat"))
@@ -327,7 +420,7 @@ pub fn read(cgroup: Option<&Path>, pids: &[u32], own_netns: Option<&Path>) -> Re
     let (mut rx, mut tx, mut any) = (0u64, 0u64, false);
     for pid in pids {
         let Some(ns) = netns(*pid) else { continue };
-        if Some(ns.as_path()) == own_netns || !seen.insert(ns) {
+        if shared_netns.contains(&ns.as_path()) || !seen.insert(ns) {
             continue;
         }
         if let Some(dev) = read_file(format!("/proc/{pid}/net/dev")) {
@@ -379,7 +472,8 @@ mod tests {
             .unwrap();
         let pid = child.id();
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let r = read(None, &[pid], netns(std::process::id()).as_deref());
+        let own = netns(std::process::id()).unwrap();
+        let r = read(None, &[pid], &[own.as_path()]);
         let _ = child.kill();
         let _ = child.wait();
         assert!(r.cpu_seconds.unwrap() > 0.0, "{r:?}");
@@ -388,5 +482,110 @@ mod tests {
             r.net_receive_bytes, None,
             "a host-network process reports no pod network"
         );
+    }
+
+    fn busy(prefix: &[&str]) -> std::process::Child {
+        // Busy until killed: a loop that ends could be a zombie (no memory) when it is read.
+        let mut cmd = std::process::Command::new(prefix.first().copied().unwrap_or("sh"));
+        cmd.args(prefix.iter().skip(1));
+        if !prefix.is_empty() {
+            cmd.arg("sh");
+        }
+        cmd.args(["-c", "while :; do :; done"]).spawn().unwrap()
+    }
+
+    fn target(pid: u32, pod: &str) -> TargetProcess {
+        TargetProcess {
+            pid,
+            namespace: "shop".into(),
+            pod: pod.into(),
+            pod_uid: format!("uid-{pod}"),
+            container: "app".into(),
+            container_id: String::new(),
+            exe: "/bin/sh".into(),
+            cmdline: "sh".into(),
+        }
+    }
+
+    fn series(registry: &Registry, pod: &str) -> Vec<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        let label = format!("pod=\"{pod}\"");
+        text.lines()
+            .filter(|l| l.starts_with("sonde_pod_") && l.contains(&label))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn followed_pods_get_series_and_lose_them_when_no_probe_targets_them() {
+        let mut registry = Registry::default();
+        let resources = PodResources::register(&mut registry);
+        let (mut a, mut b) = (busy(&[]), busy(&[]));
+        let (ta, tb) = (target(a.id(), "a"), target(b.id(), "b"));
+        resources.follow([&ta, &tb]);
+        let of_a = series(&registry, "a");
+        assert!(
+            of_a.iter()
+                .any(|l| l.starts_with("sonde_pod_cpu_seconds_total{"))
+                && of_a
+                    .iter()
+                    .any(|l| l.starts_with("sonde_pod_memory_rss_bytes{")),
+            "{of_a:?}"
+        );
+        assert!(!series(&registry, "b").is_empty());
+        resources.follow([&tb]);
+        assert_eq!(series(&registry, "a"), Vec::<String>::new());
+        assert!(!series(&registry, "b").is_empty());
+        resources.follow(std::iter::empty());
+        assert_eq!(series(&registry, "b"), Vec::<String>::new());
+        for c in [&mut a, &mut b] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    #[test]
+    fn the_profilers_refresh_updates_followed_pods_but_never_adds_others() {
+        let mut registry = Registry::default();
+        let resources = PodResources::register(&mut registry);
+        let mut child = busy(&[]);
+        let t = target(child.id(), "profiled");
+        let targets = BTreeMap::from([(t.pid, t.clone())]);
+        resources.refresh(&targets, cgroup2_mount().as_deref());
+        assert!(series(&registry, "profiled").is_empty());
+        resources.follow([&t]);
+        resources.refresh(&targets, cgroup2_mount().as_deref());
+        assert!(!series(&registry, "profiled").is_empty());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn only_a_pod_with_its_own_network_namespace_reports_network_bytes() {
+        let own = netns(std::process::id()).unwrap();
+        // pid 1's namespace may be unreadable in a sandbox; the agent's own is what this test shares.
+        let host = netns(1);
+        let shared: Vec<&Path> = std::iter::once(own.as_path())
+            .chain(host.as_deref())
+            .collect();
+        let mut host_net = busy(&[]);
+        // `unshare -n` gives the loop a network namespace of its own, as a pod sandbox has.
+        let mut own_net = busy(&["unshare", "-n", "--"]);
+        let pid = own_net.id();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while netns(pid).as_ref() == Some(&own) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let in_host = read(None, &[host_net.id()], &shared);
+        let in_pod = read(None, &[pid], &shared);
+        for c in [&mut host_net, &mut own_net] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert_eq!(in_host.net_receive_bytes, None, "{in_host:?}");
+        // A fresh namespace has only `lo`, which is left out: zero bytes, but reported.
+        assert_eq!(in_pod.net_receive_bytes, Some(0), "{in_pod:?}");
+        assert_eq!(in_pod.net_transmit_bytes, Some(0), "{in_pod:?}");
     }
 }

@@ -9,18 +9,21 @@
 //!
 //! Tables outlive the probes that created them: their rows stay queryable until evicted. Memory is
 //! bounded twice: per table (oldest rows of that table go first) and in total (oldest rows of the
-//! largest table go first). Sizes are estimates of heap use, computed per row at append.
+//! largest table go first). Sizes are estimates of a row's heap use as a [`Row`], computed at append
+//! (rows are kept encoded in one byte ring per table, see `stored`, which takes less).
 mod format;
 mod query;
+mod stored;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 pub use format::{Format, encode};
 pub use query::{MAX_LIMIT, Query, QueryError, parse_since};
+use stored::StoredRows;
 
 use crate::telemetry::{TableLabels, TableMetrics};
 
@@ -163,7 +166,7 @@ struct Table {
 #[derive(Debug, Default)]
 struct TableData {
     /// Each row with its estimated size.
-    rows: VecDeque<(Row, usize)>,
+    rows: StoredRows,
     bytes: usize,
 }
 
@@ -314,18 +317,10 @@ impl Store {
                     table: name.to_owned(),
                 })?
         };
-        let data = lock(&table.data);
+        let mut data = lock(&table.data);
         let since = query.since_ns.unwrap_or(i64::MIN);
-        let mut rows: Vec<Row> = data
-            .rows
-            .iter()
-            .rev()
-            .filter(|(r, _)| r.time_ns >= since)
-            .take(query.limit)
-            .map(|(r, _)| r.clone())
-            .collect();
+        let rows = data.rows.newest(since, query.limit);
         drop(data);
-        rows.reverse();
         Ok(QueryResult {
             node: self.inner.node.clone(),
             columns: table.columns.clone(),
@@ -364,7 +359,7 @@ impl Table {
     fn evict_to(&self, store: &StoreInner, data: &mut TableData, limit: usize) -> usize {
         let (mut freed, mut count) = (0, 0u64);
         while data.bytes > limit {
-            let Some((_, size)) = data.rows.pop_front() else {
+            let Some(size) = data.rows.pop_front() else {
                 break;
             };
             data.bytes -= size;
@@ -400,20 +395,39 @@ impl Table {
 impl TableWriter {
     /// Appends `row`; rows of the wrong width are counted as rejected and dropped.
     pub fn append(&self, row: Row) {
+        self.append_all(std::iter::once(row));
+    }
+
+    /// Appends `rows` in order under one lock, with one eviction pass and one metrics update (what a
+    /// runtime writing many rows at once should use); rows of the wrong width are counted as
+    /// rejected and dropped.
+    pub fn append_all(&self, rows: impl IntoIterator<Item = Row>) {
         let (table, store) = (&self.table, &*self.store);
-        if row.values.len() + TARGET_COLUMNS.len() != table.columns.len() {
-            table.rejected.fetch_add(1, Ordering::Relaxed);
-            store.metrics.rejected.get_or_create(&table.labels).inc();
-            return;
-        }
-        let size = row_size(&row);
+        let width = table.columns.len() - TARGET_COLUMNS.len();
+        let (mut added, mut rejected) = (0, 0u64);
         {
             let mut data = lock(&table.data);
-            data.rows.push_back((row, size));
-            data.bytes += size;
-            store.total_bytes.fetch_add(size, Ordering::Relaxed);
+            for row in rows {
+                if row.values.len() != width {
+                    rejected += 1;
+                    continue;
+                }
+                let size = row_size(&row);
+                data.rows.push(&row, size);
+                data.bytes += size;
+                added += size;
+            }
+            store.total_bytes.fetch_add(added, Ordering::Relaxed);
             table.evict_to(store, &mut data, store.budget.per_table);
             table.publish(store, &data);
+        }
+        if rejected > 0 {
+            table.rejected.fetch_add(rejected, Ordering::Relaxed);
+            store
+                .metrics
+                .rejected
+                .get_or_create(&table.labels)
+                .inc_by(rejected);
         }
         if store.total_bytes.load(Ordering::Relaxed) > store.budget.total {
             self.enforce_total();

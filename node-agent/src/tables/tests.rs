@@ -123,6 +123,37 @@ fn rows_of_the_wrong_width_are_rejected_and_counted() {
 }
 
 #[test]
+fn a_batch_of_rows_is_appended_in_order_with_bad_rows_rejected_and_the_oldest_evicted() {
+    let one = row_size(&row(0, "cat"));
+    let (s, metrics) = store(one * 10, 1 << 30);
+    let w = s.create("t", "o", cols()).unwrap();
+    let mut batch: Vec<Row> = (0..25).map(|t| row(t, "cat")).collect();
+    batch[3].values.pop();
+    w.append_all(batch);
+    let info = &s.list()[0];
+    assert_eq!(
+        (info.rows, info.evicted_rows, info.rejected_rows),
+        (10, 14, 1)
+    );
+    assert!(info.bytes <= one * 10);
+    assert_eq!(s.total_bytes(), info.bytes);
+    assert_eq!(metrics.rows.get_or_create(&labels("t")).get(), 10);
+    assert_eq!(metrics.evicted.get_or_create(&labels("t")).get(), 14);
+    assert_eq!(metrics.rejected.get_or_create(&labels("t")).get(), 1);
+    let all = s
+        .query(
+            "t",
+            &Query {
+                limit: 100,
+                since_ns: None,
+            },
+        )
+        .unwrap();
+    let times: Vec<i64> = all.rows.iter().map(|r| r.time_ns).collect();
+    assert_eq!(times, (15..25).collect::<Vec<i64>>());
+}
+
+#[test]
 fn creating_a_table_again_with_the_same_columns_shares_its_rows() {
     let (s, _) = store(1 << 20, 1 << 20);
     s.create("t", "first", cols()).unwrap().append(row(1, "a"));

@@ -15,6 +15,7 @@ use sonde_api::{
 };
 
 use super::pods::{LivePod, live_pod};
+use crate::auto_telemetry::AutoTelemetry;
 use crate::resources::SondeResource;
 use crate::ttl;
 
@@ -26,6 +27,8 @@ pub struct Snapshot {
     pub tracepoints: Vec<Arc<Tracepoint>>,
     pub dynamic_logs: Vec<Arc<DynamicLog>>,
     pub bpftrace_scripts: Vec<Arc<BpftraceScript>>,
+    /// Cluster-wide probes switched on by the operator's flags (off by default).
+    pub auto_telemetry: AutoTelemetry,
 }
 
 /// What every node should run.
@@ -37,6 +40,8 @@ pub struct Desired {
     pub next_expiry: Option<Timestamp>,
     /// Resources left out because their spec cannot be used (message names resource and field).
     pub skipped: Vec<String>,
+    /// Targets (containers) of each auto-telemetry feature on all nodes, by feature name.
+    pub auto_targets: BTreeMap<&'static str, usize>,
 }
 
 pub fn desired_assignments(snapshot: &Snapshot, now: Timestamp) -> Desired {
@@ -96,6 +101,13 @@ pub fn desired_assignments(snapshot: &Snapshot, now: Timestamp) -> Desired {
         }
     }
 
+    add_auto_telemetry(
+        &snapshot.auto_telemetry,
+        &pods_by_namespace,
+        &mut probes,
+        &mut desired,
+    );
+
     desired.specs = probes
         .into_iter()
         .map(|(node, mut list)| {
@@ -143,6 +155,30 @@ fn add_namespaced<K: SondeResource>(
                 list.push(probe(&**res, config.clone(), targets));
             }
         }
+    }
+}
+
+/// One probe per switched-on feature on every node, even one without pods yet: the feature is
+/// on cluster-wide, and a probe that comes and goes with the node's first pod would only churn.
+fn add_auto_telemetry(
+    auto: &AutoTelemetry,
+    pods_by_namespace: &HashMap<&str, Vec<LivePod<'_>>>,
+    probes: &mut BTreeMap<&str, Vec<AssignedProbe>>,
+    desired: &mut Desired,
+) {
+    let features = auto.features();
+    if features.is_empty() {
+        return;
+    }
+    let per_node = auto.targets_per_node(pods_by_namespace);
+    for feature in &features {
+        let mut total = 0;
+        for (node, list) in probes.iter_mut() {
+            let targets = per_node.get(node).cloned().unwrap_or_default();
+            total += targets.len();
+            list.push(feature.probe(targets));
+        }
+        desired.auto_targets.insert(feature.name, total);
     }
 }
 
@@ -536,6 +572,113 @@ mod tests {
         assert_eq!(
             p.process.as_ref().and_then(|s| s.exe.as_deref()),
             Some("*/nginx")
+        );
+    }
+
+    fn auto_snapshot() -> Snapshot {
+        Snapshot {
+            nodes: vec![node("n1", &[]), node("n2", &[]), node("empty", &[])],
+            pods: vec![
+                pod("shop", "web", "n1", &[], &[("nginx", "containerd://a")]),
+                pod("other", "db", "n2", &[], &[("pg", "containerd://b")]),
+                pod("kube-system", "dns", "n1", &[], &[("c", "containerd://c")]),
+                pod(
+                    "sonde-system",
+                    "agent",
+                    "n1",
+                    &[],
+                    &[("c", "containerd://d")],
+                ),
+            ],
+            tracepoints: vec![tracepoint(
+                "shop",
+                "http",
+                Some(match_labels(&[("app", "none")])),
+            )],
+            auto_telemetry: AutoTelemetry::new(
+                &[sonde_api::Protocol::Http],
+                99,
+                None,
+                "sonde-system",
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn pods_of(d: &Desired, node: &str, id: &str) -> Vec<String> {
+        let probe = d.specs[node].probes.iter().find(|p| p.id == id).unwrap();
+        probe.targets.iter().map(|t| t.pod.clone()).collect()
+    }
+
+    #[test]
+    fn auto_telemetry_targets_every_pod_of_each_node_outside_the_excluded_namespaces() {
+        let d = desired_assignments(&auto_snapshot(), now());
+        for node in ["n1", "n2", "empty"] {
+            assert_eq!(
+                ids(&d, node),
+                ["AutoTelemetry/profiler", "AutoTelemetry/protocols"]
+            );
+        }
+        assert_eq!(pods_of(&d, "n1", "AutoTelemetry/protocols"), ["web"]);
+        assert_eq!(pods_of(&d, "n2", "AutoTelemetry/profiler"), ["db"]);
+        assert!(pods_of(&d, "empty", "AutoTelemetry/protocols").is_empty());
+        assert_eq!(
+            d.auto_targets,
+            BTreeMap::from([("profiler", 2), ("protocols", 2)])
+        );
+        let owner = &d.specs["n1"].probes[1].owner;
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.namespace.as_deref(),
+                owner.name.as_str()
+            ),
+            ("AutoTelemetry", None, "protocols")
+        );
+        let sonde_api::ProbeConfig::Tracepoint(spec) = &d.specs["n1"].probes[1].config else {
+            panic!("not a Tracepoint config");
+        };
+        assert_eq!(spec.probe.protocols, Some(vec![sonde_api::Protocol::Http]));
+    }
+
+    #[test]
+    fn pod_churn_changes_only_the_auto_telemetry_targets_of_that_node() {
+        let mut snap = auto_snapshot();
+        let before = desired_assignments(&snap, now());
+        snap.pods.push(pod(
+            "shop",
+            "web-2",
+            "n1",
+            &[],
+            &[("nginx", "containerd://e")],
+        ));
+        let after = desired_assignments(&snap, now());
+        assert_eq!(
+            pods_of(&after, "n1", "AutoTelemetry/protocols"),
+            ["web", "web-2"]
+        );
+        assert_eq!(before.specs["n2"], after.specs["n2"]);
+        snap.pods
+            .retain(|p| p.metadata.name.as_deref() == Some("db"));
+        let gone = desired_assignments(&snap, now());
+        assert!(pods_of(&gone, "n1", "AutoTelemetry/protocols").is_empty());
+        assert_eq!(gone.auto_targets["protocols"], 1);
+    }
+
+    #[test]
+    fn auto_telemetry_is_off_by_default_and_leaves_namespaced_resources_in_their_namespace() {
+        let mut snap = auto_snapshot();
+        snap.auto_telemetry = AutoTelemetry::default();
+        let d = desired_assignments(&snap, now());
+        assert!(d.specs.values().all(|s| s.probes.is_empty()));
+        assert!(d.auto_targets.is_empty());
+        // With it on, the Tracepoint selecting nothing still selects nothing.
+        let d = desired_assignments(&auto_snapshot(), now());
+        assert!(
+            d.specs
+                .values()
+                .flat_map(|s| &s.probes)
+                .all(|p| p.owner.kind == "AutoTelemetry")
         );
     }
 }

@@ -99,8 +99,15 @@ pub async fn pass(ctx: &Context) -> PassReport {
         tracepoints: stores.tracepoints.state(),
         dynamic_logs: stores.dynamic_logs.state(),
         bpftrace_scripts: stores.bpftrace_scripts.state(),
+        auto_telemetry: ctx.auto_telemetry.clone(),
     };
     let desired = desired_assignments(&snapshot, Timestamp::now());
+    for (feature, targets) in &desired.auto_targets {
+        let before = ctx.metrics.set_auto_telemetry_targets(feature, *targets);
+        if before != Some(*targets) {
+            info!(feature, targets, ?before, "auto-telemetry targets changed");
+        }
+    }
     for problem in &desired.skipped {
         warn!(problem, "resource left out of assignments");
     }

@@ -37,23 +37,45 @@ pub struct Head {
     pub path: String,
     pub status: u16,
     pub reason: String,
-    /// Names as sent; values decoded lossily (they are displayed, never interpreted further).
-    pub headers: Vec<(String, String)>,
+    /// Every header name and value, one after the other (two allocations per head instead of two
+    /// per header); names as sent, values decoded lossily (they are displayed, never interpreted
+    /// further). See [`Head::headers`].
+    header_text: String,
+    /// End offsets in `header_text` of each header's name and value, in order.
+    header_ends: Vec<(u32, u32)>,
 }
 
 impl Head {
+    /// Every header as (name, value), in the order they came.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        let mut start = 0;
+        self.header_ends.iter().map(move |&(name_end, value_end)| {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let name = self.header_text.get(start..name_end).unwrap_or("");
+            let value = self.header_text.get(name_end..value_end).unwrap_or("");
+            start = value_end;
+            (name, value)
+        })
+    }
+
+    fn push_header(&mut self, name: &str, value: &[u8]) {
+        self.header_text.push_str(name);
+        let name_end = self.header_text.len() as u32;
+        self.header_text.push_str(&String::from_utf8_lossy(value));
+        self.header_ends
+            .push((name_end, self.header_text.len() as u32));
+    }
+
     /// First value of a header, by case-insensitive name; "" when absent.
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .iter()
+        self.headers()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.trim())
             .unwrap_or("")
     }
 
     fn is_chunked(&self) -> bool {
-        self.headers
-            .iter()
+        self.headers()
             .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
             .flat_map(|(_, v)| v.split(','))
             .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
@@ -63,8 +85,7 @@ impl Head {
     fn content_length(&self) -> Result<Option<u64>, &'static str> {
         let mut length = None;
         let values = self
-            .headers
-            .iter()
+            .headers()
             .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .flat_map(|(_, v)| v.split(','));
         for value in values {
@@ -413,52 +434,73 @@ impl Reader {
     }
 }
 
+/// Header slots tried first: initialising all [`MAX_HEADERS`] slots for every head costs more than
+/// parsing a usual head; one with more headers is parsed again with all of them.
+const FEW_HEADERS: usize = 24;
+
 fn parse_head(side: Side, buf: &[u8]) -> Result<httparse::Status<(Head, usize)>, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let (status, mut head) = match side {
+    match parse_head_with::<FEW_HEADERS>(side, buf) {
+        Err(TOO_MANY_HEADERS) => parse_head_with::<MAX_HEADERS>(side, buf),
+        other => other,
+    }
+}
+
+fn head_from(headers: &[httparse::Header<'_>], mut head: Head) -> Head {
+    let size: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    head.header_text.reserve_exact(size);
+    head.header_ends.reserve_exact(headers.len());
+    for h in headers {
+        head.push_header(h.name, h.value);
+    }
+    head
+}
+
+fn parse_head_with<const SLOTS: usize>(
+    side: Side,
+    buf: &[u8],
+) -> Result<httparse::Status<(Head, usize)>, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; SLOTS];
+    // The head's strings are only made once it is complete.
+    let complete = match side {
         Side::Request => {
             let mut req = httparse::Request::new(&mut slots);
-            let status = req.parse(buf).map_err(|e| error_reason(side, e))?;
-            let head = Head {
-                minor_version: req.version.unwrap_or(1),
-                method: req.method.unwrap_or("").to_string(),
-                path: req.path.unwrap_or("").to_string(),
-                ..Head::default()
-            };
-            (status, head)
+            match req.parse(buf).map_err(|e| error_reason(side, e))? {
+                httparse::Status::Complete(n) => {
+                    let head = Head {
+                        minor_version: req.version.unwrap_or(1),
+                        method: req.method.unwrap_or("").to_string(),
+                        path: req.path.unwrap_or("").to_string(),
+                        ..Head::default()
+                    };
+                    (head_from(req.headers, head), n)
+                }
+                httparse::Status::Partial => return Ok(httparse::Status::Partial),
+            }
         }
         Side::Response => {
             let mut resp = httparse::Response::new(&mut slots);
-            let status = resp.parse(buf).map_err(|e| error_reason(side, e))?;
-            let head = Head {
-                minor_version: resp.version.unwrap_or(1),
-                status: resp.code.unwrap_or(0),
-                reason: resp.reason.unwrap_or("").to_string(),
-                ..Head::default()
-            };
-            (status, head)
+            match resp.parse(buf).map_err(|e| error_reason(side, e))? {
+                httparse::Status::Complete(n) => {
+                    let head = Head {
+                        minor_version: resp.version.unwrap_or(1),
+                        status: resp.code.unwrap_or(0),
+                        reason: resp.reason.unwrap_or("").to_string(),
+                        ..Head::default()
+                    };
+                    (head_from(resp.headers, head), n)
+                }
+                httparse::Status::Partial => return Ok(httparse::Status::Partial),
+            }
         }
     };
-    let n = match status {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(httparse::Status::Partial),
-    };
-    head.headers = slots
-        .iter()
-        .take_while(|h| !h.name.is_empty())
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
-    Ok(httparse::Status::Complete((head, n)))
+    Ok(httparse::Status::Complete(complete))
 }
+
+const TOO_MANY_HEADERS: &str = "too_many_headers";
 
 fn error_reason(side: Side, e: httparse::Error) -> &'static str {
     match (side, e) {
-        (_, httparse::Error::TooManyHeaders) => "too_many_headers",
+        (_, httparse::Error::TooManyHeaders) => TOO_MANY_HEADERS,
         (_, httparse::Error::HeaderName | httparse::Error::HeaderValue) => "bad_header",
         (Side::Request, _) => "bad_request_line",
         (Side::Response, _) => "bad_status_line",

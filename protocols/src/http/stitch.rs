@@ -166,7 +166,7 @@ impl Stitcher {
                 (
                     content_type,
                     [
-                        Field::String(headers_json(&resp.head.headers, redact)),
+                        Field::String(headers_json(resp.head.headers(), redact)),
                         Field::Int64(i64::from(resp.head.status)),
                         Field::String(resp.head.reason.clone()),
                         Field::String(body),
@@ -189,16 +189,18 @@ impl Stitcher {
                 None,
             ),
         };
-        let mut fields = vec![
+        // One allocation: the response fields are added without growing it.
+        let mut fields = Vec::with_capacity(8 + resp_fields.len());
+        fields.extend([
             Field::Int64(1),
             Field::Int64(i64::from(req.head.minor_version)),
             Field::String(content_type.to_string()),
-            Field::String(headers_json(&req.head.headers, redact)),
-            Field::String(req.head.method.clone()),
-            Field::String(req.head.path.clone()),
+            Field::String(headers_json(req.head.headers(), redact)),
+            Field::String(req.head.method),
+            Field::String(req.head.path),
             Field::String(req_body),
             Field::Int64(clamp(req.body.size)),
-        ];
+        ]);
         fields.extend(resp_fields);
         Record {
             request_ns: req.start_ns,
@@ -226,23 +228,91 @@ fn is_secret(name: &str) -> bool {
 }
 
 /// A JSON object `{name: value}` (keys sorted, repeated names joined with `, `), secrets redacted.
-pub fn headers_json(headers: &[(String, String)], redact: bool) -> String {
-    let mut map = serde_json::Map::new();
-    for (name, value) in headers {
-        let value = if redact && is_secret(name) {
-            REDACTED
+/// Written directly, byte for byte what serializing a `serde_json::Map` gives (sorted keys, same
+/// escapes), without building the map: this runs twice per HTTP record.
+pub fn headers_json<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>, redact: bool) -> String {
+    // Sorted on the stack for usual heads.
+    const ON_STACK: usize = 32;
+    let mut stack = [("", ""); ON_STACK];
+    let mut heap = Vec::new();
+    let mut n = 0;
+    for header in headers {
+        if n < ON_STACK {
+            stack[n] = header;
         } else {
-            value.as_str()
-        };
-        match map.get_mut(name) {
-            Some(serde_json::Value::String(existing)) => {
-                existing.push_str(", ");
-                existing.push_str(value);
+            if heap.is_empty() {
+                heap.extend_from_slice(&stack);
             }
-            _ => {
-                map.insert(name.clone(), serde_json::Value::String(value.to_string()));
-            }
+            heap.push(header);
         }
+        n += 1;
     }
-    serde_json::Value::Object(map).to_string()
+    let order: &mut [(&str, &str)] = if n <= ON_STACK {
+        &mut stack[..n]
+    } else {
+        &mut heap
+    };
+    // Stable: values of a repeated name stay in the order they came.
+    order.sort_by(|a, b| a.0.cmp(b.0));
+    let size: usize = order.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
+    let mut out = String::with_capacity(size + 2);
+    out.push('{');
+    let mut i = 0;
+    while let Some((name, _)) = order.get(i) {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        push_json_escaped(&mut out, name);
+        out.push_str("\":\"");
+        let mut first = true;
+        while let Some((next, value)) = order.get(i).copied()
+            && next == *name
+        {
+            if !first {
+                out.push_str(", ");
+            }
+            first = false;
+            let value = if redact && is_secret(next) {
+                REDACTED
+            } else {
+                value
+            };
+            push_json_escaped(&mut out, value);
+            i += 1;
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
+}
+
+/// JSON string escapes as serde_json writes them: `\"`, `\\`, the short forms of \b \f \n \r \t,
+/// `\u00xx` (lowercase hex) for other control characters; everything else as is.
+fn push_json_escaped(out: &mut String, s: &str) {
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => "",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
 }

@@ -374,3 +374,111 @@ fn a_response_arriving_before_its_request_is_fed_is_still_paired() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].latency_ns, Some(100));
 }
+
+/// What `headers_json` wrote before it wrote JSON by hand: a serde_json object.
+fn headers_json_by_serde(headers: &[(String, String)], redact: bool) -> String {
+    let mut map = serde_json::Map::new();
+    for (name, value) in headers {
+        let secret = [
+            "authorization",
+            "proxy-authorization",
+            "cookie",
+            "set-cookie",
+        ]
+        .iter()
+        .any(|s| name.eq_ignore_ascii_case(s));
+        let value = if redact && secret {
+            crate::REDACTED
+        } else {
+            value
+        };
+        match map.get_mut(name) {
+            Some(serde_json::Value::String(existing)) => {
+                existing.push_str(", ");
+                existing.push_str(value);
+            }
+            _ => {
+                map.insert(name.clone(), serde_json::Value::String(value.to_owned()));
+            }
+        }
+    }
+    serde_json::Value::Object(map).to_string()
+}
+
+#[test]
+fn header_json_is_byte_for_byte_what_a_serde_json_object_gives() {
+    let cases: Vec<Vec<(&str, &str)>> = vec![
+        vec![],
+        vec![
+            ("Host", "example"),
+            ("Accept", "*/*"),
+            ("User-Agent", "curl/8"),
+        ],
+        vec![("X-A", "1"), ("x-a", "2"), ("X-A", "3"), ("B", "")],
+        vec![
+            ("Cookie", "a=1"),
+            ("cookie", "b=2"),
+            ("Authorization", "Bearer x"),
+        ],
+        vec![(
+            "Q",
+            "quote \" back \\ ctl \u{1}\u{8}\u{c}\n\r\t\u{1f}\u{7f} é ✓ 😀",
+        )],
+        vec![("Z", "last"), ("A", "first"), ("M\"x", "mid")],
+    ];
+    let mut cases: Vec<Vec<(String, String)>> = cases
+        .iter()
+        .map(|case| {
+            case.iter()
+                .map(|(n, v)| ((*n).to_owned(), (*v).to_owned()))
+                .collect()
+        })
+        .collect();
+    // More headers than are sorted on the stack, some repeated.
+    cases.push(
+        (0..45)
+            .map(|i| (format!("X-{}", 50 - i % 40), format!("v{i}")))
+            .collect(),
+    );
+    for headers in cases {
+        for redact in [true, false] {
+            assert_eq!(
+                super::stitch::headers_json(
+                    headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                    redact
+                ),
+                headers_json_by_serde(&headers, redact),
+                "{headers:?} redact={redact}"
+            );
+        }
+    }
+}
+
+#[test]
+fn heads_with_many_headers_parse_up_to_the_limit_and_beyond_it_are_an_error() {
+    let head = |count: usize| {
+        let mut text = String::from("GET /many HTTP/1.1\r\n");
+        for i in 0..count {
+            text.push_str(&format!("X-H{i}: {i}\r\n"));
+        }
+        text.push_str("\r\n");
+        text
+    };
+    // More than are tried first, within the limit: parsed, every header kept.
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 1, head(60).as_bytes(), &mut out);
+    feed(&mut p, Direction::Ingress, 2, OK_2, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(text(&out[0], "req_path"), "/many");
+    let headers: serde_json::Value = serde_json::from_str(text(&out[0], "req_headers")).unwrap();
+    assert_eq!(headers.as_object().unwrap().len(), 60);
+    assert_eq!(headers["X-H59"], "59");
+    // Past the limit: an error, never a panic.
+    let mut p = parser();
+    let mut records = Vec::new();
+    let err = p
+        .feed(Direction::Egress, 1, head(200).as_bytes(), &mut records)
+        .unwrap_err();
+    assert_eq!(err.reason, "too_many_headers");
+}

@@ -62,7 +62,13 @@ impl Binary {
     /// Reads `path` (usually `/proc/<pid>/root/<exe>`); `root` is the target's root for finding a
     /// separate debug file.
     pub fn read(path: &Path, root: &Path) -> Result<Binary, BinaryError> {
-        let data = std::fs::read(path).map_err(|source| BinaryError::Read {
+        Binary::read_as(path, path, root)
+    }
+
+    /// Reads `file` (e.g. a process's running executable, see [`super::running`]) as the binary
+    /// at `path`: messages name `path`, and a `.gnu_debuglink` file is looked up beside it.
+    pub fn read_as(file: &Path, path: &Path, root: &Path) -> Result<Binary, BinaryError> {
+        let data = std::fs::read(file).map_err(|source| BinaryError::Read {
             path: path.to_owned(),
             source,
         })?;

@@ -49,7 +49,8 @@ impl<T> Joiner<T> {
     pub fn enter(&mut self, tgid: u32, goid: u64, call: Open<T>) {
         let stack = self.open.entry((tgid, goid)).or_default();
         // Frames at this depth or deeper cannot still be running. The same depth twice is Go
-        // re-running a prologue after growing the stack: the same call, not a lost one.
+        // re-running a prologue after morestack (only where the entry probe could not be put after
+        // the stack check, see `prologue`): the same call, not a lost one.
         while let Some(top) = stack.last() {
             if top.depth < call.depth {
                 break;

@@ -54,7 +54,7 @@ pub enum KernelError {
         source: ProgramError,
     },
     #[error(
-        "cannot attach a uprobe to {path} at file offset {offset:#x} for pid {pid}: {source}; does the kernel support uprobes (CONFIG_UPROBE_EVENTS)?"
+        "cannot attach a uprobe to {path} (the file pid {pid} runs) at file offset {offset:#x}: {source}; does the kernel support uprobes (CONFIG_UPROBE_EVENTS)?"
     )]
     Attach {
         path: PathBuf,
@@ -183,9 +183,11 @@ impl Kernel {
             .remove(&cookie);
     }
 
-    /// Attaches at each point of `path`, for `pid` only. On failure nothing stays attached.
+    /// Attaches at each point of `file` (known to users as `path`), for `pid` only. On failure
+    /// nothing stays attached.
     pub fn attach(
         &self,
+        file: &Path,
         path: &Path,
         pid: u32,
         points: &[Point],
@@ -204,7 +206,7 @@ impl Kernel {
                 names::PROGRAM
             };
             let result = program(&mut inner.ebpf, name).and_then(|prog| {
-                prog.attach(point, path, scope)
+                prog.attach(point, file, scope)
                     .map_err(|source| KernelError::Attach {
                         path: path.to_owned(),
                         offset: p.offset,

@@ -9,8 +9,9 @@
 //! - `DynamicLogProbe::update(&mut self, probe, spec, targets)` (async): new spec or new processes.
 //! - `DynamicLogProbe::stop(self)` (async): detaches everything this probe attached.
 //!
-//! How a call becomes a row: [`analyze`] reads the target's ELF and DWARF ([`binary`], [`dwarf`],
-//! [`types`]), replays the calling convention ([`goabi`], [`sysv`]) to place the parameters, turns the
+//! How a call becomes a row: [`running`] opens the file each target process runs (not the one now
+//! at its path, which a deploy may have replaced), [`analyze`] reads its ELF and DWARF ([`binary`],
+//! [`dwarf`], [`types`]), replays the calling convention ([`goabi`], [`sysv`]) to place the parameters, turns the
 //! capture expressions ([`expr`]) into kernel plans and renderers ([`plan`]) and finds every RET
 //! ([`rets`]). [`kernel`] stores the plans by attach cookie in the one precompiled uprobe program and
 //! attaches it at the entry and at each RET of each target process. Its events are decoded
@@ -32,12 +33,13 @@ pub mod join;
 pub mod kernel;
 pub mod metrics;
 pub mod plan;
+pub mod prologue;
 pub mod rets;
+pub mod running;
 pub mod sysv;
 pub mod types;
 
 use std::collections::{BTreeMap, HashMap};
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
@@ -46,14 +48,16 @@ use prometheus_client::registry::Registry;
 use sonde_api::{AssignedProbe, DynamicLogSpec, ProbeState};
 use sonde_common::dynlog::EventHeader;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
-use self::analyze::{Analysis, Returns, analyze};
+use self::analyze::{Analysis, Returns, analyze_binary};
+use self::binary::Binary;
 use self::decode::Record;
 use self::join::{Joiner, Open};
 use self::kernel::{Kernel, Link, Point, Sink};
 use self::metrics::{DynamicLogMetrics, ProbeLabels};
 use self::plan::{ColumnPlan, Planned};
+use self::running::{FileKey, RunningFile, running_key};
 use super::{ProbeContext, RuntimeStatus};
 use crate::tables::{Column, ColumnType, Row, TableWriter, Value};
 use crate::targets::TargetProcess;
@@ -176,9 +180,6 @@ impl DynamicLogProbe {
         }
     }
 }
-
-/// A binary's identity, so processes of one executable share one analysis.
-type FileKey = (u64, u64);
 
 /// A probe on one binary: its cookies, where to attach, and the sink of its events.
 struct Capture {
@@ -487,6 +488,20 @@ impl Actor {
                 kernel.detach(links);
             }
         }
+        // A process that exec'd another binary keeps its pid: its probes sit on the old file and
+        // see nothing, so attach it afresh.
+        let reexecuted: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(pid, (key, _))| running_key(**pid).is_some_and(|now| now != *key))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in reexecuted {
+            if let Some((_, links)) = self.attached.remove(&pid) {
+                info!(probe = %self.probe.id, pid, "DynamicLog target runs another executable now; attaching afresh");
+                kernel.detach(links);
+            }
+        }
         if !gone.is_empty() {
             self.sweep(&gone);
         }
@@ -511,23 +526,28 @@ impl Actor {
         self.publish(targets.len());
     }
 
+    /// The capture of the binary `running` (one analysis per binary, shared by its processes).
     async fn capture_for(
         &mut self,
-        key: FileKey,
+        running: &RunningFile,
         target: &TargetProcess,
     ) -> Result<Arc<Capture>, String> {
-        if let Some(result) = self.binaries.get(&key) {
+        if let Some(result) = self.binaries.get(&running.key) {
             return result.clone();
         }
+        // Read the file the process runs; name it by its path for messages and debuglink lookup.
+        let file = running.path();
         let path = target.host_exe();
         let root = PathBuf::from(format!("/proc/{}/root", target.pid));
         let spec = self.spec.clone();
-        let result = tokio::task::spawn_blocking(move || analyze(&path, &root, &spec))
-            .await
-            .map_err(|e| format!("the analysis of {} panicked: {e}", target.exe.display()))
-            .and_then(|r| r.map_err(|e| e.to_string()))
-            .and_then(|analysis| self.install(analysis));
-        self.binaries.insert(key, result.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            analyze_binary(&Binary::read_as(&file, &path, &root)?, &spec)
+        })
+        .await
+        .map_err(|e| format!("the analysis of {} panicked: {e}", target.exe.display()))
+        .and_then(|r| r.map_err(|e| e.to_string()))
+        .and_then(|analysis| self.install(analysis));
+        self.binaries.insert(running.key, result.clone());
         result
     }
 
@@ -612,11 +632,9 @@ impl Actor {
     }
 
     async fn attach(&mut self, kernel: &Kernel, target: &TargetProcess) -> Result<(), String> {
-        let path = target.host_exe();
-        let meta =
-            std::fs::metadata(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let key = (meta.dev(), meta.ino());
-        let capture = self.capture_for(key, target).await?;
+        let running = RunningFile::open(target.pid, &target.exe).map_err(|e| e.to_string())?;
+        let key = running.key;
+        let capture = self.capture_for(&running, target).await?;
         let mut points = vec![Point {
             offset: capture.entry_offset,
             cookie: capture.entry_cookie,
@@ -630,15 +648,17 @@ impl Actor {
                     cookie,
                     uretprobe: false,
                 })),
-                Returns::Uretprobe => points.push(Point {
-                    offset: capture.entry_offset,
+                Returns::Uretprobe(offset) => points.push(Point {
+                    offset: *offset,
                     cookie,
                     uretprobe: true,
                 }),
             }
         }
+        debug!(probe = %self.probe.id, pid = target.pid, dev = key.0, inode = key.1, ?points, "DynamicLog attaching");
+        // Through the open file, not the path: the path may name a newer build by now.
         let links = kernel
-            .attach(&path, target.pid, &points)
+            .attach(&running.path(), &target.host_exe(), target.pid, &points)
             .map_err(|e| e.to_string())?;
         info!(probe = %self.probe.id, pid = target.pid, function = %capture.sink.planned.function, points = points.len(), "DynamicLog attached");
         self.attached.insert(target.pid, (key, links));

@@ -94,6 +94,11 @@ impl ProfilerShared {
         }
     }
 
+    /// The per-pod resource metrics, registered here once; the probe manager decides their pods.
+    pub fn resources(&self) -> &PodResources {
+        &self.resources
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SharedState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

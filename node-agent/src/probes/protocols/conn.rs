@@ -7,14 +7,21 @@ use std::sync::Arc;
 use sonde_protocols::{ConnParser, Direction, Kind, ParseError, Record, Role, Transport};
 
 use super::routes::Route;
+use super::rows::AddrText;
 
 /// Data events looked at before a connection is declared of no enabled protocol.
 pub const DETECT_ATTEMPTS: u32 = 3;
+/// Bytes of one direction kept while detecting: a message read in pieces (dnsmasq reads a TCP DNS
+/// query's 2-byte length, then the rest) is detected on its pieces together.
+const DETECT_HEAD_BYTES: usize = 1024;
 
 /// What the connection speaks, as far as we know.
 pub enum Protocol {
     Detecting {
         attempts: u32,
+        /// The bytes seen so far in direction `head_dir`, without a gap.
+        head: Vec<u8>,
+        head_dir: Direction,
     },
     Parsing {
         kind: Kind,
@@ -76,6 +83,8 @@ pub struct Conn {
     /// Bytes seen in data events (the kernel's exact counts come with the close event).
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    /// The address columns of its rows, formatted once.
+    pub addr_text: AddrText,
 }
 
 impl Conn {
@@ -91,11 +100,16 @@ impl Conn {
             remote: None,
             egress: Stream::default(),
             ingress: Stream::default(),
-            protocol: Protocol::Detecting { attempts: 0 },
+            protocol: Protocol::Detecting {
+                attempts: 0,
+                head: Vec::new(),
+                head_dir: Direction::Egress,
+            },
             opened_ns: generation,
             last_ns: generation,
             bytes_sent: 0,
             bytes_recv: 0,
+            addr_text: AddrText::default(),
         }
     }
 
@@ -131,12 +145,37 @@ impl Conn {
         }
         let (gap, fresh) = stream.place(pos, data);
         if fresh.is_empty() {
+            // A data event without data (sendfile): its bytes are a gap of known length.
+            if gap > 0
+                && let Protocol::Parsing { parser, .. } = &mut self.protocol
+            {
+                parser.gap(dir, gap);
+            }
             return fed;
         }
-        if let Protocol::Detecting { attempts } = &mut self.protocol {
+        let mut detected_head = Vec::new();
+        if let Protocol::Detecting {
+            attempts,
+            head,
+            head_dir,
+        } = &mut self.protocol
+        {
+            if *head_dir != dir || gap > 0 {
+                head.clear();
+                *head_dir = dir;
+            }
+            let earlier = head.len();
+            let room = DETECT_HEAD_BYTES.saturating_sub(earlier);
+            head.extend_from_slice(&fresh[..fresh.len().min(room)]);
             let remote_port = self.remote.map_or(0, |a| a.port());
             let kinds = self.route.as_ref().map_or(&[][..], |r| &r.kinds[..]);
-            match Kind::detect_any(kinds, dir, fresh, remote_port) {
+            // Datagrams stand alone; a stream is looked at from its first byte seen.
+            let probe: &[u8] = if self.transport == Transport::Udp {
+                fresh
+            } else {
+                head
+            };
+            match Kind::detect_any(kinds, dir, probe, remote_port) {
                 Some(kind) => {
                     let role = *self.role.get_or_insert(match dir {
                         Direction::Egress => Role::Client,
@@ -148,6 +187,11 @@ impl Conn {
                         .map(|r| r.config.clone())
                         .unwrap_or_default();
                     let parser = kind.parser(role, self.transport, &config);
+                    if self.transport != Transport::Udp && earlier > 0 {
+                        head.truncate(earlier);
+                        head.extend_from_slice(fresh);
+                        detected_head = std::mem::take(head);
+                    }
                     self.protocol = Protocol::Parsing { kind, parser };
                     fed.detected = Some(kind);
                 }
@@ -166,6 +210,12 @@ impl Conn {
             if gap > 0 && fed.detected.is_none() {
                 parser.gap(dir, gap);
             }
+            // Detected on earlier pieces too: the parser gets them all.
+            let fresh = if detected_head.is_empty() {
+                fresh
+            } else {
+                &detected_head[..]
+            };
             if let Err(e) = parser.feed(dir, ts_ns, fresh, &mut fed.records) {
                 fed.error = Some(e);
             }
@@ -199,6 +249,27 @@ mod tests {
         s.place(0, b"abcdef");
         assert_eq!(s.place(4, b"efgh"), (0, &b"gh"[..]));
         assert_eq!(s.place(2, b"cd"), (0, &b""[..]));
+    }
+
+    #[test]
+    fn a_message_read_in_pieces_is_detected_and_parsed_from_its_first_piece() {
+        let route = Route {
+            kinds: vec![Kind::Dns],
+            config: Default::default(),
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
+        };
+        let mut conn = Conn::new(1, 3, 0, Some(Arc::new(route)));
+        // A DNS query over TCP as dnsmasq reads it: the length prefix, then the message.
+        let query: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x05sonde\x04test\x00\x00\x01\x00\x01";
+        let prefix = (query.len() as u16).to_be_bytes();
+        let fed = conn.feed(Direction::Ingress, 1, 0, &prefix, true, 2);
+        assert!(fed.detected.is_none());
+        let fed = conn.feed(Direction::Ingress, 2, 2, query, true, query.len() as u64);
+        assert_eq!(fed.detected, Some(Kind::Dns));
+        assert!(fed.error.is_none(), "{:?}", fed.error.map(|e| e.reason));
+        assert_eq!(conn.role, Some(Role::Server));
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Decoding the records of the capture ring buffer into typed events (layouts from
 //! `sonde_common::conn`).
 use sonde_common::conn::{
-    CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EventHeader,
-    OpenEvent,
+    CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PEER,
+    EventHeader, OpenEvent, PeerEvent,
 };
 
 /// One record of the ring buffer.
@@ -11,6 +11,7 @@ pub enum Event<'a> {
     Open(OpenEvent),
     Close(CloseEvent),
     Classify(EventHeader),
+    Peer(PeerEvent),
     Data(DataEventHeader, &'a [u8]),
 }
 
@@ -64,6 +65,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         EVENT_OPEN => Ok(Event::Open(read(bytes, kind)?)),
         EVENT_CLOSE => Ok(Event::Close(read(bytes, kind)?)),
         EVENT_CLASSIFY => Ok(Event::Classify(read(bytes, kind)?)),
+        EVENT_PEER => Ok(Event::Peer(read(bytes, kind)?)),
         EVENT_DATA => {
             let header: DataEventHeader = read(bytes, kind)?;
             let start = std::mem::size_of::<DataEventHeader>();

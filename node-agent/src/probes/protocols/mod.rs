@@ -53,15 +53,18 @@ const BATCH: usize = 4096;
 /// How often the ring buffer is drained without a wake-up from the kernel.
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 
-/// Handles up to [`BATCH`] records; true when the ring is empty.
+/// Handles up to [`BATCH`] records, then appends the rows they made; true when the ring is empty.
 fn drain(rb: &mut RingBuf<MapData>, tracker: &mut Tracker) -> bool {
+    let mut empty = false;
     for _ in 0..BATCH {
         let Some(item) = rb.next() else {
-            return true;
+            empty = true;
+            break;
         };
         tracker.handle(&item);
     }
-    false
+    tracker.flush();
+    empty
 }
 
 /// The Kind of an API protocol.

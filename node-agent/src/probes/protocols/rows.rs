@@ -114,11 +114,13 @@ impl Tables {
 
     /// Creates (or reuses) the table of `kind`, or `conn_stats` for None.
     pub fn ensure(&mut self, kind: Option<Kind>, owner: &str) -> Result<&TableWriter, TablesError> {
-        let (name, columns) = match kind {
-            Some(kind) => (kind.table(), protocol_columns(kind)),
-            None => (CONN_STATS_TABLE, conn_stats_columns()),
-        };
+        let name = kind.map_or(CONN_STATS_TABLE, Kind::table);
+        // The column list is only built for a table not created yet: this runs for every batch.
         if !self.writers.contains_key(name) {
+            let columns = match kind {
+                Some(kind) => protocol_columns(kind),
+                None => conn_stats_columns(),
+            };
             let writer = self.store.create(name, owner, columns)?;
             self.writers.insert(name, writer);
         }
@@ -128,14 +130,79 @@ impl Tables {
     }
 }
 
-fn addr(a: Option<SocketAddr>) -> (Value, Value) {
-    match a {
-        Some(a) => (
-            Value::String(a.ip().to_canonical().to_string()),
-            Value::Int64(i64::from(a.port())),
-        ),
-        None => (Value::String(String::new()), Value::Int64(0)),
+/// Rows waiting to be appended, per table: the event loop collects them while it drains the ring
+/// buffer and appends each table's rows under one lock.
+#[derive(Debug, Default)]
+pub struct PendingRows {
+    /// Index: 0 for `conn_stats`, then one per [`Kind::ALL`].
+    tables: [Vec<Row>; 1 + Kind::ALL.len()],
+}
+
+fn slot(kind: Option<Kind>) -> usize {
+    kind.map_or(0, |k| {
+        1 + Kind::ALL.iter().position(|a| *a == k).unwrap_or(0)
+    })
+}
+
+impl PendingRows {
+    pub fn push(&mut self, kind: Option<Kind>, row: Row) {
+        self.tables[slot(kind)].push(row);
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.tables.iter().all(Vec::is_empty)
+    }
+
+    pub fn len(&self) -> usize {
+        self.tables.iter().map(Vec::len).sum()
+    }
+
+    /// Appends every waiting row to its table; `owner` names the creator of a table made here.
+    pub fn flush(&mut self, tables: &mut Tables, owner: &str) -> Result<(), TablesError> {
+        let kinds = [None].into_iter().chain(Kind::ALL.map(Some));
+        let mut result = Ok(());
+        for (rows, kind) in self.tables.iter_mut().zip(kinds) {
+            if rows.is_empty() {
+                continue;
+            }
+            match tables.ensure(kind, owner) {
+                Ok(writer) => writer.append_all(rows.drain(..)),
+                Err(e) => {
+                    rows.clear();
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+}
+
+/// A connection's address columns as text, kept while the addresses stay the same (formatting an
+/// address costs more than the rest of a row).
+#[derive(Debug, Default)]
+pub struct AddrText {
+    key: Option<(Option<SocketAddr>, Option<SocketAddr>)>,
+    local: String,
+    remote: String,
+}
+
+impl AddrText {
+    fn get(&mut self, local: Option<SocketAddr>, remote: Option<SocketAddr>) -> (&str, &str) {
+        if self.key != Some((local, remote)) {
+            self.local = ip_text(local);
+            self.remote = ip_text(remote);
+            self.key = Some((local, remote));
+        }
+        (&self.local, &self.remote)
+    }
+}
+
+fn ip_text(a: Option<SocketAddr>) -> String {
+    a.map_or_else(String::new, |a| a.ip().to_canonical().to_string())
+}
+
+fn port(a: Option<SocketAddr>) -> Value {
+    Value::Int64(a.map_or(0, |a| i64::from(a.port())))
 }
 
 fn base_row(conn: &Conn, time_ns: i64, capacity: usize) -> Row {
@@ -152,19 +219,19 @@ fn base_row(conn: &Conn, time_ns: i64, capacity: usize) -> Row {
     }
 }
 
-fn connection_values(conn: &Conn, values: &mut Vec<Value>) {
-    let (local_addr, local_port) = addr(conn.local);
-    let (remote_addr, remote_port) = addr(conn.remote);
+fn connection_values(conn: &mut Conn, values: &mut Vec<Value>) {
+    let (local, remote) = (conn.local, conn.remote);
+    let (local_addr, remote_addr) = conn.addr_text.get(local, remote);
     values.extend([
-        local_addr,
-        local_port,
-        remote_addr,
-        remote_port,
+        Value::String(local_addr.to_owned()),
+        port(local),
+        Value::String(remote_addr.to_owned()),
+        port(remote),
         Value::String(conn.role.map_or("unknown", |r| r.as_str()).to_owned()),
     ]);
 }
 
-pub fn record_row(conn: &Conn, record: Record, clock: &Clock) -> Row {
+pub fn record_row(conn: &mut Conn, record: Record, clock: &Clock) -> Row {
     let mut row = base_row(conn, clock.wall(record.request_ns), 6 + record.fields.len());
     connection_values(conn, &mut row.values);
     row.values.push(
@@ -185,7 +252,7 @@ pub fn record_row(conn: &Conn, record: Record, clock: &Clock) -> Row {
 }
 
 /// One `conn_stats` row; `closed` with the kernel's exact byte counts when the connection ended.
-pub fn conn_stats_row(conn: &Conn, now_ns: u64, closed: bool, clock: &Clock) -> Row {
+pub fn conn_stats_row(conn: &mut Conn, now_ns: u64, closed: bool, clock: &Clock) -> Row {
     let mut row = base_row(conn, clock.wall(now_ns), 11);
     connection_values(conn, &mut row.values);
     row.values.extend([

@@ -6,10 +6,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
+use prometheus_client::metrics::histogram::Histogram;
 use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, CloseEvent, ConnInfo, ConnKey,
-    DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS, DataEventHeader, EventHeader, OpenEvent,
-    ROLE_CLIENT, ROLE_SERVER,
+    DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS, DataEventHeader, EventHeader, OPEN_DATAGRAM,
+    OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
 };
 use sonde_protocols::{Direction, Record, Red, Role};
 use tracing::{debug, warn};
@@ -20,13 +21,17 @@ use super::metrics::{
     DbLabels, DropLabels, HttpLabels, ParseErrorLabels, ProtocolMetrics, TargetLabels,
 };
 use super::routes::Routes;
-use super::rows::{Clock, Tables, conn_stats_row, record_row};
+use super::rows::{Clock, PendingRows, Tables, conn_stats_row, record_row};
 use super::sockets::{self, FdKind};
 
 /// A request without response for this long is written without one.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Owner shown for the tables this runtime writes.
 pub const TABLE_OWNER: &str = "Tracepoint (protocols)";
+/// Rows collected before they are appended even in the middle of a batch: one table lock per this
+/// many rows, while few enough rows are alive at once for the allocator's per-thread caches to
+/// serve their strings.
+const FLUSH_ROWS: usize = 32;
 /// BPF_EXIST: update only an existing entry.
 const BPF_EXIST: u64 = 2;
 
@@ -40,6 +45,7 @@ pub struct Tracker {
     drops_seen: [u64; DROP_REASONS as usize],
     clock: Clock,
     ticks: u64,
+    output: Output,
     /// Local address of listening sockets (tgid, fd), for accepted connections gone before they
     /// could be inspected.
     listeners: HashMap<ConnKey, Option<std::net::SocketAddr>>,
@@ -56,13 +62,14 @@ impl Tracker {
         Tracker {
             routes,
             tables,
-            metrics,
+            metrics: metrics.clone(),
             conns: HashMap::new(),
             kconns,
             drops,
             drops_seen: [0; DROP_REASONS as usize],
             clock: Clock::new(),
             ticks: 0,
+            output: Output::new(metrics),
             listeners: HashMap::new(),
         }
     }
@@ -76,6 +83,7 @@ impl Tracker {
         match decode(record) {
             Ok(Event::Open(ev)) => self.on_open(ev),
             Ok(Event::Classify(h)) => self.on_classify(h),
+            Ok(Event::Peer(ev)) => self.on_peer(ev),
             Ok(Event::Data(h, data)) => self.on_data(h, data),
             Ok(Event::Close(ev)) => self.on_close(ev),
             Err(e) => {
@@ -130,6 +138,11 @@ impl Tracker {
             _ => None,
         };
         conn.remote = remote_of(&ev);
+        // Opened by a datagram that named its peer: an unconnected socket, whose own peer is none.
+        let datagram = ev.flags & OPEN_DATAGRAM != 0;
+        if datagram {
+            conn.transport = sonde_protocols::Transport::Udp;
+        }
         let key = ConnKey {
             tgid: h.tgid,
             fd: h.fd,
@@ -142,7 +155,7 @@ impl Tracker {
                 transport,
                 local,
                 remote,
-            }) if !known_family || remote == conn.remote => {
+            }) if !known_family || datagram || remote == conn.remote => {
                 conn.transport = transport;
                 conn.local = local;
                 conn.remote = remote.or(conn.remote);
@@ -189,6 +202,13 @@ impl Tracker {
                 self.set_kernel_state(key, h.generation, &[CONN_PENDING], CONN_TRACE);
             }
             Ok(FdKind::Other) => {
+                // Its bytes captured while pending follow: a connection without route and
+                // protocol swallows them and never becomes a row.
+                let mut tombstone = Conn::new(h.tgid, h.fd, h.generation, None);
+                tombstone.protocol = super::conn::Protocol::Unknown;
+                if let Some(old) = self.conns.insert(key, tombstone) {
+                    self.finish(old, h.ts_ns, None);
+                }
                 self.set_kernel_state(key, h.generation, &[CONN_PENDING], CONN_IGNORE)
             }
             Err(e) if e.is_gone() => {}
@@ -196,6 +216,20 @@ impl Tracker {
                 debug!("{e}");
                 self.set_kernel_state(key, h.generation, &[CONN_PENDING], CONN_IGNORE);
             }
+        }
+    }
+
+    /// The next datagrams of a connection-less socket come from / go to another peer.
+    fn on_peer(&mut self, ev: PeerEvent) {
+        let key = ConnKey {
+            tgid: ev.header.tgid,
+            fd: ev.header.fd,
+        };
+        if let Some(conn) = self.conns.get_mut(&key)
+            && conn.generation == ev.header.generation
+        {
+            conn.transport = sonde_protocols::Transport::Udp;
+            conn.remote = peer_of(&ev.peer).or(conn.remote);
         }
     }
 
@@ -251,6 +285,9 @@ impl Tracker {
         }
         if !fed.records.is_empty() {
             self.write_records(key, fed.records);
+            if self.output.pending.len() >= FLUSH_ROWS {
+                self.flush();
+            }
         }
     }
 
@@ -284,68 +321,29 @@ impl Tracker {
         if conn.route.is_none() {
             return;
         }
-        self.emit(&conn, records);
-        let row = conn_stats_row(&conn, now_ns, true, &self.clock);
-        self.append(None, row);
+        self.output.emit(&mut conn, records);
+        let row = conn_stats_row(&mut conn, now_ns, true, &self.clock);
+        self.output.pending.push(None, row);
     }
 
     fn write_records(&mut self, key: ConnKey, records: Vec<Record>) {
-        if let Some(conn) = self.conns.remove(&key) {
-            self.emit(&conn, records);
-            self.conns.insert(key, conn);
+        if let Some(conn) = self.conns.get_mut(&key) {
+            self.output.emit(conn, records);
         }
     }
 
-    fn emit(&mut self, conn: &Conn, records: Vec<Record>) {
-        let (Some(kind), Some(route)) = (conn.kind(), conn.route.as_ref()) else {
+    /// Appends the rows collected since the last call to their tables (one lock per table); the
+    /// event loop calls it after each batch of ring-buffer records.
+    pub fn flush(&mut self) {
+        if self.output.pending.is_empty() {
             return;
-        };
-        for record in records {
-            if let Some(latency) = record.latency_ns {
-                let seconds = latency as f64 / 1e9;
-                let target = TargetLabels {
-                    namespace: route.namespace.clone(),
-                    pod: route.pod.clone(),
-                    container: route.container.clone(),
-                };
-                match &record.red {
-                    Red::Http { method, status } => {
-                        let labels = HttpLabels {
-                            target,
-                            http_request_method: method,
-                            http_response_status_code: *status,
-                        };
-                        let family = match conn.role {
-                            Some(Role::Client) => &self.metrics.http_client,
-                            _ => &self.metrics.http_server,
-                        };
-                        family.get_or_create(&labels).observe(seconds);
-                    }
-                    Red::Dns => self.metrics.dns.get_or_create(&target).observe(seconds),
-                    Red::Db { system, operation } => self
-                        .metrics
-                        .db
-                        .get_or_create(&DbLabels {
-                            target,
-                            db_system_name: system,
-                            db_operation_name: operation,
-                        })
-                        .observe(seconds),
-                }
-            }
-            let row = record_row(conn, record, &self.clock);
-            self.append(Some(kind), row);
         }
-    }
-
-    fn append(&self, kind: Option<sonde_protocols::Kind>, row: crate::tables::Row) {
         let mut tables = self
             .tables
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match tables.ensure(kind, TABLE_OWNER) {
-            Ok(writer) => writer.append(row),
-            Err(e) => warn!("{e}"),
+        if let Err(e) = self.output.pending.flush(&mut tables, TABLE_OWNER) {
+            warn!("{e}");
         }
     }
 
@@ -370,6 +368,8 @@ impl Tracker {
         if self.ticks.is_multiple_of(10) {
             self.sweep_exited(now);
         }
+        self.output.forget_histograms();
+        self.flush();
     }
 
     fn export_drops(&mut self) {
@@ -415,17 +415,139 @@ impl Tracker {
     }
 }
 
+/// Histogram series of one (target, role, method/operation, status) label set: looked up once, then
+/// observed through its handle. The route is kept so its address cannot be reused meanwhile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    route: usize,
+    family: u8,
+    name: &'static str,
+    detail: &'static str,
+    status: u16,
+}
+
+/// Series handles kept at most; past it they are looked up again (label sets are bounded anyway).
+const MAX_CACHED_SERIES: usize = 4096;
+
+/// Where records go: RED histograms (through cached series handles) and rows waiting for a flush.
+struct Output {
+    metrics: ProtocolMetrics,
+    clock: Clock,
+    pending: PendingRows,
+    series: HashMap<SeriesKey, (Arc<super::routes::Route>, Histogram)>,
+}
+
+impl Output {
+    fn new(metrics: ProtocolMetrics) -> Output {
+        Output {
+            metrics,
+            clock: Clock::new(),
+            pending: PendingRows::default(),
+            series: HashMap::new(),
+        }
+    }
+
+    /// Drops cached handles when there are too many, or when routes changed (an old route is only
+    /// held by the cache then).
+    fn forget_histograms(&mut self) {
+        if self.series.len() > MAX_CACHED_SERIES
+            || self.series.values().any(|(r, _)| Arc::strong_count(r) == 1)
+        {
+            self.series.clear();
+        }
+    }
+
+    fn histogram(&mut self, route: &Arc<super::routes::Route>, key: SeriesKey) -> &Histogram {
+        let metrics = &self.metrics;
+        let (_, histogram) = self.series.entry(key).or_insert_with(|| {
+            let target = TargetLabels {
+                namespace: route.namespace.clone(),
+                pod: route.pod.clone(),
+                container: route.container.clone(),
+            };
+            let histogram = match key.family {
+                FAMILY_HTTP_CLIENT | FAMILY_HTTP_SERVER => {
+                    let family = if key.family == FAMILY_HTTP_CLIENT {
+                        &metrics.http_client
+                    } else {
+                        &metrics.http_server
+                    };
+                    family
+                        .get_or_create(&HttpLabels {
+                            target,
+                            http_request_method: key.name,
+                            http_response_status_code: key.status,
+                        })
+                        .clone()
+                }
+                FAMILY_DNS => metrics.dns.get_or_create(&target).clone(),
+                _ => metrics
+                    .db
+                    .get_or_create(&DbLabels {
+                        target,
+                        db_system_name: key.name,
+                        db_operation_name: key.detail,
+                    })
+                    .clone(),
+            };
+            (route.clone(), histogram)
+        });
+        histogram
+    }
+
+    fn emit(&mut self, conn: &mut Conn, records: Vec<Record>) {
+        let (Some(kind), Some(route)) = (conn.kind(), conn.route.clone()) else {
+            return;
+        };
+        for record in records {
+            if let Some(latency) = record.latency_ns {
+                let seconds = latency as f64 / 1e9;
+                let (family, name, detail, status) = match &record.red {
+                    Red::Http { method, status } => {
+                        let family = match conn.role {
+                            Some(Role::Client) => FAMILY_HTTP_CLIENT,
+                            _ => FAMILY_HTTP_SERVER,
+                        };
+                        (family, *method, "", *status)
+                    }
+                    Red::Dns => (FAMILY_DNS, "", "", 0),
+                    Red::Db { system, operation } => (FAMILY_DB, *system, *operation, 0),
+                };
+                let key = SeriesKey {
+                    route: Arc::as_ptr(&route) as usize,
+                    family,
+                    name,
+                    detail,
+                    status,
+                };
+                self.histogram(&route, key).observe(seconds);
+            }
+            let row = record_row(conn, record, &self.clock);
+            self.pending.push(Some(kind), row);
+        }
+    }
+}
+
+const FAMILY_HTTP_SERVER: u8 = 0;
+const FAMILY_HTTP_CLIENT: u8 = 1;
+const FAMILY_DNS: u8 = 2;
+const FAMILY_DB: u8 = 3;
+
 fn remote_of(ev: &OpenEvent) -> Option<std::net::SocketAddr> {
+    peer_of(&PeerAddr {
+        family: ev.family,
+        port: ev.remote_port,
+        addr: ev.remote_addr,
+    })
+}
+
+fn peer_of(peer: &PeerAddr) -> Option<std::net::SocketAddr> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-    let ip = match ev.family {
-        2 => IpAddr::V4(Ipv4Addr::new(
-            ev.remote_addr[0],
-            ev.remote_addr[1],
-            ev.remote_addr[2],
-            ev.remote_addr[3],
-        )),
-        10 => IpAddr::V6(Ipv6Addr::from(ev.remote_addr)),
+    let a = peer.addr;
+    let ip = match peer.family {
+        2 => IpAddr::V4(Ipv4Addr::new(a[0], a[1], a[2], a[3])),
+        10 => IpAddr::V6(Ipv6Addr::from(a)),
         _ => return None,
     };
-    Some(SocketAddr::new(ip, ev.remote_port))
+    Some(SocketAddr::new(ip, peer.port))
 }

@@ -1,0 +1,323 @@
+//! Helpers shared by the real-kernel protocol tests: peers started on free loopback ports and
+//! stopped by pid (also when a test fails), a protocol Tracepoint on one process or on a cgroup,
+//! and the rows and metrics it produced.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use prometheus_client::registry::Registry;
+use sonde_agent::probes::protocols::ProtocolsShared;
+use sonde_agent::probes::{
+    ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared, profiler::ProfilerShared,
+};
+use sonde_agent::tables::{Query, Store, Value};
+use sonde_agent::targets::TargetProcess;
+use sonde_api::{
+    AssignedProbe, PodTarget, ProbeConfig, ProbeOwner, Protocol, TracepointProbe, TracepointSpec,
+};
+
+pub type Row = HashMap<String, Value>;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Two different free ports (each probe of the kernel may hand back the port it gave last).
+pub fn two_free_ports() -> (u16, u16) {
+    let first = free_port();
+    loop {
+        let second = free_port();
+        if second != first {
+            return (first, second);
+        }
+    }
+}
+
+pub fn which(tool: &str) -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(tool);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{tool} is not installed: run `scripts/setup peers`");
+}
+
+/// A server process stopped on drop: `signal` first, SIGKILL after 10 s.
+pub struct Server {
+    pub child: Child,
+    pub signal: Signal,
+}
+
+impl Server {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), self.signal);
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A cgroup v2 of its own (stands for a pod's container): every process left in it is killed and
+/// the cgroup removed on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(name: &str) -> TestCgroup {
+        let root = sonde_agent::probes::protocols::routes::cgroup2_root()
+            .expect("no cgroup2 mount: the cgroup-selection tests need one");
+        let path = root.join(format!("sonde-test-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TestCgroup { path }
+    }
+
+    /// `sh` command line prefix that moves itself into this cgroup, then execs `"$@"`.
+    pub fn enter_and_exec(&self) -> Vec<String> {
+        vec![
+            "-c".into(),
+            "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"".into(),
+            self.path.display().to_string(),
+        ]
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..100 {
+            let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+            let pids: Vec<i32> = procs.lines().filter_map(|l| l.parse().ok()).collect();
+            if pids.is_empty() && std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            for pid in pids {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+pub fn context(store: &Store, registry: &mut Registry) -> ProbeContext {
+    ProbeContext {
+        node: "test".into(),
+        tables: store.clone(),
+        bpftrace: Arc::new(BpftraceShared::new(registry, "bpftrace".into())),
+        protocols: Arc::new(ProtocolsShared::new(registry)),
+        profiler: Arc::new(ProfilerShared::new(registry)),
+        dynamic_log: Arc::new(DynamicLogShared::new(registry)),
+    }
+}
+
+fn assigned(spec: TracepointSpec, targets: Vec<PodTarget>) -> AssignedProbe {
+    AssignedProbe {
+        id: "Tracepoint/default/peers".into(),
+        owner: ProbeOwner {
+            kind: "Tracepoint".into(),
+            namespace: Some("default".into()),
+            name: "peers".into(),
+            uid: "u1".into(),
+            generation: 1,
+        },
+        config: ProbeConfig::Tracepoint(spec.clone()),
+        targets,
+        process: spec.process.clone(),
+    }
+}
+
+fn spec(protocols: Vec<Protocol>, process: Option<sonde_api::ProcessSelector>) -> TracepointSpec {
+    TracepointSpec {
+        selector: None,
+        container: None,
+        process,
+        ttl: None,
+        probe: TracepointProbe {
+            protocols: Some(protocols),
+            profiler: None,
+            max_body_bytes: None,
+        },
+    }
+}
+
+/// A protocol Tracepoint selecting processes by executable (`exe`: a glob such as `*/nginx`).
+pub fn tracepoint(protocols: Vec<Protocol>, exe: &str) -> (AssignedProbe, TracepointSpec) {
+    let spec = spec(
+        protocols,
+        Some(sonde_api::ProcessSelector {
+            exe: Some(exe.into()),
+            cmdline: None,
+        }),
+    );
+    (assigned(spec.clone(), vec![]), spec)
+}
+
+/// A protocol Tracepoint on a whole pod container: its processes are selected by cgroup, so
+/// children forked later (PostgreSQL backends) are traced too.
+pub fn pod_tracepoint(protocols: Vec<Protocol>) -> (AssignedProbe, TracepointSpec) {
+    pod_tracepoint_for(protocols, "peers")
+}
+
+/// [`pod_tracepoint`] on the container of pod `pod` (a probe of its own, named after the pod).
+pub fn pod_tracepoint_for(protocols: Vec<Protocol>, pod: &str) -> (AssignedProbe, TracepointSpec) {
+    let spec = spec(protocols, None);
+    let target = PodTarget {
+        pod_uid: format!("uid-{pod}"),
+        namespace: "default".into(),
+        pod: pod.into(),
+        container: "server".into(),
+        container_id: String::new(),
+    };
+    let mut probe = assigned(spec.clone(), vec![target]);
+    probe.id = format!("Tracepoint/default/{pod}");
+    probe.owner.name = pod.into();
+    (probe, spec)
+}
+
+pub fn target(pid: u32, exe: &str) -> TargetProcess {
+    TargetProcess {
+        pid,
+        namespace: String::new(),
+        pod: String::new(),
+        pod_uid: String::new(),
+        container: String::new(),
+        container_id: String::new(),
+        exe: exe.into(),
+        cmdline: exe.into(),
+    }
+}
+
+/// The target of [`pod_tracepoint`]: a process of its container.
+pub fn pod_target(pid: u32, exe: &str) -> TargetProcess {
+    pod_target_for(pid, exe, "peers")
+}
+
+/// The target of [`pod_tracepoint_for`] `pod`.
+pub fn pod_target_for(pid: u32, exe: &str, pod: &str) -> TargetProcess {
+    TargetProcess {
+        namespace: "default".into(),
+        pod: pod.into(),
+        pod_uid: format!("uid-{pod}"),
+        container: "server".into(),
+        ..target(pid, exe)
+    }
+}
+
+/// Rows of `table` as maps column → value.
+pub fn rows(store: &Store, table: &str) -> Vec<Row> {
+    let result = match store.query(table, &Query::default()) {
+        Ok(r) => r,
+        Err(_) => return Vec::new(),
+    };
+    result
+        .rows
+        .iter()
+        .map(|row| {
+            let mut values = vec![
+                Value::Time(row.time_ns),
+                Value::String(result.node.clone()),
+                Value::String(row.namespace.clone()),
+                Value::String(row.pod.clone()),
+                Value::String(row.container.clone()),
+                Value::Int64(row.pid),
+            ];
+            values.extend(row.values.iter().cloned());
+            result
+                .columns
+                .iter()
+                .map(|c| c.name.clone())
+                .zip(values)
+                .collect()
+        })
+        .collect()
+}
+
+/// Polls `table` until `want` holds (60 s at most on a loaded machine); returns the rows then.
+pub async fn wait_for_rows(store: &Store, table: &str, want: impl Fn(&[Row]) -> bool) -> Vec<Row> {
+    for _ in 0..600 {
+        let r = rows(store, table);
+        if want(&r) {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rows(store, table)
+}
+
+/// A string column's value ("" for anything else).
+pub fn text<'a>(row: &'a Row, column: &str) -> &'a str {
+    match row.get(column) {
+        Some(Value::String(s)) => s,
+        _ => "",
+    }
+}
+
+pub fn metrics_text(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text
+}
+
+/// Sum of the samples of `series` (e.g. `dns_lookup_duration_seconds_count`) whose labels contain
+/// every one of `labels`.
+pub fn metric_sum(text: &str, series: &str, labels: &[&str]) -> u64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{series}{{")) || l.starts_with(&format!("{series} ")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The Python of the venv that `scripts/setup peers` fills with the database drivers that speak
+/// the binary protocols (pg8000, mysql-connector-python).
+pub fn venv_python() -> PathBuf {
+    let cache = std::env::var_os("SONDE_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/sonde")))
+        .expect("neither SONDE_CACHE nor HOME is set: cannot find the peers' Python venv");
+    let python = cache.join("venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `scripts/setup peers` (it installs pg8000 and mysql-connector-python there)",
+        python.display()
+    );
+    python
+}
+
+/// Runs `cmd` to completion; panics with its output when it fails.
+pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

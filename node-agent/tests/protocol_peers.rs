@@ -1,0 +1,1354 @@
+//! Protocol capture against real servers from Debian packages on loopback: dnsmasq + dig (UDP and
+//! TCP), redis-server + redis-cli (and a raw pipelining / pub-sub client), nginx serving files by
+//! sendfile, PostgreSQL 15 + psql (simple protocol) and pg8000 (extended protocol), MariaDB + the
+//! mariadb client (COM_QUERY) and mysql-connector-python (binary prepared statements). The two
+//! Python drivers come from the venv that `scripts/setup peers` makes (no Debian package speaks
+//! those protocols). Needs root (eBPF) and the peers; fails loudly without them.
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use prometheus_client::registry::Registry;
+use sonde_agent::probes::ProbeContext;
+use sonde_agent::probes::protocols::ProtocolProbe;
+use sonde_agent::tables::{Store, Value};
+use sonde_api::{ProbeState, Protocol};
+
+/// Retries `ready` every 100 ms for 60 s.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not become ready within 60 s");
+}
+
+fn start_probe(
+    store: &Store,
+    registry: &mut Registry,
+    probe: &(sonde_api::AssignedProbe, sonde_api::TracepointSpec),
+    target: sonde_agent::targets::TargetProcess,
+) -> ProtocolProbe {
+    start_probe_in(&context(store, registry), probe, target)
+}
+
+/// Starts `probe` in `ctx` (several probes of one test share its runtime) and checks it attached.
+fn start_probe_in(
+    ctx: &ProbeContext,
+    probe: &(sonde_api::AssignedProbe, sonde_api::TracepointSpec),
+    target: sonde_agent::targets::TargetProcess,
+) -> ProtocolProbe {
+    let p = ProtocolProbe::start(ctx, &probe.0, &probe.1, &[target]);
+    assert_eq!(
+        p.status().state,
+        ProbeState::Attached,
+        "{}",
+        p.status().message
+    );
+    p
+}
+
+/// Projection of rows onto some columns, for exact comparisons.
+fn pick(rows: &[Row], columns: &[&str]) -> Vec<Vec<String>> {
+    rows.iter()
+        .map(|r| {
+            columns
+                .iter()
+                .map(|c| match r.get(*c) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) => "null".to_owned(),
+                    Some(Value::Int64(i)) => i.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+// --- DNS: dnsmasq + dig ---------------------------------------------------------------------------
+
+fn start_dnsmasq(dir: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(which("dnsmasq"))
+        .args([
+            "--no-daemon", // also keeps TCP queries in this process (no fork per connection)
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--user=root",
+            "--local=/sonde.test/",
+            "--host-record=web.sonde.test,10.0.0.7,fd00::7",
+            "--cname=www.sonde.test,web.sonde.test",
+            "--address=/blocked.sonde.test/10.9.9.9",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .arg(format!(
+            "--log-facility={}",
+            dir.join("dnsmasq.log").display()
+        ))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting dnsmasq");
+    let server = Server {
+        child,
+        signal: Signal::SIGTERM,
+    };
+    wait_until("dnsmasq", || {
+        dig(port, &["ready.sonde.test", "A"]).is_some()
+    });
+    server
+}
+
+/// dig's answer section, None if it failed.
+fn dig(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new(which("dig"))
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+tries=1",
+            "+time=5",
+            "+short",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dig_queries_to_traced_dnsmasq_over_udp_and_tcp_become_exact_dns_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dnsmasq = start_dnsmasq(dir.path(), port);
+    let store = Store::default();
+    let mut registry = Registry::default();
+    let probe = tracepoint(vec![Protocol::Dns], "*/dnsmasq");
+    // Tracing starts after dnsmasq is up: its UDP socket is unknown to the kernel side, so the
+    // first traced datagram is also the one that classifies it.
+    let p = start_probe(
+        &store,
+        &mut registry,
+        &probe,
+        target(dnsmasq.pid(), "/usr/sbin/dnsmasq"),
+    );
+
+    assert_eq!(dig(port, &["web.sonde.test", "A"]).unwrap(), "10.0.0.7\n");
+    assert_eq!(
+        dig(port, &["www.sonde.test", "A"]).unwrap(),
+        "web.sonde.test.\n10.0.0.7\n"
+    );
+    assert_eq!(dig(port, &["web.sonde.test", "AAAA"]).unwrap(), "fd00::7\n");
+    assert_eq!(
+        dig(port, &["+tcp", "blocked.sonde.test", "A"]).unwrap(),
+        "10.9.9.9\n"
+    );
+
+    let dns = wait_for_rows(&store, "dns_events", |r| r.len() >= 4).await;
+    let stats = wait_for_rows(&store, "conn_stats", |r| !r.is_empty()).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+
+    let got = pick(
+        &dns,
+        &[
+            "query_name",
+            "query_type",
+            "rcode",
+            "resp_body",
+            "trace_role",
+        ],
+    );
+    let answer = |name: &str, ty: &str, data: &str| {
+        format!("{{\"name\":\"{name}\",\"type\":\"{ty}\",\"data\":\"{data}\"}}")
+    };
+    let row = |name: &str, ty: &str, answers: Vec<String>| {
+        vec![
+            name.to_owned(),
+            ty.to_owned(),
+            "NOERROR".to_owned(),
+            format!("{{\"answers\":[{}]}}", answers.join(",")),
+            "server".to_owned(),
+        ]
+    };
+    assert_eq!(
+        got,
+        vec![
+            row(
+                "web.sonde.test",
+                "A",
+                vec![answer("web.sonde.test", "A", "10.0.0.7")]
+            ),
+            row(
+                "www.sonde.test",
+                "A",
+                vec![
+                    answer("www.sonde.test", "CNAME", "web.sonde.test"),
+                    answer("web.sonde.test", "A", "10.0.0.7")
+                ]
+            ),
+            row(
+                "web.sonde.test",
+                "AAAA",
+                vec![answer("web.sonde.test", "AAAA", "fd00::7")]
+            ),
+            row(
+                "blocked.sonde.test",
+                "A",
+                vec![answer("blocked.sonde.test", "A", "10.9.9.9")]
+            ),
+        ],
+        "{dns:?}"
+    );
+    for r in &dns {
+        assert_eq!(r["pid"], Value::Int64(i64::from(dnsmasq.pid())));
+        assert_eq!(r["local_port"], Value::Int64(i64::from(port)));
+    }
+    // The UDP rows carry each datagram's peer. (dnsmasq accepts TCP with a null address and closes
+    // the connection before user space can ask the socket, so the TCP row's peer may be unknown.)
+    for r in &dns[..3] {
+        assert_eq!(text(r, "remote_addr"), "127.0.0.1", "{r:?}");
+    }
+    // Each dig uses a new source port: the rows carry each datagram's own peer.
+    let peers: std::collections::HashSet<String> = pick(&dns[..3], &["remote_port"])
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(peers.len(), 3, "{dns:?}");
+    assert_eq!(
+        metric_sum(&metrics, "dns_lookup_duration_seconds_count", &[]),
+        4,
+        "{metrics}"
+    );
+    // The TCP connection closed (the UDP socket stays open): one conn_stats row, with the bytes of
+    // the length-prefixed query.
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    assert_eq!(stats[0]["local_port"], Value::Int64(i64::from(port)));
+    assert_eq!(stats[0]["trace_role"], Value::String("server".into()));
+    assert_eq!(
+        metric_sum(&metrics, "sonde_events_dropped_total", &[]),
+        0,
+        "{metrics}"
+    );
+}
+
+// --- Redis: redis-server + redis-cli --------------------------------------------------------------
+
+fn start_redis(dir: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(which("redis-server"))
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--port", &port.to_string()])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("starting redis-server");
+    let server = Server {
+        child,
+        signal: Signal::SIGTERM,
+    };
+    wait_until("redis-server", || {
+        redis_cli(port, &["PING"]).is_some_and(|o| o == "PONG\n")
+    });
+    server
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let out = Command::new(which("redis-cli"))
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Reads from `stream` until `done` holds for everything read so far.
+fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !done(&got) {
+        let n = stream.read(&mut buf).expect("reading from the server");
+        assert!(
+            n > 0,
+            "server closed early; got {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_commands_pipeline_and_pubsub_on_traced_redis_become_exact_redis_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let redis = start_redis(dir.path(), port);
+    let store = Store::default();
+    let mut registry = Registry::default();
+    let probe = tracepoint(vec![Protocol::Redis], "*/redis-server");
+    let p = start_probe(
+        &store,
+        &mut registry,
+        &probe,
+        target(redis.pid(), "/usr/bin/redis-server"),
+    );
+
+    assert_eq!(
+        redis_cli(port, &["SET", "greeting", "hello"]).unwrap(),
+        "OK\n"
+    );
+    assert_eq!(redis_cli(port, &["GET", "greeting"]).unwrap(), "hello\n");
+    assert_eq!(
+        redis_cli(port, &["RPUSH", "list", "a", "b"]).unwrap(),
+        "2\n"
+    );
+    // A pipeline: three commands in one write, three replies.
+    let mut pipe = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    pipe.write_all(b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*2\r\n$4\r\nINCR\r\n$1\r\na\r\n*3\r\n$4\r\nMGET\r\n$1\r\na\r\n$4\r\nnone\r\n")
+        .unwrap();
+    let replies = read_until(&mut pipe, |b| b.ends_with(b"$1\r\n2\r\n$-1\r\n"));
+    assert_eq!(replies, b"+OK\r\n:2\r\n*2\r\n$1\r\n2\r\n$-1\r\n");
+    drop(pipe);
+    // Pub/sub: subscribed (confirmation read) before the publish, so the push is certain.
+    let mut sub = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sub.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n")
+        .unwrap();
+    read_until(&mut sub, |b| b.ends_with(b":1\r\n"));
+    assert_eq!(
+        redis_cli(port, &["PUBLISH", "news", "rust 2026"]).unwrap(),
+        "1\n"
+    );
+    read_until(&mut sub, |b| b.ends_with(b"rust 2026\r\n"));
+    drop(sub);
+
+    let want = 8;
+    let redis_rows = wait_for_rows(&store, "redis_events", |r| r.len() >= want).await;
+    p.stop().await;
+    let mut got = pick(&redis_rows, &["req_cmd", "req_args", "resp", "trace_role"]);
+    got.sort();
+    let row = |cmd: &str, args: &str, resp: &str| {
+        vec![
+            cmd.to_owned(),
+            args.to_owned(),
+            resp.to_owned(),
+            "server".to_owned(),
+        ]
+    };
+    let mut want_rows = vec![
+        row("SET", "[\"greeting\",\"hello\"]", "OK"),
+        row("GET", "[\"greeting\"]", "hello"),
+        row("RPUSH", "[\"list\",\"a\",\"b\"]", "2"),
+        row("SET", "[\"a\",\"1\"]", "OK"),
+        row("INCR", "[\"a\"]", "2"),
+        row("MGET", "[\"a\",\"none\"]", "[\"2\",null]"),
+        row("SUBSCRIBE", "[\"news\"]", "[\"subscribe\",\"news\",1]"),
+        row("PUBLISH", "[\"news\",\"rust 2026\"]", "1"),
+        row("PUSH PUB", "", "[\"message\",\"news\",\"rust 2026\"]"),
+    ];
+    want_rows.sort();
+    assert_eq!(got, want_rows, "{redis_rows:?}");
+}
+
+// --- HTTP bodies sent by sendfile: nginx serving a static file ------------------------------------
+
+/// nginx (one worker, `sendfile on`) serving `root`; returns the master and the worker's pid.
+fn start_static_nginx(dir: &std::path::Path, root: &std::path::Path, port: u16) -> (Server, u32) {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 1; user root; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; sendfile on; default_type application/octet-stream; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+               server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
+            dir = dir.display(),
+            root = root.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(which("nginx"))
+        .arg("-c")
+        .arg(&conf)
+        .args(["-e", "stderr"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting nginx");
+    let master = child.id();
+    let server = Server {
+        child,
+        signal: Signal::SIGTERM,
+    };
+    let mut worker = 0;
+    wait_until("nginx", || {
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        worker = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        worker != 0 && TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (server, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_files_nginx_sends_by_sendfile_still_become_complete_http_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("www");
+    std::fs::create_dir_all(&root).unwrap();
+    let body: Vec<u8> = (0..20_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    std::fs::write(root.join("big.txt"), &body).unwrap();
+    std::fs::write(root.join("small.txt"), b"small file\n").unwrap();
+    let port = free_port();
+    let (_nginx, worker) = start_static_nginx(dir.path(), &root, port);
+    let store = Store::default();
+    let mut registry = Registry::default();
+    let probe = tracepoint(vec![Protocol::Http], "*/nginx");
+    let p = start_probe(
+        &store,
+        &mut registry,
+        &probe,
+        target(worker, "/usr/sbin/nginx"),
+    );
+
+    // Two files over one keep-alive connection: the second response's headers come after the first
+    // body, which never passed through nginx's memory.
+    let out = Command::new(which("curl"))
+        .args(["-s", "--http1.1", "-o", "/dev/null", "-o", "/dev/null"])
+        .arg(format!("http://127.0.0.1:{port}/big.txt"))
+        .arg(format!("http://127.0.0.1:{port}/small.txt"))
+        .args(["-w", "%{http_code} %{size_download}\n"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200 20000\n200 11\n",
+        "{out:?}"
+    );
+
+    let http = wait_for_rows(&store, "http_events", |r| r.len() >= 2).await;
+    let stats = wait_for_rows(&store, "conn_stats", |r| !r.is_empty()).await;
+    p.stop().await;
+    assert_eq!(
+        pick(
+            &http,
+            &["req_path", "resp_status", "resp_body_size", "trace_role"]
+        ),
+        vec![
+            vec!["/big.txt", "200", "20000", "server"],
+            vec!["/small.txt", "200", "11", "server"],
+        ],
+        "{http:?}"
+    );
+    // Every byte of both bodies counted, sendfile's included.
+    assert_eq!(stats.len(), 1, "{stats:?}");
+    let Value::Int64(sent) = stats[0]["bytes_sent"] else {
+        panic!("{stats:?}")
+    };
+    assert!(sent > 20_011, "bytes_sent {sent}");
+}
+
+/// The conn_stats rows of connections that spoke `protocol`. (A server's other fds can have rows
+/// of protocol "unknown": the postmaster's copy of each accepted socket, files mariadbd closed
+/// before they were classified.)
+fn of_protocol(stats: &[Row], protocol: &str) -> Vec<Row> {
+    stats
+        .iter()
+        .filter(|r| text(r, "protocol") == protocol)
+        .cloned()
+        .collect()
+}
+
+/// Rows traced on the server side, then those traced on the client side, each in order.
+fn by_role(rows: &[Row]) -> (Vec<Row>, Vec<Row>) {
+    let of = |role: &str| {
+        rows.iter()
+            .filter(|r| text(r, "trace_role") == role)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    (of("server"), of("client"))
+}
+
+/// Each row: a closed connection that carried bytes both ways and, if `addressed`, is from
+/// loopback, to the server on `port`.
+fn assert_conn_stats(stats: &[Row], port: u16, addressed: bool) {
+    for r in stats {
+        assert_eq!(r["conn_close"], Value::Int64(1), "{r:?}");
+        for column in ["bytes_sent", "bytes_recv"] {
+            assert!(
+                matches!(r[column], Value::Int64(n) if n > 0),
+                "{column}: {r:?}"
+            );
+        }
+        if !addressed {
+            continue;
+        }
+        let server_port = match text(r, "trace_role") {
+            "server" => "local_port",
+            _ => "remote_port",
+        };
+        assert_eq!(r[server_port], Value::Int64(i64::from(port)), "{r:?}");
+        // The peer comes with the connect/accept event; the local address is read from the socket
+        // later, and is unknown if the process exited first.
+        assert_eq!(text(r, "remote_addr"), "127.0.0.1", "{r:?}");
+    }
+}
+
+/// Asserts that a server-side PostgreSQL row names the server's `port`, unless its connection has
+/// no addresses at all; returns whether it has them.
+///
+/// KNOWN RUNTIME GAP (reported, not fixed here): a backend's socket is inherited from the
+/// postmaster, so the agent learns its addresses only by inspecting the fd through pidfd_getfd
+/// when it handles the classification event. If the backend already exited by then (the agent's
+/// event loop lags on a loaded machine), the connection keeps no addresses: local_port 0, empty
+/// local_addr/remote_addr. Everything else in the row is still exact.
+fn assert_server_port_unless_backend_gone(r: &Row, port: u16) -> bool {
+    if r["local_port"] == Value::Int64(0) && text(r, "local_addr").is_empty() {
+        assert_eq!(text(r, "remote_addr"), "", "{r:?}");
+        eprintln!(
+            "known gap: backend {:?} exited before its socket was inspected; no addresses",
+            r["pid"]
+        );
+        return false;
+    }
+    assert_eq!(r["local_port"], Value::Int64(i64::from(port)), "{r:?}");
+    true
+}
+
+// --- PostgreSQL: postgres + psql (simple protocol) and pg8000 (extended protocol) -----------------
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const PG_PASSWORD: &str = "sonde-secret";
+
+fn pg_tool(name: &str) -> PathBuf {
+    let path = Path::new(PG_BIN).join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `scripts/setup peers` (PostgreSQL 15)",
+        path.display()
+    );
+    path
+}
+
+/// `setpriv` arguments that run the rest of the command line as the `postgres` user (PostgreSQL
+/// refuses to run as root). setpriv execs, so the pid stays the server's.
+const AS_POSTGRES: [&str; 4] = [
+    "--reuid=postgres",
+    "--regid=postgres",
+    "--init-groups",
+    "--",
+];
+
+/// A new cluster in `dir/data` with password authentication on TCP (so the startup exchange carries
+/// a secret to redact); `dir` is handed to the postgres user.
+fn init_postgres(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    std::fs::write(dir.join("pw"), PG_PASSWORD).unwrap();
+    run_ok(
+        Command::new(which("chown"))
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(dir),
+    );
+    run_ok(
+        Command::new(which("setpriv"))
+            .args(AS_POSTGRES)
+            .arg(pg_tool("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "--auth-local=trust",
+                "--auth-host=password",
+            ])
+            .arg(format!("--pwfile={}", dir.join("pw").display()))
+            .current_dir(dir),
+    );
+    data
+}
+
+/// The postmaster on `data`, listening on 127.0.0.1:`port` with its Unix socket in `dir`; moved into
+/// `cgroup` before it starts, so every backend it forks is in there too.
+fn start_postgres(dir: &Path, data: &Path, port: u16, cgroup: Option<&TestCgroup>) -> Server {
+    let mut cmd = match cgroup {
+        Some(cgroup) => {
+            let mut sh = Command::new("/bin/sh");
+            sh.args(cgroup.enter_and_exec()).arg(which("setpriv"));
+            sh
+        }
+        None => Command::new(which("setpriv")),
+    };
+    let log = std::fs::File::create(dir.join(format!("postgres-{port}.log"))).unwrap();
+    let child = cmd
+        .args(AS_POSTGRES)
+        .arg(pg_tool("postgres"))
+        .arg("-D")
+        .arg(data)
+        .args(["-p", &port.to_string()])
+        .arg("-k")
+        .arg(dir)
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("starting postgres");
+    // SIGINT is PostgreSQL's fast shutdown: backends are ended, not waited for.
+    let server = Server {
+        child,
+        signal: Signal::SIGINT,
+    };
+    wait_until("postgres", || {
+        Command::new(pg_tool("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    server
+}
+
+/// psql sending each of `commands` as one simple-protocol Query over one connection; its output.
+fn psql(port: u16, commands: &[&str]) -> std::process::Output {
+    let mut cmd = Command::new(pg_tool("psql"));
+    cmd.args(["-X", "-q", "-A", "-t", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-d", "postgres", "-p", &port.to_string()])
+        .env("PGPASSWORD", PG_PASSWORD)
+        .stdin(Stdio::null());
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    cmd.output().expect("running psql")
+}
+
+/// pg8000 over the extended protocol: unnamed statements from `run` (with and without parameters,
+/// one failing at Parse) and a named one prepared once and executed twice, then closed.
+const PG8000_CLIENT: &str = r#"
+import os, pg8000.native
+con = pg8000.native.Connection("postgres", password=os.environ["PGPASSWORD"], host="127.0.0.1", port=int(os.environ["PORT"]))
+con.run("CREATE TABLE IF NOT EXISTS u (id int, name text)")
+con.run("INSERT INTO u VALUES (:id, :name)", id=7, name="seven")
+print(con.run("SELECT id, name FROM u WHERE id = :id", id=7))
+try:
+    con.run("SELECT * FROM missing WHERE x = :x", x=1)
+except Exception as e:
+    print("error", e.args[0]["C"])
+ps = con.prepare("SELECT CAST(:v AS int) * 2")
+print(ps.run(v=21), ps.run(v=50))
+ps.close()
+con.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server_and_client_pgsql_events()
+ {
+    let cgroup = TestCgroup::new("pgsql");
+    // Under /tmp, whatever TMPDIR says: the postgres user must be able to reach it.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let data = init_postgres(dir.path());
+    // A second server from a copy of the cluster, outside the cgroup: its traffic must not show.
+    let other_data = dir.path().join("other");
+    run_ok(
+        Command::new(which("cp"))
+            .arg("-a")
+            .arg(&data)
+            .arg(&other_data),
+    );
+    let (port, other_port) = two_free_ports();
+    let traced = start_postgres(dir.path(), &data, port, Some(&cgroup));
+    let _untraced = start_postgres(dir.path(), &other_data, other_port, None);
+    let store = Store::default();
+    let mut registry = Registry::default();
+    // Selected by cgroup, as a pod's container: the backends forked per connection are traced too.
+    let probe = pod_tracepoint(vec![Protocol::Pgsql]);
+    let p = start_probe(
+        &store,
+        &mut registry,
+        &probe,
+        pod_target(traced.pid(), &pg_tool("postgres").display().to_string()),
+    );
+
+    let other = psql(other_port, &["SELECT 'untraced'"]);
+    assert_eq!(
+        String::from_utf8_lossy(&other.stdout),
+        "untraced\n",
+        "{other:?}"
+    );
+    let out = psql(
+        port,
+        &[
+            "SELECT 41 + 1",
+            "CREATE TABLE t (id int PRIMARY KEY, name text)",
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+            "SELECT 1/0",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n", "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("division by zero"),
+        "{out:?}"
+    );
+    // pg8000 runs in the traced cgroup too (an application next to its database in one pod): its
+    // side of the connection is traced as well, as the client.
+    let script = dir.path().join("pg8000_client.py");
+    std::fs::write(&script, PG8000_CLIENT).unwrap();
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(venv_python())
+            .arg(&script)
+            .env("PORT", port.to_string())
+            .env("PGPASSWORD", PG_PASSWORD),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[[7, 'seven']]\nerror 42P01\n[[42]] [[100]]\n"
+    );
+
+    let (server_want, client_want) = (5 + 13, 13);
+    let pgsql = wait_for_rows(&store, "pgsql_events", |r| {
+        r.len() >= server_want + client_want
+    })
+    .await;
+    // Backends exit without closing their socket: their rows come from the sweep of exited
+    // processes (every 10 s). pg8000 closes its own.
+    let stats = wait_for_rows(&store, "conn_stats", |r| of_protocol(r, "pgsql").len() >= 3).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+
+    let row = |role: &str, cmd: &str, req: &str, params: &str, resp: &str, rows: &str| {
+        [cmd, req, params, resp, rows, role]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    // psql: startup (password message redacted), then one Query per -c.
+    let psql_rows = vec![
+        row(
+            "server",
+            "StartupMessage",
+            "user=postgres database=postgres application_name=psql password=<redacted>",
+            "null",
+            "AuthenticationOk",
+            "0",
+        ),
+        row("server", "Query", "SELECT 41 + 1", "null", "SELECT 1", "1"),
+        row(
+            "server",
+            "Query",
+            "CREATE TABLE t (id int PRIMARY KEY, name text)",
+            "null",
+            "CREATE TABLE",
+            "0",
+        ),
+        row(
+            "server",
+            "Query",
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+            "null",
+            "INSERT 0 2",
+            "0",
+        ),
+        row(
+            "server",
+            "Query",
+            "SELECT 1/0",
+            "null",
+            "ERROR 22012: division by zero",
+            "0",
+        ),
+    ];
+    // pg8000: what the driver sends, as in protocols/tests/fixtures/pgsql/pg8000_extended; the
+    // same seen from either end.
+    let pg8000_rows = |role: &str| {
+        vec![
+            row(
+                role,
+                "StartupMessage",
+                "user=postgres password=<redacted>",
+                "null",
+                "AuthenticationOk",
+                "0",
+            ),
+            row(
+                role,
+                "Query",
+                "CREATE TABLE IF NOT EXISTS u (id int, name text)",
+                "null",
+                "CREATE TABLE",
+                "0",
+            ),
+            row(
+                role,
+                "Parse",
+                "INSERT INTO u VALUES ($1, $2)",
+                "null",
+                "ParseComplete",
+                "0",
+            ),
+            row(
+                role,
+                "Describe",
+                "INSERT INTO u VALUES ($1, $2)",
+                "null",
+                "ParameterDescription, NoData",
+                "0",
+            ),
+            row(
+                role,
+                "Execute",
+                "INSERT INTO u VALUES ($1, $2)",
+                "$1='7', $2='seven'",
+                "INSERT 0 1",
+                "0",
+            ),
+            row(
+                role,
+                "Parse",
+                "SELECT id, name FROM u WHERE id = $1",
+                "null",
+                "ParseComplete",
+                "0",
+            ),
+            row(
+                role,
+                "Describe",
+                "SELECT id, name FROM u WHERE id = $1",
+                "null",
+                "ParameterDescription, RowDescription",
+                "0",
+            ),
+            row(
+                role,
+                "Execute",
+                "SELECT id, name FROM u WHERE id = $1",
+                "$1='7'",
+                "SELECT 1",
+                "1",
+            ),
+            row(
+                role,
+                "Parse",
+                "SELECT * FROM missing WHERE x = $1",
+                "null",
+                "ERROR 42P01: relation \"missing\" does not exist",
+                "0",
+            ),
+            row(
+                role,
+                "Describe",
+                "SELECT CAST($1 AS int) * 2",
+                "null",
+                "ParseComplete, ParameterDescription, RowDescription",
+                "0",
+            ),
+            row(
+                role,
+                "Execute",
+                "SELECT CAST($1 AS int) * 2",
+                "$1='21'",
+                "SELECT 1",
+                "1",
+            ),
+            row(
+                role,
+                "Execute",
+                "SELECT CAST($1 AS int) * 2",
+                "$1='50'",
+                "SELECT 1",
+                "1",
+            ),
+            row(
+                role,
+                "Close",
+                "SELECT CAST($1 AS int) * 2",
+                "null",
+                "CloseComplete",
+                "0",
+            ),
+        ]
+    };
+    let columns = ["req_cmd", "req", "params", "resp", "rows", "trace_role"];
+    let (server, client) = by_role(&pgsql);
+    assert_eq!(
+        pick(&server, &columns),
+        [psql_rows, pg8000_rows("server")].concat(),
+        "{pgsql:?}"
+    );
+    assert_eq!(pick(&client, &columns), pg8000_rows("client"), "{pgsql:?}");
+    for r in &pgsql {
+        assert_eq!(text(r, "pod"), "peers", "{r:?}");
+    }
+    for r in &server {
+        assert_server_port_unless_backend_gone(r, port);
+    }
+    for r in &client {
+        assert_eq!(r["remote_port"], Value::Int64(i64::from(port)), "{r:?}");
+    }
+    // Each server-side connection is served by its own backend, forked after tracing started:
+    // one pid for psql's rows, another for pg8000's, each with one conn_stats row.
+    let pids = |rows: &[Row]| -> std::collections::BTreeSet<String> {
+        pick(rows, &["pid"]).into_iter().flatten().collect()
+    };
+    assert_eq!(pids(&server[..5]).len(), 1, "{pgsql:?}");
+    assert_eq!(pids(&server[5..]).len(), 1, "{pgsql:?}");
+    let backends = pids(&server);
+    assert_eq!(backends.len(), 2, "{pgsql:?}");
+    assert!(!backends.contains(&traced.pid().to_string()), "{pgsql:?}");
+    assert_eq!(pids(&client).len(), 1, "{pgsql:?}");
+    let (server_stats, client_stats) = by_role(&of_protocol(&stats, "pgsql"));
+    assert_eq!(server_stats.len(), 2, "{stats:?}");
+    assert_eq!(pids(&server_stats), backends, "{stats:?}");
+    for r in &server_stats {
+        let addressed = assert_server_port_unless_backend_gone(r, port);
+        assert_conn_stats(std::slice::from_ref(r), port, addressed);
+    }
+    assert_eq!(client_stats.len(), 1, "{stats:?}");
+    assert_eq!(pids(&client_stats), pids(&client), "{stats:?}");
+    assert_conn_stats(&client_stats, port, true);
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "db_client_operation_duration_seconds_count",
+            &["db_system_name=\"postgresql\"", "pod=\"peers\""]
+        ),
+        (server_want + client_want) as u64,
+        "{metrics}"
+    );
+    // psql's two SELECTs (the failing one too), and pg8000's three Executes of a SELECT, seen from
+    // both ends.
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "db_client_operation_duration_seconds_count",
+            &[
+                "db_system_name=\"postgresql\"",
+                "db_operation_name=\"SELECT\""
+            ]
+        ),
+        2 + 3 * 2,
+        "{metrics}"
+    );
+}
+
+// --- MariaDB: mariadbd + the mariadb client (COM_QUERY) and mysql-connector (prepared statements) --
+
+/// A new data directory in `dir/data`; root may log in over TCP without a password.
+fn init_mariadb(dir: &Path) -> PathBuf {
+    let data = dir.join("data");
+    run_ok(
+        Command::new(which("mariadb-install-db"))
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=root", "--auth-root-authentication-method=normal"]),
+    );
+    data
+}
+
+fn mariadb_socket(dir: &Path, port: u16) -> PathBuf {
+    dir.join(format!("mariadb-{port}.sock"))
+}
+
+/// mariadbd on `data`, listening on 127.0.0.1:`port`, with database `sonde` created over its Unix
+/// socket (before any tracing starts).
+fn start_mariadb(dir: &Path, data: &Path, port: u16) -> Server {
+    let socket = mariadb_socket(dir, port);
+    let child = Command::new(which("mariadbd"))
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .args(["--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
+        .arg(format!("--port={port}"))
+        .arg(format!("--socket={}", socket.display()))
+        .arg(format!(
+            "--pid-file={}",
+            dir.join(format!("mariadb-{port}.pid")).display()
+        ))
+        .arg(format!(
+            "--log-error={}",
+            dir.join(format!("mariadb-{port}.err")).display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        // Its only stderr line here is the max_open_files warning; the rest goes to --log-error.
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting mariadbd");
+    let server = Server {
+        child,
+        signal: Signal::SIGTERM,
+    };
+    let over_socket = |sql: &str| {
+        Command::new(which("mariadb"))
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", socket.display()))
+            .args(["-u", "root", "-e", sql])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    wait_until("mariadbd", || over_socket("SELECT 1"));
+    assert!(
+        over_socket("CREATE DATABASE sonde"),
+        "cannot create database sonde"
+    );
+    server
+}
+
+/// The mariadb client over TCP, in batch mode (`-e`): each statement is one COM_QUERY.
+fn mariadb_cli(port: u16, database: &str, statements: &str) -> std::process::Output {
+    Command::new(which("mariadb"))
+        .args([
+            "--no-defaults",
+            "--skip-ssl",
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "root",
+        ])
+        .args(["-P", &port.to_string(), "-e", statements, database])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running mariadb")
+}
+
+/// mysql-connector-python (pure Python) with a prepared cursor: COM_STMT_PREPARE/EXECUTE with
+/// binary parameters, one statement failing at prepare.
+const CONNECTOR_CLIENT: &str = r#"
+import os, mysql.connector
+con = mysql.connector.connect(host="127.0.0.1", port=int(os.environ["PORT"]), user="root",
+                              database="sonde", ssl_disabled=True, use_pure=True)
+cur = con.cursor(prepared=True)
+cur.execute("CREATE TABLE IF NOT EXISTS u (id int, name text)")
+cur.execute("INSERT INTO u VALUES (?, ?)", (7, "seven"))
+cur.execute("SELECT id, name FROM u WHERE id = ?", (7,))
+print(cur.fetchall())
+try:
+    cur.execute("SELECT * FROM missing WHERE x = ?", (1,))
+except Exception as e:
+    print("error", e.errno)
+cur.execute("SELECT CAST(? AS SIGNED) * 2", (21,))
+print(cur.fetchall())
+cur.close()
+con.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_exact_server_and_client_mysql_events()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_mariadb(dir.path());
+    // A second server from a copy of the data directory, not selected: its traffic must not show.
+    let other_data = dir.path().join("other");
+    run_ok(
+        Command::new(which("cp"))
+            .arg("-a")
+            .arg(&data)
+            .arg(&other_data),
+    );
+    let (port, other_port) = two_free_ports();
+    let traced = start_mariadb(dir.path(), &data, port);
+    let _untraced = start_mariadb(dir.path(), &other_data, other_port);
+    // The connector runs in a pod of its own, traced too: its side of each connection is the
+    // client's. A process started in that container first stands for its pause container.
+    let app = TestCgroup::new("mysql-app");
+    let pause = Server {
+        child: Command::new("/bin/sh")
+            .args(app.enter_and_exec())
+            .args([which("sleep").display().to_string(), "600".into()])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting sleep"),
+        signal: Signal::SIGKILL,
+    };
+    wait_until("sleep in its cgroup", || {
+        std::fs::read_to_string(app.path.join("cgroup.procs"))
+            .is_ok_and(|procs| procs.lines().any(|l| l == pause.pid().to_string()))
+    });
+    let store = Store::default();
+    let mut registry = Registry::default();
+    let ctx = context(&store, &mut registry);
+    let p = start_probe_in(
+        &ctx,
+        &tracepoint(vec![Protocol::Mysql], "*/mariadbd"),
+        target(traced.pid(), "/usr/sbin/mariadbd"),
+    );
+    let app_probe = start_probe_in(
+        &ctx,
+        &pod_tracepoint_for(vec![Protocol::Mysql], "app"),
+        pod_target_for(pause.pid(), "/usr/bin/sleep", "app"),
+    );
+
+    let other = mariadb_cli(other_port, "sonde", "SELECT 'untraced'");
+    assert_eq!(
+        String::from_utf8_lossy(&other.stdout),
+        "untraced\nuntraced\n",
+        "{other:?}"
+    );
+    let out = mariadb_cli(
+        port,
+        "sonde",
+        "SELECT 41 + 1; CREATE TABLE t (id int PRIMARY KEY, name text); \
+         INSERT INTO t VALUES (1, 'a'), (2, 'b'); SELECT id, name FROM t ORDER BY id; \
+         SELECT * FROM nope",
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "41 + 1\n42\nid\tname\n1\ta\n2\tb\n",
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Table 'sonde.nope' doesn't exist"),
+        "{out:?}"
+    );
+    let script = dir.path().join("connector_client.py");
+    std::fs::write(&script, CONNECTOR_CLIENT).unwrap();
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(app.enter_and_exec())
+            .arg(venv_python())
+            .arg(&script)
+            .env("PORT", port.to_string()),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "[(7, 'seven')]\nerror 1146\n[(42,)]\n"
+    );
+
+    let (server_want, client_want) = (6 + 17, 17);
+    let mysql = wait_for_rows(&store, "mysql_events", |r| {
+        r.len() >= server_want + client_want
+    })
+    .await;
+    let stats = wait_for_rows(&store, "conn_stats", |r| of_protocol(r, "mysql").len() >= 3).await;
+    let metrics = metrics_text(&registry);
+    app_probe.stop().await;
+    p.stop().await;
+
+    let row =
+        |role: &str, cmd: &str, body: &str, params: &str, status: &str, resp: &str, rows: &str| {
+            [cmd, body, params, status, resp, rows, role]
+                .map(str::to_owned)
+                .to_vec()
+        };
+    let ok = |role: &str, cmd: &str, body: &str, resp: &str| {
+        row(role, cmd, body, "null", "OK", resp, "0")
+    };
+    // The client in batch mode: one COM_QUERY per statement; it stops at the error.
+    let cli_rows = vec![
+        row(
+            "server",
+            "COM_QUERY",
+            "SELECT 41 + 1",
+            "null",
+            "OK",
+            "Resultset rows = 1",
+            "1",
+        ),
+        ok(
+            "server",
+            "COM_QUERY",
+            "CREATE TABLE t (id int PRIMARY KEY, name text)",
+            "affected rows: 0",
+        ),
+        ok(
+            "server",
+            "COM_QUERY",
+            "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+            "Records: 2  Duplicates: 0  Warnings: 0",
+        ),
+        row(
+            "server",
+            "COM_QUERY",
+            "SELECT id, name FROM t ORDER BY id",
+            "null",
+            "OK",
+            "Resultset rows = 2",
+            "2",
+        ),
+        row(
+            "server",
+            "COM_QUERY",
+            "SELECT * FROM nope",
+            "null",
+            "ERR",
+            "1146 (42S02): Table 'sonde.nope' doesn't exist",
+            "0",
+        ),
+        row("server", "COM_QUIT", "null", "null", "NONE", "null", "null"),
+    ];
+    // mysql-connector: what the driver sends, as in
+    // protocols/tests/fixtures/mysql/connector_prepared; the same seen from either end.
+    let connector_rows = |role: &str| {
+        vec![
+            ok(
+                role,
+                "COM_QUERY",
+                "SET NAMES 'utf8mb4' COLLATE 'utf8mb4_general_ci'",
+                "affected rows: 0",
+            ),
+            ok(
+                role,
+                "COM_QUERY",
+                "SET @@session.autocommit = OFF",
+                "affected rows: 0",
+            ),
+            ok(role, "COM_PING", "null", "affected rows: 0"),
+            ok(
+                role,
+                "COM_STMT_PREPARE",
+                "CREATE TABLE IF NOT EXISTS u (id int, name text)",
+                "statement 1: 0 params, 0 columns",
+            ),
+            ok(role, "COM_STMT_RESET", "null", "affected rows: 0"),
+            ok(
+                role,
+                "COM_STMT_EXECUTE",
+                "CREATE TABLE IF NOT EXISTS u (id int, name text)",
+                "affected rows: 0",
+            ),
+            ok(
+                role,
+                "COM_STMT_PREPARE",
+                "INSERT INTO u VALUES (?, ?)",
+                "statement 2: 2 params, 0 columns",
+            ),
+            ok(role, "COM_STMT_RESET", "null", "affected rows: 0"),
+            row(
+                role,
+                "COM_STMT_EXECUTE",
+                "INSERT INTO u VALUES (?, ?)",
+                "7, 'seven'",
+                "OK",
+                "affected rows: 1",
+                "0",
+            ),
+            ok(
+                role,
+                "COM_STMT_PREPARE",
+                "SELECT id, name FROM u WHERE id = ?",
+                "statement 3: 1 params, 2 columns",
+            ),
+            ok(role, "COM_STMT_RESET", "null", "affected rows: 0"),
+            row(
+                role,
+                "COM_STMT_EXECUTE",
+                "SELECT id, name FROM u WHERE id = ?",
+                "7",
+                "OK",
+                "Resultset rows = 1",
+                "1",
+            ),
+            row(
+                role,
+                "COM_STMT_PREPARE",
+                "SELECT * FROM missing WHERE x = ?",
+                "null",
+                "ERR",
+                "1146 (42S02): Table 'sonde.missing' doesn't exist",
+                "0",
+            ),
+            ok(
+                role,
+                "COM_STMT_PREPARE",
+                "SELECT CAST(? AS SIGNED) * 2",
+                "statement 5: 1 params, 1 columns",
+            ),
+            ok(role, "COM_STMT_RESET", "null", "affected rows: 0"),
+            row(
+                role,
+                "COM_STMT_EXECUTE",
+                "SELECT CAST(? AS SIGNED) * 2",
+                "21",
+                "OK",
+                "Resultset rows = 1",
+                "1",
+            ),
+            row(role, "COM_QUIT", "null", "null", "NONE", "null", "null"),
+        ]
+    };
+    let columns = [
+        "req_cmd",
+        "req_body",
+        "params",
+        "resp_status",
+        "resp_body",
+        "rows",
+        "trace_role",
+    ];
+    let (server, client) = by_role(&mysql);
+    assert_eq!(
+        pick(&server, &columns),
+        [cli_rows, connector_rows("server")].concat(),
+        "{mysql:?}"
+    );
+    assert_eq!(
+        pick(&client, &columns),
+        connector_rows("client"),
+        "{mysql:?}"
+    );
+    for r in &server {
+        assert_eq!(r["local_port"], Value::Int64(i64::from(port)), "{r:?}");
+        assert_eq!(r["pid"], Value::Int64(i64::from(traced.pid())), "{r:?}");
+        assert_eq!(text(r, "pod"), "", "{r:?}");
+    }
+    for r in &client {
+        assert_eq!(r["remote_port"], Value::Int64(i64::from(port)), "{r:?}");
+        assert_eq!(text(r, "pod"), "app", "{r:?}");
+    }
+    // Both clients closed their connection (COM_QUIT): one server-side row each, and one for the
+    // connector's own end.
+    let (server_stats, client_stats) = by_role(&of_protocol(&stats, "mysql"));
+    assert_eq!(server_stats.len(), 2, "{stats:?}");
+    assert_eq!(client_stats.len(), 1, "{stats:?}");
+    assert_conn_stats(&server_stats, port, true);
+    assert_conn_stats(&client_stats, port, true);
+    // Every request but the COM_QUITs (no response, so no duration).
+    let series = "db_client_operation_duration_seconds_count";
+    assert_eq!(
+        metric_sum(&metrics, series, &["db_system_name=\"mysql\""]),
+        (server_want - 2 + client_want - 1) as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            series,
+            &["db_system_name=\"mysql\"", "pod=\"app\""]
+        ),
+        (client_want - 1) as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            series,
+            &["db_system_name=\"mysql\"", "db_operation_name=\"PREPARE\""]
+        ),
+        5 * 2,
+        "{metrics}"
+    );
+}
