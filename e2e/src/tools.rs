@@ -96,7 +96,8 @@ pub struct SondeBinaries {
 }
 
 /// Builds `sonde-operator` and `sonde-agent` with cargo (a no-op when they are fresh) so the tests always
-/// run the current code. `SONDE_E2E_PREBUILT=1` skips the build and uses what is in `target/debug`.
+/// run the current code. `SONDE_E2E_PREBUILT=1` skips the build and uses what is in `target/debug`
+/// (`target/release` for [`build_sonde_profile`]`(true)`).
 pub fn build_sonde() -> Result<SondeBinaries> {
     build_sonde_profile(false)
 }
@@ -105,22 +106,28 @@ pub fn build_sonde() -> Result<SondeBinaries> {
 pub fn build_sonde_profile(release: bool) -> Result<SondeBinaries> {
     if std::env::var_os("SONDE_E2E_PREBUILT").is_none() {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut args = vec![
+            "build",
+            "--quiet",
+            "-p",
+            "sonde-operator",
+            "-p",
+            "sonde-agent",
+        ];
+        // The profile built must be the one run below, or a benchmark measures stale binaries.
+        if release {
+            args.push("--release");
+        }
         // Output is captured so it does not interleave with the test report; it is shown on failure.
         let out = Command::new(&cargo)
             .current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "sonde-operator",
-                "-p",
-                "sonde-agent",
-            ])
+            .args(&args)
             .output()
             .with_context(|| format!("running {cargo:?} build"))?;
         if !out.status.success() {
             bail!(
-                "`cargo build -p sonde-operator -p sonde-agent` failed ({}); fix the build first:\n{}",
+                "`cargo {}` failed ({}); fix the build first:\n{}",
+                args.join(" "),
                 out.status,
                 String::from_utf8_lossy(&out.stderr)
             );
@@ -134,8 +141,9 @@ pub fn build_sonde_profile(release: bool) -> Result<SondeBinaries> {
     for p in [&bins.operator, &bins.agent] {
         if !p.is_file() {
             bail!(
-                "{} is missing: run `cargo build -p sonde-operator -p sonde-agent`",
-                p.display()
+                "{} is missing: run `cargo build{} -p sonde-operator -p sonde-agent`",
+                p.display(),
+                if release { " --release" } else { "" }
             );
         }
     }

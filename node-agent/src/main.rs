@@ -1,6 +1,7 @@
 //! `sonde-agent`: runs this node's probes, from its NodeAssignment (cluster) or from local YAML
 //! files (`--manifests`, standalone), and serves their tables and metrics over HTTP.
-#![forbid(unsafe_code)]
+// deny, not forbid: one audited call sets an allocator option in main.
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -47,6 +48,10 @@ struct Cli {
     /// How often the CPU profiler drains, symbolizes and writes its samples (e.g. 10s).
     #[arg(long, env = "SONDE_PROFILER_PERIOD", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     profiler_period: std::time::Duration,
+    /// How often protocol tracing writes a conn_stats row for each open connection with new
+    /// traffic (cumulative bytes, conn_close 0); closed connections always get their final row.
+    #[arg(long, env = "SONDE_CONN_STATS_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    conn_stats_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +80,24 @@ enum StartError {
     },
 }
 
+/// mimalloc instead of glibc's malloc: the protocol runtime allocates per event and per row, where
+/// glibc's allocator cost about a third of the agent's CPU.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `mi_option_purge_delay` in mimalloc v3's `mi_option_e` (include/mimalloc.h); libmimalloc-sys
+/// exports no constant for it.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
 fn main() -> ExitCode {
+    // Return freed memory to the OS at once: with the default delay, the memory freed after
+    // start-up (object loading) stays resident while the agent idles (59 instead of 21 MiB).
+    // Measured under protocol load: no CPU cost visible.
+    // SAFETY: sets a process-wide allocator option, read by mimalloc on its next purge.
+    #[allow(unsafe_code)]
+    unsafe {
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0)
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -156,7 +178,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         node: node.clone(),
         tables: store.clone(),
         bpftrace,
-        protocols: Arc::new(ProtocolsShared::new(&mut registry)),
+        protocols: Arc::new(ProtocolsShared::with_conn_stats_interval(
+            &mut registry,
+            cli.conn_stats_interval,
+        )),
         profiler: Arc::new(ProfilerShared::with_period(
             &mut registry,
             cli.profiler_period,

@@ -3,7 +3,7 @@
 //!
 //! Kernel → user: events on the [`names::EVENTS_MAP`] ring buffer. Each starts with an
 //! [`EventHeader`] whose `kind` says which struct it is: [`OpenEvent`], [`CloseEvent`],
-//! [`ClassifyEvent`], [`PeerEvent`] or a data event ([`DataEventHeader`] followed by `len` bytes). User → kernel:
+//! [`ClassifyEvent`], [`PeerEvent`], [`ForkEvent`] or a data event ([`DataEventHeader`] followed by `len` bytes). User → kernel:
 //! the filter maps (tgids, cgroup ids) and [`ConnInfo::state`] for fds the kernel could not classify.
 
 /// Bytes of one data event; a syscall's buffers are split into chunks of at most this size.
@@ -18,6 +18,12 @@ pub const MAX_IOVECS: u32 = 8;
 /// length).
 pub const MAX_MMSGS: u32 = 4;
 
+/// [`DataEventHeader::syscall`] of recvmmsg (x86-64): a datagram syscall in practice, so bytes it
+/// moved say the socket is UDP even when the fd could not be looked at.
+pub const SYS_RECVMMSG: u32 = 299;
+/// [`DataEventHeader::syscall`] of sendmmsg (x86-64); see [`SYS_RECVMMSG`].
+pub const SYS_SENDMMSG: u32 = 307;
+
 /// [`EventHeader::kind`]: a connection opened (connect/accept), with the peer address if known.
 pub const EVENT_OPEN: u32 = 1;
 /// [`EventHeader::kind`]: bytes of one syscall (one chunk).
@@ -30,6 +36,8 @@ pub const EVENT_CLASSIFY: u32 = 4;
 /// [`EventHeader::kind`]: the following datagrams of a connection-less socket come from / go to
 /// another peer ([`PeerEvent`]).
 pub const EVENT_PEER: u32 = 5;
+/// [`EventHeader::kind`]: a selected process forked ([`ForkEvent`]); the child inherits its fds.
+pub const EVENT_FORK: u32 = 6;
 
 /// [`OpenEvent::flags`]: a datagram socket seen first in a recvfrom/recvmsg/recvmmsg returning a
 /// source address (role server) or a sendto/sendmsg/sendmmsg with a destination (role client);
@@ -123,7 +131,9 @@ pub struct ConnInfo {
     /// Datagram sockets: the peer of the last datagram with an address (a [`PeerEvent`] is sent
     /// when it changes). Zero otherwise.
     pub peer: PeerAddr,
-    pub _pad: u32,
+    /// Syscalls truncated while the fd was [`CONN_PENDING`]: not counted as drops yet, because a
+    /// file is no connection; user space counts them once it knows the fd is a socket.
+    pub pending_truncated: u32,
 }
 const _: () = assert!(core::mem::size_of::<ConnInfo>() == 56);
 
@@ -185,8 +195,11 @@ pub struct CloseEvent {
     pub header: EventHeader,
     pub bytes_sent: u64,
     pub bytes_recv: u64,
+    /// [`ConnInfo::pending_truncated`] at close.
+    pub pending_truncated: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<CloseEvent>() == 56);
+const _: () = assert!(core::mem::size_of::<CloseEvent>() == 64);
 
 /// I/O on an fd of unknown type (its [`ConnInfo`] is now [`CONN_PENDING`], generation in the header).
 #[repr(C)]
@@ -195,6 +208,19 @@ pub struct ClassifyEvent {
     pub header: EventHeader,
 }
 const _: () = assert!(core::mem::size_of::<ClassifyEvent>() == 40);
+
+/// A selected process forked a child process (not a thread): the child shares the parent's open
+/// fds, so a socket the parent accepted (a PostgreSQL postmaster's) is the child's connection too.
+/// `header.tgid` is the parent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForkEvent {
+    pub header: EventHeader,
+    /// The child's pid (its tgid).
+    pub child: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48);
 
 /// Header of a data event; `len` bytes of data follow it in the same ring-buffer record.
 #[repr(C)]
@@ -275,6 +301,9 @@ pub mod names {
         ("sys_exit_sendfile64", "conn_exit_sendfile"),
         ("sys_enter_close", "conn_enter_close"),
     ];
+    /// Other tracepoints: (category, name, program).
+    pub const TASK_TRACEPOINTS: &[(&str, &str, &str)] =
+        &[("task", "task_newtask", "conn_task_newtask")];
 }
 
 #[cfg(feature = "user")]
@@ -288,6 +317,7 @@ mod pod {
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl aya::Pod for super::ClassifyEvent {}
     unsafe impl aya::Pod for super::PeerEvent {}
+    unsafe impl aya::Pod for super::ForkEvent {}
     unsafe impl aya::Pod for super::PeerAddr {}
     unsafe impl aya::Pod for super::DataEventHeader {}
 }

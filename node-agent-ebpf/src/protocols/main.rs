@@ -25,12 +25,13 @@
 #![no_main]
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         bpf_probe_read_user_buf,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use sonde_common::conn::{
@@ -41,6 +42,7 @@ use sonde_common::conn::{
     MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OpenEvent, PeerAddr, PeerEvent,
     ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
 };
+use sonde_common::conn::{EVENT_FORK, ForkEvent, SYS_RECVMMSG, SYS_SENDMMSG};
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
 #[unsafe(no_mangle)]
@@ -57,10 +59,17 @@ static CONN_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 static CONN_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 #[map]
 static CONN_CONNS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
+/// Per-thread syscall arguments, enter → exit. Each thread's slot is written in place at enter and
+/// disarmed at exit (no insert/delete per syscall: those took a bucket lock and a free-list trip
+/// each); LRU so the slots of exited threads age out instead of filling the map.
 #[map]
-static CONN_ARGS: HashMap<u64, Args> = HashMap::with_max_entries(16384, 0);
+static CONN_ARGS: LruHashMap<u64, Args> = LruHashMap::with_max_entries(16384, 0);
 #[map]
 static CONN_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
+/// Scratch of [`emit_gathered`]: twice a chunk, so an offset below `DATA_CHUNK` plus a length of at
+/// most `DATA_CHUNK` stays inside it in a way the verifier can check.
+#[map]
+static CONN_GATHER: PerCpuArray<GatherEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONN_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
 
@@ -76,8 +85,6 @@ const SYS_RECVFROM: u32 = 45;
 const SYS_SENDMSG: u32 = 46;
 const SYS_RECVMSG: u32 = 47;
 const SYS_SENDFILE: u32 = 40;
-const SYS_RECVMMSG: u32 = 299;
-const SYS_SENDMMSG: u32 = 307;
 
 /// sendmmsg/recvmmsg messages whose lengths are still added to the byte counts beyond the
 /// `MAX_MMSGS` whose bytes are captured.
@@ -106,6 +113,17 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const EINPROGRESS: i64 = 115;
 
+/// A data event whose bytes are gathered from several iovecs (same layout as `DataEvent` up to
+/// the data sent).
+#[repr(C)]
+struct GatherEvent {
+    header: DataEventHeader,
+    data: [u8; 2 * DATA_CHUNK],
+}
+
+/// [`Args::syscall`] of a slot whose syscall has exited (or never stashed): nothing to take.
+const SYS_NONE: u32 = u32::MAX;
+
 /// Arguments stashed at syscall entry, per thread.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -133,9 +151,17 @@ const RET_OFFSET: usize = 16;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // SAFETY: syscall tracepoint records hold six u64 arguments after a 16-byte header; the helper
-    // reads within the record the kernel hands the program.
-    unsafe { ctx.read_at::<u64>(arg_offset(n)) }.unwrap_or(0)
+    // A direct load from the record (the verifier allows aligned reads of a tracepoint's context):
+    // one instruction instead of a probe-read helper call per argument.
+    // SAFETY: syscall tracepoint records hold six u64 arguments after a 16-byte header.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(arg_offset(n) / 8)) }
+}
+
+/// The return value of a `syscalls:sys_exit_*` record (a direct load, as in [`arg`]).
+#[inline(always)]
+fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: `ret` is the i64 at RET_OFFSET of every sys_exit record.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const i64).add(RET_OFFSET / 8)) }
 }
 
 /// Ring-buffer output flags: wake the agent only when enough is waiting.
@@ -215,18 +241,26 @@ fn stash_addr(
         addr,
         addr_len,
     };
-    if CONN_ARGS.insert(&id, &args, 0).is_err() {
+    if let Some(slot) = CONN_ARGS.get_ptr_mut(&id) {
+        // SAFETY: this thread's own slot; only this thread writes it, at enter and exit.
+        unsafe { *slot = args };
+    } else if CONN_ARGS.insert(&id, &args, 0).is_err() {
         count_drop(DROP_ARGS_MAP_FULL);
     }
     0
 }
 
-/// Takes the arguments stashed by this thread's enter hook (None for every process not traced).
+/// Takes the arguments stashed by this thread's enter hook (None for every process not traced,
+/// and for a syscall whose enter stashed nothing, e.g. on an ignored fd).
 #[inline(always)]
 fn take_args(id: u64) -> Option<Args> {
-    // SAFETY: the value is copied before the entry is removed.
-    let args = unsafe { CONN_ARGS.get(&id) }.copied()?;
-    let _ = CONN_ARGS.remove(&id);
+    let slot = CONN_ARGS.get_ptr_mut(&id)?;
+    // SAFETY: this thread's own slot (see `stash_addr`); copied, then disarmed in place.
+    let args = unsafe { *slot };
+    if args.syscall == SYS_NONE {
+        return None;
+    }
+    unsafe { (*slot).syscall = SYS_NONE };
     Some(args)
 }
 
@@ -384,8 +418,7 @@ pub fn conn_enter_accept(ctx: TracePointContext) -> u32 {
 pub fn conn_exit_connect(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(args) = take_args(id) else { return 0 };
-    // SAFETY: `ret` is the i64 at RET_OFFSET of every sys_exit record.
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    let ret = ret(&ctx);
     if ret != 0 && ret != -EINPROGRESS {
         return 0;
     }
@@ -397,8 +430,7 @@ pub fn conn_exit_connect(ctx: TracePointContext) -> u32 {
 pub fn conn_exit_accept(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(args) = take_args(id) else { return 0 };
-    // SAFETY: as in conn_exit_connect.
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    let ret = ret(&ctx);
     if ret < 0 {
         return 0;
     }
@@ -532,7 +564,7 @@ fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags:
         state,
         role,
         peer,
-        _pad: 0,
+        pending_truncated: 0,
     };
     if CONN_CONNS.insert(&key, &info, 0).is_err() {
         count_drop(DROP_CONN_MAP_FULL);
@@ -565,6 +597,8 @@ pub fn conn_enter_close(ctx: TracePointContext) -> u32 {
         header: header(EVENT_CLOSE, id, key.fd, info.generation, now),
         bytes_sent: info.bytes_sent,
         bytes_recv: info.bytes_recv,
+        pending_truncated: info.pending_truncated,
+        _pad: 0,
     };
     if CONN_EVENTS.output::<CloseEvent>(&event, wakeup()).is_err() {
         count_drop(DROP_RING_FULL);
@@ -577,8 +611,7 @@ pub fn conn_enter_close(ctx: TracePointContext) -> u32 {
 pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(args) = take_args(id) else { return 0 };
-    // SAFETY: as in conn_exit_connect.
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    let ret = ret(&ctx);
     if ret <= 0 {
         return 0;
     }
@@ -622,20 +655,28 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     event.header.direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
     event.header.syscall = args.syscall;
     let mut budget = MAX_CHUNKS_PER_SYSCALL;
-    let captured = match args.layout {
-        BUF_PLAIN => emit_buffer(event, args.buf, ret, pos, &mut budget),
-        BUF_IOVEC => emit_iovecs(event, args.buf, args.count, ret, pos, &mut budget),
+    let (iov, iov_count) = match args.layout {
+        BUF_IOVEC => (args.buf, args.count),
         BUF_MSGHDR => {
             // struct msghdr: msg_iov at 16, msg_iovlen at 24.
             // SAFETY: reads of user memory through the checked helper.
             let iov = unsafe { bpf_probe_read_user((args.buf + 16) as *const u64) }.unwrap_or(0);
             let n = unsafe { bpf_probe_read_user((args.buf + 24) as *const u64) }.unwrap_or(0);
-            emit_iovecs(event, iov, n, ret, pos, &mut budget)
+            (iov, n)
         }
+        _ => (0, 0),
+    };
+    let captured = match args.layout {
+        BUF_PLAIN => emit_buffer(event, args.buf, ret, pos, &mut budget),
+        // Several iovecs whose bytes fit one chunk (nginx's headers + body writev): one event.
+        BUF_IOVEC | BUF_MSGHDR if iov_count > 1 && ret <= DATA_CHUNK as u64 => {
+            emit_gathered(event, iov, iov_count, ret, pos)
+        }
+        BUF_IOVEC | BUF_MSGHDR => emit_iovecs(event, iov, iov_count, ret, pos, &mut budget),
         _ => ret,
     };
     if captured < ret {
-        count_drop(DROP_TRUNCATED);
+        count_truncated(info);
     }
     0
 }
@@ -673,6 +714,12 @@ fn note_peer(id: u64, fd: u32, info: &mut ConnInfo, peer: PeerAddr, role: u32) {
         // User space's verdict only replaces a pending state, so this one stays.
         info.state = CONN_TRACE;
         info.role = role;
+        // A socket after all: its truncations while pending are losses now.
+        if let Some(slot) = CONN_DROPS.get_ptr_mut(DROP_TRUNCATED) {
+            // SAFETY: per-CPU slot of this CPU, as in count_drop.
+            unsafe { *slot += u64::from(info.pending_truncated) };
+        }
+        info.pending_truncated = 0;
     }
     if same_peer(&info.peer, &peer) {
         return;
@@ -715,8 +762,7 @@ fn advance(info: &mut ConnInfo, egress: bool, n: u64) -> u64 {
 pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(args) = take_args(id) else { return 0 };
-    // SAFETY: as in conn_exit_connect.
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    let ret = ret(&ctx);
     if ret <= 0 || args.layout != BUF_MMSG {
         return 0;
     }
@@ -769,11 +815,11 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
         let take = if size < len { size } else { len };
         let mut budget = MAX_CHUNKS_PER_SYSCALL;
         if emit_buffer(event, base, take, pos, &mut budget) < len {
-            count_drop(DROP_TRUNCATED);
+            count_truncated(info);
         }
     }
     if msgs > MAX_MMSGS as u64 {
-        count_drop(DROP_TRUNCATED);
+        count_truncated(info);
         // Later messages still count in the byte statistics and stream positions.
         for i in MAX_MMSGS as u64..MAX_MMSGS_COUNTED {
             if i >= msgs {
@@ -796,8 +842,7 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
 pub fn conn_exit_sendfile(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let Some(args) = take_args(id) else { return 0 };
-    // SAFETY: as in conn_exit_connect.
-    let ret = unsafe { ctx.read_at::<i64>(RET_OFFSET) }.unwrap_or(-1);
+    let ret = ret(&ctx);
     if ret <= 0 || args.layout != BUF_NONE {
         return 0;
     }
@@ -851,7 +896,7 @@ fn unknown_fd(id: u64, key: ConnKey) {
             port: 0,
             addr: [0; 16],
         },
-        _pad: 0,
+        pending_truncated: 0,
     };
     if CONN_CONNS.insert(&key, &info, 0).is_err() {
         count_drop(DROP_CONN_MAP_FULL);
@@ -924,6 +969,63 @@ fn emit_iovecs(
     done
 }
 
+/// Emits the first `len` (≤ DATA_CHUNK) bytes spread over `count` iovecs at `iov` as one data event
+/// (`event`'s header, chunk 0); returns the bytes emitted.
+#[inline(always)]
+fn emit_gathered(event: &DataEvent, iov: u64, count: u64, len: u64, pos: u64) -> u64 {
+    let Some(out) = CONN_GATHER.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's gather slot, used only for the duration of this program run.
+    let out = unsafe { &mut *out };
+    let mut done: u64 = 0;
+    for i in 0..MAX_IOVECS as u64 {
+        if i >= count || done >= len {
+            break;
+        }
+        // SAFETY: reads of user memory through the checked helper.
+        let base = unsafe { bpf_probe_read_user((iov + 16 * i) as *const u64) }.unwrap_or(0);
+        let size = unsafe { bpf_probe_read_user((iov + 16 * i + 8) as *const u64) }.unwrap_or(0);
+        let take = if size > len - done { len - done } else { size };
+        // Masks the verifier can follow: the offset below DATA_CHUNK (done < len ≤ DATA_CHUNK), the
+        // length at most DATA_CHUNK, so the copy stays within the 2 × DATA_CHUNK buffer.
+        let off = (done as usize) & (DATA_CHUNK - 1);
+        let n = (take as usize) & (2 * DATA_CHUNK - 1);
+        let n = if n > DATA_CHUNK { DATA_CHUNK } else { n };
+        // SAFETY: `off + n` ≤ 2 × DATA_CHUNK (above); the helper checks the user address.
+        let failed = unsafe {
+            aya_ebpf::helpers::generated::bpf_probe_read_user(
+                out.data.as_mut_ptr().add(off).cast(),
+                n as u32,
+                base as *const core::ffi::c_void,
+            )
+        } != 0;
+        if failed {
+            count_drop(DROP_READ_FAILED);
+            break;
+        }
+        done += take;
+    }
+    let n = (done as usize) & (2 * DATA_CHUNK - 1);
+    let n = if n > DATA_CHUNK { DATA_CHUNK } else { n };
+    if n == 0 {
+        return 0;
+    }
+    out.header = event.header;
+    out.header.stream_pos = pos;
+    out.header.len = n as u32;
+    out.header.chunk = 0;
+    let size = core::mem::size_of::<DataEventHeader>() + n;
+    // SAFETY: GatherEvent is repr(C) plain data; `size` ≤ its size (n ≤ DATA_CHUNK).
+    let bytes =
+        unsafe { core::slice::from_raw_parts((out as *const GatherEvent).cast::<u8>(), size) };
+    if CONN_EVENTS.output::<[u8]>(bytes, wakeup()).is_err() {
+        count_drop(DROP_RING_FULL);
+        return 0;
+    }
+    n as u64
+}
+
 /// One data event of `n` (≤ DATA_CHUNK) bytes from user address `src`. False if it was lost.
 #[inline(always)]
 fn emit_chunk(event: &mut DataEvent, src: u64, n: usize, pos: u64) -> bool {
@@ -944,6 +1046,55 @@ fn emit_chunk(event: &mut DataEvent, src: u64, n: usize, pos: u64) -> bool {
         return false;
     }
     true
+}
+
+/// A syscall moved more than its events carry. While the fd is pending it may be a file, whose
+/// bytes are no loss: the count waits in the connection until user space knows it is a socket.
+#[inline(always)]
+fn count_truncated(info: &mut ConnInfo) {
+    if info.state == CONN_PENDING {
+        info.pending_truncated = info.pending_truncated.saturating_add(1);
+    } else {
+        count_drop(DROP_TRUNCATED);
+    }
+}
+
+/// `task:task_newtask` record: the new task's pid at 8, its clone flags at 32 (the tracepoint's
+/// format file).
+const NEWTASK_PID_OFFSET: usize = 8;
+const NEWTASK_FLAGS_OFFSET: usize = 32;
+const CLONE_THREAD: u64 = 0x10000;
+
+/// A selected process creates a child process (fires in the parent, before the child runs): user
+/// space learns child → parent, so a socket the child inherited (a PostgreSQL backend's, accepted
+/// by the postmaster) gets the parent's addresses even if the child exits before its fd can be
+/// looked at. Threads share the process's fds and connections: nothing to report.
+#[tracepoint]
+pub fn conn_task_newtask(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint record through the checked helper.
+    let flags = unsafe { ctx.read_at::<u64>(NEWTASK_FLAGS_OFFSET) }.unwrap_or(CLONE_THREAD);
+    if flags & CLONE_THREAD != 0 {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    if !selected((id >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: as above.
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(NEWTASK_PID_OFFSET) }) else {
+        return 0;
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let event = ForkEvent {
+        header: header(EVENT_FORK, id, 0, 0, now),
+        child: child as u32,
+        _pad: 0,
+    };
+    if CONN_EVENTS.output::<ForkEvent>(&event, wakeup()).is_err() {
+        count_drop(DROP_RING_FULL);
+    }
+    0
 }
 
 #[cfg(not(test))]

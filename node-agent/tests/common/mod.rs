@@ -121,12 +121,53 @@ impl Drop for TestCgroup {
     }
 }
 
+/// A process that stands for a pod's pause container in `cgroup` (a pod Tracepoint needs a target
+/// process to find the cgroup): `sleep`, in the cgroup once this returns, killed on drop.
+pub fn pause_in(cgroup: &TestCgroup) -> Server {
+    let pause = Server {
+        child: std::process::Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .args([which("sleep").display().to_string(), "600".into()])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting sleep"),
+        signal: Signal::SIGKILL,
+    };
+    for _ in 0..600 {
+        let procs = std::fs::read_to_string(cgroup.path.join("cgroup.procs")).unwrap_or_default();
+        if procs.lines().any(|l| l == pause.pid().to_string()) {
+            return pause;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("sleep did not enter {} within 60 s", cgroup.path.display());
+}
+
 pub fn context(store: &Store, registry: &mut Registry) -> ProbeContext {
+    let protocols = ProtocolsShared::new(registry);
+    context_with(store, registry, protocols)
+}
+
+/// [`context`] whose protocol tracing writes periodic conn_stats rows every `every`.
+pub fn context_with_conn_stats_every(
+    store: &Store,
+    registry: &mut Registry,
+    every: Duration,
+) -> ProbeContext {
+    let protocols = ProtocolsShared::with_conn_stats_interval(registry, every);
+    context_with(store, registry, protocols)
+}
+
+fn context_with(
+    store: &Store,
+    registry: &mut Registry,
+    protocols: ProtocolsShared,
+) -> ProbeContext {
     ProbeContext {
         node: "test".into(),
         tables: store.clone(),
         bpftrace: Arc::new(BpftraceShared::new(registry, "bpftrace".into())),
-        protocols: Arc::new(ProtocolsShared::new(registry)),
+        protocols: Arc::new(protocols),
         profiler: Arc::new(ProfilerShared::new(registry)),
         dynamic_log: Arc::new(DynamicLogShared::new(registry)),
     }
@@ -264,6 +305,16 @@ pub async fn wait_for_rows(store: &Store, table: &str, want: impl Fn(&[Row]) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     rows(store, table)
+}
+
+/// The final conn_stats rows, written when connections closed (open connections also get periodic
+/// rows, with `conn_close` 0, when a test runs past the interval).
+pub fn closed(stats: &[Row]) -> Vec<Row> {
+    stats
+        .iter()
+        .filter(|r| r.get("conn_close") == Some(&Value::Int64(1)))
+        .cloned()
+        .collect()
 }
 
 /// A string column's value ("" for anything else).

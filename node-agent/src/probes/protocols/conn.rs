@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use sonde_common::conn::{SYS_RECVMMSG, SYS_SENDMMSG};
 use sonde_protocols::{ConnParser, Direction, Kind, ParseError, Record, Role, Transport};
 
 use super::routes::Route;
@@ -29,6 +30,21 @@ pub enum Protocol {
     },
     /// No enabled protocol recognised it; only its byte counts are kept.
     Unknown,
+}
+
+/// What says the fd is a connection at all. The kernel side captures the bytes of fds still being
+/// classified, so user space must be able to throw them away.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Evidence {
+    /// An inet socket: from connect/accept, a datagram with a peer, or the fd looked at.
+    Socket,
+    /// The fd was gone before it could be looked at, but the parent it was forked from had an inet
+    /// socket open on that fd number: it counts once an enabled protocol is detected in its bytes
+    /// (the child may have closed the socket and reused the number for a file).
+    Inherited,
+    /// A file, pipe, unix socket, or an fd gone before it could be looked at with no sign of being
+    /// a socket: its bytes are dropped without rows, parse errors or drop counts.
+    NotASocket,
 }
 
 /// Expected position of the next byte of one direction.
@@ -62,8 +78,10 @@ pub struct Fed {
     pub error: Option<ParseError>,
     /// The protocol was just detected.
     pub detected: Option<Kind>,
-    /// Detection just gave up.
+    /// Detection just gave up (on a connection known to be a socket).
     pub undetected: bool,
+    /// Detection gave up on an [`Evidence::Inherited`] fd: it is [`Evidence::NotASocket`] now.
+    pub discarded: bool,
 }
 
 pub struct Conn {
@@ -72,7 +90,15 @@ pub struct Conn {
     pub generation: u64,
     pub route: Option<Arc<Route>>,
     pub role: Option<Role>,
+    /// TCP until something says otherwise; see [`Conn::transport_verified`].
     pub transport: Transport,
+    /// The transport was seen (the fd's SO_TYPE, a datagram naming its peer, the parent's socket,
+    /// or datagram-only syscalls), not assumed: a process that exits before its fd is looked at
+    /// leaves a connected UDP socket looking like TCP.
+    pub transport_verified: bool,
+    /// The parser made a record or reported an error: a detected protocol whose bytes made
+    /// neither is counted as a parse failure when the connection ends.
+    pub produced: bool,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     pub egress: Stream,
@@ -85,6 +111,13 @@ pub struct Conn {
     pub bytes_recv: u64,
     /// The address columns of its rows, formatted once.
     pub addr_text: AddrText,
+    pub evidence: Evidence,
+    /// Opened by connect/accept (or a datagram naming its peer) in this process.
+    pub opened: bool,
+    /// A child process inherited it at fork (the child's own connection carries its traffic).
+    pub forked: bool,
+    /// (sent, received) in its last periodic conn_stats row: a new one only after more traffic.
+    pub stats_reported: (u64, u64),
 }
 
 impl Conn {
@@ -96,6 +129,8 @@ impl Conn {
             route,
             role: None,
             transport: Transport::Tcp,
+            transport_verified: false,
+            produced: false,
             local: None,
             remote: None,
             egress: Stream::default(),
@@ -110,6 +145,60 @@ impl Conn {
             bytes_sent: 0,
             bytes_recv: 0,
             addr_text: AddrText::default(),
+            evidence: Evidence::Socket,
+            opened: false,
+            forked: false,
+            stats_reported: (0, 0),
+        }
+    }
+
+    /// A connection whose bytes are dropped (see [`Evidence::NotASocket`]).
+    pub fn not_a_socket(tgid: u32, fd: u32, generation: u64) -> Conn {
+        let mut conn = Conn::new(tgid, fd, generation, None);
+        conn.evidence = Evidence::NotASocket;
+        conn.protocol = Protocol::Unknown;
+        conn
+    }
+
+    /// Whether its end deserves a conn_stats row: a socket that carried bytes, or one this process
+    /// opened itself and did not hand to a child (a 0-byte copy of a socket a forked child serves,
+    /// or an fd that was only closed, is noise).
+    pub fn wants_stats_row(&self) -> bool {
+        self.evidence == Evidence::Socket
+            && (self.bytes_sent + self.bytes_recv > 0 || (self.opened && !self.forked))
+    }
+
+    /// Whether its rows carry the addresses: the local one, and the peer for a stream.
+    pub fn addresses_known(&self) -> bool {
+        self.local.is_some() && (self.transport == Transport::Udp || self.remote.is_some())
+    }
+
+    /// The transport as seen. A change before the parser produced anything re-creates it for the
+    /// new framing (the bytes it was fed are lost to it); after that, the parser keeps its own.
+    pub fn set_transport(&mut self, transport: Transport) {
+        self.transport_verified = true;
+        if transport == self.transport {
+            return;
+        }
+        self.transport = transport;
+        if let Protocol::Parsing { kind, parser } = &mut self.protocol
+            && !self.produced
+        {
+            let role = self.role.unwrap_or(Role::Client);
+            let config = self
+                .route
+                .as_ref()
+                .map(|r| r.config.clone())
+                .unwrap_or_default();
+            *parser = kind.parser(role, transport, &config);
+        }
+    }
+
+    /// While the transport is only assumed: bytes moved by sendmmsg/recvmmsg (datagram syscalls in
+    /// practice; glibc's resolver sends its A and AAAA queries with one sendmmsg) make it UDP.
+    pub fn infer_transport(&mut self, syscall: u32) {
+        if !self.transport_verified && (syscall == SYS_SENDMMSG || syscall == SYS_RECVMMSG) {
+            self.set_transport(Transport::Udp);
         }
     }
 
@@ -132,6 +221,9 @@ impl Conn {
         syscall_len: u64,
     ) -> Fed {
         let mut fed = Fed::default();
+        if self.evidence == Evidence::NotASocket {
+            return fed;
+        }
         self.last_ns = ts_ns;
         let stream = match dir {
             Direction::Egress => &mut self.egress,
@@ -177,6 +269,17 @@ impl Conn {
             };
             match Kind::detect_any(kinds, dir, probe, remote_port) {
                 Some(kind) => {
+                    // Fallback, after the kernel's and the syscalls' evidence: a DNS message on an
+                    // assumed-TCP connection whose first bytes are no length prefix is a datagram
+                    // (UDP DNS starts with the 16-bit id). Only on a first piece standing alone.
+                    if kind == Kind::Dns
+                        && !self.transport_verified
+                        && self.transport == Transport::Tcp
+                        && earlier == 0
+                        && !dns_length_prefixed(fresh)
+                    {
+                        self.transport = Transport::Udp;
+                    }
                     let role = *self.role.get_or_insert(match dir {
                         Direction::Egress => Role::Client,
                         Direction::Ingress => Role::Server,
@@ -194,12 +297,19 @@ impl Conn {
                     }
                     self.protocol = Protocol::Parsing { kind, parser };
                     fed.detected = Some(kind);
+                    // A protocol speaks from these bytes: the inherited fd is that socket.
+                    self.evidence = Evidence::Socket;
                 }
                 None => {
                     *attempts += 1;
                     if *attempts >= DETECT_ATTEMPTS {
                         self.protocol = Protocol::Unknown;
-                        fed.undetected = true;
+                        if self.evidence == Evidence::Inherited {
+                            self.evidence = Evidence::NotASocket;
+                            fed.discarded = true;
+                        } else {
+                            fed.undetected = true;
+                        }
                     }
                     return fed;
                 }
@@ -219,6 +329,7 @@ impl Conn {
             if let Err(e) = parser.feed(dir, ts_ns, fresh, &mut fed.records) {
                 fed.error = Some(e);
             }
+            self.produced |= !fed.records.is_empty() || fed.error.is_some();
         }
         fed
     }
@@ -226,9 +337,28 @@ impl Conn {
     /// Requests older than `deadline_ns` become records without response.
     pub fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
         if let Protocol::Parsing { parser, .. } = &mut self.protocol {
+            let before = out.len();
             parser.expire(deadline_ns, out);
+            self.produced |= out.len() > before;
         }
     }
+
+    /// The detected protocol of a connection whose bytes produced no record and no error: its
+    /// bytes were not understood (call once its last records were expired).
+    pub fn silent_protocol(&self) -> Option<Kind> {
+        self.kind().filter(|_| !self.produced)
+    }
+}
+
+/// Whether `msg` starts with a DNS-over-TCP length prefix covering one or more whole messages
+/// (a UDP message's first two bytes are its random id, rarely that small).
+fn dns_length_prefixed(msg: &[u8]) -> bool {
+    const DNS_HEADER_LEN: usize = 12;
+    let Some(prefix) = msg.first_chunk::<2>() else {
+        return false;
+    };
+    let len = usize::from(u16::from_be_bytes(*prefix));
+    len >= DNS_HEADER_LEN && len + 2 <= msg.len()
 }
 
 #[cfg(test)]
@@ -270,6 +400,121 @@ mod tests {
         assert_eq!(fed.detected, Some(Kind::Dns));
         assert!(fed.error.is_none(), "{:?}", fed.error.map(|e| e.reason));
         assert_eq!(conn.role, Some(Role::Server));
+    }
+
+    fn dns_route() -> Option<Arc<Route>> {
+        Some(Arc::new(Route {
+            kinds: vec![Kind::Dns],
+            config: Default::default(),
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
+        }))
+    }
+
+    #[test]
+    fn bytes_of_an_fd_that_is_no_socket_are_dropped_without_records_errors_or_a_stats_row() {
+        let mut conn = Conn::not_a_socket(1, 3, 0);
+        for i in 0..DETECT_ATTEMPTS + 2 {
+            let fed = conn.feed(
+                Direction::Ingress,
+                1,
+                u64::from(i) * 8,
+                b"datafile",
+                true,
+                8,
+            );
+            assert!(fed.records.is_empty() && fed.error.is_none());
+            assert!(!fed.undetected && !fed.discarded && fed.detected.is_none());
+        }
+        assert_eq!((conn.bytes_sent, conn.bytes_recv), (0, 0));
+        assert!(!conn.wants_stats_row());
+    }
+
+    #[test]
+    fn an_inherited_fd_whose_bytes_speak_no_enabled_protocol_is_discarded_not_counted_as_unknown() {
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        conn.evidence = Evidence::Inherited;
+        let mut last = Fed::default();
+        for i in 0..DETECT_ATTEMPTS {
+            last = conn.feed(Direction::Ingress, 1, u64::from(i) * 4, b"????", true, 4);
+        }
+        assert!(last.discarded && !last.undetected);
+        assert_eq!(conn.evidence, Evidence::NotASocket);
+        assert!(!conn.wants_stats_row());
+    }
+
+    #[test]
+    fn an_inherited_fd_whose_bytes_speak_an_enabled_protocol_is_that_socket() {
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        conn.evidence = Evidence::Inherited;
+        let query: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x05sonde\x04test\x00\x00\x01\x00\x01";
+        conn.transport = Transport::Udp;
+        let fed = conn.feed(Direction::Ingress, 1, 0, query, true, query.len() as u64);
+        assert_eq!(fed.detected, Some(Kind::Dns));
+        assert_eq!(conn.evidence, Evidence::Socket);
+        assert!(conn.wants_stats_row());
+    }
+
+    #[test]
+    fn a_socket_without_bytes_gets_a_stats_row_only_if_opened_here_and_not_handed_to_a_child() {
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        assert!(!conn.wants_stats_row(), "an fd that was only closed");
+        conn.opened = true;
+        assert!(conn.wants_stats_row(), "accepted and closed without a byte");
+        conn.forked = true;
+        assert!(
+            !conn.wants_stats_row(),
+            "the parent's copy of a child's socket"
+        );
+        conn.bytes_recv = 1;
+        assert!(conn.wants_stats_row());
+    }
+
+    const UDP_QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x05sonde\x04test\x00\x00\x01\x00\x01";
+
+    #[test]
+    fn bytes_sent_by_sendmmsg_make_an_assumed_tcp_connection_udp_before_detection() {
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        conn.infer_transport(SYS_SENDMMSG);
+        assert_eq!(conn.transport, Transport::Udp);
+        assert!(conn.transport_verified);
+        let fed = conn.feed(Direction::Egress, 1, 0, UDP_QUERY, true, 32);
+        assert_eq!(fed.detected, Some(Kind::Dns));
+    }
+
+    #[test]
+    fn sendmmsg_does_not_override_a_transport_seen_on_the_fd() {
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        conn.set_transport(Transport::Tcp);
+        conn.infer_transport(SYS_RECVMMSG);
+        assert_eq!(conn.transport, Transport::Tcp);
+    }
+
+    #[test]
+    fn a_dns_message_without_length_prefix_on_an_assumed_tcp_connection_is_a_datagram() {
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        let fed = conn.feed(Direction::Egress, 1, 0, UDP_QUERY, true, 32);
+        assert_eq!(fed.detected, Some(Kind::Dns));
+        assert_eq!(conn.transport, Transport::Udp);
+
+        let mut framed = (UDP_QUERY.len() as u16).to_be_bytes().to_vec();
+        framed.extend_from_slice(UDP_QUERY);
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        let fed = conn.feed(Direction::Egress, 1, 0, &framed, true, 34);
+        assert_eq!(fed.detected, Some(Kind::Dns));
+        assert_eq!(conn.transport, Transport::Tcp);
+    }
+
+    #[test]
+    fn a_detected_protocol_that_produced_nothing_is_reported_silent() {
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        conn.set_transport(Transport::Udp);
+        conn.feed(Direction::Egress, 1, 0, UDP_QUERY, true, 32);
+        assert_eq!(conn.silent_protocol(), Some(Kind::Dns));
+        // The unanswered query expires into a record: the bytes were understood.
+        conn.expire(u64::MAX, &mut Vec::new());
+        assert_eq!(conn.silent_protocol(), None);
     }
 
     #[test]

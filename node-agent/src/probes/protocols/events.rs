@@ -1,8 +1,8 @@
 //! Decoding the records of the capture ring buffer into typed events (layouts from
 //! `sonde_common::conn`).
 use sonde_common::conn::{
-    CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PEER,
-    EventHeader, OpenEvent, PeerEvent,
+    CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_OPEN,
+    EVENT_PEER, EventHeader, ForkEvent, OpenEvent, PeerEvent,
 };
 
 /// One record of the ring buffer.
@@ -12,6 +12,7 @@ pub enum Event<'a> {
     Close(CloseEvent),
     Classify(EventHeader),
     Peer(PeerEvent),
+    Fork(ForkEvent),
     Data(DataEventHeader, &'a [u8]),
 }
 
@@ -66,6 +67,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         EVENT_CLOSE => Ok(Event::Close(read(bytes, kind)?)),
         EVENT_CLASSIFY => Ok(Event::Classify(read(bytes, kind)?)),
         EVENT_PEER => Ok(Event::Peer(read(bytes, kind)?)),
+        EVENT_FORK => Ok(Event::Fork(read(bytes, kind)?)),
         EVENT_DATA => {
             let header: DataEventHeader = read(bytes, kind)?;
             let start = std::mem::size_of::<DataEventHeader>();

@@ -40,13 +40,15 @@ pub enum KernelError {
         source: aya::programs::ProgramError,
     },
     #[error(
-        "cannot attach {program} to tracepoint syscalls:{tracepoint}: {source}; the agent needs tracefs (mounted at /sys/kernel/tracing) and syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
+        "cannot attach {program} to tracepoint {category}:{tracepoint}: {source}; the agent needs tracefs (mounted at /sys/kernel/tracing) and syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
     )]
     Attach {
         program: &'static str,
+        category: &'static str,
         tracepoint: &'static str,
+        // Boxed: the names would make every Result of this module large.
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("cannot update the {map} filter map: {source}")]
     Filter {
@@ -95,7 +97,11 @@ impl Kernel {
             .load(OBJECT)
             .map_err(|source| KernelError::Load { source })?;
         let mut loaded: HashSet<&'static str> = HashSet::new();
-        for &(tracepoint, program) in names::TRACEPOINTS {
+        let syscalls = names::TRACEPOINTS
+            .iter()
+            .map(|&(tracepoint, program)| ("syscalls", tracepoint, program));
+        let others = names::TASK_TRACEPOINTS.iter().copied();
+        for (category, tracepoint, program) in syscalls.chain(others) {
             let prog: &mut TracePoint = ebpf
                 .program_mut(program)
                 .ok_or(KernelError::Missing {
@@ -108,11 +114,12 @@ impl Kernel {
                 prog.load()
                     .map_err(|source| KernelError::Program { program, source })?;
             }
-            prog.attach("syscalls", tracepoint)
+            prog.attach(category, tracepoint)
                 .map_err(|source| KernelError::Attach {
                     program,
+                    category,
                     tracepoint,
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         let maps = LoopMaps {

@@ -23,7 +23,7 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
-    /// One of `sonde_common::conn::DROP_REASON_NAMES`, or `decode_error`.
+    /// One of `sonde_common::conn::DROP_REASON_NAMES`, or one of [`AGENT_DROP_REASONS`].
     pub reason: &'static str,
 }
 
@@ -81,16 +81,23 @@ impl Default for ProtocolMetrics {
     }
 }
 
+/// Losses the agent itself counts, next to the kernel's `DROP_REASON_NAMES`.
+pub const DECODE_ERROR: &str = "decode_error";
+/// A row written without its connection's addresses (an accept without peer address whose socket
+/// was closed before it could be looked at, a lost open event).
+pub const ADDRESSES_UNKNOWN: &str = "addresses_unknown";
+const AGENT_DROP_REASONS: [&str; 2] = [DECODE_ERROR, ADDRESSES_UNKNOWN];
+
 impl ProtocolMetrics {
     pub fn register(registry: &mut Registry) -> ProtocolMetrics {
         let m = ProtocolMetrics::default();
         // Every reason exists from the start, so "no loss" reads as 0 rather than as absent.
-        for reason in DROP_REASON_NAMES {
+        for reason in DROP_REASON_NAMES.into_iter().chain(AGENT_DROP_REASONS) {
             let _ = m.dropped.get_or_create(&DropLabels { reason });
         }
         registry.register(
             "sonde_events_dropped",
-            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed, decode_error)",
+            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed; in the agent: decode_error, and addresses_unknown for rows written without the connection's addresses)",
             m.dropped.clone(),
         );
         registry.register(

@@ -48,6 +48,8 @@ use crate::targets::TargetProcess;
 
 /// Default of `spec.probe.maxBodyBytes`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512;
+/// Default of how often open connections get a `conn_stats` row (agent flag `--conn-stats-interval`).
+pub const DEFAULT_CONN_STATS_INTERVAL: Duration = Duration::from_secs(10);
 /// Ring-buffer records handled before the event loop yields to other tasks.
 const BATCH: usize = 4096;
 /// How often the ring buffer is drained without a wake-up from the kernel.
@@ -97,6 +99,7 @@ pub struct ProtocolsShared {
     routes: Arc<RwLock<Routes>>,
     inner: Mutex<Inner>,
     cgroup_root: Option<PathBuf>,
+    conn_stats_every: Duration,
 }
 
 impl std::fmt::Debug for ProtocolsShared {
@@ -107,11 +110,18 @@ impl std::fmt::Debug for ProtocolsShared {
 
 impl ProtocolsShared {
     pub fn new(registry: &mut Registry) -> ProtocolsShared {
+        ProtocolsShared::with_conn_stats_interval(registry, DEFAULT_CONN_STATS_INTERVAL)
+    }
+
+    /// Open connections with new traffic get a `conn_stats` row every `every` (checked once a
+    /// second).
+    pub fn with_conn_stats_interval(registry: &mut Registry, every: Duration) -> ProtocolsShared {
         ProtocolsShared {
             metrics: ProtocolMetrics::register(registry),
             routes: Arc::new(RwLock::new(Routes::default())),
             inner: Mutex::new(Inner::default()),
             cgroup_root: routes::cgroup2_root(),
+            conn_stats_every: every,
         }
     }
 
@@ -141,6 +151,7 @@ impl ProtocolsShared {
                 self.metrics.clone(),
                 maps.conns,
                 maps.drops,
+                self.conn_stats_every,
             );
             let cancel = CancellationToken::new();
             let task = tokio::spawn(

@@ -9,20 +9,22 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use prometheus_client::metrics::histogram::Histogram;
 use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, CloseEvent, ConnInfo, ConnKey,
-    DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS, DataEventHeader, EventHeader, OPEN_DATAGRAM,
-    OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
+    DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS, DataEventHeader, EventHeader, ForkEvent,
+    OPEN_DATAGRAM, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
 };
-use sonde_protocols::{Direction, Record, Red, Role};
+use sonde_protocols::{Direction, Record, Red, Role, Transport};
 use tracing::{debug, warn};
 
-use super::conn::Conn;
+use super::conn::{Conn, Evidence, Protocol};
 use super::events::{Event, decode};
 use super::metrics::{
-    DbLabels, DropLabels, HttpLabels, ParseErrorLabels, ProtocolMetrics, TargetLabels,
+    ADDRESSES_UNKNOWN, DECODE_ERROR, DbLabels, DropLabels, HttpLabels, ParseErrorLabels,
+    ProtocolMetrics, TargetLabels,
 };
 use super::routes::Routes;
 use super::rows::{Clock, PendingRows, Tables, conn_stats_row, record_row};
 use super::sockets::{self, FdKind};
+use crate::tables::Row;
 
 /// A request without response for this long is written without one.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -34,6 +36,81 @@ pub const TABLE_OWNER: &str = "Tracepoint (protocols)";
 const FLUSH_ROWS: usize = 32;
 /// BPF_EXIST: update only an existing entry.
 const BPF_EXIST: u64 = 2;
+/// `sonde_protocol_parse_errors_total` reason of a connection whose detected protocol's parser
+/// made neither a record nor an error from all its bytes.
+const NOTHING_PARSED: &str = "nothing_parsed";
+/// `sonde_events_dropped_total` reason of syscalls moving more than their events carry.
+const TRUNCATED: &str = "truncated";
+
+/// What a forked child knows of an fd it inherited: the parent's connection on that fd number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Inherited {
+    pub role: Option<Role>,
+    pub transport: Transport,
+    pub local: Option<std::net::SocketAddr>,
+    pub remote: Option<std::net::SocketAddr>,
+}
+
+impl Inherited {
+    fn of(conn: &Conn) -> Inherited {
+        Inherited {
+            role: conn.role,
+            transport: conn.transport,
+            local: conn.local,
+            remote: conn.remote,
+        }
+    }
+}
+
+/// What the fd of a classify event turned out to be.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// An inet socket, looked at while the fd was still the one the kernel asked about.
+    Socket {
+        transport: Transport,
+        local: Option<std::net::SocketAddr>,
+        remote: Option<std::net::SocketAddr>,
+        /// From the parent, if the child inherited this very socket.
+        role: Option<Role>,
+    },
+    /// Gone (or replaced) before it could be looked at, and inherited from a parent that had a
+    /// socket on that fd number.
+    Inherited(Inherited),
+    /// Not an inet socket, or gone without any sign of being one: its bytes are dropped.
+    NotASocket,
+}
+
+/// Decides a classify event. `inspected`: the fd looked at now; `still_open`: the kernel still
+/// has the fd's entry of that generation after the look (else it was closed, maybe reused, and
+/// the look saw another file); `inherited`: the parent's connection on that fd number.
+pub fn verdict(
+    inspected: Result<FdKind, sockets::SocketError>,
+    still_open: bool,
+    inherited: Option<Inherited>,
+) -> Verdict {
+    match inspected {
+        Ok(FdKind::Inet {
+            transport,
+            local,
+            remote,
+        }) if still_open => Verdict::Socket {
+            transport,
+            local,
+            remote,
+            role: inherited
+                .filter(|i| i.remote.is_some() && i.remote == remote)
+                .and_then(|i| i.role),
+        },
+        Ok(FdKind::Other) if still_open => Verdict::NotASocket,
+        Ok(_) => inherited.map_or(Verdict::NotASocket, Verdict::Inherited),
+        Err(e) => {
+            if !e.is_gone() {
+                debug!("{e}");
+            }
+            inherited.map_or(Verdict::NotASocket, Verdict::Inherited)
+        }
+    }
+}
 
 pub struct Tracker {
     routes: Arc<RwLock<Routes>>,
@@ -49,6 +126,13 @@ pub struct Tracker {
     /// Local address of listening sockets (tgid, fd), for accepted connections gone before they
     /// could be inspected.
     listeners: HashMap<ConnKey, Option<std::net::SocketAddr>>,
+    /// Child tgid → fd → the parent's connection on it when the child was forked; an entry is
+    /// taken when the child's fd is classified, the rest go when the child exits.
+    inherited: HashMap<u32, HashMap<u32, Inherited>>,
+    /// How often open connections get a conn_stats row (see [`Tracker::report_open`]).
+    conn_stats_every: Duration,
+    /// Monotonic ns of the last periodic conn_stats pass.
+    last_stats_ns: u64,
 }
 
 impl Tracker {
@@ -58,6 +142,7 @@ impl Tracker {
         metrics: ProtocolMetrics,
         kconns: BpfHashMap<MapData, ConnKey, ConnInfo>,
         drops: PerCpuArray<MapData, u64>,
+        conn_stats_every: Duration,
     ) -> Tracker {
         Tracker {
             routes,
@@ -71,6 +156,9 @@ impl Tracker {
             ticks: 0,
             output: Output::new(metrics),
             listeners: HashMap::new(),
+            inherited: HashMap::new(),
+            conn_stats_every,
+            last_stats_ns: Clock::monotonic_now(),
         }
     }
 
@@ -84,6 +172,7 @@ impl Tracker {
             Ok(Event::Open(ev)) => self.on_open(ev),
             Ok(Event::Classify(h)) => self.on_classify(h),
             Ok(Event::Peer(ev)) => self.on_peer(ev),
+            Ok(Event::Fork(ev)) => self.on_fork(ev),
             Ok(Event::Data(h, data)) => self.on_data(h, data),
             Ok(Event::Close(ev)) => self.on_close(ev),
             Err(e) => {
@@ -91,7 +180,7 @@ impl Tracker {
                 self.metrics
                     .dropped
                     .get_or_create(&DropLabels {
-                        reason: "decode_error",
+                        reason: DECODE_ERROR,
                     })
                     .inc();
             }
@@ -117,15 +206,53 @@ impl Tracker {
         Conn::new(h.tgid, h.fd, h.generation, self.route_of(h))
     }
 
-    /// Sets the kernel state of a connection, if the fd still holds that connection.
-    fn set_kernel_state(&mut self, key: ConnKey, generation: u64, from: &[u32], state: u32) {
-        if let Ok(mut info) = self.kconns.get(&key, 0)
-            && info.generation == generation
-            && from.contains(&info.state)
-        {
-            info.state = state;
-            // Gone meanwhile (closed) is fine: nothing left to set.
-            let _ = self.kconns.insert(key, info, BPF_EXIST);
+    /// Sets the kernel state of a connection, if the fd still holds that connection; returns what
+    /// the kernel had before (its pending truncations are handed over and reset).
+    fn set_kernel_state(
+        &mut self,
+        key: ConnKey,
+        generation: u64,
+        from: &[u32],
+        state: u32,
+    ) -> Option<ConnInfo> {
+        let before = self.kconns.get(&key, 0).ok()?;
+        if before.generation != generation || !from.contains(&before.state) {
+            return None;
+        }
+        let mut info = before;
+        info.state = state;
+        info.pending_truncated = 0;
+        // Gone meanwhile (closed) is fine: nothing left to set.
+        let _ = self.kconns.insert(key, info, BPF_EXIST);
+        Some(before)
+    }
+
+    /// Syscalls of a socket truncated while it was pending are losses after all.
+    fn count_pending_truncated(&self, n: u32) {
+        if n > 0 {
+            self.metrics
+                .dropped
+                .get_or_create(&DropLabels { reason: TRUNCATED })
+                .inc_by(u64::from(n));
+        }
+    }
+
+    /// A selected process forked: the child shares every fd, so each socket connection of the
+    /// parent is remembered for the child's fd of that number. (One pass over the connections per
+    /// fork of a selected process.)
+    fn on_fork(&mut self, ev: ForkEvent) {
+        let parent = ev.header.tgid;
+        // A reused pid starts clean.
+        self.inherited.remove(&ev.child);
+        let mut fds = HashMap::new();
+        for (key, conn) in &mut self.conns {
+            if key.tgid == parent && conn.evidence == Evidence::Socket {
+                conn.forked = true;
+                fds.insert(key.fd, Inherited::of(conn));
+            }
+        }
+        if !fds.is_empty() {
+            self.inherited.insert(ev.child, fds);
         }
     }
 
@@ -138,10 +265,11 @@ impl Tracker {
             _ => None,
         };
         conn.remote = remote_of(&ev);
+        conn.opened = true;
         // Opened by a datagram that named its peer: an unconnected socket, whose own peer is none.
         let datagram = ev.flags & OPEN_DATAGRAM != 0;
         if datagram {
-            conn.transport = sonde_protocols::Transport::Udp;
+            conn.set_transport(Transport::Udp);
         }
         let key = ConnKey {
             tgid: h.tgid,
@@ -156,7 +284,7 @@ impl Tracker {
                 local,
                 remote,
             }) if !known_family || datagram || remote == conn.remote => {
-                conn.transport = transport;
+                conn.set_transport(transport);
                 conn.local = local;
                 conn.remote = remote.or(conn.remote);
             }
@@ -188,33 +316,56 @@ impl Tracker {
             tgid: h.tgid,
             fd: h.fd,
         };
-        match sockets::inspect(h.tgid, h.fd) {
-            Ok(FdKind::Inet {
+        let inherited = self
+            .inherited
+            .get_mut(&h.tgid)
+            .and_then(|fds| fds.remove(&h.fd));
+        let inspected = sockets::inspect(h.tgid, h.fd);
+        // Checked after the look: the kernel drops the entry when the fd is closed, so an entry of
+        // this generation means the look saw the fd the kernel asked about.
+        let still_open = self
+            .kconns
+            .get(&key, 0)
+            .is_ok_and(|info| info.generation == h.generation);
+        match verdict(inspected, still_open, inherited) {
+            Verdict::Socket {
                 transport,
                 local,
                 remote,
-            }) => {
+                role,
+            } => {
                 let mut conn = self.new_conn(&h);
-                conn.transport = transport;
+                conn.set_transport(transport);
                 conn.local = local;
                 conn.remote = remote;
+                conn.role = role;
                 self.conns.insert(key, conn);
-                self.set_kernel_state(key, h.generation, &[CONN_PENDING], CONN_TRACE);
+                if let Some(before) =
+                    self.set_kernel_state(key, h.generation, &[CONN_PENDING], CONN_TRACE)
+                {
+                    self.count_pending_truncated(before.pending_truncated);
+                }
             }
-            Ok(FdKind::Other) => {
-                // Its bytes captured while pending follow: a connection without route and
-                // protocol swallows them and never becomes a row.
-                let mut tombstone = Conn::new(h.tgid, h.fd, h.generation, None);
-                tombstone.protocol = super::conn::Protocol::Unknown;
+            Verdict::Inherited(parent) => {
+                // Its process exited (or closed it) first; the bytes captured meanwhile follow.
+                let mut conn = self.new_conn(&h);
+                conn.set_transport(parent.transport);
+                conn.local = parent.local;
+                conn.remote = parent.remote;
+                conn.role = parent.role;
+                conn.evidence = Evidence::Inherited;
+                self.conns.insert(key, conn);
+            }
+            Verdict::NotASocket => {
+                // Its bytes captured while pending follow: this connection swallows them and
+                // never becomes a row.
+                let tombstone = Conn::not_a_socket(h.tgid, h.fd, h.generation);
                 if let Some(old) = self.conns.insert(key, tombstone) {
                     self.finish(old, h.ts_ns, None);
                 }
-                self.set_kernel_state(key, h.generation, &[CONN_PENDING], CONN_IGNORE)
-            }
-            Err(e) if e.is_gone() => {}
-            Err(e) => {
-                debug!("{e}");
-                self.set_kernel_state(key, h.generation, &[CONN_PENDING], CONN_IGNORE);
+                if still_open {
+                    self.set_kernel_state(key, h.generation, &[CONN_PENDING], CONN_IGNORE);
+                }
             }
         }
     }
@@ -228,7 +379,7 @@ impl Tracker {
         if let Some(conn) = self.conns.get_mut(&key)
             && conn.generation == ev.header.generation
         {
-            conn.transport = sonde_protocols::Transport::Udp;
+            conn.set_transport(Transport::Udp);
             conn.remote = peer_of(&ev.peer).or(conn.remote);
         }
     }
@@ -250,11 +401,15 @@ impl Tracker {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
+        if conn.evidence == Evidence::NotASocket {
+            return;
+        }
         let dir = if h.direction == DIR_EGRESS {
             Direction::Egress
         } else {
             Direction::Ingress
         };
+        conn.infer_transport(h.syscall);
         let fed = conn.feed(
             dir,
             h.header.ts_ns,
@@ -307,6 +462,9 @@ impl Tracker {
                 Conn::new(h.tgid, h.fd, h.generation, self.route_of(&h))
             }
         };
+        if conn.evidence == Evidence::Socket {
+            self.count_pending_truncated(ev.pending_truncated);
+        }
         self.finish(conn, h.ts_ns, Some((ev.bytes_sent, ev.bytes_recv)));
     }
 
@@ -322,6 +480,26 @@ impl Tracker {
             return;
         }
         self.output.emit(&mut conn, records);
+        if let Some(kind) = conn.silent_protocol() {
+            self.metrics
+                .parse_errors
+                .get_or_create(&ParseErrorLabels {
+                    protocol: kind.name(),
+                    reason: NOTHING_PARSED,
+                })
+                .inc();
+        }
+        if !conn.wants_stats_row() {
+            return;
+        }
+        if !conn.addresses_known() {
+            self.metrics
+                .dropped
+                .get_or_create(&DropLabels {
+                    reason: ADDRESSES_UNKNOWN,
+                })
+                .inc();
+        }
         let row = conn_stats_row(&mut conn, now_ns, true, &self.clock);
         self.output.pending.push(None, row);
     }
@@ -347,8 +525,9 @@ impl Tracker {
         }
     }
 
-    /// Once a second: expire unanswered requests, export drop counters; every 10 s, forget
-    /// connections of processes that exited.
+    /// Once a second: expire unanswered requests, export drop counters; every `conn_stats_every`,
+    /// a conn_stats row per open connection with new traffic; every 10 s, forget connections of
+    /// processes that exited.
     pub fn tick(&mut self) {
         let now = Clock::monotonic_now();
         let deadline = now.saturating_sub(REQUEST_TIMEOUT.as_nanos() as u64);
@@ -368,8 +547,34 @@ impl Tracker {
         if self.ticks.is_multiple_of(10) {
             self.sweep_exited(now);
         }
+        if now.saturating_sub(self.last_stats_ns) >= self.conn_stats_every.as_nanos() as u64 {
+            self.last_stats_ns = now;
+            self.report_open(now);
+        }
         self.output.forget_histograms();
         self.flush();
+    }
+
+    /// Periodic conn_stats: long-lived connections (keep-alive, pools) show their cumulative bytes
+    /// while open, with `conn_close` 0. One pass over the connections, one kernel map lookup per
+    /// connection that may report.
+    fn report_open(&mut self, now_ns: u64) {
+        for (key, conn) in &mut self.conns {
+            if !reports_stats(conn) {
+                continue;
+            }
+            let kernel = self
+                .kconns
+                .get(key, 0)
+                .ok()
+                .filter(|info| info.generation == conn.generation)
+                .map(|info| (info.bytes_sent, info.bytes_recv));
+            if let Some(bytes) = periodic_bytes(conn, kernel) {
+                conn.stats_reported = bytes;
+                let row = periodic_row(conn, bytes, now_ns, &self.clock);
+                self.output.pending.push(None, row);
+            }
+        }
     }
 
     fn export_drops(&mut self) {
@@ -398,8 +603,16 @@ impl Tracker {
             .copied()
             .collect();
         self.listeners.retain(|k, _| alive(k.tgid));
+        self.inherited.retain(|tgid, _| alive(*tgid));
         for key in dead {
             if let Some(conn) = self.conns.remove(&key) {
+                // Exited without closing: the kernel entry still holds its pending truncations.
+                if conn.evidence == Evidence::Socket
+                    && let Ok(info) = self.kconns.get(&key, 0)
+                    && info.generation == conn.generation
+                {
+                    self.count_pending_truncated(info.pending_truncated);
+                }
                 self.finish(conn, now, None);
             }
         }
@@ -413,6 +626,40 @@ impl Tracker {
             let _ = self.kconns.remove(&key);
         }
     }
+}
+
+/// Whether `conn` gets periodic conn_stats rows: a traced socket (files, and fds whose bytes may
+/// still turn out to be a file's, get none).
+fn reports_stats(conn: &Conn) -> bool {
+    conn.route.is_some() && conn.evidence == Evidence::Socket
+}
+
+/// The cumulative (sent, received) bytes of a periodic conn_stats row of `conn`, or None: no
+/// traffic since its last row (or none at all), or its protocol is still being detected from bytes
+/// not handled yet (next pass). `kernel`: the kernel's exact counts, while its entry of this
+/// connection exists; they also cover connections whose bytes are no longer captured (no protocol
+/// detected), which the user-side counts miss.
+pub fn periodic_bytes(conn: &Conn, kernel: Option<(u64, u64)>) -> Option<(u64, u64)> {
+    if !reports_stats(conn) {
+        return None;
+    }
+    let seen = (conn.bytes_sent, conn.bytes_recv);
+    if matches!(conn.protocol, Protocol::Detecting { .. }) && kernel.is_some_and(|k| k != seen) {
+        return None;
+    }
+    let (sent, recv) = kernel.unwrap_or(seen);
+    let (last_sent, last_recv) = conn.stats_reported;
+    (sent > last_sent || recv > last_recv).then_some((sent, recv))
+}
+
+/// A conn_stats row of an open connection showing `bytes`. The user-side counts are kept: the
+/// events still in the ring buffer add to them.
+fn periodic_row(conn: &mut Conn, bytes: (u64, u64), now_ns: u64, clock: &Clock) -> Row {
+    let seen = (conn.bytes_sent, conn.bytes_recv);
+    (conn.bytes_sent, conn.bytes_recv) = bytes;
+    let row = conn_stats_row(conn, now_ns, false, clock);
+    (conn.bytes_sent, conn.bytes_recv) = seen;
+    row
 }
 
 /// Histogram series of one (target, role, method/operation, status) label set: looked up once, then
@@ -550,4 +797,163 @@ fn peer_of(peer: &PeerAddr) -> Option<std::net::SocketAddr> {
         _ => return None,
     };
     Some(SocketAddr::new(ip, peer.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Option<std::net::SocketAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    fn parent() -> Inherited {
+        Inherited {
+            role: Some(Role::Server),
+            transport: Transport::Tcp,
+            local: addr("127.0.0.1:5432"),
+            remote: addr("127.0.0.1:40000"),
+        }
+    }
+
+    fn gone() -> Result<FdKind, sockets::SocketError> {
+        Err(sockets::SocketError::PidFd {
+            pid: 1,
+            source: std::io::Error::from_raw_os_error(libc::ESRCH),
+        })
+    }
+
+    fn inet(remote: &str) -> Result<FdKind, sockets::SocketError> {
+        Ok(FdKind::Inet {
+            transport: Transport::Tcp,
+            local: addr("127.0.0.1:5432"),
+            remote: addr(remote),
+        })
+    }
+
+    fn traced_conn() -> Conn {
+        let route = super::super::routes::Route {
+            kinds: vec![sonde_protocols::Kind::Redis],
+            config: Default::default(),
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
+        };
+        Conn::new(1, 3, 7, Some(Arc::new(route)))
+    }
+
+    #[test]
+    fn an_open_connection_reports_its_cumulative_bytes_only_after_new_traffic() {
+        let mut conn = traced_conn();
+        // Stats only (no protocol detected): no data events, the kernel's counts are the truth.
+        conn.protocol = Protocol::Unknown;
+        assert_eq!(periodic_bytes(&conn, Some((0, 0))), None, "no traffic yet");
+        assert_eq!(periodic_bytes(&conn, Some((14, 7))), Some((14, 7)));
+        conn.stats_reported = (14, 7);
+        assert_eq!(periodic_bytes(&conn, Some((14, 7))), None, "nothing new");
+        assert_eq!(periodic_bytes(&conn, Some((14, 21))), Some((14, 21)));
+        assert_eq!(periodic_bytes(&conn, Some((30, 7))), Some((30, 7)));
+    }
+
+    #[test]
+    fn a_connection_still_detecting_waits_until_its_events_caught_up_with_the_kernel() {
+        let mut conn = traced_conn();
+        (conn.bytes_sent, conn.bytes_recv) = (0, 9);
+        assert_eq!(
+            periodic_bytes(&conn, Some((4, 9))),
+            None,
+            "4 bytes not parsed yet"
+        );
+        conn.bytes_sent = 4;
+        assert_eq!(periodic_bytes(&conn, Some((4, 9))), Some((4, 9)));
+    }
+
+    #[test]
+    fn without_its_kernel_entry_a_connection_reports_the_bytes_its_events_carried() {
+        let mut conn = traced_conn();
+        (conn.bytes_sent, conn.bytes_recv) = (5, 9);
+        assert_eq!(periodic_bytes(&conn, None), Some((5, 9)));
+        conn.stats_reported = (5, 9);
+        assert_eq!(periodic_bytes(&conn, None), None);
+    }
+
+    #[test]
+    fn files_untraced_and_unconfirmed_fds_get_no_periodic_rows() {
+        let mut untraced = traced_conn();
+        untraced.route = None;
+        assert_eq!(periodic_bytes(&untraced, Some((1, 1))), None);
+        let file = Conn::not_a_socket(1, 3, 7);
+        assert_eq!(periodic_bytes(&file, Some((1, 1))), None);
+        let mut inherited = traced_conn();
+        inherited.evidence = Evidence::Inherited;
+        assert_eq!(periodic_bytes(&inherited, Some((1, 1))), None);
+    }
+
+    #[test]
+    fn a_periodic_row_shows_the_given_bytes_open_and_keeps_the_counts_of_the_events() {
+        let mut conn = traced_conn();
+        (conn.bytes_sent, conn.bytes_recv) = (5, 9);
+        let row = periodic_row(&mut conn, (14, 21), 107, &Clock::new());
+        use crate::tables::Value;
+        // conn_stats columns: 5 connection columns, protocol, conn_open, conn_close, bytes_sent,
+        // bytes_recv, duration.
+        assert_eq!(
+            row.values[5..],
+            [
+                Value::String("unknown".into()),
+                Value::Int64(1),
+                Value::Int64(0),
+                Value::Int64(14),
+                Value::Int64(21),
+                Value::Int64(100),
+            ]
+        );
+        assert_eq!((conn.bytes_sent, conn.bytes_recv), (5, 9));
+    }
+
+    #[test]
+    fn a_file_closed_before_it_was_looked_at_is_no_socket() {
+        assert_eq!(verdict(gone(), true, None), Verdict::NotASocket);
+        assert_eq!(verdict(gone(), false, None), Verdict::NotASocket);
+    }
+
+    #[test]
+    fn a_forked_child_gone_before_its_fd_was_looked_at_gets_the_parents_addresses() {
+        assert_eq!(
+            verdict(gone(), true, Some(parent())),
+            Verdict::Inherited(parent())
+        );
+    }
+
+    #[test]
+    fn a_look_at_an_fd_closed_and_reused_meanwhile_is_not_believed() {
+        assert_eq!(
+            verdict(inet("127.0.0.1:1"), false, None),
+            Verdict::NotASocket
+        );
+        assert_eq!(
+            verdict(Ok(FdKind::Other), false, Some(parent())),
+            Verdict::Inherited(parent())
+        );
+    }
+
+    #[test]
+    fn a_live_socket_is_taken_as_seen_with_the_parents_role_if_it_is_the_same_peer() {
+        let seen = verdict(inet("127.0.0.1:40000"), true, Some(parent()));
+        assert_eq!(
+            seen,
+            Verdict::Socket {
+                transport: Transport::Tcp,
+                local: addr("127.0.0.1:5432"),
+                remote: addr("127.0.0.1:40000"),
+                role: Some(Role::Server),
+            }
+        );
+        let other = verdict(inet("127.0.0.1:1"), true, Some(parent()));
+        assert!(matches!(other, Verdict::Socket { role: None, .. }));
+        assert_eq!(
+            verdict(Ok(FdKind::Other), true, Some(parent())),
+            Verdict::NotASocket
+        );
+    }
 }
