@@ -12,11 +12,13 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod expect;
 pub mod fake_pod;
 pub mod helm;
 pub mod kubeconfig;
 pub mod kubectl;
 pub mod observe;
+pub mod peers;
 pub mod pki;
 pub mod ports;
 pub mod process;

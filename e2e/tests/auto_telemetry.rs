@@ -7,16 +7,17 @@
 //! Needs what `scenarios` needs (root, etcd, kube-apiserver, helm from `scripts/setup e2e`) plus
 //! nginx, curl (`scripts/setup peers`) and cc.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, ensure};
 use sonde_api::{ProbeState, Tracepoint};
 use sonde_e2e::cluster::TEST_NAMESPACE;
+use sonde_e2e::expect::{self, HttpServerRows};
 use sonde_e2e::fake_pod::{FakePod, PodSpec};
 use sonde_e2e::helm;
 use sonde_e2e::observe;
+use sonde_e2e::peers;
 use sonde_e2e::single_node::{SingleNode, lock};
 use sonde_e2e::suite::{self, Environment, Scenario};
 use sonde_e2e::wait::{self, CONVERGE};
@@ -70,42 +71,6 @@ fn auto_args(values: &[&str]) -> Result<Vec<String>> {
         .collect())
 }
 
-/// An nginx config with one worker answering `return 200` on `port`, everything under `dir`.
-fn nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process on; worker_processes 1; pid {d}/nginx.pid; error_log stderr;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
-            d = dir.display()
-        ),
-    )?;
-    Ok(conf)
-}
-
-/// Compiles the profiler's C fixture (two hot functions) with frame pointers.
-fn compile_hot(dir: &Path) -> Result<PathBuf> {
-    let src =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../node-agent/tests/fixtures/profiler/hot.c");
-    let bin = dir.join("hot");
-    let out = Command::new("cc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .context("running cc: install a C compiler (apt-get install gcc)")?;
-    ensure!(
-        out.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(bin)
-}
-
 fn pod_spec(namespace: &str, name: &str, container: &str, command: Vec<String>) -> PodSpec {
     PodSpec {
         namespace: namespace.into(),
@@ -121,36 +86,29 @@ fn setup() -> Result<Env> {
     // The agent reads its drain period from the environment; 1 s keeps the scenarios short.
     // SAFETY: set before any thread of this test process is started.
     unsafe { std::env::set_var("SONDE_PROFILER_PERIOD", "1s") };
-    let nginx = PathBuf::from("/usr/sbin/nginx");
-    ensure!(
-        nginx.exists(),
-        "nginx is not installed: run `scripts/setup peers`"
-    );
+    let nginx = peers::nginx()?;
     let operator_args = auto_args(VALUES)?;
     let node = SingleNode::start("sonde-e2e-auto-", NODE)?;
     node.cluster.ensure_namespace(QUIET_NAMESPACE)?;
-    let hot = compile_hot(node.dir.path())?;
+    let hot = peers::compile_hot(node.dir.path())?;
     let pod_port = sonde_e2e::ports::free_port()?;
     let quiet_port = sonde_e2e::ports::free_port()?;
-    let nginx_cmd = |conf: PathBuf| {
-        vec![
-            nginx.to_string_lossy().into_owned(),
-            "-c".into(),
-            conf.to_string_lossy().into_owned(),
-        ]
-    };
+    let nginx_cmd = |conf: PathBuf| peers::nginx_command(&nginx, &conf);
     let specs = [
         pod_spec(
             TEST_NAMESPACE,
             "web-1",
             "nginx",
-            nginx_cmd(nginx_conf(&node.dir.path().join("nginx-pod"), pod_port)?),
+            nginx_cmd(peers::nginx_conf(
+                &node.dir.path().join("nginx-pod"),
+                pod_port,
+            )?),
         ),
         pod_spec(
             QUIET_NAMESPACE,
             "quiet-web",
             "nginx",
-            nginx_cmd(nginx_conf(
+            nginx_cmd(peers::nginx_conf(
                 &node.dir.path().join("nginx-quiet"),
                 quiet_port,
             )?),
@@ -169,14 +127,7 @@ fn setup() -> Result<Env> {
         lock(&node.pods).push(pod);
     }
     for port in [pod_port, quiet_port] {
-        node.rt.block_on(wait::until_ok(
-            &format!("nginx listening on {port}"),
-            Duration::from_secs(10),
-            || async move {
-                std::net::TcpStream::connect(("127.0.0.1", port))?;
-                Ok(())
-            },
-        ))?;
+        node.rt.block_on(peers::wait_listening(port))?;
     }
     node.start_sonde_with(&operator_args)?;
     Ok(Env {
@@ -202,22 +153,6 @@ fn the_chart_renders_auto_telemetry_values_into_the_operators_arguments(env: &En
     ensure!(
         defaults == ["--auto-exclude-namespaces=kube-system"],
         "by default auto-telemetry must be off: {defaults:?}"
-    );
-    Ok(())
-}
-
-fn curl(port: u16, path: &str) -> Result<()> {
-    let out = Command::new("curl")
-        .args([
-            "-sf",
-            "--http1.1",
-            &format!("http://127.0.0.1:{port}{path}"),
-        ])
-        .output()
-        .context("running curl: run `scripts/setup peers`")?;
-    ensure!(
-        out.status.success() && out.stdout == b"hello\n",
-        "curl to port {port}: {out:?}"
     );
     Ok(())
 }
@@ -256,8 +191,8 @@ fn without_any_tracepoint_every_pods_http_is_traced_except_in_excluded_namespace
         anyhow::Ok(())
     })?;
     for i in 0..3 {
-        curl(env.pod_port, &format!("/inside/{i}"))?;
-        curl(env.quiet_port, &format!("/quiet/{i}"))?;
+        peers::curl_hello(env.pod_port, &format!("/inside/{i}"))?;
+        peers::curl_hello(env.quiet_port, &format!("/quiet/{i}"))?;
     }
     let url = node.agent_url()?;
     let token = node.reader_token()?;
@@ -265,65 +200,30 @@ fn without_any_tracepoint_every_pods_http_is_traced_except_in_excluded_namespace
         .as_ref()
         .map(|o| format!("http://{}", o.metrics_addr))
         .context("no operator")?;
-    let (pod_port, quiet_port) = (env.pod_port, env.quiet_port);
+    let rows = HttpServerRows {
+        pod: "web-1",
+        namespace: TEST_NAMESPACE,
+        local_port: env.pod_port,
+        also: &[],
+    };
+    let quiet_port = env.quiet_port;
     node.rt.block_on(async {
-        wait::until_ok(
-            "three rows of pod web-1 in http_events",
-            CONVERGE,
-            || async {
-                let (code, body) =
-                    observe::agent_get(&url, "/v1/tables/http_events?format=json", Some(&token))
-                        .await?;
-                ensure!(code == 200, "GET /v1/tables/http_events: {code} {body}");
-                let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
-                let quiet: Vec<&serde_json::Value> = rows
-                    .iter()
-                    .filter(|r| r["local_port"] == quiet_port || r["namespace"] == QUIET_NAMESPACE)
-                    .collect();
-                ensure!(
-                    quiet.is_empty(),
-                    "rows of the excluded namespace: {quiet:?}"
-                );
-                let mut paths: Vec<&str> = rows
-                    .iter()
-                    .filter(|r| {
-                        r["pod"] == "web-1"
-                            && r["namespace"] == TEST_NAMESPACE
-                            && r["local_port"] == pod_port
-                            && r["resp_status"] == 200
-                            && r["trace_role"] == "server"
-                    })
-                    .filter_map(|r| r["req_path"].as_str())
-                    .collect();
-                paths.sort();
-                ensure!(
-                    paths == ["/inside/0", "/inside/1", "/inside/2"],
-                    "http_events paths of web-1: {paths:?} (all rows: {rows:?})"
-                );
-                Ok(())
-            },
+        expect::http_paths(
+            &url,
+            &token,
+            &rows,
+            &["/inside/0", "/inside/1", "/inside/2"],
+            "the excluded namespace",
+            |r| r["local_port"] == quiet_port || r["namespace"] == QUIET_NAMESPACE,
         )
         .await?;
-        wait::until_ok(
-            "http_server_request_duration_seconds of web-1 in /metrics",
-            CONVERGE,
-            || async {
-                let (_, metrics) = observe::agent_get(&url, "/metrics", None).await?;
-                let line = metrics
-                    .lines()
-                    .find(|l| {
-                        l.starts_with("http_server_request_duration_seconds_count{")
-                            && l.contains("pod=\"web-1\"")
-                    })
-                    .context("no http_server_request_duration_seconds series for web-1")?;
-                ensure!(line.ends_with(" 3"), "{line}");
-                ensure!(
-                    !metrics.contains(&format!("namespace=\"{QUIET_NAMESPACE}\"")),
-                    "series of the excluded namespace in /metrics"
-                );
-                Ok(())
-            },
-        )
+        expect::http_request_count(&url, "web-1", &[], 3, |metrics| {
+            ensure!(
+                !metrics.contains(&format!("namespace=\"{QUIET_NAMESPACE}\"")),
+                "series of the excluded namespace in /metrics"
+            );
+            Ok(())
+        })
         .await?;
         let (_, metrics) = observe::agent_get(&operator_metrics, "/metrics", None).await?;
         for feature in ["protocols", "profiler"] {
@@ -354,11 +254,7 @@ fn without_any_tracepoint_a_busy_pod_appears_in_stack_traces(env: &Env) -> Resul
             "hot_three samples of busy-1 in stack_traces",
             CONVERGE,
             || async {
-                let (code, body) =
-                    observe::agent_get(&url, "/v1/tables/stack_traces?format=json", Some(&token))
-                        .await?;
-                ensure!(code == 200, "GET /v1/tables/stack_traces: {code} {body}");
-                let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+                let rows = expect::table_rows(&url, &token, "stack_traces").await?;
                 ensure!(
                     !rows.iter().any(|r| r["namespace"] == QUIET_NAMESPACE),
                     "stacks of the excluded namespace"

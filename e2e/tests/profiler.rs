@@ -3,13 +3,15 @@
 //! standalone mode with `spec.process`.
 //!
 //! Needs what `scenarios` needs (root, etcd, kube-apiserver, helm from `scripts/setup e2e`) plus cc.
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result, ensure};
 use sonde_api::Tracepoint;
 use sonde_e2e::cluster::TEST_NAMESPACE;
+use sonde_e2e::expect;
 use sonde_e2e::observe;
+use sonde_e2e::peers;
 use sonde_e2e::single_node::SingleNode;
 use sonde_e2e::sonde::Agent;
 use sonde_e2e::suite::{self, Environment, Scenario};
@@ -30,31 +32,12 @@ impl Environment for Env {
     }
 }
 
-/// Compiles the profiler's C fixture (two hot functions, 3:1) with frame pointers.
-fn compile_hot(dir: &Path) -> Result<PathBuf> {
-    let src =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../node-agent/tests/fixtures/profiler/hot.c");
-    let bin = dir.join("hot");
-    let out = Command::new("cc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-o"])
-        .arg(&bin)
-        .arg(&src)
-        .output()
-        .context("running cc: install a C compiler (apt-get install gcc)")?;
-    ensure!(
-        out.status.success(),
-        "cc failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(bin)
-}
-
 fn setup() -> Result<Env> {
     // The agent reads its drain period from the environment; 1 s keeps the scenarios short.
     // SAFETY: set before any thread of this test process is started.
     unsafe { std::env::set_var("SONDE_PROFILER_PERIOD", "1s") };
     let node = SingleNode::start("sonde-e2e-profiler-", NODE)?;
-    let hot = compile_hot(node.dir.path())?;
+    let hot = peers::compile_hot(node.dir.path())?;
     node.start_pod(
         "busy-1",
         "busy",
@@ -95,11 +78,7 @@ fn a_profiler_tracepoint_on_a_fake_pod_fills_stack_traces_pprof_and_pod_metrics(
             "hot_three samples of the pod in stack_traces",
             CONVERGE,
             || async {
-                let (code, body) =
-                    observe::agent_get(&url, "/v1/tables/stack_traces?format=json", Some(&token))
-                        .await?;
-                ensure!(code == 200, "GET /v1/tables/stack_traces: {code} {body}");
-                let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+                let rows = expect::table_rows(&url, &token, "stack_traces").await?;
                 let pod_rows = rows
                     .iter()
                     .filter(|r| {

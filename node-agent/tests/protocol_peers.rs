@@ -15,46 +15,8 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 use prometheus_client::registry::Registry;
-use sonde_agent::probes::ProbeContext;
-use sonde_agent::probes::protocols::ProtocolProbe;
 use sonde_agent::tables::{Store, Value};
-use sonde_api::{ProbeState, Protocol};
-
-/// Retries `ready` every 100 ms for 60 s.
-fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if ready() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{what} did not become ready within 60 s");
-}
-
-fn start_probe(
-    store: &Store,
-    registry: &mut Registry,
-    probe: &(sonde_api::AssignedProbe, sonde_api::TracepointSpec),
-    target: sonde_agent::targets::TargetProcess,
-) -> ProtocolProbe {
-    start_probe_in(&context(store, registry), probe, target)
-}
-
-/// Starts `probe` in `ctx` (several probes of one test share its runtime) and checks it attached.
-fn start_probe_in(
-    ctx: &ProbeContext,
-    probe: &(sonde_api::AssignedProbe, sonde_api::TracepointSpec),
-    target: sonde_agent::targets::TargetProcess,
-) -> ProtocolProbe {
-    let p = ProtocolProbe::start(ctx, &probe.0, &probe.1, &[target]);
-    assert_eq!(
-        p.status().state,
-        ProbeState::Attached,
-        "{}",
-        p.status().message
-    );
-    p
-}
+use sonde_api::Protocol;
 
 /// Projection of rows onto some columns, for exact comparisons.
 fn pick(rows: &[Row], columns: &[&str]) -> Vec<Vec<String>> {
@@ -608,43 +570,13 @@ async fn a_keep_alive_connection_shows_periodic_conn_stats_with_exact_cumulative
 
 /// nginx (one worker, `sendfile on`) serving `root`; returns the master and the worker's pid.
 fn start_static_nginx(dir: &std::path::Path, root: &std::path::Path, port: u16) -> (Server, u32) {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process on; worker_processes 1; user root; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; sendfile on; default_type application/octet-stream; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
-               server {{ listen 127.0.0.1:{port}; root {root}; }} }}\n",
-            dir = dir.display(),
-            root = root.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(which("nginx"))
-        .arg("-c")
-        .arg(&conf)
-        .args(["-e", "stderr"])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting nginx");
-    let master = child.id();
-    let server = Server {
-        child,
-        signal: Signal::SIGTERM,
+    let server = format!("root {};", root.display());
+    let site = NginxSite {
+        main: "user root;",
+        http: "sendfile on; default_type application/octet-stream;",
+        server: &server,
     };
-    let mut worker = 0;
-    wait_until("nginx", || {
-        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-            .unwrap_or_default();
-        worker = children
-            .split_whitespace()
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
-        worker != 0 && TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    (server, worker)
+    start_nginx(dir, port, &site)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -887,6 +819,88 @@ async fn children_of_a_forking_server_that_exit_at_once_still_have_the_accepted_
     );
 }
 
+// --- Databases: a traced server next to an untraced copy, server- and client-side rows ------------
+
+/// A copy of the data directory `data` at `dir/other`, for a second, untraced server.
+fn copy_of(data: &Path, dir: &Path) -> PathBuf {
+    let other = dir.join("other");
+    run_ok(Command::new(which("cp")).arg("-a").arg(data).arg(&other));
+    other
+}
+
+/// Runs the Python client `script` (written to `dir/name`) with the test venv inside `cgroup`,
+/// with `PORT` = `port` and `env`; it must succeed. Returns its stdout.
+fn run_python_in(
+    cgroup: &TestCgroup,
+    dir: &Path,
+    name: &str,
+    script: &str,
+    port: u16,
+    env: &[(&str, &str)],
+) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, script).unwrap();
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(venv_python())
+            .arg(&path)
+            .env("PORT", port.to_string())
+            .envs(env.iter().copied()),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits for at least `events` rows in `table`, then for `connections` closed conn_stats rows of
+/// `protocol`; returns the rows and every closed conn_stats row.
+async fn wait_for_events_and_closed_stats(
+    store: &Store,
+    table: &str,
+    events: usize,
+    protocol: &str,
+    connections: usize,
+) -> (Vec<Row>, Vec<Row>) {
+    let rows = wait_for_rows(store, table, |r| r.len() >= events).await;
+    let stats = closed(
+        &wait_for_rows(store, "conn_stats", |r| {
+            of_protocol(&closed(r), protocol).len() >= connections
+        })
+        .await,
+    );
+    (rows, stats)
+}
+
+/// Asserts the server-side rows, projected on `columns`, are exactly `server_want` and the
+/// client-side ones `client_want`; returns both sides.
+fn assert_rows_by_role(
+    rows: &[Row],
+    columns: &[&str],
+    server_want: Vec<Vec<String>>,
+    client_want: Vec<Vec<String>>,
+) -> (Vec<Row>, Vec<Row>) {
+    let (server, client) = by_role(rows);
+    assert_eq!(pick(&server, columns), server_want, "{rows:?}");
+    assert_eq!(pick(&client, columns), client_want, "{rows:?}");
+    (server, client)
+}
+
+/// Asserts `stats` hold exactly `servers` server-side and `clients` client-side closed
+/// connections of `protocol` to the server on `port`, each with bytes both ways; returns both.
+fn assert_closed_connections(
+    stats: &[Row],
+    protocol: &str,
+    port: u16,
+    servers: usize,
+    clients: usize,
+) -> (Vec<Row>, Vec<Row>) {
+    let (server_stats, client_stats) = by_role(&of_protocol(stats, protocol));
+    assert_eq!(server_stats.len(), servers, "{stats:?}");
+    assert_eq!(client_stats.len(), clients, "{stats:?}");
+    assert_conn_stats(&server_stats, port);
+    assert_conn_stats(&client_stats, port);
+    (server_stats, client_stats)
+}
+
 // --- PostgreSQL: postgres + psql (simple protocol) and pg8000 (extended protocol) -----------------
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -1020,13 +1034,7 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let data = init_postgres(dir.path());
     // A second server from a copy of the cluster, outside the cgroup: its traffic must not show.
-    let other_data = dir.path().join("other");
-    run_ok(
-        Command::new(which("cp"))
-            .arg("-a")
-            .arg(&data)
-            .arg(&other_data),
-    );
+    let other_data = copy_of(&data, dir.path());
     let (port, other_port) = two_free_ports();
     let traced = start_postgres(dir.path(), &data, port, Some(&cgroup));
     let _untraced = start_postgres(dir.path(), &other_data, other_port, None);
@@ -1063,34 +1071,27 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
     );
     // pg8000 runs in the traced cgroup too (an application next to its database in one pod): its
     // side of the connection is traced as well, as the client.
-    let script = dir.path().join("pg8000_client.py");
-    std::fs::write(&script, PG8000_CLIENT).unwrap();
-    let out = run_ok(
-        Command::new("/bin/sh")
-            .args(cgroup.enter_and_exec())
-            .arg(venv_python())
-            .arg(&script)
-            .env("PORT", port.to_string())
-            .env("PGPASSWORD", PG_PASSWORD),
+    let out = run_python_in(
+        &cgroup,
+        dir.path(),
+        "pg8000_client.py",
+        PG8000_CLIENT,
+        port,
+        &[("PGPASSWORD", PG_PASSWORD)],
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "[[7, 'seven']]\nerror 42P01\n[[42]] [[100]]\n"
-    );
+    assert_eq!(out, "[[7, 'seven']]\nerror 42P01\n[[42]] [[100]]\n");
 
     let (server_want, client_want) = (5 + 13, 13);
-    let pgsql = wait_for_rows(&store, "pgsql_events", |r| {
-        r.len() >= server_want + client_want
-    })
-    .await;
     // Backends exit without closing their socket: their rows come from the sweep of exited
     // processes (every 10 s). pg8000 closes its own.
-    let stats = closed(
-        &wait_for_rows(&store, "conn_stats", |r| {
-            of_protocol(&closed(r), "pgsql").len() >= 3
-        })
-        .await,
-    );
+    let (pgsql, stats) = wait_for_events_and_closed_stats(
+        &store,
+        "pgsql_events",
+        server_want + client_want,
+        "pgsql",
+        3,
+    )
+    .await;
     let metrics = metrics_text(&registry);
     p.stop().await;
 
@@ -1246,13 +1247,12 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
         ]
     };
     let columns = ["req_cmd", "req", "params", "resp", "rows", "trace_role"];
-    let (server, client) = by_role(&pgsql);
-    assert_eq!(
-        pick(&server, &columns),
+    let (server, client) = assert_rows_by_role(
+        &pgsql,
+        &columns,
         [psql_rows, pg8000_rows("server")].concat(),
-        "{pgsql:?}"
+        pg8000_rows("client"),
     );
-    assert_eq!(pick(&client, &columns), pg8000_rows("client"), "{pgsql:?}");
     for r in &pgsql {
         assert_eq!(text(r, "pod"), "peers", "{r:?}");
     }
@@ -1272,13 +1272,9 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
     assert_eq!(backends.len(), 2, "{pgsql:?}");
     assert!(!backends.contains(&traced.pid().to_string()), "{pgsql:?}");
     assert_eq!(pids(&client).len(), 1, "{pgsql:?}");
-    let (server_stats, client_stats) = by_role(&of_protocol(&stats, "pgsql"));
-    assert_eq!(server_stats.len(), 2, "{stats:?}");
+    let (server_stats, client_stats) = assert_closed_connections(&stats, "pgsql", port, 2, 1);
     assert_eq!(pids(&server_stats), backends, "{stats:?}");
-    assert_conn_stats(&server_stats, port);
-    assert_eq!(client_stats.len(), 1, "{stats:?}");
     assert_eq!(pids(&client_stats), pids(&client), "{stats:?}");
-    assert_conn_stats(&client_stats, port);
     // The postmaster's copies of the sockets it accepted for its backends, and every file, make no
     // rows and no errors.
     assert_no_noise_from_non_sockets(&stats, &metrics);
@@ -1416,13 +1412,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
     let dir = tempfile::tempdir().unwrap();
     let data = init_mariadb(dir.path());
     // A second server from a copy of the data directory, not selected: its traffic must not show.
-    let other_data = dir.path().join("other");
-    run_ok(
-        Command::new(which("cp"))
-            .arg("-a")
-            .arg(&data)
-            .arg(&other_data),
-    );
+    let other_data = copy_of(&data, dir.path());
     let (port, other_port) = two_free_ports();
     let traced = start_mariadb(dir.path(), &data, port);
     let _untraced = start_mariadb(dir.path(), &other_data, other_port);
@@ -1466,31 +1456,25 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
         String::from_utf8_lossy(&out.stderr).contains("Table 'sonde.nope' doesn't exist"),
         "{out:?}"
     );
-    let script = dir.path().join("connector_client.py");
-    std::fs::write(&script, CONNECTOR_CLIENT).unwrap();
-    let out = run_ok(
-        Command::new("/bin/sh")
-            .args(app.enter_and_exec())
-            .arg(venv_python())
-            .arg(&script)
-            .env("PORT", port.to_string()),
+    let out = run_python_in(
+        &app,
+        dir.path(),
+        "connector_client.py",
+        CONNECTOR_CLIENT,
+        port,
+        &[],
     );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "[(7, 'seven')]\nerror 1146\n[(42,)]\n"
-    );
+    assert_eq!(out, "[(7, 'seven')]\nerror 1146\n[(42,)]\n");
 
     let (server_want, client_want) = (6 + 17, 17);
-    let mysql = wait_for_rows(&store, "mysql_events", |r| {
-        r.len() >= server_want + client_want
-    })
+    let (mysql, stats) = wait_for_events_and_closed_stats(
+        &store,
+        "mysql_events",
+        server_want + client_want,
+        "mysql",
+        3,
+    )
     .await;
-    let stats = closed(
-        &wait_for_rows(&store, "conn_stats", |r| {
-            of_protocol(&closed(r), "mysql").len() >= 3
-        })
-        .await,
-    );
     let metrics = metrics_text(&registry);
     app_probe.stop().await;
     p.stop().await;
@@ -1646,16 +1630,11 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
         "rows",
         "trace_role",
     ];
-    let (server, client) = by_role(&mysql);
-    assert_eq!(
-        pick(&server, &columns),
+    let (server, client) = assert_rows_by_role(
+        &mysql,
+        &columns,
         [cli_rows, connector_rows("server")].concat(),
-        "{mysql:?}"
-    );
-    assert_eq!(
-        pick(&client, &columns),
         connector_rows("client"),
-        "{mysql:?}"
     );
     for r in &mysql {
         assert_addressed(r, port);
@@ -1670,11 +1649,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
     }
     // Both clients closed their connection (COM_QUIT): one server-side row each, and one for the
     // connector's own end.
-    let (server_stats, client_stats) = by_role(&of_protocol(&stats, "mysql"));
-    assert_eq!(server_stats.len(), 2, "{stats:?}");
-    assert_eq!(client_stats.len(), 1, "{stats:?}");
-    assert_conn_stats(&server_stats, port);
-    assert_conn_stats(&client_stats, port);
+    assert_closed_connections(&stats, "mysql", port, 2, 1);
     // mariadbd's data files, read and closed before the agent could look at them, make no rows
     // and no errors.
     assert_no_noise_from_non_sockets(&stats, &metrics);

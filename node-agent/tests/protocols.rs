@@ -3,80 +3,22 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use prometheus_client::registry::Registry;
-use sonde_agent::probes::protocols::ProtocolProbe;
 use sonde_agent::tables::{Store, Value};
-use sonde_api::{ProbeState, Protocol};
-
-/// Stops nginx on drop (also when a test fails): SIGTERM to the master, which stops its worker and
-/// exits; SIGKILL to both after 5 s.
-struct Nginx {
-    master: Child,
-    worker: u32,
-}
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        use nix::sys::signal::{Signal, kill};
-        use nix::unistd::Pid;
-        let _ = kill(Pid::from_raw(self.master.id() as i32), Signal::SIGTERM);
-        for _ in 0..100 {
-            if matches!(self.master.try_wait(), Ok(Some(_))) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.master.kill();
-        let _ = self.master.wait();
-        if self.worker != 0 {
-            let _ = kill(Pid::from_raw(self.worker as i32), Signal::SIGKILL);
-        }
-    }
-}
+use sonde_api::Protocol;
 
 /// nginx with one worker answering `return 200 "hello\n"` on `port`; returns it and its worker pid.
-fn start_nginx(dir: &Path, port: u16) -> (Nginx, u32) {
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process on; worker_processes 1; pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log off; client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
-               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }} }}\n",
-            dir = dir.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(which("nginx"))
-        .args(["-c"])
-        .arg(&conf)
-        .args(["-e", "stderr"])
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting nginx");
-    let master = child.id();
-    let mut nginx = Nginx {
-        master: child,
-        worker: 0,
+fn start_hello_nginx(dir: &Path, port: u16) -> (Server, u32) {
+    let site = NginxSite {
+        main: "",
+        http: "",
+        server: "location / { return 200 \"hello\\n\"; }",
     };
-    // The worker is the master's only child.
-    for _ in 0..200 {
-        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-            .unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
-            nginx.worker = pid.parse().unwrap();
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                let worker = nginx.worker;
-                return (nginx, worker);
-            }
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    panic!("nginx did not start; see {}/error.log", dir.display());
+    start_nginx(dir, port, &site)
 }
 
 /// curl fetching `paths` in order over one keep-alive connection.
@@ -94,17 +36,15 @@ fn curl(port: u16, paths: &[&str]) -> String {
 async fn curl_to_traced_nginx_shows_exact_byte_counts_in_conn_stats() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let (_nginx, worker) = start_nginx(dir.path(), port);
+    let (_nginx, worker) = start_hello_nginx(dir.path(), port);
     let store = Store::default();
     let mut registry = Registry::default();
-    let ctx = context(&store, &mut registry);
-    let (probe, spec) = tracepoint(vec![Protocol::Http], "*/nginx");
-    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker, "/usr/sbin/nginx")]);
-    assert_eq!(
-        p.status().state,
-        ProbeState::Attached,
-        "{}",
-        p.status().message
+    let probe = tracepoint(vec![Protocol::Http], "*/nginx");
+    let p = start_probe(
+        &store,
+        &mut registry,
+        &probe,
+        target(worker, "/usr/sbin/nginx"),
     );
 
     let body = curl(port, &["/hello?x=1"]);
@@ -151,18 +91,16 @@ fn curl_version() -> String {
 async fn nginx_outside_the_selected_processes_yields_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (port_a, port_b) = (free_port(), free_port());
-    let (_traced, worker_a) = start_nginx(&dir.path().join("a").tap_mkdir(), port_a);
-    let (_untraced, _worker_b) = start_nginx(&dir.path().join("b").tap_mkdir(), port_b);
+    let (_traced, worker_a) = start_hello_nginx(&dir.path().join("a").tap_mkdir(), port_a);
+    let (_untraced, _worker_b) = start_hello_nginx(&dir.path().join("b").tap_mkdir(), port_b);
     let store = Store::default();
     let mut registry = Registry::default();
-    let ctx = context(&store, &mut registry);
-    let (probe, spec) = tracepoint(vec![Protocol::Http], "*/nginx");
-    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker_a, "/usr/sbin/nginx")]);
-    assert_eq!(
-        p.status().state,
-        ProbeState::Attached,
-        "{}",
-        p.status().message
+    let probe = tracepoint(vec![Protocol::Http], "*/nginx");
+    let p = start_probe(
+        &store,
+        &mut registry,
+        &probe,
+        target(worker_a, "/usr/sbin/nginx"),
     );
     for _ in 0..3 {
         curl(port_b, &["/untraced"]);
@@ -188,17 +126,15 @@ async fn nginx_outside_the_selected_processes_yields_nothing() {
 async fn keep_alive_requests_to_traced_nginx_become_http_events_and_histogram_samples() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let (_nginx, worker) = start_nginx(dir.path(), port);
+    let (_nginx, worker) = start_hello_nginx(dir.path(), port);
     let store = Store::default();
     let mut registry = Registry::default();
-    let ctx = context(&store, &mut registry);
-    let (probe, spec) = tracepoint(vec![Protocol::Http], "*/nginx");
-    let p = ProtocolProbe::start(&ctx, &probe, &spec, &[target(worker, "/usr/sbin/nginx")]);
-    assert_eq!(
-        p.status().state,
-        ProbeState::Attached,
-        "{}",
-        p.status().message
+    let probe = tracepoint(vec![Protocol::Http], "*/nginx");
+    let p = start_probe(
+        &store,
+        &mut registry,
+        &probe,
+        target(worker, "/usr/sbin/nginx"),
     );
 
     let body = curl(port, &["/a", "/b?q=2", "/c"]);

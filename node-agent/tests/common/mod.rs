@@ -13,14 +13,15 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use prometheus_client::registry::Registry;
-use sonde_agent::probes::protocols::ProtocolsShared;
+use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared};
 use sonde_agent::probes::{
     ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared, profiler::ProfilerShared,
 };
 use sonde_agent::tables::{Query, Store, Value};
 use sonde_agent::targets::TargetProcess;
 use sonde_api::{
-    AssignedProbe, PodTarget, ProbeConfig, ProbeOwner, Protocol, TracepointProbe, TracepointSpec,
+    AssignedProbe, PodTarget, ProbeConfig, ProbeOwner, ProbeState, Protocol, TracepointProbe,
+    TracepointSpec,
 };
 
 pub type Row = HashMap<String, Value>;
@@ -371,4 +372,94 @@ pub fn run_ok(cmd: &mut std::process::Command) -> std::process::Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// Retries `ready` every 100 ms for 60 s.
+pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if ready() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{what} did not become ready within 60 s");
+}
+
+/// Starts `probe` on `target` in a context of its own and checks it attached.
+pub fn start_probe(
+    store: &Store,
+    registry: &mut Registry,
+    probe: &(AssignedProbe, TracepointSpec),
+    target: TargetProcess,
+) -> ProtocolProbe {
+    start_probe_in(&context(store, registry), probe, target)
+}
+
+/// Starts `probe` in `ctx` (several probes of one test share its runtime) and checks it attached.
+pub fn start_probe_in(
+    ctx: &ProbeContext,
+    probe: &(AssignedProbe, TracepointSpec),
+    target: TargetProcess,
+) -> ProtocolProbe {
+    let p = ProtocolProbe::start(ctx, &probe.0, &probe.1, &[target]);
+    assert_eq!(
+        p.status().state,
+        ProbeState::Attached,
+        "{}",
+        p.status().message
+    );
+    p
+}
+
+/// What an nginx test server adds to the fixed config (one worker, no access log, temp paths in
+/// its directory): main-context directives, http-context directives, the server's body.
+pub struct NginxSite<'a> {
+    pub main: &'a str,
+    pub http: &'a str,
+    pub server: &'a str,
+}
+
+/// nginx with one worker listening on 127.0.0.1:`port`, config, pid and error log in `dir`;
+/// returns the master (stopped on drop) and the worker's pid once it accepts connections.
+pub fn start_nginx(dir: &Path, port: u16, site: &NginxSite) -> (Server, u32) {
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 1; {main} pid {dir}/nginx.pid; error_log {dir}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log off; {http} client_body_temp_path {dir}; proxy_temp_path {dir}; fastcgi_temp_path {dir}; uwsgi_temp_path {dir}; scgi_temp_path {dir};\n\
+               server {{ listen 127.0.0.1:{port}; {server} }} }}\n",
+            dir = dir.display(),
+            main = site.main,
+            http = site.http,
+            server = site.server,
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(which("nginx"))
+        .arg("-c")
+        .arg(&conf)
+        .args(["-e", "stderr"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("starting nginx");
+    let master = child.id();
+    let server = Server {
+        child,
+        signal: Signal::SIGTERM,
+    };
+    // The worker is the master's only child.
+    let mut worker = 0;
+    wait_until("nginx", || {
+        let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default();
+        worker = children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
+        worker != 0 && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (server, worker)
 }
