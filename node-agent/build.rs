@@ -21,17 +21,19 @@ fn main() -> anyhow::Result<()> {
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", manifest_dir.display()))?;
     let ebpf_dir = workspace.join(EBPF_PACKAGE);
-    let common_dir = workspace.join("sonde-common");
 
+    // Relative to this package (cargo's rule), not absolute: two checkouts sharing one target dir
+    // (CI's fresh clone and a working tree, ~/.cache/sonde/target) would otherwise each be checked
+    // against the other's files and embed stale eBPF.
     for path in [
-        ebpf_dir.join("src"),
-        ebpf_dir.join("Cargo.toml"),
-        ebpf_dir.join("Cargo.lock"),
-        ebpf_dir.join("rust-toolchain.toml"),
-        common_dir.join("src"),
-        common_dir.join("Cargo.toml"),
+        "../node-agent-ebpf/src",
+        "../node-agent-ebpf/Cargo.toml",
+        "../node-agent-ebpf/Cargo.lock",
+        "../node-agent-ebpf/rust-toolchain.toml",
+        "../sonde-common/src",
+        "../sonde-common/Cargo.toml",
     ] {
-        println!("cargo::rerun-if-changed={}", path.display());
+        println!("cargo::rerun-if-changed={path}");
     }
 
     let toolchain = pinned_toolchain(&ebpf_dir.join("rust-toolchain.toml"))?;
@@ -44,15 +46,12 @@ fn main() -> anyhow::Result<()> {
     // `cargo build --package` in the current directory, so run it from there.
     env::set_current_dir(&ebpf_dir)
         .with_context(|| format!("cannot enter {}", ebpf_dir.display()))?;
-    let src_dir = ebpf_dir.join("src");
-    let src_dir = src_dir
-        .to_str()
-        .ok_or_else(|| anyhow!("{} is not UTF-8", src_dir.display()))?;
     aya_build::build_ebpf(
         [aya_build::Package {
             name: EBPF_PACKAGE,
-            // Only used for rerun-if-changed: the sources, not the crate's own target/ directory.
-            root_dir: src_dir,
+            // Only used for rerun-if-changed: the sources, not the crate's own target/ directory;
+            // relative for the reason above.
+            root_dir: "../node-agent-ebpf/src",
             ..Default::default()
         }],
         aya_build::Toolchain::Custom(&toolchain),

@@ -302,8 +302,10 @@ pub mod names {
         ("sys_enter_close", "conn_enter_close"),
     ];
     /// Other tracepoints: (category, name, program).
-    pub const TASK_TRACEPOINTS: &[(&str, &str, &str)] =
-        &[("task", "task_newtask", "conn_task_newtask")];
+    pub const TASK_TRACEPOINTS: &[(&str, &str, &str)] = &[
+        ("task", "task_newtask", "conn_task_newtask"),
+        ("sched", "sched_process_exit", "conn_sched_process_exit"),
+    ];
 }
 
 #[cfg(feature = "user")]

@@ -31,7 +31,7 @@ use aya_ebpf::{
         bpf_probe_read_user_buf,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use sonde_common::conn::{
@@ -61,9 +61,11 @@ static CONN_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 static CONN_CONNS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
 /// Per-thread syscall arguments, enter → exit. Each thread's slot is written in place at enter and
 /// disarmed at exit (no insert/delete per syscall: those took a bucket lock and a free-list trip
-/// each); LRU so the slots of exited threads age out instead of filling the map.
+/// each); removed when the thread exits (`conn_sched_process_exit`). Not LRU: an LRU map would evict
+/// the slot of a thread blocked in a traced syscall without a trace, while a full map is counted
+/// (`args_map_full`).
 #[map]
-static CONN_ARGS: LruHashMap<u64, Args> = LruHashMap::with_max_entries(16384, 0);
+static CONN_ARGS: HashMap<u64, Args> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CONN_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0);
 /// Scratch of [`emit_gathered`]: twice a chunk, so an offset below `DATA_CHUNK` plus a length of at
@@ -1057,6 +1059,14 @@ fn count_truncated(info: &mut ConnInfo) {
     } else {
         count_drop(DROP_TRUNCATED);
     }
+}
+
+/// A thread exits: its argument slot goes. Unfiltered (exits are rare next to syscalls), so a
+/// process that stopped being selected leaves no slots behind either.
+#[tracepoint]
+pub fn conn_sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let _ = CONN_ARGS.remove(&bpf_get_current_pid_tgid());
+    0
 }
 
 /// `task:task_newtask` record: the new task's pid at 8, its clone flags at 32 (the tracepoint's
