@@ -28,16 +28,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use sonde_common::conn::names;
 use sonde_e2e::process::Proc;
 use sonde_e2e::sonde::{Agent, cpu_seconds, memory_kib};
 use sonde_e2e::tools::{self, SondeBinaries};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// The syscall tracepoints Sonde's protocol capture attaches (node-agent-ebpf/src/protocols).
-const TRACEPOINTS: &[&str] = &[
-    "read", "write", "readv", "writev", "recvfrom", "sendto", "recvmsg", "sendmsg", "connect",
-    "accept", "accept4",
-];
 
 #[derive(Parser)]
 struct Cli {
@@ -108,18 +103,16 @@ fn wrk(port: u16, seconds: u64) -> Result<f64> {
         .with_context(|| format!("no Requests/sec in wrk output: {text}"))
 }
 
-/// bpftrace counting the same tracepoints for the nginx worker only.
+/// bpftrace counting, for the nginx worker only, every tracepoint Sonde's protocol capture attaches
+/// (the list the agent attaches from, so the floor can never drift from what Sonde hooks).
 fn start_bare_hooks(worker: u32, logs: &Path) -> Result<Proc> {
-    let probes: Vec<String> = TRACEPOINTS
+    let syscalls = names::TRACEPOINTS
         .iter()
-        .flat_map(|n| {
-            [
-                format!("tracepoint:syscalls:sys_enter_{n}"),
-                format!("tracepoint:syscalls:sys_exit_{n}"),
-            ]
-        })
-        .chain(["tracepoint:syscalls:sys_enter_close".to_owned()])
-        .collect();
+        .map(|(tracepoint, _)| format!("tracepoint:syscalls:{tracepoint}"));
+    let others = names::TASK_TRACEPOINTS
+        .iter()
+        .map(|(category, tracepoint, _)| format!("tracepoint:{category}:{tracepoint}"));
+    let probes: Vec<String> = syscalls.chain(others).collect();
     let program = format!("{} /pid == {worker}/ {{ @n = count(); }}", probes.join(","));
     let mut cmd = Command::new(tools::bpftrace()?);
     cmd.arg("-e").arg(program).stdin(Stdio::null());
