@@ -2,8 +2,8 @@
 //! seconds, memory working set and RSS, I/O bytes and network bytes, per namespace, pod and container.
 //!
 //! Which pods have series is decided by the probe manager ([`PodResources::follow`], with the
-//! targets of every running probe): a pod that no probe targets any more loses its series. The
-//! profiler additionally refreshes its own targets every period ([`PodResources::refresh`]).
+//! targets of every running probe): a pod that no probe targets any more loses its series; the
+//! followed pods are read again every [`FOLLOW_REFRESH`].
 //!
 //! Sources, best first:
 //! - the container's cgroup v2 directory: `cpu.stat` (`usage_usec`), `memory.current` minus
@@ -166,17 +166,6 @@ impl PodResources {
             Ok(rt) => drop(rt.spawn_blocking(read)),
             Err(_) => read(),
         }
-    }
-
-    /// Reads the containers of `targets` that are followed and updates their series (the profiler,
-    /// each period); it never adds or removes series.
-    pub fn refresh(&self, targets: &BTreeMap<u32, TargetProcess>, cgroup2: Option<&Path>) {
-        let followed = self.lock().followed.clone();
-        let groups: Groups = groups(targets.values())
-            .into_iter()
-            .filter(|(labels, _)| followed.contains_key(labels))
-            .collect();
-        self.read_and_publish(&groups, cgroup2);
     }
 
     fn read_and_publish(&self, groups: &Groups, cgroup2: Option<&Path>) {
@@ -543,22 +532,6 @@ mod tests {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-
-    #[test]
-    fn the_profilers_refresh_updates_followed_pods_but_never_adds_others() {
-        let mut registry = Registry::default();
-        let resources = PodResources::register(&mut registry);
-        let mut child = busy(&[]);
-        let t = target(child.id(), "profiled");
-        let targets = BTreeMap::from([(t.pid, t.clone())]);
-        resources.refresh(&targets, cgroup2_mount().as_deref());
-        assert!(series(&registry, "profiled").is_empty());
-        resources.follow([&t]);
-        resources.refresh(&targets, cgroup2_mount().as_deref());
-        assert!(!series(&registry, "profiled").is_empty());
-        let _ = child.kill();
-        let _ = child.wait();
     }
 
     #[test]

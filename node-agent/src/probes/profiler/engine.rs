@@ -15,7 +15,6 @@ use super::kernel::{DrainedSample, Drops, Kernel};
 use super::metrics::{DROP_REASONS, DropLabels, ProfilerMetrics};
 use super::selection::{Selection, cgroup_id, cgroup2_mount};
 use super::symbolize::{LOST_USER_STACK_FRAME, Symbolizer, TRUNCATED_FRAME};
-use crate::resources::PodResources;
 use crate::tables::{Row, TableWriter, Value};
 use crate::targets::TargetProcess;
 
@@ -49,7 +48,6 @@ impl EngineHandle {
         selection: Selection,
         writer: TableWriter,
         metrics: ProfilerMetrics,
-        resources: PodResources,
     ) -> EngineHandle {
         let (tx, rx) = channel();
         let status = Arc::new(Mutex::new(EngineStatus::default()));
@@ -59,15 +57,7 @@ impl EngineHandle {
             .name("sonde-profiler".into())
             .spawn(move || {
                 let _g = span.enter();
-                run(
-                    period,
-                    selection,
-                    rx,
-                    writer,
-                    metrics,
-                    resources,
-                    thread_status,
-                )
+                run(period, selection, rx, writer, metrics, thread_status)
             });
         let thread = match thread {
             Ok(t) => Some(t),
@@ -99,7 +89,6 @@ struct Engine {
     symbolizer: Symbolizer,
     writer: TableWriter,
     metrics: ProfilerMetrics,
-    resources: PodResources,
     status: Arc<Mutex<EngineStatus>>,
     selection: Selection,
     cgroup2: Option<PathBuf>,
@@ -114,7 +103,6 @@ fn run(
     rx: Receiver<Command>,
     writer: TableWriter,
     metrics: ProfilerMetrics,
-    resources: PodResources,
     status: Arc<Mutex<EngineStatus>>,
 ) {
     let hz = selection.frequency_hz.max(1);
@@ -132,7 +120,6 @@ fn run(
         symbolizer: Symbolizer::new(),
         writer,
         metrics,
-        resources,
         status,
         selection: Selection::default(),
         cgroup2: cgroup2_mount(),
@@ -158,7 +145,6 @@ fn run(
         }
     }
     engine.period();
-    engine.resources.refresh(&BTreeMap::new(), None);
     engine.metrics.frequency.set(0);
     engine.metrics.selected.set(0);
     lock(&engine.status).running = false;
@@ -244,8 +230,6 @@ impl Engine {
             }
             Err(e) => self.fail(e.to_string()),
         }
-        self.resources
-            .refresh(&self.selection.processes, self.cgroup2.as_deref());
         let selection = &self.selection;
         self.symbolizer.forget_except(|pid| {
             selection.processes.contains_key(&pid)

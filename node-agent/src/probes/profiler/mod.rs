@@ -5,7 +5,8 @@
 //! - [`maps`] and [`symbolize`]: addresses → `function (file:line)` frames with blazesym.
 //! - [`engine`]: the drain thread that writes table [`TABLE`] every period.
 //! - [`pprof`] and [`flamegraph`]: the rows of that table as a pprof profile or a flame graph SVG.
-//! - Each period also refreshes the per-pod resource metrics of the targets ([`crate::resources`]).
+//! - The per-pod resource metrics ([`crate::resources`]) are registered here; the probe manager
+//!   decides their pods (the targets of every probe) and refreshes them.
 //!
 //! Every profiler probe shares one kernel state ([`ProfilerShared`]): the programs sample the union
 //! of the probes' targets at the highest frequency any of them asks for, and are detached when the
@@ -122,7 +123,6 @@ impl ProfilerShared {
                     selection,
                     writer.clone(),
                     self.metrics.clone(),
-                    self.resources.clone(),
                 );
                 state.engine = Some(engine);
             }
