@@ -92,6 +92,28 @@ pub const DROP_REASON_NAMES: [&str; DROP_REASONS as usize] = [
     "read_failed",
 ];
 
+/// Words of the selection prefilter ([`names::FILTER_MAP`]): a bitmap of [`FILTER_BITS`] bits with
+/// the bit of every selected tgid and cgroup id set ([`filter_bit_tgid`], [`filter_bit_cgroup`]).
+/// Every process on the node passes the syscall hooks; an array word is a load the verifier
+/// inlines, where the exact hash maps cost a hash and a bucket walk each, so a clear bit settles
+/// "not selected" for almost all of them. A set bit may be another key's: the exact maps decide.
+pub const FILTER_WORDS: u32 = 1024;
+/// Bits of the selection prefilter (a power of two).
+pub const FILTER_BITS: u32 = FILTER_WORDS * 64;
+
+/// Prefilter bit of a tgid: pids are handed out in sequence, so their low bits spread them.
+#[inline(always)]
+pub const fn filter_bit_tgid(tgid: u32) -> u32 {
+    tgid & (FILTER_BITS - 1)
+}
+
+/// Prefilter bit of a cgroup v2 id (a kernfs node id): multiplicative hashing spreads ids that
+/// differ in any bits.
+#[inline(always)]
+pub const fn filter_bit_cgroup(id: u64) -> u32 {
+    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 48) as u32 & (FILTER_BITS - 1)
+}
+
 /// Key of the connection map: a process's fd.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -261,6 +283,8 @@ pub mod names {
     pub const TGIDS_MAP: &str = "CONN_TGIDS";
     /// `HashMap<u64 cgroup id, u32>`: selected cgroups (v2 ids).
     pub const CGROUPS_MAP: &str = "CONN_CGROUPS";
+    /// `Array<u64>` of [`super::FILTER_WORDS`]: the selection prefilter bitmap.
+    pub const FILTER_MAP: &str = "CONN_FILTER";
     /// `HashMap<ConnKey, ConnInfo>`.
     pub const CONNS_MAP: &str = "CONN_CONNS";
     /// `PerCpuArray<u64>` of [`super::DROP_REASONS`] drop counters.

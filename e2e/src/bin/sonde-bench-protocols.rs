@@ -7,8 +7,11 @@
 //! nginx (1 worker, `return 200`) on loopback, then:
 //! 1. saturation: `wrk -t1 -c16` alternating untraced / bare hooks (bpftrace counting the tracepoints
 //!    Sonde attaches, for the worker only) / Sonde (standalone agent, HTTP Tracepoint on nginx);
-//!    throughput ratios against the untraced runs of the same round;
-//! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, then Sonde;
+//!    throughput ratios against the untraced runs of the same round, with the time spent in BPF
+//!    programs per request (the kernel's `bpf_stats` accounting, on for the whole run: it adds two
+//!    clock reads to every program run, bare hooks and Sonde alike) and the agent's CPU per request;
+//! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, then Sonde
+//!    (after a warm-up that fills `http_events` to its budget: the steady state);
 //!    cost per request = (agent CPU + added CPU time of the nginx worker, from the scheduler's
 //!    exact accounting: the hooks run in its syscalls) / requests, the added time also shown beyond
 //!    the bare hooks' (what Sonde's programs cost over the floor), and the client's (this process,
@@ -47,6 +50,10 @@ struct Cli {
     /// Length of each fixed-rate run.
     #[arg(long, default_value_t = 10)]
     fixed_seconds: u64,
+    /// Requests at the fixed rate before Sonde's measured run, so that it shows the steady state:
+    /// `http_events` filled to its budget (rows evicted as they come, no more growth).
+    #[arg(long, default_value_t = 10)]
+    warmup_seconds: u64,
 }
 
 struct Nginx {
@@ -171,6 +178,55 @@ fn run_seconds(pid: u32) -> f64 {
     ns as f64 / 1e9
 }
 
+/// The kernel's own run-time accounting of BPF programs (`kernel.bpf_stats_enabled`), on while
+/// this lives and restored after: nanoseconds spent in every loaded program, which is exactly what
+/// a tracer's hooks add to the traced syscalls (bpftrace's bare hooks and Sonde's alike).
+struct BpfStats {
+    before: String,
+}
+
+impl BpfStats {
+    const KNOB: &'static str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn enable() -> Result<BpfStats> {
+        let before = std::fs::read_to_string(Self::KNOB)
+            .with_context(|| format!("reading {}", Self::KNOB))?;
+        std::fs::write(Self::KNOB, "1")
+            .with_context(|| format!("writing {} (root?)", Self::KNOB))?;
+        Ok(BpfStats { before })
+    }
+
+    /// Total ns all loaded programs have run so far.
+    fn run_ns(&self) -> Result<u64> {
+        Ok(self.programs()?.values().map(|(ns, _)| ns).sum())
+    }
+
+    /// (ns run, runs) of every loaded program by name (`bpftool prog show`; names are cut at 15
+    /// bytes by the kernel, programs of one name are added up).
+    fn programs(&self) -> Result<std::collections::BTreeMap<String, (u64, u64)>> {
+        let out = Command::new("bpftool")
+            .args(["prog", "show", "--json"])
+            .output()
+            .context("running bpftool: `scripts/setup peers`")?;
+        let progs: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .context("bpftool prog show --json printed no JSON")?;
+        let mut by_name = std::collections::BTreeMap::new();
+        for p in progs.as_array().into_iter().flatten() {
+            let name = p["name"].as_str().unwrap_or("?").to_string();
+            let entry: &mut (u64, u64) = by_name.entry(name).or_default();
+            entry.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+            entry.1 += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+        Ok(by_name)
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::KNOB, self.before.trim());
+    }
+}
+
 /// `rate` requests/s for `seconds` over 16 keep-alive connections; returns the requests answered.
 async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<u64> {
     const CONNS: u64 = 16;
@@ -251,22 +307,53 @@ async fn main() -> Result<()> {
         cli.seconds, cli.rounds
     );
     println!(
-        "| round | untraced req/s | bare hooks req/s | Sonde req/s | bare/untraced | Sonde/untraced |"
+        "| round | untraced req/s | bare hooks req/s | Sonde req/s | bare/untraced | Sonde/untraced | in-kernel ns/req bare / Sonde | agent CPU µs/req |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
+    let stats = BpfStats::enable()?;
     let (mut bare_ratios, mut sonde_ratios) = (Vec::new(), Vec::new());
+    // (program, ns per run, runs per request) in the last round's Sonde run.
+    let mut per_program: Vec<(String, f64, f64)> = Vec::new();
     for round in 1..=cli.rounds {
         let untraced = wrk(nginx.port, cli.seconds)?;
         let mut bare = start_bare_hooks(nginx.worker, &logs)?;
+        let k0 = stats.run_ns()?;
         let bare_rps = wrk(nginx.port, cli.seconds)?;
+        let bare_kernel = (stats.run_ns()? - k0) as f64 / (bare_rps * cli.seconds as f64);
         bare.stop(Duration::from_secs(5));
         let mut agent = start_sonde(&bins, dir.path(), &logs).await?;
+        let (p0, a0) = (stats.programs()?, run_seconds(agent.proc.pid()));
         let sonde_rps = wrk(nginx.port, cli.seconds)?;
+        let requests = sonde_rps * cli.seconds as f64;
+        let p1 = stats.programs()?;
+        let sonde_kernel = p1
+            .values()
+            .map(|v| v.0)
+            .sum::<u64>()
+            .saturating_sub(p0.values().map(|v| v.0).sum()) as f64
+            / requests;
+        if round == cli.rounds {
+            per_program = p1
+                .iter()
+                .filter_map(|(name, (ns, runs))| {
+                    let (ns0, runs0) = p0.get(name).copied().unwrap_or_default();
+                    let runs = runs.saturating_sub(runs0);
+                    (runs > 0 && name.starts_with("conn_")).then(|| {
+                        (
+                            name.clone(),
+                            ns.saturating_sub(ns0) as f64 / runs as f64,
+                            runs as f64 / requests,
+                        )
+                    })
+                })
+                .collect();
+        }
+        let agent_us = (run_seconds(agent.proc.pid()) - a0) * 1e6 / requests;
         agent.proc.stop(Duration::from_secs(10));
         bare_ratios.push(bare_rps / untraced);
         sonde_ratios.push(sonde_rps / untraced);
         println!(
-            "| {round} | {untraced:.0} | {bare_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} |",
+            "| {round} | {untraced:.0} | {bare_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} | {bare_kernel:.0} / {sonde_kernel:.0} | {agent_us:.2} |",
             bare_rps / untraced,
             sonde_rps / untraced
         );
@@ -278,11 +365,18 @@ async fn main() -> Result<()> {
             (s - b) * 100.0
         );
         println!();
+        println!("Sonde's programs in the last round (bpf_stats):");
+        println!("| program | ns per run | runs per request |");
+        println!("|---|---|---|");
+        for (name, ns, runs) in &per_program {
+            println!("| {name} | {ns:.0} | {runs:.2} |");
+        }
+        println!();
     }
 
     println!(
-        "## Fixed rate: {} req/s for {} s over 16 keep-alive connections",
-        cli.rate, cli.fixed_seconds
+        "## Fixed rate: {} req/s for {} s over 16 keep-alive connections (Sonde after {} s of warm-up)",
+        cli.rate, cli.fixed_seconds, cli.warmup_seconds
     );
     let me = std::process::id();
     // (nginx worker, client) CPU seconds; the client (this process) is not traced but its
@@ -299,18 +393,23 @@ async fn main() -> Result<()> {
     let base = per_request(c0, cpu(), base_requests);
 
     let mut bare = start_bare_hooks(nginx.worker, &logs)?;
-    let c0 = cpu();
+    let (c0, k0) = (cpu(), stats.run_ns()?);
     let bare_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
     let bare_cost = per_request(c0, cpu(), bare_requests);
+    let bare_kernel = (stats.run_ns()? - k0) as f64 / bare_requests.max(1) as f64;
     bare.stop(Duration::from_secs(5));
 
     let agent = start_sonde(&bins, dir.path(), &logs).await?;
+    fixed_rate(nginx.port, cli.rate, cli.warmup_seconds).await?;
+    // The warm-up's last events drained before counting starts.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let agent_pid = agent.proc.pid();
     eprintln!("agent pid {agent_pid}");
     let rows0 = http_rows(&agent).await.unwrap_or(0);
-    let (cpu0, c0) = (cpu_seconds(agent_pid)?, cpu());
+    let (cpu0, c0, k0) = (cpu_seconds(agent_pid)?, cpu(), stats.run_ns()?);
     let requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
     let traced = per_request(c0, cpu(), requests);
+    let sonde_kernel = (stats.run_ns()? - k0) as f64 / requests.max(1) as f64;
     // Let the agent drain its ring buffer before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let agent_cpu = (cpu_seconds(agent_pid)? - cpu0) / requests as f64;
@@ -345,6 +444,11 @@ async fn main() -> Result<()> {
         us(bare_cost.0 - base.0),
         us(worker_added),
         us(traced.0 - bare_cost.0)
+    );
+    println!(
+        "| time in BPF programs per request (bpf_stats): bare hooks / Sonde | {:.2} / {:.2} µs |",
+        bare_kernel / 1e3,
+        sonde_kernel / 1e3
     );
     println!(
         "| cost per request (agent + added nginx worker CPU) | {:.2} µs |",

@@ -31,7 +31,7 @@ use aya_ebpf::{
         bpf_probe_read_user_buf,
     },
     macros::{map, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use sonde_common::conn::{
@@ -42,7 +42,10 @@ use sonde_common::conn::{
     MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OpenEvent, PeerAddr, PeerEvent,
     ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
 };
-use sonde_common::conn::{EVENT_FORK, ForkEvent, SYS_RECVMMSG, SYS_SENDMMSG};
+use sonde_common::conn::{
+    EVENT_FORK, FILTER_WORDS, ForkEvent, SYS_RECVMMSG, SYS_SENDMMSG, filter_bit_cgroup,
+    filter_bit_tgid,
+};
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
 #[unsafe(no_mangle)]
@@ -57,6 +60,10 @@ static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
 static CONN_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
 static CONN_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
+/// Bits of the selected tgids and cgroup ids (`sonde_common::conn::FILTER_WORDS`): checked
+/// before the exact maps above so that unselected processes leave after two array loads.
+#[map]
+static CONN_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
 #[map]
 static CONN_CONNS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
 /// Per-thread syscall arguments, enter → exit. Each thread's slot is written in place at enter and
@@ -184,21 +191,29 @@ fn count_drop(reason: u32) {
     }
 }
 
-/// The early exit every hook starts with: is this process traced?
+/// Is `bit` set in the selection prefilter?
+#[inline(always)]
+fn filter_has(bit: u32) -> bool {
+    CONN_FILTER
+        .get(bit / 64)
+        .is_some_and(|word| word & (1 << (bit % 64)) != 0)
+}
+
+/// The early exit every hook starts with: is this process traced? The prefilter bitmap answers
+/// "no" for almost every other process; the exact maps confirm a set bit.
 #[inline(always)]
 fn selected(tgid: u32) -> bool {
+    // SAFETY: reading u32 globals the loader may rewrite in .rodata; volatile keeps the loads.
+    if unsafe { core::ptr::read_volatile(&CONN_TRACE_ALL) } != 0 {
+        return tgid != unsafe { core::ptr::read_volatile(&CONN_AGENT_TGID) };
+    }
     // SAFETY: plain lookups; the values are not dereferenced.
-    if unsafe { CONN_TGIDS.get(&tgid) }.is_some() {
+    if filter_has(filter_bit_tgid(tgid)) && unsafe { CONN_TGIDS.get(&tgid) }.is_some() {
         return true;
     }
     // SAFETY: helper without arguments.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    if unsafe { CONN_CGROUPS.get(&cgroup) }.is_some() {
-        return true;
-    }
-    // SAFETY: reading u32 globals the loader may rewrite in .rodata; volatile keeps the loads.
-    let all = unsafe { core::ptr::read_volatile(&CONN_TRACE_ALL) };
-    all != 0 && tgid != unsafe { core::ptr::read_volatile(&CONN_AGENT_TGID) }
+    filter_has(filter_bit_cgroup(cgroup)) && unsafe { CONN_CGROUPS.get(&cgroup) }.is_some()
 }
 
 #[inline(always)]
@@ -252,10 +267,25 @@ fn stash_addr(
     0
 }
 
+/// The prefilter alone: false only for processes that cannot be selected. Exit hooks ask this
+/// before looking for their thread's slot (a hash lookup every other process would pay).
+#[inline(always)]
+fn maybe_selected(tgid: u32) -> bool {
+    // SAFETY: as in `selected`.
+    let all = unsafe { core::ptr::read_volatile(&CONN_TRACE_ALL) };
+    all != 0
+        || filter_has(filter_bit_tgid(tgid))
+        || filter_has(filter_bit_cgroup(unsafe { bpf_get_current_cgroup_id() }))
+}
+
 /// Takes the arguments stashed by this thread's enter hook (None for every process not traced,
-/// and for a syscall whose enter stashed nothing, e.g. on an ignored fd).
+/// and for a syscall whose enter stashed nothing, e.g. on an ignored fd). A process deselected
+/// between enter and exit leaves its slot armed; the next enter overwrites it.
 #[inline(always)]
 fn take_args(id: u64) -> Option<Args> {
+    if !maybe_selected((id >> 32) as u32) {
+        return None;
+    }
     let slot = CONN_ARGS.get_ptr_mut(&id)?;
     // SAFETY: this thread's own slot (see `stash_addr`); copied, then disarmed in place.
     let args = unsafe { *slot };
@@ -443,11 +473,7 @@ pub fn conn_exit_accept(ctx: TracePointContext) -> u32 {
 /// Reads a `sockaddr` from user memory (may be null); unreadable parts stay zero.
 #[inline(always)]
 fn read_sockaddr(sockaddr: u64) -> PeerAddr {
-    let mut peer = PeerAddr {
-        family: 0,
-        port: 0,
-        addr: [0; 16],
-    };
+    let mut peer = NO_PEER;
     if sockaddr == 0 {
         return peer;
     }
@@ -626,7 +652,7 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
         args.syscall,
         SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG
     );
-    let Some(info) = conn_of(id, key, datagram_peer(&args), egress) else {
+    let Some(info) = conn_of(id, key, or_none(datagram_peer(&args)), egress) else {
         return 0;
     };
     // SAFETY: a pointer into the map value, valid for this program run; concurrent updates of the
@@ -683,25 +709,37 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The connection state of `key` for a data syscall (None: not traced, or the map is full). `peer`: the address the syscall's datagram names, if any. Such a datagram
-/// on an unknown fd, or on one user space is still classifying, settles the fd as a traced socket
-/// at once: nothing of the first datagram is lost.
+/// No peer address (family 0).
+const NO_PEER: PeerAddr = PeerAddr {
+    family: 0,
+    port: 0,
+    addr: [0; 16],
+};
+
+/// A peer or [`NO_PEER`]: a fully written value. An `Option<PeerAddr>` passed on leaves its payload
+/// undefined when it is None, and the compiler may then copy never-written registers, which the
+/// verifier rejects ("!read_ok").
 #[inline(always)]
-fn conn_of(id: u64, key: ConnKey, peer: Option<PeerAddr>, egress: bool) -> Option<*mut ConnInfo> {
+fn or_none(peer: Option<PeerAddr>) -> PeerAddr {
+    peer.unwrap_or(NO_PEER)
+}
+
+/// The connection state of `key` for a data syscall (None: not traced, or the map is full).
+/// `peer`: the address the syscall's datagram names ([`NO_PEER`]: none). Such a datagram on an
+/// unknown fd, or on one user space is still classifying, settles the fd as a traced socket at
+/// once: nothing of the first datagram is lost.
+#[inline(always)]
+fn conn_of(id: u64, key: ConnKey, peer: PeerAddr, egress: bool) -> Option<*mut ConnInfo> {
     let role = if egress { ROLE_CLIENT } else { ROLE_SERVER };
     let Some(info) = CONN_CONNS.get_ptr_mut(&key) else {
-        match peer {
-            Some(peer) => {
-                open_datagram(id, key.fd, peer, role);
-                return CONN_CONNS.get_ptr_mut(&key);
-            }
-            None => {
-                unknown_fd(id, key);
-                return CONN_CONNS.get_ptr_mut(&key);
-            }
+        if peer.family != 0 {
+            open_datagram(id, key.fd, peer, role);
+        } else {
+            unknown_fd(id, key);
         }
+        return CONN_CONNS.get_ptr_mut(&key);
     };
-    if let Some(peer) = peer {
+    if peer.family != 0 {
         // SAFETY: a pointer into the map value, valid for this program run.
         note_peer(id, key.fd, unsafe { &mut *info }, peer, role);
     }
@@ -775,7 +813,7 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
         tgid: (id >> 32) as u32,
         fd: args.fd as u32,
     };
-    let Some(info) = conn_of(id, key, msghdr_peer(args.buf), egress) else {
+    let Some(info) = conn_of(id, key, or_none(msghdr_peer(args.buf)), egress) else {
         return 0;
     };
     // SAFETY: as in conn_exit_data.
@@ -853,7 +891,7 @@ pub fn conn_exit_sendfile(ctx: TracePointContext) -> u32 {
         tgid: (id >> 32) as u32,
         fd: args.fd as u32,
     };
-    let Some(info) = conn_of(id, key, None, true) else {
+    let Some(info) = conn_of(id, key, NO_PEER, true) else {
         return 0;
     };
     // SAFETY: as in conn_exit_data.
@@ -893,11 +931,7 @@ fn unknown_fd(id: u64, key: ConnKey) {
         bytes_recv: 0,
         state: CONN_PENDING,
         role: ROLE_UNKNOWN,
-        peer: PeerAddr {
-            family: 0,
-            port: 0,
-            addr: [0; 16],
-        },
+        peer: NO_PEER,
         pending_truncated: 0,
     };
     if CONN_CONNS.insert(&key, &info, 0).is_err() {

@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 pub use format::{Format, encode};
 pub use query::{MAX_LIMIT, Query, QueryError, parse_since};
 use stored::StoredRows;
+pub use stored::{RowBatch, RowEncoder};
 
 use crate::telemetry::{TableLabels, TableMetrics};
 
@@ -334,24 +335,12 @@ impl Store {
     }
 }
 
+/// Bytes `row` counts against the budgets once kept: its encoding and index entry.
+#[cfg(test)]
 fn row_size(row: &Row) -> usize {
-    let strings: usize = row
-        .values
-        .iter()
-        .map(|v| {
-            if let Value::String(s) = v {
-                s.capacity()
-            } else {
-                0
-            }
-        })
-        .sum();
-    std::mem::size_of::<(Row, usize)>()
-        + row.values.capacity() * std::mem::size_of::<Value>()
-        + row.namespace.capacity()
-        + row.pod.capacity()
-        + row.container.capacity()
-        + strings
+    let mut batch = RowBatch::default();
+    stored::encode(row, &mut batch);
+    stored::kept_size(batch.bytes())
 }
 
 impl Table {
@@ -402,25 +391,50 @@ impl TableWriter {
     /// runtime writing many rows at once should use); rows of the wrong width are counted as
     /// rejected and dropped.
     pub fn append_all(&self, rows: impl IntoIterator<Item = Row>) {
+        self.append_with(|stored, width| {
+            let (mut added, mut rejected) = (0, 0u64);
+            for row in rows {
+                if row.values.len() == width {
+                    added += stored.push(&row);
+                } else {
+                    rejected += 1;
+                }
+            }
+            (added, rejected)
+        });
+    }
+
+    /// Appends the rows of `batch` like [`TableWriter::append_all`] and empties it: rows encoded
+    /// straight from what a runtime parsed, without a `Row` each.
+    pub fn append_batch(&self, batch: &mut RowBatch) {
+        self.append_with(|stored, width| {
+            let (mut added, mut rejected) = (0, 0u64);
+            for (bytes, time_ns, values) in batch.iter() {
+                if values as usize == width {
+                    added += stored.push_encoded(bytes, time_ns);
+                } else {
+                    rejected += 1;
+                }
+            }
+            (added, rejected)
+        });
+        batch.clear();
+    }
+
+    /// Runs `add` (rows kept → (bytes added, rows rejected)) under the table's lock, then evicts
+    /// to the budgets and counts rejected rows.
+    fn append_with(&self, add: impl FnOnce(&mut StoredRows, usize) -> (usize, u64)) {
         let (table, store) = (&self.table, &*self.store);
         let width = table.columns.len() - TARGET_COLUMNS.len();
-        let (mut added, mut rejected) = (0, 0u64);
-        {
+        let rejected = {
             let mut data = lock(&table.data);
-            for row in rows {
-                if row.values.len() != width {
-                    rejected += 1;
-                    continue;
-                }
-                let size = row_size(&row);
-                data.rows.push(&row, size);
-                data.bytes += size;
-                added += size;
-            }
+            let (added, rejected) = add(&mut data.rows, width);
+            data.bytes += added;
             store.total_bytes.fetch_add(added, Ordering::Relaxed);
             table.evict_to(store, &mut data, store.budget.per_table);
             table.publish(store, &data);
-        }
+            rejected
+        };
         if rejected > 0 {
             table.rejected.fetch_add(rejected, Ordering::Relaxed);
             store

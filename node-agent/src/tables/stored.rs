@@ -2,6 +2,8 @@
 //! entry per row. A kept row then costs no allocation of its own (a `Row` holds a vector and a
 //! string per text column), appending copies bytes, and eviction only moves the ring's start:
 //! freeing thousands of long-lived small strings per second was most of an agent's cost under load.
+//! A runtime writing many rows encodes them straight into a [`RowBatch`], without a `Row` at all.
+//! Budgets count what a row really takes: its encoding plus its index entry.
 use std::collections::VecDeque;
 
 use super::{Row, Value};
@@ -12,8 +14,11 @@ struct Entry {
     /// Length of its encoding in the ring.
     len: u32,
     time_ns: i64,
-    /// Estimated heap size of the row as appended ([`super::row_size`]): what budgets count.
-    size: usize,
+}
+
+/// Bytes a kept row of `encoded` bytes counts against the budgets.
+pub fn kept_size(encoded: usize) -> usize {
+    encoded + std::mem::size_of::<Entry>()
 }
 
 /// The rows of one table, oldest first.
@@ -22,7 +27,134 @@ pub struct StoredRows {
     ring: VecDeque<u8>,
     index: VecDeque<Entry>,
     /// Reused encoding buffer.
-    scratch: Vec<u8>,
+    scratch: RowBatch,
+}
+
+/// Rows encoded the way [`StoredRows`] keeps them, waiting to be appended to one table.
+#[derive(Debug, Default)]
+pub struct RowBatch {
+    bytes: Vec<u8>,
+    /// Per row: end offset in `bytes`, time, number of values.
+    rows: Vec<(usize, i64, u32)>,
+}
+
+impl RowBatch {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Encoded bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.rows.clear();
+    }
+
+    /// Starts a row with its target columns; add its values in column order, then
+    /// [`RowEncoder::finish`] it (a row never finished is discarded by the next one).
+    pub fn row(
+        &mut self,
+        time_ns: i64,
+        pid: i64,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+    ) -> RowEncoder<'_> {
+        let start = self.rows.last().map_or(0, |r| r.0);
+        self.bytes.truncate(start);
+        let out = &mut self.bytes;
+        out.extend_from_slice(&time_ns.to_le_bytes());
+        out.extend_from_slice(&pid.to_le_bytes());
+        put_str(out, namespace);
+        put_str(out, pod);
+        put_str(out, container);
+        let count_at = out.len();
+        out.extend_from_slice(&0u32.to_le_bytes());
+        RowEncoder {
+            batch: self,
+            time_ns,
+            count_at,
+            count: 0,
+        }
+    }
+
+    /// Every finished row: (encoding, time, number of values).
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&[u8], i64, u32)> {
+        let mut start = 0;
+        self.rows.iter().map(move |&(end, time_ns, count)| {
+            let bytes = &self.bytes[start..end];
+            start = end;
+            (bytes, time_ns, count)
+        })
+    }
+}
+
+/// One row being encoded into a [`RowBatch`].
+pub struct RowEncoder<'a> {
+    batch: &'a mut RowBatch,
+    time_ns: i64,
+    count_at: usize,
+    count: u32,
+}
+
+impl RowEncoder<'_> {
+    fn tag(&mut self, tag: u8) -> &mut Vec<u8> {
+        self.count += 1;
+        self.batch.bytes.push(tag);
+        &mut self.batch.bytes
+    }
+
+    pub fn time(&mut self, v: i64) -> &mut Self {
+        self.tag(TIME).extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn null(&mut self) -> &mut Self {
+        self.tag(NULL);
+        self
+    }
+
+    pub fn int64(&mut self, v: i64) -> &mut Self {
+        self.tag(INT64).extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn uint64(&mut self, v: u64) -> &mut Self {
+        self.tag(UINT64).extend_from_slice(&v.to_le_bytes());
+        self
+    }
+
+    pub fn float64(&mut self, v: f64) -> &mut Self {
+        self.tag(FLOAT64)
+            .extend_from_slice(&v.to_bits().to_le_bytes());
+        self
+    }
+
+    pub fn boolean(&mut self, v: bool) -> &mut Self {
+        self.tag(BOOLEAN).push(u8::from(v));
+        self
+    }
+
+    pub fn string(&mut self, v: &str) -> &mut Self {
+        put_str(self.tag(STRING), v);
+        self
+    }
+
+    /// Ends the row.
+    pub fn finish(&mut self) {
+        let bytes = &mut self.batch.bytes;
+        bytes[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        self.batch
+            .rows
+            .push((bytes.len(), self.time_ns, self.count));
+    }
 }
 
 const NULL: u8 = 0;
@@ -43,42 +175,28 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&s.as_bytes()[..end]);
 }
 
-fn encode(row: &Row, out: &mut Vec<u8>) {
-    out.extend_from_slice(&row.time_ns.to_le_bytes());
-    out.extend_from_slice(&row.pid.to_le_bytes());
-    put_str(out, &row.namespace);
-    put_str(out, &row.pod);
-    put_str(out, &row.container);
-    out.extend_from_slice(&(row.values.len() as u32).to_le_bytes());
+/// Encodes `row` as the only row of `batch`.
+pub(super) fn encode(row: &Row, batch: &mut RowBatch) {
+    batch.clear();
+    let mut e = batch.row(
+        row.time_ns,
+        row.pid,
+        &row.namespace,
+        &row.pod,
+        &row.container,
+    );
     for value in &row.values {
         match value {
-            Value::Null => out.push(NULL),
-            Value::Time(v) => {
-                out.push(TIME);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Value::Int64(v) => {
-                out.push(INT64);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Value::UInt64(v) => {
-                out.push(UINT64);
-                out.extend_from_slice(&v.to_le_bytes());
-            }
-            Value::Float64(v) => {
-                out.push(FLOAT64);
-                out.extend_from_slice(&v.to_bits().to_le_bytes());
-            }
-            Value::Boolean(v) => {
-                out.push(BOOLEAN);
-                out.push(u8::from(*v));
-            }
-            Value::String(v) => {
-                out.push(STRING);
-                put_str(out, v);
-            }
-        }
+            Value::Null => e.null(),
+            Value::Time(v) => e.time(*v),
+            Value::Int64(v) => e.int64(*v),
+            Value::UInt64(v) => e.uint64(*v),
+            Value::Float64(v) => e.float64(*v),
+            Value::Boolean(v) => e.boolean(*v),
+            Value::String(v) => e.string(v),
+        };
     }
+    e.finish();
 }
 
 /// Reads what [`encode`] wrote.
@@ -154,23 +272,33 @@ impl StoredRows {
         self.index.len()
     }
 
-    /// Keeps `row`, counted as `size` bytes.
-    pub fn push(&mut self, row: &Row, size: usize) {
-        self.scratch.clear();
-        encode(row, &mut self.scratch);
-        self.ring.extend(self.scratch.iter());
+    /// Keeps `row`; returns the bytes it counts ([`kept_size`]).
+    pub fn push(&mut self, row: &Row) -> usize {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        encode(row, &mut scratch);
+        let size = scratch
+            .iter()
+            .map(|(bytes, time_ns, _)| self.push_encoded(bytes, time_ns))
+            .sum();
+        self.scratch = scratch;
+        size
+    }
+
+    /// Keeps a row encoded by [`RowBatch`]; returns the bytes it counts.
+    pub fn push_encoded(&mut self, bytes: &[u8], time_ns: i64) -> usize {
+        self.ring.extend(bytes);
         self.index.push_back(Entry {
-            len: self.scratch.len() as u32,
-            time_ns: row.time_ns,
-            size,
+            len: bytes.len() as u32,
+            time_ns,
         });
+        kept_size(bytes.len())
     }
 
     /// Forgets the oldest row; returns its counted size.
     pub fn pop_front(&mut self) -> Option<usize> {
         let entry = self.index.pop_front()?;
         self.ring.drain(..entry.len as usize);
-        Some(entry.size)
+        Some(kept_size(entry.len as usize))
     }
 
     /// The newest `limit` rows at or after `since_ns`, oldest first.
@@ -220,14 +348,11 @@ mod tests {
             ],
         };
         let mut rows = StoredRows::default();
-        rows.push(&row, 1);
-        rows.push(
-            &Row {
-                time_ns: 9,
-                ..row.clone()
-            },
-            2,
-        );
+        let size = rows.push(&row);
+        rows.push(&Row {
+            time_ns: 9,
+            ..row.clone()
+        });
         let back = rows.newest(i64::MIN, 10);
         assert_eq!(back.len(), 2);
         // NaN is not equal to itself: compare its bits, the rest as rows.
@@ -242,7 +367,45 @@ mod tests {
         };
         assert_eq!(without_nan(back[0].clone()), without_nan(row.clone()));
         assert_eq!(back[1].time_ns, 9);
-        assert_eq!(rows.pop_front(), Some(1));
+        assert_eq!(rows.pop_front(), Some(size));
         assert_eq!(rows.newest(i64::MIN, 10).len(), 1);
+    }
+
+    #[test]
+    fn a_batch_row_is_stored_as_the_same_row_would_be() {
+        let row = Row {
+            time_ns: 42,
+            namespace: "ns".into(),
+            pod: "web-0".into(),
+            container: "nginx".into(),
+            pid: 7,
+            values: vec![
+                Value::Null,
+                Value::Int64(-3),
+                Value::UInt64(9),
+                Value::Float64(1.5),
+                Value::Boolean(false),
+                Value::String("GET".into()),
+            ],
+        };
+        let mut batch = RowBatch::default();
+        // An unfinished row is discarded by the next one.
+        batch.row(1, 1, "x", "y", "z").string("lost");
+        batch
+            .row(42, 7, "ns", "web-0", "nginx")
+            .null()
+            .int64(-3)
+            .uint64(9)
+            .float64(1.5)
+            .boolean(false)
+            .string("GET")
+            .finish();
+        assert_eq!(batch.len(), 1);
+        let (bytes, time_ns, count) = batch.iter().next().unwrap();
+        assert_eq!((time_ns, count), (42, 6));
+        let mut rows = StoredRows::default();
+        assert_eq!(rows.push_encoded(bytes, time_ns), kept_size(bytes.len()));
+        assert_eq!(rows.push(&row), kept_size(bytes.len()));
+        assert_eq!(rows.newest(i64::MIN, 10), vec![row.clone(), row]);
     }
 }

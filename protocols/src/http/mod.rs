@@ -51,9 +51,17 @@ impl Parser {
     pub fn new(role: Role, config: &ParseConfig) -> Parser {
         Parser {
             role,
-            requests: parse::Reader::new(parse::Side::Request, config.max_body_bytes),
-            responses: parse::Reader::new(parse::Side::Response, config.max_body_bytes),
-            stitch: stitch::Stitcher::new(config.clone()),
+            requests: parse::Reader::new(
+                parse::Side::Request,
+                config.max_body_bytes,
+                config.redact,
+            ),
+            responses: parse::Reader::new(
+                parse::Side::Response,
+                config.max_body_bytes,
+                config.redact,
+            ),
+            stitch: stitch::Stitcher::default(),
         }
     }
 

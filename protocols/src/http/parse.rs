@@ -3,7 +3,7 @@
 //! neither is read until the connection closes.
 use super::body::Body;
 use super::detect::{find_message_start, starts_request, starts_response};
-use super::stitch::Stitcher;
+use super::stitch::{Stitcher, headers_json};
 use crate::ParseError;
 
 /// A head larger than this is not HTTP we can follow (servers refuse far smaller ones).
@@ -29,7 +29,9 @@ impl Side {
     }
 }
 
-/// A parsed head. Request fields are empty on responses and vice versa.
+/// A parsed head. Request fields are empty on responses and vice versa. What the record and the
+/// body framing need of the headers is taken from httparse's slices once, as the head is parsed:
+/// no per-header strings.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
     pub minor_version: u8,
@@ -37,66 +39,70 @@ pub struct Head {
     pub path: String,
     pub status: u16,
     pub reason: String,
-    /// Every header name and value, one after the other (two allocations per head instead of two
-    /// per header); names as sent, values decoded lossily (they are displayed, never interpreted
-    /// further). See [`Head::headers`].
-    header_text: String,
-    /// End offsets in `header_text` of each header's name and value, in order.
-    header_ends: Vec<(u32, u32)>,
+    /// Every header as a JSON object ([`headers_json`]).
+    pub headers_json: String,
+    /// First Content-Type value, trimmed ("" when absent).
+    pub content_type: String,
+    /// First Content-Encoding value, trimmed ("" when absent).
+    pub content_encoding: String,
+    /// Transfer-Encoding names `chunked`.
+    chunked: bool,
+    /// Content-Length, if present.
+    content_length: Option<u64>,
+    /// Repeated Content-Length values differ, or one is no number: the framing is unknowable.
+    bad_content_length: bool,
 }
 
 impl Head {
-    /// Every header as (name, value), in the order they came.
-    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
-        let mut start = 0;
-        self.header_ends.iter().map(move |&(name_end, value_end)| {
-            let (name_end, value_end) = (name_end as usize, value_end as usize);
-            let name = self.header_text.get(start..name_end).unwrap_or("");
-            let value = self.header_text.get(name_end..value_end).unwrap_or("");
-            start = value_end;
-            (name, value)
-        })
-    }
-
-    fn push_header(&mut self, name: &str, value: &[u8]) {
-        self.header_text.push_str(name);
-        let name_end = self.header_text.len() as u32;
-        self.header_text.push_str(&String::from_utf8_lossy(value));
-        self.header_ends
-            .push((name_end, self.header_text.len() as u32));
-    }
-
-    /// First value of a header, by case-insensitive name; "" when absent.
-    pub fn header(&self, name: &str) -> &str {
-        self.headers()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
-            .unwrap_or("")
-    }
-
-    fn is_chunked(&self) -> bool {
-        self.headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"))
-            .flat_map(|(_, v)| v.split(','))
-            .any(|coding| coding.trim().eq_ignore_ascii_case("chunked"))
-    }
-
-    /// Content-Length, if present. Differing repeated values make the framing unknowable.
-    fn content_length(&self) -> Result<Option<u64>, &'static str> {
-        let mut length = None;
-        let values = self
-            .headers()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-            .flat_map(|(_, v)| v.split(','));
-        for value in values {
-            let parsed: u64 = value.trim().parse().map_err(|_| "bad_content_length")?;
-            if length.is_some_and(|l| l != parsed) {
-                return Err("bad_content_length");
+    fn new(headers: &[httparse::Header<'_>], redact: bool) -> Head {
+        let mut head = Head {
+            headers_json: headers_json(headers, redact),
+            ..Head::default()
+        };
+        for h in headers {
+            let value = || String::from_utf8_lossy(h.value).trim().to_string();
+            if h.name.eq_ignore_ascii_case("content-type") && head.content_type.is_empty() {
+                head.content_type = value();
+            } else if h.name.eq_ignore_ascii_case("content-encoding")
+                && head.content_encoding.is_empty()
+            {
+                head.content_encoding = value();
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                head.chunked |= h
+                    .value
+                    .split(|&b| b == b',')
+                    .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                match add_content_length(head.content_length, h.value) {
+                    Some(length) => head.content_length = Some(length),
+                    None => head.bad_content_length = true,
+                }
             }
-            length = Some(parsed);
         }
-        Ok(length)
+        head
     }
+
+    /// Content-Length, if present.
+    fn content_length(&self) -> Result<Option<u64>, &'static str> {
+        if self.bad_content_length {
+            return Err("bad_content_length");
+        }
+        Ok(self.content_length)
+    }
+}
+
+/// Content-Length so far plus one more header value (itself a comma-separated list); None when a
+/// value is no number or differs from another.
+fn add_content_length(length: Option<u64>, value: &[u8]) -> Option<u64> {
+    let mut length = length;
+    for part in value.split(|&b| b == b',') {
+        let parsed: u64 = std::str::from_utf8(part.trim_ascii()).ok()?.parse().ok()?;
+        if length.is_some_and(|l| l != parsed) {
+            return None;
+        }
+        length = Some(parsed);
+    }
+    length
 }
 
 /// A complete (or, when `complete` is false, cut short) message.
@@ -137,6 +143,8 @@ enum State {
 pub struct Reader {
     side: Side,
     max_body: usize,
+    /// Redact secret header values in the heads' JSON.
+    redact: bool,
     state: State,
     /// Bytes not yet consumed: a partial head, chunk-size line or trailer section.
     buf: Vec<u8>,
@@ -147,10 +155,11 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(side: Side, max_body: usize) -> Reader {
+    pub fn new(side: Side, max_body: usize, redact: bool) -> Reader {
         Reader {
             side,
             max_body,
+            redact,
             state: State::Head,
             buf: Vec::new(),
             buf_ns: 0,
@@ -223,7 +232,7 @@ impl Reader {
             },
             State::Head => {
                 let start = if pos < carried { self.buf_ns } else { ts };
-                match parse_head(self.side, &self.buf[pos..]) {
+                match parse_head(self.side, &self.buf[pos..], self.redact) {
                     Ok(httparse::Status::Complete((head, n))) => {
                         self.begin(head, start, ts, stitch)
                             .map_err(|reason| (pos + n, reason))?;
@@ -317,7 +326,7 @@ impl Reader {
         let framing = match self.side {
             Side::Request => {
                 stitch.request_head(&head.method, start);
-                if head.is_chunked() {
+                if head.chunked {
                     Some(Framing::ChunkSize)
                 } else {
                     head.content_length()?
@@ -335,7 +344,7 @@ impl Reader {
                     head.status == 101 || (request.connect && (200..300).contains(&head.status));
                 if tunnel || request.head || matches!(head.status, 204 | 304) {
                     None
-                } else if head.is_chunked() {
+                } else if head.chunked {
                     Some(Framing::ChunkSize)
                 } else {
                     match head.content_length()? {
@@ -438,26 +447,21 @@ impl Reader {
 /// parsing a usual head; one with more headers is parsed again with all of them.
 const FEW_HEADERS: usize = 24;
 
-fn parse_head(side: Side, buf: &[u8]) -> Result<httparse::Status<(Head, usize)>, &'static str> {
-    match parse_head_with::<FEW_HEADERS>(side, buf) {
-        Err(TOO_MANY_HEADERS) => parse_head_with::<MAX_HEADERS>(side, buf),
+fn parse_head(
+    side: Side,
+    buf: &[u8],
+    redact: bool,
+) -> Result<httparse::Status<(Head, usize)>, &'static str> {
+    match parse_head_with::<FEW_HEADERS>(side, buf, redact) {
+        Err(TOO_MANY_HEADERS) => parse_head_with::<MAX_HEADERS>(side, buf, redact),
         other => other,
     }
-}
-
-fn head_from(headers: &[httparse::Header<'_>], mut head: Head) -> Head {
-    let size: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
-    head.header_text.reserve_exact(size);
-    head.header_ends.reserve_exact(headers.len());
-    for h in headers {
-        head.push_header(h.name, h.value);
-    }
-    head
 }
 
 fn parse_head_with<const SLOTS: usize>(
     side: Side,
     buf: &[u8],
+    redact: bool,
 ) -> Result<httparse::Status<(Head, usize)>, &'static str> {
     let mut slots = [httparse::EMPTY_HEADER; SLOTS];
     // The head's strings are only made once it is complete.
@@ -470,9 +474,9 @@ fn parse_head_with<const SLOTS: usize>(
                         minor_version: req.version.unwrap_or(1),
                         method: req.method.unwrap_or("").to_string(),
                         path: req.path.unwrap_or("").to_string(),
-                        ..Head::default()
+                        ..Head::new(req.headers, redact)
                     };
-                    (head_from(req.headers, head), n)
+                    (head, n)
                 }
                 httparse::Status::Partial => return Ok(httparse::Status::Partial),
             }
@@ -485,9 +489,9 @@ fn parse_head_with<const SLOTS: usize>(
                         minor_version: resp.version.unwrap_or(1),
                         status: resp.code.unwrap_or(0),
                         reason: resp.reason.unwrap_or("").to_string(),
-                        ..Head::default()
+                        ..Head::new(resp.headers, redact)
                     };
-                    (head_from(resp.headers, head), n)
+                    (head, n)
                 }
                 httparse::Status::Partial => return Ok(httparse::Status::Partial),
             }

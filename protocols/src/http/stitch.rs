@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::detect::known_method;
 use super::parse::{Message, Side};
-use crate::{Field, ParseConfig, REDACTED, Record, Red};
+use crate::{Field, REDACTED, Record, Red};
 
 /// More waiting messages than this means one direction is not being answered: the oldest go first.
 const MAX_QUEUED: usize = 1024;
@@ -18,8 +18,8 @@ pub struct RequestKind {
     pub connect: bool,
 }
 
+#[derive(Default)]
 pub struct Stitcher {
-    config: ParseConfig,
     /// Request heads seen, waiting for their response's head (start time, kind).
     heads: VecDeque<(u64, RequestKind)>,
     requests: VecDeque<Message>,
@@ -29,17 +29,6 @@ pub struct Stitcher {
 }
 
 impl Stitcher {
-    pub fn new(config: ParseConfig) -> Stitcher {
-        Stitcher {
-            config,
-            heads: VecDeque::new(),
-            requests: VecDeque::new(),
-            responses: VecDeque::new(),
-            ready: Vec::new(),
-            tunnel: false,
-        }
-    }
-
     pub fn request_head(&mut self, method: &str, start_ns: u64) {
         if self.heads.len() >= MAX_QUEUED {
             self.heads.pop_front();
@@ -146,38 +135,35 @@ impl Stitcher {
     }
 
     fn record(&self, req: Message, resp: Option<Message>) -> Record {
-        let redact = self.config.redact;
-        let req_type = req.head.header("content-type");
+        let req_head = req.head;
         let req_body = req
             .body
-            .render(req_type, req.head.header("content-encoding"));
-        let method = known_method(&req.head.method).unwrap_or("_OTHER");
-        let (content_type, resp_fields, status, latency_ns) = match &resp {
+            .render(&req_head.content_type, &req_head.content_encoding);
+        let method = known_method(&req_head.method).unwrap_or("_OTHER");
+        let (content_type, resp_fields, status, latency_ns) = match resp {
             Some(resp) => {
-                let resp_type = resp.head.header("content-type");
-                let body = resp
-                    .body
-                    .render(resp_type, resp.head.header("content-encoding"));
-                let content_type = if resp_type.is_empty() {
-                    req_type
+                let head = resp.head;
+                let body = resp.body.render(&head.content_type, &head.content_encoding);
+                let content_type = if head.content_type.is_empty() {
+                    req_head.content_type
                 } else {
-                    resp_type
+                    head.content_type
                 };
                 (
                     content_type,
                     [
-                        Field::String(headers_json(resp.head.headers(), redact)),
-                        Field::Int64(i64::from(resp.head.status)),
-                        Field::String(resp.head.reason.clone()),
+                        Field::String(head.headers_json),
+                        Field::Int64(i64::from(head.status)),
+                        Field::String(head.reason),
                         Field::String(body),
                         Field::Int64(clamp(resp.body.size)),
                     ],
-                    resp.head.status,
+                    head.status,
                     Some(resp.end_ns.saturating_sub(req.start_ns)),
                 )
             }
             None => (
-                req_type,
+                req_head.content_type,
                 [
                     Field::String(String::new()),
                     Field::Int64(0),
@@ -193,11 +179,11 @@ impl Stitcher {
         let mut fields = Vec::with_capacity(8 + resp_fields.len());
         fields.extend([
             Field::Int64(1),
-            Field::Int64(i64::from(req.head.minor_version)),
-            Field::String(content_type.to_string()),
-            Field::String(headers_json(req.head.headers(), redact)),
-            Field::String(req.head.method),
-            Field::String(req.head.path),
+            Field::Int64(i64::from(req_head.minor_version)),
+            Field::String(content_type),
+            Field::String(req_head.headers_json),
+            Field::String(req_head.method),
+            Field::String(req_head.path),
             Field::String(req_body),
             Field::Int64(clamp(req.body.size)),
         ]);
@@ -227,38 +213,32 @@ fn is_secret(name: &str) -> bool {
     .any(|s| name.eq_ignore_ascii_case(s))
 }
 
-/// A JSON object `{name: value}` (keys sorted, repeated names joined with `, `), secrets redacted.
-/// Written directly, byte for byte what serializing a `serde_json::Map` gives (sorted keys, same
-/// escapes), without building the map: this runs twice per HTTP record.
-pub fn headers_json<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>, redact: bool) -> String {
+/// A JSON object `{name: value}` (keys sorted, repeated names joined with `, `, values decoded
+/// lossily), secrets redacted. Written directly, byte for byte what serializing a
+/// `serde_json::Map` gives (sorted keys, same escapes), without building the map: this runs for
+/// every head.
+pub fn headers_json(headers: &[httparse::Header<'_>], redact: bool) -> String {
     // Sorted on the stack for usual heads.
     const ON_STACK: usize = 32;
-    let mut stack = [("", ""); ON_STACK];
+    let mut stack = [&httparse::EMPTY_HEADER; ON_STACK];
     let mut heap = Vec::new();
-    let mut n = 0;
-    for header in headers {
-        if n < ON_STACK {
-            stack[n] = header;
-        } else {
-            if heap.is_empty() {
-                heap.extend_from_slice(&stack);
-            }
-            heap.push(header);
+    let order: &mut [&httparse::Header<'_>] = if headers.len() <= ON_STACK {
+        for (slot, h) in stack.iter_mut().zip(headers) {
+            *slot = h;
         }
-        n += 1;
-    }
-    let order: &mut [(&str, &str)] = if n <= ON_STACK {
-        &mut stack[..n]
+        &mut stack[..headers.len()]
     } else {
+        heap.extend(headers);
         &mut heap
     };
     // Stable: values of a repeated name stay in the order they came.
-    order.sort_by(|a, b| a.0.cmp(b.0));
-    let size: usize = order.iter().map(|(n, v)| n.len() + v.len() + 6).sum();
+    order.sort_by(|a, b| a.name.cmp(b.name));
+    let size: usize = order.iter().map(|h| h.name.len() + h.value.len() + 6).sum();
     let mut out = String::with_capacity(size + 2);
     out.push('{');
     let mut i = 0;
-    while let Some((name, _)) = order.get(i) {
+    while let Some(h) = order.get(i) {
+        let name = h.name;
         if i > 0 {
             out.push(',');
         }
@@ -266,19 +246,18 @@ pub fn headers_json<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>, redac
         push_json_escaped(&mut out, name);
         out.push_str("\":\"");
         let mut first = true;
-        while let Some((next, value)) = order.get(i).copied()
-            && next == *name
+        while let Some(next) = order.get(i)
+            && next.name == name
         {
             if !first {
                 out.push_str(", ");
             }
             first = false;
-            let value = if redact && is_secret(next) {
-                REDACTED
+            if redact && is_secret(name) {
+                push_json_escaped(&mut out, REDACTED);
             } else {
-                value
-            };
-            push_json_escaped(&mut out, value);
+                push_json_escaped(&mut out, &String::from_utf8_lossy(next.value));
+            }
             i += 1;
         }
         out.push('"');
@@ -290,6 +269,15 @@ pub fn headers_json<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>, redac
 /// JSON string escapes as serde_json writes them: `\"`, `\\`, the short forms of \b \f \n \r \t,
 /// `\u00xx` (lowercase hex) for other control characters; everything else as is.
 fn push_json_escaped(out: &mut String, s: &str) {
+    // Almost every header needs no escape: one pass without early exit (which the compiler turns
+    // into vector code) tells, and the string is copied whole.
+    let needs_escape = s.bytes().fold(false, |any, b| {
+        any | (b < 0x20) | (b == b'"') | (b == b'\\')
+    });
+    if !needs_escape {
+        out.push_str(s);
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let escape = match b {

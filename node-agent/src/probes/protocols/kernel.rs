@@ -1,12 +1,15 @@
 //! The protocol-capture eBPF programs: loaded and attached once for every protocol Tracepoint of this
 //! agent, detached when the last one stops. The selected tgids and cgroup ids live in two maps kept
-//! equal to the [`Routes`](super::routes::Routes) here.
+//! equal to the [`Routes`](super::routes::Routes) here, with the prefilter bitmap of both that the
+//! programs check first.
 use std::collections::HashSet;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
-use sonde_common::conn::{ConnInfo, ConnKey, names};
+use sonde_common::conn::{
+    ConnInfo, ConnKey, FILTER_WORDS, filter_bit_cgroup, filter_bit_tgid, names,
+};
 
 /// The protocols eBPF object built by build.rs, aligned for the ELF parser.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/protocols"));
@@ -71,8 +74,11 @@ pub struct Kernel {
     _ebpf: Ebpf,
     tgids: BpfHashMap<MapData, u32, u32>,
     cgroups: BpfHashMap<MapData, u64, u32>,
+    filter: Array<MapData, u64>,
     tgid_set: HashSet<u32>,
     cgroup_set: HashSet<u64>,
+    /// The prefilter as last written.
+    filter_words: Vec<u64>,
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -130,27 +136,67 @@ impl Kernel {
         let kernel = Kernel {
             tgids: take(&mut ebpf, names::TGIDS_MAP)?,
             cgroups: take(&mut ebpf, names::CGROUPS_MAP)?,
+            filter: take(&mut ebpf, names::FILTER_MAP)?,
             _ebpf: ebpf,
             tgid_set: HashSet::new(),
             cgroup_set: HashSet::new(),
+            filter_words: vec![0; FILTER_WORDS as usize],
         };
         Ok((kernel, maps))
     }
 
-    /// Makes the filter maps hold exactly these keys.
+    /// Makes the filter maps hold exactly these keys. New bits are set before the keys are added
+    /// and stale ones cleared after the keys went, so the prefilter never hides a selected key.
     pub fn set_filter(
         &mut self,
         tgids: &HashSet<u32>,
         cgroups: &HashSet<u64>,
     ) -> Result<(), KernelError> {
+        let wanted = prefilter(tgids, cgroups);
+        let both: Vec<u64> = wanted
+            .iter()
+            .zip(&self.filter_words)
+            .map(|(new, old)| new | old)
+            .collect();
+        self.write_filter(both)?;
         sync(&mut self.tgids, &mut self.tgid_set, tgids, names::TGIDS_MAP)?;
         sync(
             &mut self.cgroups,
             &mut self.cgroup_set,
             cgroups,
             names::CGROUPS_MAP,
-        )
+        )?;
+        self.write_filter(wanted)
     }
+
+    /// Writes the prefilter words that differ from the last written ones.
+    fn write_filter(&mut self, words: Vec<u64>) -> Result<(), KernelError> {
+        for (index, (new, old)) in words.iter().zip(&self.filter_words).enumerate() {
+            if new != old {
+                self.filter
+                    .set(index as u32, new, 0)
+                    .map_err(|source| KernelError::Filter {
+                        map: names::FILTER_MAP,
+                        source,
+                    })?;
+            }
+        }
+        self.filter_words = words;
+        Ok(())
+    }
+}
+
+/// The prefilter bitmap of these keys.
+fn prefilter(tgids: &HashSet<u32>, cgroups: &HashSet<u64>) -> Vec<u64> {
+    let mut words = vec![0u64; FILTER_WORDS as usize];
+    let bits = tgids
+        .iter()
+        .map(|&t| filter_bit_tgid(t))
+        .chain(cgroups.iter().map(|&c| filter_bit_cgroup(c)));
+    for bit in bits {
+        words[(bit / 64) as usize] |= 1 << (bit % 64);
+    }
+    words
 }
 
 fn sync<K: aya::Pod + Eq + std::hash::Hash>(
@@ -170,4 +216,31 @@ fn sync<K: aya::Pod + Eq + std::hash::Hash>(
         current.insert(key);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(words: &[u64], bit: u32) -> bool {
+        words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+    }
+
+    #[test]
+    fn prefilter_has_the_bit_of_every_key_and_few_others() {
+        let tgids: HashSet<u32> = [1, 4242, 65_600, 4_194_303].into();
+        let cgroups: HashSet<u64> = [1, 7_331, 1 << 40, u64::MAX].into();
+        let words = prefilter(&tgids, &cgroups);
+        assert!(tgids.iter().all(|&t| has(&words, filter_bit_tgid(t))));
+        assert!(cgroups.iter().all(|&c| has(&words, filter_bit_cgroup(c))));
+        let set: u32 = words.iter().map(|w| w.count_ones()).sum();
+        assert!(set <= 8, "{set} bits set for 8 keys");
+    }
+
+    #[test]
+    fn cgroup_ids_close_together_get_different_bits() {
+        // kernfs ids of sibling cgroups differ in their low bits only.
+        let bits: HashSet<u32> = (5_000..5_100u64).map(filter_bit_cgroup).collect();
+        assert!(bits.len() >= 99, "{} distinct bits for 100 ids", bits.len());
+    }
 }

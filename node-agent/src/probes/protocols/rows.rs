@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use sonde_protocols::{Field, FieldType, Kind, Record};
 
 use super::conn::Conn;
-use crate::tables::{Column, ColumnType, Row, Store, TableWriter, TablesError, Value};
+use crate::tables::{Column, ColumnType, RowBatch, RowEncoder, Store, TableWriter, TablesError};
 
 /// Table of per-connection statistics.
 pub const CONN_STATS_TABLE: &str = "conn_stats";
@@ -130,12 +130,12 @@ impl Tables {
     }
 }
 
-/// Rows waiting to be appended, per table: the event loop collects them while it drains the ring
-/// buffer and appends each table's rows under one lock.
+/// Rows waiting to be appended, per table, already encoded: the event loop collects them while it
+/// drains the ring buffer and appends each table's rows under one lock.
 #[derive(Debug, Default)]
 pub struct PendingRows {
     /// Index: 0 for `conn_stats`, then one per [`Kind::ALL`].
-    tables: [Vec<Row>; 1 + Kind::ALL.len()],
+    tables: [RowBatch; 1 + Kind::ALL.len()],
 }
 
 fn slot(kind: Option<Kind>) -> usize {
@@ -145,16 +145,13 @@ fn slot(kind: Option<Kind>) -> usize {
 }
 
 impl PendingRows {
-    pub fn push(&mut self, kind: Option<Kind>, row: Row) {
-        self.tables[slot(kind)].push(row);
-    }
-
     pub fn is_empty(&self) -> bool {
-        self.tables.iter().all(Vec::is_empty)
+        self.tables.iter().all(RowBatch::is_empty)
     }
 
-    pub fn len(&self) -> usize {
-        self.tables.iter().map(Vec::len).sum()
+    /// Encoded bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.tables.iter().map(RowBatch::bytes).sum()
     }
 
     /// Appends every waiting row to its table; `owner` names the creator of a table made here.
@@ -166,7 +163,7 @@ impl PendingRows {
                 continue;
             }
             match tables.ensure(kind, owner) {
-                Ok(writer) => writer.append_all(rows.drain(..)),
+                Ok(writer) => writer.append_batch(rows),
                 Err(e) => {
                     rows.clear();
                     result = Err(e);
@@ -174,6 +171,45 @@ impl PendingRows {
             }
         }
         result
+    }
+
+    /// A `<protocol>_events` row of `record`.
+    pub fn record(&mut self, kind: Kind, conn: &mut Conn, record: Record, clock: &Clock) {
+        let mut row = base_row(
+            &mut self.tables[slot(Some(kind))],
+            conn,
+            clock.wall(record.request_ns),
+        );
+        connection_values(conn, &mut row);
+        match record.latency_ns {
+            Some(l) => row.int64(l.min(i64::MAX as u64) as i64),
+            None => row.null(),
+        };
+        for field in &record.fields {
+            match field {
+                Field::Null => row.null(),
+                Field::Int64(v) => row.int64(*v),
+                Field::UInt64(v) => row.uint64(*v),
+                Field::Float64(v) => row.float64(*v),
+                Field::Boolean(v) => row.boolean(*v),
+                Field::String(v) => row.string(v),
+            };
+        }
+        row.finish();
+    }
+
+    /// One `conn_stats` row; `closed` with the kernel's exact byte counts when the connection
+    /// ended.
+    pub fn conn_stats(&mut self, conn: &mut Conn, now_ns: u64, closed: bool, clock: &Clock) {
+        let mut row = base_row(&mut self.tables[slot(None)], conn, clock.wall(now_ns));
+        connection_values(conn, &mut row);
+        row.string(conn.kind().map_or("unknown", |k| k.name()))
+            .int64(1)
+            .int64(i64::from(closed))
+            .int64(conn.bytes_sent as i64)
+            .int64(conn.bytes_recv as i64)
+            .int64(now_ns.saturating_sub(conn.opened_ns) as i64)
+            .finish();
     }
 }
 
@@ -201,67 +237,23 @@ fn ip_text(a: Option<SocketAddr>) -> String {
     a.map_or_else(String::new, |a| a.ip().to_canonical().to_string())
 }
 
-fn port(a: Option<SocketAddr>) -> Value {
-    Value::Int64(a.map_or(0, |a| i64::from(a.port())))
+fn port(a: Option<SocketAddr>) -> i64 {
+    a.map_or(0, |a| i64::from(a.port()))
 }
 
-fn base_row(conn: &Conn, time_ns: i64, capacity: usize) -> Row {
-    let (namespace, pod, container) = conn.route.as_ref().map_or_else(Default::default, |r| {
-        (r.namespace.clone(), r.pod.clone(), r.container.clone())
+fn base_row<'a>(batch: &'a mut RowBatch, conn: &Conn, time_ns: i64) -> RowEncoder<'a> {
+    let (namespace, pod, container) = conn.route.as_ref().map_or(("", "", ""), |r| {
+        (r.namespace.as_str(), r.pod.as_str(), r.container.as_str())
     });
-    Row {
-        time_ns,
-        namespace,
-        pod,
-        container,
-        pid: i64::from(conn.tgid),
-        values: Vec::with_capacity(capacity),
-    }
+    batch.row(time_ns, i64::from(conn.tgid), namespace, pod, container)
 }
 
-fn connection_values(conn: &mut Conn, values: &mut Vec<Value>) {
+fn connection_values(conn: &mut Conn, row: &mut RowEncoder<'_>) {
     let (local, remote) = (conn.local, conn.remote);
     let (local_addr, remote_addr) = conn.addr_text.get(local, remote);
-    values.extend([
-        Value::String(local_addr.to_owned()),
-        port(local),
-        Value::String(remote_addr.to_owned()),
-        port(remote),
-        Value::String(conn.role.map_or("unknown", |r| r.as_str()).to_owned()),
-    ]);
-}
-
-pub fn record_row(conn: &mut Conn, record: Record, clock: &Clock) -> Row {
-    let mut row = base_row(conn, clock.wall(record.request_ns), 6 + record.fields.len());
-    connection_values(conn, &mut row.values);
-    row.values.push(
-        record
-            .latency_ns
-            .map_or(Value::Null, |l| Value::Int64(l.min(i64::MAX as u64) as i64)),
-    );
-    row.values
-        .extend(record.fields.into_iter().map(|f| match f {
-            Field::Null => Value::Null,
-            Field::Int64(v) => Value::Int64(v),
-            Field::UInt64(v) => Value::UInt64(v),
-            Field::Float64(v) => Value::Float64(v),
-            Field::Boolean(v) => Value::Boolean(v),
-            Field::String(v) => Value::String(v),
-        }));
-    row
-}
-
-/// One `conn_stats` row; `closed` with the kernel's exact byte counts when the connection ended.
-pub fn conn_stats_row(conn: &mut Conn, now_ns: u64, closed: bool, clock: &Clock) -> Row {
-    let mut row = base_row(conn, clock.wall(now_ns), 11);
-    connection_values(conn, &mut row.values);
-    row.values.extend([
-        Value::String(conn.kind().map_or("unknown", |k| k.name()).to_owned()),
-        Value::Int64(1),
-        Value::Int64(i64::from(closed)),
-        Value::Int64(conn.bytes_sent as i64),
-        Value::Int64(conn.bytes_recv as i64),
-        Value::Int64(now_ns.saturating_sub(conn.opened_ns) as i64),
-    ]);
-    row
+    row.string(local_addr)
+        .int64(port(local))
+        .string(remote_addr)
+        .int64(port(remote))
+        .string(conn.role.map_or("unknown", |r| r.as_str()));
 }

@@ -2,6 +2,8 @@
 //! RED metrics; periodic expiry of unanswered requests, drop-counter export and clean-up after
 //! processes that exited without closing their sockets.
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -22,18 +24,16 @@ use super::metrics::{
     ProtocolMetrics, TargetLabels,
 };
 use super::routes::Routes;
-use super::rows::{Clock, PendingRows, Tables, conn_stats_row, record_row};
+use super::rows::{Clock, PendingRows, Tables};
 use super::sockets::{self, FdKind};
-use crate::tables::Row;
 
 /// A request without response for this long is written without one.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Owner shown for the tables this runtime writes.
 pub const TABLE_OWNER: &str = "Tracepoint (protocols)";
-/// Rows collected before they are appended even in the middle of a batch: one table lock per this
-/// many rows, while few enough rows are alive at once for the allocator's per-thread caches to
-/// serve their strings.
-const FLUSH_ROWS: usize = 32;
+/// Encoded rows collected before they are appended even in the middle of a batch (one table lock
+/// per this many bytes; rows become visible at the latest when the batch ends).
+const FLUSH_BYTES: usize = 256 << 10;
 /// BPF_EXIST: update only an existing entry.
 const BPF_EXIST: u64 = 2;
 /// `sonde_protocol_parse_errors_total` reason of a connection whose detected protocol's parser
@@ -116,7 +116,7 @@ pub struct Tracker {
     routes: Arc<RwLock<Routes>>,
     tables: Arc<std::sync::Mutex<Tables>>,
     metrics: ProtocolMetrics,
-    conns: HashMap<ConnKey, Conn>,
+    conns: FxHashMap<ConnKey, Conn>,
     kconns: BpfHashMap<MapData, ConnKey, ConnInfo>,
     drops: PerCpuArray<MapData, u64>,
     drops_seen: [u64; DROP_REASONS as usize],
@@ -148,7 +148,7 @@ impl Tracker {
             routes,
             tables,
             metrics: metrics.clone(),
-            conns: HashMap::new(),
+            conns: FxHashMap::default(),
             kconns,
             drops,
             drops_seen: [0; DROP_REASONS as usize],
@@ -440,7 +440,7 @@ impl Tracker {
         }
         if !fed.records.is_empty() {
             self.write_records(key, fed.records);
-            if self.output.pending.len() >= FLUSH_ROWS {
+            if self.output.pending.bytes() >= FLUSH_BYTES {
                 self.flush();
             }
         }
@@ -500,8 +500,9 @@ impl Tracker {
                 })
                 .inc();
         }
-        let row = conn_stats_row(&mut conn, now_ns, true, &self.clock);
-        self.output.pending.push(None, row);
+        self.output
+            .pending
+            .conn_stats(&mut conn, now_ns, true, &self.clock);
     }
 
     fn write_records(&mut self, key: ConnKey, records: Vec<Record>) {
@@ -571,8 +572,7 @@ impl Tracker {
                 .map(|info| (info.bytes_sent, info.bytes_recv));
             if let Some(bytes) = periodic_bytes(conn, kernel) {
                 conn.stats_reported = bytes;
-                let row = periodic_row(conn, bytes, now_ns, &self.clock);
-                self.output.pending.push(None, row);
+                periodic_row(&mut self.output.pending, conn, bytes, now_ns, &self.clock);
             }
         }
     }
@@ -654,12 +654,17 @@ pub fn periodic_bytes(conn: &Conn, kernel: Option<(u64, u64)>) -> Option<(u64, u
 
 /// A conn_stats row of an open connection showing `bytes`. The user-side counts are kept: the
 /// events still in the ring buffer add to them.
-fn periodic_row(conn: &mut Conn, bytes: (u64, u64), now_ns: u64, clock: &Clock) -> Row {
+fn periodic_row(
+    pending: &mut PendingRows,
+    conn: &mut Conn,
+    bytes: (u64, u64),
+    now_ns: u64,
+    clock: &Clock,
+) {
     let seen = (conn.bytes_sent, conn.bytes_recv);
     (conn.bytes_sent, conn.bytes_recv) = bytes;
-    let row = conn_stats_row(conn, now_ns, false, clock);
+    pending.conn_stats(conn, now_ns, false, clock);
     (conn.bytes_sent, conn.bytes_recv) = seen;
-    row
 }
 
 /// Histogram series of one (target, role, method/operation, status) label set: looked up once, then
@@ -681,7 +686,7 @@ struct Output {
     metrics: ProtocolMetrics,
     clock: Clock,
     pending: PendingRows,
-    series: HashMap<SeriesKey, (Arc<super::routes::Route>, Histogram)>,
+    series: FxHashMap<SeriesKey, (Arc<super::routes::Route>, Histogram)>,
 }
 
 impl Output {
@@ -690,7 +695,7 @@ impl Output {
             metrics,
             clock: Clock::new(),
             pending: PendingRows::default(),
-            series: HashMap::new(),
+            series: FxHashMap::default(),
         }
     }
 
@@ -769,8 +774,7 @@ impl Output {
                 };
                 self.histogram(&route, key).observe(seconds);
             }
-            let row = record_row(conn, record, &self.clock);
-            self.pending.push(Some(kind), row);
+            self.pending.record(kind, conn, record, &self.clock);
         }
     }
 }
@@ -893,7 +897,17 @@ mod tests {
     fn a_periodic_row_shows_the_given_bytes_open_and_keeps_the_counts_of_the_events() {
         let mut conn = traced_conn();
         (conn.bytes_sent, conn.bytes_recv) = (5, 9);
-        let row = periodic_row(&mut conn, (14, 21), 107, &Clock::new());
+        let store = crate::tables::Store::default();
+        let mut tables = Tables::new(store.clone());
+        let mut pending = PendingRows::default();
+        periodic_row(&mut pending, &mut conn, (14, 21), 107, &Clock::new());
+        pending.flush(&mut tables, "test").unwrap();
+        let result = store
+            .query(super::super::rows::CONN_STATS_TABLE, &Default::default())
+            .unwrap();
+        let [row] = &result.rows[..] else {
+            panic!("not one row: {:?}", result.rows)
+        };
         use crate::tables::Value;
         // conn_stats columns: 5 connection columns, protocol, conn_open, conn_close, bytes_sent,
         // bytes_recv, duration.
