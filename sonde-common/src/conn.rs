@@ -285,6 +285,9 @@ pub mod names {
     pub const CGROUPS_MAP: &str = "CONN_CGROUPS";
     /// `Array<u64>` of [`super::FILTER_WORDS`]: the selection prefilter bitmap.
     pub const FILTER_MAP: &str = "CONN_FILTER";
+    /// `Array<u64>` of one: the selection epoch, bumped whenever a key leaves the filter maps
+    /// (per-thread argument slots of an older epoch are checked against the maps again).
+    pub const EPOCH_MAP: &str = "CONN_EPOCH";
     /// `HashMap<ConnKey, ConnInfo>`.
     pub const CONNS_MAP: &str = "CONN_CONNS";
     /// `PerCpuArray<u64>` of [`super::DROP_REASONS`] drop counters.

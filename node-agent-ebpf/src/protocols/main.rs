@@ -1,9 +1,10 @@
 //! Protocol-tracing capture from syscall tracepoints only (no kprobes, no fentry).
 //!
-//! Every enter hook first checks whether the current process is selected (its tgid, then its cgroup v2
-//! id, in maps the agent maintains); any other process pays one or two hash lookups and leaves. For a
-//! selected process the enter hook stashes the arguments per thread; the exit hook reads them back
-//! with the return value and acts:
+//! Every hook first checks a prefilter bitmap of the selected tgids and cgroup v2 ids (maintained by
+//! the agent): any other process pays two array loads and leaves. For a selected process the enter
+//! hook stashes the arguments in the thread's slot — the exact maps are asked only when the slot is
+//! new or older than the last change of the selection (the selection epoch) — and the exit hook
+//! reads them back with the return value and acts:
 //! - connect/accept(4): a new connection (tgid, fd, generation) with its role and peer address;
 //! - read/write/readv/writev/recv*/send*/recvmmsg/sendmmsg: the first bytes moved, in chunks of
 //!   `DATA_CHUNK`, with the position in the connection's stream so user space sees every gap;
@@ -64,6 +65,9 @@ static CONN_CGROUPS: HashMap<u64, u32> = HashMap::with_max_entries(4096, 0);
 /// before the exact maps above so that unselected processes leave after two array loads.
 #[map]
 static CONN_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+/// One counter: the selection epoch (see `selection_epoch`).
+#[map]
+static CONN_EPOCH: Array<u64> = Array::with_max_entries(1, 0);
 #[map]
 static CONN_CONNS: HashMap<ConnKey, ConnInfo> = HashMap::with_max_entries(65536, 0);
 /// Per-thread syscall arguments, enter → exit. Each thread's slot is written in place at enter and
@@ -148,6 +152,8 @@ struct Args {
     addr: u64,
     /// recvfrom: pointer to the address length; sendto: the address length.
     addr_len: u64,
+    /// [`selection_epoch`] when the process was last found selected.
+    epoch: u64,
 }
 
 /// Offset of syscall argument `n` in a `syscalls:sys_enter_*` record (after the common header and
@@ -233,22 +239,13 @@ fn stash_addr(
 ) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if !selected(tgid) {
+    if !maybe_selected(tgid) {
         return 0;
     }
-    if layout != u32::MAX {
-        // Data syscalls on fds known not to be inet sockets stop here.
-        let key = ConnKey {
-            tgid,
-            fd: fd as u32,
-        };
-        // SAFETY: the value is copied out at once.
-        if let Some(info) = unsafe { CONN_CONNS.get(&key) } {
-            if info.state == CONN_IGNORE {
-                return 0;
-            }
-        }
-    }
+    // A thread with a slot of the current selection epoch belongs to a selected process: no
+    // need to ask the exact maps again (one hash lookup per syscall instead of two or three).
+    // Fds known not to be inet sockets are left to the exit hook, which looks the fd up anyway.
+    let epoch = selection_epoch();
     let args = Args {
         fd,
         buf,
@@ -257,14 +254,31 @@ fn stash_addr(
         layout,
         addr,
         addr_len,
+        epoch,
     };
-    if let Some(slot) = CONN_ARGS.get_ptr_mut(&id) {
+    match CONN_ARGS.get_ptr_mut(&id) {
         // SAFETY: this thread's own slot; only this thread writes it, at enter and exit.
-        unsafe { *slot = args };
-    } else if CONN_ARGS.insert(&id, &args, 0).is_err() {
-        count_drop(DROP_ARGS_MAP_FULL);
+        Some(slot) if unsafe { (*slot).epoch } == epoch => unsafe { *slot = args },
+        Some(slot) => {
+            if selected(tgid) {
+                // SAFETY: as above.
+                unsafe { *slot = args };
+            }
+        }
+        None => {
+            if selected(tgid) && CONN_ARGS.insert(&id, &args, 0).is_err() {
+                count_drop(DROP_ARGS_MAP_FULL);
+            }
+        }
     }
     0
+}
+
+/// The selection epoch: user space bumps it whenever a tgid or cgroup leaves the selection, so a
+/// slot written before then proves nothing any more.
+#[inline(always)]
+fn selection_epoch() -> u64 {
+    CONN_EPOCH.get(0).copied().unwrap_or(0)
 }
 
 /// The prefilter alone: false only for processes that cannot be selected. Exit hooks ask this

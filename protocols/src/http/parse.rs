@@ -186,12 +186,21 @@ impl Reader {
         if self.state == State::Tunnel {
             return Ok(());
         }
+        // Bytes carried over from the last call are joined with these; without any (the usual
+        // case: a message per syscall) `data` is parsed where it lies and only what is left of it
+        // is kept.
         let carried = self.buf.len();
-        self.buf.extend_from_slice(data);
+        let mut kept = std::mem::take(&mut self.buf);
+        let input: &[u8] = if carried == 0 {
+            data
+        } else {
+            kept.extend_from_slice(data);
+            &kept
+        };
         let mut pos = 0;
         let mut first_error = None;
-        while pos < self.buf.len() {
-            match self.step(pos, carried, ts, stitch) {
+        while pos < input.len() {
+            match self.step(input, pos, carried, ts, stitch) {
                 Ok(Some(next)) => pos = next,
                 Ok(None) => break,
                 Err((next, reason)) => {
@@ -204,7 +213,13 @@ impl Reader {
         if pos >= carried {
             self.buf_ns = ts;
         }
-        self.buf.drain(..pos.min(self.buf.len()));
+        let pos = pos.min(input.len());
+        if carried == 0 {
+            kept.extend_from_slice(&data[pos..]);
+        } else {
+            kept.drain(..pos);
+        }
+        self.buf = kept;
         match first_error {
             Some(reason) => Err(ParseError::new("http", reason)),
             None => Ok(()),
@@ -215,15 +230,16 @@ impl Reader {
     /// error with the position to resynchronise from.
     fn step(
         &mut self,
+        buf: &[u8],
         pos: usize,
         carried: usize,
         ts: u64,
         stitch: &mut Stitcher,
     ) -> Result<Option<usize>, (usize, &'static str)> {
-        let len = self.buf.len();
+        let len = buf.len();
         match self.state {
             State::Tunnel => Ok(Some(len)),
-            State::Resync => match find_message_start(&self.buf[pos..], self.side.starts()) {
+            State::Resync => match find_message_start(&buf[pos..], self.side.starts()) {
                 Some(offset) => {
                     self.state = State::Head;
                     Ok(Some(pos + offset))
@@ -232,7 +248,7 @@ impl Reader {
             },
             State::Head => {
                 let start = if pos < carried { self.buf_ns } else { ts };
-                match parse_head(self.side, &self.buf[pos..], self.redact) {
+                match parse_head(self.side, &buf[pos..], self.redact) {
                     Ok(httparse::Status::Complete((head, n))) => {
                         self.begin(head, start, ts, stitch)
                             .map_err(|reason| (pos + n, reason))?;
@@ -247,7 +263,7 @@ impl Reader {
             }
             State::Body(Framing::Length(remaining)) => {
                 let take = remaining.min((len - pos) as u64);
-                self.body_bytes(pos, take as usize);
+                self.body_bytes(buf, pos, take as usize);
                 if take == remaining {
                     self.finish(ts, true, stitch);
                 } else {
@@ -256,12 +272,12 @@ impl Reader {
                 Ok(Some(pos + take as usize))
             }
             State::Body(Framing::UntilClose) => {
-                self.body_bytes(pos, len - pos);
+                self.body_bytes(buf, pos, len - pos);
                 Ok(Some(len))
             }
             State::Body(Framing::ChunkData(remaining)) => {
                 let take = remaining.min((len - pos) as u64);
-                self.body_bytes(pos, take as usize);
+                self.body_bytes(buf, pos, take as usize);
                 self.state = State::Body(if take == remaining {
                     Framing::ChunkEnd(2)
                 } else {
@@ -272,7 +288,7 @@ impl Reader {
             State::Body(Framing::ChunkEnd(left)) => {
                 let expected: &[u8] = if left == 2 { b"\r\n" } else { b"\n" };
                 let take = (left as usize).min(len - pos);
-                if self.buf[pos..pos + take] != expected[..take] {
+                if buf[pos..pos + take] != expected[..take] {
                     return Err((pos, "bad_chunk"));
                 }
                 self.state = State::Body(if take == left as usize {
@@ -282,7 +298,7 @@ impl Reader {
                 });
                 Ok(Some(pos + take))
             }
-            State::Body(Framing::ChunkSize) => match httparse::parse_chunk_size(&self.buf[pos..]) {
+            State::Body(Framing::ChunkSize) => match httparse::parse_chunk_size(&buf[pos..]) {
                 Ok(httparse::Status::Complete((n, 0))) => {
                     self.state = State::Body(Framing::Trailers);
                     Ok(Some(pos + n))
@@ -299,7 +315,7 @@ impl Reader {
             },
             State::Body(Framing::Trailers) => {
                 let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::parse_headers(&self.buf[pos..], &mut slots) {
+                match httparse::parse_headers(&buf[pos..], &mut slots) {
                     Ok(httparse::Status::Complete((n, _))) => {
                         self.finish(ts, true, stitch);
                         Ok(Some(pos + n))
@@ -373,9 +389,9 @@ impl Reader {
         Ok(())
     }
 
-    fn body_bytes(&mut self, pos: usize, n: usize) {
+    fn body_bytes(&mut self, buf: &[u8], pos: usize, n: usize) {
         if let Some(m) = &mut self.current {
-            m.body.push(&self.buf[pos..pos + n], self.max_body);
+            m.body.push(&buf[pos..pos + n], self.max_body);
         }
     }
 

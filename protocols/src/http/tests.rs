@@ -366,6 +366,66 @@ fn a_chunked_body_split_inside_sizes_and_crlfs_is_reassembled() {
 }
 
 #[test]
+fn pipelined_messages_cut_anywhere_in_three_pieces_give_the_same_records() {
+    let requests: &[u8] =
+        b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+    let responses: &[u8] =
+        b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n";
+    let summary = |out: &[Record]| -> Vec<(String, String, i64, String)> {
+        out.iter()
+            .map(|r| {
+                (
+                    text(r, "req_method").to_owned(),
+                    text(r, "req_body").to_owned(),
+                    int(r, "resp_status"),
+                    text(r, "resp_body").to_owned(),
+                )
+            })
+            .collect()
+    };
+    let mut whole = Vec::new();
+    let mut p = parser();
+    feed(&mut p, Direction::Egress, 100, requests, &mut whole);
+    feed(&mut p, Direction::Ingress, 200, responses, &mut whole);
+    let expected = summary(&whole);
+    assert_eq!(expected.len(), 2);
+    for (data, dir) in [
+        (requests, Direction::Egress),
+        (responses, Direction::Ingress),
+    ] {
+        for a in 1..data.len() {
+            for b in a..data.len() {
+                let mut p = parser();
+                let mut out = Vec::new();
+                let (first, rest) = data.split_at(a);
+                let (second, third) = rest.split_at(b - a);
+                let other = if dir == Direction::Egress {
+                    responses
+                } else {
+                    requests
+                };
+                let other_dir = if dir == Direction::Egress {
+                    Direction::Ingress
+                } else {
+                    Direction::Egress
+                };
+                let ts = if dir == Direction::Egress { 100 } else { 200 };
+                if dir == Direction::Ingress {
+                    feed(&mut p, other_dir, 100, other, &mut out);
+                }
+                for piece in [first, second, third] {
+                    feed(&mut p, dir, ts, piece, &mut out);
+                }
+                if dir == Direction::Egress {
+                    feed(&mut p, other_dir, 200, other, &mut out);
+                }
+                assert_eq!(summary(&out), expected, "{dir:?} cut at {a} and {b}");
+            }
+        }
+    }
+}
+
+#[test]
 fn a_response_arriving_before_its_request_is_fed_is_still_paired() {
     let mut p = parser();
     let mut out = Vec::new();

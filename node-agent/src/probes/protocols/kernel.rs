@@ -1,7 +1,7 @@
 //! The protocol-capture eBPF programs: loaded and attached once for every protocol Tracepoint of this
 //! agent, detached when the last one stops. The selected tgids and cgroup ids live in two maps kept
 //! equal to the [`Routes`](super::routes::Routes) here, with the prefilter bitmap of both that the
-//! programs check first.
+//! programs check first and the selection epoch that tells them a key left.
 use std::collections::HashSet;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
@@ -75,6 +75,9 @@ pub struct Kernel {
     tgids: BpfHashMap<MapData, u32, u32>,
     cgroups: BpfHashMap<MapData, u64, u32>,
     filter: Array<MapData, u64>,
+    epoch: Array<MapData, u64>,
+    /// The selection epoch as last written.
+    epoch_value: u64,
     tgid_set: HashSet<u32>,
     cgroup_set: HashSet<u64>,
     /// The prefilter as last written.
@@ -137,6 +140,8 @@ impl Kernel {
             tgids: take(&mut ebpf, names::TGIDS_MAP)?,
             cgroups: take(&mut ebpf, names::CGROUPS_MAP)?,
             filter: take(&mut ebpf, names::FILTER_MAP)?,
+            epoch: take(&mut ebpf, names::EPOCH_MAP)?,
+            epoch_value: 0,
             _ebpf: ebpf,
             tgid_set: HashSet::new(),
             cgroup_set: HashSet::new(),
@@ -146,7 +151,9 @@ impl Kernel {
     }
 
     /// Makes the filter maps hold exactly these keys. New bits are set before the keys are added
-    /// and stale ones cleared after the keys went, so the prefilter never hides a selected key.
+    /// and stale ones cleared after the keys went, so the prefilter never hides a selected key;
+    /// when keys went, the selection epoch moves on so that threads of processes no longer
+    /// selected stop being traced at their next syscall.
     pub fn set_filter(
         &mut self,
         tgids: &HashSet<u32>,
@@ -159,13 +166,23 @@ impl Kernel {
             .map(|(new, old)| new | old)
             .collect();
         self.write_filter(both)?;
-        sync(&mut self.tgids, &mut self.tgid_set, tgids, names::TGIDS_MAP)?;
-        sync(
+        let removed_tgids = sync(&mut self.tgids, &mut self.tgid_set, tgids, names::TGIDS_MAP)?;
+        let removed_cgroups = sync(
             &mut self.cgroups,
             &mut self.cgroup_set,
             cgroups,
             names::CGROUPS_MAP,
         )?;
+        if removed_tgids || removed_cgroups {
+            let next = self.epoch_value.wrapping_add(1);
+            self.epoch
+                .set(0, next, 0)
+                .map_err(|source| KernelError::Filter {
+                    map: names::EPOCH_MAP,
+                    source,
+                })?;
+            self.epoch_value = next;
+        }
         self.write_filter(wanted)
     }
 
@@ -199,23 +216,25 @@ fn prefilter(tgids: &HashSet<u32>, cgroups: &HashSet<u64>) -> Vec<u64> {
     words
 }
 
+/// Makes `map` hold exactly `wanted`; returns whether any key was removed.
 fn sync<K: aya::Pod + Eq + std::hash::Hash>(
     map: &mut BpfHashMap<MapData, K, u32>,
     current: &mut HashSet<K>,
     wanted: &HashSet<K>,
     name: &'static str,
-) -> Result<(), KernelError> {
-    for key in current.difference(wanted).copied().collect::<Vec<_>>() {
+) -> Result<bool, KernelError> {
+    let gone: Vec<K> = current.difference(wanted).copied().collect();
+    for key in &gone {
         // Already gone is fine: the goal is its absence.
-        let _ = map.remove(&key);
-        current.remove(&key);
+        let _ = map.remove(key);
+        current.remove(key);
     }
     for key in wanted.difference(current).copied().collect::<Vec<_>>() {
         map.insert(key, 1, 0)
             .map_err(|source| KernelError::Filter { map: name, source })?;
         current.insert(key);
     }
-    Ok(())
+    Ok(!gone.is_empty())
 }
 
 #[cfg(test)]
