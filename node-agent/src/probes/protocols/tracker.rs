@@ -669,13 +669,44 @@ fn periodic_row(
 
 /// Histogram series of one (target, role, method/operation, status) label set: looked up once, then
 /// observed through its handle. The route is kept so its address cannot be reused meanwhile.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// `name` and `detail` are compared and hashed by address: they come from the parsers' static
+/// tables, so each has a few addresses at most, and a label set cached under two keys still
+/// resolves to one series — while comparing their bytes was a `memcmp` call per record.
+#[derive(Clone, Copy, Debug)]
 struct SeriesKey {
     route: usize,
     family: u8,
     name: &'static str,
     detail: &'static str,
     status: u16,
+}
+
+impl SeriesKey {
+    fn identity(&self) -> (usize, u8, usize, usize, usize, usize, u16) {
+        (
+            self.route,
+            self.family,
+            self.name.as_ptr() as usize,
+            self.name.len(),
+            self.detail.as_ptr() as usize,
+            self.detail.len(),
+            self.status,
+        )
+    }
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for SeriesKey {}
+
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.identity().hash(state);
+    }
 }
 
 /// Series handles kept at most; past it they are looked up again (label sets are bounded anyway).
