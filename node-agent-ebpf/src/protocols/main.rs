@@ -700,11 +700,8 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     let (iov, iov_count) = match args.layout {
         BUF_IOVEC => (args.buf, args.count),
         BUF_MSGHDR => {
-            // struct msghdr: msg_iov at 16, msg_iovlen at 24.
-            // SAFETY: reads of user memory through the checked helper.
-            let iov = unsafe { bpf_probe_read_user((args.buf + 16) as *const u64) }.unwrap_or(0);
-            let n = unsafe { bpf_probe_read_user((args.buf + 24) as *const u64) }.unwrap_or(0);
-            (iov, n)
+            // struct msghdr: msg_iov at 16, msg_iovlen at 24 — laid out like an iovec.
+            read_iovec(args.buf + 16)
         }
         _ => (0, 0),
     };
@@ -864,8 +861,7 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
         // resolver among them), and the verifier cannot follow messages × iovecs × chunks.
         // SAFETY: reads of user memory through the checked helper.
         let iov = unsafe { bpf_probe_read_user((hdr + 16) as *const u64) }.unwrap_or(0);
-        let base = unsafe { bpf_probe_read_user(iov as *const u64) }.unwrap_or(0);
-        let size = unsafe { bpf_probe_read_user((iov + 8) as *const u64) }.unwrap_or(0);
+        let (base, size) = read_iovec(iov);
         let take = if size < len { size } else { len };
         let mut budget = MAX_CHUNKS_PER_SYSCALL;
         if emit_buffer(event, base, take, pos, &mut budget) < len {
@@ -966,6 +962,15 @@ fn unknown_fd(id: u64, key: ConnKey) {
     }
 }
 
+/// The `struct iovec { void *iov_base; size_t iov_len; }` at user address `at`, in one read
+/// ((0, 0) if unreadable).
+#[inline(always)]
+fn read_iovec(at: u64) -> (u64, u64) {
+    // SAFETY: a read of user memory through the checked helper.
+    unsafe { bpf_probe_read_user(at as *const [u64; 2]) }
+        .map_or((0, 0), |[base, size]| (base, size))
+}
+
 /// Emits `len` bytes at user address `buf` in chunks; returns the bytes emitted.
 #[inline(always)]
 fn emit_buffer(event: &mut DataEvent, buf: u64, len: u64, pos: u64, budget: &mut u32) -> u64 {
@@ -1005,10 +1010,7 @@ fn emit_iovecs(
         if i >= count || done >= len || *budget == 0 {
             break;
         }
-        // struct iovec { void *iov_base; size_t iov_len; }
-        // SAFETY: reads of user memory through the checked helper.
-        let base = unsafe { bpf_probe_read_user((iov + 16 * i) as *const u64) }.unwrap_or(0);
-        let size = unsafe { bpf_probe_read_user((iov + 16 * i + 8) as *const u64) }.unwrap_or(0);
+        let (base, size) = read_iovec(iov + 16 * i);
         let take = if size > len - done { len - done } else { size };
         let emitted = emit_buffer(event, base, take, pos + done, budget);
         done += emitted;
@@ -1033,9 +1035,7 @@ fn emit_gathered(event: &DataEvent, iov: u64, count: u64, len: u64, pos: u64) ->
         if i >= count || done >= len {
             break;
         }
-        // SAFETY: reads of user memory through the checked helper.
-        let base = unsafe { bpf_probe_read_user((iov + 16 * i) as *const u64) }.unwrap_or(0);
-        let size = unsafe { bpf_probe_read_user((iov + 16 * i + 8) as *const u64) }.unwrap_or(0);
+        let (base, size) = read_iovec(iov + 16 * i);
         let take = if size > len - done { len - done } else { size };
         // Masks the verifier can follow: the offset below DATA_CHUNK (done < len ≤ DATA_CHUNK), the
         // length at most DATA_CHUNK, so the copy stays within the 2 × DATA_CHUNK buffer.
