@@ -100,15 +100,14 @@ async fn dig_queries_to_traced_dnsmasq_over_udp_and_tcp_become_exact_dns_events(
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let dnsmasq = start_dnsmasq(dir.path(), port);
-    let store = Store::default();
-    let mut registry = Registry::default();
-    let probe = tracepoint(vec![Protocol::Dns], "*/dnsmasq");
     // Tracing starts after dnsmasq is up: its UDP socket is unknown to the kernel side, so the
     // first traced datagram is also the one that classifies it.
-    let p = start_probe(
-        &store,
-        &mut registry,
-        &probe,
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Dns], "*/dnsmasq"),
         target(dnsmasq.pid(), "/usr/sbin/dnsmasq"),
     );
 
@@ -261,11 +260,11 @@ async fn getent_queries_sent_with_one_sendmmsg_become_exact_client_dns_events() 
     .unwrap();
     let cgroup = TestCgroup::new("resolver");
     let pause = pause_in(&cgroup);
-    let store = Store::default();
-    let mut registry = Registry::default();
-    let p = start_probe(
-        &store,
-        &mut registry,
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
         &pod_tracepoint_for(vec![Protocol::Dns], "resolver"),
         pod_target_for(pause.pid(), "/usr/bin/sleep", "resolver"),
     );
@@ -397,13 +396,10 @@ async fn redis_commands_pipeline_and_pubsub_on_traced_redis_become_exact_redis_e
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let redis = start_redis(dir.path(), port);
-    let store = Store::default();
-    let mut registry = Registry::default();
-    let probe = tracepoint(vec![Protocol::Redis], "*/redis-server");
-    let p = start_probe(
-        &store,
-        &mut registry,
-        &probe,
+    let Traced {
+        store, probe: p, ..
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Redis], "*/redis-server"),
         target(redis.pid(), "/usr/bin/redis-server"),
     );
 
@@ -589,13 +585,10 @@ async fn static_files_nginx_sends_by_sendfile_still_become_complete_http_events(
     std::fs::write(root.join("small.txt"), b"small file\n").unwrap();
     let port = free_port();
     let (_nginx, worker) = start_static_nginx(dir.path(), &root, port);
-    let store = Store::default();
-    let mut registry = Registry::default();
-    let probe = tracepoint(vec![Protocol::Http], "*/nginx");
-    let p = start_probe(
-        &store,
-        &mut registry,
-        &probe,
+    let Traced {
+        store, probe: p, ..
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/nginx"),
         target(worker, "/usr/sbin/nginx"),
     );
 
@@ -760,13 +753,12 @@ async fn children_of_a_forking_server_that_exit_at_once_still_have_the_accepted_
         child,
         signal: Signal::SIGKILL,
     };
-    let store = Store::default();
-    let mut registry = Registry::default();
-    let probe = pod_tracepoint(vec![Protocol::Http]);
-    let p = start_probe(
-        &store,
-        &mut registry,
-        &probe,
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &pod_tracepoint(vec![Protocol::Http]),
         pod_target(server.pid(), "/usr/bin/python3"),
     );
 
@@ -1038,14 +1030,13 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
     let (port, other_port) = two_free_ports();
     let traced = start_postgres(dir.path(), &data, port, Some(&cgroup));
     let _untraced = start_postgres(dir.path(), &other_data, other_port, None);
-    let store = Store::default();
-    let mut registry = Registry::default();
     // Selected by cgroup, as a pod's container: the backends forked per connection are traced too.
-    let probe = pod_tracepoint(vec![Protocol::Pgsql]);
-    let p = start_probe(
-        &store,
-        &mut registry,
-        &probe,
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &pod_tracepoint(vec![Protocol::Pgsql]),
         pod_target(traced.pid(), &pg_tool("postgres").display().to_string()),
     );
 

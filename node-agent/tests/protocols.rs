@@ -7,8 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-use prometheus_client::registry::Registry;
-use sonde_agent::tables::{Store, Value};
+use sonde_agent::tables::Value;
 use sonde_api::Protocol;
 
 /// nginx with one worker answering `return 200 "hello\n"` on `port`; returns it and its worker pid.
@@ -37,13 +36,10 @@ async fn curl_to_traced_nginx_shows_exact_byte_counts_in_conn_stats() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (_nginx, worker) = start_hello_nginx(dir.path(), port);
-    let store = Store::default();
-    let mut registry = Registry::default();
-    let probe = tracepoint(vec![Protocol::Http], "*/nginx");
-    let p = start_probe(
-        &store,
-        &mut registry,
-        &probe,
+    let Traced {
+        store, probe: p, ..
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/nginx"),
         target(worker, "/usr/sbin/nginx"),
     );
 
@@ -93,13 +89,10 @@ async fn nginx_outside_the_selected_processes_yields_nothing() {
     let (port_a, port_b) = (free_port(), free_port());
     let (_traced, worker_a) = start_hello_nginx(&dir.path().join("a").tap_mkdir(), port_a);
     let (_untraced, _worker_b) = start_hello_nginx(&dir.path().join("b").tap_mkdir(), port_b);
-    let store = Store::default();
-    let mut registry = Registry::default();
-    let probe = tracepoint(vec![Protocol::Http], "*/nginx");
-    let p = start_probe(
-        &store,
-        &mut registry,
-        &probe,
+    let Traced {
+        store, probe: p, ..
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/nginx"),
         target(worker_a, "/usr/sbin/nginx"),
     );
     for _ in 0..3 {
@@ -127,13 +120,12 @@ async fn keep_alive_requests_to_traced_nginx_become_http_events_and_histogram_sa
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (_nginx, worker) = start_hello_nginx(dir.path(), port);
-    let store = Store::default();
-    let mut registry = Registry::default();
-    let probe = tracepoint(vec![Protocol::Http], "*/nginx");
-    let p = start_probe(
-        &store,
-        &mut registry,
-        &probe,
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/nginx"),
         target(worker, "/usr/sbin/nginx"),
     );
 

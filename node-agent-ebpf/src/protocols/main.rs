@@ -17,9 +17,9 @@
 //! at the fd (pidfd_getfd) and sets the state to traced or ignored, so files, pipes and unix sockets
 //! cost one lookup per syscall afterwards. Bytes moved while an fd is pending are captured all the
 //! same (user space drops them if the fd is no socket): a socket inherited across fork, like a
-//! PostgreSQL backend's, starts with the message that identifies its protocol. A datagram syscall that names its peer (recvfrom/recvmsg/
-//! recvmmsg returning a source address, sendto/sendmsg/sendmmsg given a destination) is on an inet
-//! socket by definition: its connection is created right there (role server for a receive, client
+//! PostgreSQL backend's, starts with the message that identifies its protocol. A datagram syscall
+//! that names its peer (recvfrom/recvmsg/recvmmsg returning a source address, sendto/sendmsg/
+//! sendmmsg given a destination) is on an inet socket by definition: its connection is created right there (role server for a receive, client
 //! for a send), so an unconnected UDP server loses nothing of its first datagram; each later change
 //! of peer is reported before the data. Every loss is counted per reason in `CONN_DROPS`.
 #![no_std]
@@ -39,13 +39,10 @@ use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, ClassifyEvent, CloseEvent, ConnInfo,
     ConnKey, DATA_CHUNK, DIR_EGRESS, DIR_INGRESS, DROP_ARGS_MAP_FULL, DROP_CONN_MAP_FULL,
     DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_TRUNCATED, DROP_UNCLASSIFIED, DataEvent,
-    DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_OPEN, EVENT_PEER, EventHeader,
-    MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OpenEvent, PeerAddr, PeerEvent,
-    ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
-};
-use sonde_common::conn::{
-    EVENT_FORK, FILTER_WORDS, ForkEvent, SYS_RECVMMSG, SYS_SENDMMSG, filter_bit_cgroup,
-    filter_bit_tgid,
+    DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_OPEN, EVENT_PEER,
+    EventHeader, FILTER_WORDS, ForkEvent, MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS,
+    OPEN_DATAGRAM, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
+    SYS_RECVMMSG, SYS_SENDMMSG, filter_bit_cgroup, filter_bit_tgid,
 };
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
@@ -672,30 +669,17 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     // SAFETY: a pointer into the map value, valid for this program run; concurrent updates of the
     // same fd from two threads may lose a count, which only skews byte statistics.
     let info = unsafe { &mut *info };
-    let pos = if egress {
-        let pos = info.bytes_sent;
-        info.bytes_sent = pos + ret;
-        pos
-    } else {
-        let pos = info.bytes_recv;
-        info.bytes_recv = pos + ret;
-        pos
-    };
+    let pos = advance(info, egress, ret);
     if info.state != CONN_TRACE && info.state != CONN_PENDING {
         return 0;
     }
     let generation = info.generation;
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let Some(event) = CONN_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's scratch slot, used only for the duration of this program run.
     let event = unsafe { &mut *event };
-    event.header.header = header(EVENT_DATA, id, key.fd, generation, now);
-    event.header.syscall_len = ret;
-    event.header.direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
-    event.header.syscall = args.syscall;
+    start_data(event, id, key.fd, generation, ret, egress, args.syscall);
     let mut budget = MAX_CHUNKS_PER_SYSCALL;
     let (iov, iov_count) = match args.layout {
         BUF_IOVEC => (args.buf, args.count),
@@ -793,6 +777,26 @@ fn note_peer(id: u64, fd: u32, info: &mut ConnInfo, peer: PeerAddr, role: u32) {
     }
 }
 
+/// Fills the header fields a syscall's data events share, stamped now (position, length and chunk
+/// are set per chunk).
+#[inline(always)]
+fn start_data(
+    event: &mut DataEvent,
+    id: u64,
+    fd: u32,
+    generation: u64,
+    syscall_len: u64,
+    egress: bool,
+    syscall: u32,
+) {
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    event.header.header = header(EVENT_DATA, id, fd, generation, now);
+    event.header.syscall_len = syscall_len;
+    event.header.direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
+    event.header.syscall = syscall;
+}
+
 /// Adds `n` bytes to one direction of a connection; returns the stream position they start at.
 #[inline(always)]
 fn advance(info: &mut ConnInfo, egress: bool, n: u64) -> u64 {
@@ -851,12 +855,15 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
         if info.state != CONN_TRACE && info.state != CONN_PENDING {
             continue;
         }
-        // SAFETY: helper without arguments.
-        let now = unsafe { bpf_ktime_get_ns() };
-        event.header.header = header(EVENT_DATA, id, key.fd, info.generation, now);
-        event.header.syscall_len = len;
-        event.header.direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
-        event.header.syscall = args.syscall;
+        start_data(
+            event,
+            id,
+            key.fd,
+            info.generation,
+            len,
+            egress,
+            args.syscall,
+        );
         // Only the first iovec of each message: one per datagram is what senders do (glibc's
         // resolver among them), and the verifier cannot follow messages × iovecs × chunks.
         // SAFETY: reads of user memory through the checked helper.

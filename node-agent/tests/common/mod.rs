@@ -385,14 +385,26 @@ pub fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
     panic!("{what} did not become ready within 60 s");
 }
 
-/// Starts `probe` on `target` in a context of its own and checks it attached.
-pub fn start_probe(
-    store: &Store,
-    registry: &mut Registry,
-    probe: &(AssignedProbe, TracepointSpec),
-    target: TargetProcess,
-) -> ProtocolProbe {
-    start_probe_in(&context(store, registry), probe, target)
+/// A protocol probe started on one process in a context of its own, with that context's table
+/// store and metrics registry.
+pub struct Traced {
+    pub store: Store,
+    pub registry: Registry,
+    pub probe: ProtocolProbe,
+}
+
+impl Traced {
+    /// Starts `probe` on `target` and checks it attached.
+    pub fn start(probe: &(AssignedProbe, TracepointSpec), target: TargetProcess) -> Traced {
+        let store = Store::default();
+        let mut registry = Registry::default();
+        let probe = start_probe_in(&context(&store, &mut registry), probe, target);
+        Traced {
+            store,
+            registry,
+            probe,
+        }
+    }
 }
 
 /// Starts `probe` in `ctx` (several probes of one test share its runtime) and checks it attached.

@@ -14,6 +14,7 @@ use crate::{ColumnDef, ConnParser, Direction, FieldType, ParseConfig, ParseError
 
 mod body;
 pub mod detect;
+pub mod headers;
 pub mod parse;
 pub mod stitch;
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! neither is read until the connection closes.
 use super::body::Body;
 use super::detect::{find_message_start, starts_request, starts_response};
-use super::stitch::{Stitcher, headers_json};
+use super::headers::headers_json;
+use super::stitch::Stitcher;
 use crate::ParseError;
 
 /// A head larger than this is not HTTP we can follow (servers refuse far smaller ones).

@@ -510,7 +510,7 @@ fn header_json_is_byte_for_byte_what_a_serde_json_object_gives() {
                 })
                 .collect();
             assert_eq!(
-                super::stitch::headers_json(&slices, redact),
+                super::headers::headers_json(&slices, redact),
                 headers_json_by_serde(&headers, redact),
                 "{headers:?} redact={redact}"
             );
