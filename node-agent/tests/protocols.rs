@@ -148,7 +148,20 @@ async fn keep_alive_requests_to_traced_nginx_become_http_events_and_histogram_sa
             &Value::String("/c".into())
         ]
     );
+    // Header columns are kept as captured and rendered when read: a JSON object, keys sorted.
+    let req_headers = format!(
+        r#"{{"Accept":"*/*","Host":"127.0.0.1:{port}","User-Agent":"curl/{}"}}"#,
+        curl_version()
+    );
     for row in &http {
+        assert_eq!(row["req_headers"], Value::String(req_headers.clone()));
+        let Value::String(resp_headers) = &row["resp_headers"] else {
+            panic!("resp_headers: {row:?}")
+        };
+        assert!(
+            resp_headers.starts_with(r#"{"Connection":"keep-alive","Content-Length":"6","Content-Type":"text/plain","Date":""#),
+            "{resp_headers}"
+        );
         assert_eq!(row["req_method"], Value::String("GET".into()));
         assert_eq!(row["resp_status"], Value::Int64(200));
         assert_eq!(row["resp_body"], Value::String("hello\n".into()));

@@ -87,13 +87,56 @@ pub enum FieldType {
 pub struct ColumnDef {
     pub name: &'static str,
     pub ty: FieldType,
+    /// Set for a string column whose records hold the captured form (see [`Renderer`]).
+    pub render: Option<Renderer>,
 }
 
 impl ColumnDef {
     pub const fn new(name: &'static str, ty: FieldType) -> ColumnDef {
-        ColumnDef { name, ty }
+        ColumnDef {
+            name,
+            ty,
+            render: None,
+        }
+    }
+
+    /// A string column whose values are rendered when read.
+    pub const fn rendered(name: &'static str, render: Renderer) -> ColumnDef {
+        ColumnDef {
+            name,
+            ty: FieldType::String,
+            render: Some(render),
+        }
+    }
+
+    /// A stored value of this column as readers see it.
+    pub fn shown<'a>(&self, stored: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.render {
+            Some(r) => std::borrow::Cow::Owned((r.render)(stored)),
+            None => std::borrow::Cow::Borrowed(stored),
+        }
     }
 }
+
+/// How a string column's stored value becomes the value readers see. Records carry what was
+/// captured (e.g. an HTTP head's header lines, secrets already redacted) and the table store applies
+/// this when rows are read: rows are written for every request but most are evicted unread, so
+/// formatting (sorting and JSON-escaping headers) is paid per row read, not per row written.
+#[derive(Clone, Copy, Debug)]
+pub struct Renderer {
+    /// What the value becomes, e.g. "http_headers_json".
+    pub name: &'static str,
+    pub render: fn(&str) -> String,
+}
+
+/// By name: function addresses are not stable identities.
+impl PartialEq for Renderer {
+    fn eq(&self, other: &Renderer) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for Renderer {}
 
 /// One value of a record, in the order of its protocol's columns.
 #[derive(Clone, Debug, PartialEq)]

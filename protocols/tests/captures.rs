@@ -90,7 +90,7 @@ fn render(kind: Kind, records: &[Record]) -> String {
                 Field::UInt64(v) => v.to_string(),
                 Field::Float64(v) => v.to_string(),
                 Field::Boolean(v) => v.to_string(),
-                Field::String(s) => escape(s),
+                Field::String(s) => escape(&column.shown(s)),
             };
             writeln!(text, "{}: {value}", column.name).unwrap();
         }

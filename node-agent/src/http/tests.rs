@@ -23,10 +23,7 @@ fn fixture() -> Fixture {
         .create(
             "opens",
             "BpftraceScript/opens",
-            vec![Column {
-                name: "comm".into(),
-                ty: ColumnType::String,
-            }],
+            vec![Column::new("comm", ColumnType::String)],
         )
         .unwrap();
     for t in 1..=3 {

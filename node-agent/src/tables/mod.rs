@@ -26,6 +26,8 @@ pub use query::{MAX_LIMIT, Query, QueryError, parse_since};
 use stored::StoredRows;
 pub use stored::{RowBatch, RowEncoder};
 
+pub use sonde_protocols::Renderer;
+
 use crate::telemetry::{TableLabels, TableMetrics};
 
 /// Columns every table starts with, in this order.
@@ -55,6 +57,20 @@ pub struct Column {
     pub name: String,
     #[serde(rename = "type")]
     pub ty: ColumnType,
+    /// A string column kept in its captured form and rendered when rows are read (e.g. HTTP header
+    /// lines → a JSON object): the work is paid per row read, not per row written.
+    #[serde(skip)]
+    pub render: Option<Renderer>,
+}
+
+impl Column {
+    pub fn new(name: impl Into<String>, ty: ColumnType) -> Column {
+        Column {
+            name: name.into(),
+            ty,
+            render: None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -232,10 +248,7 @@ impl Store {
     ) -> Result<TableWriter, TablesError> {
         let mut all: Vec<Column> = TARGET_COLUMNS
             .iter()
-            .map(|(n, ty)| Column {
-                name: (*n).to_owned(),
-                ty: *ty,
-            })
+            .map(|(n, ty)| Column::new(*n, *ty))
             .collect();
         all.extend(columns);
         for (i, c) in all.iter().enumerate() {
@@ -320,8 +333,9 @@ impl Store {
         };
         let mut data = lock(&table.data);
         let since = query.since_ns.unwrap_or(i64::MIN);
-        let rows = data.rows.newest(since, query.limit);
+        let mut rows = data.rows.newest(since, query.limit);
         drop(data);
+        render(&table.columns, &mut rows);
         Ok(QueryResult {
             node: self.inner.node.clone(),
             columns: table.columns.clone(),
@@ -332,6 +346,20 @@ impl Store {
     /// Estimated bytes held by every table together.
     pub fn total_bytes(&self) -> usize {
         self.inner.total_bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// Read rows' values of columns with a [`Renderer`], as readers see them.
+fn render(columns: &[Column], rows: &mut [Row]) {
+    for (i, column) in columns.iter().skip(TARGET_COLUMNS.len()).enumerate() {
+        let Some(renderer) = column.render else {
+            continue;
+        };
+        for row in rows.iter_mut() {
+            if let Some(Value::String(stored)) = row.values.get_mut(i) {
+                *stored = (renderer.render)(stored);
+            }
+        }
     }
 }
 

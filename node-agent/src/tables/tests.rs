@@ -3,14 +3,8 @@ use crate::telemetry::TableMetrics;
 
 fn cols() -> Vec<Column> {
     vec![
-        Column {
-            name: "comm".into(),
-            ty: ColumnType::String,
-        },
-        Column {
-            name: "bytes".into(),
-            ty: ColumnType::UInt64,
-        },
+        Column::new("comm", ColumnType::String),
+        Column::new("bytes", ColumnType::UInt64),
     ]
 }
 
@@ -297,4 +291,34 @@ fn csv_has_a_header_and_quotes_fields_per_rfc4180() {
          5,node-a,,,,42,\"say \"\"hi\"\", then\nleave\",5\n\
          6,node-a,,,,42,cat,6\n"
     );
+}
+
+#[test]
+fn a_rendered_column_is_stored_as_written_and_read_rendered_every_time() {
+    fn shout(stored: &str) -> String {
+        stored.to_uppercase()
+    }
+    let (s, _) = store(1 << 20, 1 << 20);
+    let columns = vec![
+        Column {
+            render: Some(Renderer {
+                name: "upper",
+                render: shout,
+            }),
+            ..Column::new("comm", ColumnType::String)
+        },
+        Column::new("bytes", ColumnType::UInt64),
+    ];
+    let w = s.create("t", "o", columns).unwrap();
+    w.append(row(1, "cat"));
+    let query = Query {
+        limit: 10,
+        since_ns: None,
+    };
+    for _ in 0..2 {
+        let rows = s.query("t", &query).unwrap().rows;
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].values[0], Value::String("CAT".into()));
+        assert_eq!(rows[0].values[1], Value::UInt64(1));
+    }
 }

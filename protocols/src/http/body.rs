@@ -29,14 +29,16 @@ impl Body {
 
     /// Text when it reads as text (declared textual, or undeclared and valid UTF-8 without control
     /// bytes), else `<binary N bytes, type>`: never dump an image into a table.
-    pub fn render(&self, content_type: &str, content_encoding: &str) -> String {
+    /// Consumes the body: text takes over the kept bytes without a copy.
+    pub fn render(self, content_type: &str, content_encoding: &str) -> String {
         if self.size == 0 {
             return String::new();
         }
         let encoded =
             !content_encoding.is_empty() && !content_encoding.eq_ignore_ascii_case("identity");
         if !encoded && looks_textual(content_type, &self.kept) {
-            return String::from_utf8_lossy(&self.kept).into_owned();
+            return String::from_utf8(self.kept)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         }
         let mut what = if content_type.is_empty() {
             "unknown type".to_string()

@@ -1,6 +1,56 @@
-//! A head's headers as the JSON object of the `req_headers` / `resp_headers` columns, written by
-//! hand: serde_json would need a map built per head, and this runs for every head parsed.
-use crate::REDACTED;
+//! A head's headers, kept as captured and rendered as the JSON object of the `req_headers` /
+//! `resp_headers` columns when rows are read ([`HEADERS_JSON`]). The JSON is written by hand:
+//! serde_json would need a map built per head.
+use super::parse::MAX_HEADERS;
+use crate::{REDACTED, Renderer};
+
+/// The `req_headers` / `resp_headers` columns: header lines as captured → a JSON object.
+pub const HEADERS_JSON: Renderer = Renderer {
+    name: "http_headers_json",
+    render: render_json,
+};
+
+/// The header lines of a head as the records keep them: the captured bytes from the first header
+/// to the end of the head (`head` is the whole head, `headers` httparse's slices into it) — one copy,
+/// no formatting. With secrets to redact the lines are written anew, redacted values replaced.
+pub fn header_block(head: &[u8], headers: &[httparse::Header<'_>], redact: bool) -> String {
+    let Some(first) = headers.first() else {
+        return String::new();
+    };
+    let start = (first.name.as_ptr() as usize).checked_sub(head.as_ptr() as usize);
+    let secret = redact && headers.iter().any(|h| is_secret(h.name));
+    match start {
+        Some(start) if start < head.len() && !secret => {
+            String::from_utf8_lossy(&head[start..]).into_owned()
+        }
+        _ => {
+            let mut block = String::new();
+            for h in headers {
+                block.push_str(h.name);
+                block.push_str(": ");
+                if redact && is_secret(h.name) {
+                    block.push_str(REDACTED);
+                } else {
+                    block.push_str(&String::from_utf8_lossy(h.value));
+                }
+                block.push_str("\r\n");
+            }
+            block.push_str("\r\n");
+            block
+        }
+    }
+}
+
+/// A [`header_block`] as a JSON object ([`headers_json`]; secrets were redacted in the block).
+pub fn render_json(block: &str) -> String {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::parse_headers(block.as_bytes(), &mut slots) {
+        Ok(httparse::Status::Complete((_, headers))) => headers_json(headers, false),
+        // The empty block of a head without headers. A block is always what httparse accepted (or
+        // lines written from its slices), so nothing else lands here.
+        _ => headers_json(&[], false),
+    }
+}
 
 /// Header values that carry credentials or sessions.
 fn is_secret(name: &str) -> bool {
@@ -33,75 +83,87 @@ pub fn headers_json(headers: &[httparse::Header<'_>], redact: bool) -> String {
         &mut heap
     };
     // Stable: values of a repeated name stay in the order they came.
-    order.sort_by(|a, b| a.name.cmp(b.name));
+    // Names almost always differ in their first byte: compared inline before a full comparison.
+    order.sort_by(|a, b| {
+        let first = |h: &httparse::Header<'_>| h.name.as_bytes().first().copied();
+        first(a).cmp(&first(b)).then_with(|| a.name.cmp(b.name))
+    });
     let size: usize = order.iter().map(|h| h.name.len() + h.value.len() + 6).sum();
-    let mut out = String::with_capacity(size + 2);
-    out.push('{');
+    // Bytes, not a String: clean values are copied without a UTF-8 check of their own; the one
+    // check at the end covers the whole object.
+    let mut out = Vec::with_capacity(size + 2);
+    out.push(b'{');
     let mut i = 0;
     while let Some(h) = order.get(i) {
         let name = h.name;
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
-        out.push('"');
-        push_json_escaped(&mut out, name);
-        out.push_str("\":\"");
+        out.push(b'"');
+        push_value(&mut out, name.as_bytes());
+        out.extend_from_slice(b"\":\"");
+        let secret = redact && is_secret(name);
         let mut first = true;
         while let Some(next) = order.get(i)
             && next.name == name
         {
             if !first {
-                out.push_str(", ");
+                out.extend_from_slice(b", ");
             }
             first = false;
-            if redact && is_secret(name) {
-                push_json_escaped(&mut out, REDACTED);
+            if secret {
+                out.extend_from_slice(REDACTED.as_bytes());
             } else {
-                push_json_escaped(&mut out, &String::from_utf8_lossy(next.value));
+                push_value(&mut out, next.value);
             }
             i += 1;
         }
-        out.push('"');
+        out.push(b'"');
     }
-    out.push('}');
-    out
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A header name or value as the inside of a JSON string: printable ASCII without quote or
+/// backslash (every name httparse accepts, almost every value) as is, anything else decoded lossily and escaped.
+fn push_value(out: &mut Vec<u8>, value: &[u8]) {
+    // One pass without early exit, which the compiler turns into vector code.
+    let plain = value.iter().fold(true, |ok, &b| {
+        ok & (0x20..0x7f).contains(&b) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        out.extend_from_slice(value);
+    } else {
+        push_json_escaped(out, &String::from_utf8_lossy(value));
+    }
 }
 
 /// JSON string escapes as serde_json writes them: `\"`, `\\`, the short forms of \b \f \n \r \t,
 /// `\u00xx` (lowercase hex) for other control characters; everything else as is.
-fn push_json_escaped(out: &mut String, s: &str) {
-    // Almost every header needs no escape: one pass without early exit (which the compiler turns
-    // into vector code) tells, and the string is copied whole.
-    let needs_escape = s.bytes().fold(false, |any, b| {
-        any | (b < 0x20) | (b == b'"') | (b == b'\\')
-    });
-    if !needs_escape {
-        out.push_str(s);
-        return;
-    }
+fn push_json_escaped(out: &mut Vec<u8>, s: &str) {
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..0x20 => "",
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..0x20 => b"",
             _ => continue,
         };
-        out.push_str(&s[start..i]);
+        out.extend_from_slice(&s.as_bytes()[start..i]);
         if escape.is_empty() {
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.push_str("\\u00");
-            out.push(char::from(HEX[usize::from(b >> 4)]));
-            out.push(char::from(HEX[usize::from(b & 0xf)]));
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
         } else {
-            out.push_str(escape);
+            out.extend_from_slice(escape);
         }
         start = i + 1;
     }
-    out.push_str(&s[start..]);
+    out.extend_from_slice(&s.as_bytes()[start..]);
 }

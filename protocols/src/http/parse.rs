@@ -3,14 +3,14 @@
 //! neither is read until the connection closes.
 use super::body::Body;
 use super::detect::{find_message_start, starts_request, starts_response};
-use super::headers::headers_json;
+use super::headers::header_block;
 use super::stitch::Stitcher;
 use crate::ParseError;
 
 /// A head larger than this is not HTTP we can follow (servers refuse far smaller ones).
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// httparse needs a fixed header slot array; more headers than this is an error.
-const MAX_HEADERS: usize = 96;
+pub(super) const MAX_HEADERS: usize = 96;
 /// A chunk-size line (size plus extensions) longer than this is garbage.
 const MAX_CHUNK_LINE: usize = 1024;
 
@@ -40,8 +40,8 @@ pub struct Head {
     pub path: String,
     pub status: u16,
     pub reason: String,
-    /// Every header as a JSON object ([`headers_json`]).
-    pub headers_json: String,
+    /// The header lines as captured, secrets redacted ([`header_block`]).
+    pub headers: String,
     /// First Content-Type value, trimmed ("" when absent).
     pub content_type: String,
     /// First Content-Encoding value, trimmed ("" when absent).
@@ -55,13 +55,14 @@ pub struct Head {
 }
 
 impl Head {
-    fn new(headers: &[httparse::Header<'_>], redact: bool) -> Head {
+    /// `bytes`: the whole head, `headers`: httparse's slices into it.
+    fn new(bytes: &[u8], headers: &[httparse::Header<'_>], redact: bool) -> Head {
         let mut head = Head {
-            headers_json: headers_json(headers, redact),
+            headers: header_block(bytes, headers, redact),
             ..Head::default()
         };
         for h in headers {
-            let value = || String::from_utf8_lossy(h.value).trim().to_string();
+            let value = || String::from_utf8_lossy(h.value.trim_ascii()).into_owned();
             if h.name.eq_ignore_ascii_case("content-type") && head.content_type.is_empty() {
                 head.content_type = value();
             } else if h.name.eq_ignore_ascii_case("content-encoding")
@@ -491,7 +492,7 @@ fn parse_head_with<const SLOTS: usize>(
                         minor_version: req.version.unwrap_or(1),
                         method: req.method.unwrap_or("").to_string(),
                         path: req.path.unwrap_or("").to_string(),
-                        ..Head::new(req.headers, redact)
+                        ..Head::new(&buf[..n], req.headers, redact)
                     };
                     (head, n)
                 }
@@ -506,7 +507,7 @@ fn parse_head_with<const SLOTS: usize>(
                         minor_version: resp.version.unwrap_or(1),
                         status: resp.code.unwrap_or(0),
                         reason: resp.reason.unwrap_or("").to_string(),
-                        ..Head::new(resp.headers, redact)
+                        ..Head::new(&buf[..n], resp.headers, redact)
                     };
                     (head, n)
                 }

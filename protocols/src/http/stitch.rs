@@ -136,6 +136,7 @@ impl Stitcher {
 
     fn record(&self, req: Message, resp: Option<Message>) -> Record {
         let req_head = req.head;
+        let req_body_size = req.body.size;
         let req_body = req
             .body
             .render(&req_head.content_type, &req_head.content_encoding);
@@ -143,6 +144,7 @@ impl Stitcher {
         let (content_type, resp_fields, status, latency_ns) = match resp {
             Some(resp) => {
                 let head = resp.head;
+                let body_size = resp.body.size;
                 let body = resp.body.render(&head.content_type, &head.content_encoding);
                 let content_type = if head.content_type.is_empty() {
                     req_head.content_type
@@ -152,11 +154,11 @@ impl Stitcher {
                 (
                     content_type,
                     [
-                        Field::String(head.headers_json),
+                        Field::String(head.headers),
                         Field::Int64(i64::from(head.status)),
                         Field::String(head.reason),
                         Field::String(body),
-                        Field::Int64(clamp(resp.body.size)),
+                        Field::Int64(clamp(body_size)),
                     ],
                     head.status,
                     Some(resp.end_ns.saturating_sub(req.start_ns)),
@@ -181,11 +183,11 @@ impl Stitcher {
             Field::Int64(1),
             Field::Int64(i64::from(req_head.minor_version)),
             Field::String(content_type),
-            Field::String(req_head.headers_json),
+            Field::String(req_head.headers),
             Field::String(req_head.method),
             Field::String(req_head.path),
             Field::String(req_body),
-            Field::Int64(clamp(req.body.size)),
+            Field::Int64(clamp(req_body_size)),
         ]);
         fields.extend(resp_fields);
         Record {

@@ -15,9 +15,11 @@ fn field<'a>(record: &'a Record, column: &str) -> &'a Field {
     &record.fields[i]
 }
 
-fn text<'a>(record: &'a Record, column: &str) -> &'a str {
+/// A string field as readers see it (header columns rendered).
+fn text<'a>(record: &'a Record, column: &str) -> std::borrow::Cow<'a, str> {
+    let def = COLUMNS.iter().find(|c| c.name == column).unwrap();
     match field(record, column) {
-        Field::String(s) => s,
+        Field::String(s) => def.shown(s),
         other => panic!("{column} is {other:?}"),
     }
 }
@@ -375,10 +377,10 @@ fn pipelined_messages_cut_anywhere_in_three_pieces_give_the_same_records() {
         out.iter()
             .map(|r| {
                 (
-                    text(r, "req_method").to_owned(),
-                    text(r, "req_body").to_owned(),
+                    text(r, "req_method").into_owned(),
+                    text(r, "req_body").into_owned(),
                     int(r, "resp_status"),
-                    text(r, "resp_body").to_owned(),
+                    text(r, "resp_body").into_owned(),
                 )
             })
             .collect()
@@ -535,7 +537,7 @@ fn heads_with_many_headers_parse_up_to_the_limit_and_beyond_it_are_an_error() {
     feed(&mut p, Direction::Ingress, 2, OK_2, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(text(&out[0], "req_path"), "/many");
-    let headers: serde_json::Value = serde_json::from_str(text(&out[0], "req_headers")).unwrap();
+    let headers: serde_json::Value = serde_json::from_str(&text(&out[0], "req_headers")).unwrap();
     assert_eq!(headers.as_object().unwrap().len(), 60);
     assert_eq!(headers["X-H59"], "59");
     // Past the limit: an error, never a panic.
@@ -545,4 +547,66 @@ fn heads_with_many_headers_parse_up_to_the_limit_and_beyond_it_are_an_error() {
         .feed(Direction::Egress, 1, head(200).as_bytes(), &mut records)
         .unwrap_err();
     assert_eq!(err.reason, "too_many_headers");
+}
+
+#[test]
+fn plain_header_values_are_told_from_ones_to_escape_at_every_position() {
+    // Every byte value at every position of values up to 20 bytes long (word and tail paths),
+    // checked against the byte-by-byte definition through the JSON it produces.
+    for len in 1..20 {
+        for at in 0..len {
+            for b in 0..=255u8 {
+                let mut value = vec![b'a'; len];
+                value[at] = b;
+                let header = [httparse::Header {
+                    name: "X",
+                    value: &value,
+                }];
+                let json = super::headers::headers_json(&header, false);
+                let by_serde = headers_json_by_serde(
+                    &[("X".to_owned(), String::from_utf8_lossy(&value).into_owned())],
+                    false,
+                );
+                assert_eq!(json, by_serde, "byte {b:#04x} at {at} of {len}");
+            }
+        }
+    }
+}
+
+#[test]
+fn kept_header_lines_render_to_the_json_of_the_parsed_head() {
+    let many: String = (0..40).map(|i| format!("X-{i}: v{i}\r\n")).collect();
+    let heads: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nAccept: */*\r\nhost: y\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\nHost: bare-lf\nX-Tab: a\tb\n\n".to_vec(),
+        b"GET / HTTP/1.1\r\nCookie: a=1\r\nAuthorization: Bearer t\r\nX: \"q\" \\\r\n\r\n".to_vec(),
+        b"GET / HTTP/1.1\r\nX-Bin: \xff\xfe latin\xe9\r\nX-Empty:\r\n\r\n".to_vec(),
+        format!("GET / HTTP/1.1\r\n{many}\r\n").into_bytes(),
+    ];
+    for bytes in heads {
+        for redact in [true, false] {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut slots);
+            let Ok(httparse::Status::Complete(n)) = req.parse(&bytes) else {
+                panic!(
+                    "test head does not parse: {:?}",
+                    String::from_utf8_lossy(&bytes)
+                );
+            };
+            let block = super::headers::header_block(&bytes[..n], req.headers, redact);
+            assert_eq!(
+                super::headers::render_json(&block),
+                super::headers::headers_json(req.headers, redact),
+                "{:?} redact={redact}",
+                String::from_utf8_lossy(&bytes)
+            );
+            if redact {
+                assert!(
+                    !block.contains("Bearer t") && !block.contains("a=1"),
+                    "{block}"
+                );
+            }
+        }
+    }
 }

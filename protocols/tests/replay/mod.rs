@@ -128,7 +128,11 @@ pub fn render(kind: Kind, replay: &Replay) -> String {
         writeln!(s, "latency_ns: {latency}").unwrap();
         writeln!(s, "red: {red}").unwrap();
         for (col, field) in kind.columns().iter().zip(&r.fields) {
-            writeln!(s, "{}: {}", col.name, field_text(field)).unwrap();
+            let shown = match field {
+                Field::String(v) => Field::String(col.shown(v).into_owned()),
+                other => other.clone(),
+            };
+            writeln!(s, "{}: {}", col.name, field_text(&shown)).unwrap();
         }
         assert_eq!(kind.columns().len(), r.fields.len(), "one field per column");
     }

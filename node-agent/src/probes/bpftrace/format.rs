@@ -178,10 +178,10 @@ impl Formats {
             {
                 continue;
             }
-            columns.push(Column {
-                name: token.name.clone(),
-                ty: token.conversion.column_type(),
-            });
+            columns.push(Column::new(
+                token.name.clone(),
+                token.conversion.column_type(),
+            ));
         }
         Formats { formats, columns }
     }

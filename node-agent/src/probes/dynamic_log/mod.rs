@@ -327,21 +327,15 @@ fn clock_ns(id: nix::time::ClockId) -> i64 {
 
 /// The table's columns for a plan: goid (Go) or tid, the captures, latency.
 fn columns_of(planned: &Planned) -> Vec<Column> {
-    let mut cols = vec![Column {
-        name: if planned.go { "goid" } else { "tid" }.into(),
-        ty: ColumnType::Int64,
-    }];
+    let mut cols = vec![Column::new(
+        if planned.go { "goid" } else { "tid" },
+        ColumnType::Int64,
+    )];
     for c in planned.entry_columns.iter().chain(&planned.return_columns) {
-        cols.push(Column {
-            name: c.name.clone(),
-            ty: c.render.column_type(),
-        });
+        cols.push(Column::new(c.name.clone(), c.render.column_type()));
     }
     if planned.latency {
-        cols.push(Column {
-            name: "latency".into(),
-            ty: ColumnType::Int64,
-        });
+        cols.push(Column::new("latency", ColumnType::Int64));
     }
     cols
 }

@@ -55,10 +55,7 @@ pub fn columns() -> Vec<Column> {
         ("count", ColumnType::Int64),
     ]
     .into_iter()
-    .map(|(name, ty)| Column {
-        name: name.to_owned(),
-        ty,
-    })
+    .map(|(name, ty)| Column::new(name, ty))
     .collect()
 }
 

@@ -11,39 +11,33 @@ use crate::tables::{Column, ColumnType, RowBatch, RowEncoder, Store, TableWriter
 /// Table of per-connection statistics.
 pub const CONN_STATS_TABLE: &str = "conn_stats";
 
-fn column(name: &str, ty: ColumnType) -> Column {
-    Column {
-        name: name.to_owned(),
-        ty,
-    }
-}
-
 /// The connection columns [`base_row`] fills, first in every protocol table and in `conn_stats`
 /// (after the target columns).
 fn connection_columns() -> Vec<Column> {
     vec![
-        column("local_addr", ColumnType::String),
-        column("local_port", ColumnType::Int64),
-        column("remote_addr", ColumnType::String),
-        column("remote_port", ColumnType::Int64),
-        column("trace_role", ColumnType::String),
+        Column::new("local_addr", ColumnType::String),
+        Column::new("local_port", ColumnType::Int64),
+        Column::new("remote_addr", ColumnType::String),
+        Column::new("remote_port", ColumnType::Int64),
+        Column::new("trace_role", ColumnType::String),
     ]
 }
 
 pub fn protocol_columns(kind: Kind) -> Vec<Column> {
     let mut columns = connection_columns();
-    columns.push(column("latency", ColumnType::Int64));
+    columns.push(Column::new("latency", ColumnType::Int64));
     columns.extend(kind.columns().iter().map(|c| {
-        column(
-            c.name,
-            match c.ty {
-                FieldType::Int64 => ColumnType::Int64,
-                FieldType::UInt64 => ColumnType::UInt64,
-                FieldType::Float64 => ColumnType::Float64,
-                FieldType::Boolean => ColumnType::Boolean,
-                FieldType::String => ColumnType::String,
-            },
-        )
+        let ty = match c.ty {
+            FieldType::Int64 => ColumnType::Int64,
+            FieldType::UInt64 => ColumnType::UInt64,
+            FieldType::Float64 => ColumnType::Float64,
+            FieldType::Boolean => ColumnType::Boolean,
+            FieldType::String => ColumnType::String,
+        };
+        Column {
+            render: c.render,
+            ..Column::new(c.name, ty)
+        }
     }));
     columns
 }
@@ -51,12 +45,12 @@ pub fn protocol_columns(kind: Kind) -> Vec<Column> {
 pub fn conn_stats_columns() -> Vec<Column> {
     let mut columns = connection_columns();
     columns.extend([
-        column("protocol", ColumnType::String),
-        column("conn_open", ColumnType::Int64),
-        column("conn_close", ColumnType::Int64),
-        column("bytes_sent", ColumnType::Int64),
-        column("bytes_recv", ColumnType::Int64),
-        column("duration", ColumnType::Int64),
+        Column::new("protocol", ColumnType::String),
+        Column::new("conn_open", ColumnType::Int64),
+        Column::new("conn_close", ColumnType::Int64),
+        Column::new("bytes_sent", ColumnType::Int64),
+        Column::new("bytes_recv", ColumnType::Int64),
+        Column::new("duration", ColumnType::Int64),
     ]);
     columns
 }
