@@ -20,9 +20,11 @@ pub fn header_block(head: &[u8], headers: &[httparse::Header<'_>], redact: bool)
     let start = (first.name.as_ptr() as usize).checked_sub(head.as_ptr() as usize);
     let secret = redact && headers.iter().any(|h| is_secret(h.name));
     match start {
-        Some(start) if start < head.len() && !secret => {
-            String::from_utf8_lossy(&head[start..]).into_owned()
-        }
+        // `from_utf8` first: its check is several times faster than the lossy decoder's.
+        Some(start) if start < head.len() && !secret => match std::str::from_utf8(&head[start..]) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(&head[start..]).into_owned(),
+        },
         _ => {
             let mut block = String::new();
             for h in headers {
