@@ -338,6 +338,81 @@ async fn getent_queries_sent_with_one_sendmmsg_become_exact_client_dns_events() 
     );
 }
 
+/// sendmmsg/recvmmsg whose messages are each spread over two iovecs (header, then the rest): both
+/// parts of every datagram are captured, or the 12-byte header alone would be no DNS message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_datagrams_in_several_iovecs_per_mmsg_message_become_exact_client_dns_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _dnsmasq = start_dnsmasq(dir.path(), port);
+    let cgroup = TestCgroup::new("mmsg");
+    let pause = pause_in(&cgroup);
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &pod_tracepoint_for(vec![Protocol::Dns], "mmsg"),
+        pod_target_for(pause.pid(), "/usr/bin/sleep", "mmsg"),
+    );
+
+    let out = run_python_in(
+        &cgroup,
+        dir.path(),
+        "dns_mmsg_iovecs.py",
+        include_str!("fixtures/protocols/dns_mmsg_iovecs.py"),
+        port,
+        &[],
+    );
+    assert_eq!(
+        out.lines().map(|l| &l[..6]).collect::<Vec<_>>(),
+        ["0x5101", "0x5102"],
+        "{out}"
+    );
+
+    let dns = wait_for_rows(&store, "dns_events", |r| r.len() >= 2).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+    let mut got = pick(
+        &dns,
+        &[
+            "query_name",
+            "query_type",
+            "rcode",
+            "resp_body",
+            "trace_role",
+            "remote_port",
+        ],
+    );
+    got.sort();
+    let row = |ty: &str, data: &str| {
+        vec![
+            "web.sonde.test".to_owned(),
+            ty.to_owned(),
+            "NOERROR".to_owned(),
+            format!(
+                "{{\"answers\":[{{\"name\":\"web.sonde.test\",\"type\":\"{ty}\",\"data\":\"{data}\"}}]}}"
+            ),
+            "client".to_owned(),
+            port.to_string(),
+        ]
+    };
+    assert_eq!(
+        got,
+        vec![row("A", "10.0.0.7"), row("AAAA", "fd00::7")],
+        "{dns:?}\n{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "sonde_events_dropped_total",
+            &["reason=\"truncated\""]
+        ),
+        0,
+        "{metrics}"
+    );
+}
+
 // --- Redis: redis-server + redis-cli --------------------------------------------------------------
 
 fn start_redis(dir: &std::path::Path, port: u16) -> Server {

@@ -864,14 +864,20 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
             egress,
             args.syscall,
         );
-        // Only the first iovec of each message: one per datagram is what senders do (glibc's
-        // resolver among them), and the verifier cannot follow messages × iovecs × chunks.
-        // SAFETY: reads of user memory through the checked helper.
-        let iov = unsafe { bpf_probe_read_user((hdr + 16) as *const u64) }.unwrap_or(0);
-        let (base, size) = read_iovec(iov);
-        let take = if size < len { size } else { len };
-        let mut budget = MAX_CHUNKS_PER_SYSCALL;
-        if emit_buffer(event, base, take, pos, &mut budget) < len {
+        // The message's msg_iov and msg_iovlen (at 16 and 24), laid out like an iovec.
+        let (iov, iov_count) = read_iovec(hdr + 16);
+        let captured = if iov_count > 1 && len <= DATA_CHUNK as u64 {
+            // A datagram spread over several iovecs (e.g. header and payload): one event.
+            emit_gathered(event, iov, iov_count, len, pos)
+        } else {
+            // One iovec, or a datagram above a chunk in several: its first iovec, in chunks (the
+            // verifier cannot follow messages × iovecs × chunks).
+            let (base, size) = read_iovec(iov);
+            let take = if size < len { size } else { len };
+            let mut budget = MAX_CHUNKS_PER_SYSCALL;
+            emit_buffer(event, base, take, pos, &mut budget)
+        };
+        if captured < len {
             count_truncated(info);
         }
     }
