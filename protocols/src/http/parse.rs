@@ -461,32 +461,23 @@ impl Reader {
     }
 }
 
-/// Header slots tried first: initialising all [`MAX_HEADERS`] slots for every head costs more than
-/// parsing a usual head; one with more headers is parsed again with all of them.
-const FEW_HEADERS: usize = 24;
-
 fn parse_head(
     side: Side,
     buf: &[u8],
     redact: bool,
 ) -> Result<httparse::Status<(Head, usize)>, &'static str> {
-    match parse_head_with::<FEW_HEADERS>(side, buf, redact) {
-        Err(TOO_MANY_HEADERS) => parse_head_with::<MAX_HEADERS>(side, buf, redact),
-        other => other,
-    }
-}
-
-fn parse_head_with<const SLOTS: usize>(
-    side: Side,
-    buf: &[u8],
-    redact: bool,
-) -> Result<httparse::Status<(Head, usize)>, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; SLOTS];
+    // Uninitialised slots: initialising all of them for every head cost more than parsing a usual
+    // head. httparse fills what it uses and hands back only those.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let config = httparse::ParserConfig::default();
     // The head's strings are only made once it is complete.
     let complete = match side {
         Side::Request => {
-            let mut req = httparse::Request::new(&mut slots);
-            match req.parse(buf).map_err(|e| error_reason(side, e))? {
+            let mut req = httparse::Request::new(&mut []);
+            match config
+                .parse_request_with_uninit_headers(&mut req, buf, &mut slots)
+                .map_err(|e| error_reason(side, e))?
+            {
                 httparse::Status::Complete(n) => {
                     let head = Head {
                         minor_version: req.version.unwrap_or(1),
@@ -500,8 +491,11 @@ fn parse_head_with<const SLOTS: usize>(
             }
         }
         Side::Response => {
-            let mut resp = httparse::Response::new(&mut slots);
-            match resp.parse(buf).map_err(|e| error_reason(side, e))? {
+            let mut resp = httparse::Response::new(&mut []);
+            match config
+                .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+                .map_err(|e| error_reason(side, e))?
+            {
                 httparse::Status::Complete(n) => {
                     let head = Head {
                         minor_version: resp.version.unwrap_or(1),
