@@ -69,5 +69,16 @@ pub fn drive(kind: Kind, data: &[u8]) {
             kind.columns().len(),
             "{kind:?}: a record must fill every column"
         );
+        // Columns rendered when read (HTTP headers → a JSON object) must render whatever was kept.
+        for (column, field) in kind.columns().iter().zip(&record.fields) {
+            if let (Some(_), sonde_protocols::Field::String(kept)) = (column.render, field) {
+                let shown = column.shown(kept);
+                assert!(
+                    shown.starts_with('{') && shown.ends_with('}'),
+                    "{kind:?} {}: {kept:?} rendered as {shown:?}",
+                    column.name
+                );
+            }
+        }
     }
 }
