@@ -9,8 +9,12 @@
 //!
 //! Tables outlive the probes that created them: their rows stay queryable until evicted. Memory is
 //! bounded twice: per table (oldest rows of that table go first) and in total (oldest rows of the
-//! largest table go first). Sizes are estimates of a row's heap use as a [`Row`], computed at append
-//! (rows are kept encoded in one byte ring per table, see `stored`, which takes less).
+//! largest table go first). Budgets count what a kept row takes: its encoding in the table's byte
+//! ring plus an index entry (see `stored`).
+//!
+//! A string column may carry a [`Renderer`]: its values are kept as written (e.g. HTTP header lines)
+//! and rendered (a JSON object) by [`Store::query`], so the work is paid per row read, not per row
+//! written — most rows are evicted unread.
 mod format;
 mod query;
 mod stored;
