@@ -5,7 +5,8 @@
 //!
 //! The HTTP workload is what `sonde-bench-protocols` sends through nginx (wrk's request, nginx's
 //! `return 200 "hello\n"` answer, byte for byte), plus a browser-like request with more headers;
-//! each exchange is one request syscall and one response syscall on a keep-alive connection.
+//! each exchange is one request syscall and one response syscall on a keep-alive connection. The DNS
+//! workload is one UDP query and its answer, as dig and dnsmasq exchange them.
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -34,16 +35,44 @@ fn exchanges_arg() -> u64 {
     1_000_000
 }
 
-/// ns per exchange of `request` then `response` through one server-side HTTP parser.
-fn run(request: &[u8], response: &[u8], exchanges: u64) -> (f64, u64) {
-    let mut parser = Kind::Http.parser(Role::Server, Transport::Tcp, &ParseConfig::default());
+/// A DNS query for web.sonde.test (A) and dnsmasq's answer (10.0.0.7), as dig sends and gets them.
+fn dns_exchange() -> (Vec<u8>, Vec<u8>) {
+    let question = b"\x03web\x05sonde\x04test\x00\x00\x01\x00\x01";
+    let mut query = vec![0x12, 0x34, 0x01, 0x20, 0, 1, 0, 0, 0, 0, 0, 1];
+    query.extend_from_slice(question);
+    // The EDNS OPT record dig adds.
+    query.extend_from_slice(&[0, 0, 0x29, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    let mut response = vec![0x12, 0x34, 0x85, 0x80, 0, 1, 0, 1, 0, 0, 0, 1];
+    response.extend_from_slice(question);
+    response.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 0, 0, 4, 10, 0, 0, 7]);
+    response.extend_from_slice(&[0, 0, 0x29, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+    (query, response)
+}
+
+struct Workload<'a> {
+    name: &'a str,
+    kind: Kind,
+    /// Client: requests are egress; server: ingress.
+    role: Role,
+    transport: Transport,
+    request: &'a [u8],
+    response: &'a [u8],
+}
+
+/// ns per exchange of `request` then `response` through one parser, and the records it gave.
+fn run(w: &Workload<'_>, exchanges: u64) -> (f64, u64) {
+    let mut parser = w.kind.parser(w.role, w.transport, &ParseConfig::default());
+    let (request_dir, response_dir) = match w.role {
+        Role::Client => (Direction::Egress, Direction::Ingress),
+        Role::Server => (Direction::Ingress, Direction::Egress),
+    };
     let mut out: Vec<Record> = Vec::new();
     let mut records = 0;
     let start = Instant::now();
     for i in 0..exchanges {
         let ts = i * 1000;
-        let _ = parser.feed(Direction::Ingress, ts, black_box(request), &mut out);
-        let _ = parser.feed(Direction::Egress, ts + 500, black_box(response), &mut out);
+        let _ = parser.feed(request_dir, ts, black_box(w.request), &mut out);
+        let _ = parser.feed(response_dir, ts + 500, black_box(w.response), &mut out);
         records += out.len() as u64;
         // The agent encodes and drops records as they come; so does this loop.
         black_box(out.drain(..).count());
@@ -56,18 +85,43 @@ fn run(request: &[u8], response: &[u8], exchanges: u64) -> (f64, u64) {
 
 fn main() {
     let exchanges = exchanges_arg();
-    for (name, request, response) in [
-        ("http wrk → nginx", WRK_REQUEST, NGINX_RESPONSE),
-        ("http browser-like → json", BROWSER_REQUEST, JSON_RESPONSE),
-    ] {
+    let (dns_query, dns_response) = dns_exchange();
+    let workloads = [
+        Workload {
+            name: "http wrk → nginx",
+            kind: Kind::Http,
+            role: Role::Server,
+            transport: Transport::Tcp,
+            request: WRK_REQUEST,
+            response: NGINX_RESPONSE,
+        },
+        Workload {
+            name: "http browser-like → json",
+            kind: Kind::Http,
+            role: Role::Server,
+            transport: Transport::Tcp,
+            request: BROWSER_REQUEST,
+            response: JSON_RESPONSE,
+        },
+        Workload {
+            name: "dns A query → answer (udp)",
+            kind: Kind::Dns,
+            role: Role::Client,
+            transport: Transport::Udp,
+            request: &dns_query,
+            response: &dns_response,
+        },
+    ];
+    for w in &workloads {
         // A warm-up pass, then five measured ones: the median, and the range (a shared VM's noise).
-        run(request, response, exchanges / 10 + 1);
+        run(w, exchanges / 10 + 1);
         let mut passes = Vec::new();
         for _ in 0..PASSES {
-            let (ns, records) = run(request, response, exchanges);
+            let (ns, records) = run(w, exchanges);
             if records != exchanges {
                 eprintln!(
-                    "{name}: {records} records for {exchanges} exchanges: the parser lost some"
+                    "{}: {records} records for {exchanges} exchanges: the parser lost some",
+                    w.name
                 );
                 std::process::exit(1);
             }
@@ -75,7 +129,8 @@ fn main() {
         }
         passes.sort_by(f64::total_cmp);
         println!(
-            "{name}: {:.0} ns per exchange (median of {PASSES} passes of {exchanges}; {:.0}–{:.0})",
+            "{}: {:.0} ns per exchange (median of {PASSES} passes of {exchanges}; {:.0}–{:.0})",
+            w.name,
             passes[PASSES / 2],
             passes[0],
             passes[PASSES - 1]

@@ -10,6 +10,7 @@
 pub mod dns;
 mod frames;
 pub mod http;
+mod json;
 pub mod mysql;
 pub mod pgsql;
 pub mod redis;

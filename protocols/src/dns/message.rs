@@ -1,9 +1,10 @@
 //! One DNS message: its header (read here) and, when `simple-dns` can decode the body, its
-//! questions and answers rendered as owned strings.
+//! questions and answers rendered as owned strings; the JSON columns are written with [`crate::json`].
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use serde_json::{Value, json};
 use simple_dns::rdata::RData;
+
+use crate::json::{self, Object};
 
 pub(crate) const HEADER_LEN: usize = 12;
 
@@ -75,22 +76,24 @@ impl Header {
 
     /// Pixie's header JSON (flags as 0/1).
     pub fn to_json(self) -> String {
-        object(&[
-            ("txid", json!(self.id)),
-            ("qr", json!(self.bit(15))),
-            ("opcode", json!(self.opcode())),
-            ("aa", json!(self.bit(10))),
-            ("tc", json!(self.bit(9))),
-            ("rd", json!(self.bit(8))),
-            ("ra", json!(self.bit(7))),
-            ("ad", json!(self.bit(5))),
-            ("cd", json!(self.bit(4))),
-            ("rcode", json!(self.rcode())),
-            ("num_queries", json!(self.qd)),
-            ("num_answers", json!(self.an)),
-            ("num_auth", json!(self.ns)),
-            ("num_addl", json!(self.ar)),
-        ])
+        let mut out = Vec::with_capacity(192);
+        Object::new(&mut out)
+            .u64("txid", self.id)
+            .u64("qr", self.bit(15))
+            .u64("opcode", self.opcode())
+            .u64("aa", self.bit(10))
+            .u64("tc", self.bit(9))
+            .u64("rd", self.bit(8))
+            .u64("ra", self.bit(7))
+            .u64("ad", self.bit(5))
+            .u64("cd", self.bit(4))
+            .u64("rcode", self.rcode())
+            .u64("num_queries", self.qd)
+            .u64("num_answers", self.an)
+            .u64("num_auth", self.ns)
+            .u64("num_addl", self.ar)
+            .end();
+        json::into_string(out)
     }
 
     /// Can the counts possibly fit in `len` bytes? (A question takes at least 5 bytes, a
@@ -149,39 +152,38 @@ impl Message {
     /// `{"queries":[{"name":…,"type":…}]}`, None when the body was not decoded.
     pub fn queries_json(&self) -> Option<String> {
         let (questions, _) = self.body.as_ref()?;
-        let queries = questions
-            .iter()
-            .map(|(name, ty)| object(&[("name", json!(name)), ("type", json!(ty))]));
-        Some(format!("{{\"queries\":[{}]}}", join(queries)))
+        Some(list("queries", questions, |o, (name, ty)| {
+            o.str("name", name).str("type", ty);
+        }))
     }
 
     /// `{"answers":[{"name":…,"type":…,"data":…}]}`, None when the body was not decoded.
     pub fn answers_json(&self) -> Option<String> {
         let (_, answers) = self.body.as_ref()?;
-        let answers = answers.iter().map(|(name, ty, data)| {
-            object(&[
-                ("name", json!(name)),
-                ("type", json!(ty)),
-                ("data", json!(data)),
-            ])
-        });
-        Some(format!("{{\"answers\":[{}]}}", join(answers)))
+        Some(list("answers", answers, |o, (name, ty, data)| {
+            o.str("name", name)
+                .str("type", ty)
+                .opt_str("data", data.as_deref());
+        }))
     }
 }
 
-/// A JSON object with its keys in the given order (serde_json sorts or not depending on a
-/// crate feature some other workspace member might turn on; rows must not change with it).
-fn object(fields: &[(&str, Value)]) -> String {
-    let inner = join(
-        fields
-            .iter()
-            .map(|(k, v)| format!("{}:{v}", Value::from(*k))),
-    );
-    format!("{{{inner}}}")
-}
-
-fn join(items: impl Iterator<Item = String>) -> String {
-    items.collect::<Vec<_>>().join(",")
+/// `{"<key>":[{…},…]}`: one object per item, its fields written by `fields`.
+fn list<T>(key: &'static str, items: &[T], fields: impl Fn(&mut Object<'_>, &T)) -> String {
+    let mut out = Vec::with_capacity(32 + 64 * items.len());
+    out.extend_from_slice(b"{\"");
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(b"\":[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let mut object = Object::new(&mut out);
+        fields(&mut object, item);
+        object.end();
+    }
+    out.extend_from_slice(b"]}");
+    json::into_string(out)
 }
 
 /// Is this a well-formed standard query (what a client sends first)? Strict, for detection

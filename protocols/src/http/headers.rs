@@ -1,8 +1,7 @@
 //! A head's headers, kept as captured and rendered as the JSON object of the `req_headers` /
-//! `resp_headers` columns when rows are read ([`HEADERS_JSON`]). The JSON is written by hand:
-//! serde_json would need a map built per head.
+//! `resp_headers` columns when rows are read ([`HEADERS_JSON`]), written with [`crate::json`].
 use super::parse::MAX_HEADERS;
-use crate::{REDACTED, Renderer};
+use crate::{REDACTED, Renderer, json};
 
 /// The `req_headers` / `resp_headers` columns: header lines as captured → a JSON object.
 pub const HEADERS_JSON: Renderer = Renderer {
@@ -123,7 +122,7 @@ pub fn headers_json(headers: &[httparse::Header<'_>], redact: bool) -> String {
         out.push(b'"');
     }
     out.push(b'}');
-    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+    json::into_string(out)
 }
 
 /// A header name or value as the inside of a JSON string: printable ASCII without quote or
@@ -136,36 +135,6 @@ fn push_value(out: &mut Vec<u8>, value: &[u8]) {
     if plain {
         out.extend_from_slice(value);
     } else {
-        push_json_escaped(out, &String::from_utf8_lossy(value));
+        json::push_escaped(out, &String::from_utf8_lossy(value));
     }
-}
-
-/// JSON string escapes as serde_json writes them: `\"`, `\\`, the short forms of \b \f \n \r \t,
-/// `\u00xx` (lowercase hex) for other control characters; everything else as is.
-fn push_json_escaped(out: &mut Vec<u8>, s: &str) {
-    let mut start = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            0x08 => b"\\b",
-            0x0c => b"\\f",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..0x20 => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(&s.as_bytes()[start..i]);
-        if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(b >> 4)]);
-            out.push(HEX[usize::from(b & 0xf)]);
-        } else {
-            out.extend_from_slice(escape);
-        }
-        start = i + 1;
-    }
-    out.extend_from_slice(&s.as_bytes()[start..]);
 }
