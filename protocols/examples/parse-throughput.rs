@@ -6,7 +6,8 @@
 //! The HTTP workload is what `sonde-bench-protocols` sends through nginx (wrk's request, nginx's
 //! `return 200 "hello\n"` answer, byte for byte), plus a browser-like request with more headers;
 //! each exchange is one request syscall and one response syscall on a keep-alive connection. The DNS
-//! workload is one UDP query and its answer, as dig and dnsmasq exchange them.
+//! workload is one UDP query and its answer, as dig and dnsmasq exchange them; PostgreSQL a simple
+//! `SELECT 1` and its four answer messages; Redis a GET and its bulk string.
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -49,6 +50,29 @@ fn dns_exchange() -> (Vec<u8>, Vec<u8>) {
     (query, response)
 }
 
+/// PostgreSQL simple query `SELECT 1` and what the server answers (RowDescription, DataRow,
+/// CommandComplete, ReadyForQuery).
+fn pgsql_exchange() -> (Vec<u8>, Vec<u8>) {
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = vec![tag];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(body);
+        m
+    }
+    let query = message(b'Q', b"SELECT 1\0");
+    let mut column = b"?column?\0".to_vec();
+    column.extend_from_slice(&[
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 23, 0, 4, 0xff, 0xff, 0xff, 0xff, 0, 0,
+    ]);
+    let mut description = vec![0, 1];
+    description.extend_from_slice(&column);
+    let mut response = message(b'T', &description);
+    response.extend(message(b'D', &[0, 1, 0, 0, 0, 1, b'1']));
+    response.extend(message(b'C', b"SELECT 1\0"));
+    response.extend(message(b'Z', b"I"));
+    (query, response)
+}
+
 struct Workload<'a> {
     name: &'a str,
     kind: Kind,
@@ -86,6 +110,7 @@ fn run(w: &Workload<'_>, exchanges: u64) -> (f64, u64) {
 fn main() {
     let exchanges = exchanges_arg();
     let (dns_query, dns_response) = dns_exchange();
+    let (pg_query, pg_response) = pgsql_exchange();
     let workloads = [
         Workload {
             name: "http wrk → nginx",
@@ -110,6 +135,22 @@ fn main() {
             transport: Transport::Udp,
             request: &dns_query,
             response: &dns_response,
+        },
+        Workload {
+            name: "pgsql SELECT 1 (simple query)",
+            kind: Kind::Pgsql,
+            role: Role::Client,
+            transport: Transport::Tcp,
+            request: &pg_query,
+            response: &pg_response,
+        },
+        Workload {
+            name: "redis GET → bulk string",
+            kind: Kind::Redis,
+            role: Role::Client,
+            transport: Transport::Tcp,
+            request: b"*2\r\n$3\r\nGET\r\n$5\r\nuser1\r\n",
+            response: b"$5\r\nalice\r\n",
         },
     ];
     for w in &workloads {
