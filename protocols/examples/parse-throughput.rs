@@ -7,7 +7,8 @@
 //! `return 200 "hello\n"` answer, byte for byte), plus a browser-like request with more headers;
 //! each exchange is one request syscall and one response syscall on a keep-alive connection. The DNS
 //! workload is one UDP query and its answer, as dig and dnsmasq exchange them; PostgreSQL a simple
-//! `SELECT 1` and its four answer messages; Redis a GET and its bulk string.
+//! `SELECT 1` and its four answer messages; MySQL a COM_QUERY `SELECT 1` and its text result set;
+//! Redis a GET and its bulk string.
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -73,6 +74,27 @@ fn pgsql_exchange() -> (Vec<u8>, Vec<u8>) {
     (query, response)
 }
 
+/// MySQL COM_QUERY `SELECT 1` on a connection whose handshake was not seen (the parser then
+/// expects EOF packets around the rows) and the server's text result set.
+fn mysql_exchange() -> (Vec<u8>, Vec<u8>) {
+    fn packet(seq: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = (payload.len() as u32).to_le_bytes()[..3].to_vec();
+        p.push(seq);
+        p.extend_from_slice(payload);
+        p
+    }
+    let query = packet(0, b"\x03SELECT 1");
+    let mut column = b"\x03def\x00\x00\x00\x011\x00\x0c\x3f\x00".to_vec();
+    column.extend_from_slice(&[1, 0, 0, 0, 0x08, 0x81, 0, 0, 0, 0]);
+    let eof = b"\xfe\x00\x00\x02\x00";
+    let mut response = packet(1, b"\x01");
+    response.extend(packet(2, &column));
+    response.extend(packet(3, eof));
+    response.extend(packet(4, b"\x011"));
+    response.extend(packet(5, eof));
+    (query, response)
+}
+
 struct Workload<'a> {
     name: &'a str,
     kind: Kind,
@@ -111,6 +133,7 @@ fn main() {
     let exchanges = exchanges_arg();
     let (dns_query, dns_response) = dns_exchange();
     let (pg_query, pg_response) = pgsql_exchange();
+    let (my_query, my_response) = mysql_exchange();
     let workloads = [
         Workload {
             name: "http wrk → nginx",
@@ -143,6 +166,14 @@ fn main() {
             transport: Transport::Tcp,
             request: &pg_query,
             response: &pg_response,
+        },
+        Workload {
+            name: "mysql SELECT 1 (COM_QUERY)",
+            kind: Kind::Mysql,
+            role: Role::Client,
+            transport: Transport::Tcp,
+            request: &my_query,
+            response: &my_response,
         },
         Workload {
             name: "redis GET → bulk string",
