@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::commands;
 use super::parse::{AggKind, Frame, Text, Value};
-use crate::{Field, ParseConfig, REDACTED, Record, Red};
+use crate::{Field, ParseConfig, REDACTED, Record, Red, json};
 
 /// More unanswered commands than this means replies are not being seen: the oldest go first.
 const MAX_QUEUED: usize = 1024;
@@ -259,21 +259,22 @@ fn render_args(
         .map(|t| text(t, config.max_body_bytes))
         .collect();
     let secret = |i: usize| config.redact && is_secret(operation, name, &words, i);
-    let mut list: Vec<serde_json::Value> = words
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            serde_json::Value::String(if secret(i) {
-                REDACTED.to_string()
-            } else {
-                w.clone()
-            })
-        })
-        .collect();
-    if more > 0 {
-        list.push(serde_json::Value::String(format!("<{more} more>")));
+    let mut out = Vec::with_capacity(2 + words.iter().map(|w| w.len() + 3).sum::<usize>());
+    out.push(b'[');
+    for (i, w) in words.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json::push_string(&mut out, if secret(i) { REDACTED } else { w });
     }
-    serde_json::Value::Array(list).to_string()
+    if more > 0 {
+        if !words.is_empty() {
+            out.push(b',');
+        }
+        json::push_string(&mut out, &format!("<{more} more>"));
+    }
+    out.push(b']');
+    json::into_string(out)
 }
 
 /// Is argument `i` a password? AUTH's arguments, HELLO's and MIGRATE's after AUTH/AUTH2, the

@@ -200,3 +200,25 @@ fn garbage_from_a_client_is_an_error_and_the_next_command_parses() {
         .unwrap();
     assert_eq!(rows(&out), [r("PING", "[]", "PONG")]);
 }
+
+#[test]
+fn arguments_beyond_the_kept_items_are_summarised_at_the_end_of_the_json_array() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    let mut command = b"*300\r\n$3\r\nDEL\r\n".to_vec();
+    for i in 1..300 {
+        let key = format!("k{i}");
+        command.extend_from_slice(format!("${}\r\n{key}\r\n", key.len()).as_bytes());
+    }
+    p.feed(Direction::Egress, 100, &command, &mut out).unwrap();
+    p.feed(Direction::Ingress, 200, b":299\r\n", &mut out)
+        .unwrap();
+    let Field::String(args) = &out[0].fields[1] else {
+        panic!("{:?}", out[0].fields)
+    };
+    let list: Vec<String> = serde_json::from_str(args).unwrap();
+    assert_eq!(list.len(), 256, "{args}");
+    assert_eq!(list[0], "k1");
+    assert_eq!(list[254], "k255");
+    assert_eq!(list[255], "<44 more>");
+}
