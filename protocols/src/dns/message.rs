@@ -124,14 +124,14 @@ impl Message {
                 let questions = p
                     .questions
                     .iter()
-                    .map(|q| (q.qname.to_string(), type_name(q.qtype.into())))
+                    .map(|q| (name_text(&q.qname), type_name(q.qtype.into())))
                     .collect();
                 let answers = p
                     .answers
                     .iter()
                     .map(|rr| {
                         let ty = type_name(rr.rdata.type_code().into());
-                        (rr.name.to_string(), ty, rdata_text(&rr.rdata))
+                        (name_text(&rr.name), ty, rdata_text(&rr.rdata))
                     })
                     .collect();
                 (questions, answers)
@@ -241,9 +241,9 @@ fn rdata_text(rdata: &RData) -> Option<String> {
     Some(match rdata {
         RData::A(a) => Ipv4Addr::from(a.address).to_string(),
         RData::AAAA(a) => Ipv6Addr::from(a.address).to_string(),
-        RData::CNAME(n) => n.0.to_string(),
-        RData::NS(n) => n.0.to_string(),
-        RData::PTR(n) => n.0.to_string(),
+        RData::CNAME(n) => name_text(&n.0),
+        RData::NS(n) => name_text(&n.0),
+        RData::PTR(n) => name_text(&n.0),
         RData::MX(mx) => format!("{} {}", mx.preference, mx.exchange),
         RData::SRV(srv) => format!(
             "{} {} {} {}",
@@ -252,4 +252,29 @@ fn rdata_text(rdata: &RData) -> Option<String> {
         RData::TXT(txt) => String::try_from(txt.clone()).ok()?,
         _ => return None,
     })
+}
+
+/// A name as text: what simple-dns's `Display` writes (labels decoded lossily, `.` and `\\` inside a
+/// label escaped with `\\`, labels joined by `.`), without a formatter call per character — names
+/// are formatted for every question and answer.
+pub(crate) fn name_text(name: &simple_dns::Name<'_>) -> String {
+    let mut out = String::with_capacity(64);
+    for (i, label) in name.get_labels().iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        let bytes: &[u8] = label.as_ref();
+        let text = String::from_utf8_lossy(bytes);
+        if text.bytes().any(|b| b == b'.' || b == b'\\') {
+            for c in text.chars() {
+                if c == '.' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+        } else {
+            out.push_str(&text);
+        }
+    }
+    out
 }

@@ -123,3 +123,24 @@ fn tcp_resynchronises_after_lost_bytes() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].request_ns, 3);
 }
+
+#[test]
+fn names_are_written_as_simple_dns_displays_them() {
+    for text in [
+        "web.sonde.test",
+        "a",
+        "_http._tcp.svc.cluster.local",
+        "xn--caf-dma.example",
+    ] {
+        let name = simple_dns::Name::new(text).unwrap();
+        assert_eq!(super::message::name_text(&name), name.to_string());
+    }
+    // Labels holding a dot, a backslash and bytes that are no UTF-8.
+    let labels = [
+        simple_dns::Label::new_unchecked(b"a.b"),
+        simple_dns::Label::new_unchecked(b"c\\d"),
+        simple_dns::Label::new_unchecked(b"\xff\xfe"),
+    ];
+    let name = simple_dns::Name::new_with_labels(&labels);
+    assert_eq!(super::message::name_text(&name), name.to_string());
+}
