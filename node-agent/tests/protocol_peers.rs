@@ -225,6 +225,27 @@ async fn dig_queries_to_traced_dnsmasq_over_udp_and_tcp_become_exact_dns_events(
     );
 }
 
+/// The client rows of an A and an AAAA lookup of web.sonde.test (dnsmasq's records) in the columns
+/// query_name, query_type, rcode, resp_body, trace_role, then `more`.
+fn web_lookup_rows(more: &[String]) -> Vec<Vec<String>> {
+    [("A", "10.0.0.7"), ("AAAA", "fd00::7")]
+        .into_iter()
+        .map(|(ty, data)| {
+            let mut row = vec![
+                "web.sonde.test".to_owned(),
+                ty.to_owned(),
+                "NOERROR".to_owned(),
+                format!(
+                    "{{\"answers\":[{{\"name\":\"web.sonde.test\",\"type\":\"{ty}\",\"data\":\"{data}\"}}]}}"
+                ),
+                "client".to_owned(),
+            ];
+            row.extend_from_slice(more);
+            row
+        })
+        .collect()
+}
+
 /// A loopback address whose DNS port is free for UDP and TCP: /etc/resolv.conf can only name port
 /// 53, and parallel runs of the test (or a local resolver on 127.0.0.1) must not collide.
 fn free_dns_address() -> Ipv4Addr {
@@ -312,23 +333,9 @@ async fn getent_queries_sent_with_one_sendmmsg_become_exact_client_dns_events() 
         ],
     );
     got.sort();
-    let row = |ty: &str, data: &str| {
-        vec![
-            "web.sonde.test".to_owned(),
-            ty.to_owned(),
-            "NOERROR".to_owned(),
-            format!(
-                "{{\"answers\":[{{\"name\":\"web.sonde.test\",\"type\":\"{ty}\",\"data\":\"{data}\"}}]}}"
-            ),
-            "client".to_owned(),
-            addr.to_string(),
-            "53".to_owned(),
-            pid.to_string(),
-        ]
-    };
     assert_eq!(
         got,
-        vec![row("A", "10.0.0.7"), row("AAAA", "fd00::7")],
+        web_lookup_rows(&[addr.to_string(), "53".to_owned(), pid.to_string()]),
         "{dns:?}\nconn_stats: {stats:?}\n{metrics}"
     );
     assert_eq!(
@@ -385,21 +392,9 @@ async fn dns_datagrams_in_several_iovecs_per_mmsg_message_become_exact_client_dn
         ],
     );
     got.sort();
-    let row = |ty: &str, data: &str| {
-        vec![
-            "web.sonde.test".to_owned(),
-            ty.to_owned(),
-            "NOERROR".to_owned(),
-            format!(
-                "{{\"answers\":[{{\"name\":\"web.sonde.test\",\"type\":\"{ty}\",\"data\":\"{data}\"}}]}}"
-            ),
-            "client".to_owned(),
-            port.to_string(),
-        ]
-    };
     assert_eq!(
         got,
-        vec![row("A", "10.0.0.7"), row("AAAA", "fd00::7")],
+        web_lookup_rows(&[port.to_string()]),
         "{dns:?}\n{metrics}"
     );
     assert_eq!(

@@ -14,8 +14,8 @@ pub const MAX_CHUNKS_PER_SYSCALL: u32 = 4;
 /// Iovecs read per readv/writev/recvmsg/sendmsg at most; bytes in later ones count as truncated.
 pub const MAX_IOVECS: u32 = 8;
 /// Messages read per sendmmsg/recvmmsg at most (of each, up to `MAX_IOVECS` iovecs when the message
-/// fits one chunk, else its first iovec); later ones count as truncated. Each message is reported like a syscall of its own (chunk 0 first, `syscall_len` its
-/// length).
+/// fits one chunk, else its first iovec); later ones count as truncated. Each message is reported
+/// like a syscall of its own (chunk 0 first, `syscall_len` its length).
 pub const MAX_MMSGS: u32 = 4;
 
 /// [`DataEventHeader::syscall`] of recvmmsg (x86-64): a datagram syscall in practice, so bytes it

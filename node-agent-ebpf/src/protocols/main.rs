@@ -19,9 +19,10 @@
 //! same (user space drops them if the fd is no socket): a socket inherited across fork, like a
 //! PostgreSQL backend's, starts with the message that identifies its protocol. A datagram syscall
 //! that names its peer (recvfrom/recvmsg/recvmmsg returning a source address, sendto/sendmsg/
-//! sendmmsg given a destination) is on an inet socket by definition: its connection is created right there (role server for a receive, client
-//! for a send), so an unconnected UDP server loses nothing of its first datagram; each later change
-//! of peer is reported before the data. Every loss is counted per reason in `CONN_DROPS`.
+//! sendmmsg given a destination) is on an inet socket by definition: its connection is created
+//! right there (role server for a receive, client for a send), so an unconnected UDP server loses
+//! nothing of its first datagram; each later change of peer is reported before the data. Every
+//! loss is counted per reason in `CONN_DROPS`.
 #![no_std]
 #![no_main]
 

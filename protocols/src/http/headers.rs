@@ -126,7 +126,8 @@ pub fn headers_json(headers: &[httparse::Header<'_>], redact: bool) -> String {
 }
 
 /// A header name or value as the inside of a JSON string: printable ASCII without quote or
-/// backslash (every name httparse accepts, almost every value) as is, anything else decoded lossily and escaped.
+/// backslash (every name httparse accepts, almost every value) as is, anything else decoded lossily
+/// and escaped.
 fn push_value(out: &mut Vec<u8>, value: &[u8]) {
     // One pass without early exit, which the compiler turns into vector code.
     let plain = value.iter().fold(true, |ok, &b| {

@@ -145,7 +145,7 @@ enum State {
 pub struct Reader {
     side: Side,
     max_body: usize,
-    /// Redact secret header values in the heads' JSON.
+    /// Redact secret header values in the heads' kept header lines.
     redact: bool,
     state: State,
     /// Bytes not yet consumed: a partial head, chunk-size line or trailer section.

@@ -2,13 +2,12 @@
 //! RED metrics; periodic expiry of unanswered requests, drop-counter export and clean-up after
 //! processes that exited without closing their sockets.
 use std::collections::HashMap;
-
-use rustc_hash::FxHashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use prometheus_client::metrics::histogram::Histogram;
+use rustc_hash::FxHashMap;
 use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, CloseEvent, ConnInfo, ConnKey,
     DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS, DataEventHeader, EventHeader, ForkEvent,
