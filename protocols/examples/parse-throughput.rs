@@ -1,7 +1,8 @@
 //! Benchmark: how long the parsers take per request/response exchange, on one core, without the
 //! agent around them. Prints ns per exchange for each workload.
 //!
-//! `cargo run --release -p sonde-protocols --example parse-throughput [-- --exchanges N]`
+//! `cargo run --release -p sonde-protocols --example parse-throughput [-- --exchanges N] [--only PREFIX]`
+//! (`--only http` runs the workloads whose name starts with `http`, e.g. under `perf record`).
 //!
 //! The HTTP workload is what `sonde-bench-protocols` sends through nginx (wrk's request, nginx's
 //! `return 200 "hello\n"` answer, byte for byte), plus a browser-like request with more headers;
@@ -24,17 +25,33 @@ const JSON_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: 
 
 const PASSES: usize = 5;
 
-fn exchanges_arg() -> u64 {
+struct Args {
+    exchanges: u64,
+    only: Option<String>,
+}
+
+fn args() -> Args {
+    let mut parsed = Args {
+        exchanges: 1_000_000,
+        only: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--exchanges" {
-            return args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
-                eprintln!("--exchanges takes a number, e.g. --exchanges 1000000");
+        match a.as_str() {
+            "--exchanges" => {
+                parsed.exchanges = args.next().and_then(|v| v.parse().ok()).unwrap_or_else(|| {
+                    eprintln!("--exchanges takes a number, e.g. --exchanges 1000000");
+                    std::process::exit(2);
+                })
+            }
+            "--only" => parsed.only = args.next(),
+            other => {
+                eprintln!("unknown argument {other:?}: use --exchanges N and --only PREFIX");
                 std::process::exit(2);
-            });
+            }
         }
     }
-    1_000_000
+    parsed
 }
 
 /// A DNS query for web.sonde.test (A) and dnsmasq's answer (10.0.0.7), as dig sends and gets them.
@@ -130,7 +147,7 @@ fn run(w: &Workload<'_>, exchanges: u64) -> (f64, u64) {
 }
 
 fn main() {
-    let exchanges = exchanges_arg();
+    let Args { exchanges, only } = args();
     let (dns_query, dns_response) = dns_exchange();
     let (pg_query, pg_response) = pgsql_exchange();
     let (my_query, my_response) = mysql_exchange();
@@ -184,7 +201,10 @@ fn main() {
             response: b"$5\r\nalice\r\n",
         },
     ];
-    for w in &workloads {
+    for w in workloads
+        .iter()
+        .filter(|w| only.as_ref().is_none_or(|p| w.name.starts_with(p.as_str())))
+    {
         // A warm-up pass, then five measured ones: the median, and the range (a shared VM's noise).
         run(w, exchanges / 10 + 1);
         let mut passes = Vec::new();

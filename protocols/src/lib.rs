@@ -148,6 +148,42 @@ pub enum Field {
     Float64(f64),
     Boolean(bool),
     String(String),
+    /// A string kept in its record's [`Record::text`]: a protocol that fills several string
+    /// columns from one capture (an HTTP head) keeps them in one allocation.
+    Text(Span),
+}
+
+/// Bytes `start..end` of a record's [`Record::text`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Span {
+    pub start: u32,
+    pub end: u32,
+}
+
+impl Span {
+    /// The span of `len` bytes at `start`.
+    pub fn at(start: usize, len: usize) -> Span {
+        let start = u32::try_from(start).unwrap_or(u32::MAX);
+        Span {
+            start,
+            end: start.saturating_add(u32::try_from(len).unwrap_or(u32::MAX)),
+        }
+    }
+
+    /// This span moved `by` bytes further (its text was appended after `by` others).
+    pub fn shifted(self, by: usize) -> Span {
+        let by = u32::try_from(by).unwrap_or(u32::MAX);
+        Span {
+            start: self.start.saturating_add(by),
+            end: self.end.saturating_add(by),
+        }
+    }
+
+    /// Its bytes of `text` ("" when it is not a span of `text`: never a panic).
+    pub fn of(self, text: &str) -> &str {
+        text.get(self.start as usize..self.end as usize)
+            .unwrap_or("")
+    }
 }
 
 /// Labels for the RED metrics a record feeds. Every value is from a bounded set (a known method or
@@ -175,7 +211,20 @@ pub struct Record {
     pub latency_ns: Option<u64>,
     /// Values in the order of [`Kind::columns`].
     pub fields: Vec<Field>,
+    /// The strings of the [`Field::Text`] fields (empty when there are none).
+    pub text: String,
     pub red: Red,
+}
+
+impl Record {
+    /// The string of a string field of this record (None for a field of another type).
+    pub fn str_of<'a>(&'a self, field: &'a Field) -> Option<&'a str> {
+        match field {
+            Field::String(s) => Some(s),
+            Field::Text(span) => Some(span.of(&self.text)),
+            _ => None,
+        }
+    }
 }
 
 /// A frame that could not be parsed. The runtime counts these per protocol and reason; they are

@@ -90,7 +90,9 @@ fn render(kind: Kind, records: &[Record]) -> String {
                 Field::UInt64(v) => v.to_string(),
                 Field::Float64(v) => v.to_string(),
                 Field::Boolean(v) => v.to_string(),
-                Field::String(s) => escape(&column.shown(s)),
+                Field::String(_) | Field::Text(_) => {
+                    escape(&column.shown(record.str_of(field).unwrap_or_default()))
+                }
             };
             writeln!(text, "{}: {value}", column.name).unwrap();
         }

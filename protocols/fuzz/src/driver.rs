@@ -71,7 +71,7 @@ pub fn drive(kind: Kind, data: &[u8]) {
         );
         // Columns rendered when read (HTTP headers → a JSON object) must render whatever was kept.
         for (column, field) in kind.columns().iter().zip(&record.fields) {
-            if let (Some(_), sonde_protocols::Field::String(kept)) = (column.render, field) {
+            if let (Some(_), Some(kept)) = (column.render, record.str_of(field)) {
                 let shown = column.shown(kept);
                 assert!(
                     shown.starts_with('{') && shown.ends_with('}'),

@@ -136,6 +136,7 @@ fn record(query: Pending, response: Option<(u64, Message)>) -> Record {
             q_type.map_or(Field::Null, |t| Field::String(t.to_string())),
             rcode,
         ],
+        text: String::new(),
         red: Red::Dns,
     }
 }

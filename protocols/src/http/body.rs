@@ -1,4 +1,5 @@
 //! Body capture: the first `max` bytes and the full size, rendered as text or summarised when binary.
+use crate::Span;
 
 /// A body as captured: a bounded prefix and the size the message declared or carried.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -27,29 +28,37 @@ impl Body {
         self.frozen = true;
     }
 
-    /// Text when it reads as text (declared textual, or undeclared and valid UTF-8 without control
-    /// bytes), else `<binary N bytes, type>`: never dump an image into a table.
-    /// Consumes the body: text takes over the kept bytes without a copy.
-    pub fn render(self, content_type: &str, content_encoding: &str) -> String {
+    /// Appends the body to `text` — as text when it reads as text (declared textual, or undeclared
+    /// and valid UTF-8 without control bytes), else as `<binary N bytes, type>`: never dump an image
+    /// into a table. `content_type` and `content_encoding` are spans of `text`; returns the body's.
+    pub fn render_into(
+        self,
+        text: &mut String,
+        content_type: Span,
+        content_encoding: Span,
+    ) -> Span {
+        let start = text.len();
         if self.size == 0 {
-            return String::new();
+            return Span::at(start, 0);
         }
+        let (content_type, content_encoding) = (content_type.of(text), content_encoding.of(text));
         let encoded =
             !content_encoding.is_empty() && !content_encoding.eq_ignore_ascii_case("identity");
         if !encoded && looks_textual(content_type, &self.kept) {
-            return String::from_utf8(self.kept)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
-        }
-        let mut what = if content_type.is_empty() {
-            "unknown type".to_string()
+            match std::str::from_utf8(&self.kept) {
+                Ok(body) => text.push_str(body),
+                Err(_) => text.push_str(&String::from_utf8_lossy(&self.kept)),
+            }
         } else {
-            content_type.to_string()
-        };
-        if encoded {
-            what.push_str(", ");
-            what.push_str(content_encoding);
+            let what = match (content_type.is_empty(), encoded) {
+                (true, false) => "unknown type".to_string(),
+                (true, true) => format!("unknown type, {content_encoding}"),
+                (false, false) => content_type.to_string(),
+                (false, true) => format!("{content_type}, {content_encoding}"),
+            };
+            text.push_str(&format!("<binary {} bytes, {what}>", self.size));
         }
-        format!("<binary {} bytes, {what}>", self.size)
+        Span::at(start, text.len() - start)
     }
 }
 
@@ -59,14 +68,25 @@ fn looks_textual(content_type: &str, kept: &[u8]) -> bool {
         .next()
         .unwrap_or("")
         .trim()
-        .to_ascii_lowercase();
-    let declared_text = media.starts_with("text/")
-        || media.ends_with("json")
-        || media.ends_with("xml")
-        || media.ends_with("javascript")
-        || media.ends_with("x-www-form-urlencoded")
-        || media.ends_with("yaml")
-        || media.ends_with("graphql");
+        .as_bytes();
+    let starts = |prefix: &str| {
+        media.len() >= prefix.len() && media[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    };
+    let ends = |suffix: &str| {
+        media.len() >= suffix.len()
+            && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    };
+    let declared_text = starts("text/")
+        || [
+            "json",
+            "xml",
+            "javascript",
+            "x-www-form-urlencoded",
+            "yaml",
+            "graphql",
+        ]
+        .into_iter()
+        .any(ends);
     if declared_text {
         return true;
     }

@@ -9,40 +9,8 @@ pub const HEADERS_JSON: Renderer = Renderer {
     render: render_json,
 };
 
-/// The header lines of a head as the records keep them: the captured bytes from the first header
-/// to the end of the head (`head` is the whole head, `headers` httparse's slices into it) — one copy,
-/// no formatting. With secrets to redact the lines are written anew, redacted values replaced.
-pub fn header_block(head: &[u8], headers: &[httparse::Header<'_>], redact: bool) -> String {
-    let Some(first) = headers.first() else {
-        return String::new();
-    };
-    let start = (first.name.as_ptr() as usize).checked_sub(head.as_ptr() as usize);
-    let secret = redact && headers.iter().any(|h| is_secret(h.name));
-    match start {
-        // `from_utf8` first: its check is several times faster than the lossy decoder's.
-        Some(start) if start < head.len() && !secret => match std::str::from_utf8(&head[start..]) {
-            Ok(text) => text.to_owned(),
-            Err(_) => String::from_utf8_lossy(&head[start..]).into_owned(),
-        },
-        _ => {
-            let mut block = String::new();
-            for h in headers {
-                block.push_str(h.name);
-                block.push_str(": ");
-                if redact && is_secret(h.name) {
-                    block.push_str(REDACTED);
-                } else {
-                    block.push_str(&String::from_utf8_lossy(h.value));
-                }
-                block.push_str("\r\n");
-            }
-            block.push_str("\r\n");
-            block
-        }
-    }
-}
-
-/// A [`header_block`] as a JSON object ([`headers_json`]; secrets were redacted in the block).
+/// A head's kept header lines ([`super::parse::Head::headers`]) as a JSON object ([`headers_json`];
+/// secrets were redacted when the head was kept).
 pub fn render_json(block: &str) -> String {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     match httparse::parse_headers(block.as_bytes(), &mut slots) {
@@ -54,7 +22,7 @@ pub fn render_json(block: &str) -> String {
 }
 
 /// Header values that carry credentials or sessions.
-fn is_secret(name: &str) -> bool {
+pub(super) fn is_secret(name: &str) -> bool {
     [
         "authorization",
         "proxy-authorization",

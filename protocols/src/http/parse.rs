@@ -3,9 +3,9 @@
 //! neither is read until the connection closes.
 use super::body::Body;
 use super::detect::{find_message_start, starts_request, starts_response};
-use super::headers::header_block;
+use super::headers::is_secret;
 use super::stitch::Stitcher;
-use crate::ParseError;
+use crate::{ParseError, REDACTED, Span};
 
 /// A head larger than this is not HTTP we can follow (servers refuse far smaller ones).
 const MAX_HEAD_BYTES: usize = 32 * 1024;
@@ -30,22 +30,28 @@ impl Side {
     }
 }
 
-/// A parsed head. Request fields are empty on responses and vice versa. What the record and the
-/// body framing need of the headers is taken from httparse's slices once, as the head is parsed:
-/// no per-header strings.
+/// A parsed head, kept as one string: the head as captured (secret header values redacted) with
+/// spans for what the record and the body framing need, taken from httparse's slices once, as the
+/// head is parsed. One allocation per head; the request head's text becomes its record's text.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Head {
     pub minor_version: u8,
-    pub method: String,
-    pub path: String,
+    /// The status code (0 on requests).
     pub status: u16,
-    pub reason: String,
-    /// The header lines as captured, secrets redacted ([`header_block`]).
-    pub headers: String,
-    /// First Content-Type value, trimmed ("" when absent).
-    pub content_type: String,
-    /// First Content-Encoding value, trimmed ("" when absent).
-    pub content_encoding: String,
+    /// What the spans below are spans of.
+    pub text: String,
+    /// Request line parts (empty spans on responses).
+    pub method: Span,
+    pub path: Span,
+    /// Status line reason (an empty span on requests).
+    pub reason: Span,
+    /// The header lines, from the first header to the end of the head: what `req_headers` and
+    /// `resp_headers` keep ([`super::headers::HEADERS_JSON`] renders them).
+    pub headers: Span,
+    /// First Content-Type value, trimmed (empty when absent).
+    pub content_type: Span,
+    /// First Content-Encoding value, trimmed (empty when absent).
+    pub content_encoding: Span,
     /// Transfer-Encoding names `chunked`.
     chunked: bool,
     /// Content-Length, if present.
@@ -54,22 +60,40 @@ pub struct Head {
     bad_content_length: bool,
 }
 
+/// The first line of a head, as httparse's slices into it.
+#[derive(Clone, Copy)]
+enum StartLine<'a> {
+    Request { method: &'a str, path: &'a str },
+    Response { reason: &'a str },
+}
+
+/// Room left in a request head's text for what its record appends (the response head and the
+/// bodies): most records then need no second allocation.
+const REQUEST_TEXT_SLACK: usize = 384;
+
 impl Head {
-    /// `bytes`: the whole head, `headers`: httparse's slices into it.
-    fn new(bytes: &[u8], headers: &[httparse::Header<'_>], redact: bool) -> Head {
-        let mut head = Head {
-            headers: header_block(bytes, headers, redact),
-            ..Head::default()
+    /// `bytes`: the whole head, `line` and `headers`: httparse's slices into it.
+    fn new(
+        bytes: &[u8],
+        line: StartLine<'_>,
+        headers: &[httparse::Header<'_>],
+        redact: bool,
+    ) -> Head {
+        let slack = match line {
+            StartLine::Request { .. } => REQUEST_TEXT_SLACK,
+            StartLine::Response { .. } => 0,
         };
+        let secret = redact && headers.iter().any(|h| is_secret(h.name));
+        // Usually the head is valid UTF-8 without secrets: one copy, spans from the slices'
+        // offsets. Otherwise its parts are written one by one, secrets redacted, bytes decoded
+        // lossily. (`from_utf8` first: several times faster than the lossy decoder's check.)
+        let mut head = match std::str::from_utf8(bytes) {
+            Ok(whole) if !secret => Head::verbatim(whole, line, headers, slack),
+            _ => None,
+        }
+        .unwrap_or_else(|| Head::rewritten(line, headers, redact, slack));
         for h in headers {
-            let value = || String::from_utf8_lossy(h.value.trim_ascii()).into_owned();
-            if h.name.eq_ignore_ascii_case("content-type") && head.content_type.is_empty() {
-                head.content_type = value();
-            } else if h.name.eq_ignore_ascii_case("content-encoding")
-                && head.content_encoding.is_empty()
-            {
-                head.content_encoding = value();
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 head.chunked |= h
                     .value
                     .split(|&b| b == b',')
@@ -82,6 +106,113 @@ impl Head {
             }
         }
         head
+    }
+
+    /// The head copied whole; None if a slice is not within `whole` (httparse's slices always are).
+    fn verbatim(
+        whole: &str,
+        line: StartLine<'_>,
+        headers: &[httparse::Header<'_>],
+        slack: usize,
+    ) -> Option<Head> {
+        let base = whole.as_ptr() as usize;
+        let span = |part: &[u8]| {
+            let start = (part.as_ptr() as usize).checked_sub(base)?;
+            (start + part.len() <= whole.len()).then(|| Span::at(start, part.len()))
+        };
+        let mut head = Head::default();
+        match line {
+            StartLine::Request { method, path } => {
+                head.method = span(method.as_bytes())?;
+                head.path = span(path.as_bytes())?;
+            }
+            StartLine::Response { reason } => head.reason = span(reason.as_bytes())?,
+        }
+        if let Some(first) = headers.first() {
+            let start = span(first.name.as_bytes())?.start as usize;
+            head.headers = Span::at(start, whole.len() - start);
+        }
+        for h in headers {
+            if let Some(slot) = head.first_value_slot(h.name) {
+                *slot = span(h.value.trim_ascii())?;
+            }
+        }
+        let mut text = String::with_capacity(whole.len() + slack);
+        text.push_str(whole);
+        head.text = text;
+        Some(head)
+    }
+
+    /// The head's parts written anew: header lines as `name: value`, secret values redacted when
+    /// `redact`, bytes that are no UTF-8 replaced.
+    fn rewritten(
+        line: StartLine<'_>,
+        headers: &[httparse::Header<'_>],
+        redact: bool,
+        slack: usize,
+    ) -> Head {
+        let mut head = Head::default();
+        let mut text = String::with_capacity(
+            headers
+                .iter()
+                .map(|h| h.name.len() + h.value.len() + 4)
+                .sum::<usize>()
+                + 64
+                + slack,
+        );
+        let push = |text: &mut String, part: &str| {
+            let start = text.len();
+            text.push_str(part);
+            Span::at(start, part.len())
+        };
+        match line {
+            StartLine::Request { method, path } => {
+                head.method = push(&mut text, method);
+                head.path = push(&mut text, path);
+            }
+            StartLine::Response { reason } => head.reason = push(&mut text, reason),
+        }
+        let start = text.len();
+        for h in headers {
+            text.push_str(h.name);
+            text.push_str(": ");
+            if redact && is_secret(h.name) {
+                text.push_str(REDACTED);
+            } else {
+                let value = String::from_utf8_lossy(h.value);
+                let start = text.len();
+                text.push_str(&value);
+                if let Some(slot) = head.first_value_slot(h.name) {
+                    // Trimmed of ASCII whitespace only: the span stays on character boundaries.
+                    let lead = value.len() - value.trim_ascii_start().len();
+                    *slot = Span::at(start + lead, value.trim_ascii().len());
+                }
+            }
+            text.push_str("\r\n");
+        }
+        if !headers.is_empty() {
+            text.push_str("\r\n");
+            head.headers = Span::at(start, text.len() - start);
+        }
+        head.text = text;
+        head
+    }
+
+    /// Where the first value of header `name` goes, if the head keeps it and has none yet.
+    fn first_value_slot(&mut self, name: &str) -> Option<&mut Span> {
+        let slot = if name.eq_ignore_ascii_case("content-type") {
+            &mut self.content_type
+        } else if name.eq_ignore_ascii_case("content-encoding") {
+            &mut self.content_encoding
+        } else {
+            return None;
+        };
+        (slot.start == slot.end).then_some(slot)
+    }
+
+    /// A span of this head's text.
+    pub fn str(&self, span: Span) -> &str {
+        span.of(&self.text)
     }
 
     /// Content-Length, if present.
@@ -343,7 +474,7 @@ impl Reader {
         let mut tunnel = false;
         let framing = match self.side {
             Side::Request => {
-                stitch.request_head(&head.method, start);
+                stitch.request_head(head.str(head.method), start);
                 if head.chunked {
                     Some(Framing::ChunkSize)
                 } else {
@@ -461,7 +592,7 @@ impl Reader {
     }
 }
 
-fn parse_head(
+pub(super) fn parse_head(
     side: Side,
     buf: &[u8],
     redact: bool,
@@ -479,12 +610,12 @@ fn parse_head(
                 .map_err(|e| error_reason(side, e))?
             {
                 httparse::Status::Complete(n) => {
-                    let head = Head {
-                        minor_version: req.version.unwrap_or(1),
-                        method: req.method.unwrap_or("").to_string(),
-                        path: req.path.unwrap_or("").to_string(),
-                        ..Head::new(&buf[..n], req.headers, redact)
+                    let line = StartLine::Request {
+                        method: req.method.unwrap_or(""),
+                        path: req.path.unwrap_or(""),
                     };
+                    let mut head = Head::new(&buf[..n], line, req.headers, redact);
+                    head.minor_version = req.version.unwrap_or(1);
                     (head, n)
                 }
                 httparse::Status::Partial => return Ok(httparse::Status::Partial),
@@ -497,12 +628,12 @@ fn parse_head(
                 .map_err(|e| error_reason(side, e))?
             {
                 httparse::Status::Complete(n) => {
-                    let head = Head {
-                        minor_version: resp.version.unwrap_or(1),
-                        status: resp.code.unwrap_or(0),
-                        reason: resp.reason.unwrap_or("").to_string(),
-                        ..Head::new(&buf[..n], resp.headers, redact)
+                    let line = StartLine::Response {
+                        reason: resp.reason.unwrap_or(""),
                     };
+                    let mut head = Head::new(&buf[..n], line, resp.headers, redact);
+                    head.minor_version = resp.version.unwrap_or(1);
+                    head.status = resp.code.unwrap_or(0);
                     (head, n)
                 }
                 httparse::Status::Partial => return Ok(httparse::Status::Partial),

@@ -64,6 +64,22 @@ impl Stitcher {
     }
 
     pub fn message(&mut self, side: Side, message: Message) {
+        // The usual response answers the request waiting in front: paired at once, without a
+        // round trip through the queue (what `pair` would do with it, minus two moves).
+        if side == Side::Response && self.responses.is_empty() {
+            match self.requests.front() {
+                // Answers a request that was lost or already expired.
+                Some(req) if message.start_ns < req.start_ns => return,
+                Some(_) => {
+                    if let Some(req) = self.requests.pop_front() {
+                        let record = self.record(req, Some(message));
+                        self.ready.push(record);
+                    }
+                    return;
+                }
+                None => {}
+            }
+        }
         match side {
             Side::Request if self.requests.len() >= MAX_QUEUED => {
                 if let Some(old) = self.requests.pop_front() {
@@ -134,30 +150,40 @@ impl Stitcher {
         out.append(&mut self.ready);
     }
 
+    /// The record of a request and its response: the request head's text becomes the record's
+    /// text, the response head's text and both bodies are appended to it.
     fn record(&self, req: Message, resp: Option<Message>) -> Record {
         let req_head = req.head;
+        let method = known_method(req_head.str(req_head.method)).unwrap_or("_OTHER");
+        let mut text = req_head.text;
         let req_body_size = req.body.size;
-        let req_body = req
-            .body
-            .render(&req_head.content_type, &req_head.content_encoding);
-        let method = known_method(&req_head.method).unwrap_or("_OTHER");
+        let req_body =
+            req.body
+                .render_into(&mut text, req_head.content_type, req_head.content_encoding);
         let (content_type, resp_fields, status, latency_ns) = match resp {
             Some(resp) => {
                 let head = resp.head;
+                let base = text.len();
+                text.push_str(&head.text);
+                let at = |span: crate::Span| span.shifted(base);
                 let body_size = resp.body.size;
-                let body = resp.body.render(&head.content_type, &head.content_encoding);
-                let content_type = if head.content_type.is_empty() {
+                let body = resp.body.render_into(
+                    &mut text,
+                    at(head.content_type),
+                    at(head.content_encoding),
+                );
+                let content_type = if head.content_type.start == head.content_type.end {
                     req_head.content_type
                 } else {
-                    head.content_type
+                    at(head.content_type)
                 };
                 (
                     content_type,
                     [
-                        Field::String(head.headers),
+                        Field::Text(at(head.headers)),
                         Field::Int64(i64::from(head.status)),
-                        Field::String(head.reason),
-                        Field::String(body),
+                        Field::Text(at(head.reason)),
+                        Field::Text(body),
                         Field::Int64(clamp(body_size)),
                     ],
                     head.status,
@@ -182,11 +208,11 @@ impl Stitcher {
         fields.extend([
             Field::Int64(1),
             Field::Int64(i64::from(req_head.minor_version)),
-            Field::String(content_type),
-            Field::String(req_head.headers),
-            Field::String(req_head.method),
-            Field::String(req_head.path),
-            Field::String(req_body),
+            Field::Text(content_type),
+            Field::Text(req_head.headers),
+            Field::Text(req_head.method),
+            Field::Text(req_head.path),
+            Field::Text(req_body),
             Field::Int64(clamp(req_body_size)),
         ]);
         fields.extend(resp_fields);
@@ -194,6 +220,7 @@ impl Stitcher {
             request_ns: req.start_ns,
             latency_ns,
             fields,
+            text,
             red: Red::Http { method, status },
         }
     }

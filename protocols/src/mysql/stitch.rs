@@ -417,6 +417,7 @@ fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static
             body,
             rows,
         ],
+        text: String::new(),
         red: Red::Db {
             system: "mysql",
             operation: p.operation,

@@ -339,6 +339,7 @@ fn record(unit: Unit, answer: Option<(u64, Answered)>) -> Record {
             resp,
             rows,
         ],
+        text: String::new(),
         red: Red::Db {
             system: "postgresql",
             operation: unit.operation,

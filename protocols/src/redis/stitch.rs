@@ -214,6 +214,7 @@ impl Stitcher {
                 Field::String(command.args),
                 Field::String(resp),
             ],
+            text: String::new(),
             red: Red::Db {
                 system: "redis",
                 operation: command.operation,
@@ -238,6 +239,7 @@ impl Stitcher {
                 Field::String(String::new()),
                 Field::String(render(&frame.value, self.config.max_body_bytes)),
             ],
+            text: String::new(),
             red: Red::Db {
                 system: "redis",
                 operation: "_OTHER",

@@ -128,9 +128,9 @@ pub fn render(kind: Kind, replay: &Replay) -> String {
         writeln!(s, "latency_ns: {latency}").unwrap();
         writeln!(s, "red: {red}").unwrap();
         for (col, field) in kind.columns().iter().zip(&r.fields) {
-            let shown = match field {
-                Field::String(v) => Field::String(col.shown(v).into_owned()),
-                other => other.clone(),
+            let shown = match r.str_of(field) {
+                Some(v) => Field::String(col.shown(v).into_owned()),
+                None => field.clone(),
             };
             writeln!(s, "{}: {}", col.name, field_text(&shown)).unwrap();
         }
@@ -161,6 +161,8 @@ fn field_text(f: &Field) -> String {
                 escaped
             })
             .collect(),
+        // Resolved to a `Field::String` by the caller.
+        Field::Text(span) => format!("<unresolved {span:?}>"),
     }
 }
 

@@ -187,6 +187,7 @@ impl PendingRows {
                 Field::Float64(v) => row.float64(*v),
                 Field::Boolean(v) => row.boolean(*v),
                 Field::String(v) => row.string(v),
+                Field::Text(span) => row.string(span.of(&record.text)),
             };
         }
         row.finish();
