@@ -21,16 +21,34 @@ pub fn render_json(block: &str) -> String {
     }
 }
 
-/// Header values that carry credentials or sessions.
-pub(super) fn is_secret(name: &str) -> bool {
-    [
-        "authorization",
-        "proxy-authorization",
-        "cookie",
-        "set-cookie",
-    ]
-    .iter()
-    .any(|s| name.eq_ignore_ascii_case(s))
+/// The headers a head's parsing looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Known {
+    ContentType,
+    ContentEncoding,
+    ContentLength,
+    TransferEncoding,
+    /// A value that carries credentials or a session: Authorization, Proxy-Authorization, Cookie,
+    /// Set-Cookie.
+    Secret,
+    Other,
+}
+
+/// Which header `name` is. The names have different lengths, so the length picks the one
+/// candidate to compare: this runs for every header of every head.
+pub(super) fn known(name: &str) -> Known {
+    let is = |known: &str| name.eq_ignore_ascii_case(known);
+    match name.len() {
+        6 if is("cookie") => Known::Secret,
+        10 if is("set-cookie") => Known::Secret,
+        12 if is("content-type") => Known::ContentType,
+        13 if is("authorization") => Known::Secret,
+        14 if is("content-length") => Known::ContentLength,
+        16 if is("content-encoding") => Known::ContentEncoding,
+        17 if is("transfer-encoding") => Known::TransferEncoding,
+        19 if is("proxy-authorization") => Known::Secret,
+        _ => Known::Other,
+    }
 }
 
 /// A JSON object `{name: value}` (keys sorted, repeated names joined with `, `, values decoded
@@ -71,7 +89,7 @@ pub fn headers_json(headers: &[httparse::Header<'_>], redact: bool) -> String {
         out.push(b'"');
         push_value(&mut out, name.as_bytes());
         out.extend_from_slice(b"\":\"");
-        let secret = redact && is_secret(name);
+        let secret = redact && known(name) == Known::Secret;
         let mut first = true;
         while let Some(next) = order.get(i)
             && next.name == name

@@ -3,7 +3,7 @@
 //! neither is read until the connection closes.
 use super::body::Body;
 use super::detect::{find_message_start, starts_request, starts_response};
-use super::headers::is_secret;
+use super::headers::{Known, known};
 use super::stitch::Stitcher;
 use crate::{ParseError, REDACTED, Span};
 
@@ -67,6 +67,17 @@ enum StartLine<'a> {
     Response { reason: &'a str },
 }
 
+/// What one look at a head's header names found.
+#[derive(Default)]
+struct Seen {
+    /// Index of the first Content-Type header.
+    content_type: Option<usize>,
+    /// Index of the first Content-Encoding header.
+    content_encoding: Option<usize>,
+    /// A header whose value is secret.
+    secret: bool,
+}
+
 /// Room left in a request head's text for what its record appends (the response head and the
 /// bodies): most records then need no second allocation.
 const REQUEST_TEXT_SLACK: usize = 384;
@@ -83,29 +94,48 @@ impl Head {
             StartLine::Request { .. } => REQUEST_TEXT_SLACK,
             StartLine::Response { .. } => 0,
         };
-        let secret = redact && headers.iter().any(|h| is_secret(h.name));
+        // One look at each header name: what the framing needs, where the first Content-Type and
+        // Content-Encoding are, whether a secret is to be redacted.
+        let mut seen = Seen::default();
+        let mut framing = Head::default();
+        for (i, h) in headers.iter().enumerate() {
+            match known(h.name) {
+                Known::ContentType => {
+                    seen.content_type.get_or_insert(i);
+                }
+                Known::ContentEncoding => {
+                    seen.content_encoding.get_or_insert(i);
+                }
+                Known::ContentLength => match add_content_length(framing.content_length, h.value) {
+                    Some(length) => framing.content_length = Some(length),
+                    None => framing.bad_content_length = true,
+                },
+                Known::TransferEncoding => {
+                    framing.chunked |= h
+                        .value
+                        .split(|&b| b == b',')
+                        .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                }
+                Known::Secret => seen.secret = true,
+                Known::Other => {}
+            }
+        }
         // Usually the head is valid UTF-8 without secrets: one copy, spans from the slices'
         // offsets. Otherwise its parts are written one by one, secrets redacted, bytes decoded
         // lossily. (`from_utf8` first: several times faster than the lossy decoder's check.)
-        let mut head = match std::str::from_utf8(bytes) {
-            Ok(whole) if !secret => Head::verbatim(whole, line, headers, slack),
+        let head = match std::str::from_utf8(bytes) {
+            Ok(whole) if !(redact && seen.secret) => {
+                Head::verbatim(whole, line, headers, &seen, slack)
+            }
             _ => None,
         }
-        .unwrap_or_else(|| Head::rewritten(line, headers, redact, slack));
-        for h in headers {
-            if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                head.chunked |= h
-                    .value
-                    .split(|&b| b == b',')
-                    .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                match add_content_length(head.content_length, h.value) {
-                    Some(length) => head.content_length = Some(length),
-                    None => head.bad_content_length = true,
-                }
-            }
+        .unwrap_or_else(|| Head::rewritten(line, headers, &seen, redact, slack));
+        Head {
+            chunked: framing.chunked,
+            content_length: framing.content_length,
+            bad_content_length: framing.bad_content_length,
+            ..head
         }
-        head
     }
 
     /// The head copied whole; None if a slice is not within `whole` (httparse's slices always are).
@@ -113,6 +143,7 @@ impl Head {
         whole: &str,
         line: StartLine<'_>,
         headers: &[httparse::Header<'_>],
+        seen: &Seen,
         slack: usize,
     ) -> Option<Head> {
         let base = whole.as_ptr() as usize;
@@ -132,11 +163,12 @@ impl Head {
             let start = span(first.name.as_bytes())?.start as usize;
             head.headers = Span::at(start, whole.len() - start);
         }
-        for h in headers {
-            if let Some(slot) = head.first_value_slot(h.name) {
-                *slot = span(h.value.trim_ascii())?;
-            }
-        }
+        let value = |i: Option<usize>| match i.and_then(|i| headers.get(i)) {
+            Some(h) => span(h.value.trim_ascii()),
+            None => Some(Span::default()),
+        };
+        head.content_type = value(seen.content_type)?;
+        head.content_encoding = value(seen.content_encoding)?;
         let mut text = String::with_capacity(whole.len() + slack);
         text.push_str(whole);
         head.text = text;
@@ -148,6 +180,7 @@ impl Head {
     fn rewritten(
         line: StartLine<'_>,
         headers: &[httparse::Header<'_>],
+        seen: &Seen,
         redact: bool,
         slack: usize,
     ) -> Head {
@@ -173,19 +206,22 @@ impl Head {
             StartLine::Response { reason } => head.reason = push(&mut text, reason),
         }
         let start = text.len();
-        for h in headers {
+        for (i, h) in headers.iter().enumerate() {
             text.push_str(h.name);
             text.push_str(": ");
-            if redact && is_secret(h.name) {
+            if redact && known(h.name) == Known::Secret {
                 text.push_str(REDACTED);
             } else {
                 let value = String::from_utf8_lossy(h.value);
                 let start = text.len();
                 text.push_str(&value);
-                if let Some(slot) = head.first_value_slot(h.name) {
-                    // Trimmed of ASCII whitespace only: the span stays on character boundaries.
-                    let lead = value.len() - value.trim_ascii_start().len();
-                    *slot = Span::at(start + lead, value.trim_ascii().len());
+                // Trimmed of ASCII whitespace only: the span stays on character boundaries.
+                let lead = value.len() - value.trim_ascii_start().len();
+                let trimmed = Span::at(start + lead, value.trim_ascii().len());
+                if seen.content_type == Some(i) {
+                    head.content_type = trimmed;
+                } else if seen.content_encoding == Some(i) {
+                    head.content_encoding = trimmed;
                 }
             }
             text.push_str("\r\n");
@@ -196,18 +232,6 @@ impl Head {
         }
         head.text = text;
         head
-    }
-
-    /// Where the first value of header `name` goes, if the head keeps it and has none yet.
-    fn first_value_slot(&mut self, name: &str) -> Option<&mut Span> {
-        let slot = if name.eq_ignore_ascii_case("content-type") {
-            &mut self.content_type
-        } else if name.eq_ignore_ascii_case("content-encoding") {
-            &mut self.content_encoding
-        } else {
-            return None;
-        };
-        (slot.start == slot.end).then_some(slot)
     }
 
     /// A span of this head's text.

@@ -655,3 +655,28 @@ fn head_spans_name_the_request_line_status_reason_and_first_content_headers() {
     assert_eq!(head.str(head.headers), "Set-Cookie: <redacted>\r\n\r\n");
     assert_eq!(head.str(head.content_type), "");
 }
+
+#[test]
+fn header_names_are_known_in_any_case_and_only_when_exact() {
+    use super::headers::{Known, known};
+    let cases = [
+        ("Content-Type", Known::ContentType),
+        ("CONTENT-TYPE", Known::ContentType),
+        ("content-typf", Known::Other),
+        ("Content-Encoding", Known::ContentEncoding),
+        ("content-length", Known::ContentLength),
+        ("Content-Lengths", Known::Other),
+        ("Transfer-Encoding", Known::TransferEncoding),
+        ("Transfer-Encodinh", Known::Other),
+        ("Cookie", Known::Secret),
+        ("cookies", Known::Other),
+        ("Set-Cookie", Known::Secret),
+        ("AUTHORIZATION", Known::Secret),
+        ("Authorizatio", Known::Other),
+        ("Proxy-Authorization", Known::Secret),
+        ("", Known::Other),
+    ];
+    for (name, want) in cases {
+        assert_eq!(known(name), want, "{name:?}");
+    }
+}
