@@ -34,7 +34,7 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
 use sonde_common::conn::names;
 use sonde_e2e::process::Proc;
-use sonde_e2e::sonde::{Agent, cpu_seconds, memory_kib};
+use sonde_e2e::sonde::{Agent, memory_kib};
 use sonde_e2e::tools::{self, SondeBinaries};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -378,12 +378,14 @@ async fn main() -> Result<()> {
     let agent_pid = agent.proc.pid();
     eprintln!("agent pid {agent_pid}");
     let rows0 = http_rows(&agent).await.unwrap_or(0);
-    let (cpu0, c0) = (cpu_seconds(agent_pid)?, cpu());
+    // The scheduler's exact accounting: utime/stime ticks are 10 ms, 0.1 µs per request over a
+    // 10-s run, as large as the differences an A/B run looks for.
+    let (cpu0, c0) = (run_seconds(agent_pid), cpu());
     let requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
     let traced = per_request(c0, cpu(), requests);
     // Let the agent drain its ring buffer before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let agent_cpu = (cpu_seconds(agent_pid)? - cpu0) / requests as f64;
+    let agent_cpu = (run_seconds(agent_pid) - cpu0) / requests as f64;
     let rows = http_rows(&agent).await? - rows0;
     let (rss, hwm) = memory_kib(agent_pid)?;
     let metrics = reqwest::get(format!("{}/metrics", agent.url))
