@@ -220,6 +220,25 @@ fn count_where(rows: &[StackRow], f: impl Fn(&str) -> bool) -> i64 {
     rows.iter().filter(|r| f(&r.stack)).map(|r| r.count).sum()
 }
 
+/// Samples the 3:1 share tests wait for, and how far from 75% a share may be. At 800 samples the
+/// binomial spread alone is ±1.5 points (1σ), and this VM adds its own: the Go fixture's rounds,
+/// timed with `time.Now()` in batches of 2,000, gave hotThree 69–81% of the time. ±7 points keeps a
+/// correct attribution passing while a profiler that cannot tell the functions apart (50%) or swaps
+/// them (25%) fails.
+const SHARE_SAMPLES: i64 = 800;
+const SHARE_TOLERANCE: f64 = 7.0;
+
+/// Asserts `three` got 75% (± [`SHARE_TOLERANCE`]) of the samples in `three` or `one`.
+fn assert_three_to_one(rows: &[StackRow], three: &str, one: &str) {
+    let pct = share(rows, three, one);
+    // In the test's output, so that CI logs show how close runs come to the bounds.
+    eprintln!("{three}: {pct:.1}% of the samples in {three} or {one}");
+    assert!(
+        (pct - 75.0).abs() <= SHARE_TOLERANCE,
+        "{three} got {pct:.1}% (want 75 ± {SHARE_TOLERANCE}): {rows:?}"
+    );
+}
+
 /// Share of `a` among samples in `a` or `b`, in percent.
 fn share(rows: &[StackRow], a: &str, b: &str) -> f64 {
     let frames = |s: &str, f: &str| {
@@ -238,12 +257,8 @@ fn a_c_program_gets_its_3_to_1_cpu_share_attributed_to_the_right_functions_with_
     let bin = build_c(dir.path());
     let agent = start_agent(dir.path(), &format!("{}/hot_*", dir.path().display()));
     let prog = spawn(&bin, &[]);
-    let rows = samples_of(&agent, prog.0.id(), 400);
-    let pct = share(&rows, "hot_three", "hot_one");
-    assert!(
-        (70.0..=80.0).contains(&pct),
-        "hot_three got {pct:.1}% (want 75 ± 5): {rows:?}"
-    );
+    let rows = samples_of(&agent, prog.0.id(), SHARE_SAMPLES);
+    assert_three_to_one(&rows, "hot_three", "hot_one");
     assert!(
         rows.iter()
             .any(|r| r.stack.contains("main (hot.c:") && r.stack.contains(";hot_three (hot.c:")),
@@ -291,12 +306,8 @@ fn a_go_program_gets_its_3_to_1_cpu_share_attributed_to_the_right_functions() {
     let bin = build_go(dir.path());
     let agent = start_agent(dir.path(), &format!("{}/hot_*", dir.path().display()));
     let prog = spawn(&bin, &[]);
-    let rows = samples_of(&agent, prog.0.id(), 400);
-    let pct = share(&rows, "main.hotThree", "main.hotOne");
-    assert!(
-        (70.0..=80.0).contains(&pct),
-        "main.hotThree got {pct:.1}% (want 75 ± 5): {rows:?}"
-    );
+    let rows = samples_of(&agent, prog.0.id(), SHARE_SAMPLES);
+    assert_three_to_one(&rows, "main.hotThree", "main.hotOne");
     assert!(
         rows.iter()
             .any(|r| r.stack.starts_with("runtime.goexit") && r.stack.contains("main.hotThree (")),
