@@ -19,9 +19,9 @@ use crate::{
 use message::{Header, Message};
 
 pub const COLUMNS: &[ColumnDef] = &[
-    ColumnDef::new("req_header", FieldType::String),
+    ColumnDef::rendered("req_header", message::HEADER_JSON),
     ColumnDef::new("req_body", FieldType::String),
-    ColumnDef::new("resp_header", FieldType::String),
+    ColumnDef::rendered("resp_header", message::HEADER_JSON),
     ColumnDef::new("resp_body", FieldType::String),
     ColumnDef::new("query_name", FieldType::String),
     ColumnDef::new("query_type", FieldType::String),
@@ -115,7 +115,7 @@ fn record(query: Pending, response: Option<(u64, Message)>) -> Record {
     let (latency_ns, resp_header, resp_body, rcode) = match response {
         Some((latency, resp)) => (
             Some(latency),
-            Field::String(resp.header.to_json()),
+            Field::String(resp.header.to_hex()),
             resp.answers_json().map_or(Field::Null, Field::String),
             Field::String(resp.header.rcode_name().to_string()),
         ),
@@ -125,7 +125,7 @@ fn record(query: Pending, response: Option<(u64, Message)>) -> Record {
         request_ns: query.ts_ns,
         latency_ns,
         fields: vec![
-            Field::String(query.query.header.to_json()),
+            Field::String(query.query.header.to_hex()),
             query
                 .query
                 .queries_json()

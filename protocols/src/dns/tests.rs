@@ -144,3 +144,31 @@ fn names_are_written_as_simple_dns_displays_them() {
     let name = simple_dns::Name::new_with_labels(&labels);
     assert_eq!(super::message::name_text(&name), name.to_string());
 }
+
+/// Header columns are kept as hex and rendered when read: the rendering is the header's JSON for
+/// every field value, and text that is no kept header is shown as it is.
+#[test]
+fn kept_headers_render_to_the_json_of_the_header() {
+    let words = [0u16, 1, 0x00ff, 0x8180, 0xabcd, 0xffff];
+    for (i, &w) in words.iter().enumerate() {
+        let mut bytes = [0u8; message::HEADER_LEN];
+        for (k, chunk) in bytes.chunks_mut(2).enumerate() {
+            let word = words[(i + k) % words.len()] ^ w;
+            chunk.copy_from_slice(&word.to_be_bytes());
+        }
+        let header = Header::parse(&bytes).unwrap();
+        let kept = header.to_hex();
+        assert_eq!(kept.len(), 24);
+        assert_eq!(Header::from_hex(&kept), Some(header), "{kept}");
+        assert_eq!((message::HEADER_JSON.render)(&kept), header.to_json());
+    }
+    for rubbish in [
+        "",
+        "12",
+        "zzzz00000000000000000000",
+        "123456789012345678901234x",
+    ] {
+        assert_eq!(Header::from_hex(rubbish), None, "{rubbish:?}");
+        assert_eq!((message::HEADER_JSON.render)(rubbish), rubbish);
+    }
+}
