@@ -3,6 +3,9 @@
 //! hand because these run for every record: building a `serde_json::Value` per field and formatting
 //! it cost several allocations and a formatter pass per value (most of a DNS record's cost).
 
+/// Lowercase hex digits by value (the `\u00xx` escapes; DNS headers are kept in rows as hex too).
+pub(crate) const HEX: &[u8; 16] = b"0123456789abcdef";
+
 /// The inside of a JSON string: `\"`, `\\`, the short forms of \b \f \n \r \t, `\u00xx` (lowercase
 /// hex) for other control characters; everything else as is (serde_json's escapes).
 pub(crate) fn push_escaped(out: &mut Vec<u8>, s: &str) {
@@ -21,7 +24,6 @@ pub(crate) fn push_escaped(out: &mut Vec<u8>, s: &str) {
         };
         out.extend_from_slice(&s.as_bytes()[start..i]);
         if escape.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
             out.extend_from_slice(b"\\u00");
             out.push(HEX[usize::from(b >> 4)]);
             out.push(HEX[usize::from(b & 0xf)]);

@@ -179,6 +179,11 @@ impl Span {
         }
     }
 
+    /// No bytes.
+    pub fn is_empty(self) -> bool {
+        self.start == self.end
+    }
+
     /// Its bytes of `text` ("" when it is not a span of `text`: never a panic).
     pub fn of(self, text: &str) -> &str {
         text.get(self.start as usize..self.end as usize)

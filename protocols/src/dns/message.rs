@@ -10,7 +10,6 @@ use crate::json::{self, Object};
 pub(crate) const HEADER_LEN: usize = 12;
 
 const HEADER_JSON_NAME: &str = "dns_header_json";
-const HEX: &[u8; 16] = b"0123456789abcdef";
 
 /// The `req_header` / `resp_header` columns: a header kept as [`Header::to_hex`] → Pixie's header
 /// JSON. Written for every exchange and mostly evicted unread, so the JSON (14 fields, two per
@@ -97,7 +96,7 @@ impl Header {
         let mut out = String::with_capacity(24);
         for word in [self.id, self.flags, self.qd, self.an, self.ns, self.ar] {
             for shift in [12, 8, 4, 0] {
-                out.push(HEX[usize::from((word >> shift) & 0xf)] as char);
+                out.push(json::HEX[usize::from((word >> shift) & 0xf)] as char);
             }
         }
         out
@@ -105,22 +104,15 @@ impl Header {
 
     /// The header of [`Header::to_hex`]'s text (None for any other text).
     pub fn from_hex(text: &str) -> Option<Header> {
-        let b = text.as_bytes();
-        if b.len() != 24 {
+        if text.len() != 2 * HEADER_LEN {
             return None;
         }
-        let word = |i: usize| {
-            let digits = std::str::from_utf8(b.get(4 * i..4 * i + 4)?).ok()?;
-            u16::from_str_radix(digits, 16).ok()
-        };
-        Some(Header {
-            id: word(0)?,
-            flags: word(1)?,
-            qd: word(2)?,
-            an: word(3)?,
-            ns: word(4)?,
-            ar: word(5)?,
-        })
+        let digit = |d: u8| char::from(d).to_digit(16);
+        let mut bytes = [0u8; HEADER_LEN];
+        for (byte, pair) in bytes.iter_mut().zip(text.as_bytes().chunks(2)) {
+            *byte = u8::try_from(digit(pair[0])? << 4 | digit(pair[1])?).ok()?;
+        }
+        Header::parse(&bytes)
     }
 
     /// Pixie's header JSON (flags as 0/1).

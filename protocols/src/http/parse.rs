@@ -76,6 +76,12 @@ struct Seen {
     content_encoding: Option<usize>,
     /// A header whose value is secret.
     secret: bool,
+    /// Transfer-Encoding names `chunked`.
+    chunked: bool,
+    /// Content-Length, if present.
+    content_length: Option<u64>,
+    /// Content-Length values differ, or one is no number.
+    bad_content_length: bool,
 }
 
 /// Room left in a request head's text for what its record appends (the response head and the
@@ -97,7 +103,6 @@ impl Head {
         // One look at each header name: what the framing needs, where the first Content-Type and
         // Content-Encoding are, whether a secret is to be redacted.
         let mut seen = Seen::default();
-        let mut framing = Head::default();
         for (i, h) in headers.iter().enumerate() {
             match known(h.name) {
                 Known::ContentType => {
@@ -106,12 +111,12 @@ impl Head {
                 Known::ContentEncoding => {
                     seen.content_encoding.get_or_insert(i);
                 }
-                Known::ContentLength => match add_content_length(framing.content_length, h.value) {
-                    Some(length) => framing.content_length = Some(length),
-                    None => framing.bad_content_length = true,
+                Known::ContentLength => match add_content_length(seen.content_length, h.value) {
+                    Some(length) => seen.content_length = Some(length),
+                    None => seen.bad_content_length = true,
                 },
                 Known::TransferEncoding => {
-                    framing.chunked |= h
+                    seen.chunked |= h
                         .value
                         .split(|&b| b == b',')
                         .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
@@ -131,9 +136,9 @@ impl Head {
         }
         .unwrap_or_else(|| Head::rewritten(line, headers, &seen, redact, slack));
         Head {
-            chunked: framing.chunked,
-            content_length: framing.content_length,
-            bad_content_length: framing.bad_content_length,
+            chunked: seen.chunked,
+            content_length: seen.content_length,
+            bad_content_length: seen.bad_content_length,
             ..head
         }
     }

@@ -66,19 +66,18 @@ impl Stitcher {
     pub fn message(&mut self, side: Side, message: Message) {
         // The usual response answers the request waiting in front: paired at once, without a
         // round trip through the queue (what `pair` would do with it, minus two moves).
-        if side == Side::Response && self.responses.is_empty() {
-            match self.requests.front() {
-                // Answers a request that was lost or already expired.
-                Some(req) if message.start_ns < req.start_ns => return,
-                Some(_) => {
-                    if let Some(req) = self.requests.pop_front() {
-                        let record = self.record(req, Some(message));
-                        self.ready.push(record);
-                    }
-                    return;
-                }
-                None => {}
+        // A response that began before it answers a request that was lost or expired: dropped.
+        if side == Side::Response
+            && self.responses.is_empty()
+            && let Some(front) = self.requests.front()
+        {
+            if message.start_ns >= front.start_ns
+                && let Some(req) = self.requests.pop_front()
+            {
+                let record = self.record(req, Some(message));
+                self.ready.push(record);
             }
+            return;
         }
         match side {
             Side::Request if self.requests.len() >= MAX_QUEUED => {
@@ -172,7 +171,7 @@ impl Stitcher {
                     at(head.content_type),
                     at(head.content_encoding),
                 );
-                let content_type = if head.content_type.start == head.content_type.end {
+                let content_type = if head.content_type.is_empty() {
                     req_head.content_type
                 } else {
                     at(head.content_type)
