@@ -6,8 +6,11 @@
 //!
 //! nginx (1 worker, `return 200`) on loopback, then:
 //! 1. saturation: `wrk -t1 -c16` alternating untraced / bare hooks (bpftrace counting the tracepoints
-//!    Sonde attaches, for the worker only) / Sonde (standalone agent, HTTP Tracepoint on nginx);
-//!    throughput ratios against the untraced runs of the same round, and the agent's CPU per request;
+//!    Sonde attaches, for the worker only) / capture only (Sonde's kernel side for the worker, its
+//!    ring drained by a child of this binary that looks at nothing) / Sonde (standalone agent, HTTP
+//!    Tracepoint on nginx); throughput ratios against the untraced runs of the same round, and the
+//!    agent's CPU per request. Capture only − bare hooks is what copying the bytes out costs; Sonde
+//!    − capture only is what the agent's work on them costs;
 //! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, then Sonde
 //!    (after a warm-up that fills `http_events` to its budget: the steady state);
 //!    cost per request = (agent CPU + added CPU time of the nginx worker, from the scheduler's
@@ -24,6 +27,8 @@
 //! `SONDE_E2E_PREBUILT=1` uses the release binaries as they are (`cargo build --release -p sonde-agent`).
 //!
 //! Needs root, nginx, wrk, bpftrace (`scripts/setup peers`) and a release agent (built first).
+use std::collections::HashSet;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -32,7 +37,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use sonde_common::conn::names;
+use sonde_agent::probes::protocols::kernel::Kernel;
+use sonde_common::conn::{DROP_RING_FULL, names};
 use sonde_e2e::process::Proc;
 use sonde_e2e::sonde::{Agent, memory_kib};
 use sonde_e2e::tools::{self, SondeBinaries};
@@ -55,6 +61,10 @@ struct Cli {
     /// `http_events` filled to its budget (rows evicted as they come, no more growth).
     #[arg(long, default_value_t = 10)]
     warmup_seconds: u64,
+    /// Internal: run only Sonde's kernel side for this process and drain its ring without looking
+    /// at the records (the saturation runs' "capture only" column starts the bench binary so).
+    #[arg(long, hide = true)]
+    capture_only: Option<u32>,
 }
 
 struct Nginx {
@@ -136,6 +146,70 @@ fn start_bare_hooks(worker: u32, logs: &Path) -> Result<Proc> {
         std::thread::sleep(Duration::from_millis(50));
     }
     bail!("bpftrace did not attach: {}", proc.log_tail(10))
+}
+
+/// Sonde's kernel side alone, tracing `tgid`: the programs and maps the agent loads, with a consumer
+/// that drains the ring as the agent does (on a wake-up, else every 100 ms) and looks at nothing.
+/// What it costs the traced process beyond the bare hooks is the price of capturing the bytes; what
+/// Sonde costs beyond it is the agent's work. Prints the records drained (and lost to a full
+/// ring) every second; runs until killed.
+fn capture_only(tgid: u32) -> Result<()> {
+    let (mut kernel, mut maps) = Kernel::load(false).context("loading Sonde's programs")?;
+    kernel
+        .set_filter(&HashSet::from([tgid]), &HashSet::new())
+        .context("selecting the traced process")?;
+    println!("capturing {tgid}");
+    let fd = maps.ring.as_raw_fd();
+    let (mut records, mut last) = (0u64, Instant::now());
+    loop {
+        while maps.ring.next().is_some() {
+            records += 1;
+        }
+        let mut ready = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut ready, 1, 100) };
+        if last.elapsed() >= Duration::from_secs(1) {
+            let lost: u64 = maps
+                .drops
+                .get(&DROP_RING_FULL, 0)
+                .map_or(0, |per_cpu| per_cpu.iter().sum());
+            println!("records {records} ring_full {lost}");
+            last = Instant::now();
+        }
+    }
+}
+
+/// Starts [`capture_only`] for `tgid` in a child process (its CPU then shows on its own).
+fn start_capture_only(tgid: u32, round: usize, logs: &Path) -> Result<Proc> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.args(["--capture-only", &tgid.to_string()]);
+    let proc = Proc::spawn(&format!("capture-only-{round}"), cmd, logs)?;
+    for _ in 0..300 {
+        if std::fs::read_to_string(proc.log_path())
+            .unwrap_or_default()
+            .contains("capturing")
+        {
+            return Ok(proc);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the capture-only run did not start: {}", proc.log_tail(10))
+}
+
+/// (records drained, records lost to a full ring) as a [`capture_only`] child last printed them.
+fn captured(proc: &Proc) -> Result<(u64, u64)> {
+    let line = proc.log_tail(1);
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next(), words.next()) {
+        (Some("records"), Some(records), Some("ring_full"), Some(lost)) => {
+            Ok((records.parse()?, lost.parse()?))
+        }
+        _ => bail!("the capture-only run printed no counts: {line}"),
+    }
 }
 
 async fn start_sonde(bins: &SondeBinaries, dir: &Path, logs: &Path) -> Result<Agent> {
@@ -293,6 +367,9 @@ async fn http_rows(agent: &Agent) -> Result<u64> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(tgid) = cli.capture_only {
+        return capture_only(tgid);
+    }
     let bins = tools::build_sonde_profile(true)?;
     let dir = tempfile::tempdir()?;
     let logs = dir.path().join("logs");
@@ -308,15 +385,26 @@ async fn main() -> Result<()> {
         cli.seconds, cli.rounds
     );
     println!(
-        "| round | untraced req/s | bare hooks req/s | Sonde req/s | bare/untraced | Sonde/untraced | agent CPU µs/req |"
+        "| round | untraced req/s | bare hooks req/s | capture only req/s | Sonde req/s | bare/untraced | capture/untraced | Sonde/untraced | capture records/req | agent CPU µs/req |"
     );
-    println!("|---|---|---|---|---|---|---|");
-    let (mut bare_ratios, mut sonde_ratios) = (Vec::new(), Vec::new());
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let (mut bare_ratios, mut capture_ratios, mut sonde_ratios) =
+        (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=cli.rounds {
         let untraced = wrk(nginx.port, cli.seconds)?;
         let mut bare = start_bare_hooks(nginx.worker, &logs)?;
         let bare_rps = wrk(nginx.port, cli.seconds)?;
         bare.stop(Duration::from_secs(5));
+        let mut capture = start_capture_only(nginx.worker, round, &logs)?;
+        let capture_rps = wrk(nginx.port, cli.seconds)?;
+        // Its once-a-second count must cover the whole wrk run.
+        std::thread::sleep(Duration::from_millis(1100));
+        let (records, lost) = captured(&capture)?;
+        capture.stop(Duration::from_secs(5));
+        ensure!(
+            lost == 0,
+            "the capture-only run lost {lost} records to a full ring: its figure would be too good"
+        );
         let mut agent = start_sonde(&bins, dir.path(), &logs).await?;
         let a0 = run_seconds(agent.proc.pid());
         let sonde_rps = wrk(nginx.port, cli.seconds)?;
@@ -324,25 +412,34 @@ async fn main() -> Result<()> {
             (run_seconds(agent.proc.pid()) - a0) * 1e6 / (sonde_rps * cli.seconds as f64);
         agent.proc.stop(Duration::from_secs(10));
         bare_ratios.push(bare_rps / untraced);
+        capture_ratios.push(capture_rps / untraced);
         sonde_ratios.push(sonde_rps / untraced);
         println!(
-            "| {round} | {untraced:.0} | {bare_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} | {agent_us:.2} |",
+            "| {round} | {untraced:.0} | {bare_rps:.0} | {capture_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {agent_us:.2} |",
             bare_rps / untraced,
-            sonde_rps / untraced
+            capture_rps / untraced,
+            sonde_rps / untraced,
+            records as f64 / (capture_rps * cli.seconds as f64),
         );
     }
     if cli.rounds > 0 {
         // Paired within each round too: rounds differ more from each other than the hooks do.
-        let paired: Vec<f64> = sonde_ratios
-            .iter()
-            .zip(&bare_ratios)
-            .map(|(s, b)| (s - b) * 100.0)
-            .collect();
-        let (b, s) = (median(bare_ratios), median(sonde_ratios));
+        let paired = |a: &[f64], b: &[f64]| -> f64 {
+            median(a.iter().zip(b).map(|(a, b)| (a - b) * 100.0).collect())
+        };
+        let (sonde_bare, capture_bare, sonde_capture) = (
+            paired(&sonde_ratios, &bare_ratios),
+            paired(&capture_ratios, &bare_ratios),
+            paired(&sonde_ratios, &capture_ratios),
+        );
+        let (b, c, s) = (
+            median(bare_ratios),
+            median(capture_ratios),
+            median(sonde_ratios),
+        );
         println!(
-            "median ratios: bare hooks {b:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points; median of the rounds' own differences {:+.1} points",
+            "median ratios: bare hooks {b:.3}, capture only {c:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points; median of the rounds' own differences {sonde_bare:+.1} points: capture only − bare {capture_bare:+.1}, Sonde − capture only {sonde_capture:+.1}",
             (s - b) * 100.0,
-            median(paired)
         );
         println!();
     }
@@ -372,6 +469,11 @@ async fn main() -> Result<()> {
     bare.stop(Duration::from_secs(5));
 
     let agent = start_sonde(&bins, dir.path(), &logs).await?;
+    // Its CPU without traffic (timers, the /proc scans): a fixed cost, spread over the requests.
+    const IDLE_SECONDS: u64 = 5;
+    let idle0 = run_seconds(agent.proc.pid());
+    tokio::time::sleep(Duration::from_secs(IDLE_SECONDS)).await;
+    let idle_per_second = (run_seconds(agent.proc.pid()) - idle0) / IDLE_SECONDS as f64;
     fixed_rate(nginx.port, cli.rate, cli.warmup_seconds).await?;
     // The warm-up's last events drained before counting starts.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -412,6 +514,11 @@ async fn main() -> Result<()> {
         us(traced.1)
     );
     println!("| agent CPU per request | {:.2} µs |", us(agent_cpu));
+    println!(
+        "| of which the idle agent's CPU ({:.2} ms/s without traffic) | {:.2} µs |",
+        idle_per_second * 1e3,
+        us(idle_per_second / cli.rate as f64)
+    );
     println!(
         "| added nginx worker CPU per request: bare hooks / Sonde / Sonde beyond bare hooks | {:.2} / {:.2} / {:.2} µs |",
         us(bare_cost.0 - base.0),
