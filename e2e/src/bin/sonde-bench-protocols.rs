@@ -135,17 +135,23 @@ fn start_bare_hooks(worker: u32, logs: &Path) -> Result<Proc> {
     let mut cmd = Command::new(tools::bpftrace()?);
     cmd.arg("-e").arg(program).stdin(Stdio::null());
     let proc = Proc::spawn("bpftrace-bare", cmd, logs)?;
+    wait_for_log(&proc, "Attaching", "bpftrace did not attach")?;
+    std::thread::sleep(Duration::from_millis(500));
+    Ok(proc)
+}
+
+/// Waits up to 15 s for `word` in the log of `proc`; else fails with `what` and the log's tail.
+fn wait_for_log(proc: &Proc, word: &str, what: &str) -> Result<()> {
     for _ in 0..300 {
         if std::fs::read_to_string(proc.log_path())
             .unwrap_or_default()
-            .contains("Attaching")
+            .contains(word)
         {
-            std::thread::sleep(Duration::from_millis(500));
-            return Ok(proc);
+            return Ok(());
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("bpftrace did not attach: {}", proc.log_tail(10))
+    bail!("{what}: {}", proc.log_tail(10))
 }
 
 /// Sonde's kernel side alone, tracing `tgid`: the programs and maps the agent loads, with a consumer
@@ -188,16 +194,8 @@ fn start_capture_only(tgid: u32, round: usize, logs: &Path) -> Result<Proc> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["--capture-only", &tgid.to_string()]);
     let proc = Proc::spawn(&format!("capture-only-{round}"), cmd, logs)?;
-    for _ in 0..300 {
-        if std::fs::read_to_string(proc.log_path())
-            .unwrap_or_default()
-            .contains("capturing")
-        {
-            return Ok(proc);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("the capture-only run did not start: {}", proc.log_tail(10))
+    wait_for_log(&proc, "capturing", "the capture-only run did not start")?;
+    Ok(proc)
 }
 
 /// (records drained, records lost to a full ring) as a [`capture_only`] child last printed them.
