@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use sonde_agent::http::{self, AppState, Authorizer, Mode};
 use sonde_agent::probes::{
     self, ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared,
-    profiler::ProfilerShared, protocols::ProtocolsShared,
+    profiler::ProfilerShared, protocols::ProtocolsShared, protocols::Settings as ProtocolSettings,
 };
 use sonde_agent::source::{kube::KubeSource, manifests};
 use sonde_agent::tables::{Budget, Store};
@@ -52,6 +52,12 @@ struct Cli {
     /// traffic (cumulative bytes, conn_close 0); closed connections always get their final row.
     #[arg(long, env = "SONDE_CONN_STATS_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     conn_stats_interval: std::time::Duration,
+    /// Nice value (-20..19) of the thread that parses protocol traffic. At 19, traced workloads come
+    /// first when the node's CPUs are saturated: what the agent cannot keep up with is dropped in
+    /// the kernel before it is copied, and counted in sonde_events_dropped_total{reason="ring_full"}.
+    /// 0 competes with them as an equal: complete records, slower services under overload.
+    #[arg(long, env = "SONDE_CAPTURE_NICE", value_name = "NICE", default_value_t = sonde_agent::probes::protocols::drain::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(-20..=19), allow_negative_numbers = true)]
+    capture_nice: i32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,9 +184,12 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         node: node.clone(),
         tables: store.clone(),
         bpftrace,
-        protocols: Arc::new(ProtocolsShared::with_conn_stats_interval(
+        protocols: Arc::new(ProtocolsShared::with_settings(
             &mut registry,
-            cli.conn_stats_interval,
+            ProtocolSettings {
+                conn_stats_every: cli.conn_stats_interval,
+                capture_nice: cli.capture_nice,
+            },
         )),
         profiler: Arc::new(ProfilerShared::with_period(
             &mut registry,

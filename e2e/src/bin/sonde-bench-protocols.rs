@@ -340,6 +340,22 @@ async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<u64> {
     Ok(done.load(Ordering::Relaxed))
 }
 
+/// How long the agent gets after a saturation run to finish what waits in its ring.
+const CATCH_UP: Duration = Duration::from_millis(1500);
+
+/// `sonde_events_dropped_total{reason="ring_full"}` of the agent.
+async fn ring_full(agent: &Agent) -> Result<u64> {
+    let metrics = reqwest::get(format!("{}/metrics", agent.url))
+        .await?
+        .text()
+        .await?;
+    Ok(metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sonde_events_dropped_total{reason=\"ring_full\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
@@ -383,9 +399,9 @@ async fn main() -> Result<()> {
         cli.seconds, cli.rounds
     );
     println!(
-        "| round | untraced req/s | bare hooks req/s | capture only req/s | Sonde req/s | bare/untraced | capture/untraced | Sonde/untraced | capture records/req | agent CPU µs/req |"
+        "| round | untraced req/s | bare hooks req/s | capture only req/s | Sonde req/s | bare/untraced | capture/untraced | Sonde/untraced | capture records/req | agent CPU µs/req | Sonde's requests in http_events | syscalls dropped (ring_full) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let (mut bare_ratios, mut capture_ratios, mut sonde_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=cli.rounds {
@@ -404,20 +420,30 @@ async fn main() -> Result<()> {
             "the capture-only run lost {lost} records to a full ring: its figure would be too good"
         );
         let mut agent = start_sonde(&bins, dir.path(), &logs).await?;
-        let a0 = run_seconds(agent.proc.pid());
+        let (a0, rows0, lost0) = (
+            run_seconds(agent.proc.pid()),
+            http_rows(&agent).await?,
+            ring_full(&agent).await?,
+        );
         let sonde_rps = wrk(nginx.port, cli.seconds)?;
-        let agent_us =
-            (run_seconds(agent.proc.pid()) - a0) * 1e6 / (sonde_rps * cli.seconds as f64);
+        // The agent may be behind (its drain thread yields to the workload): let it catch up, and
+        // count that work too.
+        tokio::time::sleep(CATCH_UP).await;
+        let requests = sonde_rps * cli.seconds as f64;
+        let agent_us = (run_seconds(agent.proc.pid()) - a0) * 1e6 / requests;
+        let recorded = (http_rows(&agent).await? - rows0) as f64 / requests;
+        let lost = ring_full(&agent).await? - lost0;
         agent.proc.stop(Duration::from_secs(10));
         bare_ratios.push(bare_rps / untraced);
         capture_ratios.push(capture_rps / untraced);
         sonde_ratios.push(sonde_rps / untraced);
         println!(
-            "| {round} | {untraced:.0} | {bare_rps:.0} | {capture_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {agent_us:.2} |",
+            "| {round} | {untraced:.0} | {bare_rps:.0} | {capture_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {agent_us:.2} | {:.1}% | {lost} |",
             bare_rps / untraced,
             capture_rps / untraced,
             sonde_rps / untraced,
             records as f64 / (capture_rps * cli.seconds as f64),
+            recorded * 100.0,
         );
     }
     if cli.rounds > 0 {

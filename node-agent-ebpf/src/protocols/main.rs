@@ -54,7 +54,7 @@ static CONN_AGENT_TGID: u32 = 0;
 static CONN_TRACE_ALL: u32 = 0;
 
 #[map]
-static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(16 << 20, 0);
+static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 static CONN_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(16384, 0);
 #[map]
@@ -112,6 +112,12 @@ const BUF_MSGHDR: u32 = 2;
 const BUF_MMSG: u32 = 3;
 /// No buffer (sendfile).
 const BUF_NONE: u32 = 4;
+
+/// Size of the capture ring buffer.
+const RING_BYTES: u32 = 16 << 20;
+/// Free room below which a data syscall's bytes are not copied: its events (up to
+/// `MAX_CHUNKS_PER_SYSCALL` chunks, each with its headers) might not fit.
+const SHED_MARGIN: u64 = MAX_CHUNKS_PER_SYSCALL as u64 * (DATA_CHUNK as u64 + 128);
 
 /// The agent is woken each time this many more unread bytes wait in the ring; below, it drains the
 /// ring on its own timer. One wake-up per event would cost a context switch per syscall.
@@ -193,6 +199,15 @@ fn wakeup(size: usize) -> u64 {
     } else {
         BPF_RB_NO_WAKEUP
     }
+}
+
+/// Is the ring too full for a data syscall's events? Asked before its bytes are read, so that the
+/// syscalls the agent cannot keep up with (it yields the CPU to the workloads when the node is
+/// saturated) cost little more than the bare hooks. Their bytes still advance the stream position:
+/// user space sees the gap, and the loss is counted as `ring_full`.
+#[inline(always)]
+fn ring_too_full() -> bool {
+    CONN_EVENTS.query(BPF_RB_AVAIL_DATA) + SHED_MARGIN > u64::from(RING_BYTES)
 }
 
 /// Writes `event` to the ring (waking the agent as [`wakeup`] says).
@@ -694,6 +709,10 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     if info.state != CONN_TRACE && info.state != CONN_PENDING {
         return 0;
     }
+    if ring_too_full() {
+        count_drop(DROP_RING_FULL);
+        return 0;
+    }
     let generation = info.generation;
     let Some(event) = CONN_SCRATCH.get_ptr_mut(0) else {
         return 0;
@@ -874,6 +893,10 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
         }
         let pos = advance(info, egress, len);
         if info.state != CONN_TRACE && info.state != CONN_PENDING {
+            continue;
+        }
+        if ring_too_full() {
+            count_drop(DROP_RING_FULL);
             continue;
         }
         start_data(

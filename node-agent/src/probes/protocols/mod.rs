@@ -10,11 +10,13 @@
 //! - `ProtocolProbe::stop(self)` (async).
 //!
 //! Parts: [`kernel`] loads the eBPF side (`node-agent-ebpf/src/protocols`) and keeps its filter maps
-//! equal to [`routes`] (which process gets which protocols); [`events`] decodes the ring buffer;
+//! equal to [`routes`] (which process gets which protocols); [`drain`] empties the ring buffer on a
+//! low-priority thread of its own; [`events`] decodes the ring buffer;
 //! [`sockets`] tells what an fd is; [`conn`] reassembles and parses one connection; [`tracker`] is
 //! the event loop's state; [`rows`] and [`metrics`] are its outputs. Parsers come from
 //! `sonde-protocols`.
 pub mod conn;
+pub mod drain;
 pub mod events;
 pub mod kernel;
 pub mod metrics;
@@ -28,16 +30,12 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
-use aya::maps::{MapData, RingBuf};
 use prometheus_client::registry::Registry;
 use sonde_api::{AssignedProbe, ProbeState, Protocol, TracepointSpec};
 use sonde_protocols::{Kind, ParseConfig};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, error, info, info_span};
+use tracing::{error, info, info_span};
 
+use self::drain::DrainThread;
 use self::kernel::Kernel;
 use self::metrics::ProtocolMetrics;
 use self::routes::{ProbeRoutes, Routes};
@@ -50,27 +48,6 @@ use crate::targets::TargetProcess;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512;
 /// Default of how often open connections get a `conn_stats` row (agent flag `--conn-stats-interval`).
 pub const DEFAULT_CONN_STATS_INTERVAL: Duration = Duration::from_secs(10);
-/// Ring-buffer records handled before the event loop yields to other tasks.
-const BATCH: usize = 4096;
-/// How often the ring buffer is drained without a wake-up from the kernel (which comes once 256 KiB
-/// wait): the latest a row appears under light traffic. Every timer wake-up costs the idle agent
-/// a round through the runtime; at 20 ms they were most of its idle CPU.
-const DRAIN_EVERY: Duration = Duration::from_millis(100);
-
-/// Handles up to [`BATCH`] records, then appends the rows they made; true when the ring is empty.
-fn drain(rb: &mut RingBuf<MapData>, tracker: &mut Tracker) -> bool {
-    let mut empty = false;
-    for _ in 0..BATCH {
-        let Some(item) = rb.next() else {
-            empty = true;
-            break;
-        };
-        tracker.handle(&item);
-    }
-    tracker.flush();
-    empty
-}
-
 /// The Kind of an API protocol.
 pub fn kind_of(protocol: Protocol) -> Kind {
     match protocol {
@@ -84,8 +61,25 @@ pub fn kind_of(protocol: Protocol) -> Kind {
 
 struct Running {
     kernel: Kernel,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
+    drain: DrainThread,
+}
+
+/// Agent-wide settings of protocol tracing.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Open connections with new traffic get a `conn_stats` row this often (checked once a second).
+    pub conn_stats_every: Duration,
+    /// Nice value of the thread that parses the captured bytes (see [`drain`]).
+    pub capture_nice: i32,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            conn_stats_every: DEFAULT_CONN_STATS_INTERVAL,
+            capture_nice: drain::DEFAULT_NICE,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -101,7 +95,7 @@ pub struct ProtocolsShared {
     routes: Arc<RwLock<Routes>>,
     inner: Mutex<Inner>,
     cgroup_root: Option<PathBuf>,
-    conn_stats_every: Duration,
+    settings: Settings,
 }
 
 impl std::fmt::Debug for ProtocolsShared {
@@ -112,18 +106,16 @@ impl std::fmt::Debug for ProtocolsShared {
 
 impl ProtocolsShared {
     pub fn new(registry: &mut Registry) -> ProtocolsShared {
-        ProtocolsShared::with_conn_stats_interval(registry, DEFAULT_CONN_STATS_INTERVAL)
+        ProtocolsShared::with_settings(registry, Settings::default())
     }
 
-    /// Open connections with new traffic get a `conn_stats` row every `every` (checked once a
-    /// second).
-    pub fn with_conn_stats_interval(registry: &mut Registry, every: Duration) -> ProtocolsShared {
+    pub fn with_settings(registry: &mut Registry, settings: Settings) -> ProtocolsShared {
         ProtocolsShared {
             metrics: ProtocolMetrics::register(registry),
             routes: Arc::new(RwLock::new(Routes::default())),
             inner: Mutex::new(Inner::default()),
             cgroup_root: routes::cgroup2_root(),
-            conn_stats_every: every,
+            settings,
         }
     }
 
@@ -153,18 +145,15 @@ impl ProtocolsShared {
                 self.metrics.clone(),
                 maps.conns,
                 maps.drops,
-                self.conn_stats_every,
+                self.settings.conn_stats_every,
             );
-            let cancel = CancellationToken::new();
-            let task = tokio::spawn(
-                event_loop(tracker, maps.ring, cancel.clone()).instrument(info_span!("protocols")),
-            );
+            let drain = info_span!("protocols")
+                .in_scope(|| DrainThread::spawn(tracker, maps.ring, self.settings.capture_nice))
+                .map_err(|e| {
+                    format!("cannot start the capture thread: {e}; the agent may have hit its thread limit")
+                })?;
             info!("protocol tracing attached to the syscall tracepoints");
-            inner.running = Some(Running {
-                kernel,
-                cancel,
-                task,
-            });
+            inner.running = Some(Running { kernel, drain });
         }
         self.apply_routes(&mut inner)
     }
@@ -199,41 +188,6 @@ impl ProtocolsShared {
         }
         Ok(())
     }
-}
-
-async fn event_loop(mut tracker: Tracker, ring: RingBuf<MapData>, cancel: CancellationToken) {
-    // SAFETY: the AsyncFd owns the RingBuf, which owns the map's fd: the fd stays open and is not
-    // reused while it is registered, and is deregistered before the RingBuf is dropped.
-    let registered = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) };
-    let mut ring = match registered {
-        Ok(ring) => ring,
-        Err(e) => {
-            error!("cannot poll the capture ring buffer: {e}; protocol tracing produces nothing");
-            return;
-        }
-    };
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The kernel side wakes us only when a lot is waiting; below that, this timer drains the ring.
-    let mut drain_timer = tokio::time::interval(DRAIN_EVERY);
-    drain_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            _ = tick.tick() => tracker.tick(),
-            _ = drain_timer.tick() => {
-                drain(ring.get_mut(), &mut tracker);
-            }
-            guard = ring.readable_mut() => {
-                let Ok(mut guard) = guard else { break };
-                if drain(guard.get_inner_mut(), &mut tracker) {
-                    guard.clear_ready();
-                }
-            }
-        }
-    }
-    // Whatever is left is finished by the next start; tables keep the rows written so far.
-    tracker.tick();
 }
 
 /// One protocol Tracepoint on this node.
@@ -339,8 +293,7 @@ impl ProtocolProbe {
 
     pub async fn stop(self) {
         if let Some(running) = self.shared.unregister(&self.id) {
-            running.cancel.cancel();
-            let _ = running.task.await;
+            running.drain.stop().await;
             drop(running.kernel);
             info!("protocol tracing detached: no protocol probe left");
         }

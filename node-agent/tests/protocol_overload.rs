@@ -1,0 +1,180 @@
+//! When the agent falls behind, on the real kernel: the capture ring fills, the syscalls that no
+//! longer fit are dropped whole and counted, their bytes still advance the stream position (so the
+//! parsers see a gap of the right size), and capture resumes as soon as the ring is drained. And the
+//! thread that drains the ring runs at the configured nice value, so that an overloaded node's
+//! workloads come first.
+mod common;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use common::*;
+use prometheus_client::registry::Registry;
+use sonde_agent::probes::protocols::drain::THREAD_NAME;
+use sonde_agent::probes::protocols::events::{Event, decode};
+use sonde_agent::probes::protocols::kernel::{Kernel, LoopMaps};
+use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared, Settings};
+use sonde_agent::tables::Store;
+use sonde_api::Protocol;
+use sonde_common::conn::DROP_RING_FULL;
+
+/// Datagram payload: one chunk each, so one datagram is one data event or one counted drop.
+const PAYLOAD: usize = 4000;
+/// More datagrams than the 16-MiB ring holds (~4,100 of these records).
+const FLOOD: u64 = 6000;
+const AFTER: u64 = 10;
+const SYS_SENDTO: u32 = 44;
+
+/// A process that sends `FLOOD`, then `AFTER` UDP datagrams to the discard port, each round on a
+/// SIGUSR1. Between rounds it makes no traced syscall at all (it signals with `mkdir`, waits in
+/// `sigwait`), so every loss the drop counter shows is one of its datagrams.
+fn sender(dir: &Path) -> Child {
+    let script = format!(
+        "import os, signal, socket\n\
+         signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         payload = b'x' * {PAYLOAD}\n\
+         for i, n in enumerate([{FLOOD}, {AFTER}]):\n\
+         \x20   os.mkdir('{dir}/ready-%d' % i)\n\
+         \x20   signal.sigwait({{signal.SIGUSR1}})\n\
+         \x20   for _ in range(n):\n\
+         \x20       s.sendto(payload, ('127.0.0.1', 9))\n\
+         \x20   os.mkdir('{dir}/done-%d' % i)\n\
+         signal.sigwait({{signal.SIGUSR1}})\n",
+        dir = dir.display()
+    );
+    Command::new("python3")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("python3 runs (scripts/setup installs it)")
+}
+
+/// Runs round `round` of [`sender`] and waits until it is done.
+fn run_round(child: &Child, dir: &Path, round: usize) {
+    wait_until("the sender waits for its signal", || {
+        dir.join(format!("ready-{round}")).exists()
+    });
+    // SAFETY: a signal to our own child, which blocks it until sigwait takes it.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) },
+        0,
+        "signalling the sender"
+    );
+    wait_until("the sender sent its datagrams", || {
+        dir.join(format!("done-{round}")).exists()
+    });
+}
+
+/// Stream positions of the sender's datagrams waiting in the ring (all records are consumed).
+fn sent_positions(maps: &mut LoopMaps, tgid: u32) -> Vec<u64> {
+    let mut positions = Vec::new();
+    while let Some(record) = maps.ring.next() {
+        if let Ok(Event::Data(h, data)) = decode(&record)
+            && h.header.tgid == tgid
+            && h.syscall == SYS_SENDTO
+        {
+            assert_eq!(data.len(), PAYLOAD, "a datagram captured in part");
+            positions.push(h.stream_pos);
+        }
+    }
+    positions
+}
+
+fn ring_full_drops(maps: &LoopMaps) -> u64 {
+    maps.drops
+        .get(&DROP_RING_FULL, 0)
+        .expect("read the drop counters")
+        .iter()
+        .sum()
+}
+
+#[test]
+fn a_full_ring_drops_whole_syscalls_counted_with_their_gap_and_capture_resumes_once_drained() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = sender(dir.path());
+    let pid = child.id();
+    let (mut kernel, mut maps) = Kernel::load(false).expect("load the capture programs (root)");
+    kernel
+        .set_filter(&HashSet::from([pid]), &HashSet::new())
+        .unwrap();
+
+    // Nobody drains the ring while the sender floods it.
+    run_round(&child, dir.path(), 0);
+    let dropped = ring_full_drops(&maps);
+    let captured = sent_positions(&mut maps, pid);
+    let payload = PAYLOAD as u64;
+    assert!(
+        dropped > 0 && !captured.is_empty(),
+        "{dropped} dropped, {} captured: the flood should overflow the ring",
+        captured.len()
+    );
+    assert_eq!(
+        captured.len() as u64 + dropped,
+        FLOOD,
+        "every datagram is either captured or counted as ring_full"
+    );
+    // The first datagrams fit; from the first drop on, the ring stayed full.
+    let expected: Vec<u64> = (0..captured.len() as u64).map(|i| i * payload).collect();
+    assert_eq!(captured, expected, "captured datagrams are the first ones");
+
+    // Drained (above): the next datagrams are captured, after a gap of exactly the lost bytes.
+    run_round(&child, dir.path(), 1);
+    let resumed = sent_positions(&mut maps, pid);
+    let expected: Vec<u64> = (FLOOD..FLOOD + AFTER).map(|i| i * payload).collect();
+    assert_eq!(
+        resumed, expected,
+        "capture resumes at the right stream positions"
+    );
+    assert_eq!(
+        ring_full_drops(&maps),
+        dropped,
+        "nothing dropped once drained"
+    );
+
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The nice value of our thread named `name`, if one runs (field 19 of its `stat`).
+fn nice_of_thread(name: &str) -> Option<i64> {
+    let tasks = std::fs::read_dir("/proc/self/task").expect("read /proc/self/task");
+    tasks.filter_map(Result::ok).find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim_end() != name {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // After the parenthesised command: state is field 3, nice field 19.
+        let (_, rest) = stat.rsplit_once(')')?;
+        rest.split_whitespace().nth(16)?.parse().ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_thread_runs_at_the_configured_nice_value_and_ends_with_the_last_probe() {
+    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+    let store = Store::default();
+    let mut registry = Registry::default();
+    let settings = Settings {
+        capture_nice: 7,
+        ..Settings::default()
+    };
+    let protocols = ProtocolsShared::with_settings(&mut registry, settings);
+    let ctx = context_with(&store, &mut registry, protocols);
+    assert_eq!(nice_of_thread(THREAD_NAME), None, "no capture thread yet");
+    let probe = tracepoint(vec![Protocol::Http], "*/sleep");
+    let p: ProtocolProbe = start_probe_in(&ctx, &probe, target(sleeper.id(), "/usr/bin/sleep"));
+    wait_until("the capture thread set its nice value", || {
+        nice_of_thread(THREAD_NAME) == Some(7)
+    });
+    p.stop().await;
+    assert_eq!(
+        nice_of_thread(THREAD_NAME),
+        None,
+        "the capture thread ended with the last probe"
+    );
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
