@@ -52,12 +52,18 @@ struct Cli {
     /// traffic (cumulative bytes, conn_close 0); closed connections always get their final row.
     #[arg(long, env = "SONDE_CONN_STATS_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     conn_stats_interval: std::time::Duration,
-    /// Nice value (-20..19) of the thread that parses protocol traffic. At 19, traced workloads come
-    /// first when the node's CPUs are saturated: what the agent cannot keep up with is dropped in
-    /// the kernel before it is copied, and counted in sonde_events_dropped_total{reason="ring_full"}.
-    /// 0 competes with them as an equal: complete records, slower services under overload.
-    #[arg(long, env = "SONDE_CAPTURE_NICE", value_name = "NICE", default_value_t = sonde_agent::probes::protocols::drain::DEFAULT_NICE, value_parser = clap::value_parser!(i32).range(-20..=19), allow_negative_numbers = true)]
-    capture_nice: i32,
+    /// CPU priority of the thread that parses protocol traffic: idle (SCHED_IDLE) runs it on the
+    /// CPU time workloads leave, so they come first when the node's CPUs are saturated; what the
+    /// agent cannot keep up with is then dropped in the kernel before it is copied, and counted in
+    /// sonde_events_dropped_total{reason="ring_full"}. normal competes with them as an equal:
+    /// complete records, slower services under overload.
+    #[arg(
+        long,
+        env = "SONDE_CAPTURE_PRIORITY",
+        value_name = "idle|normal",
+        default_value = "idle"
+    )]
+    capture_priority: sonde_agent::probes::protocols::drain::Priority,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +194,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
             &mut registry,
             ProtocolSettings {
                 conn_stats_every: cli.conn_stats_interval,
-                capture_nice: cli.capture_nice,
+                capture_priority: cli.capture_priority,
             },
         )),
         profiler: Arc::new(ProfilerShared::with_period(

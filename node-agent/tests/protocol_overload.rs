@@ -1,8 +1,8 @@
 //! When the agent falls behind, on the real kernel: the capture ring fills, the syscalls that no
 //! longer fit are dropped whole and counted, their bytes still advance the stream position (so the
 //! parsers see a gap of the right size), and capture resumes as soon as the ring is drained. And the
-//! thread that drains the ring runs at the configured nice value, so that an overloaded node's
-//! workloads come first.
+//! thread that drains the ring yields to the workloads (SCHED_IDLE) unless told otherwise, so that
+//! an overloaded node's workloads come first.
 mod common;
 
 use std::collections::HashSet;
@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 use prometheus_client::registry::Registry;
-use sonde_agent::probes::protocols::drain::THREAD_NAME;
+use sonde_agent::probes::protocols::drain::{Priority, THREAD_NAME};
 use sonde_agent::probes::protocols::events::{Event, decode};
 use sonde_agent::probes::protocols::kernel::{Kernel, LoopMaps};
 use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared, Settings};
@@ -137,8 +137,8 @@ fn a_full_ring_drops_whole_syscalls_counted_with_their_gap_and_capture_resumes_o
     let _ = child.wait();
 }
 
-/// The nice value of our thread named `name`, if one runs (field 19 of its `stat`).
-fn nice_of_thread(name: &str) -> Option<i64> {
+/// The scheduling policy of our thread named `name`, if one runs (field 41 of its `stat`).
+fn policy_of_thread(name: &str) -> Option<i32> {
     let tasks = std::fs::read_dir("/proc/self/task").expect("read /proc/self/task");
     tasks.filter_map(Result::ok).find_map(|task| {
         let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
@@ -146,35 +146,54 @@ fn nice_of_thread(name: &str) -> Option<i64> {
             return None;
         }
         let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        // After the parenthesised command: state is field 3, nice field 19.
+        // After the parenthesised command, the first field is the 3rd.
         let (_, rest) = stat.rsplit_once(')')?;
-        rest.split_whitespace().nth(16)?.parse().ok()
+        rest.split_whitespace().nth(41 - 3)?.parse().ok()
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_capture_thread_runs_at_the_configured_nice_value_and_ends_with_the_last_probe() {
+/// Starts a protocol probe with `settings`, waits for its capture thread to run with a policy
+/// other than `not`, returns its policy a moment later, and stops the probe (the thread must end
+/// with it).
+async fn capture_thread_policy(settings: Settings, not: Option<i32>) -> i32 {
     let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
     let store = Store::default();
     let mut registry = Registry::default();
-    let settings = Settings {
-        capture_nice: 7,
-        ..Settings::default()
-    };
     let protocols = ProtocolsShared::with_settings(&mut registry, settings);
     let ctx = context_with(&store, &mut registry, protocols);
-    assert_eq!(nice_of_thread(THREAD_NAME), None, "no capture thread yet");
+    assert_eq!(policy_of_thread(THREAD_NAME), None, "no capture thread yet");
     let probe = tracepoint(vec![Protocol::Http], "*/sleep");
     let p: ProtocolProbe = start_probe_in(&ctx, &probe, target(sleeper.id(), "/usr/bin/sleep"));
-    wait_until("the capture thread set its nice value", || {
-        nice_of_thread(THREAD_NAME) == Some(7)
+    wait_until("the capture thread runs with its policy", || {
+        policy_of_thread(THREAD_NAME).is_some_and(|p| Some(p) != not)
     });
+    // The thread sets its policy as it starts: a wrong one has had time to show.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let policy = policy_of_thread(THREAD_NAME);
     p.stop().await;
     assert_eq!(
-        nice_of_thread(THREAD_NAME),
+        policy_of_thread(THREAD_NAME),
         None,
         "the capture thread ended with the last probe"
     );
     let _ = sleeper.kill();
     let _ = sleeper.wait();
+    policy.expect("the capture thread ran until the probe stopped")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_thread_yields_to_workloads_by_default_and_competes_when_told() {
+    const SCHED_OTHER: i32 = 0;
+    const SCHED_IDLE: i32 = 5;
+    let default = capture_thread_policy(Settings::default(), Some(SCHED_OTHER)).await;
+    assert_eq!(default, SCHED_IDLE, "the default capture thread's policy");
+    let normal = Settings {
+        capture_priority: Priority::Normal,
+        ..Settings::default()
+    };
+    let policy = capture_thread_policy(normal, None).await;
+    assert_eq!(
+        policy, SCHED_OTHER,
+        "the capture thread's policy when told normal"
+    );
 }

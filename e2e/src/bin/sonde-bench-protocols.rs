@@ -65,6 +65,10 @@ struct Cli {
     /// at the records (the saturation runs' "capture only" column starts the bench binary so).
     #[arg(long, hide = true)]
     capture_only: Option<u32>,
+    /// Also run Sonde with this `--capture-priority` in each saturation round (then an untraced
+    /// run to compare both against).
+    #[arg(long, value_name = "idle|normal")]
+    compare_priority: Option<String>,
 }
 
 struct Nginx {
@@ -108,17 +112,35 @@ fn start_nginx(dir: &Path, logs: &Path) -> Result<Nginx> {
     bail!("nginx did not start (is it installed? `scripts/setup peers`)")
 }
 
+/// Requests per second and requests answered of a wrk run.
+struct WrkRun {
+    rps: f64,
+    requests: u64,
+}
+
 fn wrk(port: u16, seconds: u64) -> Result<f64> {
+    Ok(wrk_run(port, seconds)?.rps)
+}
+
+fn wrk_run(port: u16, seconds: u64) -> Result<WrkRun> {
     let out = Command::new("wrk")
         .args(["-t1", "-c16", &format!("-d{seconds}s")])
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .context("running wrk: `scripts/setup peers`")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    text.lines()
+    let rps = text
+        .lines()
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no Requests/sec in wrk output: {text}"))
+        .with_context(|| format!("no Requests/sec in wrk output: {text}"))?;
+    // "  1162155 requests in 5.00s, 176.21MB read"
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.parse().ok())
+        .with_context(|| format!("no request count in wrk output: {text}"))?;
+    Ok(WrkRun { rps, requests })
 }
 
 /// bpftrace counting, for the nginx worker only, every tracepoint Sonde's protocol capture attaches
@@ -211,13 +233,22 @@ fn captured(proc: &Proc) -> Result<(u64, u64)> {
 }
 
 async fn start_sonde(bins: &SondeBinaries, dir: &Path, logs: &Path) -> Result<Agent> {
+    start_sonde_with(bins, dir, logs, &[]).await
+}
+
+async fn start_sonde_with(
+    bins: &SondeBinaries,
+    dir: &Path,
+    logs: &Path,
+    args: &[&str],
+) -> Result<Agent> {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     std::fs::write(
         manifests.join("http.yaml"),
         "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: web\nspec:\n  process:\n    exe: '*/nginx'\n  probe:\n    protocols: [http]\n",
     )?;
-    let mut agent = Agent::start_standalone(bins, &manifests, logs)?;
+    let mut agent = Agent::start_standalone_with(bins, &manifests, logs, args)?;
     agent.wait_healthy().await?;
     let url = format!("{}/v1/status", agent.url);
     sonde_e2e::wait::until_ok(
@@ -340,6 +371,47 @@ async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<u64> {
     Ok(done.load(Ordering::Relaxed))
 }
 
+/// What a saturation run of Sonde measured.
+struct SondeRun {
+    rps: f64,
+    /// The agent's CPU per request, the catching up after the run included.
+    agent_us: f64,
+    /// Share of the requests answered that became `http_events` rows.
+    recorded: f64,
+    /// `ring_full` drops during the run.
+    lost: u64,
+}
+
+/// A standalone agent with `args` tracing nginx on `port` while wrk saturates it for `seconds`.
+async fn saturated_sonde(
+    bins: &SondeBinaries,
+    dir: &Path,
+    logs: &Path,
+    port: u16,
+    seconds: u64,
+    args: &[&str],
+) -> Result<SondeRun> {
+    let mut agent = start_sonde_with(bins, dir, logs, args).await?;
+    let (a0, rows0, lost0) = (
+        run_seconds(agent.proc.pid()),
+        http_rows(&agent).await?,
+        ring_full(&agent).await?,
+    );
+    let run = wrk_run(port, seconds)?;
+    // The agent may be behind (its drain thread yields to the workload): let it catch up, and
+    // count that work too.
+    tokio::time::sleep(CATCH_UP).await;
+    let requests = run.requests.max(1) as f64;
+    let sonde = SondeRun {
+        rps: run.rps,
+        agent_us: (run_seconds(agent.proc.pid()) - a0) * 1e6 / requests,
+        recorded: (http_rows(&agent).await? - rows0) as f64 / requests,
+        lost: ring_full(&agent).await? - lost0,
+    };
+    agent.proc.stop(Duration::from_secs(10));
+    Ok(sonde)
+}
+
 /// How long the agent gets after a saturation run to finish what waits in its ring.
 const CATCH_UP: Duration = Duration::from_millis(1500);
 
@@ -404,6 +476,7 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let (mut bare_ratios, mut capture_ratios, mut sonde_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
+    let (mut compare_ratios, mut compare_paired) = (Vec::new(), Vec::new());
     for round in 1..=cli.rounds {
         let untraced = wrk(nginx.port, cli.seconds)?;
         let mut bare = start_bare_hooks(nginx.worker, &logs)?;
@@ -419,32 +492,44 @@ async fn main() -> Result<()> {
             lost == 0,
             "the capture-only run lost {lost} records to a full ring: its figure would be too good"
         );
-        let mut agent = start_sonde(&bins, dir.path(), &logs).await?;
-        let (a0, rows0, lost0) = (
-            run_seconds(agent.proc.pid()),
-            http_rows(&agent).await?,
-            ring_full(&agent).await?,
-        );
-        let sonde_rps = wrk(nginx.port, cli.seconds)?;
-        // The agent may be behind (its drain thread yields to the workload): let it catch up, and
-        // count that work too.
-        tokio::time::sleep(CATCH_UP).await;
-        let requests = sonde_rps * cli.seconds as f64;
-        let agent_us = (run_seconds(agent.proc.pid()) - a0) * 1e6 / requests;
-        let recorded = (http_rows(&agent).await? - rows0) as f64 / requests;
-        let lost = ring_full(&agent).await? - lost0;
-        agent.proc.stop(Duration::from_secs(10));
+        let sonde = saturated_sonde(&bins, dir.path(), &logs, nginx.port, cli.seconds, &[]).await?;
+        let sonde_rps = sonde.rps;
         bare_ratios.push(bare_rps / untraced);
         capture_ratios.push(capture_rps / untraced);
         sonde_ratios.push(sonde_rps / untraced);
         println!(
-            "| {round} | {untraced:.0} | {bare_rps:.0} | {capture_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {agent_us:.2} | {:.1}% | {lost} |",
+            "| {round} | {untraced:.0} | {bare_rps:.0} | {capture_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1}% | {} |",
             bare_rps / untraced,
             capture_rps / untraced,
             sonde_rps / untraced,
             records as f64 / (capture_rps * cli.seconds as f64),
-            recorded * 100.0,
+            sonde.agent_us,
+            sonde.recorded * 100.0,
+            sonde.lost,
         );
+        if let Some(priority) = &cli.compare_priority {
+            let other = saturated_sonde(
+                &bins,
+                dir.path(),
+                &logs,
+                nginx.port,
+                cli.seconds,
+                &["--capture-priority", priority],
+            )
+            .await?;
+            // Against the untraced run before it, like the others.
+            let untraced_after = wrk(nginx.port, cli.seconds)?;
+            compare_ratios.push(other.rps / untraced_after);
+            compare_paired.push(other.rps / untraced_after - sonde_rps / untraced_after);
+            println!(
+                "| {round}, Sonde with --capture-priority {priority} | {untraced_after:.0} (after) | | | {:.0} | | | {:.3} | | {:.2} | {:.1}% | {} |",
+                other.rps,
+                other.rps / untraced_after,
+                other.agent_us,
+                other.recorded * 100.0,
+                other.lost,
+            );
+        }
     }
     if cli.rounds > 0 {
         // Paired within each round too: rounds differ more from each other than the hooks do.
@@ -465,6 +550,13 @@ async fn main() -> Result<()> {
             "median ratios: bare hooks {b:.3}, capture only {c:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points; median of the rounds' own differences {sonde_bare:+.1} points: capture only − bare {capture_bare:+.1}, Sonde − capture only {sonde_capture:+.1}",
             (s - b) * 100.0,
         );
+        if let Some(priority) = &cli.compare_priority {
+            println!(
+                "Sonde with --capture-priority {priority}: median ratio {:.3}; its throughput − the default's, over the same untraced run after it: median {:+.1} points",
+                median(compare_ratios),
+                median(compare_paired.iter().map(|d| d * 100.0).collect()),
+            );
+        }
         println!();
     }
 

@@ -69,15 +69,15 @@ struct Running {
 pub struct Settings {
     /// Open connections with new traffic get a `conn_stats` row this often (checked once a second).
     pub conn_stats_every: Duration,
-    /// Nice value of the thread that parses the captured bytes (see [`drain`]).
-    pub capture_nice: i32,
+    /// CPU priority of the thread that parses the captured bytes (see [`drain`]).
+    pub capture_priority: drain::Priority,
 }
 
 impl Default for Settings {
     fn default() -> Settings {
         Settings {
             conn_stats_every: DEFAULT_CONN_STATS_INTERVAL,
-            capture_nice: drain::DEFAULT_NICE,
+            capture_priority: drain::Priority::Idle,
         }
     }
 }
@@ -148,7 +148,7 @@ impl ProtocolsShared {
                 self.settings.conn_stats_every,
             );
             let drain = info_span!("protocols")
-                .in_scope(|| DrainThread::spawn(tracker, maps.ring, self.settings.capture_nice))
+                .in_scope(|| DrainThread::spawn(tracker, maps.ring, self.settings.capture_priority))
                 .map_err(|e| {
                     format!("cannot start the capture thread: {e}; the agent may have hit its thread limit")
                 })?;
