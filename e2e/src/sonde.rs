@@ -93,22 +93,11 @@ impl Agent {
         manifests: &Path,
         log_dir: &Path,
     ) -> Result<Agent> {
-        Agent::start_standalone_with(bins, manifests, log_dir, &[])
-    }
-
-    /// [`Agent::start_standalone`] with more command-line arguments.
-    pub fn start_standalone_with(
-        bins: &SondeBinaries,
-        manifests: &Path,
-        log_dir: &Path,
-        args: &[&str],
-    ) -> Result<Agent> {
         let port = free_port()?;
         let mut cmd = Command::new(&bins.agent);
         cmd.arg("--manifests")
             .arg(manifests)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(args)
             .env_remove("KUBECONFIG")
             .env("RUST_LOG", "info");
         Ok(Agent {

@@ -13,7 +13,7 @@ use prometheus_client::registry::Registry;
 use sonde_agent::http::{self, AppState, Authorizer, Mode};
 use sonde_agent::probes::{
     self, ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared,
-    profiler::ProfilerShared, protocols::ProtocolsShared, protocols::Settings as ProtocolSettings,
+    profiler::ProfilerShared, protocols::ProtocolsShared,
 };
 use sonde_agent::source::{kube::KubeSource, manifests};
 use sonde_agent::tables::{Budget, Store};
@@ -52,18 +52,6 @@ struct Cli {
     /// traffic (cumulative bytes, conn_close 0); closed connections always get their final row.
     #[arg(long, env = "SONDE_CONN_STATS_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     conn_stats_interval: std::time::Duration,
-    /// CPU priority of the thread that parses protocol traffic: idle (SCHED_IDLE) runs it on the
-    /// CPU time workloads leave, so they come first when the node's CPUs are saturated; what the
-    /// agent cannot keep up with is then dropped in the kernel before it is copied, and counted in
-    /// sonde_events_dropped_total{reason="ring_full"}. normal competes with them as an equal:
-    /// complete records, slower services under overload.
-    #[arg(
-        long,
-        env = "SONDE_CAPTURE_PRIORITY",
-        value_name = "idle|normal",
-        default_value = "idle"
-    )]
-    capture_priority: sonde_agent::probes::protocols::drain::Priority,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -190,12 +178,9 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         node: node.clone(),
         tables: store.clone(),
         bpftrace,
-        protocols: Arc::new(ProtocolsShared::with_settings(
+        protocols: Arc::new(ProtocolsShared::with_conn_stats_interval(
             &mut registry,
-            ProtocolSettings {
-                conn_stats_every: cli.conn_stats_interval,
-                capture_priority: cli.capture_priority,
-            },
+            cli.conn_stats_interval,
         )),
         profiler: Arc::new(ProfilerShared::with_period(
             &mut registry,

@@ -1,8 +1,7 @@
 //! When the agent falls behind, on the real kernel: the capture ring fills, the syscalls that no
 //! longer fit are dropped whole and counted, their bytes still advance the stream position (so the
 //! parsers see a gap of the right size), and capture resumes as soon as the ring is drained. And the
-//! thread that drains the ring yields to the workloads (SCHED_IDLE) unless told otherwise, so that
-//! an overloaded node's workloads come first.
+//! thread that drains the ring lives exactly as long as some protocol probe does.
 mod common;
 
 use std::collections::HashSet;
@@ -11,10 +10,9 @@ use std::process::{Child, Command, Stdio};
 
 use common::*;
 use prometheus_client::registry::Registry;
-use sonde_agent::probes::protocols::drain::{Priority, THREAD_NAME};
+use sonde_agent::probes::protocols::drain::THREAD_NAME;
 use sonde_agent::probes::protocols::events::{Event, decode};
 use sonde_agent::probes::protocols::kernel::{Kernel, LoopMaps};
-use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared, Settings};
 use sonde_agent::tables::Store;
 use sonde_api::Protocol;
 use sonde_common::conn::DROP_RING_FULL;
@@ -137,63 +135,55 @@ fn a_full_ring_drops_whole_syscalls_counted_with_their_gap_and_capture_resumes_o
     let _ = child.wait();
 }
 
-/// The scheduling policy of our thread named `name`, if one runs (field 41 of its `stat`).
-fn policy_of_thread(name: &str) -> Option<i32> {
+/// Whether a thread of ours named `name` runs.
+fn thread_runs(name: &str) -> bool {
     let tasks = std::fs::read_dir("/proc/self/task").expect("read /proc/self/task");
-    tasks.filter_map(Result::ok).find_map(|task| {
-        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
-        if comm.trim_end() != name {
-            return None;
-        }
-        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-        // After the parenthesised command, the first field is the 3rd.
-        let (_, rest) = stat.rsplit_once(')')?;
-        rest.split_whitespace().nth(41 - 3)?.parse().ok()
+    tasks.filter_map(Result::ok).any(|task| {
+        std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim_end() == name)
     })
 }
 
-/// Starts a protocol probe with `settings`, waits for its capture thread to run with a policy
-/// other than `not`, returns its policy a moment later, and stops the probe (the thread must end
-/// with it).
-async fn capture_thread_policy(settings: Settings, not: Option<i32>) -> i32 {
-    let mut sleeper = Command::new("sleep").arg("600").spawn().unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capture_thread_starts_with_the_first_probe_and_ends_with_the_last() {
+    let mut sleepers: Vec<Child> = (0..2)
+        .map(|_| Command::new("sleep").arg("600").spawn().unwrap())
+        .collect();
     let store = Store::default();
     let mut registry = Registry::default();
-    let protocols = ProtocolsShared::with_settings(&mut registry, settings);
-    let ctx = context_with(&store, &mut registry, protocols);
-    assert_eq!(policy_of_thread(THREAD_NAME), None, "no capture thread yet");
-    let probe = tracepoint(vec![Protocol::Http], "*/sleep");
-    let p: ProtocolProbe = start_probe_in(&ctx, &probe, target(sleeper.id(), "/usr/bin/sleep"));
-    wait_until("the capture thread runs with its policy", || {
-        policy_of_thread(THREAD_NAME).is_some_and(|p| Some(p) != not)
-    });
-    // The thread sets its policy as it starts: a wrong one has had time to show.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let policy = policy_of_thread(THREAD_NAME);
-    p.stop().await;
-    assert_eq!(
-        policy_of_thread(THREAD_NAME),
-        None,
-        "the capture thread ended with the last probe"
+    let ctx = context(&store, &mut registry);
+    assert!(
+        !thread_runs(THREAD_NAME),
+        "a capture thread before any probe"
     );
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    policy.expect("the capture thread ran until the probe stopped")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_capture_thread_yields_to_workloads_by_default_and_competes_when_told() {
-    const SCHED_OTHER: i32 = 0;
-    const SCHED_IDLE: i32 = 5;
-    let default = capture_thread_policy(Settings::default(), Some(SCHED_OTHER)).await;
-    assert_eq!(default, SCHED_IDLE, "the default capture thread's policy");
-    let normal = Settings {
-        capture_priority: Priority::Normal,
-        ..Settings::default()
-    };
-    let policy = capture_thread_policy(normal, None).await;
-    assert_eq!(
-        policy, SCHED_OTHER,
-        "the capture thread's policy when told normal"
+    let mut probes = Vec::new();
+    for (i, sleeper) in sleepers.iter().enumerate() {
+        let mut probe = tracepoint(vec![Protocol::Http], "*/sleep");
+        probe.0.id = format!("Tracepoint/default/sleeper-{i}");
+        probes.push(start_probe_in(
+            &ctx,
+            &probe,
+            target(sleeper.id(), "/usr/bin/sleep"),
+        ));
+    }
+    assert!(
+        thread_runs(THREAD_NAME),
+        "no capture thread with two probes"
     );
+    let last = probes.pop().expect("two probes");
+    for probe in probes {
+        probe.stop().await;
+    }
+    assert!(
+        thread_runs(THREAD_NAME),
+        "the capture thread ended before the last probe"
+    );
+    last.stop().await;
+    assert!(
+        !thread_runs(THREAD_NAME),
+        "the capture thread outlived the last probe"
+    );
+    for sleeper in &mut sleepers {
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+    }
 }

@@ -8,8 +8,9 @@
 //! 1. saturation: `wrk -t1 -c16` alternating untraced / bare hooks (bpftrace counting the tracepoints
 //!    Sonde attaches, for the worker only) / capture only (Sonde's kernel side for the worker, its
 //!    ring drained by a child of this binary that looks at nothing) / Sonde (standalone agent, HTTP
-//!    Tracepoint on nginx); throughput ratios against the untraced runs of the same round, and the
-//!    agent's CPU per request. Capture only − bare hooks is what copying the bytes out costs; Sonde
+//!    Tracepoint on nginx); throughput ratios against the untraced runs of the same round, the
+//!    agent's CPU per request (its catching up after the run included), the share of wrk's
+//!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture only − bare hooks is what copying the bytes out costs; Sonde
 //!    − capture only is what the agent's work on them costs;
 //! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, then Sonde
 //!    (after a warm-up that fills `http_events` to its budget: the steady state);
@@ -65,10 +66,6 @@ struct Cli {
     /// at the records (the saturation runs' "capture only" column starts the bench binary so).
     #[arg(long, hide = true)]
     capture_only: Option<u32>,
-    /// Also run Sonde with this `--capture-priority` in each saturation round (then an untraced
-    /// run to compare both against).
-    #[arg(long, value_name = "idle|normal")]
-    compare_priority: Option<String>,
 }
 
 struct Nginx {
@@ -233,22 +230,13 @@ fn captured(proc: &Proc) -> Result<(u64, u64)> {
 }
 
 async fn start_sonde(bins: &SondeBinaries, dir: &Path, logs: &Path) -> Result<Agent> {
-    start_sonde_with(bins, dir, logs, &[]).await
-}
-
-async fn start_sonde_with(
-    bins: &SondeBinaries,
-    dir: &Path,
-    logs: &Path,
-    args: &[&str],
-) -> Result<Agent> {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     std::fs::write(
         manifests.join("http.yaml"),
         "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: web\nspec:\n  process:\n    exe: '*/nginx'\n  probe:\n    protocols: [http]\n",
     )?;
-    let mut agent = Agent::start_standalone_with(bins, &manifests, logs, args)?;
+    let mut agent = Agent::start_standalone(bins, &manifests, logs)?;
     agent.wait_healthy().await?;
     let url = format!("{}/v1/status", agent.url);
     sonde_e2e::wait::until_ok(
@@ -382,24 +370,22 @@ struct SondeRun {
     lost: u64,
 }
 
-/// A standalone agent with `args` tracing nginx on `port` while wrk saturates it for `seconds`.
+/// A standalone agent tracing nginx on `port` while wrk saturates it for `seconds`.
 async fn saturated_sonde(
     bins: &SondeBinaries,
     dir: &Path,
     logs: &Path,
     port: u16,
     seconds: u64,
-    args: &[&str],
 ) -> Result<SondeRun> {
-    let mut agent = start_sonde_with(bins, dir, logs, args).await?;
+    let mut agent = start_sonde(bins, dir, logs).await?;
     let (a0, rows0, lost0) = (
         run_seconds(agent.proc.pid()),
         http_rows(&agent).await?,
         ring_full(&agent).await?,
     );
     let run = wrk_run(port, seconds)?;
-    // The agent may be behind (its drain thread yields to the workload): let it catch up, and
-    // count that work too.
+    // The agent may be behind: let it catch up, and count that work too.
     tokio::time::sleep(CATCH_UP).await;
     let requests = run.requests.max(1) as f64;
     let sonde = SondeRun {
@@ -476,7 +462,6 @@ async fn main() -> Result<()> {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let (mut bare_ratios, mut capture_ratios, mut sonde_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
-    let (mut compare_ratios, mut compare_paired) = (Vec::new(), Vec::new());
     for round in 1..=cli.rounds {
         let untraced = wrk(nginx.port, cli.seconds)?;
         let mut bare = start_bare_hooks(nginx.worker, &logs)?;
@@ -492,7 +477,7 @@ async fn main() -> Result<()> {
             lost == 0,
             "the capture-only run lost {lost} records to a full ring: its figure would be too good"
         );
-        let sonde = saturated_sonde(&bins, dir.path(), &logs, nginx.port, cli.seconds, &[]).await?;
+        let sonde = saturated_sonde(&bins, dir.path(), &logs, nginx.port, cli.seconds).await?;
         let sonde_rps = sonde.rps;
         bare_ratios.push(bare_rps / untraced);
         capture_ratios.push(capture_rps / untraced);
@@ -507,29 +492,6 @@ async fn main() -> Result<()> {
             sonde.recorded * 100.0,
             sonde.lost,
         );
-        if let Some(priority) = &cli.compare_priority {
-            let other = saturated_sonde(
-                &bins,
-                dir.path(),
-                &logs,
-                nginx.port,
-                cli.seconds,
-                &["--capture-priority", priority],
-            )
-            .await?;
-            // Against the untraced run before it, like the others.
-            let untraced_after = wrk(nginx.port, cli.seconds)?;
-            compare_ratios.push(other.rps / untraced_after);
-            compare_paired.push(other.rps / untraced_after - sonde_rps / untraced_after);
-            println!(
-                "| {round}, Sonde with --capture-priority {priority} | {untraced_after:.0} (after) | | | {:.0} | | | {:.3} | | {:.2} | {:.1}% | {} |",
-                other.rps,
-                other.rps / untraced_after,
-                other.agent_us,
-                other.recorded * 100.0,
-                other.lost,
-            );
-        }
     }
     if cli.rounds > 0 {
         // Paired within each round too: rounds differ more from each other than the hooks do.
@@ -550,13 +512,6 @@ async fn main() -> Result<()> {
             "median ratios: bare hooks {b:.3}, capture only {c:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points; median of the rounds' own differences {sonde_bare:+.1} points: capture only − bare {capture_bare:+.1}, Sonde − capture only {sonde_capture:+.1}",
             (s - b) * 100.0,
         );
-        if let Some(priority) = &cli.compare_priority {
-            println!(
-                "Sonde with --capture-priority {priority}: median ratio {:.3}; its throughput − the default's, over the same untraced run after it: median {:+.1} points",
-                median(compare_ratios),
-                median(compare_paired.iter().map(|d| d * 100.0).collect()),
-            );
-        }
         println!();
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use prometheus_client::registry::Registry;
-use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared, Settings};
+use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared};
 use sonde_agent::probes::{
     ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared, profiler::ProfilerShared,
 };
@@ -155,15 +155,11 @@ pub fn context_with_conn_stats_every(
     registry: &mut Registry,
     every: Duration,
 ) -> ProbeContext {
-    let settings = Settings {
-        conn_stats_every: every,
-        ..Settings::default()
-    };
-    let protocols = ProtocolsShared::with_settings(registry, settings);
+    let protocols = ProtocolsShared::with_conn_stats_interval(registry, every);
     context_with(store, registry, protocols)
 }
 
-pub fn context_with(
+fn context_with(
     store: &Store,
     registry: &mut Registry,
     protocols: ProtocolsShared,

@@ -1,23 +1,17 @@
 //! The drain thread: empties the capture ring buffer into the [`Tracker`] on an OS thread of its
-//! own (a current-thread tokio runtime), at a CPU priority of its own.
+//! own, running a current-thread tokio runtime.
 //!
-//! Why a thread of its own: its scheduling policy. By default ([`Priority::Idle`], `SCHED_IDLE`) it
-//! runs on the CPU time the workloads leave, and a workload thread that wakes up preempts it at
-//! once. When the node's CPUs are saturated the agent falls behind, the ring fills, and the kernel
-//! side stops copying the syscalls that no longer fit (counted in
-//! `sonde_events_dropped_total{reason="ring_full"}`; their stream positions still advance, so the
-//! parsers see the gaps): an overloaded service pays little more than the bare hooks instead of
-//! losing a share of its CPU to the agent. With CPU to spare, the policy changes nothing. In a
-//! cluster the agent pod's CPU request (its cgroup weight) sets its share against other pods; the
-//! policy orders the drain thread within the agent. (Nice 19 was tried first: a nice-19 thread still
-//! keeps the CPU for its slice when a workload thread wakes, which cost nginx under wrk up to 10
-//! points of throughput.)
+//! Why a thread of its own: a drain of a full batch takes milliseconds of parsing, which on the
+//! agent's shared runtime held one of its two workers away from the HTTP API, the probe manager
+//! and the Kubernetes watches; and the idle wake-ups (the drain timer, the once-a-second tick) are
+//! one `epoll_wait` each on this thread instead of a trip through the shared runtime. The drain
+//! timer backs off while the ring stays empty, so an idle agent wakes twice a second.
 //!
-//! A current-thread runtime also makes the idle wake-ups (the drain timer, the once-a-second tick)
-//! one `epoll_wait` each on this thread, instead of a trip through the agent's shared runtime.
-use std::fmt;
+//! The thread runs at the workloads' priority. A `SCHED_IDLE` (or nice 19) thread that yields to
+//! them when the node is saturated was built and measured: with nginx under wrk on this project's
+//! 2-vCPU VMs it cost nginx *more* throughput than a normal thread (6 points, median of 4 rounds)
+//! and lost 5–15% of the requests to a full ring (BENCHMARKS.md), so it was not kept.
 use std::io;
-use std::str::FromStr;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -26,44 +20,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span, error, warn};
+use tracing::{Instrument, Span, error};
 
 use super::tracker::Tracker;
-
-/// CPU priority of the drain thread (agent flag `--capture-priority`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Priority {
-    /// `SCHED_IDLE`: the workloads come first; what the agent cannot keep up with is dropped,
-    /// counted.
-    #[default]
-    Idle,
-    /// The workloads' own (`SCHED_OTHER`, nice 0): complete records, slower services under
-    /// overload.
-    Normal,
-}
-
-impl FromStr for Priority {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Priority, String> {
-        match s {
-            "idle" => Ok(Priority::Idle),
-            "normal" => Ok(Priority::Normal),
-            other => Err(format!(
-                "unknown capture priority {other:?}: use idle (the default: workloads first) or normal"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Priority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Priority::Idle => "idle",
-            Priority::Normal => "normal",
-        })
-    }
-}
 
 /// Ring-buffer records handled before the rows they made are appended.
 const BATCH: usize = 4096;
@@ -84,12 +43,8 @@ pub struct DrainThread {
 }
 
 impl DrainThread {
-    /// Starts draining `ring` into `tracker` on a new thread of `priority`.
-    pub fn spawn(
-        tracker: Tracker,
-        ring: RingBuf<MapData>,
-        priority: Priority,
-    ) -> io::Result<DrainThread> {
+    /// Starts draining `ring` into `tracker` on a new thread.
+    pub fn spawn(tracker: Tracker, ring: RingBuf<MapData>) -> io::Result<DrainThread> {
         let cancel = CancellationToken::new();
         let token = cancel.clone();
         let span = Span::current();
@@ -97,9 +52,6 @@ impl DrainThread {
             .name(THREAD_NAME.into())
             .spawn(move || {
                 let _entered = span.enter();
-                if let Err(e) = set_own_priority(priority) {
-                    warn!(%priority, "cannot set the capture thread's priority: {e}");
-                }
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();
@@ -121,20 +73,6 @@ impl DrainThread {
             error!("the capture thread panicked");
         }
     }
-}
-
-/// Gives the calling thread `priority` (Linux: pid 0 is the calling thread alone). Moving to
-/// `SCHED_IDLE` needs no privilege.
-fn set_own_priority(priority: Priority) -> io::Result<()> {
-    if priority == Priority::Normal {
-        return Ok(());
-    }
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a valid sched_param for the duration of the call.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Handles up to [`BATCH`] records, then appends the rows they made; returns how many it handled.
@@ -213,17 +151,5 @@ mod tests {
         }
         assert_eq!(waits, [200, 400, 800, 1000, 1000, 1000]);
         assert_eq!(next_wait(wait, 1), DRAIN_EVERY);
-    }
-
-    #[test]
-    fn priorities_parse_from_their_names_and_a_wrong_one_names_the_choices() {
-        assert_eq!("idle".parse(), Ok(Priority::Idle));
-        assert_eq!("normal".parse(), Ok(Priority::Normal));
-        assert_eq!(Priority::default(), Priority::Idle);
-        let err = "low".parse::<Priority>().unwrap_err();
-        assert!(
-            err.contains("\"low\"") && err.contains("idle") && err.contains("normal"),
-            "{err}"
-        );
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! Parts: [`kernel`] loads the eBPF side (`node-agent-ebpf/src/protocols`) and keeps its filter maps
 //! equal to [`routes`] (which process gets which protocols); [`drain`] empties the ring buffer on a
-//! low-priority thread of its own; [`events`] decodes the ring buffer;
+//! thread of its own; [`events`] decodes the ring buffer;
 //! [`sockets`] tells what an fd is; [`conn`] reassembles and parses one connection; [`tracker`] is
 //! the event loop's state; [`rows`] and [`metrics`] are its outputs. Parsers come from
 //! `sonde-protocols`.
@@ -64,24 +64,6 @@ struct Running {
     drain: DrainThread,
 }
 
-/// Agent-wide settings of protocol tracing.
-#[derive(Clone, Copy, Debug)]
-pub struct Settings {
-    /// Open connections with new traffic get a `conn_stats` row this often (checked once a second).
-    pub conn_stats_every: Duration,
-    /// CPU priority of the thread that parses the captured bytes (see [`drain`]).
-    pub capture_priority: drain::Priority,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            conn_stats_every: DEFAULT_CONN_STATS_INTERVAL,
-            capture_priority: drain::Priority::Idle,
-        }
-    }
-}
-
 #[derive(Default)]
 struct Inner {
     probes: BTreeMap<String, ProbeRoutes>,
@@ -95,7 +77,7 @@ pub struct ProtocolsShared {
     routes: Arc<RwLock<Routes>>,
     inner: Mutex<Inner>,
     cgroup_root: Option<PathBuf>,
-    settings: Settings,
+    conn_stats_every: Duration,
 }
 
 impl std::fmt::Debug for ProtocolsShared {
@@ -106,16 +88,18 @@ impl std::fmt::Debug for ProtocolsShared {
 
 impl ProtocolsShared {
     pub fn new(registry: &mut Registry) -> ProtocolsShared {
-        ProtocolsShared::with_settings(registry, Settings::default())
+        ProtocolsShared::with_conn_stats_interval(registry, DEFAULT_CONN_STATS_INTERVAL)
     }
 
-    pub fn with_settings(registry: &mut Registry, settings: Settings) -> ProtocolsShared {
+    /// Open connections with new traffic get a `conn_stats` row every `every` (checked once a
+    /// second).
+    pub fn with_conn_stats_interval(registry: &mut Registry, every: Duration) -> ProtocolsShared {
         ProtocolsShared {
             metrics: ProtocolMetrics::register(registry),
             routes: Arc::new(RwLock::new(Routes::default())),
             inner: Mutex::new(Inner::default()),
             cgroup_root: routes::cgroup2_root(),
-            settings,
+            conn_stats_every: every,
         }
     }
 
@@ -145,10 +129,10 @@ impl ProtocolsShared {
                 self.metrics.clone(),
                 maps.conns,
                 maps.drops,
-                self.settings.conn_stats_every,
+                self.conn_stats_every,
             );
             let drain = info_span!("protocols")
-                .in_scope(|| DrainThread::spawn(tracker, maps.ring, self.settings.capture_priority))
+                .in_scope(|| DrainThread::spawn(tracker, maps.ring))
                 .map_err(|e| {
                     format!("cannot start the capture thread: {e}; the agent may have hit its thread limit")
                 })?;
