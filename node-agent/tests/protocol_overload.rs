@@ -6,9 +6,10 @@ mod common;
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
+use nix::sys::signal::Signal;
 use prometheus_client::registry::Registry;
 use sonde_agent::probes::protocols::drain::THREAD_NAME;
 use sonde_agent::probes::protocols::events::{Event, decode};
@@ -27,7 +28,7 @@ const SYS_SENDTO: u32 = 44;
 /// A process that sends `FLOOD`, then `AFTER` UDP datagrams to the discard port, each round on a
 /// SIGUSR1. Between rounds it makes no traced syscall at all (it signals with `mkdir`, waits in
 /// `sigwait`), so every loss the drop counter shows is one of its datagrams.
-fn sender(dir: &Path) -> Child {
+fn sender(dir: &Path) -> Server {
     let script = format!(
         "import os, signal, socket\n\
          signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGUSR1}})\n\
@@ -42,21 +43,25 @@ fn sender(dir: &Path) -> Child {
          signal.sigwait({{signal.SIGUSR1}})\n",
         dir = dir.display()
     );
-    Command::new("python3")
+    let child = Command::new("python3")
         .args(["-c", &script])
         .stdin(Stdio::null())
         .spawn()
-        .expect("python3 runs (scripts/setup installs it)")
+        .expect("python3 runs (scripts/setup installs it)");
+    Server {
+        child,
+        signal: Signal::SIGKILL,
+    }
 }
 
 /// Runs round `round` of [`sender`] and waits until it is done.
-fn run_round(child: &Child, dir: &Path, round: usize) {
+fn run_round(sender: &Server, dir: &Path, round: usize) {
     wait_until("the sender waits for its signal", || {
         dir.join(format!("ready-{round}")).exists()
     });
     // SAFETY: a signal to our own child, which blocks it until sigwait takes it.
     assert_eq!(
-        unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) },
+        unsafe { libc::kill(sender.pid() as i32, libc::SIGUSR1) },
         0,
         "signalling the sender"
     );
@@ -91,15 +96,15 @@ fn ring_full_drops(maps: &LoopMaps) -> u64 {
 #[test]
 fn a_full_ring_drops_whole_syscalls_counted_with_their_gap_and_capture_resumes_once_drained() {
     let dir = tempfile::tempdir().unwrap();
-    let mut child = sender(dir.path());
-    let pid = child.id();
+    let sender = sender(dir.path());
+    let pid = sender.pid();
     let (mut kernel, mut maps) = Kernel::load(false).expect("load the capture programs (root)");
     kernel
         .set_filter(&HashSet::from([pid]), &HashSet::new())
         .unwrap();
 
     // Nobody drains the ring while the sender floods it.
-    run_round(&child, dir.path(), 0);
+    run_round(&sender, dir.path(), 0);
     let dropped = ring_full_drops(&maps);
     let captured = sent_positions(&mut maps, pid);
     let payload = PAYLOAD as u64;
@@ -118,7 +123,7 @@ fn a_full_ring_drops_whole_syscalls_counted_with_their_gap_and_capture_resumes_o
     assert_eq!(captured, expected, "captured datagrams are the first ones");
 
     // Drained (above): the next datagrams are captured, after a gap of exactly the lost bytes.
-    run_round(&child, dir.path(), 1);
+    run_round(&sender, dir.path(), 1);
     let resumed = sent_positions(&mut maps, pid);
     let expected: Vec<u64> = (FLOOD..FLOOD + AFTER).map(|i| i * payload).collect();
     assert_eq!(
@@ -130,9 +135,6 @@ fn a_full_ring_drops_whole_syscalls_counted_with_their_gap_and_capture_resumes_o
         dropped,
         "nothing dropped once drained"
     );
-
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// Whether a thread of ours named `name` runs.
@@ -145,8 +147,11 @@ fn thread_runs(name: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_capture_thread_starts_with_the_first_probe_and_ends_with_the_last() {
-    let mut sleepers: Vec<Child> = (0..2)
-        .map(|_| Command::new("sleep").arg("600").spawn().unwrap())
+    let sleepers: Vec<Server> = (0..2)
+        .map(|_| Server {
+            child: Command::new("sleep").arg("600").spawn().unwrap(),
+            signal: Signal::SIGKILL,
+        })
         .collect();
     let store = Store::default();
     let mut registry = Registry::default();
@@ -162,13 +167,13 @@ async fn the_capture_thread_starts_with_the_first_probe_and_ends_with_the_last()
         probes.push(start_probe_in(
             &ctx,
             &probe,
-            target(sleeper.id(), "/usr/bin/sleep"),
+            target(sleeper.pid(), "/usr/bin/sleep"),
         ));
     }
-    assert!(
-        thread_runs(THREAD_NAME),
-        "no capture thread with two probes"
-    );
+    // The new thread names itself as it starts.
+    wait_until("a capture thread with two probes", || {
+        thread_runs(THREAD_NAME)
+    });
     let last = probes.pop().expect("two probes");
     for probe in probes {
         probe.stop().await;
@@ -182,8 +187,5 @@ async fn the_capture_thread_starts_with_the_first_probe_and_ends_with_the_last()
         !thread_runs(THREAD_NAME),
         "the capture thread outlived the last probe"
     );
-    for sleeper in &mut sleepers {
-        let _ = sleeper.kill();
-        let _ = sleeper.wait();
-    }
+    drop(sleepers);
 }
