@@ -202,9 +202,9 @@ fn wakeup(size: usize) -> u64 {
 }
 
 /// Is the ring too full for a data syscall's events? Asked before its bytes are read, so that the
-/// syscalls the agent cannot keep up with (it yields the CPU to the workloads when the node is
-/// saturated) cost little more than the bare hooks. Their bytes still advance the stream position:
-/// user space sees the gap, and the loss is counted as `ring_full`.
+/// syscalls the agent cannot keep up with (a burst beyond its parsing speed, an agent short of
+/// CPU) cost little more than the bare hooks. Their bytes still advance the stream position: user
+/// space sees the gap, and the loss is counted as `ring_full`.
 #[inline(always)]
 fn ring_too_full() -> bool {
     CONN_EVENTS.query(BPF_RB_AVAIL_DATA) + SHED_MARGIN > u64::from(RING_BYTES)
