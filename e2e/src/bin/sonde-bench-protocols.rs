@@ -541,7 +541,9 @@ async fn main() -> Result<()> {
 
     let agent = start_sonde(&bins, dir.path(), &logs).await?;
     // Its CPU without traffic (timers, the /proc scans): a fixed cost, spread over the requests.
-    const IDLE_SECONDS: u64 = 5;
+    const IDLE_SECONDS: u64 = 10;
+    // Attaching (loading, the first /proc scans) is not the idle cost: let it settle first.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let idle0 = run_seconds(agent.proc.pid());
     tokio::time::sleep(Duration::from_secs(IDLE_SECONDS)).await;
     let idle_per_second = (run_seconds(agent.proc.pid()) - idle0) / IDLE_SECONDS as f64;
