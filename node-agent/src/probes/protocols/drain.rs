@@ -10,7 +10,7 @@
 //! The thread runs at the workloads' priority. A `SCHED_IDLE` (or nice 19) thread that yields to
 //! them when the node is saturated was built and measured: with nginx under wrk on this project's
 //! 2-vCPU VMs it cost nginx *more* throughput than a normal thread (6 points, median of 4 rounds)
-//! and lost 5–15% of the requests to a full ring (BENCHMARKS.md), so it was not kept.
+//! and lost up to 15% of the requests to a full ring (BENCHMARKS.md), so it was not kept.
 use std::io;
 use std::thread::JoinHandle;
 use std::time::Duration;
