@@ -10,8 +10,9 @@
 //!    ring drained by a child of this binary that looks at nothing) / Sonde (standalone agent, HTTP
 //!    Tracepoint on nginx); throughput ratios against the untraced runs of the same round, the
 //!    agent's CPU per request (its catching up after the run included), the share of wrk's
-//!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture only − bare hooks is what copying the bytes out costs; Sonde
-//!    − capture only is what the agent's work on them costs;
+//!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture
+//!    only − bare hooks is what copying the bytes out costs; Sonde − capture only is what the
+//!    agent's work on them costs;
 //! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, then Sonde
 //!    (after a warm-up that fills `http_events` to its budget: the steady state);
 //!    cost per request = (agent CPU + added CPU time of the nginx worker, from the scheduler's
@@ -401,13 +402,18 @@ async fn saturated_sonde(
 /// How long the agent gets after a saturation run to finish what waits in its ring.
 const CATCH_UP: Duration = Duration::from_millis(1500);
 
-/// `sonde_events_dropped_total{reason="ring_full"}` of the agent.
-async fn ring_full(agent: &Agent) -> Result<u64> {
-    let metrics = reqwest::get(format!("{}/metrics", agent.url))
+/// The agent's `/metrics` text.
+async fn metrics(agent: &Agent) -> Result<String> {
+    Ok(reqwest::get(format!("{}/metrics", agent.url))
         .await?
         .text()
-        .await?;
-    Ok(metrics
+        .await?)
+}
+
+/// `sonde_events_dropped_total{reason="ring_full"}` of the agent.
+async fn ring_full(agent: &Agent) -> Result<u64> {
+    Ok(metrics(agent)
+        .await?
         .lines()
         .find_map(|l| l.strip_prefix("sonde_events_dropped_total{reason=\"ring_full\"} "))
         .and_then(|v| v.trim().parse().ok())
@@ -563,10 +569,7 @@ async fn main() -> Result<()> {
     let agent_cpu = (run_seconds(agent_pid) - cpu0) / requests as f64;
     let rows = http_rows(&agent).await? - rows0;
     let (rss, hwm) = memory_kib(agent_pid)?;
-    let metrics = reqwest::get(format!("{}/metrics", agent.url))
-        .await?
-        .text()
-        .await?;
+    let metrics = metrics(&agent).await?;
     let us = |v: f64| v * 1e6;
     let (worker_added, client_added) = (traced.0 - base.0, traced.1 - base.1);
     println!("| figure | value |");

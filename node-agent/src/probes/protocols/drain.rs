@@ -20,7 +20,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span, error};
+use tracing::{Span, error};
 
 use super::tracker::Tracker;
 
@@ -51,12 +51,13 @@ impl DrainThread {
         let thread = std::thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
+                // The whole thread runs inside the span: the runtime polls on this thread alone.
                 let _entered = span.enter();
                 let runtime = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build();
                 match runtime {
-                    Ok(rt) => rt.block_on(event_loop(tracker, ring, token).in_current_span()),
+                    Ok(rt) => rt.block_on(event_loop(tracker, ring, token)),
                     Err(e) => error!(
                         "cannot start the capture thread's runtime: {e}; protocol tracing produces nothing"
                     ),
