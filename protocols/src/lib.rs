@@ -179,6 +179,11 @@ impl Span {
         }
     }
 
+    /// Its byte range (check it against the text first, as [`Span::of`] does).
+    pub fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+
     /// No bytes.
     pub fn is_empty(self) -> bool {
         self.start == self.end

@@ -209,18 +209,23 @@ impl Conn {
         }
     }
 
-    /// Feeds one data chunk at stream position `pos`.
-    /// `first_chunk`: this chunk starts its syscall (whose length is `syscall_len`).
+    /// Feeds one data chunk at stream position `pos`. `syscall_len`: on the first chunk of its
+    /// syscall, the bytes the whole syscall moved (None on the others: counted once).
+    /// `records`: an empty vector for the records made (the caller's, reused from chunk to chunk
+    /// rather than allocated per request).
     pub fn feed(
         &mut self,
         dir: Direction,
         ts_ns: u64,
         pos: u64,
         data: &[u8],
-        first_chunk: bool,
-        syscall_len: u64,
+        syscall_len: Option<u64>,
+        records: Vec<Record>,
     ) -> Fed {
-        let mut fed = Fed::default();
+        let mut fed = Fed {
+            records,
+            ..Fed::default()
+        };
         if self.evidence == Evidence::NotASocket {
             return fed;
         }
@@ -229,7 +234,7 @@ impl Conn {
             Direction::Egress => &mut self.egress,
             Direction::Ingress => &mut self.ingress,
         };
-        if first_chunk {
+        if let Some(syscall_len) = syscall_len {
             match dir {
                 Direction::Egress => self.bytes_sent += syscall_len,
                 Direction::Ingress => self.bytes_recv += syscall_len,
@@ -394,9 +399,16 @@ mod tests {
         // A DNS query over TCP as dnsmasq reads it: the length prefix, then the message.
         let query: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x05sonde\x04test\x00\x00\x01\x00\x01";
         let prefix = (query.len() as u16).to_be_bytes();
-        let fed = conn.feed(Direction::Ingress, 1, 0, &prefix, true, 2);
+        let fed = conn.feed(Direction::Ingress, 1, 0, &prefix, Some(2), Vec::new());
         assert!(fed.detected.is_none());
-        let fed = conn.feed(Direction::Ingress, 2, 2, query, true, query.len() as u64);
+        let fed = conn.feed(
+            Direction::Ingress,
+            2,
+            2,
+            query,
+            Some(query.len() as u64),
+            Vec::new(),
+        );
         assert_eq!(fed.detected, Some(Kind::Dns));
         assert!(fed.error.is_none(), "{:?}", fed.error.map(|e| e.reason));
         assert_eq!(conn.role, Some(Role::Server));
@@ -421,8 +433,8 @@ mod tests {
                 1,
                 u64::from(i) * 8,
                 b"datafile",
-                true,
-                8,
+                Some(8),
+                Vec::new(),
             );
             assert!(fed.records.is_empty() && fed.error.is_none());
             assert!(!fed.undetected && !fed.discarded && fed.detected.is_none());
@@ -437,7 +449,14 @@ mod tests {
         conn.evidence = Evidence::Inherited;
         let mut last = Fed::default();
         for i in 0..DETECT_ATTEMPTS {
-            last = conn.feed(Direction::Ingress, 1, u64::from(i) * 4, b"????", true, 4);
+            last = conn.feed(
+                Direction::Ingress,
+                1,
+                u64::from(i) * 4,
+                b"????",
+                Some(4),
+                Vec::new(),
+            );
         }
         assert!(last.discarded && !last.undetected);
         assert_eq!(conn.evidence, Evidence::NotASocket);
@@ -450,7 +469,14 @@ mod tests {
         conn.evidence = Evidence::Inherited;
         let query: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x05sonde\x04test\x00\x00\x01\x00\x01";
         conn.transport = Transport::Udp;
-        let fed = conn.feed(Direction::Ingress, 1, 0, query, true, query.len() as u64);
+        let fed = conn.feed(
+            Direction::Ingress,
+            1,
+            0,
+            query,
+            Some(query.len() as u64),
+            Vec::new(),
+        );
         assert_eq!(fed.detected, Some(Kind::Dns));
         assert_eq!(conn.evidence, Evidence::Socket);
         assert!(conn.wants_stats_row());
@@ -479,7 +505,7 @@ mod tests {
         conn.infer_transport(SYS_SENDMMSG);
         assert_eq!(conn.transport, Transport::Udp);
         assert!(conn.transport_verified);
-        let fed = conn.feed(Direction::Egress, 1, 0, UDP_QUERY, true, 32);
+        let fed = conn.feed(Direction::Egress, 1, 0, UDP_QUERY, Some(32), Vec::new());
         assert_eq!(fed.detected, Some(Kind::Dns));
     }
 
@@ -494,14 +520,14 @@ mod tests {
     #[test]
     fn a_dns_message_without_length_prefix_on_an_assumed_tcp_connection_is_a_datagram() {
         let mut conn = Conn::new(1, 3, 0, dns_route());
-        let fed = conn.feed(Direction::Egress, 1, 0, UDP_QUERY, true, 32);
+        let fed = conn.feed(Direction::Egress, 1, 0, UDP_QUERY, Some(32), Vec::new());
         assert_eq!(fed.detected, Some(Kind::Dns));
         assert_eq!(conn.transport, Transport::Udp);
 
         let mut framed = (UDP_QUERY.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(UDP_QUERY);
         let mut conn = Conn::new(1, 3, 0, dns_route());
-        let fed = conn.feed(Direction::Egress, 1, 0, &framed, true, 34);
+        let fed = conn.feed(Direction::Egress, 1, 0, &framed, Some(34), Vec::new());
         assert_eq!(fed.detected, Some(Kind::Dns));
         assert_eq!(conn.transport, Transport::Tcp);
     }
@@ -510,7 +536,7 @@ mod tests {
     fn a_detected_protocol_that_produced_nothing_is_reported_silent() {
         let mut conn = Conn::new(1, 3, 0, dns_route());
         conn.set_transport(Transport::Udp);
-        conn.feed(Direction::Egress, 1, 0, UDP_QUERY, true, 32);
+        conn.feed(Direction::Egress, 1, 0, UDP_QUERY, Some(32), Vec::new());
         assert_eq!(conn.silent_protocol(), Some(Kind::Dns));
         // The unanswered query expires into a record: the bytes were understood.
         conn.expire(u64::MAX, &mut Vec::new());
@@ -521,7 +547,14 @@ mod tests {
     fn connection_without_an_enabled_protocol_gives_up_after_a_few_chunks() {
         let mut conn = Conn::new(1, 3, 0, None);
         for i in 0..DETECT_ATTEMPTS {
-            let fed = conn.feed(Direction::Egress, 1, u64::from(i) * 4, b"????", true, 4);
+            let fed = conn.feed(
+                Direction::Egress,
+                1,
+                u64::from(i) * 4,
+                b"????",
+                Some(4),
+                Vec::new(),
+            );
             assert_eq!(fed.undetected, i + 1 == DETECT_ATTEMPTS);
         }
         assert!(matches!(conn.protocol, Protocol::Unknown));

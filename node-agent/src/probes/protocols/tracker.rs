@@ -122,6 +122,8 @@ pub struct Tracker {
     clock: Clock,
     ticks: u64,
     output: Output,
+    /// The records vector handed to each data event's parsing, kept between events.
+    spare_records: Vec<Record>,
     /// Local address of listening sockets (tgid, fd), for accepted connections gone before they
     /// could be inspected.
     listeners: HashMap<ConnKey, Option<std::net::SocketAddr>>,
@@ -154,6 +156,7 @@ impl Tracker {
             clock: Clock::new(),
             ticks: 0,
             output: Output::new(metrics),
+            spare_records: Vec::new(),
             listeners: HashMap::new(),
             inherited: HashMap::new(),
             conn_stats_every,
@@ -409,13 +412,13 @@ impl Tracker {
             Direction::Ingress
         };
         conn.infer_transport(h.syscall);
-        let fed = conn.feed(
+        let mut fed = conn.feed(
             dir,
             h.header.ts_ns,
             h.stream_pos,
             data,
-            h.chunk == 0,
-            h.syscall_len,
+            (h.chunk == 0).then_some(h.syscall_len),
+            std::mem::take(&mut self.spare_records),
         );
         if let Some(e) = fed.error {
             self.metrics
@@ -438,11 +441,13 @@ impl Tracker {
             self.set_kernel_state(key, generation, &[CONN_TRACE], CONN_STATS_ONLY);
         }
         if !fed.records.is_empty() {
-            self.write_records(key, fed.records);
+            self.write_records(key, &mut fed.records);
             if self.output.pending.bytes() >= FLUSH_BYTES {
                 self.flush();
             }
         }
+        fed.records.clear();
+        self.spare_records = fed.records;
     }
 
     fn on_close(&mut self, ev: CloseEvent) {
@@ -478,7 +483,7 @@ impl Tracker {
         if conn.route.is_none() {
             return;
         }
-        self.output.emit(&mut conn, records);
+        self.output.emit(&mut conn, &mut records);
         if let Some(kind) = conn.silent_protocol() {
             self.metrics
                 .parse_errors
@@ -504,7 +509,7 @@ impl Tracker {
             .conn_stats(&mut conn, now_ns, true, &self.clock);
     }
 
-    fn write_records(&mut self, key: ConnKey, records: Vec<Record>) {
+    fn write_records(&mut self, key: ConnKey, records: &mut Vec<Record>) {
         if let Some(conn) = self.conns.get_mut(&key) {
             self.output.emit(conn, records);
         }
@@ -539,8 +544,8 @@ impl Tracker {
                 expired.push((*key, records));
             }
         }
-        for (key, records) in expired {
-            self.write_records(key, records);
+        for (key, mut records) in expired {
+            self.write_records(key, &mut records);
         }
         self.export_drops();
         self.ticks += 1;
@@ -777,11 +782,13 @@ impl Output {
         histogram
     }
 
-    fn emit(&mut self, conn: &mut Conn, records: Vec<Record>) {
+    /// Takes every record out of `records`.
+    fn emit(&mut self, conn: &mut Conn, records: &mut Vec<Record>) {
         let (Some(kind), Some(route)) = (conn.kind(), conn.route.clone()) else {
+            records.clear();
             return;
         };
-        for record in records {
+        for record in records.drain(..) {
             if let Some(latency) = record.latency_ns {
                 let seconds = latency as f64 / 1e9;
                 let (family, name, detail, status) = match &record.red {
