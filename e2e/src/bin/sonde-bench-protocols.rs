@@ -175,7 +175,7 @@ fn wait_for_log(proc: &Proc, word: &str, what: &str) -> Result<()> {
 }
 
 /// Sonde's kernel side alone, tracing `tgid`: the programs and maps the agent loads, with a consumer
-/// that drains the ring as the agent does (on a wake-up, else every 100 ms) and looks at nothing.
+/// that drains the ring as the agent does (on a wake-up, else every 250 ms) and looks at nothing.
 /// What it costs the traced process beyond the bare hooks is the price of capturing the bytes; what
 /// Sonde costs beyond it is the agent's work. Prints the records drained (and lost to a full
 /// ring) every second; runs until killed.
@@ -197,7 +197,7 @@ fn capture_only(tgid: u32) -> Result<()> {
             revents: 0,
         };
         // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut ready, 1, 100) };
+        unsafe { libc::poll(&mut ready, 1, 250) };
         if last.elapsed() >= Duration::from_secs(1) {
             let lost: u64 = maps
                 .drops

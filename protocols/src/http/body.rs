@@ -117,3 +117,44 @@ fn looks_textual(content_type: &str, kept: &[u8]) -> bool {
         .chars()
         .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `text` holds a head whose Content-Type and Content-Encoding values are `ty` and `enc`;
+    /// returns what the body `bytes` render as.
+    fn rendered(ty: &str, enc: &str, bytes: &[u8]) -> String {
+        let mut text = format!("{ty}|{enc}|");
+        let type_span = Span::at(0, ty.len());
+        let encoding_span = Span::at(ty.len() + 1, enc.len());
+        let mut body = Body::default();
+        body.push(bytes, 512);
+        let span = body.render_into(&mut text, type_span, encoding_span);
+        span.of(&text).to_owned()
+    }
+
+    #[test]
+    fn binary_bodies_are_summarised_with_their_size_type_and_encoding() {
+        let png = [0x89, b'P', b'N', b'G', 0, 1];
+        assert_eq!(
+            rendered("image/png", "", &png),
+            "<binary 6 bytes, image/png>"
+        );
+        assert_eq!(rendered("", "", &png), "<binary 6 bytes, unknown type>");
+        assert_eq!(
+            rendered("text/html", "gzip", b"\x1f\x8b\x08"),
+            "<binary 3 bytes, text/html, gzip>"
+        );
+        assert_eq!(
+            rendered("", "br", b"\x0b\x02"),
+            "<binary 2 bytes, unknown type, br>"
+        );
+    }
+
+    #[test]
+    fn textual_bodies_are_kept_as_text() {
+        assert_eq!(rendered("application/json", "", b"{\"a\":1}"), "{\"a\":1}");
+        assert_eq!(rendered("", "identity", b"hello\n"), "hello\n");
+    }
+}
