@@ -33,7 +33,7 @@ const BATCH: usize = 4096;
 /// ~1.2 to ~1.0 µs per request (BENCHMARKS.md).
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// The drain timer doubles while drains find nothing, up to this: an idle agent wakes twice a
-/// second (this and the tick) instead of eleven times. The first row after a quiet spell may take
+/// second (this and the tick) instead of five times. The first row after a quiet spell may take
 /// this long to appear. (Each wake-up costs ~0.1 ms of CPU on this project's VMs.)
 const DRAIN_IDLE_EVERY: Duration = Duration::from_secs(1);
 /// The thread's name, as `ps -L` and `/proc/<pid>/task/*/comm` show it.
