@@ -191,8 +191,7 @@ impl Span {
 
     /// Its bytes of `text` ("" when it is not a span of `text`: never a panic).
     pub fn of(self, text: &str) -> &str {
-        text.get(self.start as usize..self.end as usize)
-            .unwrap_or("")
+        text.get(self.range()).unwrap_or("")
     }
 }
 

@@ -120,10 +120,10 @@ const RING_BYTES: u32 = 16 << 20;
 const SHED_MARGIN: u64 = MAX_CHUNKS_PER_SYSCALL as u64 * (DATA_CHUNK as u64 + 128);
 
 /// The agent is woken each time this many more unread bytes wait in the ring; below, it drains the
-/// ring on its own 100-ms timer. One wake-up per event would cost a context switch per syscall.
-/// An eighth of the ring: woken at all only above ~20 MB/s of records (~50k HTTP requests/s), so
-/// that a wake-up (a context switch and an interrupt to the producing CPU) is paid per 2 MiB
-/// drained rather than per 256 KiB, while a burst still leaves seven eighths of the ring free.
+/// ring on its own timer (every 250 ms, `drain.rs`). One wake-up per event would cost a context
+/// switch per syscall. An eighth of the ring: woken at all only above ~8 MB/s of records (~20k
+/// HTTP requests/s), so that a wake-up (a context switch and an interrupt to the producing CPU) is
+/// paid per 2 MiB drained rather than per 256 KiB, while a burst still leaves 7/8 of the ring free.
 const WAKEUP_BYTES: u64 = 2 << 20;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
