@@ -13,6 +13,13 @@
 //! prints this thread's CPU time per request. What the end-to-end benchmark
 //! (`sonde-bench-protocols`) adds on top is the ring-buffer reading and the wake-ups.
 //!
+//! `--cold` makes each batch start as a drain does in the running agent: its records written
+//! beforehand (as the kernel writes them into the ring), then every cache flushed by writing over
+//! a buffer twice the size of a large L3 (as the workloads do during the 250 ms between drains).
+//! Only the batches' own work is timed. The agent's cost per request in production is closer to
+//! this figure than to the warm one: what a request touches in memory counts as much as what it
+//! computes.
+//!
 //! Needs root: the tracker owns the kernel side's connection map, so Sonde's programs are loaded
 //! (attached, with no process selected: every hook exits early).
 use std::sync::{Arc, Mutex, RwLock};
@@ -41,7 +48,13 @@ struct Cli {
     requests: u64,
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Start every batch with cold caches, as a drain in the running agent does.
+    #[arg(long)]
+    cold: bool,
 }
+
+/// Bytes written between batches in `--cold` mode: twice a 32 MiB L3.
+const EVICT_BYTES: usize = 64 << 20;
 
 /// Keep-alive connections taking turns, as wrk's `-c16`.
 const CONNECTIONS: u32 = 16;
@@ -92,7 +105,7 @@ fn open_record(tgid: u32, fd: u32, ts_ns: u64) -> Vec<u8> {
     .to_vec()
 }
 
-/// One data record, written into `out` (reused: the ring buffer hands out slices too).
+/// One data record, appended to `out`.
 fn data_record(out: &mut Vec<u8>, at: (u32, u32, u64), pos: u64, direction: u32, data: &[u8]) {
     let (tgid, fd, ts_ns) = at;
     let h = DataEventHeader {
@@ -108,7 +121,6 @@ fn data_record(out: &mut Vec<u8>, at: (u32, u32, u64), pos: u64, direction: u32,
         len: data.len() as u32,
         chunk: 0,
     };
-    out.clear();
     out.extend_from_slice(bytes_of(&h));
     out.extend_from_slice(data);
 }
@@ -171,15 +183,18 @@ fn main() -> Result<()> {
         ts,
         record: Vec::with_capacity(256),
         positions: [(0, 0); CONNECTIONS as usize],
+        cold: cli.cold.then(|| Cold {
+            ring: Vec::new(),
+            records: Vec::new(),
+            evict: vec![0; EVICT_BYTES],
+        }),
     };
     // The table filled to its budget first: appending then evicts, and its memory stays mapped.
     traffic.run(&mut tracker, WARM_UP);
     let mut per_request = Vec::new();
     for round in 1..=cli.rounds {
         let rows_before = rows(&store);
-        let start = thread_cpu();
-        traffic.run(&mut tracker, cli.requests);
-        let cpu = thread_cpu().saturating_sub(start);
+        let cpu = traffic.run(&mut tracker, cli.requests);
         let ns = cpu.as_nanos() as f64 / cli.requests as f64;
         per_request.push(ns);
         println!(
@@ -207,34 +222,95 @@ struct Traffic {
     record: Vec<u8>,
     /// Stream positions (ingress, egress) per connection.
     positions: [(u64, u64); CONNECTIONS as usize],
+    cold: Option<Cold>,
+}
+
+/// What `--cold` mode needs.
+struct Cold {
+    /// A batch's records, one after the other, as in the ring buffer.
+    ring: Vec<u8>,
+    /// Where each record is in `ring`.
+    records: Vec<std::ops::Range<usize>>,
+    /// Written over between batches.
+    evict: Vec<u8>,
 }
 
 impl Traffic {
-    /// Hands `requests` requests and their responses to `tracker`, flushing as the capture thread
-    /// does after each batch.
-    fn run(&mut self, tracker: &mut Tracker, requests: u64) {
-        let mut in_batch = 0;
-        for i in 0..requests {
-            let conn = (i % u64::from(CONNECTIONS)) as usize;
-            let fd = 1000 + conn as u32;
-            let (ingress, egress) = &mut self.positions[conn];
-            self.ts += 20_000;
-            let at = (self.tgid, fd, self.ts);
-            data_record(&mut self.record, at, *ingress, DIR_INGRESS, REQUEST);
-            tracker.handle(&self.record);
-            *ingress += REQUEST.len() as u64;
-            self.ts += 30_000;
-            let at = (self.tgid, fd, self.ts);
-            data_record(&mut self.record, at, *egress, DIR_EGRESS, RESPONSE);
-            tracker.handle(&self.record);
-            *egress += RESPONSE.len() as u64;
-            in_batch += 2;
-            if in_batch >= BATCH {
-                tracker.flush();
-                in_batch = 0;
-            }
+    /// Hands `requests` requests and their responses to `tracker` in batches, flushing as the
+    /// capture thread does after each; returns this thread's CPU time for the batches.
+    fn run(&mut self, tracker: &mut Tracker, requests: u64) -> Duration {
+        let mut cpu = Duration::ZERO;
+        let mut i = 0;
+        while i < requests {
+            let n = (BATCH as u64 / 2).min(requests - i);
+            cpu += match self.cold.take() {
+                None => {
+                    let start = thread_cpu();
+                    for j in i..i + n {
+                        for record in 0..2 {
+                            self.write(j, record == 1, Vec::clear);
+                            tracker.handle(&self.record);
+                        }
+                    }
+                    tracker.flush();
+                    thread_cpu().saturating_sub(start)
+                }
+                Some(mut cold) => {
+                    cold.ring.clear();
+                    cold.records.clear();
+                    for j in i..i + n {
+                        for record in 0..2 {
+                            // One after the other, 8-byte aligned, as in the ring.
+                            let start = cold.ring.len();
+                            std::mem::swap(&mut self.record, &mut cold.ring);
+                            self.write(j, record == 1, |_| {});
+                            std::mem::swap(&mut self.record, &mut cold.ring);
+                            cold.records.push(start..cold.ring.len());
+                            cold.ring.resize(cold.ring.len().next_multiple_of(8), 0);
+                        }
+                    }
+                    // Every cache line of the last-level cache replaced, as after 250 ms of
+                    // workloads. (black_box: the writes must happen.)
+                    let round = cold.evict[0].wrapping_add(1);
+                    cold.evict.iter_mut().step_by(64).for_each(|b| *b = round);
+                    std::hint::black_box(&cold.evict);
+                    let start = thread_cpu();
+                    for record in &cold.records {
+                        tracker.handle(&cold.ring[record.clone()]);
+                    }
+                    tracker.flush();
+                    let spent = thread_cpu().saturating_sub(start);
+                    self.cold = Some(cold);
+                    spent
+                }
+            };
+            i += n;
         }
-        tracker.flush();
+        cpu
+    }
+
+    /// Writes the record of request `i` (its response if `response`) at the end of
+    /// `self.record`, after `reset` was applied to it.
+    fn write(&mut self, i: u64, response: bool, reset: impl FnOnce(&mut Vec<u8>)) {
+        let conn = (i % u64::from(CONNECTIONS)) as usize;
+        let fd = 1000 + conn as u32;
+        let (ingress, egress) = &mut self.positions[conn];
+        let (pos, direction, data) = if response {
+            self.ts += 30_000;
+            (egress, DIR_EGRESS, RESPONSE)
+        } else {
+            self.ts += 20_000;
+            (ingress, DIR_INGRESS, REQUEST)
+        };
+        reset(&mut self.record);
+        data_record(
+            &mut self.record,
+            (self.tgid, fd, self.ts),
+            *pos,
+            direction,
+            data,
+        );
+        *pos += data.len() as u64;
     }
 }
 

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 pub use format::{Format, encode};
 pub use query::{MAX_LIMIT, Query, QueryError, parse_since};
 use stored::StoredRows;
-pub use stored::{RowBatch, RowEncoder};
+pub use stored::{RowBatch, RowEncoder, RowPrefix};
 
 pub use sonde_protocols::Renderer;
 

@@ -67,22 +67,37 @@ impl RowBatch {
         pod: &str,
         container: &str,
     ) -> RowEncoder<'_> {
-        let start = self.rows.last().map_or(0, |r| r.0);
-        self.bytes.truncate(start);
-        let out = &mut self.bytes;
-        out.extend_from_slice(&time_ns.to_le_bytes());
+        let out = self.start(time_ns);
         out.extend_from_slice(&pid.to_le_bytes());
         put_str(out, namespace);
         put_str(out, pod);
         put_str(out, container);
-        let count_at = out.len();
-        out.extend_from_slice(&0u32.to_le_bytes());
         RowEncoder {
             batch: self,
             time_ns,
-            count_at,
             count: 0,
         }
+    }
+
+    /// Starts a row with `prefix` (its target columns and first values); add the rest as for
+    /// [`RowBatch::row`].
+    pub fn row_after(&mut self, time_ns: i64, prefix: &RowPrefix) -> RowEncoder<'_> {
+        self.start(time_ns).extend_from_slice(&prefix.bytes);
+        RowEncoder {
+            batch: self,
+            time_ns,
+            count: prefix.values,
+        }
+    }
+
+    /// Drops an unfinished row and writes the start of the next: its time and a value count
+    /// that [`RowEncoder::finish`] fills in.
+    fn start(&mut self, time_ns: i64) -> &mut Vec<u8> {
+        let start = self.rows.last().map_or(0, |r| r.0);
+        self.bytes.truncate(start);
+        self.bytes.extend_from_slice(&time_ns.to_le_bytes());
+        self.bytes.extend_from_slice(&0u32.to_le_bytes());
+        &mut self.bytes
     }
 
     /// Every finished row: (encoding, time, number of values).
@@ -100,7 +115,6 @@ impl RowBatch {
 pub struct RowEncoder<'a> {
     batch: &'a mut RowBatch,
     time_ns: i64,
-    count_at: usize,
     count: u32,
 }
 
@@ -150,12 +164,48 @@ impl RowEncoder<'_> {
     /// Ends the row.
     pub fn finish(&mut self) {
         let bytes = &mut self.batch.bytes;
-        bytes[self.count_at..self.count_at + 4].copy_from_slice(&self.count.to_le_bytes());
+        let count_at = self.batch.rows.last().map_or(0, |r| r.0) + COUNT_OFFSET;
+        bytes[count_at..count_at + 4].copy_from_slice(&self.count.to_le_bytes());
         self.batch
             .rows
             .push((bytes.len(), self.time_ns, self.count));
     }
 }
+
+/// The leading part of the rows of one source (a connection's target and address columns),
+/// encoded once and copied into each of its rows by [`RowBatch::row_after`].
+#[derive(Clone, Debug, Default)]
+pub struct RowPrefix {
+    /// The row's encoding after its time and value count.
+    bytes: Vec<u8>,
+    /// Values it holds.
+    values: u32,
+}
+
+impl RowPrefix {
+    /// The target columns and the values `values` adds.
+    pub fn new(
+        pid: i64,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        values: impl FnOnce(&mut RowEncoder<'_>),
+    ) -> RowPrefix {
+        let mut batch = RowBatch::default();
+        let mut row = batch.row(0, pid, namespace, pod, container);
+        values(&mut row);
+        let count = row.count;
+        let mut bytes = batch.bytes;
+        bytes.drain(..COUNT_OFFSET + 4);
+        RowPrefix {
+            bytes,
+            values: count,
+        }
+    }
+}
+
+/// Where a row's value count is: after its time.
+const COUNT_OFFSET: usize = 8;
 
 const NULL: u8 = 0;
 const TIME: u8 = 1;
@@ -248,11 +298,11 @@ impl Reader<'_> {
 fn decode(bytes: &[u8]) -> Option<Row> {
     let mut r = Reader { bytes };
     let time_ns = r.i64()?;
+    let count = r.u32()? as usize;
     let pid = r.i64()?;
     let namespace = r.string()?;
     let pod = r.string()?;
     let container = r.string()?;
-    let count = r.u32()? as usize;
     let mut values = Vec::with_capacity(count);
     for _ in 0..count {
         values.push(r.value()?);
@@ -407,5 +457,66 @@ mod tests {
         assert_eq!(rows.push_encoded(bytes, time_ns), kept_size(bytes.len()));
         assert_eq!(rows.push(&row), kept_size(bytes.len()));
         assert_eq!(rows.newest(i64::MIN, 10), vec![row.clone(), row]);
+    }
+
+    #[test]
+    fn a_row_after_a_prefix_is_stored_as_the_whole_row_would_be() {
+        let prefix = RowPrefix::new(7, "ns", "web-0", "nginx", |row| {
+            row.string("10.0.0.1").int64(80);
+        });
+        let mut batch = RowBatch::default();
+        for time_ns in [42, 43] {
+            batch
+                .row_after(time_ns, &prefix)
+                .null()
+                .string("GET")
+                .finish();
+        }
+        // An unfinished row after a prefix is discarded too.
+        batch.row_after(44, &prefix).string("lost");
+        batch
+            .row(45, 8, "other", "pod", "c")
+            .string("10.0.0.2")
+            .int64(81)
+            .finish();
+        let mut rows = StoredRows::default();
+        for (bytes, time_ns, _) in batch.iter() {
+            rows.push_encoded(bytes, time_ns);
+        }
+        let row = |time_ns, pid, namespace: &str, pod: &str, container: &str, values| Row {
+            time_ns,
+            namespace: namespace.into(),
+            pod: pod.into(),
+            container: container.into(),
+            pid,
+            values,
+        };
+        let prefixed = |time_ns| {
+            row(
+                time_ns,
+                7,
+                "ns",
+                "web-0",
+                "nginx",
+                vec![
+                    Value::String("10.0.0.1".into()),
+                    Value::Int64(80),
+                    Value::Null,
+                    Value::String("GET".into()),
+                ],
+            )
+        };
+        let plain = row(
+            45,
+            8,
+            "other",
+            "pod",
+            "c",
+            vec![Value::String("10.0.0.2".into()), Value::Int64(81)],
+        );
+        assert_eq!(
+            rows.newest(i64::MIN, 10),
+            vec![prefixed(42), prefixed(43), plain]
+        );
     }
 }

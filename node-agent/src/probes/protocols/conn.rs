@@ -8,7 +8,7 @@ use sonde_common::conn::{SYS_RECVMMSG, SYS_SENDMMSG};
 use sonde_protocols::{ConnParser, Direction, Kind, ParseError, Record, Role, Transport};
 
 use super::routes::Route;
-use super::rows::AddrText;
+use super::rows::ConnPrefix;
 
 /// Data events looked at before a connection is declared of no enabled protocol.
 pub const DETECT_ATTEMPTS: u32 = 3;
@@ -109,8 +109,8 @@ pub struct Conn {
     /// Bytes seen in data events (the kernel's exact counts come with the close event).
     pub bytes_sent: u64,
     pub bytes_recv: u64,
-    /// The address columns of its rows, formatted once.
-    pub addr_text: AddrText,
+    /// The start of its rows (target and connection columns), encoded once.
+    pub prefix: ConnPrefix,
     pub evidence: Evidence,
     /// Opened by connect/accept (or a datagram naming its peer) in this process.
     pub opened: bool,
@@ -144,7 +144,7 @@ impl Conn {
             last_ns: generation,
             bytes_sent: 0,
             bytes_recv: 0,
-            addr_text: AddrText::default(),
+            prefix: ConnPrefix::default(),
             evidence: Evidence::Socket,
             opened: false,
             forked: false,

@@ -2,16 +2,20 @@
 //! own) and `conn_stats`.
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use sonde_protocols::{Field, FieldType, Kind, Record};
+use sonde_protocols::{Field, FieldType, Kind, Record, Role};
 
 use super::conn::Conn;
-use crate::tables::{Column, ColumnType, RowBatch, RowEncoder, Store, TableWriter, TablesError};
+use super::routes::Route;
+use crate::tables::{
+    Column, ColumnType, RowBatch, RowEncoder, RowPrefix, Store, TableWriter, TablesError,
+};
 
 /// Table of per-connection statistics.
 pub const CONN_STATS_TABLE: &str = "conn_stats";
 
-/// The connection columns [`base_row`] fills, first in every protocol table and in `conn_stats`
+/// The connection columns [`base_row`] starts with, first in every protocol table and in `conn_stats`
 /// (after the target columns).
 fn connection_columns() -> Vec<Column> {
     vec![
@@ -174,7 +178,6 @@ impl PendingRows {
             conn,
             clock.wall(record.request_ns),
         );
-        connection_values(conn, &mut row);
         match record.latency_ns {
             Some(l) => row.int64(l.min(i64::MAX as u64) as i64),
             None => row.null(),
@@ -197,7 +200,6 @@ impl PendingRows {
     /// ended.
     pub fn conn_stats(&mut self, conn: &mut Conn, now_ns: u64, closed: bool, clock: &Clock) {
         let mut row = base_row(&mut self.tables[slot(None)], conn, clock.wall(now_ns));
-        connection_values(conn, &mut row);
         row.string(conn.kind().map_or("unknown", |k| k.name()))
             .int64(1)
             .int64(i64::from(closed))
@@ -208,23 +210,44 @@ impl PendingRows {
     }
 }
 
-/// A connection's address columns as text, kept while the addresses stay the same (formatting an
-/// address costs more than the rest of a row).
+/// A connection's target and connection columns, encoded once and kept while they stay the same:
+/// formatting its addresses costs more than the rest of a row, and every row of the connection
+/// starts with the same bytes.
 #[derive(Debug, Default)]
-pub struct AddrText {
-    key: Option<(Option<SocketAddr>, Option<SocketAddr>)>,
-    local: String,
-    remote: String,
+pub struct ConnPrefix {
+    key: Option<PrefixKey>,
+    prefix: RowPrefix,
 }
 
-impl AddrText {
-    fn get(&mut self, local: Option<SocketAddr>, remote: Option<SocketAddr>) -> (&str, &str) {
-        if self.key != Some((local, remote)) {
-            self.local = ip_text(local);
-            self.remote = ip_text(remote);
-            self.key = Some((local, remote));
+/// What a [`ConnPrefix`] was encoded from (the route held, so that its address is not reused).
+#[derive(Debug)]
+struct PrefixKey {
+    route: Option<Arc<Route>>,
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    role: Option<Role>,
+}
+
+impl PrefixKey {
+    fn of(conn: &Conn) -> PrefixKey {
+        PrefixKey {
+            route: conn.route.clone(),
+            local: conn.local,
+            remote: conn.remote,
+            role: conn.role,
         }
-        (&self.local, &self.remote)
+    }
+
+    fn matches(&self, conn: &Conn) -> bool {
+        let same_route = match (&self.route, &conn.route) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        same_route
+            && self.local == conn.local
+            && self.remote == conn.remote
+            && self.role == conn.role
     }
 }
 
@@ -236,19 +259,121 @@ fn port(a: Option<SocketAddr>) -> i64 {
     a.map_or(0, |a| i64::from(a.port()))
 }
 
-fn base_row<'a>(batch: &'a mut RowBatch, conn: &Conn, time_ns: i64) -> RowEncoder<'a> {
-    let (namespace, pod, container) = conn.route.as_ref().map_or(("", "", ""), |r| {
-        (r.namespace.as_str(), r.pod.as_str(), r.container.as_str())
-    });
-    batch.row(time_ns, i64::from(conn.tgid), namespace, pod, container)
+/// Starts a row of `conn` with its target and connection columns.
+fn base_row<'a>(batch: &'a mut RowBatch, conn: &mut Conn, time_ns: i64) -> RowEncoder<'a> {
+    if !conn.prefix.key.as_ref().is_some_and(|k| k.matches(conn)) {
+        let (namespace, pod, container) = conn.route.as_ref().map_or(("", "", ""), |r| {
+            (r.namespace.as_str(), r.pod.as_str(), r.container.as_str())
+        });
+        let (local, remote) = (conn.local, conn.remote);
+        let prefix = RowPrefix::new(i64::from(conn.tgid), namespace, pod, container, |row| {
+            row.string(&ip_text(local))
+                .int64(port(local))
+                .string(&ip_text(remote))
+                .int64(port(remote))
+                .string(conn.role.map_or("unknown", |r| r.as_str()));
+        });
+        conn.prefix = ConnPrefix {
+            key: Some(PrefixKey::of(conn)),
+            prefix,
+        };
+    }
+    batch.row_after(time_ns, &conn.prefix.prefix)
 }
 
-fn connection_values(conn: &mut Conn, row: &mut RowEncoder<'_>) {
-    let (local, remote) = (conn.local, conn.remote);
-    let (local_addr, remote_addr) = conn.addr_text.get(local, remote);
-    row.string(local_addr)
-        .int64(port(local))
-        .string(remote_addr)
-        .int64(port(remote))
-        .string(conn.role.map_or("unknown", |r| r.as_str()));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::{Query, Value};
+
+    fn route(pod: &str) -> Option<Arc<Route>> {
+        Some(Arc::new(Route {
+            kinds: vec![Kind::Dns],
+            config: sonde_protocols::ParseConfig::default(),
+            namespace: "ns".into(),
+            pod: pod.into(),
+            container: "c".into(),
+        }))
+    }
+
+    /// The encoded start of a connection's rows follows every change of what it is made of.
+    #[test]
+    fn rows_after_a_change_of_peer_role_or_route_carry_the_new_values() {
+        let store = Store::default();
+        let mut tables = Tables::new(store.clone());
+        let mut pending = PendingRows::default();
+        let clock = Clock::new();
+        let mut conn = Conn::new(7, 3, 1, route("web-0"));
+        conn.local = Some("10.0.0.1:53".parse().unwrap());
+        conn.remote = Some("10.0.0.2:4000".parse().unwrap());
+        conn.role = Some(Role::Server);
+        pending.conn_stats(&mut conn, 1, false, &clock);
+        pending.conn_stats(&mut conn, 2, false, &clock);
+        conn.remote = Some("[fd00::3]:4001".parse().unwrap());
+        pending.conn_stats(&mut conn, 3, false, &clock);
+        conn.role = Some(Role::Client);
+        pending.conn_stats(&mut conn, 4, false, &clock);
+        conn.route = route("web-1");
+        pending.conn_stats(&mut conn, 5, true, &clock);
+        pending.flush(&mut tables, "test").unwrap();
+        let rows = store
+            .query(CONN_STATS_TABLE, &Query::default())
+            .unwrap()
+            .rows;
+        let seen: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.pid,
+                    r.pod.as_str(),
+                    r.values[2].clone(),
+                    r.values[3].clone(),
+                    r.values[4].clone(),
+                )
+            })
+            .collect();
+        let text = |s: &str| Value::String(s.into());
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    7,
+                    "web-0",
+                    text("10.0.0.2"),
+                    Value::Int64(4000),
+                    text("server")
+                ),
+                (
+                    7,
+                    "web-0",
+                    text("10.0.0.2"),
+                    Value::Int64(4000),
+                    text("server")
+                ),
+                (
+                    7,
+                    "web-0",
+                    text("fd00::3"),
+                    Value::Int64(4001),
+                    text("server")
+                ),
+                (
+                    7,
+                    "web-0",
+                    text("fd00::3"),
+                    Value::Int64(4001),
+                    text("client")
+                ),
+                (
+                    7,
+                    "web-1",
+                    text("fd00::3"),
+                    Value::Int64(4001),
+                    text("client")
+                ),
+            ]
+        );
+        assert_eq!(rows[0].values[0], text("10.0.0.1"));
+        assert_eq!(rows[4].values[1], Value::Int64(53));
+    }
 }

@@ -746,6 +746,8 @@ impl Output {
 
     fn histogram(&mut self, route: &Arc<super::routes::Route>, key: SeriesKey) -> &Histogram {
         let metrics = &self.metrics;
+        // Keyed by the route's address: the cached entry holds the route, so the address is not
+        // reused while the entry lives.
         let (_, histogram) = self.series.entry(key).or_insert_with(|| {
             let target = TargetLabels {
                 namespace: route.namespace.clone(),
@@ -784,10 +786,11 @@ impl Output {
 
     /// Takes every record out of `records`.
     fn emit(&mut self, conn: &mut Conn, records: &mut Vec<Record>) {
-        let (Some(kind), Some(route)) = (conn.kind(), conn.route.clone()) else {
+        let (Some(kind), Some(route)) = (conn.kind(), conn.route.as_ref()) else {
             records.clear();
             return;
         };
+        let route_id = Arc::as_ptr(route) as usize;
         for record in records.drain(..) {
             if let Some(latency) = record.latency_ns {
                 let seconds = latency as f64 / 1e9;
@@ -803,13 +806,15 @@ impl Output {
                     Red::Db { system, operation } => (FAMILY_DB, *system, *operation, 0),
                 };
                 let key = SeriesKey {
-                    route: Arc::as_ptr(&route) as usize,
+                    route: route_id,
                     family,
                     name,
                     detail,
                     status,
                 };
-                self.histogram(&route, key).observe(seconds);
+                if let Some(route) = &conn.route {
+                    self.histogram(route, key).observe(seconds);
+                }
             }
             self.pending.record(kind, conn, record, &self.clock);
         }
