@@ -320,60 +320,30 @@ mod tests {
             .query(CONN_STATS_TABLE, &Query::default())
             .unwrap()
             .rows;
-        let seen: Vec<_> = rows
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Int64(i) => i.to_string(),
+            other => format!("{other:?}"),
+        };
+        let seen: Vec<String> = rows
             .iter()
             .map(|r| {
-                (
-                    r.pid,
-                    r.pod.as_str(),
-                    r.values[2].clone(),
-                    r.values[3].clone(),
-                    r.values[4].clone(),
+                let v: Vec<String> = r.values[..5].iter().map(text).collect();
+                format!(
+                    "{} {} {}:{} {}:{} {}",
+                    r.pid, r.pod, v[0], v[1], v[2], v[3], v[4]
                 )
             })
             .collect();
-        let text = |s: &str| Value::String(s.into());
         assert_eq!(
             seen,
-            vec![
-                (
-                    7,
-                    "web-0",
-                    text("10.0.0.2"),
-                    Value::Int64(4000),
-                    text("server")
-                ),
-                (
-                    7,
-                    "web-0",
-                    text("10.0.0.2"),
-                    Value::Int64(4000),
-                    text("server")
-                ),
-                (
-                    7,
-                    "web-0",
-                    text("fd00::3"),
-                    Value::Int64(4001),
-                    text("server")
-                ),
-                (
-                    7,
-                    "web-0",
-                    text("fd00::3"),
-                    Value::Int64(4001),
-                    text("client")
-                ),
-                (
-                    7,
-                    "web-1",
-                    text("fd00::3"),
-                    Value::Int64(4001),
-                    text("client")
-                ),
+            [
+                "7 web-0 10.0.0.1:53 10.0.0.2:4000 server",
+                "7 web-0 10.0.0.1:53 10.0.0.2:4000 server",
+                "7 web-0 10.0.0.1:53 fd00::3:4001 server",
+                "7 web-0 10.0.0.1:53 fd00::3:4001 client",
+                "7 web-1 10.0.0.1:53 fd00::3:4001 client",
             ]
         );
-        assert_eq!(rows[0].values[0], text("10.0.0.1"));
-        assert_eq!(rows[4].values[1], Value::Int64(53));
     }
 }
