@@ -13,8 +13,10 @@
 //!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture
 //!    only − bare hooks is what copying the bytes out costs; Sonde − capture only is what the
 //!    agent's work on them costs;
-//! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, then Sonde
-//!    (after a warm-up that fills `http_events` to its budget: the steady state);
+//! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, Sonde
+//!    (after a warm-up that fills `http_events` to its budget: the steady state), then bare hooks
+//!    and untraced again — the baselines are the means of the runs before and after Sonde's, so
+//!    that the VM's drift over the minutes they take cancels rather than counts;
 //!    cost per request = (agent CPU + added CPU time of the nginx worker, from the scheduler's
 //!    exact accounting: the hooks run in its syscalls) / requests, the added time also shown beyond
 //!    the bare hooks' (what Sonde's programs cost over the floor), and the client's (this process,
@@ -521,28 +523,16 @@ async fn main() -> Result<()> {
         println!();
     }
 
-    println!(
-        "## Fixed rate: {} req/s for {} s over 16 keep-alive connections (Sonde after {} s of warm-up)",
-        cli.rate, cli.fixed_seconds, cli.warmup_seconds
-    );
-    let me = std::process::id();
-    // (nginx worker, client) CPU seconds; the client (this process) is not traced but its
-    // syscalls pass the same hooks' early exit.
-    let cpu = || (run_seconds(nginx.worker), run_seconds(me));
-    let per_request = |before: (f64, f64), after: (f64, f64), requests: u64| {
-        let n = requests.max(1) as f64;
-        ((after.0 - before.0) / n, (after.1 - before.1) / n)
-    };
     // Warm-up: nginx's first connections and this client's runtime settle.
     fixed_rate(nginx.port, cli.rate, 2).await?;
-    let c0 = cpu();
-    let base_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
-    let base = per_request(c0, cpu(), base_requests);
-
+    // The untraced and bare-hook baselines are measured before Sonde's run and again after it, and
+    // averaged: this VM's speed drifts over the minutes the runs take, and a baseline taken on one
+    // side only carries that drift into the differences.
+    let (base_before, base_before_requests) =
+        cost_run(nginx.port, cli.rate, cli.fixed_seconds, nginx.worker).await?;
     let mut bare = start_bare_hooks(nginx.worker, &logs)?;
-    let c0 = cpu();
-    let bare_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
-    let bare_cost = per_request(c0, cpu(), bare_requests);
+    let (bare_before, bare_before_requests) =
+        cost_run(nginx.port, cli.rate, cli.fixed_seconds, nginx.worker).await?;
     bare.stop(Duration::from_secs(5));
 
     let agent = start_sonde(&bins, dir.path(), &logs).await?;
@@ -561,30 +551,56 @@ async fn main() -> Result<()> {
     let rows0 = http_rows(&agent).await.unwrap_or(0);
     // The scheduler's exact accounting: utime/stime ticks are 10 ms, 0.1 µs per request over a
     // 10-s run, as large as the differences an A/B run looks for.
-    let (cpu0, c0) = (run_seconds(agent_pid), cpu());
-    let requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
-    let traced = per_request(c0, cpu(), requests);
+    let cpu0 = run_seconds(agent_pid);
+    let (traced, requests) =
+        cost_run(nginx.port, cli.rate, cli.fixed_seconds, nginx.worker).await?;
     // Let the agent drain its ring buffer before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let agent_cpu = (run_seconds(agent_pid) - cpu0) / requests as f64;
     let rows = http_rows(&agent).await? - rows0;
     let (rss, hwm) = memory_kib(agent_pid)?;
     let metrics = metrics(&agent).await?;
+
+    // Separate runs: the accounting's clock reads would inflate every figure above.
+    let stats = BpfStats::enable()?;
+    let p0 = stats.programs()?;
+    let stats_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
+    let sonde_programs = program_delta(&p0, &stats.programs()?, stats_requests);
+    drop(agent);
+    let mut bare = start_bare_hooks(nginx.worker, &logs)?;
+    let k0 = stats.run_ns()?;
+    let stats_bare_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
+    let bare_ns = (stats.run_ns()? - k0) as f64 / stats_bare_requests.max(1) as f64;
+    drop(stats);
+    let (bare_after, bare_after_requests) =
+        cost_run(nginx.port, cli.rate, cli.fixed_seconds, nginx.worker).await?;
+    bare.stop(Duration::from_secs(5));
+    let (base_after, base_after_requests) =
+        cost_run(nginx.port, cli.rate, cli.fixed_seconds, nginx.worker).await?;
+    let mean = |a: (f64, f64), b: (f64, f64)| ((a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0);
+    let (base, bare_cost) = (mean(base_before, base_after), mean(bare_before, bare_after));
+
     let us = |v: f64| v * 1e6;
     let (worker_added, client_added) = (traced.0 - base.0, traced.1 - base.1);
+    println!(
+        "## Fixed rate: {} req/s for {} s over 16 keep-alive connections (Sonde after {} s of warm-up; untraced and bare hooks before and after it)",
+        cli.rate, cli.fixed_seconds, cli.warmup_seconds
+    );
     println!("| figure | value |");
     println!("|---|---|");
     println!(
-        "| requests answered (untraced / bare hooks / Sonde run) | {base_requests} / {bare_requests} / {requests} |"
+        "| requests answered (untraced before, after / bare hooks before, after / Sonde run) | {base_before_requests}, {base_after_requests} / {bare_before_requests}, {bare_after_requests} / {requests} |"
     );
     println!(
-        "| nginx worker CPU per request (untraced / bare hooks / Sonde) | {:.2} / {:.2} / {:.2} µs |",
-        us(base.0),
-        us(bare_cost.0),
+        "| nginx worker CPU per request (untraced before, after / bare hooks before, after / Sonde) | {:.2}, {:.2} / {:.2}, {:.2} / {:.2} µs |",
+        us(base_before.0),
+        us(base_after.0),
+        us(bare_before.0),
+        us(bare_after.0),
         us(traced.0)
     );
     println!(
-        "| client CPU per request (untraced / bare hooks / Sonde) | {:.2} / {:.2} / {:.2} µs |",
+        "| client CPU per request (untraced / bare hooks / Sonde; means of before and after) | {:.2} / {:.2} / {:.2} µs |",
         us(base.1),
         us(bare_cost.1),
         us(traced.1)
@@ -626,22 +642,10 @@ async fn main() -> Result<()> {
     }
     println!();
 
-    // Separate runs: the accounting's clock reads would inflate every figure above.
     println!(
         "## Time in BPF programs at {} req/s (kernel.bpf_stats_enabled, {} s each; its two clock reads per run are included)",
         cli.rate, cli.fixed_seconds
     );
-    let stats = BpfStats::enable()?;
-    let p0 = stats.programs()?;
-    let requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
-    let sonde_programs = program_delta(&p0, &stats.programs()?, requests);
-    drop(agent);
-    let mut bare = start_bare_hooks(nginx.worker, &logs)?;
-    let k0 = stats.run_ns()?;
-    let bare_requests = fixed_rate(nginx.port, cli.rate, cli.fixed_seconds).await?;
-    let bare_ns = (stats.run_ns()? - k0) as f64 / bare_requests.max(1) as f64;
-    bare.stop(Duration::from_secs(5));
-    drop(stats);
     let sonde_ns: f64 = sonde_programs.iter().map(|(_, ns, runs)| ns * runs).sum();
     println!(
         "per request: bare hooks {bare_ns:.0} ns, Sonde {sonde_ns:.0} ns (all processes' runs)"
@@ -653,6 +657,18 @@ async fn main() -> Result<()> {
     }
     drop(nginx);
     Ok(())
+}
+
+/// One fixed-rate run: CPU seconds per request of the nginx worker and of this process (the
+/// client: not traced, but its syscalls pass the hooks' early exit), and the requests answered.
+async fn cost_run(port: u16, rate: u64, seconds: u64, worker: u32) -> Result<((f64, f64), u64)> {
+    let me = std::process::id();
+    let cpu = || (run_seconds(worker), run_seconds(me));
+    let c0 = cpu();
+    let requests = fixed_rate(port, rate, seconds).await?;
+    let c1 = cpu();
+    let n = requests.max(1) as f64;
+    Ok((((c1.0 - c0.0) / n, (c1.1 - c0.1) / n), requests))
 }
 
 /// (program, ns per run, runs per request) of Sonde's programs that ran between two snapshots.
