@@ -16,9 +16,8 @@
 //! `--cold` makes each batch start as a drain does in the running agent: its records written
 //! beforehand (as the kernel writes them into the ring), then every cache flushed by writing over
 //! a buffer twice the size of a large L3 (as the workloads do during the 250 ms between drains).
-//! Only the batches' own work is timed. The agent's cost per request in production is closer to
-//! this figure than to the warm one: what a request touches in memory counts as much as what it
-//! computes.
+//! Only the batches' own work is timed. (Measured: the same figure as warm — a batch re-warms what
+//! it needs within its first requests; BENCHMARKS.md.)
 //!
 //! Needs root: the tracker owns the kernel side's connection map, so Sonde's programs are loaded
 //! (attached, with no process selected: every hook exits early).
@@ -245,26 +244,27 @@ impl Traffic {
             let n = (BATCH as u64 / 2).min(requests - i);
             cpu += match self.cold.take() {
                 None => {
+                    let mut record = std::mem::take(&mut self.record);
                     let start = thread_cpu();
                     for j in i..i + n {
-                        for record in 0..2 {
-                            self.write(j, record == 1, Vec::clear);
-                            tracker.handle(&self.record);
+                        for response in [false, true] {
+                            record.clear();
+                            self.write(&mut record, j, response);
+                            tracker.handle(&record);
                         }
                     }
                     tracker.flush();
+                    self.record = record;
                     thread_cpu().saturating_sub(start)
                 }
                 Some(mut cold) => {
                     cold.ring.clear();
                     cold.records.clear();
                     for j in i..i + n {
-                        for record in 0..2 {
+                        for response in [false, true] {
                             // One after the other, 8-byte aligned, as in the ring.
                             let start = cold.ring.len();
-                            std::mem::swap(&mut self.record, &mut cold.ring);
-                            self.write(j, record == 1, |_| {});
-                            std::mem::swap(&mut self.record, &mut cold.ring);
+                            self.write(&mut cold.ring, j, response);
                             cold.records.push(start..cold.ring.len());
                             cold.ring.resize(cold.ring.len().next_multiple_of(8), 0);
                         }
@@ -289,9 +289,8 @@ impl Traffic {
         cpu
     }
 
-    /// Writes the record of request `i` (its response if `response`) at the end of
-    /// `self.record`, after `reset` was applied to it.
-    fn write(&mut self, i: u64, response: bool, reset: impl FnOnce(&mut Vec<u8>)) {
+    /// Appends the record of request `i` (its response if `response`) to `out`.
+    fn write(&mut self, out: &mut Vec<u8>, i: u64, response: bool) {
         let conn = (i % u64::from(CONNECTIONS)) as usize;
         let fd = 1000 + conn as u32;
         let (ingress, egress) = &mut self.positions[conn];
@@ -302,14 +301,7 @@ impl Traffic {
             self.ts += 20_000;
             (ingress, DIR_INGRESS, REQUEST)
         };
-        reset(&mut self.record);
-        data_record(
-            &mut self.record,
-            (self.tgid, fd, self.ts),
-            *pos,
-            direction,
-            data,
-        );
+        data_record(out, (self.tgid, fd, self.ts), *pos, direction, data);
         *pos += data.len() as u64;
     }
 }

@@ -214,10 +214,7 @@ impl PendingRows {
 /// formatting its addresses costs more than the rest of a row, and every row of the connection
 /// starts with the same bytes.
 #[derive(Debug, Default)]
-pub struct ConnPrefix {
-    key: Option<PrefixKey>,
-    prefix: RowPrefix,
-}
+pub struct ConnPrefix(Option<(PrefixKey, RowPrefix)>);
 
 /// What a [`ConnPrefix`] was encoded from (the route held, so that its address is not reused).
 #[derive(Debug)]
@@ -261,24 +258,27 @@ fn port(a: Option<SocketAddr>) -> i64 {
 
 /// Starts a row of `conn` with its target and connection columns.
 fn base_row<'a>(batch: &'a mut RowBatch, conn: &mut Conn, time_ns: i64) -> RowEncoder<'a> {
-    if !conn.prefix.key.as_ref().is_some_and(|k| k.matches(conn)) {
-        let (namespace, pod, container) = conn.route.as_ref().map_or(("", "", ""), |r| {
-            (r.namespace.as_str(), r.pod.as_str(), r.container.as_str())
-        });
-        let (local, remote) = (conn.local, conn.remote);
-        let prefix = RowPrefix::new(i64::from(conn.tgid), namespace, pod, container, |row| {
-            row.string(&ip_text(local))
-                .int64(port(local))
-                .string(&ip_text(remote))
-                .int64(port(remote))
-                .string(conn.role.map_or("unknown", |r| r.as_str()));
-        });
-        conn.prefix = ConnPrefix {
-            key: Some(PrefixKey::of(conn)),
-            prefix,
-        };
-    }
-    batch.row_after(time_ns, &conn.prefix.prefix)
+    let cached = match conn.prefix.0.take() {
+        Some(cached) if cached.0.matches(conn) => cached,
+        _ => (PrefixKey::of(conn), encode_prefix(conn)),
+    };
+    let (_, prefix) = conn.prefix.0.insert(cached);
+    batch.row_after(time_ns, prefix)
+}
+
+/// The target and connection columns of `conn`'s rows.
+fn encode_prefix(conn: &Conn) -> RowPrefix {
+    let (namespace, pod, container) = conn.route.as_ref().map_or(("", "", ""), |r| {
+        (r.namespace.as_str(), r.pod.as_str(), r.container.as_str())
+    });
+    let (local, remote) = (conn.local, conn.remote);
+    RowPrefix::new(i64::from(conn.tgid), namespace, pod, container, |row| {
+        row.string(&ip_text(local))
+            .int64(port(local))
+            .string(&ip_text(remote))
+            .int64(port(remote))
+            .string(conn.role.map_or("unknown", |r| r.as_str()));
+    })
 }
 
 #[cfg(test)]
