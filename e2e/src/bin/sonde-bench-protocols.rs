@@ -8,7 +8,8 @@
 //! 1. saturation: `wrk -t1 -c16` alternating untraced / bare hooks (bpftrace counting the tracepoints
 //!    Sonde attaches, for the worker only) / capture only (Sonde's kernel side for the worker, its
 //!    ring drained by a child of this binary that looks at nothing) / Sonde (standalone agent, HTTP
-//!    Tracepoint on nginx); throughput ratios against the untraced runs of the same round, the
+//!    Tracepoint on nginx), round k starting with the k-th of them (the VM's drift within a round
+//!    then falls on each in turn); throughput ratios against the untraced run of the same round, the
 //!    agent's CPU per request (its catching up after the run included), the share of wrk's
 //!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture
 //!    only − bare hooks is what copying the bytes out costs; Sonde − capture only is what the
@@ -362,6 +363,24 @@ async fn fixed_rate(port: u16, rate: u64, seconds: u64) -> Result<u64> {
     Ok(done.load(Ordering::Relaxed))
 }
 
+/// The four setups a saturation round compares.
+#[derive(Clone, Copy)]
+enum Setup {
+    Untraced,
+    BareHooks,
+    CaptureOnly,
+    Sonde,
+}
+
+impl Setup {
+    const ALL: [Setup; 4] = [
+        Setup::Untraced,
+        Setup::BareHooks,
+        Setup::CaptureOnly,
+        Setup::Sonde,
+    ];
+}
+
 /// What a saturation run of Sonde measured.
 struct SondeRun {
     rps: f64,
@@ -460,32 +479,57 @@ async fn main() -> Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
-    println!(
-        "## Saturation: wrk -t1 -c16 -d{}s, {} rounds",
-        cli.seconds, cli.rounds
-    );
-    println!(
-        "| round | untraced req/s | bare hooks req/s | capture only req/s | Sonde req/s | bare/untraced | capture/untraced | Sonde/untraced | capture records/req | agent CPU µs/req | Sonde's requests in http_events | syscalls dropped (ring_full) |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    if cli.rounds > 0 {
+        println!(
+            "## Saturation: wrk -t1 -c16 -d{}s, {} rounds (each round's runs in a rotated order)",
+            cli.seconds, cli.rounds
+        );
+        println!(
+            "| round | untraced req/s | bare hooks req/s | capture only req/s | Sonde req/s | bare/untraced | capture/untraced | Sonde/untraced | capture records/req | agent CPU µs/req | Sonde's requests in http_events | syscalls dropped (ring_full) |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    }
     let (mut bare_ratios, mut capture_ratios, mut sonde_ratios) =
         (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=cli.rounds {
-        let untraced = wrk(nginx.port, cli.seconds)?;
-        let mut bare = start_bare_hooks(nginx.worker, &logs)?;
-        let bare_rps = wrk(nginx.port, cli.seconds)?;
-        bare.stop(Duration::from_secs(5));
-        let mut capture = start_capture_only(nginx.worker, round, &logs)?;
-        let capture_rps = wrk(nginx.port, cli.seconds)?;
-        // Its once-a-second count must cover the whole wrk run.
-        std::thread::sleep(Duration::from_millis(1100));
-        let (records, lost) = captured(&capture)?;
-        capture.stop(Duration::from_secs(5));
-        ensure!(
-            lost == 0,
-            "the capture-only run lost {lost} records to a full ring: its figure would be too good"
-        );
-        let sonde = saturated_sonde(&bins, dir.path(), &logs, nginx.port, cli.seconds).await?;
+        let (mut untraced, mut bare_rps, mut capture_rps) = (0.0, 0.0, 0.0);
+        let (mut records, mut sonde) = (0, None);
+        // Round k starts with the k-th setup: the VM's speed drifts within a round too, and a
+        // fixed order would hand that drift to whichever setup always runs last.
+        for setup in Setup::ALL
+            .iter()
+            .cycle()
+            .skip(round - 1)
+            .take(Setup::ALL.len())
+        {
+            match setup {
+                Setup::Untraced => untraced = wrk(nginx.port, cli.seconds)?,
+                Setup::BareHooks => {
+                    let mut bare = start_bare_hooks(nginx.worker, &logs)?;
+                    bare_rps = wrk(nginx.port, cli.seconds)?;
+                    bare.stop(Duration::from_secs(5));
+                }
+                Setup::CaptureOnly => {
+                    let mut capture = start_capture_only(nginx.worker, round, &logs)?;
+                    capture_rps = wrk(nginx.port, cli.seconds)?;
+                    // Its once-a-second count must cover the whole wrk run.
+                    std::thread::sleep(Duration::from_millis(1100));
+                    let (drained, lost) = captured(&capture)?;
+                    capture.stop(Duration::from_secs(5));
+                    ensure!(
+                        lost == 0,
+                        "the capture-only run lost {lost} records to a full ring: its figure would be too good"
+                    );
+                    records = drained;
+                }
+                Setup::Sonde => {
+                    sonde = Some(
+                        saturated_sonde(&bins, dir.path(), &logs, nginx.port, cli.seconds).await?,
+                    );
+                }
+            }
+        }
+        let sonde = sonde.context("every round runs Sonde")?;
         let sonde_rps = sonde.rps;
         bare_ratios.push(bare_rps / untraced);
         capture_ratios.push(capture_rps / untraced);

@@ -204,9 +204,10 @@ fn main() -> Result<()> {
     }
     per_request.sort_by(f64::total_cmp);
     println!(
-        "median {:.0} ns per request (min {:.0})",
+        "median {:.0} ns per request (min {:.0}); http_events keeps {} bytes per row",
         per_request[per_request.len() / 2],
-        per_request[0]
+        per_request[0],
+        bytes_per_row(&store)
     );
     Ok(())
 }
@@ -304,6 +305,15 @@ impl Traffic {
         data_record(out, (self.tgid, fd, self.ts), *pos, direction, data);
         *pos += data.len() as u64;
     }
+}
+
+/// What a kept `http_events` row costs of the table budget.
+fn bytes_per_row(store: &Store) -> usize {
+    store
+        .list()
+        .into_iter()
+        .find(|t| t.name == "http_events")
+        .map_or(0, |t| t.bytes / t.rows.max(1))
 }
 
 /// Rows ever written to `http_events` (kept plus evicted).

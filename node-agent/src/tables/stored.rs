@@ -125,30 +125,38 @@ impl RowEncoder<'_> {
         &mut self.batch.bytes
     }
 
-    pub fn time(&mut self, v: i64) -> &mut Self {
-        self.tag(TIME).extend_from_slice(&v.to_le_bytes());
+    /// A value of 8 bytes after its tag, written in one piece: rows are encoded for every
+    /// request, and one capacity check and copy per value is measurably cheaper than two.
+    #[inline]
+    fn fixed(&mut self, tag: u8, v: [u8; 8]) -> &mut Self {
+        self.count += 1;
+        let mut encoded = [tag; 9];
+        encoded[1..].copy_from_slice(&v);
+        self.batch.bytes.extend_from_slice(&encoded);
         self
     }
 
+    pub fn time(&mut self, v: i64) -> &mut Self {
+        self.fixed(TIME, v.to_le_bytes())
+    }
+
+    #[inline]
     pub fn null(&mut self) -> &mut Self {
         self.tag(NULL);
         self
     }
 
+    #[inline]
     pub fn int64(&mut self, v: i64) -> &mut Self {
-        self.tag(INT64).extend_from_slice(&v.to_le_bytes());
-        self
+        self.fixed(INT64, v.to_le_bytes())
     }
 
     pub fn uint64(&mut self, v: u64) -> &mut Self {
-        self.tag(UINT64).extend_from_slice(&v.to_le_bytes());
-        self
+        self.fixed(UINT64, v.to_le_bytes())
     }
 
     pub fn float64(&mut self, v: f64) -> &mut Self {
-        self.tag(FLOAT64)
-            .extend_from_slice(&v.to_bits().to_le_bytes());
-        self
+        self.fixed(FLOAT64, v.to_bits().to_le_bytes())
     }
 
     pub fn boolean(&mut self, v: bool) -> &mut Self {
@@ -156,8 +164,14 @@ impl RowEncoder<'_> {
         self
     }
 
+    #[inline]
     pub fn string(&mut self, v: &str) -> &mut Self {
-        put_str(self.tag(STRING), v);
+        self.count += 1;
+        let v = &v[..str_len(v)];
+        let mut head = [STRING; 5];
+        head[1..].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        self.batch.bytes.extend_from_slice(&head);
+        self.batch.bytes.extend_from_slice(v.as_bytes());
         self
     }
 
@@ -216,13 +230,20 @@ const BOOLEAN: u8 = 5;
 const STRING: u8 = 6;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    // Longer strings are cut at a character boundary: no value of a row comes near 4 GiB.
+    let end = str_len(s);
+    out.extend_from_slice(&(end as u32).to_le_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+/// The bytes of `s` a row keeps: longer strings are cut at a character boundary, no value of a row
+/// comes near 4 GiB.
+#[inline]
+fn str_len(s: &str) -> usize {
     let mut end = s.len().min(u32::MAX as usize);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    out.extend_from_slice(&(end as u32).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..end]);
+    end
 }
 
 /// Encodes `row` as the only row of `batch`.

@@ -74,12 +74,13 @@ impl Body {
 }
 
 fn looks_textual(content_type: &str, kept: &[u8]) -> bool {
+    // Bytes, and HTTP's whitespace only: this runs for every body.
     let media = content_type
-        .split(';')
+        .as_bytes()
+        .split(|&b| b == b';')
         .next()
-        .unwrap_or("")
-        .trim()
-        .as_bytes();
+        .unwrap_or_default()
+        .trim_ascii();
     let starts = |prefix: &str| {
         media.len() >= prefix.len() && media[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     };
@@ -156,5 +157,12 @@ mod tests {
     fn textual_bodies_are_kept_as_text() {
         assert_eq!(rendered("application/json", "", b"{\"a\":1}"), "{\"a\":1}");
         assert_eq!(rendered("", "identity", b"hello\n"), "hello\n");
+        // The media type is what comes before the parameters, without the whitespace around it.
+        assert_eq!(rendered("Text/HTML ; charset=utf-8", "", b"<p>"), "<p>");
+        assert_eq!(rendered(" image/svg+xml\t", "", b"<svg/>"), "<svg/>");
+        assert_eq!(
+            rendered("image/png; name=\"a.txt\"", "", b"png"),
+            "<binary 3 bytes, image/png; name=\"a.txt\">"
+        );
     }
 }
