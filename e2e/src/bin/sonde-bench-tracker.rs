@@ -32,7 +32,7 @@ use sonde_agent::probes::protocols::metrics::ProtocolMetrics;
 use sonde_agent::probes::protocols::routes::{Route, Routes};
 use sonde_agent::probes::protocols::rows::{Clock, Tables};
 use sonde_agent::probes::protocols::tracker::Tracker;
-use sonde_agent::tables::{Budget, Store};
+use sonde_agent::tables::{Budget, Store, TableInfo};
 use sonde_agent::telemetry::TableMetrics;
 use sonde_common::conn::{
     DIR_EGRESS, DIR_INGRESS, DataEventHeader, EVENT_DATA, EVENT_OPEN, EventHeader, OpenEvent,
@@ -307,20 +307,17 @@ impl Traffic {
     }
 }
 
+/// `http_events` as the store lists it.
+fn http_events(store: &Store) -> Option<TableInfo> {
+    store.list().into_iter().find(|t| t.name == "http_events")
+}
+
 /// What a kept `http_events` row costs of the table budget.
 fn bytes_per_row(store: &Store) -> usize {
-    store
-        .list()
-        .into_iter()
-        .find(|t| t.name == "http_events")
-        .map_or(0, |t| t.bytes / t.rows.max(1))
+    http_events(store).map_or(0, |t| t.bytes / t.rows.max(1))
 }
 
 /// Rows ever written to `http_events` (kept plus evicted).
 fn rows(store: &Store) -> u64 {
-    store
-        .list()
-        .into_iter()
-        .find(|t| t.name == "http_events")
-        .map_or(0, |t| t.rows as u64 + t.evicted_rows)
+    http_events(store).map_or(0, |t| t.rows as u64 + t.evicted_rows)
 }

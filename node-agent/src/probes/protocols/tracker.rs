@@ -786,13 +786,13 @@ impl Output {
 
     /// Takes every record out of `records`.
     fn emit(&mut self, conn: &mut Conn, records: &mut Vec<Record>) {
-        let (Some(kind), Some(route)) = (conn.kind(), conn.route.as_ref()) else {
+        let Some(kind) = conn.kind().filter(|_| conn.route.is_some()) else {
             records.clear();
             return;
         };
-        let route_id = Arc::as_ptr(route) as usize;
         for record in records.drain(..) {
-            if let Some(latency) = record.latency_ns {
+            // The route is borrowed per record: `conn` is lent mutably to the row below.
+            if let (Some(latency), Some(route)) = (record.latency_ns, &conn.route) {
                 let seconds = latency as f64 / 1e9;
                 let (family, name, detail, status) = match &record.red {
                     Red::Http { method, status } => {
@@ -806,15 +806,13 @@ impl Output {
                     Red::Db { system, operation } => (FAMILY_DB, *system, *operation, 0),
                 };
                 let key = SeriesKey {
-                    route: route_id,
+                    route: Arc::as_ptr(route) as usize,
                     family,
                     name,
                     detail,
                     status,
                 };
-                if let Some(route) = &conn.route {
-                    self.histogram(route, key).observe(seconds);
-                }
+                self.histogram(route, key).observe(seconds);
             }
             self.pending.record(kind, conn, record, &self.clock);
         }
