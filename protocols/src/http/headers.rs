@@ -37,7 +37,7 @@ pub(super) enum Known {
 /// Which header `name` is. The names have different lengths, so the length picks the one
 /// candidate to compare: this runs for every header of every head.
 pub(super) fn known(name: &str) -> Known {
-    let is = |known: &str| name.eq_ignore_ascii_case(known);
+    let is = |known: &str| eq_lowercase(name.as_bytes(), known.as_bytes());
     match name.len() {
         6 if is("cookie") => Known::Secret,
         10 if is("set-cookie") => Known::Secret,
@@ -49,6 +49,33 @@ pub(super) fn known(name: &str) -> Known {
         19 if is("proxy-authorization") => Known::Secret,
         _ => Known::Other,
     }
+}
+
+/// `name` equals `lower` (lowercase letters and `-`, as long as `name`) in any case, compared a
+/// word at a time: a byte ORed with 0x20 is a lowercase letter only if it is that letter in
+/// either case, and `-` only if it is `-` or CR, which no header name (a token) holds.
+fn eq_lowercase(name: &[u8], lower: &[u8]) -> bool {
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    let len = name.len();
+    if len != lower.len() || len < 8 {
+        return name.eq_ignore_ascii_case(lower);
+    }
+    let word = |bytes: &[u8], at: usize| {
+        bytes
+            .get(at..at + 8)
+            .and_then(|w| <[u8; 8]>::try_from(w).ok())
+            .map(u64::from_le_bytes)
+    };
+    // Whole words, then the last eight bytes (overlapping the word before when `len` is no
+    // multiple of eight).
+    let mut at = 0;
+    while at + 8 < len {
+        if word(name, at).map(|w| w | FOLD) != word(lower, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(name, len - 8).map(|w| w | FOLD) == word(lower, len - 8)
 }
 
 /// A JSON object `{name: value}` (keys sorted, repeated names joined with `, `, values decoded
