@@ -13,7 +13,9 @@
 //!    agent's CPU per request (its catching up after the run included), the share of wrk's
 //!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture
 //!    only − bare hooks is what copying the bytes out costs; Sonde − capture only is what the
-//!    agent's work on them costs;
+//!    agent's work on them costs. Sonde − bare hooks also as the median of each round's own
+//!    difference, with the sign test's interval around it (from 6 rounds): whether the rounds
+//!    decide the 3-point goal or the VM's drift does;
 //! 2. fixed rate (16 keep-alive connections from this process): untraced, bare hooks, Sonde
 //!    (after a warm-up that fills `http_events` to its budget: the steady state), then bare hooks
 //!    and untraced again — the baselines are the means of the runs before and after Sonde's, so
@@ -446,6 +448,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Fewest rounds for which [`median_interval`] reaches 95%: with 5, even the lowest and highest
+/// cover only 93.75%.
+const MIN_INTERVAL_ROUNDS: usize = 6;
+
+/// A distribution-free interval for the median of `v` (the sign test's order statistics): the
+/// narrowest k-th lowest to k-th highest value that holds the median with at least 95%
+/// probability, and that probability. Assumes only that the rounds are independent draws of
+/// one distribution, which is what rotating the setups within each round is for.
+fn median_interval(mut v: Vec<f64>) -> Option<(f64, f64, f64)> {
+    let n = v.len();
+    if n < MIN_INTERVAL_ROUNDS {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let total = 2f64.powi(n as i32);
+    // Coverage of [k-th lowest, k-th highest]: 1 − 2·P(at most k − 1 of n values below the
+    // median), the values falling on either side as a fair coin.
+    let (mut k, mut coverage, mut below) = (0, 0.0, 0.0);
+    for i in 0..n / 2 {
+        below += binomial(n, i) / total;
+        if 1.0 - 2.0 * below < 0.95 {
+            break;
+        }
+        (k, coverage) = (i + 1, 1.0 - 2.0 * below);
+    }
+    let (low, high) = (*v.get(k.checked_sub(1)?)?, *v.get(n - k)?);
+    Some((low, high, coverage))
+}
+
+/// C(n, k).
+fn binomial(n: usize, k: usize) -> f64 {
+    (0..k).fold(1.0, |c, i| c * (n - i) as f64 / (i + 1) as f64)
+}
+
 /// (rows kept + evicted) of `http_events`, from `/v1/tables`.
 async fn http_rows(agent: &Agent) -> Result<u64> {
     let tables: serde_json::Value = reqwest::get(format!("{}/v1/tables", agent.url))
@@ -547,14 +583,18 @@ async fn main() -> Result<()> {
     }
     if cli.rounds > 0 {
         // Paired within each round too: rounds differ more from each other than the hooks do.
-        let paired = |a: &[f64], b: &[f64]| -> f64 {
-            median(a.iter().zip(b).map(|(a, b)| (a - b) * 100.0).collect())
+        let differences = |a: &[f64], b: &[f64]| -> Vec<f64> {
+            a.iter().zip(b).map(|(a, b)| (a - b) * 100.0).collect()
         };
+        let paired = |a: &[f64], b: &[f64]| -> f64 { median(differences(a, b)) };
         let (sonde_bare, capture_bare, sonde_capture) = (
             paired(&sonde_ratios, &bare_ratios),
             paired(&capture_ratios, &bare_ratios),
             paired(&sonde_ratios, &capture_ratios),
         );
+        // Whether the goal (within 3 points of bare hooks) is decided by these rounds, or by the
+        // VM's drift.
+        let interval = median_interval(differences(&sonde_ratios, &bare_ratios));
         let (b, c, s) = (
             median(bare_ratios),
             median(capture_ratios),
@@ -564,6 +604,15 @@ async fn main() -> Result<()> {
             "median ratios: bare hooks {b:.3}, capture only {c:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points; median of the rounds' own differences {sonde_bare:+.1} points: capture only − bare {capture_bare:+.1}, Sonde − capture only {sonde_capture:+.1}",
             (s - b) * 100.0,
         );
+        match interval {
+            Some((low, high, coverage)) => println!(
+                "Sonde − bare, the rounds' own differences: their median lies in [{low:+.1}, {high:+.1}] points with {:.1}% confidence (sign test)",
+                coverage * 100.0
+            ),
+            None => println!(
+                "Sonde − bare: too few rounds for an interval around the median (at least {MIN_INTERVAL_ROUNDS})"
+            ),
+        }
         println!();
     }
 
@@ -735,4 +784,25 @@ fn program_delta(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_interval_is_the_sign_tests_order_statistics() {
+        let values = |n: usize| (1..=n).rev().map(|i| i as f64).collect::<Vec<_>>();
+        assert_eq!(median_interval(values(5)), None);
+        let (low, high, coverage) = median_interval(values(8)).unwrap();
+        assert_eq!((low, high), (1.0, 8.0));
+        assert!((coverage - 254.0 / 256.0).abs() < 1e-9, "{coverage}");
+        // n = 16: P(at most 3 below) = 697/65536, P(at most 4 below) = 2517/65536 > 2.5%.
+        let (low, high, coverage) = median_interval(values(16)).unwrap();
+        assert_eq!((low, high), (4.0, 13.0));
+        assert!(
+            (coverage - (1.0 - 2.0 * 697.0 / 65536.0)).abs() < 1e-9,
+            "{coverage}"
+        );
+    }
 }
