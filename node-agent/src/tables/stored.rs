@@ -167,11 +167,11 @@ impl RowEncoder<'_> {
     #[inline]
     pub fn string(&mut self, v: &str) -> &mut Self {
         self.count += 1;
-        let v = &v[..str_len(v)];
+        let kept = kept(v);
         let mut head = [STRING; 5];
-        head[1..].copy_from_slice(&(v.len() as u32).to_le_bytes());
+        head[1..].copy_from_slice(&(kept.len() as u32).to_le_bytes());
         self.batch.bytes.extend_from_slice(&head);
-        self.batch.bytes.extend_from_slice(v.as_bytes());
+        self.batch.bytes.extend_from_slice(kept);
         self
     }
 
@@ -230,20 +230,20 @@ const BOOLEAN: u8 = 5;
 const STRING: u8 = 6;
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    let end = str_len(s);
-    out.extend_from_slice(&(end as u32).to_le_bytes());
-    out.extend_from_slice(&s.as_bytes()[..end]);
+    let kept = kept(s);
+    out.extend_from_slice(&(kept.len() as u32).to_le_bytes());
+    out.extend_from_slice(kept);
 }
 
 /// The bytes of `s` a row keeps: longer strings are cut at a character boundary, no value of a row
 /// comes near 4 GiB.
 #[inline]
-fn str_len(s: &str) -> usize {
+fn kept(s: &str) -> &[u8] {
     let mut end = s.len().min(u32::MAX as usize);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    end
+    &s.as_bytes()[..end]
 }
 
 /// Encodes `row` as the only row of `batch`.
