@@ -6,6 +6,7 @@
 //! cargo run -p sonde-e2e --bin sonde-bench -- apply-latency --runs 20
 //! cargo run -p sonde-e2e --bin sonde-bench -- operator-scale --crs 1000 --nodes 200
 //! cargo run -p sonde-e2e --bin sonde-bench -- agent-rss
+//! cargo run -p sonde-e2e --bin sonde-bench -- agent-idle --processes 2000 --seconds 30
 //! ```
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -49,6 +50,14 @@ enum Bench {
     },
     /// Standalone agent RSS when idle and with one bpftrace script.
     AgentRss,
+    /// Standalone agent CPU with an HTTP Tracepoint and no traffic, on this host as it is and with
+    /// `processes` more (sleeping) processes: what following a node's processes costs.
+    AgentIdle {
+        #[arg(long, default_value_t = 2000)]
+        processes: usize,
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+    },
     /// All of the above with their defaults.
     All,
 }
@@ -70,6 +79,10 @@ fn main() -> Result<()> {
                 nodes: 200,
             },
             Bench::AgentRss,
+            Bench::AgentIdle {
+                processes: 2000,
+                seconds: 30,
+            },
         ],
         one => vec![one],
     };
@@ -80,6 +93,9 @@ fn main() -> Result<()> {
                 rt.block_on(operator_scale(&bins, crs, nodes))?
             }
             Bench::AgentRss => rt.block_on(agent_rss(&bins))?,
+            Bench::AgentIdle { processes, seconds } => {
+                rt.block_on(agent_idle(&bins, processes, seconds))?
+            }
             Bench::All => {}
         }
     }
@@ -301,5 +317,80 @@ async fn agent_rss(bins: &SondeBinaries) -> Result<()> {
         mib(busy_hwm),
         mib(bt_rss)
     );
+    Ok(())
+}
+
+/// Sleeping processes that die with the benchmark.
+struct Sleepers(Vec<std::process::Child>);
+
+impl Sleepers {
+    fn start(n: usize) -> Result<Sleepers> {
+        let mut sleepers = Sleepers(Vec::with_capacity(n));
+        for _ in 0..n {
+            let child = std::process::Command::new("sleep")
+                .arg("3600")
+                .spawn()
+                .context("starting a sleep process")?;
+            sleepers.0.push(child);
+        }
+        Ok(sleepers)
+    }
+}
+
+impl Drop for Sleepers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+        }
+        for child in &mut self.0 {
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn agent_idle(bins: &SondeBinaries, processes: usize, seconds: u64) -> Result<()> {
+    let dir = suite::work_dir("sonde-bench-")?;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join("web.yaml"),
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: web\nspec:\n  process:\n    exe: '*/nginx'\n  probe:\n    protocols: [http]\n",
+    )?;
+    // Attaching and the first scans are not the idle cost.
+    let settle = Duration::from_secs(10);
+    let host_processes = || {
+        std::fs::read_dir("/proc").map_or(0, |d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.parse::<u32>().is_ok())
+                })
+                .count()
+        })
+    };
+    let mut rows = Vec::new();
+    for extra in [0, processes] {
+        let _sleepers = Sleepers::start(extra)?;
+        let mut agent = Agent::start_standalone(bins, &manifests, &logs)?;
+        agent.wait_healthy().await?;
+        tokio::time::sleep(settle).await;
+        let pid = agent.proc.pid();
+        let before = cpu_seconds(pid)?;
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        let used = cpu_seconds(pid)? - before;
+        rows.push((host_processes(), used * 1e3 / seconds as f64));
+        agent.proc.stop(Duration::from_secs(10));
+    }
+    println!(
+        "\n## Standalone agent CPU, one HTTP Tracepoint, no traffic ({seconds} s after {settle:?})"
+    );
+    println!("| processes on the host | agent CPU |");
+    println!("|---|---|");
+    for (n, ms) in rows {
+        println!("| {n} | {ms:.1} ms/s |");
+    }
     Ok(())
 }

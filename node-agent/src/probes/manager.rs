@@ -4,6 +4,8 @@
 //! It rescans host processes every [`RESCAN_EVERY`] so probes follow pods and processes that start or
 //! stop, and polls runtime statuses every [`POLL_EVERY`], publishing them on a `watch` channel.
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sonde_api::{AssignedProbe, ProbeConfig, ProbeStatus};
@@ -15,7 +17,7 @@ use super::dynamic_log::DynamicLogProbe;
 use super::profiler::ProfilerProbe;
 use super::protocols::ProtocolProbe;
 use super::{ProbeContext, RuntimeStatus};
-use crate::targets::{ProcessTable, TargetProcess};
+use crate::targets::{ExecWatch, ProcessScanner, ProcessTable, TargetProcess};
 use crate::telemetry::Telemetry;
 
 /// How often host processes are rescanned to follow pods and processes that come and go.
@@ -122,6 +124,8 @@ struct Manager {
     telemetry: Telemetry,
     running: BTreeMap<String, Running>,
     statuses: watch::Sender<Vec<ProbeStatus>>,
+    /// Scans run on a blocking thread; the scanner keeps what it saw between them.
+    scanner: Arc<Mutex<ProcessScanner>>,
     /// Last process-scan error, logged once until it changes.
     scan_error: Option<String>,
 }
@@ -130,11 +134,19 @@ struct Manager {
 pub fn spawn(ctx: ProbeContext, telemetry: Telemetry) -> ManagerHandle {
     let (tx, rx) = mpsc::channel(8);
     let (statuses, statuses_rx) = watch::channel(Vec::new());
+    let execs = match ExecWatch::start() {
+        Ok(watch) => Some(watch),
+        Err(error) => {
+            warn!(%error, "no exec notifications: every process rescan rereads all of /proc");
+            None
+        }
+    };
     let manager = Manager {
         ctx,
         telemetry,
         running: BTreeMap::new(),
         statuses,
+        scanner: Arc::new(Mutex::new(ProcessScanner::new(Path::new("/proc"), execs))),
         scan_error: None,
     };
     tokio::spawn(manager.run(rx).instrument(info_span!("probes")));
@@ -199,7 +211,12 @@ impl Manager {
 
     /// Scans /proc on a blocking thread; None (logged once) when it fails.
     async fn scan(&mut self) -> Option<ProcessTable> {
-        let result = tokio::task::spawn_blocking(ProcessTable::scan).await;
+        let scanner = Arc::clone(&self.scanner);
+        let result = tokio::task::spawn_blocking(move || {
+            let mut scanner = scanner.lock().unwrap_or_else(|p| p.into_inner());
+            scanner.scan().map(ProcessTable::from_processes)
+        })
+        .await;
         let error = match result {
             Ok(Ok(table)) => {
                 self.scan_error = None;

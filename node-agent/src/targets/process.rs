@@ -1,16 +1,30 @@
 //! A snapshot of the host's processes from /proc: pid, executable, command line, and the container
 //! each one runs in.
 //!
+//! Reading a process costs three small reads (`exe`, `cmdline`, `cgroup`); a node runs thousands of
+//! processes and the agent rescans every two seconds, so [`ProcessScanner`] rereads only what can
+//! have changed: pids it has not seen (a /proc entry's inode number tells a reused pid apart) and
+//! processes that exec'd (from the kernel, [`ExecWatch`]). Everything is reread every
+//! [`FULL_SCAN_EVERY`] scans, and at every scan when exec notifications are missing or were lost:
+//! what no exec announces (a process moved to another cgroup, a command line rewritten in place)
+//! is seen that late at most.
+//!
 //! Hand-written: three small reads per pid; the `procfs` crate would bring much more than that.
 use std::{
+    collections::{HashMap, HashSet},
     fs, io,
+    os::unix::fs::DirEntryExt,
     path::{Path, PathBuf},
 };
 
 use super::{
     TargetsError,
     cgroup::{self, ContainerIdentity},
+    execs::ExecWatch,
 };
+
+/// Every this many scans, every process is reread (15 × the manager's 2 s: 30 s).
+pub const FULL_SCAN_EVERY: u32 = 15;
 
 /// One host process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,29 +41,123 @@ pub struct ProcessInfo {
 /// Reads every process under `proc_root` (normally `/proc`). Kernel threads (no executable) and
 /// processes that exit while being read are skipped: such races are normal.
 pub fn scan_processes(proc_root: &Path) -> Result<Vec<ProcessInfo>, TargetsError> {
-    let entries = fs::read_dir(proc_root).map_err(|source| TargetsError::Proc {
-        path: proc_root.to_path_buf(),
-        source,
-    })?;
-    let mut processes = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|source| TargetsError::Proc {
-            path: proc_root.to_path_buf(),
-            source,
-        })?;
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Some(process) = read_process(&entry.path(), pid) {
-            processes.push(process);
+    ProcessScanner::new(proc_root, None).scan()
+}
+
+/// Rescans /proc, rereading only the processes that can have changed since its last scan.
+pub struct ProcessScanner {
+    proc_root: PathBuf,
+    execs: Option<ExecWatch>,
+    /// What the last scan saw, by pid: the /proc entry's inode number and the process (None: a
+    /// kernel thread or a process that could not be read).
+    seen: HashMap<u32, Seen>,
+    /// Scans left before the next full one (0: the next scan is full).
+    until_full: u32,
+    last: ScanStats,
+}
+
+struct Seen {
+    ino: u64,
+    process: Option<ProcessInfo>,
+}
+
+/// What the last scan did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanStats {
+    /// Every process was reread.
+    pub full: bool,
+    /// Processes read from /proc.
+    pub read: usize,
+    /// Processes taken unchanged from the scan before.
+    pub kept: usize,
+}
+
+impl ProcessScanner {
+    /// Without `execs`, every scan is a full one.
+    pub fn new(proc_root: &Path, execs: Option<ExecWatch>) -> ProcessScanner {
+        ProcessScanner {
+            proc_root: proc_root.to_path_buf(),
+            execs,
+            seen: HashMap::new(),
+            until_full: 0,
+            last: ScanStats::default(),
         }
     }
-    processes.sort_by_key(|p| p.pid);
-    Ok(processes)
+
+    /// The host's processes, sorted by pid.
+    pub fn scan(&mut self) -> Result<Vec<ProcessInfo>, TargetsError> {
+        // Drained before /proc is listed: an exec after this point is reread next time at worst.
+        let execd = match self.execs.as_mut().and_then(ExecWatch::drain) {
+            Some(pids) if self.until_full > 0 => Some(pids),
+            _ => None,
+        };
+        let seen = match self.list(execd.as_ref()) {
+            Ok(seen) => seen,
+            Err(error) => {
+                // The execs drained are gone with this scan: the next one rereads everything.
+                self.seen.clear();
+                self.until_full = 0;
+                return Err(error);
+            }
+        };
+        self.seen = seen;
+        self.until_full = match self.last.full {
+            true => FULL_SCAN_EVERY - 1,
+            false => self.until_full.saturating_sub(1),
+        };
+        let mut processes: Vec<ProcessInfo> = self
+            .seen
+            .values()
+            .filter_map(|s| s.process.clone())
+            .collect();
+        processes.sort_by_key(|p| p.pid);
+        Ok(processes)
+    }
+
+    /// Lists /proc, keeping what `self.seen` knows of a pid unless its entry is new or the pid is
+    /// not in `execd` (None: reread every process).
+    fn list(&mut self, execd: Option<&HashSet<u32>>) -> Result<HashMap<u32, Seen>, TargetsError> {
+        let proc_error = |source| TargetsError::Proc {
+            path: self.proc_root.clone(),
+            source,
+        };
+        let entries = fs::read_dir(&self.proc_root).map_err(proc_error)?;
+        let mut seen = HashMap::with_capacity(self.seen.len());
+        let mut stats = ScanStats {
+            full: execd.is_none(),
+            ..ScanStats::default()
+        };
+        for entry in entries {
+            let entry = entry.map_err(proc_error)?;
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let ino = entry.ino();
+            let unchanged = execd.is_some_and(|e| !e.contains(&pid));
+            let process = match self.seen.remove(&pid) {
+                Some(old) if old.ino == ino && unchanged => {
+                    stats.kept += 1;
+                    old.process
+                }
+                _ => {
+                    stats.read += 1;
+                    read_process(&entry.path(), pid)
+                }
+            };
+            seen.insert(pid, Seen { ino, process });
+        }
+        self.last = stats;
+        Ok(seen)
+    }
+
+    /// What the last scan did.
+    pub fn last_scan(&self) -> ScanStats {
+        self.last
+    }
 }
 
 /// None when the process is a kernel thread, has exited, or cannot be read (e.g. a zombie).
