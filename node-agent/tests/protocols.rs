@@ -83,6 +83,65 @@ fn curl_version() -> String {
         .to_owned()
 }
 
+/// A client that connects when told, prints its local port, sends one request, reads the answer,
+/// keeps the connection 200 ms and exits.
+const SHORT_CLIENT: &str = r#"
+import socket, sys, time
+port = int(sys.argv[1])
+sys.stdin.readline()
+s = socket.create_connection(("127.0.0.1", port))
+print(s.getsockname()[1], flush=True)
+s.sendall(b"GET /short HTTP/1.1\r\nHost: sonde\r\n\r\n")
+data = b""
+while not data.endswith(b"hello\n"):
+    data += s.recv(4096)
+time.sleep(0.2)
+s.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_lived_client_after_a_quiet_spell_still_has_its_local_address() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_nginx, _worker) = start_hello_nginx(dir.path(), port);
+    let mut client = Command::new(which("python3"))
+        .args(["-c", SHORT_CLIENT, &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let Traced {
+        store, probe: p, ..
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/python3*"),
+        target(client.id(), "/usr/bin/python3"),
+    );
+    // Quiet long enough for the agent's drain timer to back off to its idle second: the client's
+    // fd is then looked at only because its connect woke the agent.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let local_port: i64 = line.trim().parse().unwrap();
+    assert!(client.wait().unwrap().success());
+
+    let http = wait_for_rows(&store, "http_events", |r| !r.is_empty()).await;
+    p.stop().await;
+    assert_eq!(http.len(), 1, "{http:?}");
+    let row = &http[0];
+    assert_eq!(text(row, "trace_role"), "client", "{row:?}");
+    assert_eq!(text(row, "req_path"), "/short", "{row:?}");
+    assert_eq!(row["remote_port"], Value::Int64(i64::from(port)), "{row:?}");
+    assert_eq!(text(row, "local_addr"), "127.0.0.1", "{row:?}");
+    assert_eq!(row["local_port"], Value::Int64(local_port), "{row:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_outside_the_selected_processes_yields_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -225,6 +225,33 @@ fn send_bytes(bytes: &[u8]) -> Result<(), i32> {
     CONN_EVENTS.output::<[u8]>(bytes, wakeup(bytes.len()))
 }
 
+/// A client connection's open event wakes the agent at once, at most once per this many ns: its
+/// local address is read from the fd by user space, and a short-lived client (a CLI, a health
+/// check) may close it long before the next timed drain. Servers' come from their listener.
+const OPEN_WAKE_GAP_NS: u64 = 10_000_000;
+
+/// When a client open event last woke the agent (one slot; a race between CPUs costs at most an
+/// extra wake-up).
+#[map]
+static CONN_OPEN_WAKE: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Writes a client connection's open event, waking the agent unless one did less than
+/// [`OPEN_WAKE_GAP_NS`] ago (the agent then drains again that soon).
+#[inline(always)]
+fn send_open_now<T>(event: &T, now: u64) -> Result<(), i32> {
+    let mut flags = wakeup(core::mem::size_of::<T>());
+    if let Some(last) = CONN_OPEN_WAKE.get_ptr_mut(0) {
+        // SAFETY: the map's only slot; a torn race between CPUs only changes when the next wakes.
+        unsafe {
+            if now.wrapping_sub(*last) >= OPEN_WAKE_GAP_NS {
+                *last = now;
+                flags = BPF_RB_FORCE_WAKEUP;
+            }
+        }
+    }
+    CONN_EVENTS.output::<T>(event, flags)
+}
+
 #[inline(always)]
 fn count_drop(reason: u32) {
     if let Some(slot) = CONN_DROPS.get_ptr_mut(reason) {
@@ -648,7 +675,14 @@ fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags:
         count_drop(DROP_CONN_MAP_FULL);
         return;
     }
-    if state == CONN_TRACE && send::<OpenEvent>(&event).is_err() {
+    if state != CONN_TRACE {
+        return;
+    }
+    let sent = match role {
+        ROLE_CLIENT => send_open_now::<OpenEvent>(&event, now),
+        _ => send::<OpenEvent>(&event),
+    };
+    if sent.is_err() {
         count_drop(DROP_RING_FULL);
     }
 }

@@ -36,6 +36,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// second (this and the tick) instead of five times. The first row after a quiet spell may take
 /// this long to appear. (Each wake-up costs ~0.1 ms of CPU on this project's VMs.)
 const DRAIN_IDLE_EVERY: Duration = Duration::from_secs(1);
+/// After a drain that saw a client connection open, the next drain comes this soon: the kernel
+/// wakes the agent for a client's open event at most this often (`OPEN_WAKE_GAP_NS` on the kernel
+/// side), and a short-lived client's fd must be looked at before it closes (its local address).
+const CLIENT_FOLLOW_UP: Duration = Duration::from_millis(10);
 /// The thread's name, as `ps -L` and `/proc/<pid>/task/*/comm` show it.
 pub const THREAD_NAME: &str = "sonde-capture";
 
@@ -102,12 +106,15 @@ fn next_wait(wait: Duration, handled: usize) -> Duration {
 
 /// The drain timer's delay after a drain that handled `handled` records, `wait` being its
 /// interval: a full batch means more records wait, drained on the loop's next turn (after the
-/// other branches had their chance) rather than an interval later.
-fn next_delay(wait: Duration, handled: usize) -> Duration {
-    if handled < BATCH {
-        wait
-    } else {
+/// other branches had their chance) rather than an interval later; after a client connection
+/// opened, [`CLIENT_FOLLOW_UP`].
+fn next_delay(wait: Duration, handled: usize, client_opened: bool) -> Duration {
+    if handled >= BATCH {
         Duration::ZERO
+    } else if client_opened {
+        wait.min(CLIENT_FOLLOW_UP)
+    } else {
+        wait
     }
 }
 
@@ -135,16 +142,20 @@ async fn event_loop(mut tracker: Tracker, ring: RingBuf<MapData>, cancel: Cancel
             () = &mut drain_timer => {
                 let handled = drain(ring.get_mut(), &mut tracker);
                 wait = next_wait(wait, handled);
-                drain_timer.as_mut().reset(Instant::now() + next_delay(wait, handled));
+                let delay = next_delay(wait, handled, tracker.take_client_opened());
+                drain_timer.as_mut().reset(Instant::now() + delay);
             }
             guard = ring.readable_mut() => {
                 let Ok(mut guard) = guard else { break };
-                if drain(guard.get_inner_mut(), &mut tracker) < BATCH {
+                let handled = drain(guard.get_inner_mut(), &mut tracker);
+                if handled < BATCH {
                     guard.clear_ready();
                 }
-                if wait > DRAIN_EVERY {
-                    wait = DRAIN_EVERY;
-                    drain_timer.as_mut().reset(Instant::now() + wait);
+                let client_opened = tracker.take_client_opened();
+                if wait > DRAIN_EVERY || client_opened {
+                    wait = wait.min(DRAIN_EVERY);
+                    let delay = next_delay(wait, handled, client_opened);
+                    drain_timer.as_mut().reset(Instant::now() + delay);
                 }
             }
         }
@@ -171,8 +182,15 @@ mod tests {
 
     #[test]
     fn a_full_batch_is_followed_at_once_by_the_next() {
-        assert_eq!(next_delay(DRAIN_EVERY, BATCH), Duration::ZERO);
-        assert_eq!(next_delay(DRAIN_EVERY, BATCH - 1), DRAIN_EVERY);
-        assert_eq!(next_delay(DRAIN_IDLE_EVERY, 0), DRAIN_IDLE_EVERY);
+        assert_eq!(next_delay(DRAIN_EVERY, BATCH, false), Duration::ZERO);
+        assert_eq!(next_delay(DRAIN_EVERY, BATCH - 1, false), DRAIN_EVERY);
+        assert_eq!(next_delay(DRAIN_IDLE_EVERY, 0, false), DRAIN_IDLE_EVERY);
+    }
+
+    #[test]
+    fn a_client_connection_that_opened_brings_the_next_drain_forward() {
+        assert_eq!(next_delay(DRAIN_EVERY, 1, true), CLIENT_FOLLOW_UP);
+        assert_eq!(next_delay(DRAIN_IDLE_EVERY, 1, true), CLIENT_FOLLOW_UP);
+        assert_eq!(next_delay(DRAIN_EVERY, BATCH, true), Duration::ZERO);
     }
 }

@@ -134,6 +134,8 @@ pub struct Tracker {
     conn_stats_every: Duration,
     /// Monotonic ns of the last periodic conn_stats pass.
     last_stats_ns: u64,
+    /// A client connection opened since [`Tracker::take_client_opened`] last asked.
+    client_opened: bool,
 }
 
 impl Tracker {
@@ -161,7 +163,14 @@ impl Tracker {
             inherited: HashMap::new(),
             conn_stats_every,
             last_stats_ns: Clock::monotonic_now(),
+            client_opened: false,
         }
+    }
+
+    /// Whether a client connection opened since the last call: the kernel wakes the agent for one
+    /// at most every 10 ms, so the drain loop looks again that soon for the ones it let wait.
+    pub fn take_client_opened(&mut self) -> bool {
+        std::mem::take(&mut self.client_opened)
     }
 
     /// Connections currently tracked.
@@ -261,6 +270,7 @@ impl Tracker {
     fn on_open(&mut self, ev: OpenEvent) {
         let h = ev.header;
         let mut conn = self.new_conn(&h);
+        self.client_opened |= ev.role == ROLE_CLIENT;
         conn.role = match ev.role {
             ROLE_CLIENT => Some(Role::Client),
             ROLE_SERVER => Some(Role::Server),
