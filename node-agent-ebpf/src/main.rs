@@ -75,13 +75,4 @@ pub fn selftest_fentry(_ctx: FEntryContext) -> u32 {
     report(SELFTEST_FENTRY, 0)
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any program that could reach this; it only satisfies no_std.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+mod runtime;

@@ -1264,13 +1264,5 @@ pub fn conn_task_newtask(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[cfg(not(test))]
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    // The verifier rejects any program that could reach this; it only satisfies no_std.
-    loop {}
-}
-
-#[unsafe(link_section = "license")]
-#[unsafe(no_mangle)]
-static LICENSE: [u8; 4] = *b"GPL\0";
+#[path = "../runtime.rs"]
+mod runtime;
