@@ -83,32 +83,38 @@ fn curl_version() -> String {
         .to_owned()
 }
 
-/// A client that connects when told, prints its local port, sends one request, reads the answer,
-/// keeps the connection 200 ms and exits.
+/// A client that, when told, opens `count` connections one after the other, each for one request
+/// (closed as soon as the answer is in: a millisecond or two), printing each one's local port.
 const SHORT_CLIENT: &str = r#"
-import socket, sys, time
-port = int(sys.argv[1])
+import socket, sys
+port, count = int(sys.argv[1]), int(sys.argv[2])
 sys.stdin.readline()
-s = socket.create_connection(("127.0.0.1", port))
-print(s.getsockname()[1], flush=True)
-s.sendall(b"GET /short HTTP/1.1\r\nHost: sonde\r\n\r\n")
-data = b""
-while not data.endswith(b"hello\n"):
-    data += s.recv(4096)
-time.sleep(0.2)
-s.close()
+for _ in range(count):
+    s = socket.create_connection(("127.0.0.1", port))
+    print(s.getsockname()[1], flush=True)
+    s.sendall(b"GET /short HTTP/1.1\r\nHost: sonde\r\n\r\n")
+    data = b""
+    while not data.endswith(b"hello\n"):
+        data += s.recv(4096)
+    s.close()
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_lived_client_after_a_quiet_spell_still_has_its_local_address() {
+async fn short_lived_tcp_clients_keep_their_local_address() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
 
+    const CONNECTIONS: usize = 20;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let (_nginx, _worker) = start_hello_nginx(dir.path(), port);
     let mut client = Command::new(which("python3"))
-        .args(["-c", SHORT_CLIENT, &port.to_string()])
+        .args([
+            "-c",
+            SHORT_CLIENT,
+            &port.to_string(),
+            &CONNECTIONS.to_string(),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -119,27 +125,34 @@ async fn a_short_lived_client_after_a_quiet_spell_still_has_its_local_address() 
         &tracepoint(vec![Protocol::Http], "*/python3*"),
         target(client.id(), "/usr/bin/python3"),
     );
-    // Quiet long enough for the agent's drain timer to back off to its idle second: the client's
-    // fd is then looked at only because its connect woke the agent.
+    // Quiet long enough for the agent's drain timer to back off to its idle second: every
+    // connection is closed long before the agent's next look at the ring.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let mut stdin = client.stdin.take().unwrap();
-    stdin.write_all(b"go\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(client.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let local_port: i64 = line.trim().parse().unwrap();
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut ports: Vec<i64> = BufReader::new(client.stdout.take().unwrap())
+        .lines()
+        .map(|l| l.unwrap().trim().parse().unwrap())
+        .collect();
     assert!(client.wait().unwrap().success());
+    assert_eq!(ports.len(), CONNECTIONS);
 
-    let http = wait_for_rows(&store, "http_events", |r| !r.is_empty()).await;
+    let http = wait_for_rows(&store, "http_events", |r| r.len() >= CONNECTIONS).await;
     p.stop().await;
-    assert_eq!(http.len(), 1, "{http:?}");
-    let row = &http[0];
-    assert_eq!(text(row, "trace_role"), "client", "{row:?}");
-    assert_eq!(text(row, "req_path"), "/short", "{row:?}");
-    assert_eq!(row["remote_port"], Value::Int64(i64::from(port)), "{row:?}");
-    assert_eq!(text(row, "local_addr"), "127.0.0.1", "{row:?}");
-    assert_eq!(row["local_port"], Value::Int64(local_port), "{row:?}");
+    assert_eq!(http.len(), CONNECTIONS, "{http:?}");
+    let mut seen = Vec::new();
+    for row in &http {
+        assert_eq!(text(row, "trace_role"), "client", "{row:?}");
+        assert_eq!(text(row, "req_path"), "/short", "{row:?}");
+        assert_eq!(row["remote_port"], Value::Int64(i64::from(port)), "{row:?}");
+        assert_eq!(text(row, "local_addr"), "127.0.0.1", "{row:?}");
+        let Value::Int64(local_port) = row["local_port"] else {
+            panic!("local_port: {row:?}")
+        };
+        seen.push(local_port);
+    }
+    seen.sort_unstable();
+    ports.sort_unstable();
+    assert_eq!(seen, ports);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,7 @@
 //!
 //! Kernel → user: events on the [`names::EVENTS_MAP`] ring buffer. Each starts with an
 //! [`EventHeader`] whose `kind` says which struct it is: [`OpenEvent`], [`CloseEvent`],
-//! [`ClassifyEvent`], [`PeerEvent`], [`ForkEvent`] or a data event ([`DataEventHeader`] followed by `len` bytes). User → kernel:
+//! [`ClassifyEvent`], [`PeerEvent`], [`ForkEvent`], [`LocalEvent`] or a data event ([`DataEventHeader`] followed by `len` bytes). User → kernel:
 //! the filter maps (tgids, cgroup ids) and [`ConnInfo::state`] for fds the kernel could not classify.
 
 /// Bytes of one data event; a syscall's buffers are split into chunks of at most this size.
@@ -38,11 +38,17 @@ pub const EVENT_CLASSIFY: u32 = 4;
 pub const EVENT_PEER: u32 = 5;
 /// [`EventHeader::kind`]: a selected process forked ([`ForkEvent`]); the child inherits its fds.
 pub const EVENT_FORK: u32 = 6;
+/// [`EventHeader::kind`]: a traced TCP client connection was established, with its local address
+/// ([`LocalEvent`]; from `sock:inet_sock_set_state`, before or after the connection's open event).
+pub const EVENT_LOCAL: u32 = 7;
 
 /// [`OpenEvent::flags`]: a datagram socket seen first in a recvfrom/recvmsg/recvmmsg returning a
 /// source address (role server) or a sendto/sendmsg/sendmmsg with a destination (role client);
 /// `remote_*` is that datagram's peer.
 pub const OPEN_DATAGRAM: u32 = 1;
+/// [`OpenEvent::flags`]: a TCP connect whose local address the kernel reports in a [`LocalEvent`]
+/// (sent before this event for a connect that blocked until established, after it otherwise).
+pub const OPEN_LOCAL_REPORTED: u32 = 2;
 
 /// [`ConnInfo::state`]: an inet socket whose bytes are captured.
 pub const CONN_TRACE: u32 = 1;
@@ -210,6 +216,18 @@ pub struct PeerEvent {
 }
 const _: () = assert!(core::mem::size_of::<PeerEvent>() == 64);
 
+/// The local address of the TCP client connection (`header.tgid`, `header.fd`): the source
+/// address and port the kernel chose. `header.cgroup_id` and `header.tid` are 0 (it may be sent
+/// from another task's context), `header.generation` too (it may come before the open event).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LocalEvent {
+    pub header: EventHeader,
+    pub local: PeerAddr,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LocalEvent>() == 64);
+
 /// A traced connection was closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -332,6 +350,7 @@ pub mod names {
     pub const TASK_TRACEPOINTS: &[(&str, &str, &str)] = &[
         ("task", "task_newtask", "conn_task_newtask"),
         ("sched", "sched_process_exit", "conn_sched_process_exit"),
+        ("sock", "inet_sock_set_state", "conn_sock_set_state"),
     ];
 }
 
@@ -347,6 +366,7 @@ mod pod {
     unsafe impl aya::Pod for super::ClassifyEvent {}
     unsafe impl aya::Pod for super::PeerEvent {}
     unsafe impl aya::Pod for super::ForkEvent {}
+    unsafe impl aya::Pod for super::LocalEvent {}
     unsafe impl aya::Pod for super::PeerAddr {}
     unsafe impl aya::Pod for super::DataEventHeader {}
 }

@@ -33,17 +33,18 @@ use aya_ebpf::{
         bpf_probe_read_user_buf,
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, ClassifyEvent, CloseEvent, ConnInfo,
     ConnKey, DATA_CHUNK, DIR_EGRESS, DIR_INGRESS, DROP_ARGS_MAP_FULL, DROP_CONN_MAP_FULL,
     DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_TRUNCATED, DROP_UNCLASSIFIED, DataEvent,
-    DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_OPEN, EVENT_PEER,
-    EventHeader, FILTER_WORDS, ForkEvent, MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS,
-    OPEN_DATAGRAM, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN,
-    SYS_RECVMMSG, SYS_SENDMMSG, filter_bit_cgroup, filter_bit_tgid,
+    DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_LOCAL, EVENT_OPEN,
+    EVENT_PEER, EventHeader, FILTER_WORDS, ForkEvent, LocalEvent, MAX_CHUNKS_PER_SYSCALL,
+    MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED, OpenEvent, PeerAddr, PeerEvent,
+    ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, filter_bit_cgroup,
+    filter_bit_tgid,
 };
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
@@ -225,9 +226,11 @@ fn send_bytes(bytes: &[u8]) -> Result<(), i32> {
     CONN_EVENTS.output::<[u8]>(bytes, wakeup(bytes.len()))
 }
 
-/// A client connection's open event wakes the agent at once, at most once per this many ns: its
-/// local address is read from the fd by user space, and a short-lived client (a CLI, a health
-/// check) may close it long before the next timed drain. Servers' come from their listener.
+/// A client connection's open event wakes the agent at once, at most once per this many ns, when
+/// the kernel does not report its local address (UDP; TCP connects get theirs from
+/// `conn_sock_set_state`): user space then reads it from the fd, and a short-lived client (a CLI,
+/// a health check) may close it long before the next timed drain. Servers' come from their
+/// listener.
 const OPEN_WAKE_GAP_NS: u64 = 10_000_000;
 
 /// When a client open event last woke the agent (one slot; a race between CPUs costs at most an
@@ -235,8 +238,9 @@ const OPEN_WAKE_GAP_NS: u64 = 10_000_000;
 #[map]
 static CONN_OPEN_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Writes a client connection's open event, waking the agent unless one did less than
-/// [`OPEN_WAKE_GAP_NS`] ago (the agent then drains again that soon).
+/// Writes the open event of a client connection whose local address only its fd tells, waking
+/// the agent unless one did less than [`OPEN_WAKE_GAP_NS`] ago (the agent then drains again that
+/// soon).
 #[inline(always)]
 fn send_open_now<T>(event: &T, now: u64) -> Result<(), i32> {
     let mut flags = wakeup(core::mem::size_of::<T>());
@@ -531,8 +535,134 @@ pub fn conn_exit_connect(ctx: TracePointContext) -> u32 {
     if ret != 0 && ret != -EINPROGRESS {
         return 0;
     }
-    open(id, args.fd as u32, args.buf, ROLE_CLIENT, u32::MAX);
+    // A TCP connect's local address comes from `conn_sock_set_state`: no need to wake the agent.
+    let flags = if args.layout == LAYOUT_TCP_CONNECT {
+        OPEN_LOCAL_REPORTED
+    } else {
+        0
+    };
+    open_peer(
+        id,
+        args.fd as u32,
+        read_sockaddr(args.buf),
+        ROLE_CLIENT,
+        u32::MAX,
+        flags,
+    );
     0
+}
+
+/// `Args::layout` of a connect whose socket entered SYN_SENT: a TCP connect.
+const LAYOUT_TCP_CONNECT: u32 = u32::MAX - 1;
+
+/// `sock:inet_sock_set_state` record: offsets from its format file.
+const SK_SKADDR: usize = 8;
+const SK_OLDSTATE: usize = 16;
+const SK_NEWSTATE: usize = 20;
+const SK_SPORT: usize = 24;
+const SK_FAMILY: usize = 28;
+const SK_PROTOCOL: usize = 30;
+const SK_SADDR: usize = 32;
+const SK_SADDR_V6: usize = 40;
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_SYN_SENT: i32 = 2;
+const IPPROTO_TCP: u16 = 6;
+
+/// Sockets of traced TCP connects between SYN_SENT and the next state, by socket address. LRU: a
+/// socket freed without leaving SYN_SENT through this tracepoint only ages out.
+#[map]
+static CONN_SOCKS: LruHashMap<u64, ConnKey> = LruHashMap::with_max_entries(16384, 0);
+
+/// A TCP socket changes state (any process: it may fire in softirq context). A traced connect's
+/// socket enters SYN_SENT inside `connect(2)`, on the connecting thread, whose stashed arguments
+/// name the fd; when it leaves SYN_SENT for ESTABLISHED the kernel has chosen the source address
+/// and port, which user space could otherwise only read from the fd while it is still open.
+#[tracepoint]
+pub fn conn_sock_set_state(ctx: TracePointContext) -> u32 {
+    // SAFETY (all reads): within the tracepoint record, through the checked helper.
+    let protocol = unsafe { ctx.read_at::<u16>(SK_PROTOCOL) }.unwrap_or(0);
+    if protocol != IPPROTO_TCP {
+        return 0;
+    }
+    let (Ok(old), Ok(new), Ok(sk)) = (
+        unsafe { ctx.read_at::<i32>(SK_OLDSTATE) },
+        unsafe { ctx.read_at::<i32>(SK_NEWSTATE) },
+        unsafe { ctx.read_at::<u64>(SK_SKADDR) },
+    ) else {
+        return 0;
+    };
+    if new == TCP_SYN_SENT {
+        connecting(sk);
+    } else if old == TCP_SYN_SENT {
+        // SAFETY: the value is copied before the entry is removed.
+        let Some(key) = (unsafe { CONN_SOCKS.get(&sk) }).copied() else {
+            return 0;
+        };
+        let _ = CONN_SOCKS.remove(&sk);
+        if new == TCP_ESTABLISHED {
+            established(&ctx, key);
+        }
+    }
+    0
+}
+
+#[inline(always)]
+fn connecting(sk: u64) {
+    let id = bpf_get_current_pid_tgid();
+    if !maybe_selected((id >> 32) as u32) {
+        return;
+    }
+    let Some(slot) = CONN_ARGS.get_ptr_mut(&id) else {
+        return;
+    };
+    // SAFETY: this thread's own slot, written by its connect's enter hook (see `stash_addr`).
+    let args = unsafe { &mut *slot };
+    if args.syscall != SYS_CONNECT {
+        return;
+    }
+    let key = ConnKey {
+        tgid: (id >> 32) as u32,
+        fd: args.fd as u32,
+    };
+    if CONN_SOCKS.insert(&sk, &key, 0).is_ok() {
+        args.layout = LAYOUT_TCP_CONNECT;
+    }
+}
+
+#[inline(always)]
+fn established(ctx: &TracePointContext, key: ConnKey) {
+    let mut local = NO_PEER;
+    // SAFETY (all reads): within the tracepoint record, through the checked helper.
+    local.family = unsafe { ctx.read_at::<u16>(SK_FAMILY) }.unwrap_or(0);
+    local.port = unsafe { ctx.read_at::<u16>(SK_SPORT) }.unwrap_or(0);
+    if local.family == AF_INET {
+        if let Ok(addr) = unsafe { ctx.read_at::<[u8; 4]>(SK_SADDR) } {
+            // Byte by byte: a slice copy could become a memcpy call, which BPF cannot make.
+            for i in 0..4 {
+                local.addr[i] = addr[i];
+            }
+        }
+    } else if let Ok(addr) = unsafe { ctx.read_at::<[u8; 16]>(SK_SADDR_V6) } {
+        local.addr = addr;
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let event = LocalEvent {
+        header: EventHeader {
+            kind: EVENT_LOCAL,
+            tgid: key.tgid,
+            ts_ns: now,
+            cgroup_id: 0,
+            fd: key.fd,
+            tid: 0,
+            generation: 0,
+        },
+        local,
+        _pad: 0,
+    };
+    if send::<LocalEvent>(&event).is_err() {
+        count_drop(DROP_RING_FULL);
+    }
 }
 
 #[tracepoint]
@@ -678,9 +808,10 @@ fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags:
     if state != CONN_TRACE {
         return;
     }
-    let sent = match role {
-        ROLE_CLIENT => send_open_now::<OpenEvent>(&event, now),
-        _ => send::<OpenEvent>(&event),
+    let sent = if role == ROLE_CLIENT && flags & OPEN_LOCAL_REPORTED == 0 {
+        send_open_now::<OpenEvent>(&event, now)
+    } else {
+        send::<OpenEvent>(&event)
     };
     if sent.is_err() {
         count_drop(DROP_RING_FULL);

@@ -36,9 +36,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// second (this and the tick) instead of five times. The first row after a quiet spell may take
 /// this long to appear. (Each wake-up costs ~0.1 ms of CPU on this project's VMs.)
 const DRAIN_IDLE_EVERY: Duration = Duration::from_secs(1);
-/// After a drain that saw a client connection open, the next drain comes this soon: the kernel
-/// wakes the agent for a client's open event at most this often (`OPEN_WAKE_GAP_NS` on the kernel
-/// side), and a short-lived client's fd must be looked at before it closes (its local address).
+/// After a drain that saw a client connection open whose local address the kernel does not
+/// report (UDP), the next drain comes this soon: the kernel wakes the agent for such an open at
+/// most this often (`OPEN_WAKE_GAP_NS` on the kernel side), and a short-lived client's fd must be
+/// looked at before it closes.
 const CLIENT_FOLLOW_UP: Duration = Duration::from_millis(10);
 /// The thread's name, as `ps -L` and `/proc/<pid>/task/*/comm` show it.
 pub const THREAD_NAME: &str = "sonde-capture";

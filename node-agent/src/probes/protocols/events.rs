@@ -1,8 +1,8 @@
 //! Decoding the records of the capture ring buffer into typed events (layouts from
 //! `sonde_common::conn`).
 use sonde_common::conn::{
-    CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_OPEN,
-    EVENT_PEER, EventHeader, ForkEvent, OpenEvent, PeerEvent,
+    CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_LOCAL,
+    EVENT_OPEN, EVENT_PEER, EventHeader, ForkEvent, LocalEvent, OpenEvent, PeerEvent,
 };
 
 /// One record of the ring buffer.
@@ -13,6 +13,7 @@ pub enum Event<'a> {
     Classify(EventHeader),
     Peer(PeerEvent),
     Fork(ForkEvent),
+    Local(LocalEvent),
     Data(DataEventHeader, &'a [u8]),
 }
 
@@ -68,6 +69,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         EVENT_CLASSIFY => Ok(Event::Classify(read(bytes, kind)?)),
         EVENT_PEER => Ok(Event::Peer(read(bytes, kind)?)),
         EVENT_FORK => Ok(Event::Fork(read(bytes, kind)?)),
+        EVENT_LOCAL => Ok(Event::Local(read(bytes, kind)?)),
         EVENT_DATA => {
             let header: DataEventHeader = read(bytes, kind)?;
             let start = std::mem::size_of::<DataEventHeader>();

@@ -11,7 +11,8 @@ use rustc_hash::FxHashMap;
 use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, CloseEvent, ConnInfo, ConnKey,
     DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS, DataEventHeader, EventHeader, ForkEvent,
-    OPEN_DATAGRAM, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
+    LocalEvent, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT,
+    ROLE_SERVER,
 };
 use sonde_protocols::{Direction, Record, Red, Role, Transport};
 use tracing::{debug, warn};
@@ -136,6 +137,9 @@ pub struct Tracker {
     last_stats_ns: u64,
     /// A client connection opened since [`Tracker::take_client_opened`] last asked.
     client_opened: bool,
+    /// Local addresses the kernel reported for TCP connects whose open event is still to come
+    /// (a blocking connect is established before it returns).
+    locals: HashMap<ConnKey, std::net::SocketAddr>,
 }
 
 impl Tracker {
@@ -164,11 +168,13 @@ impl Tracker {
             conn_stats_every,
             last_stats_ns: Clock::monotonic_now(),
             client_opened: false,
+            locals: HashMap::new(),
         }
     }
 
-    /// Whether a client connection opened since the last call: the kernel wakes the agent for one
-    /// at most every 10 ms, so the drain loop looks again that soon for the ones it let wait.
+    /// Whether a client connection whose local address the kernel does not report (UDP) opened
+    /// since the last call: the kernel wakes the agent for one at most every 10 ms, so the drain
+    /// loop looks again that soon for the ones it let wait.
     pub fn take_client_opened(&mut self) -> bool {
         std::mem::take(&mut self.client_opened)
     }
@@ -184,6 +190,7 @@ impl Tracker {
             Ok(Event::Classify(h)) => self.on_classify(h),
             Ok(Event::Peer(ev)) => self.on_peer(ev),
             Ok(Event::Fork(ev)) => self.on_fork(ev),
+            Ok(Event::Local(ev)) => self.on_local(ev),
             Ok(Event::Data(h, data)) => self.on_data(h, data),
             Ok(Event::Close(ev)) => self.on_close(ev),
             Err(e) => {
@@ -270,7 +277,12 @@ impl Tracker {
     fn on_open(&mut self, ev: OpenEvent) {
         let h = ev.header;
         let mut conn = self.new_conn(&h);
-        self.client_opened |= ev.role == ROLE_CLIENT;
+        let kernel_local = self.locals.remove(&ConnKey {
+            tgid: h.tgid,
+            fd: h.fd,
+        });
+        // A TCP connect whose local address the kernel reports needs no early look at its fd.
+        self.client_opened |= ev.role == ROLE_CLIENT && ev.flags & OPEN_LOCAL_REPORTED == 0;
         conn.role = match ev.role {
             ROLE_CLIENT => Some(Role::Client),
             ROLE_SERVER => Some(Role::Server),
@@ -306,6 +318,9 @@ impl Tracker {
             }
             Ok(_) => {}
             Err(e) => debug!("{e}"),
+        }
+        if kernel_local.is_some() {
+            conn.local = kernel_local;
         }
         if conn.local.is_none() && ev.listen_fd != u32::MAX {
             let listener = ConnKey {
@@ -460,12 +475,35 @@ impl Tracker {
         self.spare_records = fed.records;
     }
 
+    /// The kernel's word on a TCP client connection's local address: the connection's if it is
+    /// open already (a non-blocking connect), else kept for its open event.
+    fn on_local(&mut self, ev: LocalEvent) {
+        let key = ConnKey {
+            tgid: ev.header.tgid,
+            fd: ev.header.fd,
+        };
+        let Some(local) = peer_of(&ev.local) else {
+            return;
+        };
+        match self.conns.get_mut(&key) {
+            Some(conn) if conn.role == Some(Role::Client) => conn.local = Some(local),
+            _ => {
+                // Bounded: an entry stays only if its connect never reported success.
+                if self.locals.len() >= MAX_PENDING_LOCALS {
+                    self.locals.clear();
+                }
+                self.locals.insert(key, local);
+            }
+        }
+    }
+
     fn on_close(&mut self, ev: CloseEvent) {
         let h = ev.header;
         let key = ConnKey {
             tgid: h.tgid,
             fd: h.fd,
         };
+        self.locals.remove(&key);
         let conn = match self.conns.remove(&key) {
             Some(conn) if conn.generation == h.generation => conn,
             other => {
@@ -828,6 +866,9 @@ impl Output {
         }
     }
 }
+
+/// Local addresses kept for open events still to come (see `Tracker::locals`).
+const MAX_PENDING_LOCALS: usize = 4096;
 
 const FAMILY_HTTP_SERVER: u8 = 0;
 const FAMILY_HTTP_CLIENT: u8 = 1;
