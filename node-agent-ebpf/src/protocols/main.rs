@@ -12,6 +12,12 @@
 //!   that length at the right stream position (a data event without data);
 //! - close: the connection's byte counts.
 //!
+//! Local addresses: an accepted connection's is its listener's (user space looks at that fd once);
+//! a TCP connect's comes from `sock:inet_sock_set_state` — the socket enters SYN_SENT inside
+//! `connect`, on the thread whose stashed arguments name the fd, and leaves it for ESTABLISHED
+//! with the source address and port chosen — so a client gone before the agent looks keeps it.
+//! Other client opens (UDP) wake the agent soon enough to look at the fd while it is open.
+//!
 //! Socket vs non-socket fds: fds from connect/accept are known sockets (non-inet families are ignored).
 //! Any other fd a selected process does I/O on is marked pending and reported once; user space looks
 //! at the fd (pidfd_getfd) and sets the state to traced or ignored, so files, pipes and unix sockets
