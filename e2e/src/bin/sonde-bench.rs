@@ -7,6 +7,7 @@
 //! cargo run -p sonde-e2e --bin sonde-bench -- operator-scale --crs 1000 --nodes 200
 //! cargo run -p sonde-e2e --bin sonde-bench -- agent-rss
 //! cargo run -p sonde-e2e --bin sonde-bench -- agent-idle --processes 2000 --seconds 30
+//! cargo run -p sonde-e2e --bin sonde-bench -- client-churn --rate 500 --seconds 20
 //! ```
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -58,6 +59,15 @@ enum Bench {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
+    /// A traced client opening `rate` connections per second against nginx (one request each,
+    /// closed at once; 0: as fast as it can): the agent's CPU and the share of `http_events` rows
+    /// with the client's local address. Not part of `all` (needs nginx and python3).
+    ClientChurn {
+        #[arg(long, default_value_t = 500)]
+        rate: u32,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     /// All of the above with their defaults.
     All,
 }
@@ -95,6 +105,9 @@ fn main() -> Result<()> {
             Bench::AgentRss => rt.block_on(agent_rss(&bins))?,
             Bench::AgentIdle { processes, seconds } => {
                 rt.block_on(agent_idle(&bins, processes, seconds))?
+            }
+            Bench::ClientChurn { rate, seconds } => {
+                rt.block_on(client_churn(&bins, rate, seconds))?
             }
             Bench::All => {}
         }
@@ -392,5 +405,99 @@ async fn agent_idle(bins: &SondeBinaries, processes: usize, seconds: u64) -> Res
     for (n, ms) in rows {
         println!("| {n} | {ms:.1} ms/s |");
     }
+    Ok(())
+}
+
+/// The churn client: `rate` connections per second (0: unpaced) for `seconds`, one GET each,
+/// closed as soon as nginx's `hello` is in; prints how many it made. Its last argument is the
+/// marker the Tracepoint selects it by.
+const CHURN_CLIENT: &str = r#"
+import socket, sys, time
+port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+start = time.time()
+n = 0
+while time.time() - start < seconds:
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET / HTTP/1.1\r\nHost: churn\r\n\r\n")
+    data = b""
+    while not data.endswith(b"hello\n"):
+        data += s.recv(4096)
+    s.close()
+    n += 1
+    if rate:
+        delay = start + n / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+print(n)
+"#;
+
+async fn client_churn(bins: &SondeBinaries, rate: u32, seconds: u64) -> Result<()> {
+    const MARKER: &str = "sonde-churn-client";
+    let dir = suite::work_dir("sonde-bench-")?;
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let port = sonde_e2e::ports::free_port()?;
+    let conf = sonde_e2e::peers::nginx_conf(&dir.path().join("nginx"), port)?;
+    let mut nginx = std::process::Command::new(sonde_e2e::peers::nginx()?);
+    nginx.arg("-c").arg(&conf);
+    let _nginx = sonde_e2e::process::Proc::spawn("nginx", nginx, &logs)?;
+    sonde_e2e::peers::wait_listening(port).await?;
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join("clients.yaml"),
+        format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: clients\nspec:\n  process:\n    cmdline: '{MARKER}'\n  probe:\n    protocols: [http]\n"
+        ),
+    )?;
+    let mut agent = Agent::start_standalone(bins, &manifests, &logs)?;
+    agent.wait_healthy().await?;
+    // The client runs past the measured window on both sides: the agent's rescan selects it
+    // within 2 s, then 3 s of warm-up; rows are counted after it exits.
+    let lead = Duration::from_secs(5);
+    let client = std::process::Command::new("python3")
+        .args(["-c", CHURN_CLIENT])
+        .arg(port.to_string())
+        .arg(rate.to_string())
+        .arg((lead.as_secs() + seconds + 1).to_string())
+        .arg(MARKER)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting python3 (scripts/setup peers)")?;
+    tokio::time::sleep(lead).await;
+    let pid = agent.proc.pid();
+    let before = cpu_seconds(pid)?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let agent_ms = (cpu_seconds(pid)? - before) * 1e3 / seconds as f64;
+    let output = tokio::task::spawn_blocking(move || client.wait_with_output()).await??;
+    let connections: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("the churn client's count")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (code, body) =
+        observe::agent_get(&agent.url, "/v1/tables/http_events?limit=100000", None).await?;
+    ensure!(code == 200, "GET http_events: {code} {body}");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    let addressed = rows
+        .iter()
+        .filter(|r| r["local_addr"].as_str().is_some_and(|a| !a.is_empty()))
+        .count();
+    agent.proc.stop(Duration::from_secs(10));
+    println!("\n## A traced client opening connections against nginx ({seconds} s measured)");
+    println!(
+        "| rate asked | connections made | agent CPU | http_events rows | rows with the local address |"
+    );
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {connections} | {agent_ms:.1} ms/s | {} | {addressed} ({:.1}%) |",
+        if rate == 0 {
+            "unpaced".to_string()
+        } else {
+            format!("{rate}/s")
+        },
+        rows.len(),
+        100.0 * addressed as f64 / rows.len().max(1) as f64
+    );
     Ok(())
 }
