@@ -183,17 +183,23 @@ const RET_OFFSET: usize = 16;
 
 #[inline(always)]
 fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // A direct load from the record (the verifier allows aligned reads of a tracepoint's context):
-    // one instruction instead of a probe-read helper call per argument.
-    // SAFETY: syscall tracepoint records hold six u64 arguments after a 16-byte header.
-    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(arg_offset(n) / 8)) }
+    // Syscall tracepoint records hold six u64 arguments after a 16-byte header.
+    ctx_load(ctx, arg_offset(n))
 }
 
-/// The return value of a `syscalls:sys_exit_*` record (a direct load, as in [`arg`]).
+/// The return value of a `syscalls:sys_exit_*` record (the i64 at RET_OFFSET of each).
 #[inline(always)]
 fn ret(ctx: &TracePointContext) -> i64 {
-    // SAFETY: `ret` is the i64 at RET_OFFSET of every sys_exit record.
-    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const i64).add(RET_OFFSET / 8)) }
+    ctx_load(ctx, RET_OFFSET)
+}
+
+/// The field of type `T` at `offset` of a tracepoint's record, loaded directly: one instruction
+/// instead of a probe-read helper call (the verifier allows aligned reads within the record).
+#[inline(always)]
+fn ctx_load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    // SAFETY: callers pass offsets of fields of type T from the tracepoint's format file, aligned
+    // for T and inside the record.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const T) }
 }
 
 /// Ring-buffer output flags for a record of `size` bytes: wake the agent when the unread bytes
@@ -612,15 +618,6 @@ pub fn conn_sock_set_state(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A field of a (non-syscall) tracepoint's record at `offset`, loaded directly (aligned fields
-/// only: the verifier allows aligned reads within the record).
-#[inline(always)]
-fn ctx_load<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    // SAFETY: callers pass offsets of fields of type T from the tracepoint's format file, aligned
-    // for T and inside the record.
-    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u8).add(offset) as *const T) }
-}
-
 #[inline(always)]
 fn connecting(sk: u64) {
     let id = bpf_get_current_pid_tgid();
@@ -649,16 +646,14 @@ fn established(ctx: &TracePointContext, key: ConnKey) {
     let mut local = NO_PEER;
     local.family = ctx_load::<u16>(ctx, SK_FAMILY);
     local.port = ctx_load::<u16>(ctx, SK_SPORT);
-    // SAFETY (both reads): within the tracepoint record, through the checked helper.
     if local.family == AF_INET {
-        if let Ok(addr) = unsafe { ctx.read_at::<[u8; 4]>(SK_SADDR) } {
-            // Byte by byte: a slice copy could become a memcpy call, which BPF cannot make.
-            for i in 0..4 {
-                local.addr[i] = addr[i];
-            }
+        let addr = ctx_load::<[u8; 4]>(ctx, SK_SADDR);
+        // Byte by byte: a slice copy could become a memcpy call, which BPF cannot make.
+        for i in 0..4 {
+            local.addr[i] = addr[i];
         }
-    } else if let Ok(addr) = unsafe { ctx.read_at::<[u8; 16]>(SK_SADDR_V6) } {
-        local.addr = addr;
+    } else {
+        local.addr = ctx_load::<[u8; 16]>(ctx, SK_SADDR_V6);
     }
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };

@@ -276,13 +276,14 @@ impl Tracker {
 
     fn on_open(&mut self, ev: OpenEvent) {
         let h = ev.header;
-        let mut conn = self.new_conn(&h);
-        let kernel_local = self.locals.remove(&ConnKey {
+        let key = ConnKey {
             tgid: h.tgid,
             fd: h.fd,
-        });
+        };
+        let mut conn = self.new_conn(&h);
+        let local_reported = ev.flags & OPEN_LOCAL_REPORTED != 0;
         // A TCP connect whose local address the kernel reports needs no early look at its fd.
-        self.client_opened |= ev.role == ROLE_CLIENT && ev.flags & OPEN_LOCAL_REPORTED == 0;
+        self.client_opened |= ev.role == ROLE_CLIENT && !local_reported;
         conn.role = match ev.role {
             ROLE_CLIENT => Some(Role::Client),
             ROLE_SERVER => Some(Role::Server),
@@ -295,32 +296,32 @@ impl Tracker {
         if datagram {
             conn.set_transport(Transport::Udp);
         }
-        let key = ConnKey {
-            tgid: h.tgid,
-            fd: h.fd,
-        };
-        // The fd is looked at after the fact: it may have been closed and reused meanwhile, so the
-        // answer only counts if it matches what the kernel saw at connect/accept.
-        let known_family = ev.family != 0;
-        match sockets::inspect(h.tgid, h.fd) {
-            Ok(FdKind::Inet {
-                transport,
-                local,
-                remote,
-            }) if !known_family || datagram || remote == conn.remote => {
-                conn.set_transport(transport);
-                conn.local = local;
-                conn.remote = remote.or(conn.remote);
+        if local_reported {
+            // A TCP connect: its local address came before this event or comes after it
+            // (`on_local`), so the fd needs no look.
+            conn.set_transport(Transport::Tcp);
+            conn.local = self.locals.remove(&key);
+        } else {
+            // The fd is looked at after the fact: it may have been closed and reused meanwhile, so
+            // the answer only counts if it matches what the kernel saw at connect/accept.
+            let known_family = ev.family != 0;
+            match sockets::inspect(h.tgid, h.fd) {
+                Ok(FdKind::Inet {
+                    transport,
+                    local,
+                    remote,
+                }) if !known_family || datagram || remote == conn.remote => {
+                    conn.set_transport(transport);
+                    conn.local = local;
+                    conn.remote = remote.or(conn.remote);
+                }
+                Ok(FdKind::Other) if !known_family => {
+                    self.set_kernel_state(key, h.generation, &[CONN_TRACE], CONN_IGNORE);
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => debug!("{e}"),
             }
-            Ok(FdKind::Other) if !known_family => {
-                self.set_kernel_state(key, h.generation, &[CONN_TRACE], CONN_IGNORE);
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => debug!("{e}"),
-        }
-        if kernel_local.is_some() {
-            conn.local = kernel_local;
         }
         if conn.local.is_none() && ev.listen_fd != u32::MAX {
             let listener = ConnKey {
