@@ -65,6 +65,15 @@ fn a_rescan_rereads_a_process_that_execd_and_keeps_the_others() {
             .unwrap(),
     );
     let pid = child.0.id();
+    // The shell must be past its own exec first: a scan that reads it mid-exec (image switched,
+    // arguments not yet in place) rereads it at the next scan, when the exec is announced.
+    let cmdline = format!("/proc/{pid}/cmdline");
+    for _ in 0..100 {
+        if std::fs::read(&cmdline).is_ok_and(|c| c.windows(9).any(|w| w == b"read line")) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 
     let first = scanner.scan().unwrap();
     assert!(scanner.last_scan().full, "{:?}", scanner.last_scan());
