@@ -112,10 +112,25 @@ fn a_rescan_sees_processes_that_start_and_drops_those_that_exit() {
 
     let child = Reaped(Command::new("sleep").arg("301").spawn().unwrap());
     let pid = child.0.id();
-    let started = scanner.scan().unwrap();
-    assert!(!scanner.last_scan().full);
-    let seen = find(&started, pid).expect("the new process is seen");
-    assert_eq!(exe_name(seen), "sleep");
+    // `spawn` returns once the exec closed the child's descriptors, before the kernel put its
+    // arguments in place: a scan may read it mid-exec (empty command line) and then rereads it
+    // when the exec is announced, so a few rescans may be needed, none of them full.
+    let mut seen = None;
+    for _ in 0..10 {
+        let started = scanner.scan().unwrap();
+        assert!(!scanner.last_scan().full, "{:?}", scanner.last_scan());
+        seen = find(&started, pid).cloned();
+        assert!(
+            seen.is_some(),
+            "the new process is seen at the first rescan"
+        );
+        if seen.as_ref().is_some_and(|p| p.cmdline == "sleep 301") {
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let seen = seen.expect("the new process is seen");
+    assert_eq!(exe_name(&seen), "sleep");
     assert_eq!(seen.cmdline, "sleep 301");
 
     drop(child);
