@@ -8,7 +8,8 @@
 //! 1. saturation: `wrk -t1 -c16` alternating untraced / bare hooks (bpftrace counting the tracepoints
 //!    Sonde attaches, for the worker only) / capture only (Sonde's kernel side for the worker, its
 //!    ring drained by a child of this binary that looks at nothing) / Sonde (standalone agent, HTTP
-//!    Tracepoint on nginx), round k starting with the k-th of them (the VM's drift within a round
+//!    Tracepoint on nginx, measured after `--saturation-warmup` seconds of the same load have
+//!    filled `http_events`: the steady state), round k starting with the k-th of them (the VM's drift within a round
 //!    then falls on each in turn); throughput ratios against the untraced run of the same round, the
 //!    agent's CPU per request (its catching up after the run included), the share of wrk's
 //!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture
@@ -68,6 +69,11 @@ struct Cli {
     /// `http_events` filled to its budget (rows evicted as they come, no more growth).
     #[arg(long, default_value_t = 10)]
     warmup_seconds: u64,
+    /// wrk's load on a freshly started agent before each saturation run of Sonde, so that the run
+    /// shows the steady state (`http_events` full and evicting) and not the table's one-off
+    /// filling, which a long-running agent does once. 0: measure from the start.
+    #[arg(long, default_value_t = 2)]
+    saturation_warmup: u64,
     /// Internal: run only Sonde's kernel side for this process and drain its ring without looking
     /// at the records (the saturation runs' "capture only" column starts the bench binary so).
     #[arg(long, hide = true)]
@@ -394,15 +400,28 @@ struct SondeRun {
     lost: u64,
 }
 
-/// A standalone agent tracing nginx on `port` while wrk saturates it for `seconds`.
+/// A standalone agent tracing nginx on `port` while wrk saturates it for `seconds`, after
+/// `warmup` seconds of the same load.
 async fn saturated_sonde(
     bins: &SondeBinaries,
     dir: &Path,
     logs: &Path,
     port: u16,
     seconds: u64,
+    warmup: u64,
 ) -> Result<SondeRun> {
     let mut agent = start_sonde(bins, dir, logs).await?;
+    if warmup > 0 {
+        // A fresh agent first fills `http_events` to its budget: the table's memory is faulted in
+        // and its ring grows by doubling (copies included), a one-off of a long-running agent
+        // that the first second of a run would otherwise count.
+        wrk_run(port, warmup)?;
+        tokio::time::sleep(CATCH_UP).await;
+        ensure!(
+            http_evicted(&agent).await? > 0,
+            "http_events is not full after {warmup} s of warm-up: raise --saturation-warmup"
+        );
+    }
     let (a0, rows0, lost0) = (
         run_seconds(agent.proc.pid()),
         http_rows(&agent).await?,
@@ -482,8 +501,8 @@ fn binomial(n: usize, k: usize) -> f64 {
     (0..k).fold(1.0, |c, i| c * (n - i) as f64 / (i + 1) as f64)
 }
 
-/// (rows kept + evicted) of `http_events`, from `/v1/tables`.
-async fn http_rows(agent: &Agent) -> Result<u64> {
+/// `http_events` as `/v1/tables` lists it.
+async fn http_table(agent: &Agent) -> Result<serde_json::Value> {
     let tables: serde_json::Value = reqwest::get(format!("{}/v1/tables", agent.url))
         .await?
         .json()
@@ -492,11 +511,23 @@ async fn http_rows(agent: &Agent) -> Result<u64> {
         .as_array()
         .or_else(|| tables["tables"].as_array())
         .context("unexpected /v1/tables answer")?;
-    let t = list
-        .iter()
+    list.iter()
         .find(|t| t["name"] == "http_events")
-        .context("no http_events table")?;
+        .cloned()
+        .context("no http_events table")
+}
+
+/// (rows kept + evicted) of `http_events`.
+async fn http_rows(agent: &Agent) -> Result<u64> {
+    let t = http_table(agent).await?;
     Ok(t["rows"].as_u64().unwrap_or(0) + t["evictedRows"].as_u64().unwrap_or(0))
+}
+
+/// Rows `http_events` evicted to stay within its budget.
+async fn http_evicted(agent: &Agent) -> Result<u64> {
+    Ok(http_table(agent).await?["evictedRows"]
+        .as_u64()
+        .unwrap_or(0))
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -560,7 +591,15 @@ async fn main() -> Result<()> {
                 }
                 Setup::Sonde => {
                     sonde = Some(
-                        saturated_sonde(&bins, dir.path(), &logs, nginx.port, cli.seconds).await?,
+                        saturated_sonde(
+                            &bins,
+                            dir.path(),
+                            &logs,
+                            nginx.port,
+                            cli.seconds,
+                            cli.saturation_warmup,
+                        )
+                        .await?,
                     );
                 }
             }
