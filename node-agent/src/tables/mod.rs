@@ -335,7 +335,7 @@ impl Store {
                     table: name.to_owned(),
                 })?
         };
-        let mut data = lock(&table.data);
+        let data = lock(&table.data);
         let since = query.since_ns.unwrap_or(i64::MIN);
         let mut rows = data.rows.newest(since, query.limit);
         drop(data);

@@ -373,19 +373,34 @@ impl StoredRows {
     }
 
     /// The newest `limit` rows at or after `since_ns`, oldest first.
-    pub fn newest(&mut self, since_ns: i64, limit: usize) -> Vec<Row> {
-        let ring = self.ring.make_contiguous();
-        let mut end = ring.len();
+    ///
+    /// Read where the rows lie in the ring's two parts: making the ring contiguous first moved up
+    /// to a whole table budget of bytes per query, under the lock the capture thread appends with.
+    pub fn newest(&self, since_ns: i64, limit: usize) -> Vec<Row> {
+        let (first, second) = self.ring.as_slices();
+        // The one row that may straddle the two parts is decoded from a copy.
+        let mut straddling = Vec::new();
+        let mut end = self.ring.len();
         let mut rows = Vec::new();
         for entry in self.index.iter().rev() {
             if rows.len() >= limit {
                 break;
             }
             let start = end - entry.len as usize;
-            if entry.time_ns >= since_ns
-                && let Some(row) = ring.get(start..end).and_then(decode)
-            {
-                rows.push(row);
+            if entry.time_ns >= since_ns {
+                let bytes = if end <= first.len() {
+                    first.get(start..end)
+                } else if start >= first.len() {
+                    second.get(start - first.len()..end - first.len())
+                } else {
+                    straddling.clear();
+                    straddling.extend_from_slice(&first[start..]);
+                    straddling.extend_from_slice(&second[..end - first.len()]);
+                    Some(&straddling[..])
+                };
+                if let Some(row) = bytes.and_then(decode) {
+                    rows.push(row);
+                }
             }
             end = start;
         }
@@ -440,6 +455,44 @@ mod tests {
         assert_eq!(back[1].time_ns, 9);
         assert_eq!(rows.pop_front(), Some(size));
         assert_eq!(rows.newest(i64::MIN, 10).len(), 1);
+    }
+
+    #[test]
+    fn rows_come_back_whole_where_the_ring_wraps_around() {
+        let row = |i: i64| Row {
+            time_ns: i,
+            namespace: "ns".into(),
+            pod: format!("pod-{i}"),
+            container: "c".into(),
+            pid: i,
+            values: vec![Value::Int64(i), Value::String("x".repeat(i as usize % 7))],
+        };
+        // Does a kept row lie across the end of the ring's first part?
+        let straddles = |rows: &StoredRows| {
+            let first = rows.ring.as_slices().0.len();
+            let mut end = 0;
+            rows.index.iter().any(|e| {
+                let start = end;
+                end += e.len as usize;
+                start < first && end > first
+            })
+        };
+        let mut rows = StoredRows::default();
+        for i in 0..40 {
+            rows.push(&row(i));
+        }
+        // As eviction does: room freed at the front is reused by the rows pushed next.
+        let mut next = 40;
+        while !straddles(&rows) && next < 10_000 {
+            rows.push(&row(next));
+            rows.pop_front();
+            next += 1;
+        }
+        assert!(straddles(&rows), "no row across the wrap after {next} rows");
+        let expected: Vec<Row> = (next - 40..next).map(row).collect();
+        assert_eq!(rows.newest(i64::MIN, 100), expected);
+        assert_eq!(rows.newest(i64::MIN, 5), expected[35..]);
+        assert_eq!(rows.newest(next - 10, 100), expected[30..]);
     }
 
     #[test]
