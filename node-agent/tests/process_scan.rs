@@ -1,5 +1,6 @@
-//! The incremental process scan on the real kernel (needs root: the exec notifications are an eBPF
-//! program): a rescan rereads new processes and the ones that exec'd, and keeps the rest.
+//! The incremental process scan on the real kernel (needs root: the process notifications are
+//! eBPF programs): a rescan rereads new processes and the ones that exec'd, forgets those that
+//! exited, and keeps the rest.
 use std::{
     io::Write,
     path::Path,
@@ -8,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use sonde_agent::targets::{ExecWatch, ProcessInfo, ProcessScanner};
+use sonde_agent::targets::{Changes, ProcessInfo, ProcessScanner, ProcessWatch};
 
 /// Kills and reaps the child when the test ends, also when it fails.
 struct Reaped(Child);
@@ -20,8 +21,8 @@ impl Drop for Reaped {
     }
 }
 
-fn scanner_with_execs() -> ProcessScanner {
-    let watch = ExecWatch::start().expect("exec notifications need root and eBPF");
+fn scanner_with_watch() -> ProcessScanner {
+    let watch = ProcessWatch::start().expect("process notifications need root and eBPF");
     ProcessScanner::new(Path::new("/proc"), Some(watch))
 }
 
@@ -36,26 +37,56 @@ fn exe_name(p: &ProcessInfo) -> String {
         .unwrap_or_default()
 }
 
-#[test]
-fn exec_notifications_name_the_process_that_execd() {
-    let mut watch = ExecWatch::start().expect("exec notifications need root and eBPF");
-    let _ = watch.drain();
-    let child = Reaped(Command::new("true").spawn().unwrap());
-    let pid = child.0.id();
-    let mut execd = Default::default();
+/// Drains `watch` until `done` holds for what it gathered (up to a second).
+fn drain_until(watch: &mut ProcessWatch, done: impl Fn(&Changes) -> bool) -> Changes {
+    let mut all = Changes::default();
     for _ in 0..50 {
-        execd = watch.drain().expect("no exec was lost");
-        if execd.contains(&pid) {
+        let changes = watch.drain().expect("no notification was lost");
+        all.forked.extend(changes.forked);
+        all.execd.extend(changes.execd);
+        all.exited.extend(changes.exited);
+        if done(&all) {
             break;
         }
         thread::sleep(Duration::from_millis(20));
     }
-    assert!(execd.contains(&pid), "{pid} not in {execd:?}");
+    all
+}
+
+#[test]
+fn notifications_name_the_process_that_started_execd_and_exited() {
+    let mut watch = ProcessWatch::start().expect("process notifications need root and eBPF");
+    let _ = watch.drain();
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let changes = drain_until(&mut watch, |c| c.exited.contains(&pid));
+    assert!(changes.forked.contains(&pid), "{pid}: {changes:?}");
+    assert!(changes.execd.contains(&pid), "{pid}: {changes:?}");
+    assert!(changes.exited.contains(&pid), "{pid}: {changes:?}");
+}
+
+#[test]
+fn a_new_thread_is_no_new_process() {
+    let mut watch = ProcessWatch::start().expect("process notifications need root and eBPF");
+    let _ = watch.drain();
+    // SAFETY: gettid has no preconditions.
+    let tid = thread::spawn(|| unsafe { libc::gettid() } as u32)
+        .join()
+        .unwrap();
+    // A process started after the thread: once it shows, the thread's creation was drained too.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    let changes = drain_until(&mut watch, |c| c.exited.contains(&pid));
+    assert!(changes.exited.contains(&pid), "{pid}: {changes:?}");
+    assert!(!changes.forked.contains(&tid), "thread {tid}: {changes:?}");
+    assert!(!changes.exited.contains(&tid), "thread {tid}: {changes:?}");
 }
 
 #[test]
 fn a_rescan_rereads_a_process_that_execd_and_keeps_the_others() {
-    let mut scanner = scanner_with_execs();
+    let mut scanner = scanner_with_watch();
     let unique = format!("300.{}", std::process::id());
     let mut child = Reaped(
         Command::new("sh")
@@ -107,7 +138,7 @@ fn a_rescan_rereads_a_process_that_execd_and_keeps_the_others() {
 
 #[test]
 fn a_rescan_sees_processes_that_start_and_drops_those_that_exit() {
-    let mut scanner = scanner_with_execs();
+    let mut scanner = scanner_with_watch();
     scanner.scan().unwrap();
 
     let child = Reaped(Command::new("sleep").arg("301").spawn().unwrap());
@@ -147,4 +178,50 @@ fn without_exec_notifications_every_scan_rereads_every_process() {
         assert!(stats.full && stats.kept == 0, "{stats:?}");
         assert!(stats.read >= processes.len(), "{stats:?}");
     }
+}
+
+#[test]
+fn a_rescan_sees_a_forked_child_that_did_not_exec_and_forgets_it_when_it_exits() {
+    let mut scanner = scanner_with_watch();
+    scanner.scan().unwrap();
+    // The child is a copy of the parent: only its fork announces it (no exec follows).
+    let mut parent = Reaped(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import os, sys, time\npid = os.fork()\nif pid:\n    print(pid, flush=True)\ntime.sleep(300)\n",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(parent.0.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let child: u32 = line.trim().parse().unwrap();
+    let processes = scanner.scan().unwrap();
+    assert!(!scanner.last_scan().full, "{:?}", scanner.last_scan());
+    let seen = find(&processes, child).expect("the forked child is seen at the next rescan");
+    let parent_seen = find(&processes, parent.0.id()).expect("the parent is seen");
+    assert_eq!(exe_name(seen), exe_name(parent_seen));
+    assert_eq!(seen.cmdline, parent_seen.cmdline);
+    assert!(seen.cmdline.contains("os.fork()"), "{seen:?}");
+
+    // SAFETY: kill has no memory preconditions; the child is ours (its parent is our child).
+    assert_eq!(unsafe { libc::kill(child as i32, libc::SIGKILL) }, 0);
+    // Its parent sleeps and does not reap it: it stays a zombie, which a scan does not list.
+    let mut gone = false;
+    for _ in 0..50 {
+        let processes = scanner.scan().unwrap();
+        assert!(!scanner.last_scan().full, "{:?}", scanner.last_scan());
+        if find(&processes, child).is_none() {
+            gone = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(gone, "the killed child is still listed");
 }

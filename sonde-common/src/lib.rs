@@ -6,7 +6,7 @@
 
 pub mod conn;
 pub mod dynlog;
-pub mod execs;
+pub mod process_events;
 pub mod profiler;
 
 /// Event the capability self-test programs write to their ring buffer when they fire.

@@ -18,7 +18,7 @@ use super::dynamic_log::DynamicLogProbe;
 use super::profiler::ProfilerProbe;
 use super::protocols::ProtocolProbe;
 use super::{ProbeContext, RuntimeStatus};
-use crate::targets::{ExecWatch, ProcessScanner, ProcessTable, TargetProcess};
+use crate::targets::{ProcessScanner, ProcessTable, ProcessWatch, TargetProcess};
 use crate::telemetry::Telemetry;
 
 /// How often host processes are rescanned to follow pods and processes that come and go.
@@ -135,10 +135,10 @@ struct Manager {
 pub fn spawn(ctx: ProbeContext, telemetry: Telemetry) -> ManagerHandle {
     let (tx, rx) = mpsc::channel(8);
     let (statuses, statuses_rx) = watch::channel(Vec::new());
-    let execs = match ExecWatch::start() {
+    let watch = match ProcessWatch::start() {
         Ok(watch) => Some(watch),
         Err(error) => {
-            warn!(%error, "no exec notifications: every process rescan rereads all of /proc");
+            warn!(%error, "no process notifications: every process rescan rereads all of /proc");
             None
         }
     };
@@ -147,7 +147,7 @@ pub fn spawn(ctx: ProbeContext, telemetry: Telemetry) -> ManagerHandle {
         telemetry,
         running: BTreeMap::new(),
         statuses,
-        scanner: Arc::new(Mutex::new(ProcessScanner::new(Path::new("/proc"), execs))),
+        scanner: Arc::new(Mutex::new(ProcessScanner::new(Path::new("/proc"), watch))),
         scan_error: None,
     };
     tokio::spawn(manager.run(rx).instrument(info_span!("probes")));

@@ -4,7 +4,8 @@
 //! - [`cgroup`]: (pod uid, container id) from `/proc/<pid>/cgroup` (cgroup v1/v2; containerd, CRI-O,
 //!   Docker; systemd and cgroupfs drivers).
 //! - [`process`]: the /proc snapshot, reread incrementally by [`ProcessScanner`].
-//! - [`execs`]: exec notifications from the kernel, which tell the scanner what to reread.
+//! - [`process_watch`]: process notifications from the kernel (new, exec'd, exited), which tell
+//!   the scanner what to reread.
 //! - [`selector`]: `process.exe` globs and `process.cmdline` regexes.
 //!
 //! Contract used by the rest of the agent: [`TargetProcess`], [`ProcessTable::scan`],
@@ -14,13 +15,13 @@ use std::path::PathBuf;
 use sonde_api::{AssignedProbe, PodTarget};
 
 pub mod cgroup;
-pub mod execs;
 pub mod process;
+pub mod process_watch;
 pub mod selector;
 
 pub use cgroup::ContainerIdentity;
-pub use execs::ExecWatch;
 pub use process::{ProcessInfo, ProcessScanner};
+pub use process_watch::{Changes, ProcessWatch};
 pub use selector::{ProcessMatcher, validate};
 
 /// A host process a probe applies to, with the Kubernetes identity of its container.

@@ -1,26 +1,25 @@
 //! A snapshot of the host's processes from /proc: pid, executable, command line, and the container
 //! each one runs in.
 //!
-//! Reading a process costs three small reads (`exe`, `cmdline`, `cgroup`); a node runs thousands of
-//! processes and the agent rescans every two seconds, so [`ProcessScanner`] rereads only what can
-//! have changed: pids it has not seen (a /proc entry's inode number tells a reused pid apart) and
-//! processes that exec'd (from the kernel, [`ExecWatch`]). Everything is reread every
-//! [`FULL_SCAN_EVERY`] scans, and at every scan when exec notifications are missing or were lost:
-//! what no exec announces (a process moved to another cgroup, a command line rewritten in place)
-//! is seen that late at most.
+//! Reading a process costs three small reads (`exe`, `cmdline`, `cgroup`), and listing /proc a
+//! directory read of every pid; a node runs thousands of processes and the agent rescans every two
+//! seconds, so [`ProcessScanner`] rereads only the processes the kernel named since its last scan
+//! ([`ProcessWatch`]: new processes, execs, exits) and does not list /proc at all. Everything is
+//! listed and reread every [`FULL_SCAN_EVERY`] scans, and at every scan when the notifications are
+//! missing or some were lost: what none announces (a process moved to another cgroup, a command
+//! line rewritten in place) is seen that late at most.
 //!
 //! Hand-written: three small reads per pid; the `procfs` crate would bring much more than that.
 use std::{
     collections::{HashMap, HashSet},
     fs, io,
-    os::unix::fs::DirEntryExt,
     path::{Path, PathBuf},
 };
 
 use super::{
     TargetsError,
     cgroup::{self, ContainerIdentity},
-    execs::ExecWatch,
+    process_watch::ProcessWatch,
 };
 
 /// Every this many scans, every process is reread (15 × the manager's 2 s: 30 s).
@@ -47,24 +46,18 @@ pub fn scan_processes(proc_root: &Path) -> Result<Vec<ProcessInfo>, TargetsError
 /// Rescans /proc, rereading only the processes that can have changed since its last scan.
 pub struct ProcessScanner {
     proc_root: PathBuf,
-    execs: Option<ExecWatch>,
-    /// What the last scan saw, by pid: the /proc entry's inode number and the process (None: a
-    /// kernel thread or a process that could not be read).
-    seen: HashMap<u32, Seen>,
+    watch: Option<ProcessWatch>,
+    /// What the last scan saw, by pid (None: a kernel thread or a process that could not be read).
+    seen: HashMap<u32, Option<ProcessInfo>>,
     /// Scans left before the next full one (0: the next scan is full).
     until_full: u32,
     last: ScanStats,
 }
 
-struct Seen {
-    ino: u64,
-    process: Option<ProcessInfo>,
-}
-
 /// What the last scan did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScanStats {
-    /// Every process was reread.
+    /// /proc was listed and every process reread.
     pub full: bool,
     /// Processes read from /proc.
     pub read: usize,
@@ -73,11 +66,11 @@ pub struct ScanStats {
 }
 
 impl ProcessScanner {
-    /// Without `execs`, every scan is a full one.
-    pub fn new(proc_root: &Path, execs: Option<ExecWatch>) -> ProcessScanner {
+    /// Without `watch`, every scan is a full one.
+    pub fn new(proc_root: &Path, watch: Option<ProcessWatch>) -> ProcessScanner {
         ProcessScanner {
             proc_root: proc_root.to_path_buf(),
-            execs,
+            watch,
             seen: HashMap::new(),
             until_full: 0,
             last: ScanStats::default(),
@@ -86,47 +79,62 @@ impl ProcessScanner {
 
     /// The host's processes, sorted by pid.
     pub fn scan(&mut self) -> Result<Vec<ProcessInfo>, TargetsError> {
-        // Drained before /proc is listed: an exec after this point is reread next time at worst.
-        let execd = match self.execs.as_mut().and_then(ExecWatch::drain) {
-            Some(pids) if self.until_full > 0 => Some(pids),
+        // Drained before anything is read: a change after this point is seen next time at worst.
+        let changes = match self.watch.as_mut().and_then(ProcessWatch::drain) {
+            Some(changes) if self.until_full > 0 => Some(changes),
             _ => None,
         };
-        let seen = match self.list(execd.as_ref()) {
-            Ok(seen) => seen,
-            Err(error) => {
-                // The execs drained are gone with this scan: the next one rereads everything.
-                self.seen.clear();
-                self.until_full = 0;
-                return Err(error);
-            }
-        };
-        self.seen = seen;
+        match changes {
+            Some(changes) => self.reread(&changes.pids()),
+            None => match self.list() {
+                Ok(seen) => self.seen = seen,
+                Err(error) => {
+                    // The changes drained are gone with this scan: the next one rereads everything.
+                    self.seen.clear();
+                    self.until_full = 0;
+                    return Err(error);
+                }
+            },
+        }
         self.until_full = match self.last.full {
             true => FULL_SCAN_EVERY - 1,
             false => self.until_full.saturating_sub(1),
         };
-        let mut processes: Vec<ProcessInfo> = self
-            .seen
-            .values()
-            .filter_map(|s| s.process.clone())
-            .collect();
+        let mut processes: Vec<ProcessInfo> = self.seen.values().flatten().cloned().collect();
         processes.sort_by_key(|p| p.pid);
         Ok(processes)
     }
 
-    /// Lists /proc, keeping what `self.seen` knows of a pid unless its entry is new or the pid is
-    /// not in `execd` (None: reread every process).
-    fn list(&mut self, execd: Option<&HashSet<u32>>) -> Result<HashMap<u32, Seen>, TargetsError> {
+    /// Rereads `pids`, forgetting those whose /proc entry is gone; keeps every other process.
+    fn reread(&mut self, pids: &HashSet<u32>) {
+        let mut read = 0;
+        for &pid in pids {
+            let dir = self.proc_root.join(pid.to_string());
+            match fs::symlink_metadata(&dir) {
+                Ok(_) => {
+                    read += 1;
+                    self.seen.insert(pid, read_process(&dir, pid));
+                }
+                Err(_) => {
+                    self.seen.remove(&pid);
+                }
+            }
+        }
+        self.last = ScanStats {
+            full: false,
+            read,
+            kept: self.seen.len().saturating_sub(read),
+        };
+    }
+
+    /// Lists /proc and reads every process.
+    fn list(&mut self) -> Result<HashMap<u32, Option<ProcessInfo>>, TargetsError> {
         let proc_error = |source| TargetsError::Proc {
             path: self.proc_root.clone(),
             source,
         };
         let entries = fs::read_dir(&self.proc_root).map_err(proc_error)?;
         let mut seen = HashMap::with_capacity(self.seen.len());
-        let mut stats = ScanStats {
-            full: execd.is_none(),
-            ..ScanStats::default()
-        };
         for entry in entries {
             let entry = entry.map_err(proc_error)?;
             let Some(pid) = entry
@@ -136,21 +144,13 @@ impl ProcessScanner {
             else {
                 continue;
             };
-            let ino = entry.ino();
-            let unchanged = execd.is_some_and(|e| !e.contains(&pid));
-            let process = match self.seen.remove(&pid) {
-                Some(old) if old.ino == ino && unchanged => {
-                    stats.kept += 1;
-                    old.process
-                }
-                _ => {
-                    stats.read += 1;
-                    read_process(&entry.path(), pid)
-                }
-            };
-            seen.insert(pid, Seen { ino, process });
+            seen.insert(pid, read_process(&entry.path(), pid));
         }
-        self.last = stats;
+        self.last = ScanStats {
+            full: true,
+            read: seen.len(),
+            kept: 0,
+        };
         Ok(seen)
     }
 

@@ -1,0 +1,75 @@
+//! Process notifications for the agent's process scan (see `sonde_common::process_events`):
+//! tracepoint programs that write each new process, exec and process exit to a ring buffer.
+//! Process lifecycle events are rare next to syscalls, so they run unfiltered; they never wake
+//! the agent, which drains the ring when it rescans.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, tracepoint},
+    maps::{PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+use sonde_common::process_events::{KIND_EXEC, KIND_EXIT, KIND_FORK, ProcessEvent, RING_BYTES};
+
+#[map]
+static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
+static PROCESS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `task:task_newtask`: `pid_t pid` at 8, `u64 clone_flags` at 32.
+const NEWTASK_PID: usize = 8;
+const NEWTASK_CLONE_FLAGS: usize = 32;
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+fn notify(kind: u32, tgid: u32) {
+    let event = ProcessEvent { kind, tgid };
+    if PROCESS_EVENTS
+        .output::<ProcessEvent>(&event, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+        && let Some(lost) = PROCESS_LOST.get_ptr_mut(0)
+    {
+        // SAFETY: the pointer is this CPU's slot of the map's only entry. A racing increment could
+        // lose a count, never the signal: user space only asks whether the sum moved.
+        unsafe { *lost += 1 };
+    }
+}
+
+#[tracepoint]
+pub fn process_task_newtask(ctx: TracePointContext) -> u32 {
+    // SAFETY: reads within the tracepoint's record, at the offsets of its format.
+    let (Ok(pid), Ok(flags)) = (unsafe { ctx.read_at::<i32>(NEWTASK_PID) }, unsafe {
+        ctx.read_at::<u64>(NEWTASK_CLONE_FLAGS)
+    }) else {
+        return 0;
+    };
+    // A new thread joins a process the scan already knows; a new process's pid is its tgid.
+    if flags & CLONE_THREAD == 0 {
+        notify(KIND_FORK, pid as u32);
+    }
+    0
+}
+
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    // After exec the thread that called it leads its group: the tgid names the new image.
+    notify(KIND_EXEC, (bpf_get_current_pid_tgid() >> 32) as u32);
+    0
+}
+
+#[tracepoint]
+pub fn process_exit(_ctx: TracePointContext) -> u32 {
+    // Runs in the exiting thread. Only the group leader's exit is announced: the scan then rereads
+    // the pid, and finds it gone, a zombie or (leader gone before its threads) without an image,
+    // as a full scan would.
+    let id = bpf_get_current_pid_tgid();
+    if id as u32 == (id >> 32) as u32 {
+        notify(KIND_EXIT, (id >> 32) as u32);
+    }
+    0
+}
+
+#[path = "../runtime.rs"]
+mod runtime;
