@@ -170,7 +170,7 @@ fn a_rescan_sees_processes_that_start_and_drops_those_that_exit() {
 }
 
 #[test]
-fn without_exec_notifications_every_scan_rereads_every_process() {
+fn without_process_notifications_every_scan_rereads_every_process() {
     let mut scanner = ProcessScanner::new(Path::new("/proc"), None);
     for _ in 0..2 {
         let processes = scanner.scan().unwrap();
