@@ -9,8 +9,8 @@
 //!    Sonde attaches, for the worker only) / capture only (Sonde's kernel side for the worker, its
 //!    ring drained by a child of this binary that looks at nothing) / Sonde (standalone agent, HTTP
 //!    Tracepoint on nginx, measured after `--saturation-warmup` seconds of the same load have
-//!    filled `http_events`: the steady state), round k starting with the k-th of them (the VM's drift within a round
-//!    then falls on each in turn); throughput ratios against the untraced run of the same round, the
+//!    filled `http_events`: the steady state), round k starting with the k-th of them (the VM's
+//!    drift within a round then falls on each in turn); throughput ratios against the untraced run of the same round, the
 //!    agent's CPU per request (its catching up after the run included), the share of wrk's
 //!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture
 //!    only − bare hooks is what copying the bytes out costs; Sonde − capture only is what the

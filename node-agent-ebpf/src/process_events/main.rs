@@ -14,15 +14,14 @@ use aya_ebpf::{
 };
 use sonde_common::process_events::{KIND_EXEC, KIND_EXIT, KIND_FORK, ProcessEvent, RING_BYTES};
 
+#[path = "../formats.rs"]
+mod formats;
+use formats::{CLONE_THREAD, NEWTASK_CLONE_FLAGS, NEWTASK_PID};
+
 #[map]
 static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
 static PROCESS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
-
-/// `task:task_newtask`: `pid_t pid` at 8, `u64 clone_flags` at 32.
-const NEWTASK_PID: usize = 8;
-const NEWTASK_CLONE_FLAGS: usize = 32;
-const CLONE_THREAD: u64 = 0x0001_0000;
 
 fn notify(kind: u32, tgid: u32) {
     let event = ProcessEvent { kind, tgid };

@@ -42,6 +42,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
+use formats::{CLONE_THREAD, NEWTASK_CLONE_FLAGS, NEWTASK_PID};
 use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, ClassifyEvent, CloseEvent, ConnInfo,
     ConnKey, DATA_CHUNK, DIR_EGRESS, DIR_INGRESS, DROP_ARGS_MAP_FULL, DROP_CONN_MAP_FULL,
@@ -1367,12 +1368,6 @@ pub fn conn_sched_process_exit(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// `task:task_newtask` record: the new task's pid at 8, its clone flags at 32 (the tracepoint's
-/// format file).
-const NEWTASK_PID_OFFSET: usize = 8;
-const NEWTASK_FLAGS_OFFSET: usize = 32;
-const CLONE_THREAD: u64 = 0x10000;
-
 /// A selected process creates a child process (fires in the parent, before the child runs): user
 /// space learns child → parent, so a socket the child inherited (a PostgreSQL backend's, accepted
 /// by the postmaster) gets the parent's addresses even if the child exits before its fd can be
@@ -1380,7 +1375,7 @@ const CLONE_THREAD: u64 = 0x10000;
 #[tracepoint]
 pub fn conn_task_newtask(ctx: TracePointContext) -> u32 {
     // SAFETY: reads within the tracepoint record through the checked helper.
-    let flags = unsafe { ctx.read_at::<u64>(NEWTASK_FLAGS_OFFSET) }.unwrap_or(CLONE_THREAD);
+    let flags = unsafe { ctx.read_at::<u64>(NEWTASK_CLONE_FLAGS) }.unwrap_or(CLONE_THREAD);
     if flags & CLONE_THREAD != 0 {
         return 0;
     }
@@ -1389,7 +1384,7 @@ pub fn conn_task_newtask(ctx: TracePointContext) -> u32 {
         return 0;
     }
     // SAFETY: as above.
-    let Ok(child) = (unsafe { ctx.read_at::<i32>(NEWTASK_PID_OFFSET) }) else {
+    let Ok(child) = (unsafe { ctx.read_at::<i32>(NEWTASK_PID) }) else {
         return 0;
     };
     // SAFETY: helper without arguments.
@@ -1405,5 +1400,7 @@ pub fn conn_task_newtask(ctx: TracePointContext) -> u32 {
     0
 }
 
+#[path = "../formats.rs"]
+mod formats;
 #[path = "../runtime.rs"]
 mod runtime;

@@ -2,8 +2,8 @@
 //! the desired probes and the running ones (start new, stop removed, update changed, leave the rest).
 //!
 //! It rescans host processes every [`RESCAN_EVERY`] so probes follow pods and processes that start or
-//! stop (rereading only new and exec'd ones, see [`ProcessScanner`]), and polls runtime statuses
-//! every [`POLL_EVERY`], publishing them on a `watch` channel.
+//! stop (rereading only those the kernel names, see [`ProcessScanner`]), and polls runtime
+//! statuses every [`POLL_EVERY`], publishing them on a `watch` channel.
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

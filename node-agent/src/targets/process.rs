@@ -47,8 +47,9 @@ pub fn scan_processes(proc_root: &Path) -> Result<Vec<ProcessInfo>, TargetsError
 pub struct ProcessScanner {
     proc_root: PathBuf,
     watch: Option<ProcessWatch>,
-    /// What the last scan saw, by pid (None: a kernel thread or a process that could not be read).
-    seen: HashMap<u32, Option<ProcessInfo>>,
+    /// What the last scan saw, by pid (kernel threads and processes that could not be read left
+    /// out).
+    seen: HashMap<u32, ProcessInfo>,
     /// Scans left before the next full one (0: the next scan is full).
     until_full: u32,
     last: ScanStats,
@@ -100,41 +101,42 @@ impl ProcessScanner {
             true => FULL_SCAN_EVERY - 1,
             false => self.until_full.saturating_sub(1),
         };
-        let mut processes: Vec<ProcessInfo> = self.seen.values().flatten().cloned().collect();
+        let mut processes: Vec<ProcessInfo> = self.seen.values().cloned().collect();
         processes.sort_by_key(|p| p.pid);
         Ok(processes)
     }
 
-    /// Rereads `pids`, forgetting those whose /proc entry is gone; keeps every other process.
+    /// Rereads `pids`, forgetting those that are gone or no longer readable (a zombie, a leader
+    /// gone before its threads); keeps every other process.
     fn reread(&mut self, pids: &HashSet<u32>) {
-        let mut read = 0;
+        let mut found = 0;
         for &pid in pids {
-            let dir = self.proc_root.join(pid.to_string());
-            match fs::symlink_metadata(&dir) {
-                Ok(_) => {
-                    read += 1;
-                    self.seen.insert(pid, read_process(&dir, pid));
+            match read_process(&self.proc_root.join(pid.to_string()), pid) {
+                Some(process) => {
+                    found += 1;
+                    self.seen.insert(pid, process);
                 }
-                Err(_) => {
+                None => {
                     self.seen.remove(&pid);
                 }
             }
         }
         self.last = ScanStats {
             full: false,
-            read,
-            kept: self.seen.len().saturating_sub(read),
+            read: pids.len(),
+            kept: self.seen.len() - found,
         };
     }
 
     /// Lists /proc and reads every process.
-    fn list(&mut self) -> Result<HashMap<u32, Option<ProcessInfo>>, TargetsError> {
+    fn list(&mut self) -> Result<HashMap<u32, ProcessInfo>, TargetsError> {
         let proc_error = |source| TargetsError::Proc {
             path: self.proc_root.clone(),
             source,
         };
         let entries = fs::read_dir(&self.proc_root).map_err(proc_error)?;
         let mut seen = HashMap::with_capacity(self.seen.len());
+        let mut read = 0;
         for entry in entries {
             let entry = entry.map_err(proc_error)?;
             let Some(pid) = entry
@@ -144,11 +146,14 @@ impl ProcessScanner {
             else {
                 continue;
             };
-            seen.insert(pid, read_process(&entry.path(), pid));
+            read += 1;
+            if let Some(process) = read_process(&entry.path(), pid) {
+                seen.insert(pid, process);
+            }
         }
         self.last = ScanStats {
             full: true,
-            read: seen.len(),
+            read,
             kept: 0,
         };
         Ok(seen)
