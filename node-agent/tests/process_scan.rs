@@ -120,7 +120,7 @@ fn a_rescan_rereads_a_process_that_execd_and_keeps_the_others() {
 
     child.0.stdin.take().unwrap().write_all(b"go\n").unwrap();
     // Rescans until the exec shows; a scanner that missed it would keep the shell until its next
-    // full scan, 15 scans away.
+    // full scan, 30 s away.
     let mut after = None;
     for _ in 0..10 {
         let processes = scanner.scan().unwrap();
@@ -224,4 +224,49 @@ fn a_rescan_sees_a_forked_child_that_did_not_exec_and_forgets_it_when_it_exits()
         thread::sleep(Duration::from_millis(20));
     }
     assert!(gone, "the killed child is still listed");
+}
+
+#[tokio::test]
+async fn an_exec_wakes_a_poller_of_the_exec_ring() {
+    use tokio::io::unix::AsyncFd;
+    let mut watch = ProcessWatch::start().expect("process notifications need root and eBPF");
+    watch.drain();
+    // SAFETY: the AsyncFd owns the descriptor, which stays open while it is registered.
+    let waker = unsafe { AsyncFd::register(watch.exec_waker().unwrap()) }.unwrap();
+    // Registered on an empty ring (as the agent's manager is after a drain), the descriptor
+    // becomes ready only when the kernel wakes its pollers, which an exec must do. (Another
+    // test's exec may come first; that is an exec too.)
+    let exec = tokio::process::Command::new("true").status();
+    let (ready, status) = tokio::join!(
+        tokio::time::timeout(Duration::from_secs(10), waker.readable()),
+        exec
+    );
+    assert!(status.unwrap().success());
+    assert!(ready.is_ok(), "no wake-up after an exec");
+    let changes = drain_until(&mut watch, |c| !c.execd.is_empty());
+    assert!(!changes.execd.is_empty());
+}
+
+#[test]
+fn a_rescan_hands_out_the_processes_only_when_they_changed() {
+    let mut scanner = scanner_with_watch();
+    scanner.scan().unwrap();
+    // Other tests start processes meanwhile: a quiet moment comes within a few tries.
+    let quiet = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(20));
+        scanner.rescan().unwrap().is_none()
+    });
+    assert!(quiet, "every rescan handed out the processes");
+    let child = Reaped(Command::new("sleep").arg("302").spawn().unwrap());
+    let mut found = false;
+    for _ in 0..50 {
+        if let Some(processes) = scanner.rescan().unwrap()
+            && find(&processes, child.0.id()).is_some_and(|p| exe_name(p) == "sleep")
+        {
+            found = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(found, "the new process never showed in a rescan");
 }

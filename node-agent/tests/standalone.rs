@@ -1,10 +1,14 @@
 //! Runs the built `sonde-agent --manifests <dir>` and talks to it over HTTP like a user would.
-//! Needs nothing but a loopback port (the probes used here do not load eBPF).
+//! Needs root (the protocol probes load eBPF), nginx and python3 (`scripts/setup peers`).
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::{NginxSite, free_port, start_nginx, which};
 
 const WEB: &str = "apiVersion: sonde.dev/v1alpha1
 kind: Tracepoint
@@ -37,14 +41,6 @@ impl Drop for Agent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(dir: &Path) -> Agent {
@@ -156,4 +152,104 @@ fn the_standalone_agent_serves_its_manifests_probes_and_problems_then_stops_clea
     .unwrap();
     let exit = agent.child.wait().unwrap();
     assert!(exit.success(), "the agent exited with {exit}");
+}
+
+/// Selects the one-shot clients below by their marker argument.
+const CLIENTS: &str = "apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata:
+  name: clients
+spec:
+  process:
+    exe: '*/python3*'
+    cmdline: 'sonde-one-shot'
+  probe:
+    protocols: [http]
+";
+
+/// A client as a script runs one: it starts, makes one request on a connection of its own and
+/// exits as soon as the answer is in. Its short pause first stands for a real client's start-up
+/// (a `curl` needs a few milliseconds before it connects).
+const ONE_SHOT_CLIENT: &str = r#"
+import socket, sys, time
+time.sleep(0.2)
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(("GET /once/%s HTTP/1.1\r\nHost: sonde\r\nConnection: close\r\n\r\n" % sys.argv[2]).encode())
+while s.recv(4096):
+    pass
+"#;
+
+#[test]
+fn processes_that_start_after_the_agent_are_traced_even_when_they_exit_at_once() {
+    const RUNS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let site = NginxSite {
+        main: "",
+        http: "",
+        server: "location / { return 200 \"hello\\n\"; }",
+    };
+    let (_nginx, _worker) = start_nginx(dir.path(), port, &site);
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join("clients.yaml"), CLIENTS).unwrap();
+    let agent = start(&manifests);
+    wait_for_status(
+        &agent,
+        "the clients Tracepoint waiting for a process",
+        |s| probe(s, "Tracepoint/default/clients").is_some_and(|p| p["state"] == "Pending"),
+    );
+
+    // One after the other, each alive for about a quarter of a second: the agent's periodic
+    // rescan (every 2 s) would see a few at most; each must be selected when it execs, and its
+    // bytes still be attributed after it exited and was deselected.
+    let mut pids = Vec::new();
+    for run in 0..RUNS {
+        let mut client = Command::new(which("python3"));
+        client.args([
+            "-c",
+            ONE_SHOT_CLIENT,
+            &port.to_string(),
+            &run.to_string(),
+            "sonde-one-shot",
+        ]);
+        let child = client.spawn().unwrap();
+        pids.push(i64::from(child.id()));
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "client {run}: {out:?}");
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rows = loop {
+        let rows: Vec<serde_json::Value> = get(&agent.addr, "/v1/tables/http_events?format=ndjson")
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| {
+                body.lines()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if rows.len() >= RUNS || Instant::now() > deadline {
+            break rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut seen: Vec<(i64, String)> = rows
+        .iter()
+        .map(|row| {
+            assert_eq!(row["trace_role"], "client", "{row}");
+            assert_eq!(row["resp_status"], 200, "{row}");
+            (
+                row["pid"].as_i64().unwrap_or_default(),
+                row["req_path"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let expected: Vec<(i64, String)> = pids
+        .iter()
+        .enumerate()
+        .map(|(run, pid)| (*pid, format!("/once/{run}")))
+        .collect();
+    assert_eq!(seen, expected, "one row per client run, nothing else");
 }

@@ -1,7 +1,9 @@
 //! Process notifications for the agent's process scan (see `sonde_common::process_events`):
 //! tracepoint programs that write each new process, exec and process exit to a ring buffer.
-//! Process lifecycle events are rare next to syscalls, so they run unfiltered; they never wake
-//! the agent, which drains the ring when it rescans.
+//! Process lifecycle events are rare next to syscalls, so they run unfiltered. Execs go to a ring of
+//! their own that wakes the agent (once until it has drained it: the ring buffer's adaptive
+//! wake-up), so that a process that just started is selected before it does much; new processes
+//! and exits wait silently for the next rescan.
 #![no_std]
 #![no_main]
 
@@ -21,13 +23,18 @@ use formats::{CLONE_THREAD, NEWTASK_CLONE_FLAGS, NEWTASK_PID};
 #[map]
 static PROCESS_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 #[map]
+static PROCESS_EXECS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+#[map]
 static PROCESS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 fn notify(kind: u32, tgid: u32) {
     let event = ProcessEvent { kind, tgid };
-    if PROCESS_EVENTS
-        .output::<ProcessEvent>(&event, u64::from(BPF_RB_NO_WAKEUP))
-        .is_err()
+    // Flags 0: the consumer is woken if it had drained the ring up to this record.
+    let (ring, flags) = match kind {
+        KIND_EXEC => (&PROCESS_EXECS, 0),
+        _ => (&PROCESS_EVENTS, u64::from(BPF_RB_NO_WAKEUP)),
+    };
+    if ring.output::<ProcessEvent>(&event, flags).is_err()
         && let Some(lost) = PROCESS_LOST.get_ptr_mut(0)
     {
         // SAFETY: the pointer is this CPU's slot of the map's only entry. A racing increment could

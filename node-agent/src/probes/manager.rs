@@ -2,15 +2,20 @@
 //! the desired probes and the running ones (start new, stop removed, update changed, leave the rest).
 //!
 //! It rescans host processes every [`RESCAN_EVERY`] so probes follow pods and processes that start or
-//! stop (rereading only those the kernel names, see [`ProcessScanner`]), and polls runtime
-//! statuses every [`POLL_EVERY`], publishing them on a `watch` channel.
+//! stop (rereading only those the kernel names, see [`ProcessScanner`]), and at once when a process
+//! execs, so that a short-lived process (a `curl`) is traced before it has done its work (at most
+//! [`EXEC_RESCANS_PER_SECOND`] on average, see [`RescanBudget`]). It polls runtime statuses every
+//! [`POLL_EVERY`], publishing them on a `watch` channel.
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sonde_api::{AssignedProbe, ProbeConfig, ProbeStatus};
+use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::bpftrace::BpftraceProbe;
@@ -25,6 +30,56 @@ use crate::telemetry::Telemetry;
 pub const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// How often runtime statuses are collected.
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
+/// Rescans for execs, on average at most: a node that execs all the time (a build, a shell loop)
+/// costs this many rescans a second, not one per exec.
+pub const EXEC_RESCANS_PER_SECOND: f64 = 20.0;
+/// Rescans for execs that may follow each other at once (`sh -c 'sleep 1; curl …'` execs three
+/// times within milliseconds; each new image may be the one selected).
+pub const EXEC_RESCAN_BURST: f64 = 10.0;
+
+/// A token bucket for rescans after execs: [`EXEC_RESCAN_BURST`] at once, refilled at
+/// [`EXEC_RESCANS_PER_SECOND`].
+#[derive(Debug)]
+struct RescanBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RescanBudget {
+    fn new(now: Instant) -> RescanBudget {
+        RescanBudget {
+            tokens: EXEC_RESCAN_BURST,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * EXEC_RESCANS_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(EXEC_RESCAN_BURST);
+        self.at = now;
+    }
+
+    /// When the next rescan may run.
+    fn next(&mut self, now: Instant) -> Instant {
+        self.refill(now);
+        let missing = (1.0 - self.tokens).max(0.0);
+        now + Duration::from_secs_f64(missing / EXEC_RESCANS_PER_SECOND)
+    }
+
+    /// A rescan ran.
+    fn spend(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+}
+
+fn warn_no_exec_wakeups(error: &dyn std::fmt::Display) {
+    warn!(
+        %error,
+        "cannot poll exec notifications: new processes are followed every {}s",
+        RESCAN_EVERY.as_secs()
+    );
+}
 
 enum Command {
     Apply(Vec<AssignedProbe>, oneshot::Sender<()>),
@@ -129,6 +184,8 @@ struct Manager {
     scanner: Arc<Mutex<ProcessScanner>>,
     /// Last process-scan error, logged once until it changes.
     scan_error: Option<String>,
+    /// Readable after an exec (None without process notifications).
+    execs: Option<OwnedFd>,
 }
 
 /// Starts the manager task.
@@ -142,6 +199,13 @@ pub fn spawn(ctx: ProbeContext, telemetry: Telemetry) -> ManagerHandle {
             None
         }
     };
+    let execs = watch.as_ref().and_then(|watch| match watch.exec_waker() {
+        Ok(execs) => Some(execs),
+        Err(error) => {
+            warn_no_exec_wakeups(&error);
+            None
+        }
+    });
     let manager = Manager {
         ctx,
         telemetry,
@@ -149,6 +213,7 @@ pub fn spawn(ctx: ProbeContext, telemetry: Telemetry) -> ManagerHandle {
         statuses,
         scanner: Arc::new(Mutex::new(ProcessScanner::new(Path::new("/proc"), watch))),
         scan_error: None,
+        execs,
     };
     tokio::spawn(manager.run(rx).instrument(info_span!("probes")));
     ManagerHandle {
@@ -175,12 +240,38 @@ fn start(ctx: &ProbeContext, probe: &AssignedProbe, targets: &[TargetProcess]) -
     }
 }
 
+/// Resolves once `execs` polls readable; never without it.
+async fn readable(
+    execs: Option<&AsyncFd<OwnedFd>>,
+) -> std::io::Result<AsyncFdReadyGuard<'_, OwnedFd>> {
+    match execs {
+        Some(execs) => execs.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Manager {
     async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
         let mut rescan = tokio::time::interval(RESCAN_EVERY);
         let mut poll = tokio::time::interval(POLL_EVERY);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut execs = self.execs.take().and_then(|fd| {
+            // SAFETY: the AsyncFd owns the descriptor: it stays open, and is the same, for as long
+            // as it is registered.
+            match unsafe { AsyncFd::register(fd) } {
+                Ok(execs) => Some(execs),
+                Err(error) => {
+                    warn_no_exec_wakeups(&error);
+                    None
+                }
+            }
+        });
+        let exec_rescan = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(exec_rescan);
+        // An exec was announced and its rescan is due when `exec_rescan` fires.
+        let mut exec_due = false;
+        let mut budget = RescanBudget::new(Instant::now());
         loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -205,23 +296,49 @@ impl Manager {
                         self.publish();
                     }
                 }
+                ready = readable(execs.as_ref()), if !exec_due => match ready {
+                    Ok(mut guard) => {
+                        // Cleared before the rescan drains the ring: an exec after the drain wakes
+                        // us again.
+                        guard.clear_ready();
+                        exec_due = true;
+                        exec_rescan.as_mut().reset(budget.next(Instant::now()));
+                    }
+                    Err(error) => {
+                        warn_no_exec_wakeups(&error);
+                        execs = None;
+                    }
+                },
+                () = &mut exec_rescan, if exec_due => {
+                    exec_due = false;
+                    if !self.running.is_empty() {
+                        budget.spend(Instant::now());
+                        self.rescan().await;
+                        self.publish();
+                    }
+                }
                 _ = poll.tick() => self.publish(),
             }
         }
     }
 
-    /// Scans /proc on a blocking thread; None (logged once) when it fails.
-    async fn scan(&mut self) -> Option<ProcessTable> {
+    /// Scans /proc on a blocking thread; None (logged once) when it fails, and with
+    /// `only_if_changed` when the processes are the same as at the last scan.
+    async fn scan(&mut self, only_if_changed: bool) -> Option<ProcessTable> {
         let scanner = Arc::clone(&self.scanner);
         let result = tokio::task::spawn_blocking(move || {
             let mut scanner = scanner.lock().unwrap_or_else(|p| p.into_inner());
-            scanner.scan().map(ProcessTable::from_processes)
+            let processes = match only_if_changed {
+                true => scanner.rescan(),
+                false => scanner.scan().map(Some),
+            };
+            processes.map(|p| p.map(ProcessTable::from_processes))
         })
         .await;
         let error = match result {
             Ok(Ok(table)) => {
                 self.scan_error = None;
-                return Some(table);
+                return table;
             }
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the process scan panicked: {e}"),
@@ -258,7 +375,7 @@ impl Manager {
         if !changed {
             return;
         }
-        let table = self.scan().await;
+        let table = self.scan(false).await;
         for (id, probe) in desired {
             let span = info_span!("probe", id = %id);
             let targets = table.as_ref().map(|t| t.resolve(&probe));
@@ -320,9 +437,10 @@ impl Manager {
         }
     }
 
-    /// Hands new targets to probes whose resolved processes changed.
+    /// Hands new targets to probes whose resolved processes changed (nothing to resolve when no
+    /// process changed).
     async fn rescan(&mut self) {
-        let Some(table) = self.scan().await else {
+        let Some(table) = self.scan(true).await else {
             return;
         };
         for (id, running) in &mut self.running {
@@ -383,5 +501,31 @@ impl Manager {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_rescans_run_at_once_for_a_burst_then_at_the_refill_rate_and_recover_when_quiet() {
+        let start = Instant::now();
+        let mut budget = RescanBudget::new(start);
+        for _ in 0..EXEC_RESCAN_BURST as usize {
+            assert_eq!(budget.next(start), start);
+            budget.spend(start);
+        }
+        let interval = Duration::from_secs_f64(1.0 / EXEC_RESCANS_PER_SECOND);
+        let next = budget.next(start);
+        assert!(next > start && next <= start + interval, "{next:?}");
+        budget.spend(next);
+        assert!(budget.next(next) > next, "one token was earned and spent");
+        // A quiet second refills the whole burst.
+        let later = next + Duration::from_secs(1);
+        for _ in 0..EXEC_RESCAN_BURST as usize {
+            assert_eq!(budget.next(later), later);
+            budget.spend(later);
+        }
     }
 }

@@ -3,17 +3,18 @@
 //!
 //! Reading a process costs three small reads (`exe`, `cmdline`, `cgroup`), and listing /proc a
 //! directory read of every pid; a node runs thousands of processes and the agent rescans every two
-//! seconds, so [`ProcessScanner`] rereads only the processes the kernel named since its last scan
-//! ([`ProcessWatch`]: new processes, execs, exits) and does not list /proc at all. Everything is
-//! listed and reread every [`FULL_SCAN_EVERY`] scans, and at every scan when the notifications are
-//! missing or some were lost: what none announces (a process moved to another cgroup, a command
-//! line rewritten in place) is seen that late at most.
+//! seconds and after execs, so [`ProcessScanner`] rereads only the processes the kernel named since
+//! its last scan ([`ProcessWatch`]: new processes, execs, exits) and does not list /proc at all.
+//! Everything is listed and reread once [`FULL_SCAN_EVERY`] has passed since the last full scan, and
+//! at every scan when the notifications are missing or some were lost: what none announces (a
+//! process moved to another cgroup, a command line rewritten in place) is seen that late at most.
 //!
 //! Hand-written: three small reads per pid; the `procfs` crate would bring much more than that.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashSet, btree_map::Entry},
     fs, io,
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use super::{
@@ -22,8 +23,8 @@ use super::{
     process_watch::ProcessWatch,
 };
 
-/// Every this many scans, every process is reread (15 × the manager's 2 s: 30 s).
-pub const FULL_SCAN_EVERY: u32 = 15;
+/// How often every process is reread (by time, not by count: execs make scans more frequent).
+pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(30);
 
 /// One host process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,9 +50,11 @@ pub struct ProcessScanner {
     watch: Option<ProcessWatch>,
     /// What the last scan saw, by pid (kernel threads and processes that could not be read left
     /// out).
-    seen: HashMap<u32, ProcessInfo>,
-    /// Scans left before the next full one (0: the next scan is full).
-    until_full: u32,
+    seen: BTreeMap<u32, ProcessInfo>,
+    /// `seen` changed since the last snapshot was handed out.
+    changed: bool,
+    /// When the next scan is a full one (None: the next scan is).
+    next_full: Option<Instant>,
     last: ScanStats,
 }
 
@@ -72,38 +75,58 @@ impl ProcessScanner {
         ProcessScanner {
             proc_root: proc_root.to_path_buf(),
             watch,
-            seen: HashMap::new(),
-            until_full: 0,
+            seen: BTreeMap::new(),
+            changed: true,
+            next_full: None,
             last: ScanStats::default(),
         }
     }
 
     /// The host's processes, sorted by pid.
     pub fn scan(&mut self) -> Result<Vec<ProcessInfo>, TargetsError> {
+        self.update()?;
+        Ok(self.snapshot())
+    }
+
+    /// The host's processes, sorted by pid, if they changed since the last scan or rescan handed
+    /// them out (a rescan after a burst of short-lived processes that are all gone again changes
+    /// nothing, and its callers skip matching every process against their selectors).
+    pub fn rescan(&mut self) -> Result<Option<Vec<ProcessInfo>>, TargetsError> {
+        self.update()?;
+        Ok(self.changed.then(|| self.snapshot()))
+    }
+
+    fn snapshot(&mut self) -> Vec<ProcessInfo> {
+        self.changed = false;
+        self.seen.values().cloned().collect()
+    }
+
+    fn update(&mut self) -> Result<(), TargetsError> {
         // Drained before anything is read: a change after this point is seen next time at worst.
         let changes = match self.watch.as_mut().and_then(ProcessWatch::drain) {
-            Some(changes) if self.until_full > 0 => Some(changes),
+            Some(changes) if self.next_full.is_some_and(|at| Instant::now() < at) => Some(changes),
             _ => None,
         };
         match changes {
             Some(changes) => self.reread(&changes.pids()),
             None => match self.list() {
-                Ok(seen) => self.seen = seen,
+                Ok(seen) => {
+                    self.changed |= seen != self.seen;
+                    self.seen = seen;
+                }
                 Err(error) => {
                     // The changes drained are gone with this scan: the next one rereads everything.
                     self.seen.clear();
-                    self.until_full = 0;
+                    self.changed = true;
+                    self.next_full = None;
                     return Err(error);
                 }
             },
         }
-        self.until_full = match self.last.full {
-            true => FULL_SCAN_EVERY - 1,
-            false => self.until_full.saturating_sub(1),
-        };
-        let mut processes: Vec<ProcessInfo> = self.seen.values().cloned().collect();
-        processes.sort_by_key(|p| p.pid);
-        Ok(processes)
+        if self.last.full {
+            self.next_full = Some(Instant::now() + FULL_SCAN_EVERY);
+        }
+        Ok(())
     }
 
     /// Rereads `pids`, forgetting those that are gone or no longer readable (a zombie, a leader
@@ -114,11 +137,19 @@ impl ProcessScanner {
             match read_process(&self.proc_root.join(pid.to_string()), pid) {
                 Some(process) => {
                     found += 1;
-                    self.seen.insert(pid, process);
+                    match self.seen.entry(pid) {
+                        Entry::Occupied(mut known) if *known.get() != process => {
+                            known.insert(process);
+                            self.changed = true;
+                        }
+                        Entry::Occupied(_) => {}
+                        Entry::Vacant(new) => {
+                            new.insert(process);
+                            self.changed = true;
+                        }
+                    }
                 }
-                None => {
-                    self.seen.remove(&pid);
-                }
+                None => self.changed |= self.seen.remove(&pid).is_some(),
             }
         }
         self.last = ScanStats {
@@ -129,13 +160,13 @@ impl ProcessScanner {
     }
 
     /// Lists /proc and reads every process.
-    fn list(&mut self) -> Result<HashMap<u32, ProcessInfo>, TargetsError> {
+    fn list(&mut self) -> Result<BTreeMap<u32, ProcessInfo>, TargetsError> {
         let proc_error = |source| TargetsError::Proc {
             path: self.proc_root.clone(),
             source,
         };
         let entries = fs::read_dir(&self.proc_root).map_err(proc_error)?;
-        let mut seen = HashMap::with_capacity(self.seen.len());
+        let mut seen = BTreeMap::new();
         let mut read = 0;
         for entry in entries {
             let entry = entry.map_err(proc_error)?;

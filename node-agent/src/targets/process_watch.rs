@@ -1,8 +1,10 @@
 //! Which processes started, exec'd or exited since the last look, from the kernel: the
-//! `process_events` eBPF object (see `sonde_common::process_events`) writes each of them to a ring
-//! buffer that [`ProcessWatch::drain`] empties. The process scan uses it to reread only those
-//! processes, without listing /proc.
+//! `process_events` eBPF object (see `sonde_common::process_events`) writes each of them to ring
+//! buffers that [`ProcessWatch::drain`] empties. The process scan uses it to reread only those
+//! processes, without listing /proc; [`ProcessWatch::exec_waker`] becomes readable after an exec,
+//! so that the scan can follow a new process at once.
 use std::collections::HashSet;
+use std::os::fd::{AsFd, OwnedFd};
 
 use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
@@ -70,7 +72,10 @@ impl Changes {
 /// The attached programs and their maps; dropping it detaches the programs.
 pub struct ProcessWatch {
     _ebpf: Ebpf,
-    ring: RingBuf<MapData>,
+    /// New processes and exits.
+    events: RingBuf<MapData>,
+    /// Execs (this ring wakes its readers).
+    execs: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,
     /// The lost count as last read.
     lost_seen: u64,
@@ -110,11 +115,13 @@ impl ProcessWatch {
             prog.load().map_err(attach_error)?;
             prog.attach(category, tracepoint).map_err(attach_error)?;
         }
-        let ring = take(&mut ebpf, names::EVENTS_MAP)?;
+        let events = take(&mut ebpf, names::EVENTS_MAP)?;
+        let execs = take(&mut ebpf, names::EXECS_MAP)?;
         let lost = take(&mut ebpf, names::LOST_MAP)?;
         let mut watch = ProcessWatch {
             _ebpf: ebpf,
-            ring,
+            events,
+            execs,
             lost,
             lost_seen: 0,
         };
@@ -122,37 +129,49 @@ impl ProcessWatch {
         Ok(watch)
     }
 
-    /// What happened since the last call; None when some notifications were lost (the ring was
+    /// What happened since the last call; None when some notifications were lost (a ring was
     /// full, or the lost count cannot be read): then every process has to be reread.
     pub fn drain(&mut self) -> Option<Changes> {
         let mut changes = Changes::default();
-        while let Some(item) = self.ring.next() {
-            let word = |at: usize| {
-                item.get(at..at + 4)
-                    .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                    .map(u32::from_ne_bytes)
-            };
-            // ProcessEvent: kind, then tgid.
-            let (Some(kind), Some(tgid)) = (word(0), word(4)) else {
-                continue;
-            };
-            let set = match kind {
-                KIND_FORK => &mut changes.forked,
-                KIND_EXEC => &mut changes.execd,
-                KIND_EXIT => &mut changes.exited,
-                _ => continue,
-            };
-            set.insert(tgid);
-        }
-        // Read after the ring: a notification lost meanwhile is in this count or the next one.
+        drain_ring(&mut self.execs, &mut changes);
+        drain_ring(&mut self.events, &mut changes);
+        // Read after the rings: a notification lost meanwhile is in this count or the next one.
         let lost = self.lost_count()?;
         let complete = lost == self.lost_seen;
         self.lost_seen = lost;
         complete.then_some(changes)
     }
 
+    /// A descriptor of the exec ring, readable once an exec is waiting. The kernel wakes its pollers
+    /// for the first exec after [`ProcessWatch::drain`] emptied the ring, not for every exec.
+    pub fn exec_waker(&self) -> std::io::Result<OwnedFd> {
+        self.execs.as_fd().try_clone_to_owned()
+    }
+
     fn lost_count(&self) -> Option<u64> {
         let values = self.lost.get(&0, 0).ok()?;
         Some(values.iter().sum())
+    }
+}
+
+/// Adds every notification waiting in `ring` to `changes`.
+fn drain_ring(ring: &mut RingBuf<MapData>, changes: &mut Changes) {
+    while let Some(item) = ring.next() {
+        let word = |at: usize| {
+            item.get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_ne_bytes)
+        };
+        // ProcessEvent: kind, then tgid.
+        let (Some(kind), Some(tgid)) = (word(0), word(4)) else {
+            continue;
+        };
+        let set = match kind {
+            KIND_FORK => &mut changes.forked,
+            KIND_EXEC => &mut changes.execd,
+            KIND_EXIT => &mut changes.exited,
+            _ => continue,
+        };
+        set.insert(tgid);
     }
 }

@@ -163,7 +163,11 @@ impl ProtocolsShared {
         });
         let tgids: HashSet<u32> = routes.tgids.keys().copied().collect();
         let cgroups: HashSet<u64> = routes.cgroups.keys().copied().collect();
-        *self.routes.write().unwrap_or_else(PoisonError::into_inner) = routes;
+        {
+            let mut current = self.routes.write().unwrap_or_else(PoisonError::into_inner);
+            let before = std::mem::take(&mut *current);
+            *current = before.succeeded_by(routes, std::time::Instant::now());
+        }
         if let Some(running) = inner.running.as_mut() {
             running
                 .kernel

@@ -3,11 +3,14 @@
 //! Every protocol Tracepoint registers its targets here. Probes whose targets are whole pod
 //! containers select by cgroup v2 id (processes started later in the container are traced at once);
 //! probes with a process selector (standalone, or narrowing a pod) select by tgid. Where several
-//! probes cover one process, their protocols are merged (the tables are shared anyway).
+//! probes cover one process, their protocols are merged (the tables are shared anyway). A route
+//! outlives its selection by [`RETIRED_ROUTE_GRACE`], for the bytes captured before.
 use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sonde_protocols::{Kind, ParseConfig};
 
@@ -33,11 +36,21 @@ pub struct ProbeRoutes {
     pub by_cgroup: bool,
 }
 
-/// Routes by tgid and by cgroup id; a tgid route wins.
+/// How long a route outlives its selection. The capture ring still holds what the kernel captured
+/// while the process was selected: a short-lived client exits, and the rescan after it deselects
+/// it, before the capture thread (a second between drains at most while traffic is light) has read
+/// its bytes.
+pub const RETIRED_ROUTE_GRACE: Duration = Duration::from_secs(10);
+
+/// Routes by tgid and by cgroup id; a tgid route wins, and a selected key's route wins over a
+/// retired one.
 #[derive(Clone, Debug, Default)]
 pub struct Routes {
     pub tgids: HashMap<u32, Arc<Route>>,
     pub cgroups: HashMap<u64, Arc<Route>>,
+    /// Routes of keys no longer selected, until their deadline.
+    retired_tgids: HashMap<u32, (Arc<Route>, Instant)>,
+    retired_cgroups: HashMap<u64, (Arc<Route>, Instant)>,
 }
 
 impl Routes {
@@ -45,7 +58,17 @@ impl Routes {
         self.tgids
             .get(&tgid)
             .or_else(|| self.cgroups.get(&cgroup_id))
+            .or_else(|| self.retired_tgids.get(&tgid).map(|(route, _)| route))
+            .or_else(|| self.retired_cgroups.get(&cgroup_id).map(|(route, _)| route))
             .cloned()
+    }
+
+    /// `next` takes over at `now`: the routes it no longer has are retired until `now` +
+    /// [`RETIRED_ROUTE_GRACE`]; those retired before stay until their own deadline.
+    pub fn succeeded_by(self, mut next: Routes, now: Instant) -> Routes {
+        next.retired_tgids = retire(self.tgids, self.retired_tgids, &next.tgids, now);
+        next.retired_cgroups = retire(self.cgroups, self.retired_cgroups, &next.cgroups, now);
+        next
     }
 
     /// Merges every probe's targets; `cgroup_of` gives a pid's cgroup v2 id.
@@ -77,8 +100,24 @@ impl Routes {
         Routes {
             tgids: tgids.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             cgroups: cgroups.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            ..Routes::default()
         }
     }
+}
+
+fn retire<K: Hash + Eq>(
+    old: HashMap<K, Arc<Route>>,
+    mut retired: HashMap<K, (Arc<Route>, Instant)>,
+    current: &HashMap<K, Arc<Route>>,
+    now: Instant,
+) -> HashMap<K, (Arc<Route>, Instant)> {
+    retired.retain(|key, (_, until)| *until > now && !current.contains_key(key));
+    for (key, route) in old {
+        if !current.contains_key(&key) {
+            retired.insert(key, (route, now + RETIRED_ROUTE_GRACE));
+        }
+    }
+    retired
 }
 
 fn merge<K>(slot: std::collections::hash_map::Entry<'_, K, Route>, route: Route) {
@@ -188,6 +227,64 @@ mod tests {
         let routes = Routes::build(&probes, |pid| (pid == 10).then_some(777));
         assert!(routes.tgids.is_empty());
         assert_eq!(routes.lookup(99, 777).unwrap().pod, "p");
+    }
+
+    fn one_probe(targets: Vec<TargetProcess>, by_cgroup: bool) -> BTreeMap<String, ProbeRoutes> {
+        BTreeMap::from([(
+            "a".to_owned(),
+            ProbeRoutes {
+                kinds: vec![Kind::Http],
+                config: ParseConfig::default(),
+                targets,
+                by_cgroup,
+            },
+        )])
+    }
+
+    #[test]
+    fn a_deselected_process_keeps_its_route_for_the_grace_period_then_loses_it() {
+        let start = Instant::now();
+        let both = Routes::build(
+            &one_probe(vec![target(10, "p"), target(11, "q")], false),
+            |_| None,
+        );
+        let only_11 = Routes::build(&one_probe(vec![target(11, "q")], false), |_| None);
+        let routes = both.succeeded_by(only_11.clone(), start);
+        assert!(!routes.tgids.contains_key(&10), "no longer selected");
+        assert_eq!(
+            routes.lookup(10, 0).map(|r| r.pod.clone()),
+            Some("p".into())
+        );
+        assert_eq!(
+            routes.lookup(11, 0).map(|r| r.pod.clone()),
+            Some("q".into())
+        );
+        // Still retired at a change within the grace period, gone at one after it.
+        let later = start + RETIRED_ROUTE_GRACE / 2;
+        let routes = routes.succeeded_by(only_11.clone(), later);
+        assert!(routes.lookup(10, 0).is_some());
+        let routes = routes.succeeded_by(only_11, start + RETIRED_ROUTE_GRACE);
+        assert!(routes.lookup(10, 0).is_none());
+    }
+
+    #[test]
+    fn a_selected_route_wins_over_a_retired_one_and_cgroups_retire_too() {
+        let now = Instant::now();
+        let in_p = Routes::build(&one_probe(vec![target(10, "p")], true), |_| Some(777));
+        let none = Routes::build(&one_probe(vec![], true), |_| None);
+        let routes = in_p.succeeded_by(none, now);
+        assert_eq!(
+            routes.lookup(99, 777).map(|r| r.pod.clone()),
+            Some("p".into())
+        );
+        // The same cgroup selected again for another pod: the new route answers.
+        let in_r = Routes::build(&one_probe(vec![target(10, "r")], true), |_| Some(777));
+        let routes = routes.succeeded_by(in_r, now);
+        assert_eq!(
+            routes.lookup(99, 777).map(|r| r.pod.clone()),
+            Some("r".into())
+        );
+        assert!(routes.retired_cgroups.is_empty());
     }
 
     #[test]
