@@ -1092,6 +1092,56 @@ con.close()
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_selected_by_process_is_followed_into_the_backends_it_forks() {
+    // Under /tmp, whatever TMPDIR says: the postgres user must be able to reach it.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let data = init_postgres(dir.path());
+    let port = free_port();
+    let server = start_postgres(dir.path(), &data, port, None);
+    // Selected by tgid (a process selector, as standalone) and nothing rescans here: only the
+    // postmaster is a target. Each backend it forks for a connection must be selected by the
+    // kernel before it runs, or the connection goes unseen.
+    let Traced {
+        store, probe: p, ..
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Pgsql], "*/postgres"),
+        target(server.pid(), &pg_tool("postgres").display().to_string()),
+    );
+
+    for (query, answer) in [("SELECT 41 + 1", "42\n"), ("SELECT 'again'", "again\n")] {
+        let out = psql(port, &[query]);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), answer, "{out:?}");
+    }
+
+    let rows = wait_for_rows(&store, "pgsql_events", |r| r.len() >= 4).await;
+    p.stop().await;
+    let startup = [
+        "server",
+        "StartupMessage",
+        "user=postgres database=postgres application_name=psql password=<redacted>",
+    ];
+    let want: Vec<Vec<String>> = [
+        startup,
+        ["server", "Query", "SELECT 41 + 1"],
+        startup,
+        ["server", "Query", "SELECT 'again'"],
+    ]
+    .iter()
+    .map(|r| r.map(str::to_owned).to_vec())
+    .collect();
+    assert_eq!(
+        pick(&rows, &["trace_role", "req_cmd", "req"]),
+        want,
+        "{rows:?}"
+    );
+    // Two connections, two backends: none of it is the postmaster's.
+    let mut pids: Vec<String> = pick(&rows, &["pid"]).concat();
+    pids.dedup();
+    assert_eq!(pids.len(), 2, "{rows:?}");
+    assert!(!pids.contains(&server.pid().to_string()), "{rows:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server_and_client_pgsql_events()
  {
     let cgroup = TestCgroup::new("pgsql");

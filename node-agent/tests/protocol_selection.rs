@@ -71,3 +71,75 @@ fn a_deselected_process_is_not_captured_even_when_its_prefilter_bit_stays_set() 
     assert!(selected >= 5, "{selected} events while selected");
     assert_eq!(deselected, 0, "events after the process left the selection");
 }
+
+/// A process that, once told on stdin, forks a child sending a UDP datagram to the discard port
+/// every 20 ms, prints the child's pid and sleeps.
+fn forking_sender() -> Child {
+    Command::new("python3")
+        .args([
+            "-c",
+            "import os, socket, sys, time\n\
+             sys.stdin.readline()\n\
+             pid = os.fork()\n\
+             if pid == 0:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+             while True:\n        s.sendto(b'x', ('127.0.0.1', 9))\n        time.sleep(0.02)\n\
+             print(pid, flush=True)\n\
+             time.sleep(300)\n",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/setup installs it)")
+}
+
+#[test]
+fn a_child_of_a_process_selected_by_tgid_is_captured_from_its_start_and_leaves_with_its_parent() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut parent = forking_sender();
+    let (mut kernel, mut maps) = Kernel::load(false).expect("load the capture programs (root)");
+    kernel
+        .set_filter(&HashSet::from([parent.id()]), &HashSet::new())
+        .unwrap();
+    parent.stdin.take().unwrap().write_all(b"fork\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(parent.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let child: u32 = line.trim().parse().unwrap();
+    let stop = |parent: &mut Child| {
+        // SAFETY: kill has no memory preconditions; the child is our child's.
+        unsafe { libc::kill(child as i32, libc::SIGKILL) };
+        let _ = parent.kill();
+        let _ = parent.wait();
+    };
+
+    std::thread::sleep(Duration::from_millis(300));
+    let followed = events_of(&mut maps, child);
+    // A change of the selection rewrites the prefilter word that holds the child's bit (another
+    // key's bit in the same word): the bit the kernel set must stay.
+    let neighbour = child ^ 1;
+    kernel
+        .set_filter(&HashSet::from([parent.id(), neighbour]), &HashSet::new())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let after_rewrite = events_of(&mut maps, child);
+    // The parent leaves the selection: its child goes with it.
+    kernel
+        .set_filter(&HashSet::from([neighbour]), &HashSet::new())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    events_of(&mut maps, child);
+    std::thread::sleep(Duration::from_millis(300));
+    let after_parent_left = events_of(&mut maps, child);
+    stop(&mut parent);
+
+    assert!(followed >= 5, "{followed} events of the forked child");
+    assert!(
+        after_rewrite >= 5,
+        "{after_rewrite} events after its prefilter word was rewritten"
+    );
+    assert_eq!(
+        after_parent_left, 0,
+        "events after the parent left the selection"
+    );
+}

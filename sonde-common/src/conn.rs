@@ -85,8 +85,11 @@ pub const DROP_ARGS_MAP_FULL: u32 = 3;
 pub const DROP_UNCLASSIFIED: u32 = 4;
 /// Drop reason: user memory could not be read (paged out, bad pointer).
 pub const DROP_READ_FAILED: u32 = 5;
+/// Drop reason: the selected-tgid map was full when a selected process forked: the child is
+/// traced only once the agent selects it.
+pub const DROP_TGIDS_MAP_FULL: u32 = 6;
 /// Number of drop reasons (size of the drop counter array).
-pub const DROP_REASONS: u32 = 6;
+pub const DROP_REASONS: u32 = 7;
 
 /// Metric label of each drop reason, by index.
 pub const DROP_REASON_NAMES: [&str; DROP_REASONS as usize] = [
@@ -96,6 +99,7 @@ pub const DROP_REASON_NAMES: [&str; DROP_REASONS as usize] = [
     "args_map_full",
     "unclassified_fd",
     "read_failed",
+    "tgids_map_full",
 ];
 
 /// Words of the selection prefilter ([`names::FILTER_MAP`]): a bitmap of [`FILTER_BITS`] bits with

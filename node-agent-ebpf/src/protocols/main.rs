@@ -46,12 +46,12 @@ use formats::{CLONE_THREAD, NEWTASK_CLONE_FLAGS, NEWTASK_PID};
 use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, ClassifyEvent, CloseEvent, ConnInfo,
     ConnKey, DATA_CHUNK, DIR_EGRESS, DIR_INGRESS, DROP_ARGS_MAP_FULL, DROP_CONN_MAP_FULL,
-    DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_TRUNCATED, DROP_UNCLASSIFIED, DataEvent,
-    DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_LOCAL, EVENT_OPEN,
-    EVENT_PEER, EventHeader, FILTER_WORDS, ForkEvent, LocalEvent, MAX_CHUNKS_PER_SYSCALL,
-    MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED, OpenEvent, PeerAddr, PeerEvent,
-    ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, filter_bit_cgroup,
-    filter_bit_tgid,
+    DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_TGIDS_MAP_FULL, DROP_TRUNCATED,
+    DROP_UNCLASSIFIED, DataEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA,
+    EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, EventHeader, FILTER_WORDS, ForkEvent,
+    LocalEvent, MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED,
+    OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SYS_RECVMMSG,
+    SYS_SENDMMSG, filter_bit_cgroup, filter_bit_tgid,
 };
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
@@ -1361,17 +1361,30 @@ fn count_truncated(info: &mut ConnInfo) {
 }
 
 /// A thread exits: its argument slot goes. Unfiltered (exits are rare next to syscalls), so a
-/// process that stopped being selected leaves no slots behind either.
+/// process that stopped being selected leaves no slots behind either. A child selected here (see
+/// `follow_fork`) leaves the selection with its first thread: user space does not know it, and its
+/// pid may be handed out again, to a process nobody selected. (User space removes the keys it
+/// added itself.)
 #[tracepoint]
 pub fn conn_sched_process_exit(_ctx: TracePointContext) -> u32 {
-    let _ = CONN_ARGS.remove(&bpf_get_current_pid_tgid());
+    let id = bpf_get_current_pid_tgid();
+    let _ = CONN_ARGS.remove(&id);
+    let tgid = (id >> 32) as u32;
+    if id as u32 == tgid
+        && filter_has(filter_bit_tgid(tgid))
+        // SAFETY: plain lookup; the value is copied.
+        && unsafe { CONN_TGIDS.get(&tgid) }.is_some_and(|&ancestor| ancestor != tgid)
+    {
+        let _ = CONN_TGIDS.remove(&tgid);
+    }
     0
 }
 
 /// A selected process creates a child process (fires in the parent, before the child runs): user
 /// space learns child → parent, so a socket the child inherited (a PostgreSQL backend's, accepted
 /// by the postmaster) gets the parent's addresses even if the child exits before its fd can be
-/// looked at. Threads share the process's fds and connections: nothing to report.
+/// looked at, and a child of a process selected by tgid is selected from its first syscall (see
+/// `follow_fork`). Threads share the process's fds and connections: nothing to report.
 #[tracepoint]
 pub fn conn_task_newtask(ctx: TracePointContext) -> u32 {
     // SAFETY: reads within the tracepoint record through the checked helper.
@@ -1380,13 +1393,15 @@ pub fn conn_task_newtask(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let id = bpf_get_current_pid_tgid();
-    if !selected((id >> 32) as u32) {
+    let parent = (id >> 32) as u32;
+    if !selected(parent) {
         return 0;
     }
     // SAFETY: as above.
     let Ok(child) = (unsafe { ctx.read_at::<i32>(NEWTASK_PID) }) else {
         return 0;
     };
+    follow_fork(parent, child as u32);
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     let event = ForkEvent {
@@ -1398,6 +1413,29 @@ pub fn conn_task_newtask(ctx: TracePointContext) -> u32 {
         count_drop(DROP_RING_FULL);
     }
     0
+}
+
+/// A child of a process selected by tgid is selected too, by the same selected ancestor (the map's
+/// value), before it runs: a server that forks per connection (PostgreSQL) serves the connection
+/// in the child, which may be gone long before the agent's next look at the processes. A pod's
+/// processes are selected by cgroup, which children share anyway. The child's prefilter bit is set
+/// here; user space keeps bits it did not set when it rewrites a word.
+#[inline(always)]
+fn follow_fork(parent: u32, child: u32) {
+    // SAFETY: plain lookup; the value is copied.
+    let Some(&ancestor) = (unsafe { CONN_TGIDS.get(&parent) }) else {
+        return;
+    };
+    if CONN_TGIDS.insert(&child, &ancestor, 0).is_err() {
+        count_drop(DROP_TGIDS_MAP_FULL);
+        return;
+    }
+    let bit = filter_bit_tgid(child);
+    if let Some(word) = CONN_FILTER.get_ptr_mut(bit / 64) {
+        // SAFETY: a word of the array map. Not atomic: a bit lost to a racing write only delays
+        // the child's selection to the agent's next look at the processes.
+        unsafe { *word |= 1 << (bit % 64) };
+    }
 }
 
 #[path = "../formats.rs"]

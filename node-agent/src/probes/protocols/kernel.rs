@@ -3,6 +3,7 @@
 //! equal to the [`Routes`](super::routes::Routes) here, with the prefilter bitmap of both that the
 //! programs check first and the selection epoch that tells them a key left.
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
@@ -80,9 +81,16 @@ pub struct Kernel {
     epoch_value: u64,
     tgid_set: HashSet<u32>,
     cgroup_set: HashSet<u64>,
-    /// The prefilter as last written.
+    /// The prefilter bits this side set (the kernel sets those of children it selects: see
+    /// [`Kernel::set_filter`]).
     filter_words: Vec<u64>,
+    /// When the prefilter was last rebuilt from the tgid map (see [`Kernel::rebuild_filter`]).
+    rebuilt: Instant,
 }
+
+/// How often the prefilter is rebuilt from the map it summarises, at most: bits of children the
+/// kernel selected stay set after those exited until then.
+const FILTER_REBUILD_EVERY: Duration = Duration::from_secs(30);
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
 where
@@ -146,6 +154,7 @@ impl Kernel {
             tgid_set: HashSet::new(),
             cgroup_set: HashSet::new(),
             filter_words: vec![0; FILTER_WORDS as usize],
+            rebuilt: Instant::now(),
         };
         Ok((kernel, maps))
     }
@@ -154,6 +163,11 @@ impl Kernel {
     /// and stale ones cleared after the keys went, so the prefilter never hides a selected key;
     /// when keys went, the selection epoch moves on so that threads of processes no longer
     /// selected stop being traced at their next syscall.
+    ///
+    /// The kernel adds keys too: a process selected by tgid that forks gets its child selected,
+    /// under the same selected ancestor (the map's value; a key selected here is its own). Those
+    /// children leave with their ancestor, and their prefilter bits are kept when a word is
+    /// rewritten here.
     pub fn set_filter(
         &mut self,
         tgids: &HashSet<u32>,
@@ -165,15 +179,23 @@ impl Kernel {
             .zip(&self.filter_words)
             .map(|(new, old)| new | old)
             .collect();
-        self.write_filter(both)?;
-        let removed_tgids = sync(&mut self.tgids, &mut self.tgid_set, tgids, names::TGIDS_MAP)?;
-        let removed_cgroups = sync(
+        self.write_filter(both, &[])?;
+        let gone_tgids = sync(
+            &mut self.tgids,
+            &mut self.tgid_set,
+            tgids,
+            |&tgid| tgid,
+            names::TGIDS_MAP,
+        )?;
+        let orphans = self.remove_children_of(&gone_tgids, tgids);
+        let gone_cgroups = sync(
             &mut self.cgroups,
             &mut self.cgroup_set,
             cgroups,
+            |_| 1,
             names::CGROUPS_MAP,
         )?;
-        if removed_tgids || removed_cgroups {
+        if !gone_tgids.is_empty() || !gone_cgroups.is_empty() {
             let next = self.epoch_value.wrapping_add(1);
             self.epoch
                 .set(0, next, 0)
@@ -183,22 +205,82 @@ impl Kernel {
                 })?;
             self.epoch_value = next;
         }
-        self.write_filter(wanted)
+        let orphan_bits: Vec<u32> = orphans.iter().map(|&t| filter_bit_tgid(t)).collect();
+        self.write_filter(wanted, &orphan_bits)?;
+        if self.rebuilt.elapsed() >= FILTER_REBUILD_EVERY {
+            self.rebuild_filter(cgroups)?;
+        }
+        Ok(())
     }
 
-    /// Writes the prefilter words that differ from the last written ones.
-    fn write_filter(&mut self, words: Vec<u64>) -> Result<(), KernelError> {
-        for (index, (new, old)) in words.iter().zip(&self.filter_words).enumerate() {
-            if new != old {
+    /// Removes the children the kernel selected for the ancestors in `gone` (unless selected here
+    /// themselves); returns them.
+    fn remove_children_of(&mut self, gone: &[u32], wanted: &HashSet<u32>) -> Vec<u32> {
+        if gone.is_empty() {
+            return Vec::new();
+        }
+        let children: Vec<u32> = self
+            .tgids
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(child, ancestor)| gone.contains(ancestor) && !wanted.contains(child))
+            .map(|(child, _)| child)
+            .collect();
+        for child in &children {
+            // Gone meanwhile (it exited) is fine.
+            let _ = self.tgids.remove(child);
+        }
+        children
+    }
+
+    /// Writes the prefilter words that differ from the bits this side set last, keeping the bits
+    /// the kernel set for children, except those in `clear`.
+    fn write_filter(&mut self, words: Vec<u64>, clear: &[u32]) -> Result<(), KernelError> {
+        let mut cleared = vec![0u64; words.len()];
+        for &bit in clear {
+            if let Some(word) = cleared.get_mut((bit / 64) as usize) {
+                *word |= 1 << (bit % 64);
+            }
+        }
+        for (index, ((new, old), clear)) in words
+            .iter()
+            .zip(&self.filter_words)
+            .zip(&cleared)
+            .enumerate()
+        {
+            if new == old && *clear == 0 {
+                continue;
+            }
+            let index = index as u32;
+            let kernel_bits = self.filter.get(&index, 0).unwrap_or(*old) & !old & !clear;
+            self.filter
+                .set(index, kernel_bits | new, 0)
+                .map_err(|source| KernelError::Filter {
+                    map: names::FILTER_MAP,
+                    source,
+                })?;
+        }
+        self.filter_words = words;
+        Ok(())
+    }
+
+    /// Recomputes the whole prefilter from the keys in the maps, dropping the bits of children
+    /// that exited (the kernel removes their keys, not their bits). A child the kernel selects
+    /// meanwhile may lose its bit: it is then traced once the agent selects it.
+    fn rebuild_filter(&mut self, cgroups: &HashSet<u64>) -> Result<(), KernelError> {
+        self.rebuilt = Instant::now();
+        let tgids: HashSet<u32> = self.tgids.keys().filter_map(Result::ok).collect();
+        for (index, word) in prefilter(&tgids, cgroups).into_iter().enumerate() {
+            let index = index as u32;
+            if self.filter.get(&index, 0).ok() != Some(word) {
                 self.filter
-                    .set(index as u32, new, 0)
+                    .set(index, word, 0)
                     .map_err(|source| KernelError::Filter {
                         map: names::FILTER_MAP,
                         source,
                     })?;
             }
         }
-        self.filter_words = words;
         Ok(())
     }
 }
@@ -217,12 +299,15 @@ fn prefilter(tgids: &HashSet<u32>, cgroups: &HashSet<u64>) -> Vec<u64> {
 }
 
 /// Makes `map` hold exactly `wanted`; returns whether any key was removed.
+/// Makes `map` hold the keys of `wanted` (with `value` of each), as far as this side put them
+/// there; returns the keys that went.
 fn sync<K: aya::Pod + Eq + std::hash::Hash>(
     map: &mut BpfHashMap<MapData, K, u32>,
     current: &mut HashSet<K>,
     wanted: &HashSet<K>,
+    value: impl Fn(&K) -> u32,
     name: &'static str,
-) -> Result<bool, KernelError> {
+) -> Result<Vec<K>, KernelError> {
     let gone: Vec<K> = current.difference(wanted).copied().collect();
     for key in &gone {
         // Already gone is fine: the goal is its absence.
@@ -230,11 +315,11 @@ fn sync<K: aya::Pod + Eq + std::hash::Hash>(
         current.remove(key);
     }
     for key in wanted.difference(current).copied().collect::<Vec<_>>() {
-        map.insert(key, 1, 0)
+        map.insert(key, value(&key), 0)
             .map_err(|source| KernelError::Filter { map: name, source })?;
         current.insert(key);
     }
-    Ok(!gone.is_empty())
+    Ok(gone)
 }
 
 #[cfg(test)]

@@ -97,7 +97,7 @@ impl ProtocolMetrics {
         }
         registry.register(
             "sonde_events_dropped",
-            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed; in the agent: decode_error, and addresses_unknown for rows written without the connection's addresses)",
+            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full; in the agent: decode_error, and addresses_unknown for rows written without the connection's addresses)",
             m.dropped.clone(),
         );
         registry.register(

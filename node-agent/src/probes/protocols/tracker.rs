@@ -140,6 +140,10 @@ pub struct Tracker {
     /// Local addresses the kernel reported for TCP connects whose open event is still to come
     /// (a blocking connect is established before it returns).
     locals: HashMap<ConnKey, std::net::SocketAddr>,
+    /// Child tgid → its parent's route when a selected process forked: the kernel traces the
+    /// child of a process selected by tgid from its first syscall, before the agent's process
+    /// scan has seen it. Entries go when the child exits.
+    forked_routes: HashMap<u32, Arc<super::routes::Route>>,
 }
 
 impl Tracker {
@@ -169,6 +173,7 @@ impl Tracker {
             last_stats_ns: Clock::monotonic_now(),
             client_opened: false,
             locals: HashMap::new(),
+            forked_routes: HashMap::new(),
         }
     }
 
@@ -210,6 +215,7 @@ impl Tracker {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .lookup(h.tgid, h.cgroup_id)
+            .or_else(|| self.forked_routes.get(&h.tgid).cloned())
     }
 
     fn new_conn(&mut self, h: &EventHeader) -> Conn {
@@ -262,6 +268,14 @@ impl Tracker {
         let parent = ev.header.tgid;
         // A reused pid starts clean.
         self.inherited.remove(&ev.child);
+        match self.route_of(&ev.header) {
+            Some(route) if self.forked_routes.len() < MAX_FORKED_ROUTES => {
+                self.forked_routes.insert(ev.child, route);
+            }
+            _ => {
+                self.forked_routes.remove(&ev.child);
+            }
+        }
         let mut fds = HashMap::new();
         for (key, conn) in &mut self.conns {
             if key.tgid == parent && conn.evidence == Evidence::Socket {
@@ -657,6 +671,7 @@ impl Tracker {
             .collect();
         self.listeners.retain(|k, _| alive(k.tgid));
         self.inherited.retain(|tgid, _| alive(*tgid));
+        self.forked_routes.retain(|tgid, _| alive(*tgid));
         for key in dead {
             if let Some(conn) = self.conns.remove(&key) {
                 // Exited without closing: the kernel entry still holds its pending truncations.
@@ -867,6 +882,10 @@ impl Output {
         }
     }
 }
+
+/// Children's routes kept at most (see `Tracker::forked_routes`); beyond, a child waits for the
+/// process scan to route it.
+const MAX_FORKED_ROUTES: usize = 16384;
 
 /// Local addresses kept for open events still to come (see `Tracker::locals`).
 const MAX_PENDING_LOCALS: usize = 4096;
