@@ -252,4 +252,9 @@ fn processes_that_start_after_the_agent_are_traced_even_when_they_exit_at_once()
         .map(|(run, pid)| (*pid, format!("/once/{run}")))
         .collect();
     assert_eq!(seen, expected, "one row per client run, nothing else");
+    let (_, metrics) = get(&agent.addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("sonde_events_dropped_total{reason=\"unrouted\"} 0"),
+        "{metrics}"
+    );
 }

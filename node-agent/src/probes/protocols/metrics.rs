@@ -86,7 +86,11 @@ pub const DECODE_ERROR: &str = "decode_error";
 /// A row written without its connection's addresses (an accept without peer address whose socket
 /// was closed before it could be looked at, a lost open event).
 pub const ADDRESSES_UNKNOWN: &str = "addresses_unknown";
-const AGENT_DROP_REASONS: [&str; 2] = [DECODE_ERROR, ADDRESSES_UNKNOWN];
+/// A data event of a process the kernel traced but the agent has no route for: it left the
+/// selection more than `RETIRED_ROUTE_GRACE` before its bytes were read (the agent fell that far
+/// behind), or it was forked while too many children's routes were kept.
+pub const UNROUTED: &str = "unrouted";
+const AGENT_DROP_REASONS: [&str; 3] = [DECODE_ERROR, ADDRESSES_UNKNOWN, UNROUTED];
 
 impl ProtocolMetrics {
     pub fn register(registry: &mut Registry) -> ProtocolMetrics {
@@ -97,7 +101,7 @@ impl ProtocolMetrics {
         }
         registry.register(
             "sonde_events_dropped",
-            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full; in the agent: decode_error, and addresses_unknown for rows written without the connection's addresses)",
+            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full; in the agent: decode_error, unrouted for bytes of a process without a route, and addresses_unknown for rows written without the connection's addresses)",
             m.dropped.clone(),
         );
         registry.register(

@@ -21,7 +21,7 @@ use super::conn::{Conn, Evidence, Protocol};
 use super::events::{Event, decode};
 use super::metrics::{
     ADDRESSES_UNKNOWN, DECODE_ERROR, DbLabels, DropLabels, HttpLabels, ParseErrorLabels,
-    ProtocolMetrics, TargetLabels,
+    ProtocolMetrics, TargetLabels, UNROUTED,
 };
 use super::routes::Routes;
 use super::rows::{Clock, PendingRows, Tables};
@@ -444,6 +444,13 @@ impl Tracker {
             return;
         };
         if conn.evidence == Evidence::NotASocket {
+            return;
+        }
+        if conn.route.is_none() {
+            self.metrics
+                .dropped
+                .get_or_create(&DropLabels { reason: UNROUTED })
+                .inc();
             return;
         }
         let dir = if h.direction == DIR_EGRESS {
