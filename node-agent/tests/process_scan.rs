@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use sonde_agent::targets::{Changes, ProcessInfo, ProcessScanner, ProcessWatch};
+use sonde_agent::targets::{Changes, ProcessInfo, ProcessScanner, ProcessWatch, Rescan};
 
 /// Kills and reaps the child when the test ends, also when it fails.
 struct Reaped(Child);
@@ -248,25 +248,54 @@ async fn an_exec_wakes_a_poller_of_the_exec_ring() {
 }
 
 #[test]
-fn a_rescan_hands_out_the_processes_only_when_they_changed() {
+fn a_rescan_hands_out_only_the_processes_that_changed() {
     let mut scanner = scanner_with_watch();
-    scanner.scan().unwrap();
+    let total = scanner.scan().unwrap().len();
     // Other tests start processes meanwhile: a quiet moment comes within a few tries.
     let quiet = (0..100).any(|_| {
         thread::sleep(Duration::from_millis(20));
-        scanner.rescan().unwrap().is_none()
+        scanner.rescan().unwrap() == Rescan::Unchanged
     });
-    assert!(quiet, "every rescan handed out the processes");
+    assert!(quiet, "every rescan handed out processes");
     let child = Reaped(Command::new("sleep").arg("302").spawn().unwrap());
-    let mut found = false;
+    let pid = child.0.id();
+    let mut found = None;
     for _ in 0..50 {
-        if let Some(processes) = scanner.rescan().unwrap()
-            && find(&processes, child.0.id()).is_some_and(|p| exe_name(p) == "sleep")
+        match scanner.rescan().unwrap() {
+            Rescan::Changed { pids, processes } => {
+                assert!(
+                    processes.iter().all(|p| pids.contains(&p.pid)),
+                    "{pids:?} {processes:?}"
+                );
+                assert!(
+                    processes.len() < total / 2,
+                    "{} of {total} processes handed out",
+                    processes.len()
+                );
+                if find(&processes, pid).is_some_and(|p| exe_name(p) == "sleep") {
+                    found = Some(pid);
+                    break;
+                }
+            }
+            Rescan::Full(processes) => {
+                panic!("a full scan within seconds: {} processes", processes.len())
+            }
+            Rescan::Unchanged => {}
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(found, Some(pid), "the new process never showed in a rescan");
+    drop(child);
+    let mut gone = false;
+    for _ in 0..50 {
+        if let Rescan::Changed { pids, processes } = scanner.rescan().unwrap()
+            && pids.contains(&pid)
         {
-            found = true;
+            assert!(find(&processes, pid).is_none(), "{processes:?}");
+            gone = true;
             break;
         }
         thread::sleep(Duration::from_millis(20));
     }
-    assert!(found, "the new process never showed in a rescan");
+    assert!(gone, "the process's exit never showed in a rescan");
 }

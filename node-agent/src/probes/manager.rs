@@ -6,7 +6,7 @@
 //! execs, so that a short-lived process (a `curl`) is traced before it has done its work (at most
 //! [`EXEC_RESCANS_PER_SECOND`] on average, see [`RescanBudget`]). It polls runtime statuses every
 //! [`POLL_EVERY`], publishing them on a `watch` channel.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -23,7 +23,10 @@ use super::dynamic_log::DynamicLogProbe;
 use super::profiler::ProfilerProbe;
 use super::protocols::ProtocolProbe;
 use super::{ProbeContext, RuntimeStatus};
-use crate::targets::{ProcessScanner, ProcessTable, ProcessWatch, TargetProcess};
+use crate::targets::{
+    CompiledSelector, ProcessScanner, ProcessTable, ProcessWatch, Rescan, TargetProcess,
+    TargetsError, compile,
+};
 use crate::telemetry::Telemetry;
 
 /// How often host processes are rescanned to follow pods and processes that come and go.
@@ -171,6 +174,8 @@ impl Runtime {
 
 struct Running {
     probe: AssignedProbe,
+    /// The probe's process selector, compiled once for every rescan.
+    selector: CompiledSelector,
     targets: Vec<TargetProcess>,
     runtime: Runtime,
 }
@@ -238,6 +243,23 @@ fn start(ctx: &ProbeContext, probe: &AssignedProbe, targets: &[TargetProcess]) -
             Runtime::DynamicLog(DynamicLogProbe::start(ctx, probe, spec, targets))
         }
     }
+}
+
+/// A probe's targets after a rescan: those of `before` whose process did not change, and those
+/// among the changed processes (`resolved`), sorted.
+fn updated_targets(
+    before: &[TargetProcess],
+    changed: &HashSet<u32>,
+    resolved: Vec<TargetProcess>,
+) -> Vec<TargetProcess> {
+    let mut targets: Vec<TargetProcess> = before
+        .iter()
+        .filter(|t| !changed.contains(&t.pid))
+        .cloned()
+        .chain(resolved)
+        .collect();
+    targets.sort();
+    targets
 }
 
 /// Resolves once `execs` polls readable; never without it.
@@ -322,23 +344,27 @@ impl Manager {
         }
     }
 
-    /// Scans /proc on a blocking thread; None (logged once) when it fails, and with
-    /// `only_if_changed` when the processes are the same as at the last scan.
-    async fn scan(&mut self, only_if_changed: bool) -> Option<ProcessTable> {
+    /// Scans /proc on a blocking thread; None (logged once) when it fails.
+    async fn scan(&mut self) -> Option<ProcessTable> {
+        self.with_scanner(|scanner| scanner.scan().map(ProcessTable::from_processes))
+            .await
+    }
+
+    /// Runs `scan` on the scanner on a blocking thread; None (logged once) when it fails.
+    async fn with_scanner<T: Send + 'static>(
+        &mut self,
+        scan: impl FnOnce(&mut ProcessScanner) -> Result<T, TargetsError> + Send + 'static,
+    ) -> Option<T> {
         let scanner = Arc::clone(&self.scanner);
         let result = tokio::task::spawn_blocking(move || {
             let mut scanner = scanner.lock().unwrap_or_else(|p| p.into_inner());
-            let processes = match only_if_changed {
-                true => scanner.rescan(),
-                false => scanner.scan().map(Some),
-            };
-            processes.map(|p| p.map(ProcessTable::from_processes))
+            scan(&mut scanner)
         })
         .await;
         let error = match result {
-            Ok(Ok(table)) => {
+            Ok(Ok(found)) => {
                 self.scan_error = None;
-                return table;
+                return Some(found);
             }
             Ok(Err(e)) => e.to_string(),
             Err(e) => format!("the process scan panicked: {e}"),
@@ -375,7 +401,7 @@ impl Manager {
         if !changed {
             return;
         }
-        let table = self.scan(false).await;
+        let table = self.scan().await;
         for (id, probe) in desired {
             let span = info_span!("probe", id = %id);
             let targets = table.as_ref().map(|t| t.resolve(&probe));
@@ -392,6 +418,7 @@ impl Manager {
                     self.running.insert(
                         id,
                         Running {
+                            selector: compile(&probe),
                             probe,
                             targets,
                             runtime,
@@ -413,6 +440,7 @@ impl Manager {
                             .await;
                     match updated {
                         true => {
+                            running.selector = compile(&probe);
                             running.probe = probe;
                             running.targets = targets;
                             self.running.insert(id, running);
@@ -425,6 +453,7 @@ impl Manager {
                             self.running.insert(
                                 id,
                                 Running {
+                                    selector: compile(&probe),
                                     probe,
                                     targets,
                                     runtime,
@@ -437,14 +466,28 @@ impl Manager {
         }
     }
 
-    /// Hands new targets to probes whose resolved processes changed (nothing to resolve when no
-    /// process changed).
+    /// Hands new targets to probes whose resolved processes changed. Only the processes that
+    /// changed are matched again, unless a full scan reread everything.
     async fn rescan(&mut self) {
-        let Some(table) = self.scan(true).await else {
+        let Some(found) = self.with_scanner(ProcessScanner::rescan).await else {
             return;
         };
+        let (changed, table) = match found {
+            Rescan::Unchanged => return,
+            Rescan::Changed { pids, processes } => {
+                (Some(pids), ProcessTable::from_processes(processes))
+            }
+            Rescan::Full(processes) => (None, ProcessTable::from_processes(processes)),
+        };
         for (id, running) in &mut self.running {
-            let targets = table.resolve(&running.probe);
+            let targets = match &changed {
+                None => table.resolve_compiled(&running.probe, &running.selector),
+                Some(pids) => updated_targets(
+                    &running.targets,
+                    pids,
+                    table.resolve_compiled(&running.probe, &running.selector),
+                ),
+            };
             if targets == running.targets {
                 continue;
             }
@@ -507,6 +550,31 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn target(pid: u32, exe: &str) -> TargetProcess {
+        TargetProcess {
+            pid,
+            namespace: String::new(),
+            pod: String::new(),
+            pod_uid: String::new(),
+            container: String::new(),
+            container_id: String::new(),
+            exe: exe.into(),
+            cmdline: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_rescan_keeps_unchanged_targets_and_replaces_changed_ones() {
+        let before = vec![target(10, "/a"), target(20, "/a"), target(30, "/a")];
+        // 20 exec'd something else (no longer resolved), 30 exited, 25 is new.
+        let changed = HashSet::from([20, 25, 30]);
+        let after = updated_targets(&before, &changed, vec![target(25, "/a")]);
+        assert_eq!(after, vec![target(10, "/a"), target(25, "/a")]);
+        // 10 exec'd another matching build: its new target replaces the old one.
+        let after = updated_targets(&after, &HashSet::from([10]), vec![target(10, "/b")]);
+        assert_eq!(after, vec![target(10, "/b"), target(25, "/a")]);
+    }
 
     #[test]
     fn exec_rescans_run_at_once_for_a_burst_then_at_the_refill_rate_and_recover_when_quiet() {

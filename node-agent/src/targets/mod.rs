@@ -20,7 +20,7 @@ pub mod process_watch;
 pub mod selector;
 
 pub use cgroup::ContainerIdentity;
-pub use process::{ProcessInfo, ProcessScanner};
+pub use process::{ProcessInfo, ProcessScanner, Rescan};
 pub use process_watch::{Changes, ProcessWatch};
 pub use selector::{ProcessMatcher, validate};
 
@@ -110,9 +110,19 @@ impl ProcessTable {
     ///
     /// A selector that does not compile matches nothing; [`validate`] says why.
     pub fn resolve(&self, probe: &AssignedProbe) -> Vec<TargetProcess> {
-        let matcher = match probe.process.as_ref().map(ProcessMatcher::new).transpose() {
-            Ok(matcher) => matcher,
-            Err(_) => return Vec::new(),
+        self.resolve_compiled(probe, &compile(probe))
+    }
+
+    /// [`ProcessTable::resolve`] with the probe's selector compiled before ([`compile`]): the
+    /// agent rescans often, and compiling a glob or regular expression costs more than matching it
+    /// against a few processes.
+    pub fn resolve_compiled(
+        &self,
+        probe: &AssignedProbe,
+        selector: &CompiledSelector,
+    ) -> Vec<TargetProcess> {
+        let Ok(matcher) = selector else {
+            return Vec::new();
         };
         let selected = |p: &ProcessInfo| {
             p.pid != self.own_pid
@@ -147,6 +157,15 @@ impl ProcessTable {
         out.dedup();
         out
     }
+}
+
+/// A probe's process selector, compiled: None without one, an error when it does not compile (it
+/// then matches nothing).
+pub type CompiledSelector = Result<Option<ProcessMatcher>, TargetsError>;
+
+/// Compiles `probe`'s process selector.
+pub fn compile(probe: &AssignedProbe) -> CompiledSelector {
+    probe.process.as_ref().map(ProcessMatcher::new).transpose()
 }
 
 /// `containerd://<id>` → `<id>`, lower-cased like the cgroup side.

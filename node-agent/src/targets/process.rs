@@ -26,6 +26,21 @@ use super::{
 /// How often every process is reread (by time, not by count: execs make scans more frequent).
 pub const FULL_SCAN_EVERY: Duration = Duration::from_secs(30);
 
+/// What [`ProcessScanner::rescan`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Rescan {
+    /// No process appeared, changed or went.
+    Unchanged,
+    /// Only these pids appeared, changed or went; `processes` are those of them that exist,
+    /// sorted by pid.
+    Changed {
+        pids: HashSet<u32>,
+        processes: Vec<ProcessInfo>,
+    },
+    /// Every process, sorted by pid (a full scan changed something).
+    Full(Vec<ProcessInfo>),
+}
+
 /// One host process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
@@ -51,8 +66,11 @@ pub struct ProcessScanner {
     /// What the last scan saw, by pid (kernel threads and processes that could not be read left
     /// out).
     seen: BTreeMap<u32, ProcessInfo>,
-    /// `seen` changed since the last snapshot was handed out.
-    changed: bool,
+    /// Pids whose process appeared, changed or went since the last scan or rescan handed out what
+    /// changed.
+    changed: HashSet<u32>,
+    /// A full scan changed `seen` since then: everything is handed out.
+    changed_all: bool,
     /// When the next scan is a full one (None: the next scan is).
     next_full: Option<Instant>,
     last: ScanStats,
@@ -76,7 +94,8 @@ impl ProcessScanner {
             proc_root: proc_root.to_path_buf(),
             watch,
             seen: BTreeMap::new(),
-            changed: true,
+            changed: HashSet::new(),
+            changed_all: true,
             next_full: None,
             last: ScanStats::default(),
         }
@@ -88,16 +107,29 @@ impl ProcessScanner {
         Ok(self.snapshot())
     }
 
-    /// The host's processes, sorted by pid, if they changed since the last scan or rescan handed
-    /// them out (a rescan after a burst of short-lived processes that are all gone again changes
-    /// nothing, and its callers skip matching every process against their selectors).
-    pub fn rescan(&mut self) -> Result<Option<Vec<ProcessInfo>>, TargetsError> {
+    /// What changed since the last scan or rescan: after a burst of short-lived processes that
+    /// are all gone again, nothing, and its callers skip matching processes against their
+    /// selectors; otherwise only the processes named, unless a full scan reread everything.
+    pub fn rescan(&mut self) -> Result<Rescan, TargetsError> {
         self.update()?;
-        Ok(self.changed.then(|| self.snapshot()))
+        if self.changed_all {
+            return Ok(Rescan::Full(self.snapshot()));
+        }
+        if self.changed.is_empty() {
+            return Ok(Rescan::Unchanged);
+        }
+        let pids = std::mem::take(&mut self.changed);
+        let mut processes: Vec<ProcessInfo> = pids
+            .iter()
+            .filter_map(|pid| self.seen.get(pid).cloned())
+            .collect();
+        processes.sort_by_key(|p| p.pid);
+        Ok(Rescan::Changed { pids, processes })
     }
 
     fn snapshot(&mut self) -> Vec<ProcessInfo> {
-        self.changed = false;
+        self.changed.clear();
+        self.changed_all = false;
         self.seen.values().cloned().collect()
     }
 
@@ -111,13 +143,13 @@ impl ProcessScanner {
             Some(changes) => self.reread(&changes.pids()),
             None => match self.list() {
                 Ok(seen) => {
-                    self.changed |= seen != self.seen;
+                    self.changed_all |= seen != self.seen;
                     self.seen = seen;
                 }
                 Err(error) => {
                     // The changes drained are gone with this scan: the next one rereads everything.
                     self.seen.clear();
-                    self.changed = true;
+                    self.changed_all = true;
                     self.next_full = None;
                     return Err(error);
                 }
@@ -137,19 +169,26 @@ impl ProcessScanner {
             match read_process(&self.proc_root.join(pid.to_string()), pid) {
                 Some(process) => {
                     found += 1;
-                    match self.seen.entry(pid) {
+                    let changed = match self.seen.entry(pid) {
                         Entry::Occupied(mut known) if *known.get() != process => {
                             known.insert(process);
-                            self.changed = true;
+                            true
                         }
-                        Entry::Occupied(_) => {}
+                        Entry::Occupied(_) => false,
                         Entry::Vacant(new) => {
                             new.insert(process);
-                            self.changed = true;
+                            true
                         }
+                    };
+                    if changed {
+                        self.changed.insert(pid);
                     }
                 }
-                None => self.changed |= self.seen.remove(&pid).is_some(),
+                None => {
+                    if self.seen.remove(&pid).is_some() {
+                        self.changed.insert(pid);
+                    }
+                }
             }
         }
         self.last = ScanStats {
