@@ -299,3 +299,31 @@ fn a_rescan_hands_out_only_the_processes_that_changed() {
     }
     assert!(gone, "the process's exit never showed in a rescan");
 }
+
+#[test]
+fn a_scan_leaves_what_changed_to_the_next_rescan() {
+    let mut scanner = scanner_with_watch();
+    scanner.scan().unwrap();
+    let quiet = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(20));
+        scanner.rescan().unwrap() == Rescan::Unchanged
+    });
+    assert!(quiet, "every rescan handed out processes");
+    let child = Reaped(Command::new("sleep").arg("303").spawn().unwrap());
+    let pid = child.0.id();
+    // A full snapshot (what the probe manager takes when probes change) sees it...
+    let seen = (0..50).any(|_| {
+        thread::sleep(Duration::from_millis(20));
+        let processes = scanner.scan().unwrap();
+        find(&processes, pid).is_some_and(|p| exe_name(p) == "sleep")
+    });
+    assert!(seen, "the new process never showed in a scan");
+    // ...and the rescan after it still hands it out, for the probes that snapshot did not serve.
+    match scanner.rescan().unwrap() {
+        Rescan::Changed { processes, .. } => assert!(
+            find(&processes, pid).is_some_and(|p| exe_name(p) == "sleep"),
+            "{processes:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -66,8 +66,7 @@ pub struct ProcessScanner {
     /// What the last scan saw, by pid (kernel threads and processes that could not be read left
     /// out).
     seen: BTreeMap<u32, ProcessInfo>,
-    /// Pids whose process appeared, changed or went since the last scan or rescan handed out what
-    /// changed.
+    /// Pids whose process appeared, changed or went since the last rescan handed out what changed.
     changed: HashSet<u32>,
     /// A full scan changed `seen` since then: everything is handed out.
     changed_all: bool,
@@ -101,18 +100,22 @@ impl ProcessScanner {
         }
     }
 
-    /// The host's processes, sorted by pid.
+    /// The host's processes, sorted by pid. What changed stays to be handed out by the next
+    /// [`ProcessScanner::rescan`] (a caller that resolves some probes with this snapshot leaves the
+    /// others to the rescan).
     pub fn scan(&mut self) -> Result<Vec<ProcessInfo>, TargetsError> {
         self.update()?;
         Ok(self.snapshot())
     }
 
-    /// What changed since the last scan or rescan: after a burst of short-lived processes that
-    /// are all gone again, nothing, and its callers skip matching processes against their
-    /// selectors; otherwise only the processes named, unless a full scan reread everything.
+    /// What changed since the last rescan: after a burst of short-lived processes that are all
+    /// gone again, nothing, and its callers skip matching processes against their selectors;
+    /// otherwise only the processes named, unless a full scan reread everything.
     pub fn rescan(&mut self) -> Result<Rescan, TargetsError> {
         self.update()?;
         if self.changed_all {
+            self.changed.clear();
+            self.changed_all = false;
             return Ok(Rescan::Full(self.snapshot()));
         }
         if self.changed.is_empty() {
@@ -127,9 +130,7 @@ impl ProcessScanner {
         Ok(Rescan::Changed { pids, processes })
     }
 
-    fn snapshot(&mut self) -> Vec<ProcessInfo> {
-        self.changed.clear();
-        self.changed_all = false;
+    fn snapshot(&self) -> Vec<ProcessInfo> {
         self.seen.values().cloned().collect()
     }
 
