@@ -26,6 +26,19 @@ fn scanner_with_watch() -> ProcessScanner {
     ProcessScanner::new(Path::new("/proc"), Some(watch))
 }
 
+/// A scanner whose last rescan found nothing changed, and how many processes its first scan saw.
+/// (Other tests start processes meanwhile: a quiet moment comes within a few tries.)
+fn quiet_scanner() -> (ProcessScanner, usize) {
+    let mut scanner = scanner_with_watch();
+    let total = scanner.scan().unwrap().len();
+    let quiet = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(20));
+        scanner.rescan().unwrap() == Rescan::Unchanged
+    });
+    assert!(quiet, "every rescan handed out processes");
+    (scanner, total)
+}
+
 fn find(processes: &[ProcessInfo], pid: u32) -> Option<&ProcessInfo> {
     processes.iter().find(|p| p.pid == pid)
 }
@@ -249,14 +262,7 @@ async fn an_exec_wakes_a_poller_of_the_exec_ring() {
 
 #[test]
 fn a_rescan_hands_out_only_the_processes_that_changed() {
-    let mut scanner = scanner_with_watch();
-    let total = scanner.scan().unwrap().len();
-    // Other tests start processes meanwhile: a quiet moment comes within a few tries.
-    let quiet = (0..100).any(|_| {
-        thread::sleep(Duration::from_millis(20));
-        scanner.rescan().unwrap() == Rescan::Unchanged
-    });
-    assert!(quiet, "every rescan handed out processes");
+    let (mut scanner, total) = quiet_scanner();
     let child = Reaped(Command::new("sleep").arg("302").spawn().unwrap());
     let pid = child.0.id();
     let mut found = None;
@@ -302,13 +308,7 @@ fn a_rescan_hands_out_only_the_processes_that_changed() {
 
 #[test]
 fn a_scan_leaves_what_changed_to_the_next_rescan() {
-    let mut scanner = scanner_with_watch();
-    scanner.scan().unwrap();
-    let quiet = (0..100).any(|_| {
-        thread::sleep(Duration::from_millis(20));
-        scanner.rescan().unwrap() == Rescan::Unchanged
-    });
-    assert!(quiet, "every rescan handed out processes");
+    let (mut scanner, _) = quiet_scanner();
     let child = Reaped(Command::new("sleep").arg("303").spawn().unwrap());
     let pid = child.0.id();
     // A full snapshot (what the probe manager takes when probes change) sees it...

@@ -554,13 +554,8 @@ mod tests {
     fn target(pid: u32, exe: &str) -> TargetProcess {
         TargetProcess {
             pid,
-            namespace: String::new(),
-            pod: String::new(),
-            pod_uid: String::new(),
-            container: String::new(),
-            container_id: String::new(),
             exe: exe.into(),
-            cmdline: String::new(),
+            ..TargetProcess::default()
         }
     }
 

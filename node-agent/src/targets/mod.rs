@@ -26,7 +26,7 @@ pub use selector::{ProcessMatcher, validate};
 
 /// A host process a probe applies to, with the Kubernetes identity of its container.
 /// In standalone mode `namespace`, `pod`, `pod_uid`, `container` and `container_id` are empty.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TargetProcess {
     pub pid: u32,
     pub namespace: String,
