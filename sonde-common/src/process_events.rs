@@ -28,6 +28,22 @@ pub struct ProcessEvent {
 
 const _: () = assert!(core::mem::size_of::<ProcessEvent>() == 8);
 
+impl ProcessEvent {
+    /// The event a ring record holds (None when the record is too short for one).
+    pub fn from_bytes(bytes: &[u8]) -> Option<ProcessEvent> {
+        let word = |at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|b| <[u8; 4]>::try_from(b).ok())
+                .map(u32::from_ne_bytes)
+        };
+        Some(ProcessEvent {
+            kind: word(0)?,
+            tgid: word(4)?,
+        })
+    }
+}
+
 /// Names shared by the eBPF object and the loader, so a rename breaks the build, not the agent.
 pub mod names {
     /// Ring buffer of [`super::ProcessEvent`]s: new processes and exits; it never wakes the agent.
@@ -42,4 +58,24 @@ pub mod names {
         ("process_exec", "sched", "sched_process_exec"),
         ("process_exit", "sched", "sched_process_exit"),
     ];
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_reads_back_as_its_event_and_a_short_one_as_none() {
+        let mut record = [0u8; 8];
+        record[..4].copy_from_slice(&KIND_EXEC.to_ne_bytes());
+        record[4..].copy_from_slice(&4242u32.to_ne_bytes());
+        assert_eq!(
+            ProcessEvent::from_bytes(&record),
+            Some(ProcessEvent {
+                kind: KIND_EXEC,
+                tgid: 4242
+            })
+        );
+        assert_eq!(ProcessEvent::from_bytes(&record[..7]), None);
+    }
 }

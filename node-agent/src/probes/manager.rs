@@ -189,8 +189,6 @@ struct Manager {
     scanner: Arc<Mutex<ProcessScanner>>,
     /// Last process-scan error, logged once until it changes.
     scan_error: Option<String>,
-    /// Readable after an exec (None without process notifications).
-    execs: Option<OwnedFd>,
 }
 
 /// Starts the manager task.
@@ -218,9 +216,8 @@ pub fn spawn(ctx: ProbeContext, telemetry: Telemetry) -> ManagerHandle {
         statuses,
         scanner: Arc::new(Mutex::new(ProcessScanner::new(Path::new("/proc"), watch))),
         scan_error: None,
-        execs,
     };
-    tokio::spawn(manager.run(rx).instrument(info_span!("probes")));
+    tokio::spawn(manager.run(rx, execs).instrument(info_span!("probes")));
     ManagerHandle {
         tx,
         statuses: statuses_rx,
@@ -273,12 +270,13 @@ async fn readable(
 }
 
 impl Manager {
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// `execs`: readable after an exec (None without process notifications).
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, execs: Option<OwnedFd>) {
         let mut rescan = tokio::time::interval(RESCAN_EVERY);
         let mut poll = tokio::time::interval(POLL_EVERY);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut execs = self.execs.take().and_then(|fd| {
+        let mut execs = execs.and_then(|fd| {
             // SAFETY: the AsyncFd owns the descriptor: it stays open, and is the same, for as long
             // as it is registered.
             match unsafe { AsyncFd::register(fd) } {

@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use aya::maps::{MapData, MapError, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
-use sonde_common::process_events::{KIND_EXEC, KIND_EXIT, KIND_FORK, names};
+use sonde_common::process_events::{KIND_EXEC, KIND_EXIT, KIND_FORK, ProcessEvent, names};
 
 /// The process_events eBPF object built by build.rs, aligned for the ELF parser.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/process_events"));
@@ -157,13 +157,7 @@ impl ProcessWatch {
 /// Adds every notification waiting in `ring` to `changes`.
 fn drain_ring(ring: &mut RingBuf<MapData>, changes: &mut Changes) {
     while let Some(item) = ring.next() {
-        let word = |at: usize| {
-            item.get(at..at + 4)
-                .and_then(|b| <[u8; 4]>::try_from(b).ok())
-                .map(u32::from_ne_bytes)
-        };
-        // ProcessEvent: kind, then tgid.
-        let (Some(kind), Some(tgid)) = (word(0), word(4)) else {
+        let Some(ProcessEvent { kind, tgid }) = ProcessEvent::from_bytes(&item) else {
             continue;
         };
         let set = match kind {
