@@ -7,12 +7,14 @@
 //! - [`tables`]: the in-memory, budgeted store every probe writes rows to.
 //! - [`http`]: `/metrics`, `/healthz`, `/readyz`, `/v1/status`, `/v1/tables`.
 //! - [`capabilities`] and [`ebpf`]: what this kernel can do, found out by loading Sonde's own eBPF.
+//! - [`kernel_btf`]: offsets of kernel struct members, for eBPF programs that follow kernel pointers.
 //! - [`resources`]: per-pod CPU, memory, I/O and network metrics of the profiled pods.
 //! - [`telemetry`]: the agent's own metrics.
 
 pub mod capabilities;
 pub mod ebpf;
 pub mod http;
+pub mod kernel_btf;
 pub mod probes;
 pub mod resources;
 pub mod source;

@@ -338,6 +338,22 @@ async fn getent_queries_sent_with_one_sendmmsg_become_exact_client_dns_events() 
         web_lookup_rows(&[addr.to_string(), "53".to_owned(), pid.to_string()]),
         "{dns:?}\nconn_stats: {stats:?}\n{metrics}"
     );
+    // The socket's local address, which getent closed before the agent could look at it: read by
+    // the kernel side when the socket connected. Both queries went out on the one socket, from
+    // the source address this host picks for the server's address.
+    let source = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    source.connect((addr, 53)).unwrap();
+    let source = source.local_addr().unwrap().ip().to_string();
+    let mut locals = pick(&dns, &["local_addr", "local_port"]);
+    locals.dedup();
+    let [local] = locals.as_slice() else {
+        panic!(
+            "the two queries name {} local addresses: {dns:?}",
+            locals.len()
+        )
+    };
+    assert_eq!(local[0], source, "{dns:?}");
+    assert!(local[1].parse::<u16>().is_ok_and(|p| p != 0), "{dns:?}");
     assert_eq!(
         metric_sum(&metrics, "dns_lookup_duration_seconds_count", &[]),
         2,
@@ -404,6 +420,189 @@ async fn dns_datagrams_in_several_iovecs_per_mmsg_message_become_exact_client_dn
             &["reason=\"truncated\""]
         ),
         0,
+        "{metrics}"
+    );
+}
+
+// --- Go: a net/http server and client, and the pure-Go resolver ----------------------------------
+
+/// The Go peer (`fixtures/protocols/goweb`) built into `dir` with the installed Go.
+fn build_goweb(dir: &Path) -> PathBuf {
+    let binary = dir.join("goweb");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/goweb");
+    let out = Command::new("/usr/local/go/bin/go")
+        .args(["build", "-buildvcs=false", "-o"])
+        .arg(&binary)
+        .arg(".")
+        .current_dir(fixture)
+        .env("GOTOOLCHAIN", "local")
+        .env("CGO_ENABLED", "0")
+        .output()
+        .expect("running /usr/local/go/bin/go (installed by scripts/setup)");
+    assert!(out.status.success(), "building goweb: {out:?}");
+    binary
+}
+
+/// A Go service and a Go client of it, both in one traced cgroup: the server's and the client's
+/// side of each exchange become rows whose addresses match each other, and each lookup of the
+/// pure-Go resolver becomes client `dns_events` rows with their local address — read by the kernel
+/// side when the socket connected, since the resolver closes each query's socket as soon as its
+/// answer is in (a look at the fd afterwards, the only way before, found it closed for some).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_go_http_service_and_its_go_client_and_resolver_become_exact_events_with_both_ends_addressed()
+ {
+    const LOOKUPS: usize = 5;
+    let dir = tempfile::tempdir().unwrap();
+    let goweb = build_goweb(dir.path());
+    let (port, dns_port) = two_free_ports();
+    let _dnsmasq = start_dnsmasq(dir.path(), dns_port);
+    let cgroup = TestCgroup::new("goweb");
+    let pause = pause_in(&cgroup);
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &pod_tracepoint_for(vec![Protocol::Http, Protocol::Dns], "goweb"),
+        pod_target_for(pause.pid(), "/usr/bin/sleep", "goweb"),
+    );
+    let server = Server {
+        child: Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(&goweb)
+            .args(["serve", &format!("127.0.0.1:{port}")])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting goweb serve"),
+        signal: Signal::SIGTERM,
+    };
+    wait_until("goweb serve", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let out = Command::new("/bin/sh")
+        .args(cgroup.enter_and_exec())
+        .arg(&goweb)
+        .args([
+            "client",
+            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{dns_port}"),
+            "web.sonde.test",
+            &LOOKUPS.to_string(),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running goweb client");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        LOOKUPS,
+        "{out:?}"
+    );
+
+    // The readiness probes above were connections too: only the client's keep-alive one counts.
+    let http = wait_for_rows(&store, "http_events", |r| r.len() >= 8).await;
+    let dns = wait_for_rows(&store, "dns_events", |r| r.len() >= 2 * LOOKUPS).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+    drop(server);
+
+    let exchanges = [
+        ("GET", "/hello?n=0", "200", "hello 0"),
+        ("GET", "/hello?n=1", "200", "hello 1"),
+        ("GET", "/hello?n=2", "200", "hello 2"),
+        ("POST", "/echo", "201", "{\"a\":1}"),
+    ];
+    let columns = [
+        "trace_role",
+        "req_method",
+        "req_path",
+        "resp_status",
+        "resp_body",
+    ];
+    for role in ["client", "server"] {
+        let mine: Vec<Row> = http
+            .iter()
+            .filter(|r| text(r, "trace_role") == role)
+            .cloned()
+            .collect();
+        let mut got = pick(&mine, &columns);
+        got.sort();
+        let want: Vec<Vec<String>> = exchanges
+            .iter()
+            .map(|(method, path, status, body)| {
+                [role, method, path, status, body]
+                    .map(str::to_owned)
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(got, want, "{http:?}");
+    }
+    // One connection, seen from both ends: the client's local port is the server's remote port.
+    let ends = |role: &str| {
+        let mut ends = pick(
+            &http
+                .iter()
+                .filter(|r| text(r, "trace_role") == role)
+                .cloned()
+                .collect::<Vec<_>>(),
+            &["local_addr", "local_port", "remote_addr", "remote_port"],
+        );
+        ends.dedup();
+        ends
+    };
+    let (client, server) = (ends("client"), ends("server"));
+    let [client] = client.as_slice() else {
+        panic!("client rows on {} connections: {http:?}", client.len())
+    };
+    assert_eq!(
+        client[2..],
+        ["127.0.0.1".to_owned(), port.to_string()],
+        "{http:?}"
+    );
+    let server_end = vec![
+        "127.0.0.1".to_owned(),
+        port.to_string(),
+        client[0].clone(),
+        client[1].clone(),
+    ];
+    assert_eq!(server, [server_end], "{http:?}");
+
+    let mut got = pick(
+        &dns,
+        &[
+            "query_name",
+            "query_type",
+            "rcode",
+            "resp_body",
+            "trace_role",
+            "remote_addr",
+            "remote_port",
+            "local_addr",
+        ],
+    );
+    got.sort();
+    let mut want: Vec<Vec<String>> = (0..LOOKUPS)
+        .flat_map(|_| {
+            web_lookup_rows(&[
+                "127.0.0.1".to_owned(),
+                dns_port.to_string(),
+                "127.0.0.1".to_owned(),
+            ])
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "{dns:?}");
+    for row in pick(&dns, &["local_port"]) {
+        assert!(row[0].parse::<u16>().is_ok_and(|p| p != 0), "{dns:?}");
+    }
+    assert_eq!(
+        metric_sum(&metrics, "dns_lookup_duration_seconds_count", &[]),
+        2 * LOOKUPS as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "http_server_request_duration_seconds_count", &[]),
+        4,
         "{metrics}"
     );
 }

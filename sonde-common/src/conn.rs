@@ -49,6 +49,11 @@ pub const OPEN_DATAGRAM: u32 = 1;
 /// [`OpenEvent::flags`]: a TCP connect whose local address the kernel reports in a [`LocalEvent`]
 /// (sent before this event for a connect that blocked until established, after it otherwise).
 pub const OPEN_LOCAL_REPORTED: u32 = 2;
+/// [`OpenEvent::flags`]: the kernel read the socket behind the fd: [`OpenEvent::local`] is its
+/// local address and [`OPEN_UDP`] says whether it is a datagram socket.
+pub const OPEN_SOCKET_READ: u32 = 4;
+/// [`OpenEvent::flags`], with [`OPEN_SOCKET_READ`]: the socket is a datagram (UDP) socket.
+pub const OPEN_UDP: u32 = 8;
 
 /// [`ConnInfo::state`]: an inet socket whose bytes are captured.
 pub const CONN_TRACE: u32 = 1;
@@ -206,8 +211,49 @@ pub struct OpenEvent {
     pub listen_fd: u32,
     /// `OPEN_*` bits.
     pub flags: u32,
+    /// With [`OPEN_SOCKET_READ`]: the socket's local address when it opened (a client's source
+    /// address and port; for an unconnected socket the address may be the wildcard).
+    pub local: PeerAddr,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<OpenEvent>() == 72);
+const _: () = assert!(core::mem::size_of::<OpenEvent>() == 96);
+
+/// Byte offsets of the kernel struct members the eBPF side follows from the current task to the
+/// local address of the socket behind one of its fds, for the running kernel (read from its BTF
+/// by the agent at load time). `fields_known` 0: no BTF; the agent looks at the fd in /proc.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`.
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd`.
+    pub fdtable_fd: u32,
+    /// `file.f_inode`.
+    pub file_inode: u32,
+    /// `inode.i_mode`.
+    pub inode_mode: u32,
+    /// `file.private_data` (the `struct socket` of a socket's file).
+    pub file_private_data: u32,
+    /// `socket.type` (SOCK_STREAM 1, SOCK_DGRAM 2).
+    pub socket_type: u32,
+    /// `socket.sk`.
+    pub socket_sk: u32,
+    /// `sock.__sk_common` plus `sock_common.skc_family`.
+    pub skc_family: u32,
+    /// … `skc_rcv_saddr` (IPv4, network order).
+    pub skc_rcv_saddr: u32,
+    /// … `skc_num` (local port, host order).
+    pub skc_num: u32,
+    /// … `skc_v6_rcv_saddr`.
+    pub skc_v6_rcv_saddr: u32,
+    /// 1 when every offset above is known.
+    pub fields_known: u32,
+}
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
 
 /// The next datagrams of a connection-less socket come from / go to `peer` (sent before their
 /// data events when the peer differs from the previous datagram's).
@@ -318,6 +364,8 @@ pub mod names {
     pub const AGENT_TGID_GLOBAL: &str = "CONN_AGENT_TGID";
     /// Global `u32`: 1 traces every process (cluster-wide auto-telemetry).
     pub const TRACE_ALL_GLOBAL: &str = "CONN_TRACE_ALL";
+    /// Global [`super::SockOffsets`]: this kernel's struct layout, for local addresses of sockets.
+    pub const SOCK_OFFSETS_GLOBAL: &str = "CONN_SOCK_OFFSETS";
     /// Syscall tracepoints (`syscalls:<name>`) and the program attached to each.
     pub const TRACEPOINTS: &[(&str, &str)] = &[
         ("sys_enter_read", "conn_enter_read"),
@@ -365,6 +413,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ConnInfo {}
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::SockOffsets {}
     unsafe impl aya::Pod for super::OpenEvent {}
     unsafe impl aya::Pod for super::CloseEvent {}
     unsafe impl aya::Pod for super::ClassifyEvent {}

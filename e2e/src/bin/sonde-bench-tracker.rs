@@ -100,6 +100,7 @@ fn open_record(tgid: u32, fd: u32, ts_ns: u64) -> Vec<u8> {
         remote_addr,
         listen_fd: u32::MAX,
         flags: 0,
+        ..OpenEvent::default()
     })
     .to_vec()
 }

@@ -35,7 +35,8 @@
 use aya_ebpf::{
     EbpfContext,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_buf, bpf_probe_read_user,
         bpf_probe_read_user_buf,
     },
     macros::{map, tracepoint},
@@ -50,8 +51,8 @@ use sonde_common::conn::{
     DROP_UNCLASSIFIED, DataEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA,
     EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, EventHeader, FILTER_WORDS, ForkEvent,
     LocalEvent, MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED,
-    OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SYS_RECVMMSG,
-    SYS_SENDMMSG, filter_bit_cgroup, filter_bit_tgid,
+    OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
+    ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, SockOffsets, filter_bit_cgroup, filter_bit_tgid,
 };
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
@@ -60,6 +61,24 @@ static CONN_AGENT_TGID: u32 = 0;
 /// 1: trace every process (cluster-wide auto-telemetry), not only the selected ones.
 #[unsafe(no_mangle)]
 static CONN_TRACE_ALL: u32 = 0;
+/// This kernel's struct layout for [`socket_local`], from its BTF (all zero without BTF).
+#[unsafe(no_mangle)]
+static CONN_SOCK_OFFSETS: SockOffsets = SockOffsets {
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_inode: 0,
+    inode_mode: 0,
+    file_private_data: 0,
+    socket_type: 0,
+    socket_sk: 0,
+    skc_family: 0,
+    skc_rcv_saddr: 0,
+    skc_num: 0,
+    skc_v6_rcv_saddr: 0,
+    fields_known: 0,
+};
 
 #[map]
 static CONN_EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
@@ -240,10 +259,10 @@ fn send_bytes(bytes: &[u8]) -> Result<(), i32> {
 }
 
 /// A client connection's open event wakes the agent at once, at most once per this many ns, when
-/// the kernel does not report its local address (UDP; TCP connects get theirs from
-/// `conn_sock_set_state`): user space then reads it from the fd, and a short-lived client (a CLI,
-/// a health check) may close it long before the next timed drain. Servers' come from their
-/// listener.
+/// the kernel does not report its local address (TCP connects get theirs from
+/// `conn_sock_set_state`, others from [`socket_local`] — unless the kernel has no BTF): user space
+/// then reads it from the fd, and a short-lived client (a CLI, a health check) may close it long
+/// before the next timed drain. Servers' come from their listener.
 const OPEN_WAKE_GAP_NS: u64 = 10_000_000;
 
 /// When a client open event last woke the agent (one slot; a race between CPUs costs at most an
@@ -773,6 +792,75 @@ fn open(id: u64, fd: u32, sockaddr: u64, role: u32, listen_fd: u32) {
     open_peer(id, fd, read_sockaddr(sockaddr), role, listen_fd, 0);
 }
 
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const SOCK_DGRAM: i16 = 2;
+
+/// A kernel value at `addr` (a kernel pointer plus an offset); None if it cannot be read.
+#[inline(always)]
+fn kernel_read<T>(addr: u64) -> Option<T> {
+    // SAFETY: the checked helper reads kernel memory and fails on a bad address.
+    unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
+}
+
+/// The local address of the inet socket behind the current task's `fd`, and whether it is a
+/// datagram socket; None without BTF offsets, for a non-socket or non-inet fd, or a failed read.
+/// Seven to eight kernel reads: called at connection opens only.
+#[inline(always)]
+fn socket_local(fd: u32) -> Option<(PeerAddr, bool)> {
+    // Field by field, as each is used: a copy of the whole struct would take stack room that
+    // the data programs this is inlined into do not have.
+    macro_rules! offset {
+        ($field:ident) => {
+            // SAFETY: a read of a global the loader sets before the program loads.
+            u64::from(unsafe { core::ptr::read_volatile(&CONN_SOCK_OFFSETS.$field) })
+        };
+    }
+    if offset!(fields_known) == 0 {
+        return None;
+    }
+    // SAFETY: helper without arguments.
+    let task = unsafe { bpf_get_current_task() };
+    let files: u64 = kernel_read(task + offset!(task_files))?;
+    let fdt: u64 = kernel_read(files + offset!(files_fdt))?;
+    let max_fds: u32 = kernel_read(fdt + offset!(fdtable_max_fds))?;
+    if fd >= max_fds {
+        return None;
+    }
+    let fds: u64 = kernel_read(fdt + offset!(fdtable_fd))?;
+    let file: u64 = kernel_read(fds + 8 * u64::from(fd))?;
+    if file == 0 {
+        return None;
+    }
+    // The fd may have been closed and reused by another thread since the syscall: make sure
+    // `private_data` is a `struct socket` before following it.
+    let inode: u64 = kernel_read(file + offset!(file_inode))?;
+    let mode: u16 = kernel_read(inode + offset!(inode_mode))?;
+    if mode & S_IFMT != S_IFSOCK {
+        return None;
+    }
+    let socket: u64 = kernel_read(file + offset!(file_private_data))?;
+    let sock_type: i16 = kernel_read(socket + offset!(socket_type))?;
+    let sk: u64 = kernel_read(socket + offset!(socket_sk))?;
+    let family: u16 = kernel_read(sk + offset!(skc_family))?;
+    let mut local = NO_PEER;
+    local.family = family;
+    local.port = kernel_read(sk + offset!(skc_num))?;
+    if family == AF_INET {
+        let addr: [u8; 4] = kernel_read(sk + offset!(skc_rcv_saddr))?;
+        for i in 0..4 {
+            local.addr[i] = addr[i];
+        }
+    } else if family == AF_INET6 {
+        let addr = sk + offset!(skc_v6_rcv_saddr);
+        // SAFETY: a checked read into a stack buffer of its length.
+        unsafe { bpf_probe_read_kernel_buf(addr as *const u8, &mut local.addr) }.ok()?;
+    } else {
+        return None;
+    }
+    Some((local, sock_type == SOCK_DGRAM))
+}
+
 /// A datagram with a peer address on an fd not known yet: an inet socket, traced from this datagram.
 #[inline(always)]
 fn open_datagram(id: u64, fd: u32, peer: PeerAddr, role: u32) {
@@ -783,7 +871,7 @@ fn open_datagram(id: u64, fd: u32, peer: PeerAddr, role: u32) {
 fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags: u32) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let event = OpenEvent {
+    let mut event = OpenEvent {
         header: header(EVENT_OPEN, id, fd, now, now),
         role,
         family: peer.family,
@@ -791,7 +879,20 @@ fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags:
         remote_addr: peer.addr,
         listen_fd,
         flags,
+        local: NO_PEER,
+        _pad: 0,
     };
+    // Connects other than TCP's (whose local address comes from `conn_sock_set_state`) and
+    // datagram sockets: the local address is read now, while the fd is the socket for sure; user
+    // space could only look at the fd later, after a short-lived client (a DNS lookup's socket)
+    // had closed it.
+    if listen_fd == u32::MAX
+        && flags & OPEN_LOCAL_REPORTED == 0
+        && let Some((local, udp)) = socket_local(fd)
+    {
+        event.local = local;
+        event.flags |= OPEN_SOCKET_READ | if udp { OPEN_UDP } else { 0 };
+    }
     let key = ConnKey {
         tgid: (id >> 32) as u32,
         fd,
@@ -819,7 +920,8 @@ fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags:
     if state != CONN_TRACE {
         return;
     }
-    let sent = if role == ROLE_CLIENT && flags & OPEN_LOCAL_REPORTED == 0 {
+    let sent = if role == ROLE_CLIENT && event.flags & (OPEN_LOCAL_REPORTED | OPEN_SOCKET_READ) == 0
+    {
         send_open_now::<OpenEvent>(&event, now)
     } else {
         send::<OpenEvent>(&event)

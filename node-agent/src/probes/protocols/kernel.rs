@@ -9,8 +9,11 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use sonde_common::conn::{
-    ConnInfo, ConnKey, FILTER_WORDS, filter_bit_cgroup, filter_bit_tgid, names,
+    ConnInfo, ConnKey, FILTER_WORDS, SockOffsets, filter_bit_cgroup, filter_bit_tgid, names,
 };
+use tracing::warn;
+
+use crate::kernel_btf::{BtfError, KernelBtf};
 
 /// The protocols eBPF object built by build.rs, aligned for the ELF parser.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/protocols"));
@@ -102,15 +105,46 @@ where
     T::try_from(map).map_err(|source| KernelError::Map { name, source })
 }
 
+/// Where the kernel keeps what [`SockOffsets`] names, in the running kernel.
+pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
+    let sk_common = btf.member_offset("sock", "__sk_common")?;
+    let in_sk = |member| Ok::<_, BtfError>(sk_common + btf.member_offset("sock_common", member)?);
+    Ok(SockOffsets {
+        task_files: btf.member_offset("task_struct", "files")?,
+        files_fdt: btf.member_offset("files_struct", "fdt")?,
+        fdtable_max_fds: btf.member_offset("fdtable", "max_fds")?,
+        fdtable_fd: btf.member_offset("fdtable", "fd")?,
+        file_inode: btf.member_offset("file", "f_inode")?,
+        inode_mode: btf.member_offset("inode", "i_mode")?,
+        file_private_data: btf.member_offset("file", "private_data")?,
+        socket_type: btf.member_offset("socket", "type")?,
+        socket_sk: btf.member_offset("socket", "sk")?,
+        skc_family: in_sk("skc_family")?,
+        skc_rcv_saddr: in_sk("skc_rcv_saddr")?,
+        skc_num: in_sk("skc_num")?,
+        skc_v6_rcv_saddr: in_sk("skc_v6_rcv_saddr")?,
+        fields_known: 1,
+    })
+}
+
 impl Kernel {
     /// Loads the object and attaches every syscall tracepoint. `trace_all` traces every process
     /// but the agent itself.
     pub fn load(trace_all: bool) -> Result<(Kernel, LoopMaps), KernelError> {
         let agent = std::process::id();
         let all = u32::from(trace_all);
+        let offsets = KernelBtf::load()
+            .and_then(|btf| sock_offsets(&btf))
+            .unwrap_or_else(|e| {
+                warn!(
+                    "{e}; local addresses of short-lived UDP clients (DNS lookups) are looked up in /proc and may be missing"
+                );
+                SockOffsets::default()
+            });
         let mut ebpf = EbpfLoader::new()
             .override_global(names::AGENT_TGID_GLOBAL, &agent, true)
             .override_global(names::TRACE_ALL_GLOBAL, &all, true)
+            .override_global(names::SOCK_OFFSETS_GLOBAL, &offsets, true)
             .load(OBJECT)
             .map_err(|source| KernelError::Load { source })?;
         let mut loaded: HashSet<&'static str> = HashSet::new();

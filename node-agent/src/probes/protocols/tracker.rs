@@ -11,8 +11,8 @@ use rustc_hash::FxHashMap;
 use sonde_common::conn::{
     CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, CloseEvent, ConnInfo, ConnKey,
     DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS, DataEventHeader, EventHeader, ForkEvent,
-    LocalEvent, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT,
-    ROLE_SERVER,
+    LocalEvent, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED, OPEN_SOCKET_READ, OPEN_UDP, OpenEvent,
+    PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
 };
 use sonde_protocols::{Direction, Record, Red, Role, Transport};
 use tracing::{debug, warn};
@@ -177,7 +177,7 @@ impl Tracker {
         }
     }
 
-    /// Whether a client connection whose local address the kernel does not report (UDP) opened
+    /// Whether a client connection whose local address the kernel did not report (no BTF) opened
     /// since the last call: the kernel wakes the agent for one at most every 10 ms, so the drain
     /// loop looks again that soon for the ones it let wait.
     pub fn take_client_opened(&mut self) -> bool {
@@ -296,8 +296,9 @@ impl Tracker {
         };
         let mut conn = self.new_conn(&h);
         let local_reported = ev.flags & OPEN_LOCAL_REPORTED != 0;
-        // A TCP connect whose local address the kernel reports needs no early look at its fd.
-        self.client_opened |= ev.role == ROLE_CLIENT && !local_reported;
+        let socket_read = ev.flags & OPEN_SOCKET_READ != 0;
+        // A connection whose local address the kernel reports needs no early look at its fd.
+        self.client_opened |= ev.role == ROLE_CLIENT && !local_reported && !socket_read;
         conn.role = match ev.role {
             ROLE_CLIENT => Some(Role::Client),
             ROLE_SERVER => Some(Role::Server),
@@ -315,6 +316,15 @@ impl Tracker {
             // (`on_local`), so the fd needs no look.
             conn.set_transport(Transport::Tcp);
             conn.local = self.locals.remove(&key);
+        } else if socket_read {
+            // The kernel read the socket when it opened: no look at the fd, which a short-lived
+            // client (a DNS lookup) has often closed by now.
+            conn.set_transport(if ev.flags & OPEN_UDP != 0 {
+                Transport::Udp
+            } else {
+                Transport::Tcp
+            });
+            conn.local = peer_of(&ev.local);
         } else {
             // The fd is looked at after the fact: it may have been closed and reused meanwhile, so
             // the answer only counts if it matches what the kernel saw at connect/accept.
