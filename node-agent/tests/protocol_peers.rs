@@ -1,9 +1,11 @@
 //! Protocol capture against real servers from Debian packages on loopback: dnsmasq + dig (UDP and
 //! TCP), redis-server + redis-cli (and a raw pipelining / pub-sub client), nginx serving files by
 //! sendfile, PostgreSQL 15 + psql (simple protocol) and pg8000 (extended protocol), MariaDB + the
-//! mariadb client (COM_QUERY) and mysql-connector-python (binary prepared statements). The two
-//! Python drivers come from the venv that `scripts/setup peers` makes (no Debian package speaks
-//! those protocols). Needs root (eBPF) and the peers; fails loudly without them.
+//! mariadb client (COM_QUERY) and mysql-connector-python (binary prepared statements), and a Go
+//! net/http service with its Go client and the pure-Go resolver (built from `fixtures/protocols`
+//! with /usr/local/go). The two Python drivers come from the venv that `scripts/setup peers` makes
+//! (no Debian package speaks those protocols). Needs root (eBPF) and the peers; fails loudly
+//! without them.
 mod common;
 
 use std::io::{Read, Write};

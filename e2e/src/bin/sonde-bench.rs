@@ -8,12 +8,13 @@
 //! cargo run -p sonde-e2e --bin sonde-bench -- agent-rss
 //! cargo run -p sonde-e2e --bin sonde-bench -- agent-idle --processes 2000 --seconds 30
 //! cargo run -p sonde-e2e --bin sonde-bench -- client-churn --rate 500 --seconds 20
+//! cargo run -p sonde-e2e --bin sonde-bench -- client-churn --protocol dns --rate 1000
 //! ```
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use futures::{StreamExt, TryStreamExt, stream};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use sonde_api::{BpftraceScript, NodeAssignment};
@@ -59,17 +60,27 @@ enum Bench {
         #[arg(long, default_value_t = 30)]
         seconds: u64,
     },
-    /// A traced client opening `rate` connections per second against nginx (one request each,
-    /// closed at once; 0: as fast as it can): the agent's CPU and the share of `http_events` rows
-    /// with the client's local address. Not part of `all` (needs nginx and python3).
+    /// A traced client opening `rate` connections per second (one exchange each, closed at once;
+    /// 0: as fast as it can) against nginx (`http`: TCP) or dnsmasq (`dns`: a connected UDP
+    /// socket per query, as Go's resolver does): the agent's CPU and the share of rows with the
+    /// client's local address. Not part of `all` (needs nginx or dnsmasq, and python3).
     ClientChurn {
         #[arg(long, default_value_t = 500)]
         rate: u32,
         #[arg(long, default_value_t = 20)]
         seconds: u64,
+        #[arg(long, value_enum, default_value_t = ChurnProtocol::Http)]
+        protocol: ChurnProtocol,
     },
     /// All of the above with their defaults.
     All,
+}
+
+/// What the churning client speaks.
+#[derive(ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum ChurnProtocol {
+    Http,
+    Dns,
 }
 
 fn main() -> Result<()> {
@@ -106,9 +117,11 @@ fn main() -> Result<()> {
             Bench::AgentIdle { processes, seconds } => {
                 rt.block_on(agent_idle(&bins, processes, seconds))?
             }
-            Bench::ClientChurn { rate, seconds } => {
-                rt.block_on(client_churn(&bins, rate, seconds))?
-            }
+            Bench::ClientChurn {
+                rate,
+                seconds,
+                protocol,
+            } => rt.block_on(client_churn(&bins, rate, seconds, protocol))?,
             Bench::All => {}
         }
     }
@@ -431,23 +444,73 @@ while time.time() - start < seconds:
 print(n)
 "#;
 
-async fn client_churn(bins: &SondeBinaries, rate: u32, seconds: u64) -> Result<()> {
+/// A DNS query of churn.sonde.test on a connected UDP socket of its own, closed once answered.
+const DNS_CHURN_CLIENT: &str = r#"
+import socket, struct, sys, time
+port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+question = b"\x05churn\x05sonde\x04test\x00" + struct.pack(">HH", 1, 1)
+start = time.time()
+n = 0
+while time.time() - start < seconds:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.connect(("127.0.0.1", port))
+    s.send(struct.pack(">HHHHHH", n & 0xffff, 0x0100, 1, 0, 0, 0) + question)
+    s.recv(512)
+    s.close()
+    n += 1
+    if rate:
+        delay = start + n / rate - time.time()
+        if delay > 0:
+            time.sleep(delay)
+print(n)
+"#;
+
+async fn client_churn(
+    bins: &SondeBinaries,
+    rate: u32,
+    seconds: u64,
+    protocol: ChurnProtocol,
+) -> Result<()> {
     const MARKER: &str = "sonde-churn-client";
     let dir = suite::work_dir("sonde-bench-")?;
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs)?;
     let port = sonde_e2e::ports::free_port()?;
-    let conf = sonde_e2e::peers::nginx_conf(&dir.path().join("nginx"), port)?;
-    let mut nginx = std::process::Command::new(sonde_e2e::peers::nginx()?);
-    nginx.arg("-c").arg(&conf);
-    let _nginx = sonde_e2e::process::Proc::spawn("nginx", nginx, &logs)?;
+    let (server, client_source, table, name) = match protocol {
+        ChurnProtocol::Http => {
+            let conf = sonde_e2e::peers::nginx_conf(&dir.path().join("nginx"), port)?;
+            let mut nginx = std::process::Command::new(sonde_e2e::peers::nginx()?);
+            nginx.arg("-c").arg(&conf);
+            let nginx = sonde_e2e::process::Proc::spawn("nginx", nginx, &logs)?;
+            (nginx, CHURN_CLIENT, "http_events", "http")
+        }
+        ChurnProtocol::Dns => {
+            let mut dnsmasq = std::process::Command::new("/usr/sbin/dnsmasq");
+            dnsmasq
+                .args([
+                    "--no-daemon",
+                    "--conf-file=/dev/null",
+                    "--no-resolv",
+                    "--no-hosts",
+                    "--bind-interfaces",
+                    "--user=root",
+                    "--listen-address=127.0.0.1",
+                    "--host-record=churn.sonde.test,10.0.0.7",
+                ])
+                .arg(format!("--port={port}"));
+            let dnsmasq = sonde_e2e::process::Proc::spawn("dnsmasq", dnsmasq, &logs)
+                .context("starting dnsmasq (scripts/setup peers)")?;
+            (dnsmasq, DNS_CHURN_CLIENT, "dns_events", "dns")
+        }
+    };
+    // dnsmasq answers TCP on its port too.
     sonde_e2e::peers::wait_listening(port).await?;
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests)?;
     std::fs::write(
         manifests.join("clients.yaml"),
         format!(
-            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: clients\nspec:\n  process:\n    cmdline: '{MARKER}'\n  probe:\n    protocols: [http]\n"
+            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: clients\nspec:\n  process:\n    cmdline: '{MARKER}'\n  probe:\n    protocols: [{name}]\n"
         ),
     )?;
     let mut agent = Agent::start_standalone(bins, &manifests, &logs)?;
@@ -456,7 +519,7 @@ async fn client_churn(bins: &SondeBinaries, rate: u32, seconds: u64) -> Result<(
     // within 2 s, then 3 s of warm-up; rows are counted after it exits.
     let lead = Duration::from_secs(5);
     let client = std::process::Command::new("python3")
-        .args(["-c", CHURN_CLIENT])
+        .args(["-c", client_source])
         .arg(port.to_string())
         .arg(rate.to_string())
         .arg((lead.as_secs() + seconds + 1).to_string())
@@ -475,18 +538,23 @@ async fn client_churn(bins: &SondeBinaries, rate: u32, seconds: u64) -> Result<(
         .parse()
         .context("the churn client's count")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (code, body) =
-        observe::agent_get(&agent.url, "/v1/tables/http_events?limit=100000", None).await?;
-    ensure!(code == 200, "GET http_events: {code} {body}");
+    let (code, body) = observe::agent_get(
+        &agent.url,
+        &format!("/v1/tables/{table}?limit=100000"),
+        None,
+    )
+    .await?;
+    ensure!(code == 200, "GET {table}: {code} {body}");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
     let addressed = rows
         .iter()
         .filter(|r| r["local_addr"].as_str().is_some_and(|a| !a.is_empty()))
         .count();
     agent.proc.stop(Duration::from_secs(10));
-    println!("\n## A traced client opening connections against nginx ({seconds} s measured)");
+    drop(server);
+    println!("\n## A traced {name} client opening connections ({seconds} s measured)");
     println!(
-        "| rate asked | connections made | agent CPU | http_events rows | rows with the local address |"
+        "| rate asked | connections made | agent CPU | {table} rows | rows with the local address |"
     );
     println!("|---|---|---|---|---|");
     println!(
