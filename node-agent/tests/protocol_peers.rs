@@ -1,9 +1,9 @@
 //! Protocol capture against real servers from Debian packages on loopback: dnsmasq + dig (UDP and
 //! TCP), redis-server + redis-cli (and a raw pipelining / pub-sub client), nginx serving files by
 //! sendfile, PostgreSQL 15 + psql (simple protocol) and pg8000 (extended protocol), MariaDB + the
-//! mariadb client (COM_QUERY) and mysql-connector-python (binary prepared statements), and a Go
+//! mariadb client (COM_QUERY) and mysql-connector-python (binary prepared statements), a Go
 //! net/http service with its Go client and the pure-Go resolver (built from `fixtures/protocols`
-//! with /usr/local/go). The two Python drivers come from the venv that `scripts/setup peers` makes
+//! with /usr/local/go), and a Node.js HTTP server. The two Python drivers come from the venv that `scripts/setup peers` makes
 //! (no Debian package speaks those protocols). Needs root (eBPF) and the peers; fails loudly
 //! without them.
 mod common;
@@ -607,6 +607,79 @@ async fn a_go_http_service_and_its_go_client_and_resolver_become_exact_events_wi
         4,
         "{metrics}"
     );
+}
+
+// --- Node.js: a server that accepts without asking for the peer's address ------------------------
+
+/// Node's accept4 passes no address buffer; the kernel side reads the peer from the socket, so
+/// each row names its client even though every client (curl) has closed its connection long
+/// before the agent could look at the fd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_server_that_accepts_without_asking_the_peer_still_names_each_client() {
+    let port = free_port();
+    let cgroup = TestCgroup::new("node");
+    let pause = pause_in(&cgroup);
+    let Traced {
+        store,
+        registry: _registry,
+        probe: p,
+    } = Traced::start(
+        &pod_tracepoint_for(vec![Protocol::Http], "node"),
+        pod_target_for(pause.pid(), "/usr/bin/sleep", "node"),
+    );
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/node_http.js");
+    let _server = Server {
+        child: Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(which("node"))
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting node (scripts/setup peers)"),
+        signal: Signal::SIGTERM,
+    };
+    wait_until("node listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    // The readiness probe was a connection too: only rows of these requests count.
+    let mut want = Vec::new();
+    for i in 0..3 {
+        let out = run_ok(
+            Command::new(which("curl"))
+                .args(["-sS", "-o", "/dev/null", "-w", "%{local_port}"])
+                .arg(format!("http://127.0.0.1:{port}/n/{i}")),
+        );
+        let client_port = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        want.push(vec![
+            format!("/n/{i}"),
+            "200".to_owned(),
+            format!("node /n/{i}"),
+            "127.0.0.1".to_owned(),
+            client_port,
+            "127.0.0.1".to_owned(),
+            port.to_string(),
+            "server".to_owned(),
+        ]);
+    }
+    let http = wait_for_rows(&store, "http_events", |r| r.len() >= 3).await;
+    p.stop().await;
+    let mut got = pick(
+        &http,
+        &[
+            "req_path",
+            "resp_status",
+            "resp_body",
+            "remote_addr",
+            "remote_port",
+            "local_addr",
+            "local_port",
+            "trace_role",
+        ],
+    );
+    got.sort();
+    assert_eq!(got, want, "{http:?}");
 }
 
 // --- Redis: redis-server + redis-cli --------------------------------------------------------------

@@ -50,7 +50,8 @@ pub const OPEN_DATAGRAM: u32 = 1;
 /// (sent before this event for a connect that blocked until established, after it otherwise).
 pub const OPEN_LOCAL_REPORTED: u32 = 2;
 /// [`OpenEvent::flags`]: the kernel read the socket behind the fd: [`OpenEvent::local`] is its
-/// local address and [`OPEN_UDP`] says whether it is a datagram socket.
+/// local address and [`OPEN_UDP`] says whether it is a datagram socket (and the remote address
+/// is the socket's peer when the syscall named none: an accept without an address buffer).
 pub const OPEN_SOCKET_READ: u32 = 4;
 /// [`OpenEvent::flags`], with [`OPEN_SOCKET_READ`]: the socket is a datagram (UDP) socket.
 pub const OPEN_UDP: u32 = 8;
@@ -250,10 +251,16 @@ pub struct SockOffsets {
     pub skc_num: u32,
     /// … `skc_v6_rcv_saddr`.
     pub skc_v6_rcv_saddr: u32,
+    /// … `skc_daddr` (the peer's IPv4, network order).
+    pub skc_daddr: u32,
+    /// … `skc_dport` (the peer's port, network order).
+    pub skc_dport: u32,
+    /// … `skc_v6_daddr`.
+    pub skc_v6_daddr: u32,
     /// 1 when every offset above is known.
     pub fields_known: u32,
 }
-const _: () = assert!(core::mem::size_of::<SockOffsets>() == 56);
+const _: () = assert!(core::mem::size_of::<SockOffsets>() == 68);
 
 /// The next datagrams of a connection-less socket come from / go to `peer` (sent before their
 /// data events when the peer differs from the previous datagram's).

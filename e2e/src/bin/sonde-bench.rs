@@ -8,7 +8,7 @@
 //! cargo run -p sonde-e2e --bin sonde-bench -- agent-rss
 //! cargo run -p sonde-e2e --bin sonde-bench -- agent-idle --processes 2000 --seconds 30
 //! cargo run -p sonde-e2e --bin sonde-bench -- client-churn --rate 500 --seconds 20
-//! cargo run -p sonde-e2e --bin sonde-bench -- client-churn --protocol dns --rate 1000
+//! cargo run -p sonde-e2e --bin sonde-bench -- client-churn --protocol dns --rate 1000 [--trace-server]
 //! ```
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -71,6 +71,10 @@ enum Bench {
         seconds: u64,
         #[arg(long, value_enum, default_value_t = ChurnProtocol::Http)]
         protocol: ChurnProtocol,
+        /// Trace the server (nginx, dnsmasq) instead of the client: the rows are its side of
+        /// each connection, and the address counted is the client's, its peer.
+        #[arg(long)]
+        trace_server: bool,
     },
     /// All of the above with their defaults.
     All,
@@ -121,7 +125,8 @@ fn main() -> Result<()> {
                 rate,
                 seconds,
                 protocol,
-            } => rt.block_on(client_churn(&bins, rate, seconds, protocol))?,
+                trace_server,
+            } => rt.block_on(client_churn(&bins, rate, seconds, protocol, trace_server))?,
             Bench::All => {}
         }
     }
@@ -470,19 +475,20 @@ async fn client_churn(
     rate: u32,
     seconds: u64,
     protocol: ChurnProtocol,
+    trace_server: bool,
 ) -> Result<()> {
     const MARKER: &str = "sonde-churn-client";
     let dir = suite::work_dir("sonde-bench-")?;
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs)?;
     let port = sonde_e2e::ports::free_port()?;
-    let (server, client_source, table, name) = match protocol {
+    let (server, client_source, table, name, server_exe) = match protocol {
         ChurnProtocol::Http => {
             let conf = sonde_e2e::peers::nginx_conf(&dir.path().join("nginx"), port)?;
             let mut nginx = std::process::Command::new(sonde_e2e::peers::nginx()?);
             nginx.arg("-c").arg(&conf);
             let nginx = sonde_e2e::process::Proc::spawn("nginx", nginx, &logs)?;
-            (nginx, CHURN_CLIENT, "http_events", "http")
+            (nginx, CHURN_CLIENT, "http_events", "http", "*/nginx")
         }
         ChurnProtocol::Dns => {
             let mut dnsmasq = std::process::Command::new("/usr/sbin/dnsmasq");
@@ -500,17 +506,22 @@ async fn client_churn(
                 .arg(format!("--port={port}"));
             let dnsmasq = sonde_e2e::process::Proc::spawn("dnsmasq", dnsmasq, &logs)
                 .context("starting dnsmasq (scripts/setup peers)")?;
-            (dnsmasq, DNS_CHURN_CLIENT, "dns_events", "dns")
+            (dnsmasq, DNS_CHURN_CLIENT, "dns_events", "dns", "*/dnsmasq")
         }
     };
     // dnsmasq answers TCP on its port too.
     sonde_e2e::peers::wait_listening(port).await?;
     let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&manifests)?;
+    let selector = if trace_server {
+        format!("exe: '{server_exe}'")
+    } else {
+        format!("cmdline: '{MARKER}'")
+    };
     std::fs::write(
-        manifests.join("clients.yaml"),
+        manifests.join("churn.yaml"),
         format!(
-            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: clients\nspec:\n  process:\n    cmdline: '{MARKER}'\n  probe:\n    protocols: [{name}]\n"
+            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: churn\nspec:\n  process:\n    {selector}\n  probe:\n    protocols: [{name}]\n"
         ),
     )?;
     let mut agent = Agent::start_standalone(bins, &manifests, &logs)?;
@@ -546,15 +557,23 @@ async fn client_churn(
     .await?;
     ensure!(code == 200, "GET {table}: {code} {body}");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
+    let address = if trace_server {
+        "remote_addr"
+    } else {
+        "local_addr"
+    };
     let addressed = rows
         .iter()
-        .filter(|r| r["local_addr"].as_str().is_some_and(|a| !a.is_empty()))
+        .filter(|r| r[address].as_str().is_some_and(|a| !a.is_empty()))
         .count();
     agent.proc.stop(Duration::from_secs(10));
     drop(server);
-    println!("\n## A traced {name} client opening connections ({seconds} s measured)");
     println!(
-        "| rate asked | connections made | agent CPU | {table} rows | rows with the local address |"
+        "\n## A {name} client opening connections, the {} traced ({seconds} s measured)",
+        if trace_server { "server" } else { "client" }
+    );
+    println!(
+        "| rate asked | connections made | agent CPU | {table} rows | rows with the client's address |"
     );
     println!("|---|---|---|---|---|");
     println!(

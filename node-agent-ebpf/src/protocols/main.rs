@@ -61,7 +61,7 @@ static CONN_AGENT_TGID: u32 = 0;
 /// 1: trace every process (cluster-wide auto-telemetry), not only the selected ones.
 #[unsafe(no_mangle)]
 static CONN_TRACE_ALL: u32 = 0;
-/// This kernel's struct layout for [`socket_local`], from its BTF (all zero without BTF).
+/// This kernel's struct layout for [`socket_addresses`], from its BTF (all zero without BTF).
 #[unsafe(no_mangle)]
 static CONN_SOCK_OFFSETS: SockOffsets = SockOffsets {
     task_files: 0,
@@ -77,6 +77,9 @@ static CONN_SOCK_OFFSETS: SockOffsets = SockOffsets {
     skc_rcv_saddr: 0,
     skc_num: 0,
     skc_v6_rcv_saddr: 0,
+    skc_daddr: 0,
+    skc_dport: 0,
+    skc_v6_daddr: 0,
     fields_known: 0,
 };
 
@@ -260,7 +263,7 @@ fn send_bytes(bytes: &[u8]) -> Result<(), i32> {
 
 /// A client connection's open event wakes the agent at once, at most once per this many ns, when
 /// the kernel does not report its local address (TCP connects get theirs from
-/// `conn_sock_set_state`, others from [`socket_local`] — unless the kernel has no BTF): user space
+/// `conn_sock_set_state`, others from [`socket_addresses`] — unless the kernel has no BTF): user space
 /// then reads it from the fd, and a short-lived client (a CLI, a health check) may close it long
 /// before the next timed drain. Servers' come from their listener.
 const OPEN_WAKE_GAP_NS: u64 = 10_000_000;
@@ -803,11 +806,20 @@ fn kernel_read<T>(addr: u64) -> Option<T> {
     unsafe { bpf_probe_read_kernel(addr as *const T) }.ok()
 }
 
-/// The local address of the inet socket behind the current task's `fd`, and whether it is a
-/// datagram socket; None without BTF offsets, for a non-socket or non-inet fd, or a failed read.
-/// Seven to eight kernel reads: called at connection opens only.
+/// What the kernel's socket says of itself.
+struct SocketAddresses {
+    local: PeerAddr,
+    /// The peer (zero for an unconnected datagram socket).
+    remote: PeerAddr,
+    /// A datagram (UDP) socket.
+    udp: bool,
+}
+
+/// The addresses of the inet socket behind the current task's `fd`; None without BTF offsets,
+/// for a non-socket or non-inet fd, or a failed read. About a dozen kernel reads: called at
+/// connection opens only.
 #[inline(always)]
-fn socket_local(fd: u32) -> Option<(PeerAddr, bool)> {
+fn socket_addresses(fd: u32) -> Option<SocketAddresses> {
     // Field by field, as each is used: a copy of the whole struct would take stack room that
     // the data programs this is inlined into do not have.
     macro_rules! offset {
@@ -843,22 +855,33 @@ fn socket_local(fd: u32) -> Option<(PeerAddr, bool)> {
     let sock_type: i16 = kernel_read(socket + offset!(socket_type))?;
     let sk: u64 = kernel_read(socket + offset!(socket_sk))?;
     let family: u16 = kernel_read(sk + offset!(skc_family))?;
-    let mut local = NO_PEER;
+    let (mut local, mut remote) = (NO_PEER, NO_PEER);
     local.family = family;
     local.port = kernel_read(sk + offset!(skc_num))?;
+    remote.family = family;
+    remote.port = u16::from_be(kernel_read(sk + offset!(skc_dport))?);
     if family == AF_INET {
         let addr: [u8; 4] = kernel_read(sk + offset!(skc_rcv_saddr))?;
+        let peer: [u8; 4] = kernel_read(sk + offset!(skc_daddr))?;
+        // Byte by byte: a slice copy could become a memcpy call, which BPF cannot make.
         for i in 0..4 {
             local.addr[i] = addr[i];
+            remote.addr[i] = peer[i];
         }
     } else if family == AF_INET6 {
-        let addr = sk + offset!(skc_v6_rcv_saddr);
+        let (addr, peer) = (sk + offset!(skc_v6_rcv_saddr), sk + offset!(skc_v6_daddr));
         // SAFETY: a checked read into a stack buffer of its length.
         unsafe { bpf_probe_read_kernel_buf(addr as *const u8, &mut local.addr) }.ok()?;
+        // SAFETY: as above.
+        unsafe { bpf_probe_read_kernel_buf(peer as *const u8, &mut remote.addr) }.ok()?;
     } else {
         return None;
     }
-    Some((local, sock_type == SOCK_DGRAM))
+    Some(SocketAddresses {
+        local,
+        remote,
+        udp: sock_type == SOCK_DGRAM,
+    })
 }
 
 /// A datagram with a peer address on an fd not known yet: an inet socket, traced from this datagram.
@@ -882,16 +905,21 @@ fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags:
         local: NO_PEER,
         _pad: 0,
     };
-    // Connects other than TCP's (whose local address comes from `conn_sock_set_state`) and
-    // datagram sockets: the local address is read now, while the fd is the socket for sure; user
-    // space could only look at the fd later, after a short-lived client (a DNS lookup's socket)
-    // had closed it.
-    if listen_fd == u32::MAX
-        && flags & OPEN_LOCAL_REPORTED == 0
-        && let Some((local, udp)) = socket_local(fd)
+    // Every open but a TCP connect (whose local address comes from `conn_sock_set_state`): the
+    // addresses are read now, while the fd is the socket for sure; user space could only look at
+    // the fd later (six syscalls), after a short-lived connection (a DNS lookup's socket) had
+    // closed it. An accept that asked for no peer address (libuv's, hence Node.js') gets it here.
+    let unaddressed_accept = listen_fd != u32::MAX && peer.family == 0;
+    if flags & OPEN_LOCAL_REPORTED == 0
+        && let Some(socket) = socket_addresses(fd)
     {
-        event.local = local;
-        event.flags |= OPEN_SOCKET_READ | if udp { OPEN_UDP } else { 0 };
+        event.local = socket.local;
+        event.flags |= OPEN_SOCKET_READ | if socket.udp { OPEN_UDP } else { 0 };
+        if unaddressed_accept {
+            event.family = socket.remote.family;
+            event.remote_port = socket.remote.port;
+            event.remote_addr = socket.remote.addr;
+        }
     }
     let key = ConnKey {
         tgid: (id >> 32) as u32,

@@ -123,6 +123,9 @@ pub fn sock_offsets(btf: &KernelBtf) -> Result<SockOffsets, BtfError> {
         skc_rcv_saddr: in_sk("skc_rcv_saddr")?,
         skc_num: in_sk("skc_num")?,
         skc_v6_rcv_saddr: in_sk("skc_v6_rcv_saddr")?,
+        skc_daddr: in_sk("skc_daddr")?,
+        skc_dport: in_sk("skc_dport")?,
+        skc_v6_daddr: in_sk("skc_v6_daddr")?,
         fields_known: 1,
     })
 }

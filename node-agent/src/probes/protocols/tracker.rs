@@ -318,7 +318,7 @@ impl Tracker {
             conn.local = self.locals.remove(&key);
         } else if socket_read {
             // The kernel read the socket when it opened: no look at the fd, which a short-lived
-            // client (a DNS lookup) has often closed by now.
+            // connection (a DNS lookup's) has often closed by now.
             conn.set_transport(if ev.flags & OPEN_UDP != 0 {
                 Transport::Udp
             } else {
