@@ -248,6 +248,21 @@ fn web_lookup_rows(more: &[String]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The client lookup rows of `dns` in the columns of [`web_lookup_rows`] (`more` named), sorted.
+fn lookup_rows_of(dns: &[Row], more: &[&str]) -> Vec<Vec<String>> {
+    let mut columns = vec![
+        "query_name",
+        "query_type",
+        "rcode",
+        "resp_body",
+        "trace_role",
+    ];
+    columns.extend_from_slice(more);
+    let mut got = pick(dns, &columns);
+    got.sort();
+    got
+}
+
 /// A loopback address whose DNS port is free for UDP and TCP: /etc/resolv.conf can only name port
 /// 53, and parallel runs of the test (or a local resolver on 127.0.0.1) must not collide.
 fn free_dns_address() -> Ipv4Addr {
@@ -321,22 +336,8 @@ async fn getent_queries_sent_with_one_sendmmsg_become_exact_client_dns_events() 
     let stats = rows(&store, "conn_stats");
     let metrics = metrics_text(&registry);
     p.stop().await;
-    let mut got = pick(
-        &dns,
-        &[
-            "query_name",
-            "query_type",
-            "rcode",
-            "resp_body",
-            "trace_role",
-            "remote_addr",
-            "remote_port",
-            "pid",
-        ],
-    );
-    got.sort();
     assert_eq!(
-        got,
+        lookup_rows_of(&dns, &["remote_addr", "remote_port", "pid"]),
         web_lookup_rows(&[addr.to_string(), "53".to_owned(), pid.to_string()]),
         "{dns:?}\nconn_stats: {stats:?}\n{metrics}"
     );
@@ -398,20 +399,8 @@ async fn dns_datagrams_in_several_iovecs_per_mmsg_message_become_exact_client_dn
     let dns = wait_for_rows(&store, "dns_events", |r| r.len() >= 2).await;
     let metrics = metrics_text(&registry);
     p.stop().await;
-    let mut got = pick(
-        &dns,
-        &[
-            "query_name",
-            "query_type",
-            "rcode",
-            "resp_body",
-            "trace_role",
-            "remote_port",
-        ],
-    );
-    got.sort();
     assert_eq!(
-        got,
+        lookup_rows_of(&dns, &["remote_port"]),
         web_lookup_rows(&[port.to_string()]),
         "{dns:?}\n{metrics}"
     );
@@ -569,20 +558,7 @@ async fn a_go_http_service_and_its_go_client_and_resolver_become_exact_events_wi
     ];
     assert_eq!(server, [server_end], "{http:?}");
 
-    let mut got = pick(
-        &dns,
-        &[
-            "query_name",
-            "query_type",
-            "rcode",
-            "resp_body",
-            "trace_role",
-            "remote_addr",
-            "remote_port",
-            "local_addr",
-        ],
-    );
-    got.sort();
+    let got = lookup_rows_of(&dns, &["remote_addr", "remote_port", "local_addr"]);
     let mut want: Vec<Vec<String>> = (0..LOOKUPS)
         .flat_map(|_| {
             web_lookup_rows(&[

@@ -426,42 +426,35 @@ async fn agent_idle(bins: &SondeBinaries, processes: usize, seconds: u64) -> Res
     Ok(())
 }
 
-/// The churn client: `rate` connections per second (0: unpaced) for `seconds`, one GET each,
-/// closed as soon as nginx's `hello` is in; prints how many it made. Its last argument is the
-/// marker the Tracepoint selects it by.
+/// The churn client: `rate` connections per second (0: unpaced) for `seconds`, one exchange each
+/// — `http`: a GET, closed as soon as nginx's `hello` is in; `dns`: a query of churn.sonde.test on
+/// a connected UDP socket of its own, closed once answered — and prints how many it made. Its last
+/// argument is the marker the Tracepoint selects it by.
 const CHURN_CLIENT: &str = r#"
-import socket, sys, time
-port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-start = time.time()
-n = 0
-while time.time() - start < seconds:
+import socket, struct, sys, time
+port, rate, seconds, proto = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+question = b"\x05churn\x05sonde\x04test\x00" + struct.pack(">HH", 1, 1)
+
+def http(n):
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(b"GET / HTTP/1.1\r\nHost: churn\r\n\r\n")
     data = b""
     while not data.endswith(b"hello\n"):
         data += s.recv(4096)
     s.close()
-    n += 1
-    if rate:
-        delay = start + n / rate - time.time()
-        if delay > 0:
-            time.sleep(delay)
-print(n)
-"#;
 
-/// A DNS query of churn.sonde.test on a connected UDP socket of its own, closed once answered.
-const DNS_CHURN_CLIENT: &str = r#"
-import socket, struct, sys, time
-port, rate, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-question = b"\x05churn\x05sonde\x04test\x00" + struct.pack(">HH", 1, 1)
-start = time.time()
-n = 0
-while time.time() - start < seconds:
+def dns(n):
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.connect(("127.0.0.1", port))
     s.send(struct.pack(">HHHHHH", n & 0xffff, 0x0100, 1, 0, 0, 0) + question)
     s.recv(512)
     s.close()
+
+exchange = http if proto == "http" else dns
+start = time.time()
+n = 0
+while time.time() - start < seconds:
+    exchange(n)
     n += 1
     if rate:
         delay = start + n / rate - time.time()
@@ -482,13 +475,13 @@ async fn client_churn(
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs)?;
     let port = sonde_e2e::ports::free_port()?;
-    let (server, client_source, table, name, server_exe) = match protocol {
+    let (server, table, name, server_exe) = match protocol {
         ChurnProtocol::Http => {
             let conf = sonde_e2e::peers::nginx_conf(&dir.path().join("nginx"), port)?;
             let mut nginx = std::process::Command::new(sonde_e2e::peers::nginx()?);
             nginx.arg("-c").arg(&conf);
             let nginx = sonde_e2e::process::Proc::spawn("nginx", nginx, &logs)?;
-            (nginx, CHURN_CLIENT, "http_events", "http", "*/nginx")
+            (nginx, "http_events", "http", "*/nginx")
         }
         ChurnProtocol::Dns => {
             let mut dnsmasq = std::process::Command::new("/usr/sbin/dnsmasq");
@@ -506,7 +499,7 @@ async fn client_churn(
                 .arg(format!("--port={port}"));
             let dnsmasq = sonde_e2e::process::Proc::spawn("dnsmasq", dnsmasq, &logs)
                 .context("starting dnsmasq (scripts/setup peers)")?;
-            (dnsmasq, DNS_CHURN_CLIENT, "dns_events", "dns", "*/dnsmasq")
+            (dnsmasq, "dns_events", "dns", "*/dnsmasq")
         }
     };
     // dnsmasq answers TCP on its port too.
@@ -530,10 +523,11 @@ async fn client_churn(
     // within 2 s, then 3 s of warm-up; rows are counted after it exits.
     let lead = Duration::from_secs(5);
     let client = std::process::Command::new("python3")
-        .args(["-c", client_source])
+        .args(["-c", CHURN_CLIENT])
         .arg(port.to_string())
         .arg(rate.to_string())
         .arg((lead.as_secs() + seconds + 1).to_string())
+        .arg(name)
         .arg(MARKER)
         .stdout(std::process::Stdio::piped())
         .spawn()
