@@ -3,9 +3,9 @@
 //! sendfile, PostgreSQL 15 + psql (simple protocol) and pg8000 (extended protocol), MariaDB + the
 //! mariadb client (COM_QUERY) and mysql-connector-python (binary prepared statements), a Go
 //! net/http service with its Go client and the pure-Go resolver (built from `fixtures/protocols`
-//! with /usr/local/go), and a Node.js HTTP server. The two Python drivers come from the venv that `scripts/setup peers` makes
-//! (no Debian package speaks those protocols). Needs root (eBPF) and the peers; fails loudly
-//! without them.
+//! with /usr/local/go), and a Node.js HTTP server. The two Python drivers come from the venv that
+//! `scripts/setup peers` makes (no Debian package speaks those protocols). Needs root (eBPF) and
+//! the peers; fails loudly without them.
 mod common;
 
 use std::io::{Read, Write};

@@ -12,11 +12,14 @@
 //!   that length at the right stream position (a data event without data);
 //! - close: the connection's byte counts.
 //!
-//! Local addresses: an accepted connection's is its listener's (user space looks at that fd once);
-//! a TCP connect's comes from `sock:inet_sock_set_state` — the socket enters SYN_SENT inside
-//! `connect`, on the thread whose stashed arguments name the fd, and leaves it for ESTABLISHED
-//! with the source address and port chosen — so a client gone before the agent looks keeps it.
-//! Other client opens (UDP) wake the agent soon enough to look at the fd while it is open.
+//! Addresses: a TCP connect's local address comes from `sock:inet_sock_set_state` — the socket
+//! enters SYN_SENT inside `connect`, on the thread whose stashed arguments name the fd, and leaves
+//! it for ESTABLISHED with the source address and port chosen. Every other open (accepts, UDP
+//! connects, datagram sockets) reads both ends from the kernel's socket at the syscall's exit,
+//! following the current task's fd table with struct offsets the agent read from the kernel's BTF
+//! (Rust eBPF gets no CO-RE); so a client gone before the agent looks keeps its address, and an
+//! accept that asked for no peer address (libuv's) gets it. Without BTF, user space looks at the
+//! fd (an accepted one's local address is its listener's), and client opens wake it soon enough.
 //!
 //! Socket vs non-socket fds: fds from connect/accept are known sockets (non-inet families are ignored).
 //! Any other fd a selected process does I/O on is marked pending and reported once; user space looks
@@ -263,9 +266,9 @@ fn send_bytes(bytes: &[u8]) -> Result<(), i32> {
 
 /// A client connection's open event wakes the agent at once, at most once per this many ns, when
 /// the kernel does not report its local address (TCP connects get theirs from
-/// `conn_sock_set_state`, others from [`socket_addresses`] — unless the kernel has no BTF): user space
-/// then reads it from the fd, and a short-lived client (a CLI, a health check) may close it long
-/// before the next timed drain. Servers' come from their listener.
+/// `conn_sock_set_state`, others from [`socket_addresses`] — unless the kernel has no BTF): user
+/// space then reads it from the fd, and a short-lived client (a CLI, a health check) may close it
+/// long before the next timed drain. Servers' come from their listener.
 const OPEN_WAKE_GAP_NS: u64 = 10_000_000;
 
 /// When a client open event last woke the agent (one slot; a race between CPUs costs at most an

@@ -363,6 +363,20 @@ fn sync<K: aya::Pod + Eq + std::hash::Hash>(
 mod tests {
     use super::*;
 
+    #[test]
+    fn every_socket_offset_is_found_in_the_running_kernel_s_btf() {
+        let btf = KernelBtf::load().unwrap();
+        let o = sock_offsets(&btf).unwrap();
+        assert_eq!(o.fields_known, 1);
+        // `struct sock` starts with its `sock_common`, whose address and port pairs open it.
+        assert_eq!(
+            (o.skc_daddr, o.skc_rcv_saddr, o.skc_dport, o.skc_num),
+            (0, 4, 12, 14)
+        );
+        assert!(o.skc_v6_daddr > o.skc_family && o.skc_v6_rcv_saddr > o.skc_v6_daddr);
+        assert_ne!(o.file_private_data, o.file_inode);
+    }
+
     fn has(words: &[u64], bit: u32) -> bool {
         words[(bit / 64) as usize] & (1 << (bit % 64)) != 0
     }
