@@ -297,15 +297,14 @@ async fn getent_queries_sent_with_one_sendmmsg_become_exact_client_dns_events() 
     )
     .unwrap();
     let cgroup = TestCgroup::new("resolver");
-    let pause = pause_in(&cgroup);
-    let Traced {
-        store,
-        registry,
-        probe: p,
-    } = Traced::start(
-        &pod_tracepoint_for(vec![Protocol::Dns], "resolver"),
-        pod_target_for(pause.pid(), "/usr/bin/sleep", "resolver"),
-    );
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "resolver", vec![Protocol::Dns]);
 
     let client = Command::new("/bin/sh")
         .args(cgroup.enter_and_exec())
@@ -372,15 +371,14 @@ async fn dns_datagrams_in_several_iovecs_per_mmsg_message_become_exact_client_dn
     let port = free_port();
     let _dnsmasq = start_dnsmasq(dir.path(), port);
     let cgroup = TestCgroup::new("mmsg");
-    let pause = pause_in(&cgroup);
-    let Traced {
-        store,
-        registry,
-        probe: p,
-    } = Traced::start(
-        &pod_tracepoint_for(vec![Protocol::Dns], "mmsg"),
-        pod_target_for(pause.pid(), "/usr/bin/sleep", "mmsg"),
-    );
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "mmsg", vec![Protocol::Dns]);
 
     let out = run_python_in(
         &cgroup,
@@ -448,15 +446,14 @@ async fn a_go_http_service_and_its_go_client_and_resolver_become_exact_events_wi
     let (port, dns_port) = two_free_ports();
     let _dnsmasq = start_dnsmasq(dir.path(), dns_port);
     let cgroup = TestCgroup::new("goweb");
-    let pause = pause_in(&cgroup);
-    let Traced {
-        store,
-        registry,
-        probe: p,
-    } = Traced::start(
-        &pod_tracepoint_for(vec![Protocol::Http, Protocol::Dns], "goweb"),
-        pod_target_for(pause.pid(), "/usr/bin/sleep", "goweb"),
-    );
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "goweb", vec![Protocol::Http, Protocol::Dns]);
     let server = Server {
         child: Command::new("/bin/sh")
             .args(cgroup.enter_and_exec())
@@ -594,15 +591,14 @@ async fn a_go_http_service_and_its_go_client_and_resolver_become_exact_events_wi
 async fn a_node_server_that_accepts_without_asking_the_peer_still_names_each_client() {
     let port = free_port();
     let cgroup = TestCgroup::new("node");
-    let pause = pause_in(&cgroup);
-    let Traced {
-        store,
-        registry: _registry,
-        probe: p,
-    } = Traced::start(
-        &pod_tracepoint_for(vec![Protocol::Http], "node"),
-        pod_target_for(pause.pid(), "/usr/bin/sleep", "node"),
-    );
+    let (
+        Traced {
+            store,
+            registry: _registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "node", vec![Protocol::Http]);
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/node_http.js");
     let _server = Server {

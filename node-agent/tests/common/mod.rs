@@ -407,6 +407,20 @@ impl Traced {
     }
 }
 
+impl Traced {
+    /// A stand-in pod in `cgroup`: its pause process, and a pod Tracepoint of `protocols` named
+    /// `pod` on it. Processes started with [`TestCgroup::enter_and_exec`] are traced from their
+    /// first syscall. The pause process lives as long as the returned [`Server`].
+    pub fn in_pod(cgroup: &TestCgroup, pod: &str, protocols: Vec<Protocol>) -> (Traced, Server) {
+        let pause = pause_in(cgroup);
+        let traced = Traced::start(
+            &pod_tracepoint_for(protocols, pod),
+            pod_target_for(pause.pid(), "/usr/bin/sleep", pod),
+        );
+        (traced, pause)
+    }
+}
+
 /// Starts `probe` in `ctx` (several probes of one test share its runtime) and checks it attached.
 pub fn start_probe_in(
     ctx: &ProbeContext,
