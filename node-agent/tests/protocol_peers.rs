@@ -594,7 +594,7 @@ async fn a_node_server_that_accepts_without_asking_the_peer_still_names_each_cli
     let (
         Traced {
             store,
-            registry: _registry,
+            registry,
             probe: p,
         },
         _pause,
@@ -636,6 +636,7 @@ async fn a_node_server_that_accepts_without_asking_the_peer_still_names_each_cli
         ]);
     }
     let http = wait_for_rows(&store, "http_events", |r| r.len() >= 3).await;
+    let metrics = metrics_text(&registry);
     p.stop().await;
     let mut got = pick(
         &http,
@@ -652,6 +653,13 @@ async fn a_node_server_that_accepts_without_asking_the_peer_still_names_each_cli
     );
     got.sort();
     assert_eq!(got, want, "{http:?}");
+    // Node read its modules, and polls eventfds and pipes, from its first syscall on: the kernel
+    // told all of them from sockets, and every socket was seen opened — nothing to look up.
+    assert_eq!(
+        metric_sum(&metrics, "sonde_protocol_fd_lookups_total", &[]),
+        0,
+        "{metrics}"
+    );
 }
 
 // --- Redis: redis-server + redis-cli --------------------------------------------------------------

@@ -143,3 +143,62 @@ fn a_child_of_a_process_selected_by_tgid_is_captured_from_its_start_and_leaves_w
         "events after the parent left the selection"
     );
 }
+
+/// A process that opens a UDP socket, connects it and waits; told on stdin, it reads a file 20
+/// times (each open a new fd to the kernel), sends one datagram on the socket, prints the socket's
+/// fd on its stdout (a pipe) and sleeps.
+fn file_reader() -> Child {
+    Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.connect(('127.0.0.1', 9))\n\
+             sys.stdin.readline()\n\
+             for _ in range(20):\n    with open('/etc/services', 'rb') as f:\n        f.read(4096)\n\
+             s.send(b'x')\n\
+             print(s.fileno(), flush=True)\n\
+             time.sleep(300)\n",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/setup installs it)")
+}
+
+#[test]
+fn files_and_pipes_are_told_from_sockets_by_the_kernel_and_never_reach_user_space() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut reader = file_reader();
+    let pid = reader.id();
+    let (mut kernel, mut maps) = Kernel::load(false).expect("load the capture programs (root)");
+    kernel
+        .set_filter(&HashSet::from([pid]), &HashSet::new())
+        .unwrap();
+    reader.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(reader.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let socket_fd: u32 = line.trim().parse().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // (fd, what) of every event of the process.
+    let mut seen = Vec::new();
+    while let Some(record) = maps.ring.next() {
+        match decode(&record) {
+            Ok(Event::Classify(h)) if h.tgid == pid => seen.push((h.fd, "classify")),
+            Ok(Event::Data(h, _)) if h.header.tgid == pid => seen.push((h.header.fd, "data")),
+            _ => {}
+        }
+    }
+    let _ = reader.kill();
+    let _ = reader.wait();
+    // The socket it opened before it was selected is the one fd user space is asked about; the
+    // file read twenty times and the pipe written to are settled in the kernel, their bytes
+    // never captured.
+    assert_eq!(
+        seen,
+        [(socket_fd, "classify"), (socket_fd, "data")],
+        "events of the process"
+    );
+}

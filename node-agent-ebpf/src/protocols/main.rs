@@ -818,19 +818,20 @@ struct SocketAddresses {
     udp: bool,
 }
 
-/// The addresses of the inet socket behind the current task's `fd`; None without BTF offsets,
-/// for a non-socket or non-inet fd, or a failed read. About a dozen kernel reads: called at
-/// connection opens only.
+/// An offset of [`CONN_SOCK_OFFSETS`], field by field as each is used: a copy of the whole
+/// struct would take stack room that the data programs the walks are inlined into do not have.
+macro_rules! offset {
+    ($field:ident) => {
+        // SAFETY: a read of a global the loader sets before the program loads.
+        u64::from(unsafe { core::ptr::read_volatile(&CONN_SOCK_OFFSETS.$field) })
+    };
+}
+
+/// The `struct sock` behind the current task's `fd` and its socket type: `Some(None)` when the
+/// fd is no socket (a file, a pipe…); None when that cannot be told (no BTF offsets, a failed
+/// read, an fd closed meanwhile).
 #[inline(always)]
-fn socket_addresses(fd: u32) -> Option<SocketAddresses> {
-    // Field by field, as each is used: a copy of the whole struct would take stack room that
-    // the data programs this is inlined into do not have.
-    macro_rules! offset {
-        ($field:ident) => {
-            // SAFETY: a read of a global the loader sets before the program loads.
-            u64::from(unsafe { core::ptr::read_volatile(&CONN_SOCK_OFFSETS.$field) })
-        };
-    }
+fn fd_sock(fd: u32) -> Option<Option<(u64, i16)>> {
     if offset!(fields_known) == 0 {
         return None;
     }
@@ -852,11 +853,20 @@ fn socket_addresses(fd: u32) -> Option<SocketAddresses> {
     let inode: u64 = kernel_read(file + offset!(file_inode))?;
     let mode: u16 = kernel_read(inode + offset!(inode_mode))?;
     if mode & S_IFMT != S_IFSOCK {
-        return None;
+        return Some(None);
     }
     let socket: u64 = kernel_read(file + offset!(file_private_data))?;
     let sock_type: i16 = kernel_read(socket + offset!(socket_type))?;
     let sk: u64 = kernel_read(socket + offset!(socket_sk))?;
+    Some(Some((sk, sock_type)))
+}
+
+/// The addresses of the inet socket behind the current task's `fd`; None without BTF offsets,
+/// for a non-socket or non-inet fd, or a failed read. About a dozen kernel reads: called at
+/// connection opens only.
+#[inline(always)]
+fn socket_addresses(fd: u32) -> Option<SocketAddresses> {
+    let (sk, sock_type) = fd_sock(fd)??;
     let family: u16 = kernel_read(sk + offset!(skc_family))?;
     let (mut local, mut remote) = (NO_PEER, NO_PEER);
     local.family = family;
@@ -1296,22 +1306,33 @@ pub fn conn_exit_sendfile(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// First I/O of a selected process on an fd it did not get from connect/accept: ask user space.
+/// First I/O of a selected process on an fd it did not get from connect/accept. An fd the kernel
+/// can tell is no inet socket (a file, a pipe, a unix socket) is ignored from here on, without a
+/// byte captured or a word to user space; any other is pending and user space is asked.
 #[inline(always)]
 fn unknown_fd(id: u64, key: ConnKey) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
+    let not_inet = match fd_sock(key.fd) {
+        Some(None) => true,
+        Some(Some((sk, _))) => kernel_read::<u16>(sk + offset!(skc_family))
+            .is_some_and(|f| f != AF_INET && f != AF_INET6),
+        None => false,
+    };
     let info = ConnInfo {
         generation: now,
         bytes_sent: 0,
         bytes_recv: 0,
-        state: CONN_PENDING,
+        state: if not_inet { CONN_IGNORE } else { CONN_PENDING },
         role: ROLE_UNKNOWN,
         peer: NO_PEER,
         pending_truncated: 0,
     };
     if CONN_CONNS.insert(&key, &info, 0).is_err() {
         count_drop(DROP_CONN_MAP_FULL);
+        return;
+    }
+    if not_inet {
         return;
     }
     let event = ClassifyEvent {

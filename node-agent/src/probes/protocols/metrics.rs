@@ -62,6 +62,9 @@ pub struct DbLabels {
 pub struct ProtocolMetrics {
     pub dropped: Family<DropLabels, Counter>,
     pub parse_errors: Family<ParseErrorLabels, Counter>,
+    /// Fds of traced processes the agent looked at because the kernel could not tell what they
+    /// are (sockets it did not see open; without BTF, files and pipes too).
+    pub fd_lookups: Counter,
     pub http_server: Histograms<HttpLabels>,
     pub http_client: Histograms<HttpLabels>,
     pub dns: Histograms<TargetLabels>,
@@ -73,6 +76,7 @@ impl Default for ProtocolMetrics {
         ProtocolMetrics {
             dropped: Family::default(),
             parse_errors: Family::default(),
+            fd_lookups: Counter::default(),
             http_server: Family::new_with_constructor(histogram),
             http_client: Family::new_with_constructor(histogram),
             dns: Family::new_with_constructor(histogram),
@@ -108,6 +112,11 @@ impl ProtocolMetrics {
             "sonde_protocol_parse_errors",
             "Protocol frames that could not be parsed, and connections no enabled protocol recognised (protocol=unknown)",
             m.parse_errors.clone(),
+        );
+        registry.register(
+            "sonde_protocol_fd_lookups",
+            "File descriptors of traced processes the agent had to look at (pidfd_getfd) because the kernel could not tell what they are: sockets it did not see opened, and, on kernels without BTF, files and pipes too",
+            m.fd_lookups.clone(),
         );
         registry.register(
             "http_server_request_duration_seconds",

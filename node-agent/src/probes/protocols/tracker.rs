@@ -372,6 +372,7 @@ impl Tracker {
             .inherited
             .get_mut(&h.tgid)
             .and_then(|fds| fds.remove(&h.fd));
+        self.metrics.fd_lookups.inc();
         let inspected = sockets::inspect(h.tgid, h.fd);
         // Checked after the look: the kernel drops the entry when the fd is closed, so an entry of
         // this generation means the look saw the fd the kernel asked about.
