@@ -22,9 +22,11 @@
 //! fd (an accepted one's local address is its listener's), and client opens wake it soon enough.
 //!
 //! Socket vs non-socket fds: fds from connect/accept are known sockets (non-inet families are ignored).
-//! Any other fd a selected process does I/O on is marked pending and reported once; user space looks
-//! at the fd (pidfd_getfd) and sets the state to traced or ignored, so files, pipes and unix sockets
-//! cost one lookup per syscall afterwards. Bytes moved while an fd is pending are captured all the
+//! Any other fd a selected process does I/O on is looked at by the same walk: one that is no inet
+//! socket (a file, a pipe, a unix socket) is ignored at once, nothing captured. The rest (sockets
+//! opened before the process was traced; every fd without BTF) is marked pending and reported
+//! once; user space looks at the fd (pidfd_getfd) and sets the state to traced or ignored, so each
+//! costs one lookup per syscall afterwards. Bytes moved while an fd is pending are captured all the
 //! same (user space drops them if the fd is no socket): a socket inherited across fork, like a
 //! PostgreSQL backend's, starts with the message that identifies its protocol. A datagram syscall
 //! that names its peer (recvfrom/recvmsg/recvmmsg returning a source address, sendto/sendmsg/
