@@ -72,40 +72,49 @@ fn a_deselected_process_is_not_captured_even_when_its_prefilter_bit_stays_set() 
     assert_eq!(deselected, 0, "events after the process left the selection");
 }
 
-/// A process that, once told on stdin, forks a child sending a UDP datagram to the discard port
-/// every 20 ms, prints the child's pid and sleeps.
-fn forking_sender() -> Child {
+/// `script` run by python3 with its stdin and stdout piped to this test ([`tell`]).
+fn python_piped(script: &str) -> Child {
     Command::new("python3")
-        .args([
-            "-c",
-            "import os, socket, sys, time\n\
-             sys.stdin.readline()\n\
-             pid = os.fork()\n\
-             if pid == 0:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
-             while True:\n        s.sendto(b'x', ('127.0.0.1', 9))\n        time.sleep(0.02)\n\
-             print(pid, flush=True)\n\
-             time.sleep(300)\n",
-        ])
+        .args(["-c", script])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3 runs (scripts/setup installs it)")
 }
 
+/// Writes a line to `child`'s stdin, then reads the line it answers on its stdout.
+fn tell(child: &mut Child) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    line.trim().to_owned()
+}
+
+/// A process that, once told on stdin, forks a child sending a UDP datagram to the discard port
+/// every 20 ms, prints the child's pid and sleeps.
+fn forking_sender() -> Child {
+    python_piped(
+        "import os, socket, sys, time\n\
+         sys.stdin.readline()\n\
+         pid = os.fork()\n\
+         if pid == 0:\n    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n    \
+         while True:\n        s.sendto(b'x', ('127.0.0.1', 9))\n        time.sleep(0.02)\n\
+         print(pid, flush=True)\n\
+         time.sleep(300)\n",
+    )
+}
+
 #[test]
 fn a_child_of_a_process_selected_by_tgid_is_captured_from_its_start_and_leaves_with_its_parent() {
-    use std::io::{BufRead, BufReader, Write};
     let mut parent = forking_sender();
     let (mut kernel, mut maps) = Kernel::load(false).expect("load the capture programs (root)");
     kernel
         .set_filter(&HashSet::from([parent.id()]), &HashSet::new())
         .unwrap();
-    parent.stdin.take().unwrap().write_all(b"fork\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(parent.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let child: u32 = line.trim().parse().unwrap();
+    let child: u32 = tell(&mut parent).parse().unwrap();
     let stop = |parent: &mut Child| {
         // SAFETY: kill has no memory preconditions; the child is our child's.
         unsafe { libc::kill(child as i32, libc::SIGKILL) };
@@ -148,39 +157,27 @@ fn a_child_of_a_process_selected_by_tgid_is_captured_from_its_start_and_leaves_w
 /// times (each open a new fd to the kernel), sends one datagram on the socket, prints the socket's
 /// fd on its stdout (a pipe) and sleeps.
 fn file_reader() -> Child {
-    Command::new("python3")
-        .args([
-            "-c",
-            "import socket, sys, time\n\
-             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
-             s.connect(('127.0.0.1', 9))\n\
-             sys.stdin.readline()\n\
-             for _ in range(20):\n    with open('/etc/services', 'rb') as f:\n        f.read(4096)\n\
-             s.send(b'x')\n\
-             print(s.fileno(), flush=True)\n\
-             time.sleep(300)\n",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3 runs (scripts/setup installs it)")
+    python_piped(
+        "import socket, sys, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.connect(('127.0.0.1', 9))\n\
+         sys.stdin.readline()\n\
+         for _ in range(20):\n    with open('/etc/services', 'rb') as f:\n        f.read(4096)\n\
+         s.send(b'x')\n\
+         print(s.fileno(), flush=True)\n\
+         time.sleep(300)\n",
+    )
 }
 
 #[test]
 fn files_and_pipes_are_told_from_sockets_by_the_kernel_and_never_reach_user_space() {
-    use std::io::{BufRead, BufReader, Write};
     let mut reader = file_reader();
     let pid = reader.id();
     let (mut kernel, mut maps) = Kernel::load(false).expect("load the capture programs (root)");
     kernel
         .set_filter(&HashSet::from([pid]), &HashSet::new())
         .unwrap();
-    reader.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    let mut line = String::new();
-    BufReader::new(reader.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let socket_fd: u32 = line.trim().parse().unwrap();
+    let socket_fd: u32 = tell(&mut reader).parse().unwrap();
     std::thread::sleep(Duration::from_millis(200));
     // (fd, what) of every event of the process.
     let mut seen = Vec::new();
