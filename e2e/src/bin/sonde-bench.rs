@@ -9,6 +9,7 @@
 //! cargo run -p sonde-e2e --bin sonde-bench -- agent-idle --processes 2000 --seconds 30
 //! cargo run -p sonde-e2e --bin sonde-bench -- client-churn --rate 500 --seconds 20
 //! cargo run -p sonde-e2e --bin sonde-bench -- client-churn --protocol dns --rate 1000 [--trace-server]
+//! cargo run -p sonde-e2e --bin sonde-bench -- file-reads --rate 1600 --seconds 10
 //! ```
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -76,6 +77,15 @@ enum Bench {
         #[arg(long)]
         trace_server: bool,
     },
+    /// A traced process opening, reading (4 KiB) and closing a file `rate` times per second: the
+    /// agent's CPU for what is no connection at all, and the fds it had to look at. Not part of
+    /// `all` (needs python3).
+    FileReads {
+        #[arg(long, default_value_t = 1600)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// All of the above with their defaults.
     All,
 }
@@ -127,6 +137,7 @@ fn main() -> Result<()> {
                 protocol,
                 trace_server,
             } => rt.block_on(client_churn(&bins, rate, seconds, protocol, trace_server))?,
+            Bench::FileReads { rate, seconds } => rt.block_on(file_reads(&bins, rate, seconds))?,
             Bench::All => {}
         }
     }
@@ -580,5 +591,72 @@ async fn client_churn(
         rows.len(),
         100.0 * addressed as f64 / rows.len().max(1) as f64
     );
+    Ok(())
+}
+
+/// The file reader: opens, reads 4 KiB of and closes a file `rate` times per second for
+/// `seconds`; prints how many. Its last argument is the marker the Tracepoint selects it by.
+const FILE_READER: &str = r#"
+import sys, time
+rate, seconds = int(sys.argv[1]), float(sys.argv[2])
+start = time.time()
+n = 0
+while time.time() - start < seconds:
+    with open("/etc/services", "rb") as f:
+        f.read(4096)
+    n += 1
+    delay = start + n / rate - time.time()
+    if delay > 0:
+        time.sleep(delay)
+print(n)
+"#;
+
+async fn file_reads(bins: &SondeBinaries, rate: u32, seconds: u64) -> Result<()> {
+    const MARKER: &str = "sonde-file-reader";
+    let dir = suite::work_dir("sonde-bench-")?;
+    let logs = dir.path().join("logs");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir_all(&logs)?;
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join("reader.yaml"),
+        format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: reader\nspec:\n  process:\n    cmdline: '{MARKER}'\n  probe:\n    protocols: [http]\n"
+        ),
+    )?;
+    let mut agent = Agent::start_standalone(bins, &manifests, &logs)?;
+    agent.wait_healthy().await?;
+    let lead = Duration::from_secs(3);
+    let reader = std::process::Command::new("python3")
+        .args(["-c", FILE_READER])
+        .arg(rate.to_string())
+        .arg((lead.as_secs() + seconds + 1).to_string())
+        .arg(MARKER)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting python3")?;
+    tokio::time::sleep(lead).await;
+    let pid = agent.proc.pid();
+    let before = cpu_seconds(pid)?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let agent_ms = (cpu_seconds(pid)? - before) * 1e3 / seconds as f64;
+    let output = tokio::task::spawn_blocking(move || reader.wait_with_output()).await??;
+    let files: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("the file reader's count")?;
+    let (code, metrics) = observe::agent_get(&agent.url, "/metrics", None).await?;
+    ensure!(code == 200, "GET /metrics: {code}");
+    // Absent from agents older than the metric.
+    let lookups = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sonde_protocol_fd_lookups_total "))
+        .unwrap_or("n/a")
+        .to_owned();
+    agent.proc.stop(Duration::from_secs(10));
+    println!("\n## A traced process reading a file over and over ({seconds} s measured)");
+    println!("| reads asked | files read | agent CPU | fds the agent looked at |");
+    println!("|---|---|---|---|");
+    println!("| {rate}/s | {files} | {agent_ms:.1} ms/s | {lookups} |");
     Ok(())
 }
