@@ -54,8 +54,6 @@ pub enum BtfError {
 struct Type {
     name_off: u32,
     info: u32,
-    /// Size, or the referenced type id.
-    size_or_type: u32,
     /// Where its kind-specific data starts, in `KernelBtf::types`.
     extra: usize,
 }
@@ -130,10 +128,11 @@ impl KernelBtf {
         while at < types_section.len() {
             let word =
                 |i: usize| u32_at(&types_section, at + 4 * i).ok_or(malformed("truncated type"));
+            // The third word (size or referenced type) is not needed; a type cut short anywhere
+            // ends past the section, which the check after the loop refuses.
             let ty = Type {
                 name_off: word(0)?,
                 info: word(1)?,
-                size_or_type: word(2)?,
                 extra: at + TYPE_LEN,
             };
             let extra_len = match ty.kind() {
@@ -209,15 +208,6 @@ impl KernelBtf {
         }
         None
     }
-
-    /// Size in bytes of `struct name`.
-    pub fn struct_size(&self, name: &str) -> Result<u32, BtfError> {
-        self.types
-            .iter()
-            .find(|t| t.kind() == KIND_STRUCT && self.name(t.name_off) == name.as_bytes())
-            .map(|t| t.size_or_type)
-            .ok_or_else(|| BtfError::NoStruct { name: name.into() })
-    }
 }
 
 #[cfg(test)]
@@ -274,7 +264,6 @@ mod tests {
         assert_eq!(btf.member_offset("outer", "b").unwrap(), 4);
         assert_eq!(btf.member_offset("outer", "c").unwrap(), 4);
         assert_eq!(btf.member_offset("outer", "d").unwrap(), 6);
-        assert_eq!(btf.struct_size("outer").unwrap(), 8);
     }
 
     #[test]

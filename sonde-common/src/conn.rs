@@ -219,9 +219,10 @@ pub struct OpenEvent {
 }
 const _: () = assert!(core::mem::size_of::<OpenEvent>() == 96);
 
-/// Byte offsets of the kernel struct members the eBPF side follows from the current task to the
-/// local address of the socket behind one of its fds, for the running kernel (read from its BTF
-/// by the agent at load time). `fields_known` 0: no BTF; the agent looks at the fd in /proc.
+/// Byte offsets of the kernel struct members the eBPF side follows from the current task to what
+/// is behind one of its fds (an inet socket or not; a socket's type and both its addresses), for
+/// the running kernel (read from its BTF by the agent at load time). `fields_known` 0: no BTF;
+/// the agent looks at the fd itself.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockOffsets {
@@ -371,7 +372,7 @@ pub mod names {
     pub const AGENT_TGID_GLOBAL: &str = "CONN_AGENT_TGID";
     /// Global `u32`: 1 traces every process (cluster-wide auto-telemetry).
     pub const TRACE_ALL_GLOBAL: &str = "CONN_TRACE_ALL";
-    /// Global [`super::SockOffsets`]: this kernel's struct layout, for local addresses of sockets.
+    /// Global [`super::SockOffsets`]: this kernel's struct layout, for what is behind an fd.
     pub const SOCK_OFFSETS_GLOBAL: &str = "CONN_SOCK_OFFSETS";
     /// Syscall tracepoints (`syscalls:<name>`) and the program attached to each.
     pub const TRACEPOINTS: &[(&str, &str)] = &[

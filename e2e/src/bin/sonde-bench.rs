@@ -394,12 +394,7 @@ async fn agent_idle(bins: &SondeBinaries, processes: usize, seconds: u64) -> Res
     let dir = suite::work_dir("sonde-bench-")?;
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs)?;
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
-    std::fs::write(
-        manifests.join("web.yaml"),
-        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: web\nspec:\n  process:\n    exe: '*/nginx'\n  probe:\n    protocols: [http]\n",
-    )?;
+    let manifests = tracepoint_manifest(dir.path(), "web", "exe: '*/nginx'", "http")?;
     // Attaching and the first scans are not the idle cost.
     let settle = Duration::from_secs(10);
     let host_processes = || {
@@ -515,44 +510,26 @@ async fn client_churn(
     };
     // dnsmasq answers TCP on its port too.
     sonde_e2e::peers::wait_listening(port).await?;
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir_all(&manifests)?;
     let selector = if trace_server {
         format!("exe: '{server_exe}'")
     } else {
         format!("cmdline: '{MARKER}'")
     };
-    std::fs::write(
-        manifests.join("churn.yaml"),
-        format!(
-            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: churn\nspec:\n  process:\n    {selector}\n  probe:\n    protocols: [{name}]\n"
-        ),
-    )?;
+    let manifests = tracepoint_manifest(dir.path(), "churn", &selector, name)?;
     let mut agent = Agent::start_standalone(bins, &manifests, &logs)?;
     agent.wait_healthy().await?;
-    // The client runs past the measured window on both sides: the agent's rescan selects it
-    // within 2 s, then 3 s of warm-up; rows are counted after it exits.
-    let lead = Duration::from_secs(5);
-    let client = std::process::Command::new("python3")
-        .args(["-c", CHURN_CLIENT])
-        .arg(port.to_string())
-        .arg(rate.to_string())
-        .arg((lead.as_secs() + seconds + 1).to_string())
-        .arg(name)
-        .arg(MARKER)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting python3 (scripts/setup peers)")?;
-    tokio::time::sleep(lead).await;
-    let pid = agent.proc.pid();
-    let before = cpu_seconds(pid)?;
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let agent_ms = (cpu_seconds(pid)? - before) * 1e3 / seconds as f64;
-    let output = tokio::task::spawn_blocking(move || client.wait_with_output()).await??;
-    let connections: u64 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .context("the churn client's count")?;
+    // The client runs past the measured window on both sides: the agent selects it at its exec,
+    // then 5 s of warm-up; rows are counted after it exits.
+    let args = [port.to_string(), rate.to_string()];
+    let (connections, agent_ms) = python_workload(
+        &agent,
+        CHURN_CLIENT,
+        &args,
+        &[name, MARKER],
+        Duration::from_secs(5),
+        seconds,
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (code, body) = observe::agent_get(
         &agent.url,
@@ -615,36 +592,20 @@ async fn file_reads(bins: &SondeBinaries, rate: u32, seconds: u64) -> Result<()>
     const MARKER: &str = "sonde-file-reader";
     let dir = suite::work_dir("sonde-bench-")?;
     let logs = dir.path().join("logs");
-    let manifests = dir.path().join("manifests");
     std::fs::create_dir_all(&logs)?;
-    std::fs::create_dir_all(&manifests)?;
-    std::fs::write(
-        manifests.join("reader.yaml"),
-        format!(
-            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: reader\nspec:\n  process:\n    cmdline: '{MARKER}'\n  probe:\n    protocols: [http]\n"
-        ),
-    )?;
+    let selector = format!("cmdline: '{MARKER}'");
+    let manifests = tracepoint_manifest(dir.path(), "reader", &selector, "http")?;
     let mut agent = Agent::start_standalone(bins, &manifests, &logs)?;
     agent.wait_healthy().await?;
-    let lead = Duration::from_secs(3);
-    let reader = std::process::Command::new("python3")
-        .args(["-c", FILE_READER])
-        .arg(rate.to_string())
-        .arg((lead.as_secs() + seconds + 1).to_string())
-        .arg(MARKER)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("starting python3")?;
-    tokio::time::sleep(lead).await;
-    let pid = agent.proc.pid();
-    let before = cpu_seconds(pid)?;
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    let agent_ms = (cpu_seconds(pid)? - before) * 1e3 / seconds as f64;
-    let output = tokio::task::spawn_blocking(move || reader.wait_with_output()).await??;
-    let files: u64 = String::from_utf8_lossy(&output.stdout)
-        .trim()
-        .parse()
-        .context("the file reader's count")?;
+    let (files, agent_ms) = python_workload(
+        &agent,
+        FILE_READER,
+        &[rate.to_string()],
+        &[MARKER],
+        Duration::from_secs(3),
+        seconds,
+    )
+    .await?;
     let (code, metrics) = observe::agent_get(&agent.url, "/metrics", None).await?;
     ensure!(code == 200, "GET /metrics: {code}");
     // Absent from agents older than the metric.
@@ -659,4 +620,55 @@ async fn file_reads(bins: &SondeBinaries, rate: u32, seconds: u64) -> Result<()>
     println!("|---|---|---|---|");
     println!("| {rate}/s | {files} | {agent_ms:.1} ms/s | {lookups} |");
     Ok(())
+}
+
+/// A `manifests` directory under `dir` holding one Tracepoint `name` with process `selector`
+/// (a YAML `exe: …` or `cmdline: …` line) and `protocols` (a YAML list's items).
+fn tracepoint_manifest(
+    dir: &std::path::Path,
+    name: &str,
+    selector: &str,
+    protocols: &str,
+) -> Result<std::path::PathBuf> {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests)?;
+    std::fs::write(
+        manifests.join(format!("{name}.yaml")),
+        format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: {name}\nspec:\n  process:\n    {selector}\n  probe:\n    protocols: [{protocols}]\n"
+        ),
+    )?;
+    Ok(manifests)
+}
+
+/// Runs `script` with python3 (arguments: `args`, its run time in seconds, then `tail`) so that
+/// it outlasts `lead` plus `seconds`; measures `agent`'s CPU over the `seconds` after `lead`, and
+/// returns the count the script prints at its end with that CPU in ms per second.
+async fn python_workload(
+    agent: &Agent,
+    script: &str,
+    args: &[String],
+    tail: &[&str],
+    lead: Duration,
+    seconds: u64,
+) -> Result<(u64, f64)> {
+    let workload = std::process::Command::new("python3")
+        .args(["-c", script])
+        .args(args)
+        .arg((lead.as_secs() + seconds + 1).to_string())
+        .args(tail)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting python3 (scripts/setup peers)")?;
+    tokio::time::sleep(lead).await;
+    let pid = agent.proc.pid();
+    let before = cpu_seconds(pid)?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let agent_ms = (cpu_seconds(pid)? - before) * 1e3 / seconds as f64;
+    let output = tokio::task::spawn_blocking(move || workload.wait_with_output()).await??;
+    let count = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("the count the workload printed: {output:?}"))?;
+    Ok((count, agent_ms))
 }

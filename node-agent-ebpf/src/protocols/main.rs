@@ -829,11 +829,20 @@ macro_rules! offset {
     };
 }
 
-/// The `struct sock` behind the current task's `fd` and its socket type: `Some(None)` when the
-/// fd is no socket (a file, a pipe…); None when that cannot be told (no BTF offsets, a failed
-/// read, an fd closed meanwhile).
+/// An inet socket the kernel has behind an fd.
+struct InetSocket {
+    /// Its `struct sock`.
+    sk: u64,
+    family: u16,
+    /// A datagram (UDP) socket.
+    udp: bool,
+}
+
+/// The inet socket behind the current task's `fd`: `Some(None)` when the fd is none (a file, a
+/// pipe, a unix socket); None when that cannot be told (no BTF offsets, a failed read, an fd
+/// closed meanwhile).
 #[inline(always)]
-fn fd_sock(fd: u32) -> Option<Option<(u64, i16)>> {
+fn fd_inet_socket(fd: u32) -> Option<Option<InetSocket>> {
     if offset!(fields_known) == 0 {
         return None;
     }
@@ -860,7 +869,15 @@ fn fd_sock(fd: u32) -> Option<Option<(u64, i16)>> {
     let socket: u64 = kernel_read(file + offset!(file_private_data))?;
     let sock_type: i16 = kernel_read(socket + offset!(socket_type))?;
     let sk: u64 = kernel_read(socket + offset!(socket_sk))?;
-    Some(Some((sk, sock_type)))
+    let family: u16 = kernel_read(sk + offset!(skc_family))?;
+    if family != AF_INET && family != AF_INET6 {
+        return Some(None);
+    }
+    Some(Some(InetSocket {
+        sk,
+        family,
+        udp: sock_type == SOCK_DGRAM,
+    }))
 }
 
 /// The addresses of the inet socket behind the current task's `fd`; None without BTF offsets,
@@ -868,8 +885,7 @@ fn fd_sock(fd: u32) -> Option<Option<(u64, i16)>> {
 /// connection opens only.
 #[inline(always)]
 fn socket_addresses(fd: u32) -> Option<SocketAddresses> {
-    let (sk, sock_type) = fd_sock(fd)??;
-    let family: u16 = kernel_read(sk + offset!(skc_family))?;
+    let InetSocket { sk, family, udp } = fd_inet_socket(fd)??;
     let (mut local, mut remote) = (NO_PEER, NO_PEER);
     local.family = family;
     local.port = kernel_read(sk + offset!(skc_num))?;
@@ -883,20 +899,14 @@ fn socket_addresses(fd: u32) -> Option<SocketAddresses> {
             local.addr[i] = addr[i];
             remote.addr[i] = peer[i];
         }
-    } else if family == AF_INET6 {
+    } else {
         let (addr, peer) = (sk + offset!(skc_v6_rcv_saddr), sk + offset!(skc_v6_daddr));
         // SAFETY: a checked read into a stack buffer of its length.
         unsafe { bpf_probe_read_kernel_buf(addr as *const u8, &mut local.addr) }.ok()?;
         // SAFETY: as above.
         unsafe { bpf_probe_read_kernel_buf(peer as *const u8, &mut remote.addr) }.ok()?;
-    } else {
-        return None;
     }
-    Some(SocketAddresses {
-        local,
-        remote,
-        udp: sock_type == SOCK_DGRAM,
-    })
+    Some(SocketAddresses { local, remote, udp })
 }
 
 /// A datagram with a peer address on an fd not known yet: an inet socket, traced from this datagram.
@@ -1315,12 +1325,7 @@ pub fn conn_exit_sendfile(ctx: TracePointContext) -> u32 {
 fn unknown_fd(id: u64, key: ConnKey) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let not_inet = match fd_sock(key.fd) {
-        Some(None) => true,
-        Some(Some((sk, _))) => kernel_read::<u16>(sk + offset!(skc_family))
-            .is_some_and(|f| f != AF_INET && f != AF_INET6),
-        None => false,
-    };
+    let not_inet = matches!(fd_inet_socket(key.fd), Some(None));
     let info = ConnInfo {
         generation: now,
         bytes_sent: 0,

@@ -140,7 +140,7 @@ impl Kernel {
             .and_then(|btf| sock_offsets(&btf))
             .unwrap_or_else(|e| {
                 warn!(
-                    "{e}; local addresses of short-lived UDP clients (DNS lookups) are looked up in /proc and may be missing"
+                    "{e}; the agent looks at traced processes' fds itself: addresses of short-lived connections (DNS lookups) may be missing, and files read by traced processes cost it a look each"
                 );
                 SockOffsets::default()
             });
@@ -335,7 +335,6 @@ fn prefilter(tgids: &HashSet<u32>, cgroups: &HashSet<u64>) -> Vec<u64> {
     words
 }
 
-/// Makes `map` hold exactly `wanted`; returns whether any key was removed.
 /// Makes `map` hold the keys of `wanted` (with `value` of each), as far as this side put them
 /// there; returns the keys that went.
 fn sync<K: aya::Pod + Eq + std::hash::Hash>(
