@@ -57,7 +57,8 @@ use sonde_common::conn::{
     EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, EventHeader, FILTER_WORDS, ForkEvent,
     LocalEvent, MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED,
     OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
-    ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, SockOffsets, filter_bit_cgroup, filter_bit_tgid,
+    ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, SockOffsets, TAIL_GAP_CHUNK, filter_bit_cgroup,
+    filter_bit_tgid,
 };
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
@@ -1074,6 +1075,14 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     };
     if captured < ret {
         count_truncated(info);
+        // The rest is a gap the parsers learn of now: a response read until close, or the
+        // last one sent on a keep-alive connection, ends with this syscall.
+        event.header.stream_pos = pos + ret;
+        event.header.len = 0;
+        event.header.chunk = TAIL_GAP_CHUNK;
+        if send::<DataEventHeader>(&event.header).is_err() {
+            count_drop(DROP_RING_FULL);
+        }
     }
     0
 }

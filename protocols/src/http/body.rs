@@ -28,9 +28,11 @@ impl Body {
         self.frozen = true;
     }
 
-    /// Appends the body to `text` — as text when it reads as text (declared textual, or undeclared
-    /// and valid UTF-8 without control bytes), else as `<binary N bytes, type>`: never dump an image
-    /// into a table. `content_type` and `content_encoding` are spans of `text`; returns the body's.
+    /// Appends the body to `text` — as text when it reads as text (declared textual and valid
+    /// UTF-8, or undeclared and valid UTF-8 without control bytes), else as `<binary N bytes,
+    /// type>`: never dump an image into a table, nor a file uploaded as a form (`curl
+    /// --data-binary` declares any file `x-www-form-urlencoded`). `content_type` and
+    /// `content_encoding` are spans of `text`; returns the body's.
     pub fn render_into(
         self,
         text: &mut String,
@@ -43,11 +45,17 @@ impl Body {
         }
         let (type_text, encoding_text) = (content_type.of(text), content_encoding.of(text));
         let encoded = !encoding_text.is_empty() && !encoding_text.eq_ignore_ascii_case("identity");
-        if !encoded && looks_textual(type_text, &self.kept) {
-            match std::str::from_utf8(&self.kept) {
-                Ok(body) => text.push_str(body),
-                Err(_) => text.push_str(&String::from_utf8_lossy(&self.kept)),
-            }
+        let body = if encoded {
+            None
+        } else if declared_textual(type_text) {
+            utf8_prefix(&self.kept)
+        } else if type_text.is_empty() {
+            plain_text(&self.kept)
+        } else {
+            None
+        };
+        if let Some(body) = body {
+            text.push_str(body);
         } else {
             // Written piece by piece (`format!` here was a tenth of the agent's work per request
             // for a server answering `application/octet-stream`). The type and the encoding are
@@ -73,7 +81,8 @@ impl Body {
     }
 }
 
-fn looks_textual(content_type: &str, kept: &[u8]) -> bool {
+/// Is the media type of `content_type` one whose bodies are text?
+fn declared_textual(content_type: &str) -> bool {
     // Bytes, and HTTP's whitespace only: this runs for every body.
     let media = content_type
         .as_bytes()
@@ -88,7 +97,7 @@ fn looks_textual(content_type: &str, kept: &[u8]) -> bool {
         media.len() >= suffix.len()
             && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
     };
-    let declared_text = starts("text/")
+    starts("text/")
         || [
             "json",
             "xml",
@@ -98,25 +107,24 @@ fn looks_textual(content_type: &str, kept: &[u8]) -> bool {
             "graphql",
         ]
         .into_iter()
-        .any(ends);
-    if declared_text {
-        return true;
+        .any(ends)
+}
+
+/// `kept` as text if it is UTF-8, but for a character cut at the end of the kept prefix.
+fn utf8_prefix(kept: &[u8]) -> Option<&str> {
+    match std::str::from_utf8(kept) {
+        Ok(t) => Some(t),
+        Err(e) if e.error_len().is_none() => std::str::from_utf8(&kept[..e.valid_up_to()]).ok(),
+        Err(_) => None,
     }
-    if !media.is_empty() {
-        return false;
-    }
-    // Undeclared: text if it decodes, allowing a character cut at the end of the kept prefix.
-    let text = match std::str::from_utf8(kept) {
-        Ok(t) => t,
-        Err(e) if e.error_len().is_none() => match std::str::from_utf8(&kept[..e.valid_up_to()]) {
-            Ok(t) => t,
-            Err(_) => return false,
-        },
-        Err(_) => return false,
-    };
-    !text
-        .chars()
-        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+}
+
+/// An undeclared body is text if it decodes and holds no control bytes but whitespace.
+fn plain_text(kept: &[u8]) -> Option<&str> {
+    utf8_prefix(kept).filter(|t| {
+        !t.chars()
+            .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    })
 }
 
 #[cfg(test)]
@@ -151,6 +159,25 @@ mod tests {
             rendered("", "br", b"\x0b\x02"),
             "<binary 2 bytes, unknown type, br>"
         );
+    }
+
+    #[test]
+    fn bytes_that_are_no_text_are_summarised_whatever_the_type_declares() {
+        // curl --data-binary @file: any file is declared a form.
+        let form = "application/x-www-form-urlencoded";
+        assert_eq!(
+            rendered(form, "", &[0x39, 0xff, 0x3c, 0x1d, 0x00]),
+            "<binary 5 bytes, application/x-www-form-urlencoded>"
+        );
+        assert_eq!(
+            rendered("application/json", "", b"{\"a\":\xc3\x28}"),
+            "<binary 8 bytes, application/json>"
+        );
+        // A character cut by the end of the kept prefix is no reason: the text ends before it.
+        let mut cut = b"caf".to_vec();
+        cut.push(0xc3);
+        assert_eq!(rendered("text/plain", "", &cut), "caf");
+        assert_eq!(rendered("", "", &cut), "caf");
     }
 
     #[test]

@@ -242,11 +242,15 @@ impl Conn {
         }
         let (gap, fresh) = stream.place(pos, data);
         if fresh.is_empty() {
-            // A data event without data (sendfile): its bytes are a gap of known length.
-            if gap > 0
-                && let Protocol::Parsing { parser, .. } = &mut self.protocol
-            {
-                parser.gap(dir, gap);
+            // A data event without data (sendfile, or a syscall's bytes beyond the capture): its
+            // bytes are a gap of known length.
+            if gap > 0 {
+                match &mut self.protocol {
+                    Protocol::Parsing { parser, .. } => parser.gap(dir, gap),
+                    // What came before the gap does not continue after it.
+                    Protocol::Detecting { head, .. } => head.clear(),
+                    Protocol::Unknown => {}
+                }
             }
             return fed;
         }
@@ -415,13 +419,37 @@ mod tests {
     }
 
     fn dns_route() -> Option<Arc<Route>> {
+        route_of(Kind::Dns)
+    }
+
+    fn route_of(kind: Kind) -> Option<Arc<Route>> {
         Some(Arc::new(Route {
-            kinds: vec![Kind::Dns],
+            kinds: vec![kind],
             config: Default::default(),
             namespace: String::new(),
             pod: String::new(),
             container: String::new(),
         }))
+    }
+
+    #[test]
+    fn bytes_before_a_syscall_s_uncaptured_rest_are_not_joined_to_bytes_after_it() {
+        let mut conn = Conn::new(1, 3, 0, route_of(Kind::Http));
+        // A syscall of 5 bytes of which 2 were captured, then the event for its rest.
+        let fed = conn.feed(Direction::Ingress, 1, 0, b"GE", Some(5), Vec::new());
+        assert!(fed.detected.is_none());
+        conn.feed(Direction::Ingress, 1, 5, b"", None, Vec::new());
+        // "GE" + "T / HTTP/1.1" would read as a request: they are not one.
+        let fed = conn.feed(
+            Direction::Ingress,
+            2,
+            5,
+            b"T / HTTP/1.1\r\n\r\n",
+            Some(16),
+            Vec::new(),
+        );
+        assert!(fed.detected.is_none());
+        assert!(matches!(conn.protocol, Protocol::Detecting { .. }));
     }
 
     #[test]
