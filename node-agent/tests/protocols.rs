@@ -1,5 +1,7 @@
-//! Protocol capture against real peers on loopback: nginx serving `return 200`, curl as client.
-//! Needs root (eBPF), nginx and curl (`scripts/setup peers`); fails loudly without them.
+//! Protocol capture against real peers on loopback: nginx serving `return 200`, curl as client;
+//! a Python HTTP server (`fixtures/protocols/large_bodies.py`) for answers larger than a syscall's
+//! capture. Needs root (eBPF), nginx, curl and python3 (`scripts/setup peers`); fails loudly
+//! without them.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -348,6 +350,85 @@ async fn an_answer_sent_in_one_syscall_larger_than_the_capture_is_complete_when_
         // The first 512 bytes (the default limit) are kept as the body.
         assert_eq!(row["resp_body"], Value::String(byte.repeat(512)), "{row:?}");
     }
+}
+
+/// A client that, told on stdin, fetches `/chunked` with reads of up to 1 MiB (after giving the
+/// answer time to arrive whole), then `/small` on the same connection; prints its local port and
+/// waits for its stdin to close.
+const BIG_READS_CLIENT: &str = r#"
+import socket, sys, time
+sys.stdin.readline()
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+s.sendall(b"GET /chunked HTTP/1.1\r\nHost: sonde\r\n\r\n")
+time.sleep(0.3)
+data = b""
+while not data.endswith(b"\r\n0\r\n\r\n"):
+    data += s.recv(1 << 20)
+s.sendall(b"GET /small HTTP/1.1\r\nHost: sonde\r\n\r\n")
+data = b""
+while not data.endswith(b"ok"):
+    data += s.recv(1 << 20)
+print(s.getsockname()[1], flush=True)
+sys.stdin.read()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_answer_taken_in_reads_larger_than_the_capture_is_sized_and_paired_in_order() {
+    use std::io::{BufRead, BufReader, Write};
+    let port = free_port();
+    let _server = start_large_bodies_server(port);
+    let python = std::fs::canonicalize(which("python3")).unwrap();
+    let mut client = Command::new(&python)
+        .args(["-c", BIG_READS_CLIENT, &port.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let Traced {
+        store, probe: p, ..
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/python3*"),
+        target(client.id(), &python.to_string_lossy()),
+    );
+
+    // Each read takes tens of KiB of which the first 16 KiB are captured: the chunk boundaries
+    // in the rest are lost.
+    let mut stdin = client.stdin.take().unwrap();
+    stdin.write_all(b"go\n").unwrap();
+    let mut client_port = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut client_port)
+        .unwrap();
+    let client_port: i64 = client_port.trim().parse().unwrap();
+    let of_client = |r: &Row| {
+        r["local_port"] == Value::Int64(client_port)
+            && r["trace_role"] == Value::String("client".into())
+    };
+    let http = wait_for_rows(&store, "http_events", |r| {
+        r.iter().filter(|r| of_client(r)).count() >= 2
+    })
+    .await;
+    drop(stdin);
+    let _ = client.wait();
+    p.stop().await;
+
+    let rows: Vec<&Row> = http.iter().filter(|r| of_client(r)).collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (chunked, small) = (rows[0], rows[1]);
+    assert_eq!(chunked["req_path"], Value::String("/chunked".into()));
+    assert_eq!(chunked["resp_status"], Value::Int64(200));
+    assert_eq!(chunked["resp_body"], Value::String("z".repeat(512)));
+    // 200,000 bytes of payload; the chunk-size lines that went with lost bytes count too.
+    let Value::Int64(size) = chunked["resp_body_size"] else {
+        panic!("{chunked:?}")
+    };
+    assert!(
+        (200_000..=200_000 + 101 * 7).contains(&size),
+        "resp_body_size {size}"
+    );
+    assert_eq!(small["req_path"], Value::String("/small".into()));
+    assert_eq!(small["resp_body"], Value::String("ok".into()));
+    assert_eq!(small["resp_body_size"], Value::Int64(2));
 }
 
 trait TapMkdir {

@@ -5,7 +5,9 @@ use crate::Span;
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Body {
     kept: Vec<u8>,
-    /// Bytes of payload (after de-chunking), including bytes lost in the capture.
+    /// Bytes of payload (after de-chunking), including bytes lost in the capture. After a loss
+    /// inside a chunked body, the chunk-size lines that follow count too (a few bytes per chunk):
+    /// which bytes were framing went with the lost ones.
     pub size: u64,
     /// Set after a hole: later bytes are counted but not appended, they do not follow the prefix.
     frozen: bool,

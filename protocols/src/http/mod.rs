@@ -6,8 +6,9 @@
 //!
 //! - [`detect`]: a known method and a space, or `HTTP/1.`, at the start of a connection.
 //! - [`parse`]: one [`parse::Reader`] per direction turns bytes into [`parse::Message`]s; a gap inside a
-//!   body of known length is skipped without losing sync, any other loss resynchronises at the next
-//!   request line (or status line).
+//!   body of known length is skipped without losing sync; a gap inside a chunked body (a client's
+//!   large reads are captured in part) counts bytes until the last chunk shows or a later syscall
+//!   starts a message; any other loss resynchronises at the next request line (or status line).
 //! - [`stitch`]: requests and responses are paired in order (HTTP/1 has no ids), then rendered into
 //!   Pixie's `http_events` columns.
 use crate::{ColumnDef, ConnParser, Direction, FieldType, ParseConfig, ParseError, Record, Role};

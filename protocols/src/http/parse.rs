@@ -289,6 +289,54 @@ enum Framing {
     /// Bytes of the CRLF after a chunk still to read.
     ChunkEnd(u8),
     Trailers,
+    /// Bytes lost inside a chunked body took its chunk boundaries with them: every byte counts
+    /// toward the body until the last chunk (`\r\n0\r\n\r\n`) shows, or a later syscall's
+    /// bytes start a message. `tail`: the last bytes seen, for a last chunk split between two.
+    ChunkedLost {
+        tail: [u8; LAST_CHUNK.len() - 1],
+        tail_len: u8,
+    },
+}
+
+/// The end of a chunked body without trailers: a data chunk's CRLF, the last chunk, the empty line.
+const LAST_CHUNK: &[u8; 7] = b"\r\n0\r\n\r\n";
+
+/// [`Framing::ChunkedLost`] just after a loss.
+const CHUNKED_LOST: Framing = Framing::ChunkedLost {
+    tail: [0; LAST_CHUNK.len() - 1],
+    tail_len: 0,
+};
+
+/// Where [`LAST_CHUNK`] ends in `piece` (it may start in `tail`, the bytes before `piece`).
+fn last_chunk_end(tail: &[u8], piece: &[u8]) -> Option<usize> {
+    let mut joined = [0u8; 2 * (LAST_CHUNK.len() - 1)];
+    let head = piece.len().min(LAST_CHUNK.len() - 1);
+    joined[..tail.len()].copy_from_slice(tail);
+    joined[tail.len()..tail.len() + head].copy_from_slice(&piece[..head]);
+    let across = joined[..tail.len() + head]
+        .windows(LAST_CHUNK.len())
+        .position(|w| w == LAST_CHUNK)
+        .map(|i| i + LAST_CHUNK.len() - tail.len());
+    across.or_else(|| {
+        piece
+            .windows(LAST_CHUNK.len())
+            .position(|w| w == LAST_CHUNK)
+            .map(|i| i + LAST_CHUNK.len())
+    })
+}
+
+/// The last bytes of `tail` followed by `piece`, as many as a split [`LAST_CHUNK`] can need.
+fn next_tail(tail: &[u8], piece: &[u8]) -> ([u8; LAST_CHUNK.len() - 1], u8) {
+    const KEEP: usize = LAST_CHUNK.len() - 1;
+    let mut joined = [0u8; 2 * KEEP];
+    let from_piece = piece.len().min(KEEP);
+    joined[..tail.len()].copy_from_slice(tail);
+    joined[tail.len()..tail.len() + from_piece].copy_from_slice(&piece[piece.len() - from_piece..]);
+    let all = &joined[..tail.len() + from_piece];
+    let kept = &all[all.len().saturating_sub(KEEP)..];
+    let mut out = [0u8; KEEP];
+    out[..kept.len()].copy_from_slice(kept);
+    (out, kept.len() as u8)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -344,6 +392,13 @@ impl Reader {
     /// Parses everything `data` completes. Keeps going after an error (resynchronising) and
     /// reports the first one.
     pub fn feed(&mut self, ts: u64, data: &[u8], stitch: &mut Stitcher) -> Result<(), ParseError> {
+        if matches!(self.state, State::Body(Framing::ChunkedLost { .. }))
+            && (self.side.starts())(data)
+        {
+            // A later syscall starts a message: the body it follows ended in what was lost.
+            let end = self.last_ns;
+            self.finish(end, false, stitch);
+        }
         self.last_ns = ts;
         if self.state == State::Tunnel {
             return Ok(());
@@ -475,6 +530,23 @@ impl Reader {
                 Ok(httparse::Status::Partial) => Ok(None),
                 Err(_) => Err((pos, "bad_chunk_size")),
             },
+            State::Body(Framing::ChunkedLost { tail, tail_len }) => {
+                let piece = &buf[pos..];
+                match last_chunk_end(&tail[..tail_len as usize], piece) {
+                    Some(end) => {
+                        let payload = end.saturating_sub(LAST_CHUNK.len());
+                        self.body_bytes(buf, pos, payload);
+                        self.finish(ts, true, stitch);
+                        Ok(Some(pos + end))
+                    }
+                    None => {
+                        self.body_bytes(buf, pos, piece.len());
+                        let (tail, tail_len) = next_tail(&tail[..tail_len as usize], piece);
+                        self.state = State::Body(Framing::ChunkedLost { tail, tail_len });
+                        Ok(Some(len))
+                    }
+                }
+            }
             State::Body(Framing::Trailers) => {
                 let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 match httparse::parse_headers(&buf[pos..], &mut slots) {
@@ -598,6 +670,17 @@ impl Reader {
                 } else {
                     Framing::ChunkData(remaining - lost)
                 });
+            }
+            State::Body(
+                Framing::ChunkSize
+                | Framing::ChunkData(_)
+                | Framing::ChunkEnd(_)
+                | Framing::ChunkedLost { .. },
+            ) => {
+                // A partial chunk-size line, if any, is framing: it is not kept.
+                self.buf.clear();
+                self.skip_body(lost);
+                self.state = State::Body(CHUNKED_LOST);
             }
             _ => {
                 self.buf.clear();
