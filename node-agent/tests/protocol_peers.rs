@@ -754,12 +754,20 @@ async fn redis_commands_pipeline_and_pubsub_on_traced_redis_become_exact_redis_e
     );
     read_until(&mut sub, |b| b.ends_with(b"rust 2026\r\n"));
     drop(sub);
+    // A value of 1,000,000 bytes set and read back: the server reads and writes it in syscalls
+    // larger than their capture, the value's closing CRLF among the bytes not captured.
+    let value = "v".repeat(1_000_000);
+    let mut big = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let set = format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$1000000\r\n{value}\r\n");
+    big.write_all(set.as_bytes()).unwrap();
+    read_until(&mut big, |b| b.ends_with(b"+OK\r\n"));
+    big.write_all(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n").unwrap();
+    let reply = read_until(&mut big, |b| b.len() >= 1_000_012);
+    assert_eq!(reply, format!("$1000000\r\n{value}\r\n").as_bytes());
+    big.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+    read_until(&mut big, |b| b.ends_with(b"+PONG\r\n"));
+    drop(big);
 
-    let want = 8;
-    let redis_rows = wait_for_rows(&store, "redis_events", |r| r.len() >= want).await;
-    p.stop().await;
-    let mut got = pick(&redis_rows, &["req_cmd", "req_args", "resp", "trace_role"]);
-    got.sort();
     let row = |cmd: &str, args: &str, resp: &str| {
         vec![
             cmd.to_owned(),
@@ -778,8 +786,16 @@ async fn redis_commands_pipeline_and_pubsub_on_traced_redis_become_exact_redis_e
         row("SUBSCRIBE", "[\"news\"]", "[\"subscribe\",\"news\",1]"),
         row("PUBLISH", "[\"news\",\"rust 2026\"]", "1"),
         row("PUSH PUB", "", "[\"message\",\"news\",\"rust 2026\"]"),
+        // Values are kept up to the body limit (512 bytes).
+        row("SET", &format!("[\"big\",\"{}\"]", &value[..512]), "OK"),
+        row("GET", "[\"big\"]", &value[..512]),
+        row("PING", "[]", "PONG"),
     ];
     want_rows.sort();
+    let redis_rows = wait_for_rows(&store, "redis_events", |r| r.len() >= want_rows.len()).await;
+    p.stop().await;
+    let mut got = pick(&redis_rows, &["req_cmd", "req_args", "resp", "trace_role"]);
+    got.sort();
     assert_eq!(got, want_rows, "{redis_rows:?}");
 }
 

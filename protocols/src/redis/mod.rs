@@ -36,6 +36,8 @@ pub struct Parser {
     replies: parse::Reader,
     stitch: stitch::Stitcher,
     events: Vec<parse::Event>,
+    /// A command completed by a gap that was no command: reported with the next bytes fed.
+    deferred: Option<ParseError>,
 }
 
 impl Parser {
@@ -46,6 +48,7 @@ impl Parser {
             replies: parse::Reader::new(parse::Side::Replies, config.max_body_bytes),
             stitch: stitch::Stitcher::new(config.clone()),
             events: Vec::new(),
+            deferred: None,
         }
     }
 
@@ -54,6 +57,26 @@ impl Parser {
             (self.role, dir),
             (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
         )
+    }
+}
+
+impl Parser {
+    /// Hands the frames a reader made to the stitcher.
+    fn dispatch(&mut self, commands: bool) -> Result<(), ParseError> {
+        let mut result = Ok(());
+        for event in self.events.drain(..) {
+            match event {
+                parse::Event::LostSync if !commands => self.stitch.lost_sync(),
+                parse::Event::LostSync => {}
+                parse::Event::Frame(frame) if commands => {
+                    if let Err(reason) = self.stitch.command(frame) {
+                        result = result.and(Err(ParseError::new("redis", reason)));
+                    }
+                }
+                parse::Event::Frame(frame) => self.stitch.reply(frame),
+            }
+        }
+        result
     }
 }
 
@@ -71,28 +94,28 @@ impl ConnParser for Parser {
         } else {
             &mut self.replies
         };
-        let mut result = reader.feed(ts_ns, data, &mut self.events);
-        for event in self.events.drain(..) {
-            match event {
-                parse::Event::LostSync if !commands => self.stitch.lost_sync(),
-                parse::Event::LostSync => {}
-                parse::Event::Frame(frame) if commands => {
-                    if let Err(reason) = self.stitch.command(frame) {
-                        result = result.and(Err(ParseError::new("redis", reason)));
-                    }
-                }
-                parse::Event::Frame(frame) => self.stitch.reply(frame),
-            }
-        }
+        let result = reader.feed(ts_ns, data, &mut self.events);
+        let result = match self.deferred.take() {
+            Some(e) => Err(e),
+            None => result,
+        };
+        let result = result.and(self.dispatch(commands));
         self.stitch.drain(out);
         result
     }
 
     fn gap(&mut self, dir: Direction, lost_bytes: u64) {
-        if self.carries_commands(dir) {
-            self.commands.gap(lost_bytes);
-        } else if !self.replies.gap(lost_bytes) {
+        let commands = self.carries_commands(dir);
+        let reader = if commands {
+            &mut self.commands
+        } else {
+            &mut self.replies
+        };
+        if !reader.gap(lost_bytes, &mut self.events) && !commands {
             self.stitch.lost_sync();
+        }
+        if let Err(e) = self.dispatch(commands) {
+            self.deferred.get_or_insert(e);
         }
     }
 

@@ -442,36 +442,47 @@ impl Reader {
         self.kept_items = 0;
     }
 
-    /// `lost` bytes were not captured. Returns false when sync was lost.
-    pub fn gap(&mut self, lost: u64) -> bool {
+    /// `lost` bytes were not captured. Returns false when sync was lost. A bulk string's length
+    /// says where it ends, so a loss that reaches into its closing CRLF (a large value sent or
+    /// read in one syscall whose tail was not captured) still completes it, into `frames`.
+    pub fn gap(&mut self, lost: u64, frames: &mut Vec<Event>) -> bool {
         if lost == 0 {
             return true;
         }
-        match &mut self.state {
-            State::Resync => true,
+        let crlf = match &mut self.state {
+            State::Resync => return true,
             State::Bulk {
                 kind,
                 text,
                 remaining,
-            } if lost <= *remaining => {
-                text.skip(lost);
-                if lost == *remaining {
-                    let (kind, text) = (*kind, std::mem::take(text));
-                    self.state = State::BulkEnd {
-                        kind,
-                        text,
-                        left: 2,
-                    };
-                } else {
-                    *remaining -= lost;
+            } if lost <= *remaining + 2 => {
+                let payload = lost.min(*remaining);
+                text.skip(payload);
+                *remaining -= payload;
+                if *remaining > 0 {
+                    return true;
                 }
-                true
+                let (kind, text) = (*kind, std::mem::take(text));
+                self.state = State::BulkEnd {
+                    kind,
+                    text,
+                    left: 2,
+                };
+                lost - payload
             }
+            State::BulkEnd { left, .. } if lost <= u64::from(*left) => lost,
             _ => {
                 self.lose_sync();
-                false
+                return false;
             }
-        }
+        };
+        // The CRLF's lost bytes, as they must have been.
+        let left = match self.state {
+            State::BulkEnd { left, .. } => usize::from(left),
+            _ => 0,
+        };
+        let missing = &b"\r\n"[2 - left..][..crlf as usize];
+        missing.is_empty() || self.step(self.last_ns, missing, frames).is_ok()
     }
 
     /// The connection closed: a partial frame is dropped.

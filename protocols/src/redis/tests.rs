@@ -81,6 +81,49 @@ fn a_gap_inside_a_bulk_string_keeps_sync() {
 }
 
 #[test]
+fn a_large_value_whose_syscall_s_tail_was_lost_with_its_crlf_still_completes() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    // SET big <1,000-byte value> sent in one syscall, of which the first 40 bytes were captured:
+    // the rest of the value and its CRLF are the gap.
+    let captured = b"*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n$1000\r\nvvvvvvvvvvvvvvv";
+    p.feed(Direction::Egress, 100, captured, &mut out).unwrap();
+    p.gap(Direction::Egress, 1000 - 15 + 2);
+    p.feed(Direction::Ingress, 200, b"+OK\r\n", &mut out)
+        .unwrap();
+    // GET big: the reply read in one syscall whose tail (value and CRLF) was lost.
+    p.feed(
+        Direction::Egress,
+        300,
+        b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n",
+        &mut out,
+    )
+    .unwrap();
+    p.feed(Direction::Ingress, 400, b"$1000\r\nvvv", &mut out)
+        .unwrap();
+    p.gap(Direction::Ingress, 997 + 1);
+    assert_eq!(out.len(), 1, "the GET waits for its reply's last byte");
+    p.gap(Direction::Ingress, 1);
+    p.feed(Direction::Egress, 500, b"*1\r\n$4\r\nPING\r\n", &mut out)
+        .unwrap();
+    p.feed(Direction::Ingress, 600, b"+PONG\r\n", &mut out)
+        .unwrap();
+    let summary: Vec<(String, String)> = rows(&out)
+        .into_iter()
+        .map(|(cmd, _, resp)| (cmd, resp))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("SET".to_string(), "OK".to_string()),
+            ("GET".to_string(), "vvv".to_string()),
+            ("PING".to_string(), "PONG".to_string()),
+        ]
+    );
+    assert_eq!(out[1].latency_ns, Some(400 - 300));
+}
+
+#[test]
 fn resp3_attributes_are_dropped_and_types_rendered() {
     let mut p = parser();
     let mut out = Vec::new();

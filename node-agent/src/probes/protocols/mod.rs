@@ -250,7 +250,10 @@ impl ProtocolProbe {
             },
             Ok(()) => RuntimeStatus {
                 state: ProbeState::Attached,
-                message: format!("tracing {names} on {} processes", targets.len()),
+                message: match targets.len() {
+                    1 => format!("tracing {names} on 1 process"),
+                    n => format!("tracing {names} on {n} processes"),
+                },
                 targets_attached: targets.len() as u32,
                 restarts: 0,
             },
