@@ -85,12 +85,19 @@ fn curl_version() -> String {
         .to_owned()
 }
 
-/// A client that, when told, opens `count` connections one after the other, each for one request
-/// (closed as soon as the answer is in: a millisecond or two), printing each one's local port.
+/// A client that, when told, tries a non-blocking connect to `refused` (nothing listens there),
+/// then opens `count` connections to `port` one after the other, each for one request (closed as
+/// soon as the answer is in: a millisecond or two), printing each one's local port.
 const SHORT_CLIENT: &str = r#"
-import socket, sys
-port, count = int(sys.argv[1]), int(sys.argv[2])
+import errno, select, socket, sys
+port, count, refused = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 sys.stdin.readline()
+r = socket.socket()
+r.setblocking(False)
+assert r.connect_ex(("127.0.0.1", refused)) == errno.EINPROGRESS
+select.select([], [r], [], 5)
+assert r.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED
+r.close()
 for _ in range(count):
     s = socket.create_connection(("127.0.0.1", port))
     print(s.getsockname()[1], flush=True)
@@ -102,13 +109,13 @@ for _ in range(count):
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_lived_tcp_clients_keep_their_local_address() {
+async fn short_lived_tcp_clients_keep_their_local_address_and_a_refused_connect_is_no_connection() {
     use std::io::{BufRead, BufReader, Write};
     use std::process::Stdio;
 
     const CONNECTIONS: usize = 20;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let (port, refused) = two_free_ports();
     let (_nginx, _worker) = start_hello_nginx(dir.path(), port);
     let mut client = Command::new(which("python3"))
         .args([
@@ -116,13 +123,16 @@ async fn short_lived_tcp_clients_keep_their_local_address() {
             SHORT_CLIENT,
             &port.to_string(),
             &CONNECTIONS.to_string(),
+            &refused.to_string(),
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let Traced {
-        store, probe: p, ..
+        store,
+        registry,
+        probe: p,
     } = Traced::start(
         &tracepoint(vec![Protocol::Http], "*/python3*"),
         target(client.id(), "/usr/bin/python3"),
@@ -139,8 +149,27 @@ async fn short_lived_tcp_clients_keep_their_local_address() {
     assert_eq!(ports.len(), CONNECTIONS);
 
     let http = wait_for_rows(&store, "http_events", |r| r.len() >= CONNECTIONS).await;
+    // The refused connect ended first: its row, if it had one, would be in by now.
+    let stats = wait_for_rows(&store, "conn_stats", |r| closed(r).len() >= CONNECTIONS).await;
+    let metrics = metrics_text(&registry);
     p.stop().await;
     assert_eq!(http.len(), CONNECTIONS, "{http:?}");
+    assert_eq!(closed(&stats).len(), CONNECTIONS, "{stats:?}");
+    assert!(
+        stats
+            .iter()
+            .all(|r| r["remote_port"] == Value::Int64(i64::from(port))),
+        "{stats:?}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "sonde_events_dropped_total",
+            &["reason=\"addresses_unknown\""]
+        ),
+        0,
+        "{metrics}"
+    );
     let mut seen = Vec::new();
     for row in &http {
         assert_eq!(text(row, "trace_role"), "client", "{row:?}");

@@ -116,6 +116,9 @@ pub struct Conn {
     pub opened: bool,
     /// A child process inherited it at fork (the child's own connection carries its traffic).
     pub forked: bool,
+    /// A TCP connect the kernel has not reported established (with its local address) yet: one
+    /// that ends so without a byte was refused or timed out, and was never a connection.
+    pub connecting: bool,
     /// (sent, received) in its last periodic conn_stats row: a new one only after more traffic.
     pub stats_reported: (u64, u64),
 }
@@ -148,6 +151,7 @@ impl Conn {
             evidence: Evidence::Socket,
             opened: false,
             forked: false,
+            connecting: false,
             stats_reported: (0, 0),
         }
     }
@@ -164,8 +168,9 @@ impl Conn {
     /// opened itself and did not hand to a child (a 0-byte copy of a socket a forked child serves,
     /// or an fd that was only closed, is noise).
     pub fn wants_stats_row(&self) -> bool {
+        let moved = self.bytes_sent + self.bytes_recv > 0;
         self.evidence == Evidence::Socket
-            && (self.bytes_sent + self.bytes_recv > 0 || (self.opened && !self.forked))
+            && (moved || (self.opened && !self.forked && !self.connecting))
     }
 
     /// Whether its rows carry the addresses: the local one, and the peer for a stream.
@@ -526,6 +531,19 @@ mod tests {
     }
 
     const UDP_QUERY: &[u8] = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03web\x05sonde\x04test\x00\x00\x01\x00\x01";
+
+    #[test]
+    fn a_connect_never_established_and_without_bytes_gets_no_stats_row() {
+        let mut conn = Conn::new(1, 3, 0, dns_route());
+        conn.opened = true;
+        conn.connecting = true;
+        assert!(!conn.wants_stats_row(), "refused: no connection");
+        conn.connecting = false;
+        assert!(
+            conn.wants_stats_row(),
+            "established, then closed without a byte"
+        );
+    }
 
     #[test]
     fn bytes_sent_by_sendmmsg_make_an_assumed_tcp_connection_udp_before_detection() {

@@ -316,6 +316,7 @@ impl Tracker {
             // (`on_local`), so the fd needs no look.
             conn.set_transport(Transport::Tcp);
             conn.local = self.locals.remove(&key);
+            conn.connecting = conn.local.is_none();
         } else if socket_read {
             // The kernel read the socket when it opened: no look at the fd, which a short-lived
             // connection (a DNS lookup's) has often closed by now.
@@ -519,7 +520,10 @@ impl Tracker {
             return;
         };
         match self.conns.get_mut(&key) {
-            Some(conn) if conn.role == Some(Role::Client) => conn.local = Some(local),
+            Some(conn) if conn.role == Some(Role::Client) => {
+                conn.local = Some(local);
+                conn.connecting = false;
+            }
             _ => {
                 // Bounded: an entry stays only if its connect never reported success.
                 if self.locals.len() >= MAX_PENDING_LOCALS {
