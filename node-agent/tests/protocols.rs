@@ -1,5 +1,5 @@
 //! Protocol capture against real peers on loopback: nginx serving `return 200`, curl as client;
-//! a Python HTTP server (`fixtures/protocols/large_bodies.py`) for answers larger than a syscall's
+//! a Python HTTP server (`fixtures/protocols/awkward_answers.py`) for answers larger than a syscall's
 //! capture. Needs root (eBPF), nginx, curl and python3 (`scripts/setup peers`); fails loudly
 //! without them.
 mod common;
@@ -287,11 +287,11 @@ async fn keep_alive_requests_to_traced_nginx_become_http_events_and_histogram_sa
     assert!(count.ends_with(" 3"), "{count}");
 }
 
-/// The Python server of `fixtures/protocols/large_bodies.py` on `port`, once it listens.
-fn start_large_bodies_server(port: u16) -> Server {
+/// The Python server of `fixtures/protocols/awkward_answers.py` on `port`, once it listens.
+fn start_awkward_server(port: u16) -> Server {
     use std::io::{BufRead, BufReader};
     let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/large_bodies.py");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/awkward_answers.py");
     let mut child = Command::new(which("python3"))
         .arg(script)
         .arg(port.to_string())
@@ -302,7 +302,7 @@ fn start_large_bodies_server(port: u16) -> Server {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(line.trim(), "ready", "large_bodies.py did not start");
+    assert_eq!(line.trim(), "ready", "awkward_answers.py did not start");
     Server {
         child,
         signal: nix::sys::signal::Signal::SIGTERM,
@@ -324,7 +324,7 @@ sys.stdin.read()
 async fn an_answer_sent_in_one_syscall_larger_than_the_capture_is_complete_when_it_is_sent() {
     use std::io::{BufRead, BufReader};
     let port = free_port();
-    let server = start_large_bodies_server(port);
+    let server = start_awkward_server(port);
     let python = std::fs::canonicalize(which("python3")).unwrap();
     let Traced {
         store, probe: p, ..
@@ -405,7 +405,7 @@ sys.stdin.read()
 async fn a_chunked_answer_taken_in_reads_larger_than_the_capture_is_sized_and_paired_in_order() {
     use std::io::{BufRead, BufReader, Write};
     let port = free_port();
-    let _server = start_large_bodies_server(port);
+    let _server = start_awkward_server(port);
     let python = std::fs::canonicalize(which("python3")).unwrap();
     let mut client = Command::new(&python)
         .args(["-c", BIG_READS_CLIENT, &port.to_string()])
@@ -458,6 +458,52 @@ async fn a_chunked_answer_taken_in_reads_larger_than_the_capture_is_sized_and_pa
     assert_eq!(small["req_path"], Value::String("/small".into()));
     assert_eq!(small["resp_body"], Value::String("ok".into()));
     assert_eq!(small["resp_body_size"], Value::Int64(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_takes_longer_than_a_dns_timeout_still_gets_its_latency() {
+    let port = free_port();
+    let server = start_awkward_server(port);
+    let python = std::fs::canonicalize(which("python3")).unwrap();
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/python3*"),
+        target(server.pid(), &python.to_string_lossy()),
+    );
+
+    // 11 s: longer than a resolver waits, well within what a slow endpoint takes.
+    let out = Command::new(which("curl"))
+        .args(["-s", "--http1.1", &format!("http://127.0.0.1:{port}/slow")])
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, b"ok", "curl: {out:?}");
+    let of_slow = |r: &Row| r["req_path"] == Value::String("/slow".into());
+    let http = wait_for_rows(&store, "http_events", |r| r.iter().any(of_slow)).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+
+    let slow: Vec<&Row> = http.iter().filter(|r| of_slow(r)).collect();
+    assert_eq!(slow.len(), 1, "{slow:?}");
+    assert_eq!(slow[0]["resp_status"], Value::Int64(200), "{slow:?}");
+    let Value::Int64(latency) = slow[0]["latency"] else {
+        panic!("no latency: {slow:?}")
+    };
+    assert!(
+        (11_000_000_000..20_000_000_000).contains(&latency),
+        "latency {latency} ns"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "http_server_request_duration_seconds_count",
+            &["http_response_status_code=\"200\""]
+        ),
+        1,
+        "{metrics}"
+    );
 }
 
 trait TapMkdir {

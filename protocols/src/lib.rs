@@ -293,6 +293,19 @@ impl Kind {
         }
     }
 
+    /// How long a request waits for its answer before it is written without one. A resolver
+    /// gives up on a DNS query within seconds; an HTTP or database request may take minutes
+    /// (long polls, reports, blocking pops) and is then the one worth seeing, with its latency.
+    /// Memory stays bounded by each stitcher's queue cap, not by this.
+    pub fn answer_timeout(self) -> std::time::Duration {
+        match self {
+            Kind::Dns => std::time::Duration::from_secs(10),
+            Kind::Http | Kind::Pgsql | Kind::Mysql | Kind::Redis => {
+                std::time::Duration::from_secs(300)
+            }
+        }
+    }
+
     /// Table the records go to (Pixie's names).
     pub fn table(self) -> &'static str {
         match self {

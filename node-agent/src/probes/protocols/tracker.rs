@@ -27,8 +27,6 @@ use super::routes::Routes;
 use super::rows::{Clock, PendingRows, Tables};
 use super::sockets::{self, FdKind};
 
-/// A request without response for this long is written without one.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Owner shown for the tables this runtime writes.
 pub const TABLE_OWNER: &str = "Tracepoint (protocols)";
 /// Encoded rows collected before they are appended even in the middle of a batch (one table lock
@@ -620,9 +618,10 @@ impl Tracker {
     /// processes that exited.
     pub fn tick(&mut self) {
         let now = Clock::monotonic_now();
-        let deadline = now.saturating_sub(REQUEST_TIMEOUT.as_nanos() as u64);
         let mut expired: Vec<(ConnKey, Vec<Record>)> = Vec::new();
         for (key, conn) in &mut self.conns {
+            let Some(kind) = conn.kind() else { continue };
+            let deadline = now.saturating_sub(kind.answer_timeout().as_nanos() as u64);
             let mut records = Vec::new();
             conn.expire(deadline, &mut records);
             if !records.is_empty() {
