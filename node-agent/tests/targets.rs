@@ -215,6 +215,36 @@ fn standalone_selectors_find_host_processes_without_kubernetes_fields() {
     assert!(resolved[0].pod.is_empty() && resolved[0].container_id.is_empty());
 }
 
+#[test]
+fn a_program_started_through_a_symlink_is_selected_by_the_symlink_s_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("sonde-sleeper-{}", std::process::id());
+    let link = dir.path().join(&name);
+    std::os::unix::fs::symlink(fs::canonicalize("/usr/bin/sleep").unwrap(), &link).unwrap();
+    let mut child = Command::new(&link).arg("30").spawn().unwrap();
+    let selector = ProcessSelector {
+        exe: Some(format!("*/{name}")),
+        cmdline: None,
+    };
+    let mut resolved = Vec::new();
+    for _ in 0..50 {
+        resolved = ProcessTable::scan()
+            .unwrap()
+            .resolve(&probe(vec![], Some(selector.clone())));
+        if !resolved.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(resolved[0].pid, child.id());
+    // The kernel names the file the link points to.
+    assert_eq!(resolved[0].exe.file_name().unwrap(), "sleep");
+}
+
 fn regex_escape(s: &str) -> String {
     s.replace('.', r"\.")
 }

@@ -42,10 +42,21 @@ impl ProcessMatcher {
     }
 
     /// Whether a process with this executable and command line is selected (both fields must match
-    /// when both are set; an empty selector matches everything).
+    /// when both are set; an empty selector matches everything). `exe` also matches the path the
+    /// process was started as, its command line's first word when that is absolute: the name a
+    /// user knows a program by may be a symlink (Debian's `/usr/bin/redis-server` runs
+    /// `redis-check-rdb`, a multi-call binary answers to many names).
     pub fn matches(&self, exe: &std::path::Path, cmdline: &str) -> bool {
+        let started_as = cmdline
+            .split(' ')
+            .next()
+            .filter(|first| first.starts_with('/'))
+            .map(std::path::Path::new);
         let exe_ok = self.exe.as_ref().is_none_or(|(literal, glob)| {
-            exe.as_os_str() == literal.as_str() || glob.is_match(exe)
+            let hit = |path: &std::path::Path| {
+                path.as_os_str() == literal.as_str() || glob.is_match(path)
+            };
+            hit(exe) || started_as.is_some_and(hit)
         });
         let cmdline_ok = self.cmdline.as_ref().is_none_or(|re| re.is_match(cmdline));
         exe_ok && cmdline_ok
@@ -78,6 +89,17 @@ mod tests {
         let glob = ProcessMatcher::new(&selector(Some("*/nginx"), None)).unwrap();
         assert!(glob.matches(Path::new("/usr/sbin/nginx"), ""));
         assert!(!glob.matches(Path::new("/usr/bin/redis-server"), ""));
+    }
+
+    #[test]
+    fn a_program_started_through_a_symlink_matches_by_the_symlink_s_path_too() {
+        let m = ProcessMatcher::new(&selector(Some("*/redis-server"), None)).unwrap();
+        let exe = Path::new("/usr/bin/redis-check-rdb");
+        assert!(m.matches(exe, "/usr/bin/redis-server 127.0.0.1:6379"));
+        assert!(!m.matches(exe, "redis-server 127.0.0.1:6379"), "no path");
+        assert!(!m.matches(exe, "/usr/bin/redis-check-rdb dump.rdb"));
+        let exact = ProcessMatcher::new(&selector(Some("/usr/bin/redis-server"), None)).unwrap();
+        assert!(exact.matches(exe, "/usr/bin/redis-server *:6379"));
     }
 
     #[test]
