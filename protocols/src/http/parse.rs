@@ -290,51 +290,53 @@ enum Framing {
     ChunkEnd(u8),
     Trailers,
     /// Bytes lost inside a chunked body took its chunk boundaries with them: every byte counts
-    /// toward the body until the last chunk (`\r\n0\r\n\r\n`) shows, or a later syscall's
+    /// toward the body until the last chunk (`\n0\r\n\r\n`) shows, or a later syscall's
     /// bytes start a message. `tail`: the last bytes seen, for a last chunk split between two.
     ChunkedLost {
-        tail: [u8; LAST_CHUNK.len() - 1],
+        tail: [u8; TAIL],
         tail_len: u8,
     },
 }
 
-/// The end of a chunked body without trailers: a data chunk's CRLF, the last chunk, the empty line.
-const LAST_CHUNK: &[u8; 7] = b"\r\n0\r\n\r\n";
+/// The end of a chunked body without trailers: the line feed ending a data chunk, the last chunk,
+/// the empty line.
+const LAST_CHUNK: &[u8; 6] = b"\n0\r\n\r\n";
 
 /// [`Framing::ChunkedLost`] just after a loss.
 const CHUNKED_LOST: Framing = Framing::ChunkedLost {
-    tail: [0; LAST_CHUNK.len() - 1],
+    tail: [0; TAIL],
     tail_len: 0,
 };
 
-/// Where [`LAST_CHUNK`] ends in `piece` (it may start in `tail`, the bytes before `piece`).
-fn last_chunk_end(tail: &[u8], piece: &[u8]) -> Option<usize> {
-    let mut joined = [0u8; 2 * (LAST_CHUNK.len() - 1)];
-    let head = piece.len().min(LAST_CHUNK.len() - 1);
-    joined[..tail.len()].copy_from_slice(tail);
-    joined[tail.len()..tail.len() + head].copy_from_slice(&piece[..head]);
-    let across = joined[..tail.len() + head]
-        .windows(LAST_CHUNK.len())
-        .position(|w| w == LAST_CHUNK)
-        .map(|i| i + LAST_CHUNK.len() - tail.len());
-    across.or_else(|| {
-        piece
-            .windows(LAST_CHUNK.len())
-            .position(|w| w == LAST_CHUNK)
-            .map(|i| i + LAST_CHUNK.len())
-    })
+/// Bytes of a [`LAST_CHUNK`] that can lie in the piece before the one it ends in.
+const TAIL: usize = LAST_CHUNK.len() - 1;
+
+/// `tail` then `more` (at most [`TAIL`] bytes each) in one buffer, and its length.
+fn joined(tail: &[u8], more: &[u8]) -> ([u8; 2 * TAIL], usize) {
+    let mut buf = [0u8; 2 * TAIL];
+    buf[..tail.len()].copy_from_slice(tail);
+    buf[tail.len()..tail.len() + more.len()].copy_from_slice(more);
+    (buf, tail.len() + more.len())
 }
 
-/// The last bytes of `tail` followed by `piece`, as many as a split [`LAST_CHUNK`] can need.
-fn next_tail(tail: &[u8], piece: &[u8]) -> ([u8; LAST_CHUNK.len() - 1], u8) {
-    const KEEP: usize = LAST_CHUNK.len() - 1;
-    let mut joined = [0u8; 2 * KEEP];
-    let from_piece = piece.len().min(KEEP);
-    joined[..tail.len()].copy_from_slice(tail);
-    joined[tail.len()..tail.len() + from_piece].copy_from_slice(&piece[piece.len() - from_piece..]);
-    let all = &joined[..tail.len() + from_piece];
-    let kept = &all[all.len().saturating_sub(KEEP)..];
-    let mut out = [0u8; KEEP];
+/// Where [`LAST_CHUNK`] ends in `piece` (it may start in `tail`, the bytes before `piece`).
+fn last_chunk_end(tail: &[u8], piece: &[u8]) -> Option<usize> {
+    let find = |bytes: &[u8]| {
+        bytes
+            .windows(LAST_CHUNK.len())
+            .position(|w| w == LAST_CHUNK)
+    };
+    let (across, n) = joined(tail, &piece[..piece.len().min(TAIL)]);
+    find(&across[..n])
+        .map(|i| i + LAST_CHUNK.len() - tail.len())
+        .or_else(|| find(piece).map(|i| i + LAST_CHUNK.len()))
+}
+
+/// The last [`TAIL`] bytes of `tail` followed by `piece`.
+fn next_tail(tail: &[u8], piece: &[u8]) -> ([u8; TAIL], u8) {
+    let (all, n) = joined(tail, &piece[piece.len().saturating_sub(TAIL)..]);
+    let kept = &all[n.saturating_sub(TAIL)..n];
+    let mut out = [0u8; TAIL];
     out[..kept.len()].copy_from_slice(kept);
     (out, kept.len() as u8)
 }
@@ -663,12 +665,21 @@ impl Reader {
                     self.state = State::Body(Framing::Length(remaining - lost));
                 }
             }
-            State::Body(Framing::ChunkData(remaining)) if lost <= remaining => {
-                self.skip_body(lost);
-                self.state = State::Body(if lost == remaining {
-                    Framing::ChunkEnd(2)
+            // A chunk's size says where it ends: a loss may reach into its CRLF (a chunk written
+            // in one syscall whose tail was not captured) without losing the next chunk's start.
+            State::Body(Framing::ChunkData(remaining)) if lost <= remaining + 2 => {
+                self.skip_body(lost.min(remaining));
+                self.state = State::Body(match lost.checked_sub(remaining) {
+                    None => Framing::ChunkData(remaining - lost),
+                    Some(2) => Framing::ChunkSize,
+                    Some(crlf) => Framing::ChunkEnd(2 - crlf as u8),
+                });
+            }
+            State::Body(Framing::ChunkEnd(left)) if lost <= u64::from(left) => {
+                self.state = State::Body(if lost == u64::from(left) {
+                    Framing::ChunkSize
                 } else {
-                    Framing::ChunkData(remaining - lost)
+                    Framing::ChunkEnd(left - lost as u8)
                 });
             }
             State::Body(

@@ -205,6 +205,28 @@ fn a_gap_across_chunks_counts_every_byte_until_the_last_chunk_and_keeps_sync() {
 }
 
 #[test]
+fn a_gap_that_ends_with_a_chunk_s_crlf_keeps_the_chunk_boundaries() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
+    // Each chunk written in one syscall of which the first bytes were captured.
+    let first = [CHUNKED_HEAD, b"3e8\r\nabc"].concat();
+    feed(&mut p, Direction::Ingress, 200, &first, &mut out);
+    p.gap(Direction::Ingress, 997 + 2);
+    feed(&mut p, Direction::Ingress, 210, b"3e8\r\ndef", &mut out);
+    p.gap(Direction::Ingress, 997 + 1);
+    feed(&mut p, Direction::Ingress, 220, b"\n0\r\n\r\n", &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        int(&out[0], "resp_body_size"),
+        2000,
+        "exact: no framing counted"
+    );
+    assert_eq!(text(&out[0], "resp_body"), "abc");
+    assert_eq!(out[0].latency_ns, Some(220 - 100));
+}
+
+#[test]
 fn a_chunked_body_whose_last_chunk_was_lost_ends_where_the_next_answer_starts() {
     let mut p = parser();
     let mut out = Vec::new();
