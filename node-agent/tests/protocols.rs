@@ -287,22 +287,49 @@ async fn keep_alive_requests_to_traced_nginx_become_http_events_and_histogram_sa
     assert!(count.ends_with(" 3"), "{count}");
 }
 
-/// The Python server of `fixtures/protocols/awkward_answers.py` on `port`, once it listens.
-fn start_awkward_server(port: u16) -> Server {
-    use std::io::{BufRead, BufReader};
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/awkward_answers.py");
-    let mut child = Command::new(which("python3"))
-        .arg(script)
-        .arg(port.to_string())
+/// python3 as the kernel names it (symlinks resolved).
+fn python3() -> PathBuf {
+    std::fs::canonicalize(which("python3")).unwrap()
+}
+
+/// python3 running `args`, its stdin and stdout piped to the test.
+fn python_piped(args: &[&str]) -> std::process::Child {
+    Command::new(python3())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
+        .unwrap()
+}
+
+/// The next line `child` prints.
+fn printed_line(child: &mut std::process::Child) -> String {
+    use std::io::{BufRead, BufReader};
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert_eq!(line.trim(), "ready", "awkward_answers.py did not start");
+    line.trim().to_owned()
+}
+
+/// HTTP tracing of the python3 process `pid`.
+fn trace_python(pid: u32) -> Traced {
+    Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/python3*"),
+        target(pid, &python3().to_string_lossy()),
+    )
+}
+
+/// The Python server of `fixtures/protocols/awkward_answers.py` on `port`, once it listens.
+fn start_awkward_server(port: u16) -> Server {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/awkward_answers.py");
+    let mut child = python_piped(&[&script.to_string_lossy(), &port.to_string()]);
+    assert_eq!(
+        printed_line(&mut child),
+        "ready",
+        "awkward_answers.py did not start"
+    );
     Server {
         child,
         signal: nix::sys::signal::Signal::SIGTERM,
@@ -322,30 +349,16 @@ sys.stdin.read()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_sent_in_one_syscall_larger_than_the_capture_is_complete_when_it_is_sent() {
-    use std::io::{BufRead, BufReader};
     let port = free_port();
     let server = start_awkward_server(port);
-    let python = std::fs::canonicalize(which("python3")).unwrap();
     let Traced {
         store, probe: p, ..
-    } = Traced::start(
-        &tracepoint(vec![Protocol::Http], "*/python3*"),
-        target(server.pid(), &python.to_string_lossy()),
-    );
+    } = trace_python(server.pid());
 
     // 300,000 bytes in one send, of which the first 16 KiB are captured; the connection stays
     // open. The rest is a gap the parser must learn of with that send, not with the next one.
-    let mut client = Command::new(&python)
-        .args(["-c", KEEP_OPEN_CLIENT, &port.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut client_port = String::new();
-    BufReader::new(client.stdout.take().unwrap())
-        .read_line(&mut client_port)
-        .unwrap();
-    let client_port: i64 = client_port.trim().parse().unwrap();
+    let mut client = python_piped(&["-c", KEEP_OPEN_CLIENT, &port.to_string()]);
+    let client_port: i64 = printed_line(&mut client).parse().unwrap();
     let of_client = |r: &Row| r["remote_port"] == Value::Int64(client_port);
     let http = wait_for_rows(&store, "http_events", |r| r.iter().any(of_client)).await;
     let open: Vec<&Row> = http.iter().filter(|r| of_client(r)).collect();
@@ -403,32 +416,19 @@ sys.stdin.read()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunked_answer_taken_in_reads_larger_than_the_capture_is_sized_and_paired_in_order() {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::Write;
     let port = free_port();
     let _server = start_awkward_server(port);
-    let python = std::fs::canonicalize(which("python3")).unwrap();
-    let mut client = Command::new(&python)
-        .args(["-c", BIG_READS_CLIENT, &port.to_string()])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut client = python_piped(&["-c", BIG_READS_CLIENT, &port.to_string()]);
     let Traced {
         store, probe: p, ..
-    } = Traced::start(
-        &tracepoint(vec![Protocol::Http], "*/python3*"),
-        target(client.id(), &python.to_string_lossy()),
-    );
+    } = trace_python(client.id());
 
     // Each read takes tens of KiB of which the first 16 KiB are captured: the chunk boundaries
     // in the rest are lost.
     let mut stdin = client.stdin.take().unwrap();
     stdin.write_all(b"go\n").unwrap();
-    let mut client_port = String::new();
-    BufReader::new(client.stdout.take().unwrap())
-        .read_line(&mut client_port)
-        .unwrap();
-    let client_port: i64 = client_port.trim().parse().unwrap();
+    let client_port: i64 = printed_line(&mut client).parse().unwrap();
     let of_client = |r: &Row| {
         r["local_port"] == Value::Int64(client_port)
             && r["trace_role"] == Value::String("client".into())
@@ -464,15 +464,11 @@ async fn a_chunked_answer_taken_in_reads_larger_than_the_capture_is_sized_and_pa
 async fn an_answer_that_takes_longer_than_a_dns_timeout_still_gets_its_latency() {
     let port = free_port();
     let server = start_awkward_server(port);
-    let python = std::fs::canonicalize(which("python3")).unwrap();
     let Traced {
         store,
         registry,
         probe: p,
-    } = Traced::start(
-        &tracepoint(vec![Protocol::Http], "*/python3*"),
-        target(server.pid(), &python.to_string_lossy()),
-    );
+    } = trace_python(server.pid());
 
     // 11 s: longer than a resolver waits, well within what a slow endpoint takes.
     let out = Command::new(which("curl"))

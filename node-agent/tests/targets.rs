@@ -196,17 +196,7 @@ fn standalone_selectors_find_host_processes_without_kubernetes_fields() {
         exe: None,
         cmdline: Some(cmdline),
     };
-    // Poll: other tests fork and exec concurrently, and a scan is a snapshot of a moving /proc.
-    let mut resolved = Vec::new();
-    for _ in 0..50 {
-        resolved = ProcessTable::scan()
-            .unwrap()
-            .resolve(&probe(vec![], Some(selector.clone())));
-        if !resolved.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let resolved = resolve_standalone(selector);
     let _ = child.kill();
     let _ = child.wait();
 
@@ -226,16 +216,7 @@ fn a_program_started_through_a_symlink_is_selected_by_the_symlink_s_name() {
         exe: Some(format!("*/{name}")),
         cmdline: None,
     };
-    let mut resolved = Vec::new();
-    for _ in 0..50 {
-        resolved = ProcessTable::scan()
-            .unwrap()
-            .resolve(&probe(vec![], Some(selector.clone())));
-        if !resolved.is_empty() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let resolved = resolve_standalone(selector);
     let _ = child.kill();
     let _ = child.wait();
 
@@ -243,6 +224,20 @@ fn a_program_started_through_a_symlink_is_selected_by_the_symlink_s_name() {
     assert_eq!(resolved[0].pid, child.id());
     // The kernel names the file the link points to.
     assert_eq!(resolved[0].exe.file_name().unwrap(), "sleep");
+}
+
+/// The processes a standalone probe with `selector` resolves to, once there are any (5 s at most).
+fn resolve_standalone(selector: ProcessSelector) -> Vec<TargetProcess> {
+    // Poll: other tests fork and exec concurrently, and a scan is a snapshot of a moving /proc.
+    let probe = probe(vec![], Some(selector));
+    for _ in 0..50 {
+        let resolved = ProcessTable::scan().unwrap().resolve(&probe);
+        if !resolved.is_empty() {
+            return resolved;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    Vec::new()
 }
 
 fn regex_escape(s: &str) -> String {
