@@ -58,9 +58,7 @@ impl Parser {
             (Role::Client, Direction::Egress) | (Role::Server, Direction::Ingress)
         )
     }
-}
 
-impl Parser {
     /// Hands the frames a reader made to the stitcher.
     fn dispatch(&mut self, commands: bool) -> Result<(), ParseError> {
         let mut result = Ok(());
