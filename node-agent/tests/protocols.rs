@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use sonde_agent::tables::Value;
-use sonde_api::Protocol;
+use sonde_api::{AssignedProbe, ProbeConfig, Protocol, TracepointSpec};
 
 /// nginx with one worker answering `return 200 "hello\n"` on `port`; returns it and its worker pid.
 fn start_hello_nginx(dir: &Path, port: u16) -> (Server, u32) {
@@ -500,6 +500,82 @@ async fn an_answer_that_takes_longer_than_a_dns_timeout_still_gets_its_latency()
         1,
         "{metrics}"
     );
+}
+
+/// curl logging in to the awkward server on `port` with secrets in its header, query string and
+/// form; the server answers a token.
+fn curl_login(port: u16) {
+    let out = Command::new(which("curl"))
+        .args(["-s", "--http1.1", "-u", "ann:hunter2"])
+        .args(["-d", "user=ann&password=hunter2&remember=1"])
+        .arg(format!(
+            "http://127.0.0.1:{port}/login?next=/home&access_token=abc"
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.stdout, br#"{"id":7,"refresh_token":"r-9f8e7d6c"}"#,
+        "curl: {out:?}"
+    );
+}
+
+/// The one `http_events` row `probe` makes of [`curl_login`] to `server`.
+async fn login_row(server: &Server, port: u16, probe: (AssignedProbe, TracepointSpec)) -> Row {
+    let Traced {
+        store, probe: p, ..
+    } = Traced::start(&probe, target(server.pid(), &python3().to_string_lossy()));
+    curl_login(port);
+    let http = wait_for_rows(&store, "http_events", |r| !r.is_empty()).await;
+    p.stop().await;
+    assert_eq!(http.len(), 1, "{http:?}");
+    http.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_in_query_strings_form_and_json_bodies_and_headers_are_redacted_unless_turned_off()
+{
+    let port = free_port();
+    let server = start_awkward_server(port);
+    let probe = tracepoint(vec![Protocol::Http], "*/python3*");
+    let row = &login_row(&server, port, probe.clone()).await;
+    assert_eq!(
+        text(row, "req_path"),
+        "/login?next=/home&access_token=<redacted>"
+    );
+    assert_eq!(
+        text(row, "req_body"),
+        "user=ann&password=<redacted>&remember=1"
+    );
+    assert_eq!(
+        text(row, "resp_body"),
+        r#"{"id":7,"refresh_token":"<redacted>"}"#
+    );
+    assert!(
+        text(row, "req_headers").contains(r#""Authorization":"<redacted>""#),
+        "{row:?}"
+    );
+    let secrets = [
+        "hunter2",
+        "access_token=abc",
+        "r-9f8e7d6c",
+        "YW5uOmh1bnRlcjI=",
+    ];
+    let everything = format!("{row:?}");
+    for secret in secrets {
+        assert!(!everything.contains(secret), "{secret} in {everything}");
+    }
+
+    // spec.probe.redact: false keeps what was captured.
+    let (mut assigned, mut spec) = probe;
+    spec.probe.redact = Some(false);
+    if let ProbeConfig::Tracepoint(s) = &mut assigned.config {
+        s.probe.redact = Some(false);
+    }
+    let row = login_row(&server, port, (assigned, spec)).await;
+    let everything = format!("{row:?}");
+    for secret in secrets {
+        assert!(everything.contains(secret), "{secret} not in {everything}");
+    }
 }
 
 trait TapMkdir {

@@ -56,7 +56,8 @@ pub struct ParseConfig {
     /// Bytes of each body (HTTP body, query text beyond the statement, …) kept in records.
     pub max_body_bytes: usize,
     /// Replace secrets (Authorization, Cookie, Set-Cookie, Proxy-Authorization header values,
-    /// PostgreSQL/MySQL password messages) with `<redacted>`.
+    /// PostgreSQL/MySQL password messages, secret query parameters and form or JSON fields) with
+    /// `<redacted>`.
     pub redact: bool,
 }
 

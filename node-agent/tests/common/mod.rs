@@ -200,6 +200,7 @@ fn spec(protocols: Vec<Protocol>, process: Option<sonde_api::ProcessSelector>) -
             protocols: Some(protocols),
             profiler: None,
             max_body_bytes: None,
+            redact: None,
         },
     }
 }

@@ -1,4 +1,5 @@
 //! Body capture: the first `max` bytes and the full size, rendered as text or summarised when binary.
+use super::redact;
 use crate::Span;
 
 /// A body as captured: a bounded prefix and the size the message declared or carried.
@@ -11,9 +12,19 @@ pub struct Body {
     pub size: u64,
     /// Set after a hole: later bytes are counted but not appended, they do not follow the prefix.
     frozen: bool,
+    /// Secret values of a form or JSON body are redacted when it is rendered.
+    redact: bool,
 }
 
 impl Body {
+    /// An empty body, whose secrets are redacted if `redact`.
+    pub fn new(redact: bool) -> Body {
+        Body {
+            redact,
+            ..Body::default()
+        }
+    }
+
     pub fn push(&mut self, data: &[u8], max: usize) {
         let room = if self.frozen {
             0
@@ -33,8 +44,9 @@ impl Body {
     /// Appends the body to `text` — as text when it reads as text (declared textual and valid
     /// UTF-8, or undeclared and valid UTF-8 without control bytes), else as `<binary N bytes,
     /// type>`: never dump an image into a table, nor a file uploaded as a form (`curl
-    /// --data-binary` declares any file `x-www-form-urlencoded`). `content_type` and
-    /// `content_encoding` are spans of `text`; returns the body's.
+    /// --data-binary` declares any file `x-www-form-urlencoded`); the values of secret fields of
+    /// a form or JSON body redacted. `content_type` and `content_encoding` are spans of `text`;
+    /// returns the body's.
     pub fn render_into(
         self,
         text: &mut String,
@@ -56,7 +68,20 @@ impl Body {
         } else {
             None
         };
-        if let Some(body) = body {
+        let redacted = match body {
+            Some(body) if self.redact => {
+                let media = media_type(type_text);
+                if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+                    redact::form(body)
+                } else if ends_with_ignore_case(media, "json") {
+                    redact::json(body)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        };
+        if let Some(body) = redacted.as_deref().or(body) {
             text.push_str(body);
         } else {
             // Written piece by piece (`format!` here was a tenth of the agent's work per request
@@ -83,22 +108,29 @@ impl Body {
     }
 }
 
-/// Is the media type of `content_type` one whose bodies are text?
-fn declared_textual(content_type: &str) -> bool {
+/// The media type of a Content-Type value: what comes before its parameters, trimmed.
+fn media_type(content_type: &str) -> &[u8] {
     // Bytes, and HTTP's whitespace only: this runs for every body.
-    let media = content_type
+    content_type
         .as_bytes()
         .split(|&b| b == b';')
         .next()
         .unwrap_or_default()
-        .trim_ascii();
+        .trim_ascii()
+}
+
+fn ends_with_ignore_case(media: &[u8], suffix: &str) -> bool {
+    media.len() >= suffix.len()
+        && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+/// Is the media type of `content_type` one whose bodies are text?
+fn declared_textual(content_type: &str) -> bool {
+    let media = media_type(content_type);
     let starts = |prefix: &str| {
         media.len() >= prefix.len() && media[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     };
-    let ends = |suffix: &str| {
-        media.len() >= suffix.len()
-            && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
-    };
+    let ends = |suffix: &str| ends_with_ignore_case(media, suffix);
     starts("text/")
         || [
             "json",

@@ -17,6 +17,7 @@ mod body;
 pub mod detect;
 pub mod headers;
 pub mod parse;
+mod redact;
 pub mod stitch;
 #[cfg(test)]
 mod tests;

@@ -417,6 +417,47 @@ fn secrets_are_redacted_only_when_configured() {
         assert_eq!(text(&out[0], "req_headers"), expected);
     }
 }
+
+#[test]
+fn secret_query_parameters_and_body_fields_are_redacted_only_when_configured() {
+    let request = b"POST /login?next=/home&access_token=abc HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 29\r\n\r\nuser=ann&password=hunter2&x=1";
+    let response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 37\r\n\r\n{\"id\":7,\"refresh_token\":\"r-9f8e7d6c\"}";
+    for (redact, path, req_body, resp_body) in [
+        (
+            true,
+            "/login?next=/home&access_token=<redacted>",
+            "user=ann&password=<redacted>&x=1",
+            r#"{"id":7,"refresh_token":"<redacted>"}"#,
+        ),
+        (
+            false,
+            "/login?next=/home&access_token=abc",
+            "user=ann&password=hunter2&x=1",
+            r#"{"id":7,"refresh_token":"r-9f8e7d6c"}"#,
+        ),
+    ] {
+        let mut p = Parser::new(
+            Role::Client,
+            &ParseConfig {
+                max_body_bytes: 512,
+                redact,
+            },
+        );
+        let mut out = Vec::new();
+        feed(&mut p, Direction::Egress, 100, request, &mut out);
+        feed(&mut p, Direction::Ingress, 200, response, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!(text(&out[0], "req_path"), path);
+        assert_eq!(text(&out[0], "req_body"), req_body);
+        assert_eq!(text(&out[0], "resp_body"), resp_body);
+        assert_eq!(
+            int(&out[0], "req_body_size"),
+            29,
+            "the size is the body's on the wire"
+        );
+    }
+}
+
 const REDACTED_HEADERS: &str = r#"{"Authorization":"<redacted>","Cookie":"<redacted>"}"#;
 const PLAIN_HEADERS: &str = r#"{"Authorization":"Basic YTpi","Cookie":"s=1"}"#;
 

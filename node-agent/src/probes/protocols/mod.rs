@@ -208,7 +208,7 @@ fn probe_routes(
                 .probe
                 .max_body_bytes
                 .map_or(DEFAULT_MAX_BODY_BYTES, |b| b as usize),
-            redact: true,
+            redact: spec.probe.redact.unwrap_or(true),
         },
         targets: targets.to_vec(),
         by_cgroup: probe.process.is_none() && !probe.targets.is_empty(),
