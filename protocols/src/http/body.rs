@@ -59,9 +59,10 @@ impl Body {
         }
         let (type_text, encoding_text) = (content_type.of(text), content_encoding.of(text));
         let encoded = !encoding_text.is_empty() && !encoding_text.eq_ignore_ascii_case("identity");
+        let media = media_type(type_text);
         let body = if encoded {
             None
-        } else if declared_textual(type_text) {
+        } else if declared_textual(media) {
             utf8_prefix(&self.kept)
         } else if type_text.is_empty() {
             plain_text(&self.kept)
@@ -70,10 +71,9 @@ impl Body {
         };
         let redacted = match body {
             Some(body) if self.redact => {
-                let media = media_type(type_text);
-                if media.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+                if media.eq_ignore_ascii_case(FORM) {
                     redact::form(body)
-                } else if ends_with_ignore_case(media, "json") {
+                } else if ends_with_ignore_case(media, b"json") {
                     redact::json(body)
                 } else {
                     None
@@ -119,18 +119,18 @@ fn media_type(content_type: &str) -> &[u8] {
         .trim_ascii()
 }
 
-fn ends_with_ignore_case(media: &[u8], suffix: &str) -> bool {
-    media.len() >= suffix.len()
-        && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+const FORM: &[u8] = b"application/x-www-form-urlencoded";
+
+fn ends_with_ignore_case(media: &[u8], suffix: &[u8]) -> bool {
+    media.len() >= suffix.len() && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
-/// Is the media type of `content_type` one whose bodies are text?
-fn declared_textual(content_type: &str) -> bool {
-    let media = media_type(content_type);
+/// Is `media` (a [`media_type`]) one whose bodies are text?
+fn declared_textual(media: &[u8]) -> bool {
     let starts = |prefix: &str| {
         media.len() >= prefix.len() && media[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
     };
-    let ends = |suffix: &str| ends_with_ignore_case(media, suffix);
+    let ends = |suffix: &str| ends_with_ignore_case(media, suffix.as_bytes());
     starts("text/")
         || [
             "json",

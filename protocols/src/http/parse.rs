@@ -136,25 +136,19 @@ impl Head {
         }
         .unwrap_or_else(|| Head::rewritten(line, headers, &seen, redact, slack));
         let mut head = head;
-        if redact {
+        if redact && matches!(line, StartLine::Request { path, .. } if path.contains('?')) {
             head.redact_query();
         }
-        Head {
-            chunked: seen.chunked,
-            content_length: seen.content_length,
-            bad_content_length: seen.bad_content_length,
-            ..head
-        }
+        head.chunked = seen.chunked;
+        head.content_length = seen.content_length;
+        head.bad_content_length = seen.bad_content_length;
+        head
     }
 
     /// Secret query parameters of the path redacted: the redacted path is appended to the text
     /// and the path's span moved to it (the request line itself is no column).
     fn redact_query(&mut self) {
-        let path = self.path.of(&self.text);
-        if !path.contains('?') {
-            return;
-        }
-        if let Some(redacted) = super::redact::query(path) {
+        if let Some(redacted) = super::redact::query(self.path.of(&self.text)) {
             let start = self.text.len();
             self.text.push_str(&redacted);
             self.path = Span::at(start, redacted.len());
