@@ -170,14 +170,26 @@ fn a_gap_inside_a_body_of_known_length_keeps_sync() {
 /// lost bytes are unknown.
 const CHUNKED_HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
 
-#[test]
-fn a_gap_across_chunks_counts_every_byte_until_the_last_chunk_and_keeps_sync() {
+/// A client parser that sent /a and /b and got, at 200, the head of /a's chunked answer and
+/// `chunks`.
+fn chunked_answer_begun(chunks: &[u8]) -> (Parser, Vec<Record>) {
     let mut p = parser();
     let mut out = Vec::new();
     feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
     feed(&mut p, Direction::Egress, 101, GET_B, &mut out);
-    let first = [CHUNKED_HEAD, b"5\r\nhello\r\n10\r\n0123"].concat();
-    feed(&mut p, Direction::Ingress, 200, &first, &mut out);
+    feed(
+        &mut p,
+        Direction::Ingress,
+        200,
+        &[CHUNKED_HEAD, chunks].concat(),
+        &mut out,
+    );
+    (p, out)
+}
+
+#[test]
+fn a_gap_across_chunks_counts_every_byte_until_the_last_chunk_and_keeps_sync() {
+    let (mut p, mut out) = chunked_answer_begun(b"5\r\nhello\r\n10\r\n0123");
     p.gap(Direction::Ingress, 1000);
     // The last chunk split between two reads.
     feed(
@@ -228,12 +240,7 @@ fn a_gap_that_ends_with_a_chunk_s_crlf_keeps_the_chunk_boundaries() {
 
 #[test]
 fn a_chunked_body_whose_last_chunk_was_lost_ends_where_the_next_answer_starts() {
-    let mut p = parser();
-    let mut out = Vec::new();
-    feed(&mut p, Direction::Egress, 100, GET_A, &mut out);
-    feed(&mut p, Direction::Egress, 101, GET_B, &mut out);
-    let first = [CHUNKED_HEAD, b"5\r\nhello\r\n"].concat();
-    feed(&mut p, Direction::Ingress, 200, &first, &mut out);
+    let (mut p, mut out) = chunked_answer_begun(b"5\r\nhello\r\n");
     p.gap(Direction::Ingress, 500);
     feed(&mut p, Direction::Ingress, 400, OK_2, &mut out);
     assert_eq!(out.len(), 2);
