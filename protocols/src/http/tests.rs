@@ -407,17 +407,22 @@ fn bodies_are_cut_at_the_limit_and_binary_ones_summarised() {
     );
 }
 
+/// A client-side parser keeping 512 bytes of bodies, redacting if `redact`.
+fn client_parser(redact: bool) -> Parser {
+    Parser::new(
+        Role::Client,
+        &ParseConfig {
+            max_body_bytes: 512,
+            redact,
+        },
+    )
+}
+
 #[test]
 fn secrets_are_redacted_only_when_configured() {
     let request = b"GET / HTTP/1.1\r\nAuthorization: Basic YTpi\r\nCookie: s=1\r\n\r\n";
     for (redact, expected) in [(true, REDACTED_HEADERS), (false, PLAIN_HEADERS)] {
-        let mut p = Parser::new(
-            Role::Client,
-            &ParseConfig {
-                max_body_bytes: 512,
-                redact,
-            },
-        );
+        let mut p = client_parser(redact);
         let mut out = Vec::new();
         feed(&mut p, Direction::Egress, 100, request, &mut out);
         p.expire(u64::MAX, &mut out);
@@ -443,13 +448,7 @@ fn secret_query_parameters_and_body_fields_are_redacted_only_when_configured() {
             r#"{"id":7,"refresh_token":"r-9f8e7d6c"}"#,
         ),
     ] {
-        let mut p = Parser::new(
-            Role::Client,
-            &ParseConfig {
-                max_body_bytes: 512,
-                redact,
-            },
-        );
+        let mut p = client_parser(redact);
         let mut out = Vec::new();
         feed(&mut p, Direction::Egress, 100, request, &mut out);
         feed(&mut p, Direction::Ingress, 200, response, &mut out);
