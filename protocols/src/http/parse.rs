@@ -128,14 +128,13 @@ impl Head {
         // Usually the head is valid UTF-8 without secrets: one copy, spans from the slices'
         // offsets. Otherwise its parts are written one by one, secrets redacted, bytes decoded
         // lossily. (`from_utf8` first: several times faster than the lossy decoder's check.)
-        let head = match std::str::from_utf8(bytes) {
+        let mut head = match std::str::from_utf8(bytes) {
             Ok(whole) if !(redact && seen.secret) => {
                 Head::verbatim(whole, line, headers, &seen, slack)
             }
             _ => None,
         }
         .unwrap_or_else(|| Head::rewritten(line, headers, &seen, redact, slack));
-        let mut head = head;
         if redact && matches!(line, StartLine::Request { path, .. } if path.contains('?')) {
             head.redact_query();
         }
