@@ -3,9 +3,11 @@
 //! sendfile, PostgreSQL 15 + psql (simple protocol) and pg8000 (extended protocol), MariaDB + the
 //! mariadb client (COM_QUERY) and mysql-connector-python (binary prepared statements), a Go
 //! net/http service with its Go client and the pure-Go resolver (built from `fixtures/protocols`
-//! with /usr/local/go), and a Node.js HTTP server. The two Python drivers come from the venv that
-//! `scripts/setup peers` makes (no Debian package speaks those protocols). Needs root (eBPF) and
-//! the peers; fails loudly without them.
+//! with /usr/local/go), a Node.js HTTP server, and node-postgres and mysql2 in a Node.js
+//! application (reads of 64 KiB, larger than what is captured of a syscall). The two Python drivers
+//! come from the venv that `scripts/setup peers` makes, the Node.js ones from its npm cache (no
+//! Debian package speaks those protocols). Needs root (eBPF) and the peers; fails loudly without
+//! them.
 mod common;
 
 use std::io::{Read, Write};
@@ -2062,4 +2064,210 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
         5 * 2,
         "{metrics}"
     );
+}
+
+// --- Node.js drivers: reads larger than what is captured of a syscall --------------------------------
+
+/// Runs `tests/fixtures/protocols/node_db_client.js` for `driver` (`pg` or `mysql`) against
+/// 127.0.0.1:`port` inside `cgroup`; it must succeed. Returns what it printed: the row counts the
+/// application got.
+fn run_node_db_client(cgroup: &TestCgroup, driver: &str, port: u16) -> String {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/node_db_client.js");
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(which("node"))
+            .arg(&script)
+            .args([driver, &port.to_string()])
+            .env("NODE_PATH", peer_node_modules())
+            .env("PGPASSWORD", PG_PASSWORD),
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits (10 s at most) until the kernel side has counted truncated syscalls, and returns the
+/// metrics then: the large results really came in reads longer than what is captured of one.
+async fn metrics_after_truncations(registry: &Registry) -> String {
+    let truncated = |m: &str| metric_sum(m, "sonde_events_dropped_total", &["truncated"]);
+    for _ in 0..100 {
+        let metrics = metrics_text(registry);
+        if truncated(&metrics) > 0 {
+            return metrics;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let metrics = metrics_text(registry);
+    panic!("no syscall was truncated: the test did not test cut answers\n{metrics}");
+}
+
+/// node-postgres reads 64 KiB per syscall; of each such read the agent captures the first 12 KiB
+/// and the last 512 bytes. A large result's rows cannot all be seen, but its end can: the
+/// CommandComplete and ReadyForQuery in the last read's tail give each query its answer, latency
+/// and row count, and the queries after it stay in step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_postgres_reading_64_kib_at_a_time_gets_answers_and_row_counts_of_large_results() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let data = init_postgres(dir.path());
+    let port = free_port();
+    let _server = start_postgres(dir.path(), &data, port, None);
+    let cgroup = TestCgroup::new("node-pg");
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Pgsql]);
+
+    assert_eq!(
+        run_node_db_client(&cgroup, "pg", port),
+        "20000 42 20000 3\n"
+    );
+    let rows = wait_for_rows(&store, "pgsql_events", |r| r.len() >= 5).await;
+    let metrics = metrics_after_truncations(&registry).await;
+    p.stop().await;
+
+    let big = "SELECT g AS n, repeat('x', 100) AS pad FROM generate_series(1, 20000) g";
+    let big_prepared = "SELECT g AS n, repeat($1, 100) AS pad FROM generate_series(1, 20000) g";
+    let want = [
+        [
+            "StartupMessage",
+            "user=postgres database=postgres client_encoding=UTF8 password=<redacted>",
+            "null",
+            "AuthenticationOk",
+            "0",
+        ],
+        ["Query", big, "null", "SELECT 20000", "20000"],
+        [
+            "Execute",
+            "SELECT $1::int + 1 AS v",
+            "$1='41'",
+            "SELECT 1",
+            "1",
+        ],
+        ["Execute", big_prepared, "$1='y'", "SELECT 20000", "20000"],
+        [
+            "Query",
+            "SELECT g FROM generate_series(1, 3) g",
+            "null",
+            "SELECT 3",
+            "3",
+        ],
+    ]
+    .map(|r| r.map(str::to_owned).to_vec())
+    .to_vec();
+    assert_eq!(
+        pick(&rows, &["req_cmd", "req", "params", "resp", "rows"]),
+        want,
+        "{rows:?}"
+    );
+    assert_answered_clients(&rows, &metrics, 5);
+}
+
+/// Every row is the client's and has its latency, in the histogram too.
+fn assert_answered_clients(rows: &[Row], metrics: &str, want: usize) {
+    assert!(
+        rows.iter()
+            .all(|r| text(r, "trace_role") == "client" && r.get("latency") != Some(&Value::Null)),
+        "{rows:?}"
+    );
+    assert_eq!(
+        metric_sum(metrics, "db_client_operation_duration_seconds_count", &[]),
+        want as u64,
+        "{metrics}"
+    );
+}
+
+/// mysql2 reads 64 KiB per syscall too. A result set's rows carry no count at its end, so a cut
+/// one has its answer and latency from the EOF in the last read's tail, its row count unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql2_reading_64_kib_at_a_time_gets_answers_to_large_result_sets() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_mariadb(dir.path());
+    let port = free_port();
+    let _server = start_mariadb(dir.path(), &data, port);
+    let cgroup = TestCgroup::new("node-mysql");
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Mysql]);
+
+    assert_eq!(
+        run_node_db_client(&cgroup, "mysql", port),
+        "20000 42 20000 3\n"
+    );
+    // Four answered commands, two prepares, and COM_QUIT (no answer; written at the close).
+    let rows = wait_for_rows(&store, "mysql_events", |r| r.len() >= 7).await;
+    let metrics = metrics_after_truncations(&registry).await;
+    p.stop().await;
+
+    let big = "SELECT seq AS n, REPEAT('x', 100) AS pad FROM seq_1_to_20000";
+    let big_prepared = "SELECT seq AS n, REPEAT(?, 100) AS pad FROM seq_1_to_20000";
+    let row = |cmd: &str, body: &str, params: &str, resp: &str, rows: &str| {
+        [cmd, body, params, "OK", resp, rows]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    const CUT: [&str; 2] = ["Resultset (rows not all captured)", "null"];
+    let want = vec![
+        row("COM_QUERY", big, "null", CUT[0], CUT[1]),
+        row(
+            "COM_STMT_PREPARE",
+            "SELECT ? + 1 AS v",
+            "null",
+            "statement 1: 1 params, 1 columns",
+            "0",
+        ),
+        row(
+            "COM_STMT_EXECUTE",
+            "SELECT ? + 1 AS v",
+            "41",
+            "Resultset rows = 1",
+            "1",
+        ),
+        row(
+            "COM_STMT_PREPARE",
+            big_prepared,
+            "null",
+            "statement 2: 1 params, 2 columns",
+            "0",
+        ),
+        row("COM_STMT_EXECUTE", big_prepared, "'y'", CUT[0], CUT[1]),
+        row(
+            "COM_QUERY",
+            "SELECT seq FROM seq_1_to_3",
+            "null",
+            "Resultset rows = 3",
+            "3",
+        ),
+        ["COM_QUIT", "null", "null", "NONE", "null", "null"]
+            .map(str::to_owned)
+            .to_vec(),
+    ];
+    let mut got = pick(
+        &rows,
+        &[
+            "req_cmd",
+            "req_body",
+            "params",
+            "resp_status",
+            "resp_body",
+            "rows",
+        ],
+    );
+    // A large result set whose reads all fit what is captured is counted exactly (the client
+    // kept up with the server read by read): the same answer.
+    for r in &mut got {
+        if r[4] == "Resultset rows = 20000" && r[5] == "20000" {
+            r[4..].clone_from_slice(&CUT.map(str::to_owned));
+        }
+    }
+    assert_eq!(got, want, "{rows:?}");
+    assert_answered_clients(&rows[..6], &metrics, 6);
 }

@@ -7,6 +7,8 @@
 //! RED metrics, so the parsers can be unit-tested on captured bytes and fuzzed on their own.
 #![forbid(unsafe_code)]
 
+#[cfg(test)]
+mod captured;
 pub mod dns;
 mod frames;
 pub mod http;

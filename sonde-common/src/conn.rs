@@ -11,10 +11,13 @@
 pub const DATA_CHUNK: usize = 4096;
 /// Chunks emitted per syscall at most; bytes beyond are counted as truncated.
 pub const MAX_CHUNKS_PER_SYSCALL: u32 = 4;
-/// [`DataEventHeader::chunk`] of the data event without data that follows a truncated syscall's
-/// chunks: the bytes not captured are a gap ending at its `stream_pos`, known at once rather than
-/// when the next syscall of that direction comes (which may be never, or the next request).
+/// [`DataEventHeader::chunk`] of the data event that follows a truncated syscall's chunks: its
+/// last bytes (up to [`TAIL_BYTES`]), or no data when they could not be read; the bytes between
+/// are a gap known at once rather than when the next syscall of that direction comes (which may be
+/// never, or the next request).
 pub const TAIL_GAP_CHUNK: u32 = MAX_CHUNKS_PER_SYSCALL;
+/// Bytes captured of the end of a truncated syscall, where its last message ends.
+pub const TAIL_BYTES: u64 = 512;
 /// Iovecs read per readv/writev/recvmsg/sendmsg at most; bytes in later ones count as truncated.
 pub const MAX_IOVECS: u32 = 8;
 /// Messages read per sendmmsg/recvmmsg at most (of each, up to `MAX_IOVECS` iovecs when the message
@@ -339,10 +342,10 @@ pub struct DataEventHeader {
     pub syscall: u32,
     /// Data bytes that follow (≤ [`DATA_CHUNK`]). 0 with `syscall_len` > 0: the syscall moved bytes
     /// that never passed through user memory (sendfile), or bytes beyond what was captured
-    /// ([`TAIL_GAP_CHUNK`]); they are a gap ending at `stream_pos`.
+    /// ([`TAIL_GAP_CHUNK`] when its tail was unreadable); they are a gap ending at `stream_pos`.
     pub len: u32,
-    /// Index of this chunk among the syscall's chunks (0: the first; [`TAIL_GAP_CHUNK`]: the
-    /// truncated rest).
+    /// Index of this chunk among the syscall's chunks (0: the first; [`TAIL_GAP_CHUNK`]: the end
+    /// of a truncated syscall).
     pub chunk: u32,
 }
 const _: () = assert!(core::mem::size_of::<DataEventHeader>() == 72);

@@ -57,8 +57,8 @@ use sonde_common::conn::{
     EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, EventHeader, FILTER_WORDS, ForkEvent,
     LocalEvent, MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED,
     OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
-    ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, SockOffsets, TAIL_GAP_CHUNK, filter_bit_cgroup,
-    filter_bit_tgid,
+    ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, SockOffsets, TAIL_BYTES, TAIL_GAP_CHUNK,
+    filter_bit_cgroup, filter_bit_tgid,
 };
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
@@ -1065,7 +1065,7 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
         _ => (0, 0),
     };
     let captured = match args.layout {
-        BUF_PLAIN => emit_buffer(event, args.buf, ret, pos, &mut budget),
+        BUF_PLAIN => emit_buffer(event, args.buf, ret, pos, &mut budget, true),
         // Several iovecs whose bytes fit one chunk (nginx's headers + body writev): one event.
         BUF_IOVEC | BUF_MSGHDR if iov_count > 1 && ret <= DATA_CHUNK as u64 => {
             emit_gathered(event, iov, iov_count, ret, pos)
@@ -1075,16 +1075,26 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     };
     if captured < ret {
         count_truncated(info);
-        // The rest is a gap the parsers learn of now: a response read until close, or the
-        // last one sent on a keep-alive connection, ends with this syscall.
-        event.header.stream_pos = pos + ret;
-        event.header.len = 0;
-        event.header.chunk = TAIL_GAP_CHUNK;
-        if send::<DataEventHeader>(&event.header).is_err() {
-            count_drop(DROP_RING_FULL);
+        // The parsers learn of the rest now, not when the next syscall of this direction comes
+        // (maybe never, or with the next request): a response read until close, or the last one
+        // sent on a keep-alive connection, ends with this syscall. From a plain buffer its tail
+        // came already (see `emit_buffer`).
+        if event.header.chunk != TAIL_GAP_CHUNK {
+            tail_gap_marker(event, pos + ret);
         }
     }
     0
+}
+
+/// The data event without data that says the bytes before `end` were not captured.
+#[inline(always)]
+fn tail_gap_marker(event: &mut DataEvent, end: u64) {
+    event.header.stream_pos = end;
+    event.header.len = 0;
+    event.header.chunk = TAIL_GAP_CHUNK;
+    if send::<DataEventHeader>(&event.header).is_err() {
+        count_drop(DROP_RING_FULL);
+    }
 }
 
 /// No peer address (family 0).
@@ -1178,6 +1188,7 @@ fn start_data(
     event.header.syscall_len = syscall_len;
     event.header.direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
     event.header.syscall = syscall;
+    event.header.chunk = 0;
 }
 
 /// Adds `n` bytes to one direction of a connection; returns the stream position they start at.
@@ -1262,7 +1273,7 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
             let (base, size) = read_iovec(iov);
             let take = if size < len { size } else { len };
             let mut budget = MAX_CHUNKS_PER_SYSCALL;
-            emit_buffer(event, base, take, pos, &mut budget)
+            emit_buffer(event, base, take, pos, &mut budget, false)
         };
         if captured < len {
             count_truncated(info);
@@ -1371,9 +1382,19 @@ fn read_iovec(at: u64) -> (u64, u64) {
         .map_or((0, 0), |[base, size]| (base, size))
 }
 
-/// Emits `len` bytes at user address `buf` in chunks; returns the bytes emitted.
+/// Emits `len` bytes at user address `buf` in chunks; returns the bytes emitted. With `ends`
+/// (the buffer ends the syscall), a buffer that does not fit the budget has its last chunk replaced
+/// by its last [`TAIL_BYTES`] ([`TAIL_GAP_CHUNK`]): messages end there (PostgreSQL's
+/// ReadyForQuery, a chunked body's last chunk), and what comes next starts a message.
 #[inline(always)]
-fn emit_buffer(event: &mut DataEvent, buf: u64, len: u64, pos: u64, budget: &mut u32) -> u64 {
+fn emit_buffer(
+    event: &mut DataEvent,
+    buf: u64,
+    len: u64,
+    pos: u64,
+    budget: &mut u32,
+    ends: bool,
+) -> u64 {
     let mut done: u64 = 0;
     for _ in 0..MAX_CHUNKS_PER_SYSCALL {
         if done >= len || *budget == 0 {
@@ -1382,6 +1403,15 @@ fn emit_buffer(event: &mut DataEvent, buf: u64, len: u64, pos: u64, budget: &mut
         *budget -= 1;
         event.header.chunk = MAX_CHUNKS_PER_SYSCALL - 1 - *budget;
         let n = len - done;
+        if ends && *budget == 0 && n > DATA_CHUNK as u64 {
+            event.header.chunk = TAIL_GAP_CHUNK;
+            let at = len - TAIL_BYTES;
+            if !emit_chunk(event, buf + at, TAIL_BYTES as usize, pos + at) {
+                tail_gap_marker(event, pos + len);
+                return done;
+            }
+            return done + TAIL_BYTES;
+        }
         let n = if n > DATA_CHUNK as u64 {
             DATA_CHUNK as u64
         } else {
@@ -1412,7 +1442,7 @@ fn emit_iovecs(
         }
         let (base, size) = read_iovec(iov + 16 * i);
         let take = if size > len - done { len - done } else { size };
-        let emitted = emit_buffer(event, base, take, pos + done, budget);
+        let emitted = emit_buffer(event, base, take, pos + done, budget, false);
         done += emitted;
         if emitted < take {
             break;

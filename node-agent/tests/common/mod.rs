@@ -346,17 +346,33 @@ pub fn metric_sum(text: &str, series: &str, labels: &[&str]) -> u64 {
 /// The Python of the venv that `scripts/setup peers` fills with the database drivers that speak
 /// the binary protocols (pg8000, mysql-connector-python).
 pub fn venv_python() -> PathBuf {
+    peer_cache_path(
+        "venv/bin/python",
+        "it installs pg8000 and mysql-connector-python there",
+    )
+}
+
+/// The `node_modules` of the Node.js test clients' drivers (node-postgres, mysql2).
+pub fn peer_node_modules() -> PathBuf {
+    peer_cache_path(
+        "node/node_modules",
+        "it installs node-postgres and mysql2 there",
+    )
+}
+
+/// `path` under the cache `scripts/setup peers` fills; `what` says what it puts there.
+fn peer_cache_path(path: &str, what: &str) -> PathBuf {
     let cache = std::env::var_os("SONDE_CACHE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/sonde")))
-        .expect("neither SONDE_CACHE nor HOME is set: cannot find the peers' Python venv");
-    let python = cache.join("venv/bin/python");
+        .expect("neither SONDE_CACHE nor HOME is set: cannot find the test peers' cache");
+    let path = cache.join(path);
     assert!(
-        python.exists(),
-        "{} is missing: run `scripts/setup peers` (it installs pg8000 and mysql-connector-python there)",
-        python.display()
+        path.exists(),
+        "{} is missing: run `scripts/setup peers` ({what})",
+        path.display()
     );
-    python
+    path
 }
 
 /// Runs `cmd` to completion; panics with its output when it fails.

@@ -150,7 +150,21 @@ impl ConnParser for Parser {
             &mut self.server
         };
         if stream.frames.is_desynced() {
-            if !packet::starts_packet(data, from_client) {
+            if from_client {
+                if !packet::starts_packet(data, true) {
+                    return Ok(());
+                }
+            } else if packet::starts_packet(data, false) && self.stitch.newer_command_waits() {
+                // The answer to a command sent since starts here. (Without one, a first-packet
+                // look-alike inside rows would pair them with the wrong answer.)
+                self.stitch.resumed(true);
+            } else if let Some(end) = packet::answer_end(data) {
+                // Whatever came before it in this chunk belongs to the answer it ends.
+                stream.frames.resync();
+                stream.continued = false;
+                self.stitch.answer_ended(end, ts_ns, out);
+                return Ok(());
+            } else {
                 return Ok(());
             }
             stream.frames.resync();
@@ -191,8 +205,13 @@ impl ConnParser for Parser {
         } else {
             &mut self.server
         };
-        if !stream.frames.gap(lost_bytes) {
+        if stream.frames.gap(lost_bytes) {
+            return;
+        }
+        if self.carries_requests(dir) {
             self.stitch.lost();
+        } else {
+            self.stitch.answer_cut();
         }
     }
 

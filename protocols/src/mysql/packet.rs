@@ -168,6 +168,28 @@ pub(super) fn ok(payload: &[u8], session_track: Option<bool>) -> Option<Ok> {
     })
 }
 
+/// Payload bytes looked at for the packet ending a result set (an ERR's are kept up to this too).
+const MAX_END_PAYLOAD: usize = 512;
+
+/// The payload of the packet that ends a chunk taken from the middle of the stream (after lost
+/// bytes), when that packet ends an answer: an EOF, or the OK that replaces it, with no more
+/// results to come (a row never starts with 0xFE below 16 MiB), or an ERR. The packet must end
+/// exactly where the chunk does: the server sends nothing after it until the next command.
+pub(super) fn answer_end(data: &[u8]) -> Option<&[u8]> {
+    (1..=MAX_END_PAYLOAD).find_map(|len| {
+        let packet = &data[data.len().checked_sub(4 + len)?..];
+        if payload_len(packet)? as usize != len {
+            return None;
+        }
+        let payload = &packet[4..];
+        match payload[0] {
+            0xfe if !terminal_more_results(payload) => Some(payload),
+            0xff if payload.get(3) == Some(&b'#') => Some(payload),
+            _ => None,
+        }
+    })
+}
+
 /// A legacy EOF packet: 0xFE, warnings, status — exactly 5 bytes.
 pub(super) fn is_eof(payload: &[u8]) -> bool {
     payload.len() == 5 && payload[0] == 0xfe

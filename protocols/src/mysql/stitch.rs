@@ -66,6 +66,8 @@ struct Progress {
     rows: i64,
     status: Option<&'static str>,
     body: Option<String>,
+    /// Bytes of this answer were not captured: its rows were not all seen.
+    cut: bool,
 }
 
 struct Statement {
@@ -79,6 +81,9 @@ pub(super) struct Stitcher {
     progress: Progress,
     statements: HashMap<u32, Statement>,
     orphans: Vec<Pending>,
+    /// Commands sent so far, and how many had been when the server's stream was last lost.
+    commands: u64,
+    commands_at_loss: u64,
     /// The client asked for CLIENT_DEPRECATE_EOF (None: handshake not seen).
     deprecate_eof: Option<bool>,
     /// The client asked for CLIENT_SESSION_TRACK (None: handshake not seen).
@@ -94,6 +99,8 @@ impl Stitcher {
             progress: Progress::default(),
             statements: HashMap::new(),
             orphans: Vec::new(),
+            commands: 0,
+            commands_at_loss: 0,
             deprecate_eof: None,
             session_track: None,
             redact: config.redact,
@@ -188,6 +195,7 @@ impl Stitcher {
             self.progress = Progress::default();
         }
         self.pending.push_back(p);
+        self.commands += 1;
     }
 
     /// A server packet (payload cut to what was kept) with its sequence id and full length.
@@ -349,8 +357,54 @@ impl Stitcher {
         }
     }
 
+    /// Bytes of the answer under way were not captured (a client reading more at once than is
+    /// captured of a syscall): the server's stream is followed again where an answer ends or
+    /// the next one starts, see [`Stitcher::resumed`].
+    pub fn answer_cut(&mut self) {
+        self.commands_at_loss = self.commands;
+        if !self.pending.is_empty() {
+            self.progress.cut = true;
+        }
+    }
+
+    /// Is a command waiting that was sent after the server's stream was lost? Its answer starts
+    /// a read.
+    pub fn newer_command_waits(&self) -> bool {
+        !self.pending.is_empty() && self.commands > self.commands_at_loss
+    }
+
+    /// The server's stream is followed again after lost bytes; `fresh`: at an answer's first
+    /// packet. A client that waits for each answer before its next command has at most one
+    /// command pending here, whose answer was cut; more mean whole answers were lost, and the
+    /// newest command is the one being answered (with a client that pipelines, no guess is sure).
+    pub fn resumed(&mut self, fresh: bool) {
+        if self.pending.len() > 1 {
+            let older = self.pending.len() - 1;
+            self.orphans.extend(self.pending.drain(..older));
+            self.progress = Progress {
+                cut: !fresh,
+                ..Progress::default()
+            };
+        }
+    }
+
+    /// The packet ending the answer under way (see [`super::packet::answer_end`]) was found after
+    /// lost bytes.
+    pub fn answer_ended(&mut self, payload: &[u8], end_ns: u64, out: &mut Vec<Record>) {
+        self.resumed(false);
+        if payload.first() == Some(&0xff) {
+            self.progress.status = Some("ERR");
+            self.progress.body = Some(packet::err(payload));
+        } else {
+            self.progress.status = Some("OK");
+            self.progress.body = Some("Resultset (rows not all captured)".into());
+        }
+        self.complete(end_ns, out);
+    }
+
     /// Bytes were lost: pending commands can no longer be matched.
     pub fn lost(&mut self) {
+        self.commands_at_loss = self.commands;
         self.orphans.extend(self.pending.drain(..));
         self.progress = Progress::default();
     }
@@ -397,7 +451,11 @@ fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static
             Some(latency),
             pr.status.map_or(Field::Null, |s| Field::String(s.into())),
             pr.body.map_or(Field::Null, Field::String),
-            Field::Int64(pr.rows),
+            if pr.cut {
+                Field::Null
+            } else {
+                Field::Int64(pr.rows)
+            },
         ),
         None => (
             None,

@@ -1,5 +1,6 @@
 //! Edge cases as byte constants; real conversations are in tests/mysql_captures.rs.
 use super::*;
+use crate::captured::feed_reads;
 use crate::{Field, Red};
 
 fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
@@ -171,4 +172,108 @@ fn a_big_row_split_by_a_gap_is_still_counted() {
     .unwrap();
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].fields[5], Field::Int64(1));
+}
+
+/// A text result set of `rows` rows of ~110 bytes: column count, two definitions, EOF, rows,
+/// then `end` (its sequence id follows the rows').
+fn big_result(rows: usize, end: &[u8]) -> Vec<u8> {
+    let mut a = [
+        pkt(1, b"\x02"),
+        pkt(
+            2,
+            b"\x03def\x00\x00\x00\x01n\x00\x0c\x3f\x00\x0b\x00\x00\x00\x03\x00\x00\x00\x00\x00",
+        ),
+        pkt(
+            3,
+            b"\x03def\x00\x00\x00\x03pad\x00\x0c\x21\x00\x90\x01\x00\x00\xfd\x00\x00\x00\x00\x00",
+        ),
+        pkt(4, b"\xfe\x00\x00\x02\x00"),
+    ]
+    .concat();
+    let mut seq = 5u8;
+    for n in 0..rows {
+        let mut row = vec![6];
+        row.extend_from_slice(format!("{n:06}").as_bytes());
+        row.push(100);
+        row.extend_from_slice(&[b'x'; 100]);
+        a.extend(pkt(seq, &row));
+        seq = seq.wrapping_add(1);
+    }
+    a.extend(pkt(seq, end));
+    a
+}
+
+#[test]
+fn a_result_set_read_in_pieces_larger_than_the_capture_ends_at_its_eof() {
+    // mysql2 (Node.js) reads 64 KiB at a time: of each read only its first 12 KiB and last 512
+    // bytes are captured; the rows between cannot be counted.
+    for read in (16_385..=70_000).step_by(4_999).chain([65_536]) {
+        let mut p = client();
+        let mut out = Vec::new();
+        let query = pkt(0, b"\x03SELECT n, pad FROM big");
+        p.feed(Direction::Egress, 1, &query, &mut out).unwrap();
+        let answer = big_result(20_000, b"\xfe\x00\x00\x22\x00");
+        let reads = answer.len().div_ceil(read) as u64;
+        feed_reads(&mut p, Direction::Ingress, 10, &answer, read, &mut out);
+        assert_eq!(out.len(), 1, "read size {read}");
+        assert_eq!(
+            out[0].latency_ns,
+            Some(10 + reads - 1 - 1),
+            "read size {read}"
+        );
+        assert_eq!(out[0].fields[3], Field::String("OK".into()));
+        assert_eq!(out[0].fields[5], Field::Null, "rows unknown");
+        // In step again: the next answer is exact.
+        p.feed(Direction::Egress, 100, &query, &mut out).unwrap();
+        let small = big_result(3, b"\xfe\x00\x00\x22\x00");
+        feed_reads(&mut p, Direction::Ingress, 200, &small, read, &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].fields[5], Field::Int64(3));
+        p.expire(u64::MAX, &mut out);
+        assert_eq!(out.len(), 2, "nothing left unanswered");
+    }
+}
+
+#[test]
+fn an_err_ending_a_cut_result_set_is_its_response() {
+    let mut p = client();
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 1, &pkt(0, b"\x03SELECT x"), &mut out)
+        .unwrap();
+    let answer = big_result(1_000, b"\xff\x7e\x05#HY000Query execution was interrupted");
+    feed_reads(&mut p, Direction::Ingress, 2, &answer, 65_536, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields[3], Field::String("ERR".into()));
+    assert_eq!(
+        out[0].fields[4],
+        Field::String("1406 (HY000): Query execution was interrupted".into())
+    );
+}
+
+#[test]
+fn after_an_answer_whose_end_was_lost_the_next_command_gets_its_own_answer() {
+    let mut p = client();
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 1, &pkt(0, b"\x03SELECT x"), &mut out)
+        .unwrap();
+    let answer = big_result(100, b"\xfe\x00\x00\x22\x00");
+    p.feed(Direction::Ingress, 2, &answer[..3_000], &mut out)
+        .unwrap();
+    // The rest, its EOF included, never comes (lost from the ring).
+    p.gap(Direction::Ingress, 4_000);
+    p.feed(
+        Direction::Egress,
+        5,
+        &pkt(0, b"\x03DELETE FROM t"),
+        &mut out,
+    )
+    .unwrap();
+    p.feed(Direction::Ingress, 6, &pkt(1, OK), &mut out)
+        .unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields[4], Field::String("affected rows: 1".into()));
+    assert_eq!(out[0].latency_ns, Some(1));
+    p.expire(0, &mut out);
+    assert_eq!(out.len(), 2, "the first command is emitted unanswered");
+    assert_eq!((out[1].request_ns, out[1].latency_ns), (1, None));
 }

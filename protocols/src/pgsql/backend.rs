@@ -61,6 +61,66 @@ pub(super) fn starts_message(data: &[u8]) -> bool {
         && be_u32(data, 1).is_some_and(|l| (4..1 << 30).contains(&l))
 }
 
+/// Where a chunk taken from the middle of the stream (after lost bytes) starts whole messages:
+/// the first message's tag, if every message's tag and length are plausible up to the chunk's end
+/// or a message running past it. A chunk that starts inside a message rarely passes.
+pub(super) fn message_chain(data: &[u8]) -> Option<u8> {
+    let first = *data.first()?;
+    let mut at = 0;
+    while at < data.len() {
+        let rest = &data[at..];
+        if rest.len() < 5 {
+            // A header cut by the chunk's end: its tag is all there is to check.
+            return TAGS.contains(&rest[0]).then_some(first);
+        }
+        let len = be_u32(rest, 1)?;
+        if !starts_message(rest) || fixed_len(rest[0]).is_some_and(|l| l != len) {
+            return None;
+        }
+        let end = at + 1 + len as usize;
+        // Nothing in a first message running past the chunk could be checked.
+        if at == 0 && end > data.len() {
+            return None;
+        }
+        at = end;
+    }
+    Some(first)
+}
+
+/// The length field of messages that have only one.
+fn fixed_len(tag: u8) -> Option<u32> {
+    match tag {
+        b'1' | b'2' | b'3' | b'n' | b'I' | b's' | b'c' => Some(4),
+        b'Z' => Some(5),
+        b'K' => Some(12),
+        _ => None,
+    }
+}
+
+/// Does an answer continue with this message (rather than start with it)? Rows and COPY data
+/// only come after the answer's first message.
+pub(super) fn continues_answer(tag: u8) -> bool {
+    matches!(tag, b'D' | b'd')
+}
+
+/// An answer's end in a chunk taken from the middle of the stream: the offset just past the first
+/// ReadyForQuery, and the CommandComplete, ErrorResponse or EmptyQueryResponse ending where it
+/// starts, if the chunk holds one.
+pub(super) fn answer_end(data: &[u8]) -> Option<(usize, Option<Backend>)> {
+    let ready = data
+        .windows(READY_LEN)
+        .position(|w| w[..5] == *b"Z\0\0\0\x05" && matches!(w[5], b'I' | b'T' | b'E'))?;
+    let last = (ready.saturating_sub(KEEP_SMALL)..ready.saturating_sub(4))
+        .rev()
+        .filter(|&i| matches!(data[i], b'C' | b'E' | b'I'))
+        .find(|&i| be_u32(data, i + 1).is_some_and(|len| i + 1 + len as usize == ready))
+        .and_then(|i| decode(&data[i..ready]));
+    Some((ready + READY_LEN, last))
+}
+
+/// Bytes of a ReadyForQuery message.
+const READY_LEN: usize = 6;
+
 /// Decodes a frame cut to its kept prefix. None when it is malformed.
 pub(super) fn decode(frame: &[u8]) -> Option<Backend> {
     let tag = *frame.first()?;

@@ -16,6 +16,7 @@ mod tests;
 
 use crate::frames::FrameReader;
 use crate::{ColumnDef, ConnParser, Direction, FieldType, ParseConfig, ParseError, Record, Role};
+use backend::Backend;
 use stitch::Stitcher;
 
 pub const COLUMNS: &[ColumnDef] = &[
@@ -115,10 +116,20 @@ impl Parser {
     ) -> Result<(), ParseError> {
         let mut rest = data;
         if self.server.is_desynced() {
-            if !backend::starts_message(rest) {
+            if let Some(first) = backend::message_chain(rest) {
+                self.server.resync();
+                self.stitch.resumed(!backend::continues_answer(first));
+            } else if let Some((end, last)) = backend::answer_end(rest) {
+                self.server.resync();
+                self.stitch.resumed(false);
+                if let Some(msg) = last {
+                    self.stitch.response(msg, ts_ns, out);
+                }
+                self.stitch.response(Backend::ReadyForQuery, ts_ns, out);
+                rest = &rest[end..];
+            } else {
                 return Ok(());
             }
-            self.server.resync();
         }
         // The one-byte answer to SSLRequest/GSSENCRequest has no frame.
         if self.server.at_boundary()
@@ -178,13 +189,12 @@ impl ConnParser for Parser {
     }
 
     fn gap(&mut self, dir: Direction, lost_bytes: u64) {
-        let reader = if self.carries_requests(dir) {
-            &mut self.client
-        } else {
-            &mut self.server
-        };
-        if !reader.gap(lost_bytes) {
-            self.stitch.lost();
+        if self.carries_requests(dir) {
+            if !self.client.gap(lost_bytes) {
+                self.stitch.lost();
+            }
+        } else if !self.server.gap(lost_bytes) {
+            self.stitch.answer_cut();
         }
     }
 

@@ -41,6 +41,8 @@ struct Answered {
     names: Vec<&'static str>,
     rows: i64,
     authenticated: bool,
+    /// Bytes of this answer were not captured: its rows were not all seen.
+    cut: bool,
 }
 
 /// An extended-protocol batch being assembled until its Sync.
@@ -284,6 +286,30 @@ impl Stitcher {
         }
     }
 
+    /// Bytes of the answer under way were not captured (a client reading more at once than is
+    /// captured of a syscall): the server's stream is followed again where an answer ends or
+    /// whole messages start, see [`Stitcher::resumed`].
+    pub fn answer_cut(&mut self) {
+        if !self.pending.is_empty() {
+            self.answered.cut = true;
+        }
+    }
+
+    /// The server's stream is followed again after lost bytes; `fresh`: at an answer's first
+    /// message. A client that waits for each answer before its next request has at most one
+    /// request pending here, whose answer was cut; more mean whole answers were lost, and the
+    /// newest request is the one being answered (with a client that pipelines, no guess is sure).
+    pub fn resumed(&mut self, fresh: bool) {
+        if self.pending.len() > 1 {
+            let older = self.pending.len() - 1;
+            self.orphans.extend(self.pending.drain(..older));
+            self.answered = Answered {
+                cut: !fresh,
+                ..Answered::default()
+            };
+        }
+    }
+
     /// Bytes were lost: what is pending can no longer be matched reliably.
     pub fn lost(&mut self) {
         self.orphans.extend(self.pending.drain(..));
@@ -320,7 +346,13 @@ fn record(unit: Unit, answer: Option<(u64, Answered)>) -> Record {
             } else {
                 a.names.join(", ")
             };
-            (Some(latency), Field::String(resp), Field::Int64(a.rows))
+            // The count the server gives (`SELECT 20000`) stands in for rows not all seen.
+            let rows = match a.tags.last().and_then(|t| tag_rows(t)) {
+                Some(n) if a.cut => Field::Int64(n),
+                _ if a.cut => Field::Null,
+                _ => Field::Int64(a.rows),
+            };
+            (Some(latency), Field::String(resp), rows)
         }
         None => (None, Field::Null, Field::Null),
     };
@@ -345,6 +377,14 @@ fn record(unit: Unit, answer: Option<(u64, Answered)>) -> Record {
             operation: unit.operation,
         },
     }
+}
+
+/// Rows a command tag says were returned: `SELECT n`, `FETCH n`.
+fn tag_rows(tag: &str) -> Option<i64> {
+    let (command, n) = tag.split_once(' ')?;
+    matches!(command, "SELECT" | "FETCH")
+        .then(|| n.parse().ok())
+        .flatten()
 }
 
 /// `$1='7', $2=NULL, $3=42` — text values quoted, binary integers decoded, other binary in hex.

@@ -1,5 +1,6 @@
 //! Edge cases as byte constants; real conversations are in tests/pgsql_captures.rs.
 use super::*;
+use crate::captured::feed_reads;
 use crate::{Field, Red};
 
 fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -95,24 +96,120 @@ fn a_huge_data_row_is_skipped_even_across_a_gap() {
 }
 
 #[test]
-fn a_gap_inside_a_kept_message_orphans_pending_requests() {
+fn an_answer_whose_end_was_lost_leaves_the_next_request_its_own_answer() {
     let mut p = client();
     let mut out = Vec::new();
     let q = msg(b'Q', b"SELECT 1\0");
     feed(&mut p, Direction::Egress, 1, &q, &mut out);
     let err = msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0");
     feed(&mut p, Direction::Ingress, 2, &err[..6], &mut out);
+    // The rest of the error and its ReadyForQuery never come (lost from the ring).
     p.gap(Direction::Ingress, 4);
-    p.expire(0, &mut out);
-    assert_eq!(out.len(), 1, "orphans are emitted at once");
-    assert_eq!(out[0].latency_ns, None);
-    // Back in step at the next message start.
     feed(&mut p, Direction::Egress, 5, &q, &mut out);
     let mut ok = msg(b'C', b"SELECT 1\0");
     ok.extend_from_slice(READY);
     feed(&mut p, Direction::Ingress, 6, &ok, &mut out);
-    assert_eq!(out.len(), 2);
-    assert_eq!(out[1].fields[3], Field::String("SELECT 1".into()));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields[3], Field::String("SELECT 1".into()));
+    assert_eq!(out[0].latency_ns, Some(1));
+    p.expire(0, &mut out);
+    assert_eq!(out.len(), 2, "the first request is emitted unanswered");
+    assert_eq!((out[1].request_ns, out[1].latency_ns), (1, None));
+}
+
+/// RowDescription, `rows` DataRows of ~110 bytes, CommandComplete, ReadyForQuery.
+fn big_answer(rows: usize) -> Vec<u8> {
+    let mut a = msg(
+        b'T',
+        b"\x00\x02n\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
+    );
+    for n in 0..rows {
+        let mut row = b"\x00\x02\x00\x00\x00\x06".to_vec();
+        row.extend_from_slice(format!("{n:06}").as_bytes());
+        row.extend_from_slice(b"\x00\x00\x00\x64");
+        row.extend_from_slice(&[b'x'; 100]);
+        a.extend(msg(b'D', &row));
+    }
+    a.extend(msg(b'C', format!("SELECT {rows}\0").as_bytes()));
+    a.extend_from_slice(READY);
+    a
+}
+
+#[test]
+fn an_answer_read_in_pieces_larger_than_the_capture_ends_at_its_ready_for_query() {
+    // node-postgres reads 64 KiB at a time: of each read only its first 12 KiB and last 512 bytes
+    // are captured, so the rows are not all seen and the frames cannot be followed between.
+    // Reads end anywhere in a row: every offset of the ~115-byte rows comes up.
+    for read in (16_385..=70_000).step_by(4_999).chain([65_536]) {
+        let mut p = client();
+        let mut out = Vec::new();
+        let q = msg(b'Q', b"SELECT n, pad FROM big\0");
+        feed(&mut p, Direction::Egress, 1, &q, &mut out);
+        let answer = big_answer(20_000);
+        let reads = answer.len().div_ceil(read) as u64;
+        feed_reads(&mut p, Direction::Ingress, 10, &answer, read, &mut out);
+        assert_eq!(out.len(), 1, "read size {read}");
+        assert_eq!(out[0].fields[3], Field::String("SELECT 20000".into()));
+        assert_eq!(out[0].fields[4], Field::Int64(20_000), "the tag's count");
+        assert_eq!(
+            out[0].latency_ns,
+            Some(10 + reads - 1 - 1),
+            "read size {read}"
+        );
+        // In step again: the next answer is exact.
+        feed(&mut p, Direction::Egress, 100, &q, &mut out);
+        feed_reads(
+            &mut p,
+            Direction::Ingress,
+            200,
+            &big_answer(3),
+            read,
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[1].fields[4], Field::Int64(3));
+        p.expire(u64::MAX, &mut out);
+        assert_eq!(out.len(), 2, "nothing left unanswered");
+    }
+}
+
+#[test]
+fn an_error_ending_a_cut_answer_is_its_response_with_rows_unknown() {
+    let mut p = client();
+    let mut out = Vec::new();
+    feed(
+        &mut p,
+        Direction::Egress,
+        1,
+        &msg(b'Q', b"SELECT 1/0\0"),
+        &mut out,
+    );
+    let mut answer = big_answer(1_000);
+    answer.truncate(answer.len() - READY.len() - 17);
+    answer.extend(msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0"));
+    answer.extend_from_slice(READY);
+    feed_reads(&mut p, Direction::Ingress, 2, &answer, 65_536, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].fields[3],
+        Field::String("ERROR 22012: division by zero".into())
+    );
+    assert_eq!(out[0].fields[4], Field::Null);
+}
+
+#[test]
+fn a_chunk_starting_inside_a_row_is_no_message_chain() {
+    let answer = big_answer(100);
+    let row_start = answer.iter().position(|&b| b == b'D').unwrap();
+    assert_eq!(backend::message_chain(&answer[row_start..]), Some(b'D'));
+    for offset in 1..110 {
+        let at = row_start + offset;
+        assert_eq!(
+            backend::message_chain(&answer[at..]),
+            None,
+            "offset {offset}"
+        );
+    }
 }
 
 #[test]
