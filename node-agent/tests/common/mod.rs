@@ -268,9 +268,13 @@ pub fn pod_target_for(pid: u32, exe: &str, pod: &str) -> TargetProcess {
     }
 }
 
-/// Rows of `table` as maps column → value.
+/// Rows of `table` as maps column → value: all of them, not the HTTP API's default of the latest.
 pub fn rows(store: &Store, table: &str) -> Vec<Row> {
-    let result = match store.query(table, &Query::default()) {
+    let all = Query {
+        limit: usize::MAX,
+        ..Query::default()
+    };
+    let result = match store.query(table, &all) {
         Ok(r) => r,
         Err(_) => return Vec::new(),
     };

@@ -64,8 +64,9 @@ impl Parser {
         let mut result = Ok(());
         for event in self.events.drain(..) {
             match event {
-                parse::Event::LostSync if !commands => self.stitch.lost_sync(),
-                parse::Event::LostSync => {}
+                // Command bytes not understood were seen: no command is known to be lost.
+                parse::Event::LostSync if commands => {}
+                parse::Event::LostSync => self.stitch.lost_sync(),
                 parse::Event::Frame(frame) if commands => {
                     if let Err(reason) = self.stitch.command(frame) {
                         result = result.and(Err(ParseError::new("redis", reason)));
@@ -109,8 +110,12 @@ impl ConnParser for Parser {
         } else {
             &mut self.replies
         };
-        if !reader.gap(lost_bytes, &mut self.events) && !commands {
-            self.stitch.lost_sync();
+        if !reader.gap(lost_bytes, &mut self.events) {
+            if commands {
+                self.stitch.commands_lost();
+            } else {
+                self.stitch.lost_sync();
+            }
         }
         if let Err(e) = self.dispatch(commands) {
             self.deferred.get_or_insert(e);

@@ -2,6 +2,12 @@
 //! replies: RESP3 push frames, and in RESP2 the `message`/`pmessage`/`smessage` arrays a subscribed
 //! connection receives, become records of their own (`PUSH PUB`, `PUSH SUB`, …) without latency.
 //! (UN)SUBSCRIBE is answered by one confirmation per channel; all of them make its reply.
+//!
+//! Bytes lost from the replies leave the waiting commands unanswered. Commands lost (a server
+//! reading a pipeline in reads longer than what is captured) are worse: an unknown number of
+//! replies then belongs to commands never seen, so the commands after the loss are paired only
+//! once the connection is quiet or closed, from the end; never by a guess that could give a
+//! command another one's reply.
 use std::collections::VecDeque;
 
 use super::commands;
@@ -10,6 +16,26 @@ use crate::{Field, ParseConfig, REDACTED, Record, Red, json};
 
 /// More unanswered commands than this means replies are not being seen: the oldest go first.
 const MAX_QUEUED: usize = 1024;
+/// Expiry ticks (a second apart) without a frame either way that make a connection quiet: every
+/// command sent has been answered.
+const QUIET_TICKS: u32 = 2;
+
+/// Commands that may wait for their reply indefinitely: their reply may come after a quiet spell.
+const BLOCKING: [&str; 13] = [
+    "BLMOVE",
+    "BLMPOP",
+    "BLPOP",
+    "BRPOP",
+    "BRPOPLPUSH",
+    "BZMPOP",
+    "BZPOPMAX",
+    "BZPOPMIN",
+    "MONITOR",
+    "WAIT",
+    "WAITAOF",
+    "XREAD",
+    "XREADGROUP",
+];
 
 const SUBSCRIBE_FAMILY: [&str; 6] = [
     "subscribe",
@@ -21,6 +47,8 @@ const SUBSCRIBE_FAMILY: [&str; 6] = [
 ];
 
 struct Command {
+    /// Order among the connection's commands.
+    seq: u64,
     start_ns: u64,
     /// Uppercase name, with the subcommand for container commands (`CONFIG GET`).
     name: String,
@@ -38,6 +66,14 @@ pub struct Stitcher {
     replies: VecDeque<Frame>,
     subscribed: bool,
     ready: Vec<Record>,
+    /// Commands seen so far (the next one's `seq`).
+    seen: u64,
+    /// Commands were lost before the one numbered this: which replies are theirs is unknown, so
+    /// from it on nothing is paired until the connection is quiet (see [`Stitcher::expire`]).
+    lost_before: Option<u64>,
+    /// A frame came since the last expiry tick; ticks without one so far.
+    active: bool,
+    quiet_ticks: u32,
 }
 
 impl Stitcher {
@@ -48,6 +84,10 @@ impl Stitcher {
             replies: VecDeque::new(),
             subscribed: false,
             ready: Vec::new(),
+            seen: 0,
+            lost_before: None,
+            active: false,
+            quiet_ticks: 0,
         }
     }
 
@@ -89,7 +129,10 @@ impl Stitcher {
         {
             self.emit(old);
         }
+        self.active = true;
+        self.seen += 1;
         self.commands.push_back(Command {
+            seq: self.seen - 1,
             start_ns: frame.start_ns,
             name,
             operation,
@@ -102,6 +145,7 @@ impl Stitcher {
     }
 
     pub fn reply(&mut self, frame: Frame) {
+        self.active = true;
         if let Some(kind) = self.push_kind(&frame.value) {
             self.push_record(kind, frame);
             return;
@@ -145,6 +189,10 @@ impl Stitcher {
 
     fn pair(&mut self) {
         while let (Some(command), Some(reply)) = (self.commands.front_mut(), self.replies.front()) {
+            if self.lost_before.is_some_and(|lost| command.seq >= lost) {
+                // Replies to the lost commands come first; how many is unknown.
+                break;
+            }
             if reply.start_ns < command.start_ns {
                 // Answers a command that was lost or already expired.
                 self.replies.pop_front();
@@ -164,14 +212,73 @@ impl Stitcher {
 
     /// Reply bytes were lost: waiting commands can no longer be paired by order.
     pub fn lost_sync(&mut self) {
+        self.lost_before = None;
         while let Some(command) = self.commands.pop_front() {
             self.emit(command);
         }
     }
 
+    /// Command bytes were lost (a server reading a pipeline in reads larger than is captured):
+    /// an unknown number of commands went by unseen, and their replies will come before those
+    /// of the commands seen next. Commands seen before are still answered first, in order; the
+    /// ones after wait for a quiet connection. Commands waiting since an earlier loss can no
+    /// longer be told their replies: they are written unanswered.
+    pub fn commands_lost(&mut self) {
+        if let Some(lost) = self.lost_before {
+            let mut later = Vec::new();
+            while self.commands.back().is_some_and(|c| c.seq >= lost) {
+                later.extend(self.commands.pop_back());
+            }
+            for command in later.into_iter().rev() {
+                self.emit(command);
+            }
+        }
+        self.lost_before = Some(self.seen);
+        self.quiet_ticks = 0;
+    }
+
+    /// The connection is quiet after commands were lost: every command has its reply, the last
+    /// replies being those of the commands still waiting, in order. Paired from the end when each
+    /// waiting command takes one reply and none may block; otherwise written unanswered.
+    fn realign(&mut self) {
+        self.lost_before = None;
+        let waiting = self.commands.len();
+        let pairable = self
+            .commands
+            .iter()
+            .all(|c| c.expected == 1 && !BLOCKING.contains(&c.operation));
+        let lost = self.replies.len().saturating_sub(waiting);
+        // A reply read before its command was sent would say the alignment is wrong.
+        let in_time = || {
+            self.commands
+                .iter()
+                .zip(self.replies.iter().skip(lost))
+                .all(|(c, r)| r.start_ns >= c.start_ns)
+        };
+        if pairable && self.replies.len() >= waiting && in_time() {
+            self.replies.drain(..lost);
+            self.pair();
+        }
+        while let Some(command) = self.commands.pop_front() {
+            self.emit(command);
+        }
+        self.replies.clear();
+    }
+
     /// Commands older than `deadline_ns` are emitted (unanswered unless confirmations came), unless a
     /// reply is being read.
     pub fn expire(&mut self, deadline_ns: u64, answering: bool) {
+        if self.lost_before.is_some() {
+            self.quiet_ticks = if self.active || answering {
+                0
+            } else {
+                self.quiet_ticks + 1
+            };
+            if self.quiet_ticks >= QUIET_TICKS || deadline_ns == u64::MAX {
+                self.realign();
+            }
+        }
+        self.active = false;
         if answering && deadline_ns != u64::MAX {
             return;
         }

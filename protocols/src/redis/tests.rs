@@ -265,3 +265,52 @@ fn arguments_beyond_the_kept_items_are_summarised_at_the_end_of_the_json_array()
     assert_eq!(list[254], "k255");
     assert_eq!(list[255], "<44 more>");
 }
+
+/// A server reading a long pipeline in reads larger than what is captured of one (Redis reads as
+/// much as its query buffer holds): commands in the middle of each read are never seen, and the
+/// replies to them come before those of the commands seen next.
+#[test]
+fn commands_lost_in_a_pipeline_never_get_another_command_s_reply() {
+    let mut p = Parser::new(Role::Server, &ParseConfig::default());
+    let mut out = Vec::new();
+    let get = |i: usize| format!("*2\r\n$3\r\nGET\r\n$5\r\nk{i:04}\r\n").into_bytes();
+    let value = |i: usize| format!("$5\r\nv{i:04}\r\n").into_bytes();
+    let commands: Vec<u8> = (0..3000).flat_map(get).collect();
+    const READ: usize = 20_000;
+    let mut answered = 0;
+    for (k, read) in commands.chunks(READ).enumerate() {
+        let ts = 10 + 2 * k as u64;
+        crate::captured::feed_reads(&mut p, Direction::Ingress, ts, read, READ, &mut out);
+        // The server answers every command complete so far, in one write.
+        let complete = (k * READ + read.len()) / get(0).len();
+        let replies: Vec<u8> = (answered..complete).flat_map(value).collect();
+        p.feed(Direction::Egress, ts + 1, &replies, &mut out)
+            .unwrap();
+        answered = complete;
+    }
+    p.feed(Direction::Ingress, 100, b"*1\r\n$4\r\nPING\r\n", &mut out)
+        .unwrap();
+    p.feed(Direction::Egress, 101, b"+PONG\r\n", &mut out)
+        .unwrap();
+    // Two ticks after the one that saw the last frames: quiet, every command has its reply, the
+    // waiting ones the last replies.
+    for _ in 0..3 {
+        p.expire(0, &mut out);
+    }
+    let got = rows(&out);
+    let mut right = 0;
+    for (cmd, args, resp) in &got {
+        if cmd == "GET" && !resp.is_empty() {
+            assert_eq!(resp[1..], args[3..7], "{args} answered {resp}");
+            right += 1;
+        }
+    }
+    // The 512 commands before the first loss, and all those after the last one: the 21 whole
+    // ones in the third read's captured tail, the 500 of the last read.
+    assert_eq!(right, 512 + 21 + 500, "{got:?}");
+    assert_eq!(got.last(), Some(&r("PING", "[]", "PONG")));
+    // Back in step: the next command pairs at once.
+    p.feed(Direction::Ingress, 200, &get(7), &mut out).unwrap();
+    p.feed(Direction::Egress, 201, &value(7), &mut out).unwrap();
+    assert_eq!(rows(&out).last(), Some(&r("GET", r#"["k0007"]"#, "v0007")));
+}
