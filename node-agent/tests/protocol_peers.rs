@@ -2148,9 +2148,25 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
 // --- Node.js drivers: reads larger than what is captured of a syscall --------------------------------
 
 /// Runs `tests/fixtures/protocols/node_db_client.js` for `driver` (`pg` or `mysql`) against
-/// 127.0.0.1:`port` inside `cgroup`; it must succeed. Returns what it printed: the row counts the
-/// application got.
-fn run_node_db_client(cgroup: &TestCgroup, driver: &str, port: u16) -> String {
+/// 127.0.0.1:`port` in a traced pod of `protocol`, and checks the row counts the application got.
+/// Returns the rows of `table` once there are `rows` of them, and the metrics once truncated
+/// syscalls were counted.
+async fn node_db_client_rows(
+    driver: &str,
+    port: u16,
+    protocol: Protocol,
+    table: &str,
+    rows: usize,
+) -> (Vec<Row>, String) {
+    let cgroup = TestCgroup::new(&format!("node-{driver}"));
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "app", vec![protocol]);
     let script =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/node_db_client.js");
     let out = run_ok(
@@ -2162,7 +2178,11 @@ fn run_node_db_client(cgroup: &TestCgroup, driver: &str, port: u16) -> String {
             .env("NODE_PATH", peer_node_modules())
             .env("PGPASSWORD", PG_PASSWORD),
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "20000 42 20000 3\n");
+    let got = wait_for_rows(&store, table, |r| r.len() >= rows).await;
+    let metrics = metrics_after_truncations(&registry).await;
+    p.stop().await;
+    (got, metrics)
 }
 
 /// Waits (10 s at most) until the kernel side has counted truncated syscalls, and returns the
@@ -2190,23 +2210,7 @@ async fn node_postgres_reading_64_kib_at_a_time_gets_answers_and_row_counts_of_l
     let data = init_postgres(dir.path());
     let port = free_port();
     let _server = start_postgres(dir.path(), &data, port, None);
-    let cgroup = TestCgroup::new("node-pg");
-    let (
-        Traced {
-            store,
-            registry,
-            probe: p,
-        },
-        _pause,
-    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Pgsql]);
-
-    assert_eq!(
-        run_node_db_client(&cgroup, "pg", port),
-        "20000 42 20000 3\n"
-    );
-    let rows = wait_for_rows(&store, "pgsql_events", |r| r.len() >= 5).await;
-    let metrics = metrics_after_truncations(&registry).await;
-    p.stop().await;
+    let (rows, metrics) = node_db_client_rows("pg", port, Protocol::Pgsql, "pgsql_events", 5).await;
 
     let big = "SELECT g AS n, repeat('x', 100) AS pad FROM generate_series(1, 20000) g";
     let big_prepared = "SELECT g AS n, repeat($1, 100) AS pad FROM generate_series(1, 20000) g";
@@ -2267,24 +2271,9 @@ async fn mysql2_reading_64_kib_at_a_time_gets_answers_to_large_result_sets() {
     let data = init_mariadb(dir.path());
     let port = free_port();
     let _server = start_mariadb(dir.path(), &data, port);
-    let cgroup = TestCgroup::new("node-mysql");
-    let (
-        Traced {
-            store,
-            registry,
-            probe: p,
-        },
-        _pause,
-    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Mysql]);
-
-    assert_eq!(
-        run_node_db_client(&cgroup, "mysql", port),
-        "20000 42 20000 3\n"
-    );
     // Four answered commands, two prepares, and COM_QUIT (no answer; written at the close).
-    let rows = wait_for_rows(&store, "mysql_events", |r| r.len() >= 7).await;
-    let metrics = metrics_after_truncations(&registry).await;
-    p.stop().await;
+    let (rows, metrics) =
+        node_db_client_rows("mysql", port, Protocol::Mysql, "mysql_events", 7).await;
 
     let big = "SELECT seq AS n, REPEAT('x', 100) AS pad FROM seq_1_to_20000";
     let big_prepared = "SELECT seq AS n, REPEAT(?, 100) AS pad FROM seq_1_to_20000";

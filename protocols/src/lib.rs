@@ -75,6 +75,20 @@ impl Default for ParseConfig {
 /// What replaces a redacted value.
 pub const REDACTED: &str = "<redacted>";
 
+/// A server's stream is followed again after lost bytes, with `pending` requests waiting. A client
+/// that waits for each answer before its next request has at most one waiting then, whose answer
+/// was cut; more mean whole answers were lost, and the newest request is the one being answered
+/// (with a client that pipelines, no guess is sure). Moves the older ones to `orphans` (written
+/// unanswered); true when there were any.
+pub(crate) fn keep_newest<T>(
+    pending: &mut std::collections::VecDeque<T>,
+    orphans: &mut Vec<T>,
+) -> bool {
+    let older = pending.len().saturating_sub(1);
+    orphans.extend(pending.drain(..older));
+    older > 0
+}
+
 /// Type of a protocol column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {

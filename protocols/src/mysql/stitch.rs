@@ -373,14 +373,10 @@ impl Stitcher {
         !self.pending.is_empty() && self.commands > self.commands_at_loss
     }
 
-    /// The server's stream is followed again after lost bytes; `fresh`: at an answer's first
-    /// packet. A client that waits for each answer before its next command has at most one
-    /// command pending here, whose answer was cut; more mean whole answers were lost, and the
-    /// newest command is the one being answered (with a client that pipelines, no guess is sure).
+    /// The server's stream is followed again after lost bytes (see [`crate::keep_newest`]);
+    /// `fresh`: at an answer's first packet.
     pub fn resumed(&mut self, fresh: bool) {
-        if self.pending.len() > 1 {
-            let older = self.pending.len() - 1;
-            self.orphans.extend(self.pending.drain(..older));
+        if crate::keep_newest(&mut self.pending, &mut self.orphans) {
             self.progress = Progress {
                 cut: !fresh,
                 ..Progress::default()

@@ -295,14 +295,10 @@ impl Stitcher {
         }
     }
 
-    /// The server's stream is followed again after lost bytes; `fresh`: at an answer's first
-    /// message. A client that waits for each answer before its next request has at most one
-    /// request pending here, whose answer was cut; more mean whole answers were lost, and the
-    /// newest request is the one being answered (with a client that pipelines, no guess is sure).
+    /// The server's stream is followed again after lost bytes (see [`crate::keep_newest`]);
+    /// `fresh`: at an answer's first message.
     pub fn resumed(&mut self, fresh: bool) {
-        if self.pending.len() > 1 {
-            let older = self.pending.len() - 1;
-            self.orphans.extend(self.pending.drain(..older));
+        if crate::keep_newest(&mut self.pending, &mut self.orphans) {
             self.answered = Answered {
                 cut: !fresh,
                 ..Answered::default()

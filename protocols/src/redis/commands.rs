@@ -265,6 +265,28 @@ pub fn is_container(name: &str) -> bool {
     CONTAINERS.contains(&name)
 }
 
+/// Commands that may wait for their reply indefinitely.
+const BLOCKING: [&str; 13] = [
+    "BLMOVE",
+    "BLMPOP",
+    "BLPOP",
+    "BRPOP",
+    "BRPOPLPUSH",
+    "BZMPOP",
+    "BZPOPMAX",
+    "BZPOPMIN",
+    "MONITOR",
+    "WAIT",
+    "WAITAOF",
+    "XREAD",
+    "XREADGROUP",
+];
+
+/// May this command (its [`known`] name) wait for its reply indefinitely?
+pub fn may_block(operation: &str) -> bool {
+    BLOCKING.contains(&operation)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

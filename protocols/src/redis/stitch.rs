@@ -20,23 +20,6 @@ const MAX_QUEUED: usize = 1024;
 /// command sent has been answered.
 const QUIET_TICKS: u32 = 2;
 
-/// Commands that may wait for their reply indefinitely: their reply may come after a quiet spell.
-const BLOCKING: [&str; 13] = [
-    "BLMOVE",
-    "BLMPOP",
-    "BLPOP",
-    "BRPOP",
-    "BRPOPLPUSH",
-    "BZMPOP",
-    "BZPOPMAX",
-    "BZPOPMIN",
-    "MONITOR",
-    "WAIT",
-    "WAITAOF",
-    "XREAD",
-    "XREADGROUP",
-];
-
 const SUBSCRIBE_FAMILY: [&str; 6] = [
     "subscribe",
     "unsubscribe",
@@ -246,7 +229,7 @@ impl Stitcher {
         let pairable = self
             .commands
             .iter()
-            .all(|c| c.expected == 1 && !BLOCKING.contains(&c.operation));
+            .all(|c| c.expected == 1 && !commands::may_block(c.operation));
         let lost = self.replies.len().saturating_sub(waiting);
         // A reply read before its command was sent would say the alignment is wrong.
         let in_time = || {
