@@ -804,7 +804,7 @@ async fn redis_commands_pipeline_and_pubsub_on_traced_redis_become_exact_redis_e
 /// redis-server reads a long pipeline as much at a time as its query buffer holds, more than is
 /// captured of a syscall: the commands in the middle of such reads are never seen, and their
 /// replies come before those of the commands seen next. No reply may be paired with another
-/// command: those seen after a loss are paired from the end once the connection is done.
+/// command: those seen after a loss are paired from the end once the connection is quiet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_redis_reads_beyond_the_capture_never_pairs_a_reply_with_another_command() {
     let dir = tempfile::tempdir().unwrap();
@@ -840,12 +840,12 @@ async fn a_pipeline_redis_reads_beyond_the_capture_never_pairs_a_reply_with_anot
     read_until(&mut pipe, |b| b.len() == KEYS * b"$5\r\nv0000\r\n".len());
     pipe.write_all(command(&["PING"]).as_bytes()).unwrap();
     read_until(&mut pipe, |b| b == b"+PONG\r\n");
-    // The close makes the waiting commands' last replies theirs.
-    drop(pipe);
+    // Two quiet ticks (a second apart) make the waiting commands' last replies theirs.
     let rows = wait_for_rows(&store, "redis_events", |r| {
         r.iter().any(|row| text(row, "req_cmd") == "PING")
     })
     .await;
+    drop(pipe);
     let metrics = metrics_after_truncations(&registry).await;
     p.stop().await;
 

@@ -6,8 +6,8 @@
 //! Bytes lost from the replies leave the waiting commands unanswered. Commands lost (a server
 //! reading a pipeline in reads longer than what is captured) are worse: an unknown number of
 //! replies then belongs to commands never seen, so the commands after the loss are paired only
-//! once the connection is quiet or closed, from the end; never by a guess that could give a
-//! command another one's reply.
+//! once the connection is quiet, from the end (a close is no such moment: a client that went away
+//! leaves commands unanswered); never by a guess that could give a command another one's reply.
 use std::collections::VecDeque;
 
 use super::commands;
@@ -257,7 +257,8 @@ impl Stitcher {
             } else {
                 self.quiet_ticks + 1
             };
-            if self.quiet_ticks >= QUIET_TICKS || deadline_ns == u64::MAX {
+            // At the close, the waiting commands are written unanswered (below).
+            if self.quiet_ticks >= QUIET_TICKS && deadline_ns != u64::MAX {
                 self.realign();
             }
         }

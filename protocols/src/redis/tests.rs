@@ -314,3 +314,27 @@ fn commands_lost_in_a_pipeline_never_get_another_command_s_reply() {
     p.feed(Direction::Egress, 201, &value(7), &mut out).unwrap();
     assert_eq!(rows(&out).last(), Some(&r("GET", r#"["k0007"]"#, "v0007")));
 }
+
+#[test]
+fn at_a_close_after_commands_were_lost_the_waiting_ones_are_unanswered() {
+    // A client that went away may leave commands unanswered: the last replies need not be theirs.
+    let mut p = Parser::new(Role::Server, &ParseConfig::default());
+    let mut out = Vec::new();
+    p.feed(Direction::Ingress, 1, b"*1\r\n$4\r\nPING\r\n", &mut out)
+        .unwrap();
+    p.gap(Direction::Ingress, 100);
+    p.feed(
+        Direction::Ingress,
+        1,
+        b"*2\r\n$3\r\nGET\r\n$1\r\na\r\n",
+        &mut out,
+    )
+    .unwrap();
+    p.feed(Direction::Egress, 2, b"+PONG\r\n$1\r\nx\r\n", &mut out)
+        .unwrap();
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(
+        rows(&out),
+        [r("PING", "[]", "PONG"), r("GET", r#"["a"]"#, "")]
+    );
+}
