@@ -656,7 +656,7 @@ impl Reader {
         let ts = self.last_ns;
         self.finish(ts, false, stitch);
         self.state = State::Resync;
-        stitch.lost_sync(self.side);
+        stitch.lost_sync(self.side, ts);
     }
 
     /// `lost` bytes of this direction were not captured.

@@ -2,6 +2,10 @@
 //! breaks that count, so two safeguards keep a lost message from shifting every later pair: a response
 //! that began before the front request cannot answer it (it is dropped as an orphan), and when the
 //! response direction loses sync, the requests waiting for an answer are emitted unanswered.
+//! Requests lost from a pipeline (a server reading more at once than is captured, as Node.js does)
+//! are worse: the responses to them come before those of the requests seen next, so those are
+//! paired only once the connection is quiet, from the end — never by a guess that could give a
+//! request another one's response.
 use std::collections::VecDeque;
 
 use super::detect::known_method;
@@ -10,6 +14,9 @@ use crate::{Field, Record, Red};
 
 /// More waiting messages than this means one direction is not being answered: the oldest go first.
 const MAX_QUEUED: usize = 1024;
+/// Expiry ticks (a second apart) without a message either way that make a connection quiet: every
+/// request has been answered.
+const QUIET_TICKS: u32 = 2;
 
 /// What a response's framing needs to know about its request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,6 +33,15 @@ pub struct Stitcher {
     responses: VecDeque<Message>,
     ready: Vec<crate::Record>,
     tunnel: bool,
+    /// After requests were lost: how many of the waiting ones (from the front) came before the
+    /// loss and may still be paired by order. None: no loss in the way.
+    pairable: Option<usize>,
+    /// Start of the syscall whose bytes were lost: requests after the loss starting then (a
+    /// pipeline's tail) wait; later ones are paired by time (see [`Stitcher::front_blocked`]).
+    loss_ns: u64,
+    /// A message came since the last expiry tick; ticks without one so far.
+    active: bool,
+    quiet_ticks: u32,
 }
 
 impl Stitcher {
@@ -64,16 +80,19 @@ impl Stitcher {
     }
 
     pub fn message(&mut self, side: Side, message: Message) {
+        self.active = true;
         // The usual response answers the request waiting in front: paired at once, without a
         // round trip through the queue (what `pair` would do with it, minus two moves).
         // A response that began before it answers a request that was lost or expired: dropped.
         if side == Side::Response
             && self.responses.is_empty()
+            && !self.front_blocked()
             && let Some(front) = self.requests.front()
         {
             if message.start_ns >= front.start_ns
                 && let Some(req) = self.requests.pop_front()
             {
+                self.paired_front();
                 let record = self.record(req, Some(message));
                 self.ready.push(record);
             }
@@ -82,6 +101,7 @@ impl Stitcher {
         match side {
             Side::Request if self.requests.len() >= MAX_QUEUED => {
                 if let Some(old) = self.requests.pop_front() {
+                    self.paired_front();
                     let record = self.record(old, None);
                     self.ready.push(record);
                 }
@@ -98,8 +118,35 @@ impl Stitcher {
         self.pair();
     }
 
+    /// The front request left the queue: one fewer from before a loss.
+    fn paired_front(&mut self) {
+        if let Some(n) = &mut self.pairable {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Is the front request one that came after lost requests in the same syscall (a pipeline's
+    /// tail)? Responses to the lost ones come first; how many is unknown. A request sent later
+    /// is paired as without a loss: a response that began before it was sent is not its (the
+    /// lost requests' responses, with a client that waits for each, are dropped that way).
+    fn front_blocked(&mut self) -> bool {
+        if self.pairable != Some(0) {
+            return false;
+        }
+        match self.requests.front() {
+            Some(req) if req.start_ns <= self.loss_ns => true,
+            Some(_) => {
+                self.pairable = None;
+                false
+            }
+            None => false,
+        }
+    }
+
     fn pair(&mut self) {
-        while let (Some(req), Some(resp)) = (self.requests.front(), self.responses.front()) {
+        while !self.front_blocked()
+            && let (Some(req), Some(resp)) = (self.requests.front(), self.responses.front())
+        {
             if resp.start_ns < req.start_ns {
                 // Answers a request that was lost or already expired.
                 self.responses.pop_front();
@@ -107,6 +154,7 @@ impl Stitcher {
             }
             if let (Some(req), Some(resp)) = (self.requests.pop_front(), self.responses.pop_front())
             {
+                self.paired_front();
                 let record = self.record(req, Some(resp));
                 self.ready.push(record);
             }
@@ -115,19 +163,76 @@ impl Stitcher {
 
     /// The response direction lost bytes that may have held whole responses: the requests still
     /// waiting can no longer be paired by order.
-    pub fn lost_sync(&mut self, side: Side) {
-        if side == Side::Response {
-            self.heads.clear();
-            while let Some(req) = self.requests.pop_front() {
-                let record = self.record(req, None);
-                self.ready.push(record);
+    ///
+    /// The request direction lost bytes (in the syscall starting at `ts`) that may have held whole
+    /// requests (not understood ones count too: a server answers those as well): the ones waiting
+    /// are still answered first, in order; the ones after the loss in that syscall wait for a
+    /// quiet connection (see [`Stitcher::front_blocked`]). Those waiting since an earlier such
+    /// loss can no longer be told their response: they are emitted unanswered.
+    pub fn lost_sync(&mut self, side: Side, ts: u64) {
+        match side {
+            Side::Response => {
+                self.heads.clear();
+                self.pairable = None;
+                while let Some(req) = self.requests.pop_front() {
+                    let record = self.record(req, None);
+                    self.ready.push(record);
+                }
+            }
+            Side::Request => {
+                if let Some(before) = self.pairable {
+                    let before = before.min(self.requests.len());
+                    let later: Vec<Message> = self.requests.drain(before..).collect();
+                    for req in later {
+                        let record = self.record(req, None);
+                        self.ready.push(record);
+                    }
+                }
+                self.pairable = Some(self.requests.len());
+                self.loss_ns = ts;
+                self.quiet_ticks = 0;
             }
         }
+    }
+
+    /// The connection is quiet after requests were lost: every request has its response, the
+    /// last responses being those of the requests still waiting, in order (none of which can
+    /// have been answered before it was sent).
+    fn realign(&mut self) {
+        self.pairable = None;
+        let waiting = self.requests.len();
+        let lost = self.responses.len().saturating_sub(waiting);
+        let in_time = self
+            .requests
+            .iter()
+            .zip(self.responses.iter().skip(lost))
+            .all(|(req, resp)| resp.start_ns >= req.start_ns);
+        if self.responses.len() >= waiting && in_time {
+            self.responses.drain(..lost);
+            self.pair();
+        }
+        while let Some(req) = self.requests.pop_front() {
+            let record = self.record(req, None);
+            self.ready.push(record);
+        }
+        self.responses.clear();
     }
 
     /// Requests older than `deadline_ns` are emitted unanswered, unless a response is being read
     /// (it answers the oldest one; the connection's close settles it).
     pub fn expire(&mut self, deadline_ns: u64, answering: bool) {
+        if self.pairable.is_some() {
+            self.quiet_ticks = if self.active || answering {
+                0
+            } else {
+                self.quiet_ticks + 1
+            };
+            // Not at the close: a client that went away may leave requests unanswered.
+            if self.quiet_ticks >= QUIET_TICKS && deadline_ns != u64::MAX {
+                self.realign();
+            }
+        }
+        self.active = false;
         if answering && deadline_ns != u64::MAX {
             return;
         }
@@ -137,6 +242,7 @@ impl Stitcher {
             .is_some_and(|r| r.start_ns < deadline_ns)
         {
             if let Some(req) = self.requests.pop_front() {
+                self.paired_front();
                 self.heads.retain(|(start, _)| *start > req.start_ns);
                 let record = self.record(req, None);
                 self.ready.push(record);

@@ -804,3 +804,40 @@ fn header_names_are_known_in_any_case_and_only_when_exact() {
         assert_eq!(known(name), want, "{name:?}");
     }
 }
+
+/// A Node.js server reads a pipeline 64 KiB at a time: of a read longer than the capture, the
+/// requests in its middle are never seen, and the responses to them come before those of the
+/// requests in the read's captured tail.
+#[test]
+fn requests_lost_from_a_pipeline_never_get_another_request_s_response() {
+    let mut p = Parser::new(Role::Server, &ParseConfig::default());
+    let mut out = Vec::new();
+    let request = |i: usize| format!("GET /p{i:04} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+    let response = |i: usize| {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\npath /p{i:04}").into_bytes()
+    };
+    let requests: Vec<u8> = (0..600).flat_map(request).collect();
+    crate::captured::feed_reads(&mut p, Direction::Ingress, 10, &requests, 65_536, &mut out);
+    for (k, batch) in (0..600).collect::<Vec<_>>().chunks(150).enumerate() {
+        let bytes: Vec<u8> = batch.iter().copied().flat_map(response).collect();
+        feed(&mut p, Direction::Egress, 11 + k as u64, &bytes, &mut out);
+    }
+    // Two ticks after the one that saw the last messages: quiet, every request answered.
+    for _ in 0..3 {
+        p.expire(0, &mut out);
+    }
+    let mut right = 0;
+    for record in &out {
+        if int(record, "resp_status") == 200 {
+            assert_eq!(
+                text(record, "resp_body"),
+                format!("path {}", text(record, "req_path"))
+            );
+            right += 1;
+        }
+    }
+    // The 361 whole requests of the captured 12 KiB and the 15 of its last 512 bytes.
+    let per = request(0).len();
+    assert_eq!(right, 12_288 / per + 512 / per, "{out:?}");
+    assert_eq!(text(out.last().unwrap(), "req_path"), "/p0599");
+}
