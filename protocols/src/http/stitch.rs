@@ -115,7 +115,10 @@ impl Stitcher {
             Side::Request => self.requests.push_back(message),
             Side::Response => self.responses.push_back(message),
         }
-        self.pair();
+        // A request alone (the usual case: its response has not come) has nothing to pair.
+        if !self.responses.is_empty() {
+            self.pair();
+        }
     }
 
     /// The front request left the queue: one fewer from before a loss.
