@@ -586,6 +586,27 @@ async fn a_go_http_service_and_its_go_client_and_resolver_become_exact_events_wi
 
 // --- Node.js: a server that accepts without asking for the peer's address ------------------------
 
+/// `tests/fixtures/protocols/node_http.js` on 127.0.0.1:`port` inside `cgroup`, listening.
+fn start_node_http(cgroup: &TestCgroup, port: u16) -> Server {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/node_http.js");
+    let server = Server {
+        child: Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(which("node"))
+            .arg(&script)
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting node (scripts/setup peers)"),
+        signal: Signal::SIGTERM,
+    };
+    wait_until("node listening", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    server
+}
+
 /// Node's accept4 passes no address buffer; the kernel side reads the peer from the socket, so
 /// each row names its client even though every client (curl) has closed its connection long
 /// before the agent could look at the fd.
@@ -601,22 +622,7 @@ async fn a_node_server_that_accepts_without_asking_the_peer_still_names_each_cli
         },
         _pause,
     ) = Traced::in_pod(&cgroup, "node", vec![Protocol::Http]);
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/node_http.js");
-    let _server = Server {
-        child: Command::new("/bin/sh")
-            .args(cgroup.enter_and_exec())
-            .arg(which("node"))
-            .arg(&script)
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting node (scripts/setup peers)"),
-        signal: Signal::SIGTERM,
-    };
-    wait_until("node listening", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let _server = start_node_http(&cgroup, port);
     // The readiness probe was a connection too: only rows of these requests count.
     let mut want = Vec::new();
     for i in 0..3 {
@@ -680,22 +686,7 @@ async fn requests_lost_from_a_pipeline_a_node_server_reads_never_get_another_res
         },
         _pause,
     ) = Traced::in_pod(&cgroup, "node", vec![Protocol::Http]);
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/node_http.js");
-    let _server = Server {
-        child: Command::new("/bin/sh")
-            .args(cgroup.enter_and_exec())
-            .arg(which("node"))
-            .arg(&script)
-            .arg(port.to_string())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting node (scripts/setup peers)"),
-        signal: Signal::SIGTERM,
-    };
-    wait_until("node listening", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let _server = start_node_http(&cgroup, port);
     const REQUESTS: usize = 600;
     let pipeline: String = (0..REQUESTS)
         .map(|i| format!("GET /n/{i:04} HTTP/1.1\r\nHost: x\r\nUser-Agent: pipeline\r\n\r\n"))

@@ -89,6 +89,65 @@ pub(crate) fn keep_newest<T>(
     older > 0
 }
 
+/// At a quiet moment after lost requests every request has its answer, so the last ones answer
+/// the `waiting` requests, in order — unless one of them began before its request was sent (the
+/// alignment is then wrong). When they fit, drops the `answers` before them and returns true.
+pub(crate) fn align_from_end<Q, A>(
+    waiting: &std::collections::VecDeque<Q>,
+    answers: &mut std::collections::VecDeque<A>,
+    sent_ns: impl Fn(&Q) -> u64,
+    began_ns: impl Fn(&A) -> u64,
+) -> bool {
+    let Some(lost) = answers.len().checked_sub(waiting.len()) else {
+        return false;
+    };
+    let in_time = waiting
+        .iter()
+        .zip(answers.iter().skip(lost))
+        .all(|(q, a)| began_ns(a) >= sent_ns(q));
+    if in_time {
+        answers.drain(..lost);
+    }
+    in_time
+}
+
+/// Expiry ticks (a second apart) without a message either way that make a connection quiet: every
+/// request sent has been answered.
+const QUIET_TICKS: u32 = 2;
+
+/// Whether a connection went quiet, for a stitcher that lost requests and can pair the ones seen
+/// after them only once every request has its answer (HTTP's and Redis's, from the end).
+#[derive(Debug, Default)]
+pub(crate) struct Quiet {
+    /// A message came since the last expiry tick.
+    active: bool,
+    /// Expiry ticks without one since.
+    ticks: u32,
+}
+
+impl Quiet {
+    pub fn message(&mut self) {
+        self.active = true;
+    }
+
+    /// Requests were lost: quiet counts from now.
+    pub fn restart(&mut self) {
+        self.ticks = 0;
+    }
+
+    /// An expiry tick (`deadline_ns` u64::MAX: the close). `waiting`: requests wait for the
+    /// connection to go quiet; `answering`: a message is being read. True when it went quiet, but
+    /// never at the close: a client that went away may leave requests unanswered.
+    pub fn tick(&mut self, waiting: bool, answering: bool, deadline_ns: u64) -> bool {
+        let active = std::mem::take(&mut self.active) || answering;
+        if !waiting {
+            return false;
+        }
+        self.ticks = if active { 0 } else { self.ticks + 1 };
+        self.ticks >= QUIET_TICKS && deadline_ns != u64::MAX
+    }
+}
+
 /// Type of a protocol column.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {

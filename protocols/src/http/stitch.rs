@@ -14,9 +14,6 @@ use crate::{Field, Record, Red};
 
 /// More waiting messages than this means one direction is not being answered: the oldest go first.
 const MAX_QUEUED: usize = 1024;
-/// Expiry ticks (a second apart) without a message either way that make a connection quiet: every
-/// request has been answered.
-const QUIET_TICKS: u32 = 2;
 
 /// What a response's framing needs to know about its request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -39,9 +36,7 @@ pub struct Stitcher {
     /// Start of the syscall whose bytes were lost: requests after the loss starting then (a
     /// pipeline's tail) wait; later ones are paired by time (see [`Stitcher::front_blocked`]).
     loss_ns: u64,
-    /// A message came since the last expiry tick; ticks without one so far.
-    active: bool,
-    quiet_ticks: u32,
+    quiet: crate::Quiet,
 }
 
 impl Stitcher {
@@ -80,7 +75,7 @@ impl Stitcher {
     }
 
     pub fn message(&mut self, side: Side, message: Message) {
-        self.active = true;
+        self.quiet.message();
         // The usual response answers the request waiting in front: paired at once, without a
         // round trip through the queue (what `pair` would do with it, minus two moves).
         // A response that began before it answers a request that was lost or expired: dropped.
@@ -193,7 +188,7 @@ impl Stitcher {
                 }
                 self.pairable = Some(self.requests.len());
                 self.loss_ns = ts;
-                self.quiet_ticks = 0;
+                self.quiet.restart();
             }
         }
     }
@@ -203,15 +198,12 @@ impl Stitcher {
     /// have been answered before it was sent).
     fn realign(&mut self) {
         self.pairable = None;
-        let waiting = self.requests.len();
-        let lost = self.responses.len().saturating_sub(waiting);
-        let in_time = self
-            .requests
-            .iter()
-            .zip(self.responses.iter().skip(lost))
-            .all(|(req, resp)| resp.start_ns >= req.start_ns);
-        if self.responses.len() >= waiting && in_time {
-            self.responses.drain(..lost);
+        if crate::align_from_end(
+            &self.requests,
+            &mut self.responses,
+            |req| req.start_ns,
+            |resp| resp.start_ns,
+        ) {
             self.pair();
         }
         while let Some(req) = self.requests.pop_front() {
@@ -224,18 +216,12 @@ impl Stitcher {
     /// Requests older than `deadline_ns` are emitted unanswered, unless a response is being read
     /// (it answers the oldest one; the connection's close settles it).
     pub fn expire(&mut self, deadline_ns: u64, answering: bool) {
-        if self.pairable.is_some() {
-            self.quiet_ticks = if self.active || answering {
-                0
-            } else {
-                self.quiet_ticks + 1
-            };
-            // Not at the close: a client that went away may leave requests unanswered.
-            if self.quiet_ticks >= QUIET_TICKS && deadline_ns != u64::MAX {
-                self.realign();
-            }
+        if self
+            .quiet
+            .tick(self.pairable.is_some(), answering, deadline_ns)
+        {
+            self.realign();
         }
-        self.active = false;
         if answering && deadline_ns != u64::MAX {
             return;
         }

@@ -16,9 +16,6 @@ use crate::{Field, ParseConfig, REDACTED, Record, Red, json};
 
 /// More unanswered commands than this means replies are not being seen: the oldest go first.
 const MAX_QUEUED: usize = 1024;
-/// Expiry ticks (a second apart) without a frame either way that make a connection quiet: every
-/// command sent has been answered.
-const QUIET_TICKS: u32 = 2;
 
 const SUBSCRIBE_FAMILY: [&str; 6] = [
     "subscribe",
@@ -54,9 +51,7 @@ pub struct Stitcher {
     /// Commands were lost before the one numbered this: which replies are theirs is unknown, so
     /// from it on nothing is paired until the connection is quiet (see [`Stitcher::expire`]).
     lost_before: Option<u64>,
-    /// A frame came since the last expiry tick; ticks without one so far.
-    active: bool,
-    quiet_ticks: u32,
+    quiet: crate::Quiet,
 }
 
 impl Stitcher {
@@ -69,8 +64,7 @@ impl Stitcher {
             ready: Vec::new(),
             seen: 0,
             lost_before: None,
-            active: false,
-            quiet_ticks: 0,
+            quiet: crate::Quiet::default(),
         }
     }
 
@@ -112,7 +106,7 @@ impl Stitcher {
         {
             self.emit(old);
         }
-        self.active = true;
+        self.quiet.message();
         self.seen += 1;
         self.commands.push_back(Command {
             seq: self.seen - 1,
@@ -128,7 +122,7 @@ impl Stitcher {
     }
 
     pub fn reply(&mut self, frame: Frame) {
-        self.active = true;
+        self.quiet.message();
         if let Some(kind) = self.push_kind(&frame.value) {
             self.push_record(kind, frame);
             return;
@@ -217,7 +211,7 @@ impl Stitcher {
             }
         }
         self.lost_before = Some(self.seen);
-        self.quiet_ticks = 0;
+        self.quiet.restart();
     }
 
     /// The connection is quiet after commands were lost: every command has its reply, the last
@@ -225,21 +219,18 @@ impl Stitcher {
     /// waiting command takes one reply and none may block; otherwise written unanswered.
     fn realign(&mut self) {
         self.lost_before = None;
-        let waiting = self.commands.len();
         let pairable = self
             .commands
             .iter()
             .all(|c| c.expected == 1 && !commands::may_block(c.operation));
-        let lost = self.replies.len().saturating_sub(waiting);
-        // A reply read before its command was sent would say the alignment is wrong.
-        let in_time = || {
-            self.commands
-                .iter()
-                .zip(self.replies.iter().skip(lost))
-                .all(|(c, r)| r.start_ns >= c.start_ns)
-        };
-        if pairable && self.replies.len() >= waiting && in_time() {
-            self.replies.drain(..lost);
+        if pairable
+            && crate::align_from_end(
+                &self.commands,
+                &mut self.replies,
+                |c| c.start_ns,
+                |r| r.start_ns,
+            )
+        {
             self.pair();
         }
         while let Some(command) = self.commands.pop_front() {
@@ -251,18 +242,13 @@ impl Stitcher {
     /// Commands older than `deadline_ns` are emitted (unanswered unless confirmations came), unless a
     /// reply is being read.
     pub fn expire(&mut self, deadline_ns: u64, answering: bool) {
-        if self.lost_before.is_some() {
-            self.quiet_ticks = if self.active || answering {
-                0
-            } else {
-                self.quiet_ticks + 1
-            };
-            // At the close, the waiting commands are written unanswered (below).
-            if self.quiet_ticks >= QUIET_TICKS && deadline_ns != u64::MAX {
-                self.realign();
-            }
+        // At the close, the waiting commands are written unanswered (below).
+        if self
+            .quiet
+            .tick(self.lost_before.is_some(), answering, deadline_ns)
+        {
+            self.realign();
         }
-        self.active = false;
         if answering && deadline_ns != u64::MAX {
             return;
         }
