@@ -59,8 +59,9 @@ pub struct TracepointProbe {
     pub max_body_bytes: Option<u32>,
     /// Redact secrets in captured traffic (protocol tracing; default true): the values of the
     /// Authorization, Proxy-Authorization, Cookie and Set-Cookie headers, database password
-    /// messages, and secret query parameters and form or JSON fields (names containing password,
-    /// secret, token, api key, credential or session). `false` keeps them as captured; a process
+    /// messages, passwords written into SQL text (`PASSWORD '…'`, `IDENTIFIED BY '…'`, connection
+    /// strings and URLs), Redis AUTH arguments, and secret query parameters and form or JSON fields
+    /// (names containing password, secret, token, api key, credential or session). `false` keeps them as captured; a process
     /// that another Tracepoint also traces keeps redaction if either asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redact: Option<bool>,

@@ -39,6 +39,15 @@ fn pick(rows: &[Row], columns: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// No column of any row holds `secret`.
+fn assert_no_secret(rows: &[Row], secret: &str) {
+    for r in rows {
+        for (column, value) in r {
+            assert!(!format!("{value:?}").contains(secret), "{column}: {r:?}");
+        }
+    }
+}
+
 // --- DNS: dnsmasq + dig ---------------------------------------------------------------------------
 
 fn start_dnsmasq(dir: &std::path::Path, port: u16) -> Server {
@@ -1582,6 +1591,7 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
             "SELECT 41 + 1",
             "CREATE TABLE t (id int PRIMARY KEY, name text)",
             "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
+            "CREATE ROLE app LOGIN PASSWORD 'hunter2'",
             "SELECT 1/0",
         ],
     );
@@ -1602,7 +1612,7 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
     );
     assert_eq!(out, "[[7, 'seven']]\nerror 42P01\n[[42]] [[100]]\n");
 
-    let (server_want, client_want) = (5 + 13, 13);
+    let (server_want, client_want) = (6 + 13, 13);
     // Backends exit without closing their socket: their rows come from the sweep of exited
     // processes (every 10 s). pg8000 closes its own.
     let (pgsql, stats) = wait_for_events_and_closed_stats(
@@ -1646,6 +1656,15 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
             "INSERT INTO t VALUES (1, 'a'), (2, 'b')",
             "null",
             "INSERT 0 2",
+            "0",
+        ),
+        // The password written into the statement is redacted too.
+        row(
+            "server",
+            "Query",
+            "CREATE ROLE app LOGIN PASSWORD '<redacted>'",
+            "null",
+            "CREATE ROLE",
             "0",
         ),
         row(
@@ -1777,6 +1796,7 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
     for r in &pgsql {
         assert_eq!(text(r, "pod"), "peers", "{r:?}");
     }
+    assert_no_secret(&pgsql, "hunter2");
     // Every row has its addresses, also of backends that exited before the agent looked at their
     // socket: those come from the postmaster's accept, inherited at fork.
     for r in &pgsql {
@@ -1787,8 +1807,8 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
     let pids = |rows: &[Row]| -> std::collections::BTreeSet<String> {
         pick(rows, &["pid"]).into_iter().flatten().collect()
     };
-    assert_eq!(pids(&server[..5]).len(), 1, "{pgsql:?}");
-    assert_eq!(pids(&server[5..]).len(), 1, "{pgsql:?}");
+    assert_eq!(pids(&server[..6]).len(), 1, "{pgsql:?}");
+    assert_eq!(pids(&server[6..]).len(), 1, "{pgsql:?}");
     let backends = pids(&server);
     assert_eq!(backends.len(), 2, "{pgsql:?}");
     assert!(!backends.contains(&traced.pid().to_string()), "{pgsql:?}");
@@ -1966,7 +1986,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
         "sonde",
         "SELECT 41 + 1; CREATE TABLE t (id int PRIMARY KEY, name text); \
          INSERT INTO t VALUES (1, 'a'), (2, 'b'); SELECT id, name FROM t ORDER BY id; \
-         SELECT * FROM nope",
+         CREATE USER 'app'@'%' IDENTIFIED BY 'hunter2'; SELECT * FROM nope",
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -1987,7 +2007,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
     );
     assert_eq!(out, "[(7, 'seven')]\nerror 1146\n[(42,)]\n");
 
-    let (server_want, client_want) = (6 + 17, 17);
+    let (server_want, client_want) = (7 + 17, 17);
     let (mysql, stats) = wait_for_events_and_closed_stats(
         &store,
         "mysql_events",
@@ -2040,6 +2060,12 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
             "OK",
             "Resultset rows = 2",
             "2",
+        ),
+        ok(
+            "server",
+            "COM_QUERY",
+            "CREATE USER 'app'@'%' IDENTIFIED BY '<redacted>'",
+            "affected rows: 0",
         ),
         row(
             "server",
@@ -2160,6 +2186,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
     for r in &mysql {
         assert_addressed(r, port);
     }
+    assert_no_secret(&mysql, "hunter2");
     for r in &server {
         assert_eq!(r["pid"], Value::Int64(i64::from(traced.pid())), "{r:?}");
         assert_eq!(text(r, "pod"), "", "{r:?}");

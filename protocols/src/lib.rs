@@ -58,8 +58,8 @@ pub struct ParseConfig {
     /// Bytes of each body (HTTP body, query text beyond the statement, …) kept in records.
     pub max_body_bytes: usize,
     /// Replace secrets (Authorization, Cookie, Set-Cookie, Proxy-Authorization header values,
-    /// PostgreSQL/MySQL password messages, secret query parameters and form or JSON fields) with
-    /// `<redacted>`.
+    /// PostgreSQL/MySQL password messages and passwords in SQL text, Redis AUTH arguments, secret
+    /// query parameters and form or JSON fields) with `<redacted>`.
     pub redact: bool,
 }
 
@@ -69,6 +69,17 @@ impl Default for ParseConfig {
             max_body_bytes: 512,
             redact: true,
         }
+    }
+}
+
+/// `s` cut to at most `cap` bytes, at a char boundary.
+pub(crate) fn truncate_at_char(s: &mut String, cap: usize) {
+    if s.len() > cap {
+        let mut end = cap;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
     }
 }
 

@@ -8,7 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::packet::{self, Command};
-use crate::{Field, ParseConfig, REDACTED, Record, Red, sql};
+use crate::sql::{self, Dialect};
+use crate::{Field, ParseConfig, REDACTED, Record, Red};
 
 /// Prepared statements remembered per connection; more are forgotten.
 const MAX_STATEMENTS: usize = 256;
@@ -118,7 +119,10 @@ impl Stitcher {
         let Some((&cmd, body)) = payload.split_first() else {
             return;
         };
-        let text = || cut(String::from_utf8_lossy(body).into_owned(), self.text_cap);
+        let text = || {
+            let raw = String::from_utf8_lossy(body).into_owned();
+            sql::shown(raw, Dialect::MySql, self.redact, self.text_cap)
+        };
         let mut p = Pending {
             cmd,
             body: None,
@@ -481,12 +485,6 @@ fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static
 
 /// At most `cap` bytes, cut on a character boundary.
 fn cut(mut s: String, cap: usize) -> String {
-    if s.len() > cap {
-        let mut end = cap;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    crate::truncate_at_char(&mut s, cap);
     s
 }

@@ -7,7 +7,8 @@ use std::collections::{HashMap, VecDeque};
 
 use super::backend::Backend;
 use super::frontend::Frontend;
-use crate::{Field, ParseConfig, REDACTED, Record, Red, sql};
+use crate::sql::{self, Dialect};
+use crate::{Field, ParseConfig, REDACTED, Record, Red};
 
 /// Prepared statements remembered per connection (name → text); more are forgotten.
 const MAX_STATEMENTS: usize = 256;
@@ -100,7 +101,7 @@ impl Stitcher {
         };
         Unit {
             cmd,
-            text: text.map(|t| cut(t, self.text_cap)),
+            text: text.map(|t| sql::shown(t, Dialect::Postgres, self.redact, self.text_cap)),
             params: None,
             password: None,
             start_ns,
@@ -449,12 +450,6 @@ fn printable(bytes: &[u8]) -> String {
 
 /// At most `cap` bytes, cut on a character boundary.
 fn cut(mut s: String, cap: usize) -> String {
-    if s.len() > cap {
-        let mut end = cap;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    crate::truncate_at_char(&mut s, cap);
     s
 }

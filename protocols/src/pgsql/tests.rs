@@ -288,3 +288,41 @@ fn garbage_from_the_client_is_an_error_not_a_panic() {
         .unwrap_err();
     assert_eq!(err.reason, "unknown_frontend_tag");
 }
+
+#[test]
+fn a_password_in_a_prepared_statement_is_redacted_wherever_its_text_is_shown() {
+    let mut p = client();
+    let mut out = Vec::new();
+    // Parse a named statement with a literal password, then Bind and Execute it by name.
+    let mut reqs = msg(
+        b'P',
+        b"s1\0UPDATE users SET password = 'hunter2' WHERE id = $1\0\x00\x00",
+    );
+    reqs.extend(msg(b'S', b""));
+    reqs.extend(msg(
+        b'B',
+        b"\0s1\0\x00\x00\x00\x01\x00\x00\x00\x017\x00\x00",
+    ));
+    reqs.extend(msg(b'E', b"\0\0\0\0\0"));
+    reqs.extend(msg(b'S', b""));
+    feed(&mut p, Direction::Egress, 1, &reqs, &mut out);
+    let mut resp = msg(b'1', b"");
+    resp.extend_from_slice(READY);
+    resp.extend(msg(b'2', b""));
+    resp.extend(msg(b'C', b"UPDATE 1\0"));
+    resp.extend_from_slice(READY);
+    feed(&mut p, Direction::Ingress, 2, &resp, &mut out);
+    let shown: Vec<_> = out.iter().map(|r| r.fields[..3].to_vec()).collect();
+    let text = Field::String("UPDATE users SET password = '<redacted>' WHERE id = $1".into());
+    assert_eq!(
+        shown,
+        [
+            vec![Field::String("Parse".into()), text.clone(), Field::Null],
+            vec![
+                Field::String("Execute".into()),
+                text,
+                Field::String("$1='7'".into())
+            ],
+        ]
+    );
+}

@@ -416,13 +416,7 @@ pub fn render(value: &Value, max: usize) -> String {
         Value::Simple(t) | Value::Bulk(t) | Value::Double(t) | Value::BigNumber(t) => text(t, max),
         Value::Verbatim(t) => verbatim(t, max),
     };
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-    }
+    crate::truncate_at_char(&mut s, max);
     s
 }
 

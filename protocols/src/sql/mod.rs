@@ -1,5 +1,21 @@
-//! What SQL statements do, as bounded metric labels (`db_operation_name`), shared by the
-//! PostgreSQL and MySQL parsers. Hand-written: only the first keyword matters, no SQL parser needed.
+//! SQL text as the PostgreSQL and MySQL parsers show it: what a statement does, as a bounded
+//! metric label (`db_operation_name`), and its text with credentials redacted. Hand-written: only
+//! the first keyword matters for the label, no SQL parser needed.
+
+mod redact;
+
+pub(crate) use redact::Dialect;
+
+/// A statement's text as records show it: credentials redacted when `redact`, then cut to `cap`
+/// bytes (so a cut cannot split a secret and leave part of it).
+pub(crate) fn shown(text: String, dialect: Dialect, redact: bool, cap: usize) -> String {
+    let mut text = match redact.then(|| redact::secrets(&text, dialect)).flatten() {
+        Some(redacted) => redacted,
+        None => text,
+    };
+    crate::truncate_at_char(&mut text, cap);
+    text
+}
 
 /// Statement verbs reported as they are; anything else is `_OTHER`.
 const VERBS: &[&str] = &[
@@ -76,21 +92,4 @@ fn skip_noise(mut s: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn operation_is_the_first_keyword_uppercased() {
-        assert_eq!(operation("select 1"), "SELECT");
-        assert_eq!(operation("  INSERT INTO t VALUES (1)"), "INSERT");
-        assert_eq!(operation("-- hi\n/* x */ (SELECT 1)"), "SELECT");
-    }
-
-    #[test]
-    fn operation_outside_the_bounded_set_is_other() {
-        assert_eq!(operation("frobnicate everything"), OTHER);
-        assert_eq!(operation(""), OTHER);
-        assert_eq!(operation("/* never closed"), OTHER);
-        assert_eq!(operation("SELECTED"), OTHER);
-    }
-}
+mod tests;

@@ -1,0 +1,174 @@
+use super::*;
+
+#[test]
+fn operation_is_the_first_keyword_uppercased() {
+    assert_eq!(operation("select 1"), "SELECT");
+    assert_eq!(operation("  INSERT INTO t VALUES (1)"), "INSERT");
+    assert_eq!(operation("-- hi\n/* x */ (SELECT 1)"), "SELECT");
+}
+
+#[test]
+fn operation_outside_the_bounded_set_is_other() {
+    assert_eq!(operation("frobnicate everything"), OTHER);
+    assert_eq!(operation(""), OTHER);
+    assert_eq!(operation("/* never closed"), OTHER);
+    assert_eq!(operation("SELECTED"), OTHER);
+}
+
+fn pg(text: &str) -> String {
+    shown(text.to_string(), Dialect::Postgres, true, usize::MAX)
+}
+
+fn my(text: &str) -> String {
+    shown(text.to_string(), Dialect::MySql, true, usize::MAX)
+}
+
+#[test]
+fn postgres_role_passwords_are_redacted() {
+    assert_eq!(
+        pg("CREATE ROLE bob LOGIN PASSWORD 'hunter2'"),
+        "CREATE ROLE bob LOGIN PASSWORD '<redacted>'"
+    );
+    // What psql's \password sends: the verifier, computed by the client.
+    assert_eq!(
+        pg("ALTER USER bob WITH ENCRYPTED PASSWORD 'SCRAM-SHA-256$4096:c2FsdA==$a:b'"),
+        "ALTER USER bob WITH ENCRYPTED PASSWORD '<redacted>'"
+    );
+    assert_eq!(
+        pg("alter role bob password 'x' valid until '2027-01-01'"),
+        "alter role bob password '<redacted>' valid until '2027-01-01'"
+    );
+    assert_eq!(
+        pg("ALTER ROLE a PASSWORD E'p\\'q' LOGIN"),
+        "ALTER ROLE a PASSWORD E'<redacted>' LOGIN"
+    );
+    assert_eq!(
+        pg("ALTER ROLE a PASSWORD 'it''s' LOGIN"),
+        "ALTER ROLE a PASSWORD '<redacted>' LOGIN"
+    );
+    assert_eq!(
+        pg("ALTER ROLE a PASSWORD /* new */ 'x'"),
+        "ALTER ROLE a PASSWORD /* new */ '<redacted>'"
+    );
+    // Cut by the capture inside the literal: the rest is the secret.
+    assert_eq!(
+        pg("ALTER ROLE a PASSWORD 'abcdef"),
+        "ALTER ROLE a PASSWORD '<redacted>"
+    );
+    assert_eq!(
+        pg("ALTER ROLE a PASSWORD 'pässwörd'; SELECT 'ü'"),
+        "ALTER ROLE a PASSWORD '<redacted>'; SELECT 'ü'"
+    );
+}
+
+#[test]
+fn postgres_connection_strings_and_options_are_redacted() {
+    assert_eq!(
+        pg(
+            "CREATE SUBSCRIPTION s CONNECTION 'host=db port=5432 password=s3cret dbname=app' \
+            PUBLICATION p"
+        ),
+        "CREATE SUBSCRIPTION s CONNECTION 'host=db port=5432 password=<redacted> dbname=app' \
+         PUBLICATION p"
+    );
+    assert_eq!(
+        pg("SELECT dblink_connect('postgresql://app:s3cret@db:5432/app')"),
+        "SELECT dblink_connect('postgresql://app:<redacted>@db:5432/app')"
+    );
+    assert_eq!(
+        pg("CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 'x')"),
+        "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password '<redacted>')"
+    );
+}
+
+#[test]
+fn a_column_named_password_set_or_compared_to_a_literal_is_redacted() {
+    assert_eq!(
+        pg("UPDATE users SET password = 'x' WHERE id = '1'"),
+        "UPDATE users SET password = '<redacted>' WHERE id = '1'"
+    );
+    assert_eq!(
+        pg("UPDATE users SET \"password\" = 'x'"),
+        "UPDATE users SET \"password\" = '<redacted>'"
+    );
+    assert_eq!(
+        my("SELECT id FROM users WHERE `password` = \"x\""),
+        "SELECT id FROM users WHERE `password` = \"<redacted>\""
+    );
+}
+
+#[test]
+fn statements_without_credentials_are_kept_as_they_are() {
+    for text in [
+        "SELECT 1",
+        "SELECT password FROM users WHERE id = '1'",
+        "SELECT * FROM t WHERE note = 'password'",
+        "SELECT * FROM t WHERE note = 'password reset'",
+        "-- password 'x'\nSELECT 'y'",
+        "ALTER ROLE bob PASSWORD NULL",
+        "SELECT 'https://example.com/a?b=c'",
+        "SELECT 'password' || ':' || 'x'",
+    ] {
+        assert_eq!(pg(text), text);
+        assert_eq!(
+            super::redact::secrets(text, Dialect::Postgres),
+            None,
+            "{text}"
+        );
+    }
+    assert_eq!(my("# password 'x'\nSELECT 1"), "# password 'x'\nSELECT 1");
+}
+
+#[test]
+fn mysql_account_passwords_are_redacted() {
+    assert_eq!(
+        my("CREATE USER 'bob'@'%' IDENTIFIED BY 'hunter2'"),
+        "CREATE USER 'bob'@'%' IDENTIFIED BY '<redacted>'"
+    );
+    assert_eq!(
+        my(
+            "ALTER USER 'bob'@'localhost' IDENTIFIED WITH caching_sha2_password BY 'n3w' \
+            REPLACE 'old' RETAIN CURRENT PASSWORD"
+        ),
+        "ALTER USER 'bob'@'localhost' IDENTIFIED WITH caching_sha2_password BY '<redacted>' \
+         REPLACE '<redacted>' RETAIN CURRENT PASSWORD"
+    );
+    assert_eq!(
+        my("CREATE USER u IDENTIFIED WITH mysql_native_password AS '*6BB4837EB7432910'"),
+        "CREATE USER u IDENTIFIED WITH mysql_native_password AS '<redacted>'"
+    );
+    assert_eq!(
+        my("SET PASSWORD FOR 'bob'@'%' = 'x'"),
+        "SET PASSWORD FOR 'bob'@'%' = '<redacted>'"
+    );
+    assert_eq!(
+        my("SET PASSWORD = PASSWORD(\"x\")"),
+        "SET PASSWORD = PASSWORD(\"<redacted>\")"
+    );
+    assert_eq!(
+        my("GRANT ALL ON *.* TO 'u'@'%' IDENTIFIED BY 'a\\'b'"),
+        "GRANT ALL ON *.* TO 'u'@'%' IDENTIFIED BY '<redacted>'"
+    );
+    assert_eq!(
+        my(
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST='db', SOURCE_USER='repl', \
+            SOURCE_PASSWORD='x', SOURCE_PORT=3306"
+        ),
+        "CHANGE REPLICATION SOURCE TO SOURCE_HOST='db', SOURCE_USER='repl', \
+         SOURCE_PASSWORD='<redacted>', SOURCE_PORT=3306"
+    );
+    assert_eq!(
+        my("INSERT INTO hooks VALUES (_utf8mb4'https://user:tok@example.com/x')"),
+        "INSERT INTO hooks VALUES (_utf8mb4'https://user:<redacted>@example.com/x')"
+    );
+}
+
+#[test]
+fn redaction_comes_before_the_cut_and_can_be_switched_off() {
+    let text = "ALTER ROLE a PASSWORD 'a-long-secret'".to_string();
+    assert_eq!(
+        shown(text.clone(), Dialect::Postgres, true, 25),
+        "ALTER ROLE a PASSWORD '<r"
+    );
+    assert_eq!(shown(text.clone(), Dialect::Postgres, false, 1000), text);
+}
