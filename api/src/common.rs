@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new("has(self.exe) || has(self.cmdline)").message("process needs exe (a path or glob such as */nginx) or cmdline (a regular expression)"))]
 pub struct ProcessSelector {
     /// Executable path or glob, as seen inside the process's root (e.g. `/usr/sbin/nginx` or `*/nginx`).
-    /// A program started through a symlink matches by the symlink's path too (the command line's
-    /// first word, when absolute).
+    /// A program started through a symlink matches by the symlink's path too: its first argument
+    /// when absolute, else where that name is found in the process's PATH (Debian's `redis-server`
+    /// started by name runs `/usr/bin/redis-check-rdb` and matches `*/redis-server`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub exe: Option<String>,

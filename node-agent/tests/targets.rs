@@ -5,6 +5,7 @@
 //! make pod → process mapping real without a container runtime.
 use std::{
     fs,
+    os::unix::process::CommandExt,
     path::PathBuf,
     process::{Child, Command},
     thread,
@@ -240,6 +241,61 @@ fn resolve_standalone(selector: ProcessSelector) -> Vec<TargetProcess> {
     Vec::new()
 }
 
+/// Waits until process `pid` runs `exe` (5 s at most).
+fn wait_for_exe(pid: u32, exe: &str) {
+    for _ in 0..50 {
+        if fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == std::path::Path::new(exe)) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("process {pid} does not run {exe}");
+}
+
 fn regex_escape(s: &str) -> String {
     s.replace('.', r"\.")
+}
+
+#[test]
+fn a_program_started_by_name_through_a_symlink_in_its_path_is_selected_by_that_name() {
+    // As a shell or an image's CMD starts Debian's `redis-server` (a symlink to redis-check-rdb):
+    // by name, found through PATH; the process's first argument has no directory.
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!("sonde-napper-{}", std::process::id());
+    std::os::unix::fs::symlink(
+        fs::canonicalize("/usr/bin/sleep").unwrap(),
+        dir.path().join(&name),
+    )
+    .unwrap();
+    let path = format!("{}:/usr/bin:/bin", dir.path().display());
+    let mut child = Command::new(&name)
+        .env("PATH", &path)
+        .arg("30")
+        .spawn()
+        .unwrap();
+    // Another process calling itself so, whose PATH leads to another file of that name: not
+    // what runs in it, so not selected through it.
+    let other_dir = tempfile::tempdir().unwrap();
+    fs::write(other_dir.path().join(&name), "#!/bin/sh\n").unwrap();
+    let mut decoy = Command::new("/usr/bin/sleep")
+        .arg0(&name)
+        .env("PATH", other_dir.path())
+        .arg("30")
+        .spawn()
+        .unwrap();
+    // Spawning returns before the exec completes: the selection is about the programs run.
+    wait_for_exe(child.id(), "/usr/bin/sleep");
+    wait_for_exe(decoy.id(), "/usr/bin/sleep");
+    let resolved = resolve_standalone(ProcessSelector {
+        exe: Some(format!("*/{name}")),
+        cmdline: None,
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(resolved[0].pid, child.id());
+    assert_eq!(resolved[0].exe.file_name().unwrap(), "sleep");
+    let _ = decoy.kill();
+    let _ = decoy.wait();
 }

@@ -128,7 +128,7 @@ impl ProcessTable {
             p.pid != self.own_pid
                 && matcher
                     .as_ref()
-                    .is_none_or(|m| m.matches(&p.exe, &p.cmdline))
+                    .is_none_or(|m| m.matches(&p.exe, p.started_as.as_deref(), &p.cmdline))
         };
         let mut out: Vec<TargetProcess> = if probe.targets.is_empty() {
             if matcher.is_none() {

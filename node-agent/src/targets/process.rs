@@ -1,7 +1,8 @@
 //! A snapshot of the host's processes from /proc: pid, executable, command line, and the container
 //! each one runs in.
 //!
-//! Reading a process costs three small reads (`exe`, `cmdline`, `cgroup`), and listing /proc a
+//! Reading a process costs three small reads (`exe`, `cmdline`, `cgroup`; a fourth, `environ`, for
+//! a program started by a name that is not its executable's), and listing /proc a
 //! directory read of every pid; a node runs thousands of processes and the agent rescans every two
 //! seconds and after execs, so [`ProcessScanner`] rereads only the processes the kernel named since
 //! its last scan ([`ProcessWatch`]: new processes, execs, exits) and does not list /proc at all.
@@ -13,6 +14,7 @@
 use std::{
     collections::{BTreeMap, HashSet, btree_map::Entry},
     fs, io,
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -47,6 +49,11 @@ pub struct ProcessInfo {
     pub pid: u32,
     /// Executable path inside the process's root (readlink of /proc/<pid>/exe, ` (deleted)` removed).
     pub exe: PathBuf,
+    /// The path the process was started as, when it names another file than `exe` (a symlink
+    /// or hard link to it: Debian's `redis-server` → `redis-check-rdb`, a multi-call binary's
+    /// names): its first argument when absolute, else that name where execvp found it in the
+    /// process's PATH, when that is the executable itself.
+    pub started_as: Option<PathBuf>,
     /// Arguments joined by spaces.
     pub cmdline: String,
     /// The Kubernetes container the process runs in, if any.
@@ -241,6 +248,7 @@ fn read_process(dir: &Path, pid: u32) -> Option<ProcessInfo> {
     let exe = fs::read_link(dir.join("exe")).ok()?;
     let exe = strip_deleted(exe);
     let cmdline = fs::read(dir.join("cmdline")).ok()?;
+    let started_as = started_as(dir, &exe, &cmdline);
     let cmdline = join_cmdline(&cmdline);
     let container = match fs::read_to_string(dir.join("cgroup")) {
         Ok(contents) => cgroup::identity_from_file(&contents),
@@ -250,9 +258,45 @@ fn read_process(dir: &Path, pid: u32) -> Option<ProcessInfo> {
     Some(ProcessInfo {
         pid,
         exe,
+        started_as,
         cmdline,
         container,
     })
+}
+
+/// See [`ProcessInfo::started_as`]. A name looked up through PATH is taken only when the file found
+/// there is the one running (same device and inode), so a PATH changed since, or another file of
+/// that name, selects nothing by mistake.
+fn started_as(dir: &Path, exe: &Path, raw_cmdline: &[u8]) -> Option<PathBuf> {
+    let first = raw_cmdline.split(|b| *b == 0).next()?;
+    let first = std::str::from_utf8(first).ok()?;
+    if first.starts_with('/') {
+        return (Path::new(first) != exe).then(|| PathBuf::from(first));
+    }
+    // Relative paths need the cwd at exec time, long gone; a title set by the program itself
+    // (`nginx: worker process`) is no name; the executable's own name adds nothing.
+    if first.is_empty() || first.contains(['/', ' ']) || exe.file_name().is_some_and(|n| n == first)
+    {
+        return None;
+    }
+    let environ = fs::read(dir.join("environ")).ok()?;
+    let path = environ
+        .split(|b| *b == 0)
+        .find_map(|var| var.strip_prefix(b"PATH="))
+        // What execvp searches when PATH is unset (glibc, musl).
+        .unwrap_or(b"/bin:/usr/bin");
+    let running = fs::metadata(dir.join("exe")).ok()?;
+    let root = dir.join("root");
+    path.split(|b| *b == b':')
+        .filter_map(|d| std::str::from_utf8(d).ok())
+        .filter(|d| d.starts_with('/'))
+        .map(|d| Path::new(d).join(first))
+        .find_map(|candidate| {
+            let inside = candidate.strip_prefix("/").ok()?;
+            fs::metadata(root.join(inside)).ok().map(|m| (candidate, m))
+        })
+        .filter(|(_, found)| found.dev() == running.dev() && found.ino() == running.ino())
+        .map(|(candidate, _)| candidate)
 }
 
 /// The kernel appends ` (deleted)` to the link of a replaced executable; selectors name the path.

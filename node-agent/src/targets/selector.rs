@@ -43,15 +43,15 @@ impl ProcessMatcher {
 
     /// Whether a process with this executable and command line is selected (both fields must match
     /// when both are set; an empty selector matches everything). `exe` also matches the path the
-    /// process was started as, its command line's first word when that is absolute: the name a
-    /// user knows a program by may be a symlink (Debian's `/usr/bin/redis-server` runs
-    /// `redis-check-rdb`, a multi-call binary answers to many names).
-    pub fn matches(&self, exe: &std::path::Path, cmdline: &str) -> bool {
-        let started_as = cmdline
-            .split(' ')
-            .next()
-            .filter(|first| first.starts_with('/'))
-            .map(std::path::Path::new);
+    /// process was started as ([`super::ProcessInfo::started_as`]): the name a user knows a
+    /// program by may be a symlink (Debian's `/usr/bin/redis-server` runs `redis-check-rdb`, a
+    /// multi-call binary answers to many names).
+    pub fn matches(
+        &self,
+        exe: &std::path::Path,
+        started_as: Option<&std::path::Path>,
+        cmdline: &str,
+    ) -> bool {
         let exe_ok = self.exe.as_ref().is_none_or(|(literal, glob)| {
             let hit = |path: &std::path::Path| {
                 path.as_os_str() == literal.as_str() || glob.is_match(path)
@@ -84,32 +84,32 @@ mod tests {
     #[test]
     fn exact_paths_and_globs_match_the_executable() {
         let exact = ProcessMatcher::new(&selector(Some("/usr/sbin/nginx"), None)).unwrap();
-        assert!(exact.matches(Path::new("/usr/sbin/nginx"), ""));
-        assert!(!exact.matches(Path::new("/usr/sbin/nginx2"), ""));
+        assert!(exact.matches(Path::new("/usr/sbin/nginx"), None, ""));
+        assert!(!exact.matches(Path::new("/usr/sbin/nginx2"), None, ""));
         let glob = ProcessMatcher::new(&selector(Some("*/nginx"), None)).unwrap();
-        assert!(glob.matches(Path::new("/usr/sbin/nginx"), ""));
-        assert!(!glob.matches(Path::new("/usr/bin/redis-server"), ""));
+        assert!(glob.matches(Path::new("/usr/sbin/nginx"), None, ""));
+        assert!(!glob.matches(Path::new("/usr/bin/redis-server"), None, ""));
     }
 
     #[test]
     fn a_program_started_through_a_symlink_matches_by_the_symlink_s_path_too() {
         let m = ProcessMatcher::new(&selector(Some("*/redis-server"), None)).unwrap();
         let exe = Path::new("/usr/bin/redis-check-rdb");
-        assert!(m.matches(exe, "/usr/bin/redis-server 127.0.0.1:6379"));
-        assert!(!m.matches(exe, "redis-server 127.0.0.1:6379"), "no path");
-        assert!(!m.matches(exe, "/usr/bin/redis-check-rdb dump.rdb"));
+        let link = Some(Path::new("/usr/bin/redis-server"));
+        assert!(m.matches(exe, link, "redis-server 127.0.0.1:6379"));
+        assert!(!m.matches(exe, None, "redis-server 127.0.0.1:6379"));
         let exact = ProcessMatcher::new(&selector(Some("/usr/bin/redis-server"), None)).unwrap();
-        assert!(exact.matches(exe, "/usr/bin/redis-server *:6379"));
+        assert!(exact.matches(exe, link, "/usr/bin/redis-server *:6379"));
     }
 
     #[test]
     fn cmdline_is_a_regex_searched_anywhere_and_both_fields_must_match() {
         let m = ProcessMatcher::new(&selector(Some("*/sleep"), Some(r"^sleep \d+$"))).unwrap();
-        assert!(m.matches(Path::new("/usr/bin/sleep"), "sleep 30"));
-        assert!(!m.matches(Path::new("/usr/bin/sleep"), "sleep infinity"));
-        assert!(!m.matches(Path::new("/usr/bin/cat"), "sleep 30"));
+        assert!(m.matches(Path::new("/usr/bin/sleep"), None, "sleep 30"));
+        assert!(!m.matches(Path::new("/usr/bin/sleep"), None, "sleep infinity"));
+        assert!(!m.matches(Path::new("/usr/bin/cat"), None, "sleep 30"));
         let any = ProcessMatcher::new(&selector(None, Some("worker"))).unwrap();
-        assert!(any.matches(Path::new("/x"), "nginx: worker process"));
+        assert!(any.matches(Path::new("/x"), None, "nginx: worker process"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ fn process(pid: u32, exe: &str, cmdline: &str, container_id: Option<&str>) -> Pr
     ProcessInfo {
         pid,
         exe: exe.into(),
+        started_as: None,
         cmdline: cmdline.into(),
         container: container_id.map(|id| ContainerIdentity {
             pod_uid: "uid-1".into(),
