@@ -427,9 +427,13 @@ async fn dns_datagrams_in_several_iovecs_per_mmsg_message_become_exact_client_dn
 // --- Go: a net/http server and client, and the pure-Go resolver ----------------------------------
 
 /// The Go peer (`fixtures/protocols/goweb`) built into `dir` with the installed Go.
-fn build_goweb(dir: &Path) -> PathBuf {
-    let binary = dir.join("goweb");
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/goweb");
+/// The Go program of `tests/fixtures/protocols/<name>`, built into `dir` (its modules were fetched by
+/// `scripts/setup peers`).
+fn build_go(name: &str, dir: &Path) -> PathBuf {
+    let binary = dir.join(name);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/protocols")
+        .join(name);
     let out = Command::new("/usr/local/go/bin/go")
         .args(["build", "-buildvcs=false", "-o"])
         .arg(&binary)
@@ -439,7 +443,7 @@ fn build_goweb(dir: &Path) -> PathBuf {
         .env("CGO_ENABLED", "0")
         .output()
         .expect("running /usr/local/go/bin/go (installed by scripts/setup)");
-    assert!(out.status.success(), "building goweb: {out:?}");
+    assert!(out.status.success(), "building {name}: {out:?}");
     binary
 }
 
@@ -453,7 +457,7 @@ async fn a_go_http_service_and_its_go_client_and_resolver_become_exact_events_wi
  {
     const LOOKUPS: usize = 5;
     let dir = tempfile::tempdir().unwrap();
-    let goweb = build_goweb(dir.path());
+    let goweb = build_go("goweb", dir.path());
     let (port, dns_port) = two_free_ports();
     let _dnsmasq = start_dnsmasq(dir.path(), dns_port);
     let cgroup = TestCgroup::new("goweb");
@@ -2333,6 +2337,139 @@ async fn node_postgres_reading_64_kib_at_a_time_gets_answers_and_row_counts_of_l
 }
 
 /// Every row is the client's and has its latency, in the histogram too.
+/// pgx, the driver most Go services use: statements described first with their parameter types
+/// left to the server, values bound in binary, batches sent as one pipeline (`SendBatch`), one of
+/// them failing in its middle.
+#[tokio::test]
+async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let data = init_postgres(dir.path());
+    let port = free_port();
+    let _server = start_postgres(dir.path(), &data, port, None);
+    let client = build_go("gopgx", dir.path());
+    let cgroup = TestCgroup::new("go-pgx");
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Pgsql]);
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(&client)
+            .env(
+                "PG_URL",
+                format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres"),
+            ),
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "row 42 forty-two\ncount 3\nbatch error true\n"
+    );
+    let want = 12;
+    let rows = wait_for_rows(&store, "pgsql_events", |r| r.len() >= want).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+
+    let insert = "INSERT INTO g VALUES ($1, $2, $3)";
+    let at = "'2026-12-06 22:27:28.123456+00'";
+    let execute =
+        |params: String, resp: &str| ["Execute", insert, &params, resp, "0"].map(str::to_owned);
+    let mut want_rows = vec![
+        [
+            "StartupMessage",
+            "user=postgres database=postgres password=<redacted>",
+            "null",
+            "AuthenticationOk",
+            "0",
+        ]
+        .map(str::to_owned),
+        [
+            "Describe",
+            "SELECT $1::int + 1, $2::text",
+            "null",
+            "ParseComplete, ParameterDescription, RowDescription",
+            "0",
+        ]
+        .map(str::to_owned),
+        // The types the server described decode pgx's binary values.
+        [
+            "Execute",
+            "SELECT $1::int + 1, $2::text",
+            "$1=41, $2='forty-two'",
+            "SELECT 1",
+            "1",
+        ]
+        .map(str::to_owned),
+        [
+            "Query",
+            "CREATE TABLE g (id int PRIMARY KEY, name text, at timestamptz)",
+            "null",
+            "CREATE TABLE",
+            "0",
+        ]
+        .map(str::to_owned),
+        // The batch's statements are described in one round trip, then executed in another.
+        [
+            "Describe",
+            insert,
+            "null",
+            "ParseComplete, ParameterDescription, NoData, RowDescription",
+            "0",
+        ]
+        .map(str::to_owned),
+    ];
+    for i in 0..3 {
+        want_rows.push(execute(format!("$1={i}, $2='n{i}', $3={at}"), "INSERT 0 1"));
+    }
+    want_rows
+        .push(["Execute", "SELECT count(*) FROM g", "null", "SELECT 1", "1"].map(str::to_owned));
+    // The second batch: the statement is prepared already; the server skips what follows the
+    // error.
+    want_rows.push(execute(format!("$1=10, $2='ten', $3={at}"), "INSERT 0 1"));
+    want_rows.push(execute(
+        format!("$1=0, $2='duplicate', $3={at}"),
+        "ERROR 23505: duplicate key value violates unique constraint \"g_pkey\"",
+    ));
+    want_rows.push(execute(
+        format!("$1=11, $2='eleven', $3={at}"),
+        "not executed: an earlier message of the batch failed",
+    ));
+    assert_eq!(
+        pick(&rows, &["req_cmd", "req", "params", "resp", "rows"]),
+        want_rows
+            .into_iter()
+            .map(|r| r.to_vec())
+            .collect::<Vec<_>>(),
+        "{rows:?}"
+    );
+    // Every statement that ran has its duration, the one skipped none.
+    let timed: Vec<bool> = rows
+        .iter()
+        .map(|r| r.get("latency") != Some(&Value::Null))
+        .collect();
+    assert_eq!(timed.iter().filter(|t| !**t).count(), 1, "{rows:?}");
+    assert!(!timed[want - 1], "{rows:?}");
+    assert_eq!(
+        metric_sum(&metrics, "db_client_operation_duration_seconds_count", &[]),
+        (want - 1) as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "db_client_operation_duration_seconds_count",
+            &["db_operation_name=\"INSERT\""]
+        ),
+        5,
+        "{metrics}"
+    );
+}
+
 fn assert_answered_clients(rows: &[Row], metrics: &str, want: usize) {
     assert!(
         rows.iter()

@@ -299,3 +299,41 @@ fn a_program_started_by_name_through_a_symlink_in_its_path_is_selected_by_that_n
     let _ = decoy.kill();
     let _ = decoy.wait();
 }
+
+#[test]
+fn debian_s_redis_server_started_by_name_is_selected_as_redis_server() {
+    // /usr/bin/redis-server is a symlink to redis-check-rdb, and redis-server writes its title over
+    // its arguments and environment: `redis-server 127.0.0.1:<port>`, no PATH left to read.
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new("redis-server")
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("starting redis-server (installed by scripts/setup peers)");
+    // Its title is set once it runs.
+    for _ in 0..50 {
+        let cmdline = fs::read(format!("/proc/{}/cmdline", child.id())).unwrap_or_default();
+        if cmdline.starts_with(format!("redis-server 127.0.0.1:{port}").as_bytes()) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let resolved = resolve_standalone(ProcessSelector {
+        exe: Some("*/redis-server".into()),
+        cmdline: Some(format!(":{port}")),
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert_eq!(resolved.len(), 1, "{resolved:?}");
+    assert_eq!(resolved[0].pid, child.id());
+    assert_eq!(resolved[0].exe, PathBuf::from("/usr/bin/redis-check-rdb"));
+}

@@ -269,22 +269,25 @@ fn read_process(dir: &Path, pid: u32) -> Option<ProcessInfo> {
 /// that name, selects nothing by mistake.
 fn started_as(dir: &Path, exe: &Path, raw_cmdline: &[u8]) -> Option<PathBuf> {
     let first = raw_cmdline.split(|b| *b == 0).next()?;
-    let first = std::str::from_utf8(first).ok()?;
+    // Programs that set their own title (redis-server, nginx, postgres) write it over argv[0],
+    // the name they were started as in front: `redis-server 127.0.0.1:6379`, `nginx: worker`.
+    let first = first.split(|b| *b == b' ').next()?;
+    let first = std::str::from_utf8(first).ok()?.trim_end_matches(':');
     if first.starts_with('/') {
         return (Path::new(first) != exe).then(|| PathBuf::from(first));
     }
-    // Relative paths need the cwd at exec time, long gone; a title set by the program itself
-    // (`nginx: worker process`) is no name; the executable's own name adds nothing.
-    if first.is_empty() || first.contains(['/', ' ']) || exe.file_name().is_some_and(|n| n == first)
-    {
+    // Relative paths need the cwd at exec time, long gone; the executable's own name adds
+    // nothing.
+    if first.is_empty() || first.contains('/') || exe.file_name().is_some_and(|n| n == first) {
         return None;
     }
-    let environ = fs::read(dir.join("environ")).ok()?;
+    // A title written over argv[0] may have overwritten the environment too (redis-server's
+    // does): then the directories execvp searches by default on Debian and most images.
+    let environ = fs::read(dir.join("environ")).unwrap_or_default();
     let path = environ
         .split(|b| *b == 0)
         .find_map(|var| var.strip_prefix(b"PATH="))
-        // What execvp searches when PATH is unset (glibc, musl).
-        .unwrap_or(b"/bin:/usr/bin");
+        .unwrap_or(b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let running = fs::metadata(dir.join("exe")).ok()?;
     let root = dir.join("root");
     path.split(|b| *b == b':')
@@ -325,6 +328,27 @@ mod tests {
         );
         assert_eq!(join_cmdline(b"sleep\x0030\0"), "sleep 30");
         assert_eq!(join_cmdline(b""), "");
+    }
+
+    #[test]
+    fn the_path_a_program_was_started_as_survives_a_title_written_over_its_arguments() {
+        let exe = Path::new("/usr/bin/redis-check-rdb");
+        let nowhere = Path::new("/nonexistent");
+        for raw in [
+            &b"/usr/bin/redis-server 127.0.0.1:6379\0\0\0"[..],
+            b"/usr/bin/redis-server\0--port\0",
+        ] {
+            assert_eq!(
+                started_as(nowhere, exe, raw),
+                Some(PathBuf::from("/usr/bin/redis-server"))
+            );
+        }
+        assert_eq!(
+            started_as(nowhere, exe, b"/usr/bin/redis-check-rdb\0"),
+            None
+        );
+        let nginx = Path::new("/usr/sbin/nginx");
+        assert_eq!(started_as(nowhere, nginx, b"nginx: worker process\0"), None);
     }
 
     #[test]

@@ -306,7 +306,7 @@ fn binary_value(c: &mut &[u8], ty: u8, unsigned: bool) -> Option<String> {
             let (&len, rest) = c.split_first()?;
             *c = rest;
             let v = take(c, usize::from(len))?;
-            format!("<temporal {} bytes>", v.len())
+            temporal(ty, &v).unwrap_or_else(|| format!("<temporal {} bytes>", v.len()))
         }
         _ => {
             let len = usize::try_from(lenenc(c)?).ok()?;
@@ -317,4 +317,82 @@ fn binary_value(c: &mut &[u8], ty: u8, unsigned: bool) -> Option<String> {
             }
         }
     })
+}
+
+/// A binary DATE, DATETIME or TIMESTAMP (`'2026-12-06 22:27:28.123456'`; its length says which
+/// parts are sent) or TIME (`'-26:27:28'`: days count as hours).
+fn temporal(t: u8, v: &[u8]) -> Option<String> {
+    let micros = |at: usize| {
+        let us = u32::from_le_bytes(v.get(at..at + 4)?.try_into().ok()?);
+        Some(format!(".{us:06}"))
+    };
+    if t == 0x0b {
+        let (negative, days, h, m, sec) = match v {
+            [] => (0, 0, 0, 0, 0),
+            [neg, d0, d1, d2, d3, h, m, sec, ..] => {
+                (*neg, u32::from_le_bytes([*d0, *d1, *d2, *d3]), *h, *m, *sec)
+            }
+            _ => return None,
+        };
+        let sign = if negative == 1 { "-" } else { "" };
+        let hours = u64::from(days) * 24 + u64::from(h);
+        let frac = if v.len() >= 12 {
+            micros(8)?
+        } else {
+            String::new()
+        };
+        return Some(format!("'{sign}{hours:02}:{m:02}:{sec:02}{frac}'"));
+    }
+    let (y, mo, d) = match v {
+        [] => (0, 0, 0),
+        [y0, y1, mo, d, ..] => (u16::from_le_bytes([*y0, *y1]), *mo, *d),
+        _ => return None,
+    };
+    let date = format!("{y:04}-{mo:02}-{d:02}");
+    Some(match v.len() {
+        0 | 4 if t == 0x0a => format!("'{date}'"),
+        0 | 4 => format!("'{date} 00:00:00'"),
+        7 => format!("'{date} {:02}:{:02}:{:02}'", v[4], v[5], v[6]),
+        11 => format!("'{date} {:02}:{:02}:{:02}{}'", v[4], v[5], v[6], micros(7)?),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::temporal;
+
+    #[test]
+    fn binary_dates_times_and_timestamps_are_shown_as_sql_literals() {
+        const DATE: u8 = 0x0a;
+        const DATETIME: u8 = 0x0c;
+        const TIME: u8 = 0x0b;
+        let day = [0xea, 0x07, 12, 6];
+        assert_eq!(temporal(DATE, &day).as_deref(), Some("'2026-12-06'"));
+        assert_eq!(
+            temporal(DATETIME, &day).as_deref(),
+            Some("'2026-12-06 00:00:00'")
+        );
+        let second = [0xea, 0x07, 12, 6, 22, 27, 28];
+        assert_eq!(
+            temporal(DATETIME, &second).as_deref(),
+            Some("'2026-12-06 22:27:28'")
+        );
+        let micro = [0xea, 0x07, 12, 6, 22, 27, 28, 0x40, 0xe2, 0x01, 0x00];
+        assert_eq!(
+            temporal(DATETIME, &micro).as_deref(),
+            Some("'2026-12-06 22:27:28.123456'")
+        );
+        assert_eq!(
+            temporal(DATETIME, &[]).as_deref(),
+            Some("'0000-00-00 00:00:00'")
+        );
+        // 1 day 2:03:04, negative.
+        let time = [1, 1, 0, 0, 0, 2, 3, 4];
+        assert_eq!(temporal(TIME, &time).as_deref(), Some("'-26:03:04'"));
+        assert_eq!(temporal(TIME, &[]).as_deref(), Some("'00:00:00'"));
+        // A length no temporal has.
+        assert_eq!(temporal(DATETIME, &[1, 2, 3]), None);
+        assert_eq!(temporal(DATETIME, &[0xea, 0x07, 12, 6, 1]), None);
+    }
 }

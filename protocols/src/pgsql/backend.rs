@@ -28,6 +28,10 @@ pub(super) enum Backend {
     },
     DataRow,
     EmptyQuery,
+    /// An Execute's row limit was reached: its answer ends here.
+    PortalSuspended,
+    /// The types of a described statement's parameters, by OID (as many as were kept).
+    ParameterDescription(Vec<u32>),
     /// Messages only named in the response summary (ParseComplete, RowDescription, …).
     Named(&'static str),
     /// Status and notices that are not part of any request's answer.
@@ -45,7 +49,7 @@ pub(super) fn header(buf: &[u8]) -> Result<Header, &'static str> {
         return Err("bad_length");
     }
     let keep = match tag {
-        b'E' | b'N' | b'C' | b'R' => KEEP_SMALL,
+        b'E' | b'N' | b'C' | b'R' | b't' => KEEP_SMALL,
         b'Z' => 6,
         _ => 5,
     };
@@ -130,9 +134,17 @@ pub(super) fn decode(frame: &[u8]) -> Option<Backend> {
         b'2' => Backend::Named("BindComplete"),
         b'3' => Backend::Named("CloseComplete"),
         b'n' => Backend::Named("NoData"),
-        b't' => Backend::Named("ParameterDescription"),
+        b't' => Backend::ParameterDescription(
+            frame
+                .get(7..)?
+                .as_chunks::<4>()
+                .0
+                .iter()
+                .map(|oid| u32::from_be_bytes(*oid))
+                .collect(),
+        ),
         b'T' => Backend::Named("RowDescription"),
-        b's' => Backend::Named("PortalSuspended"),
+        b's' => Backend::PortalSuspended,
         b'G' | b'H' | b'W' => Backend::Named("CopyResponse"),
         b'I' => Backend::EmptyQuery,
         b'Z' => Backend::ReadyForQuery,

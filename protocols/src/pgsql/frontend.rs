@@ -30,6 +30,7 @@ pub(super) enum Frontend {
         param_types: Vec<u32>,
     },
     Bind {
+        portal: String,
         statement: String,
         formats: Vec<i16>,
         /// Parameter values (None = SQL NULL), each cut to what was kept.
@@ -41,7 +42,9 @@ pub(super) enum Frontend {
     Describe {
         statement: Option<String>,
     },
-    Execute,
+    Execute {
+        portal: String,
+    },
     Sync,
     Flush,
     /// Close of a prepared statement ('S') or portal ('P').
@@ -82,7 +85,7 @@ pub(super) fn header(buf: &[u8], text_cap: usize) -> Result<Header, &'static str
     }
     let keep = match tag {
         b'Q' | b'P' | b'B' => 5 + text_cap + 256,
-        b'p' | b'C' | b'D' => 5 + 256,
+        b'p' | b'C' | b'D' | b'E' => 5 + 256,
         _ => 5,
     };
     Ok(Header::Frame {
@@ -158,7 +161,7 @@ pub(super) fn decode(frame: &[u8]) -> Option<Frontend> {
             }
         }
         b'B' => {
-            let _portal = c.cstr()?;
+            let portal = c.cstr()?;
             let statement = c.cstr()?;
             let nformats = c.i16()?;
             let formats = (0..nformats.max(0))
@@ -184,6 +187,7 @@ pub(super) fn decode(frame: &[u8]) -> Option<Frontend> {
                 }
             }
             Frontend::Bind {
+                portal,
                 statement,
                 formats,
                 params,
@@ -197,7 +201,7 @@ pub(super) fn decode(frame: &[u8]) -> Option<Frontend> {
                 statement: (kind == b'S').then_some(name),
             }
         }
-        b'E' => Frontend::Execute,
+        b'E' => Frontend::Execute { portal: c.cstr()? },
         b'S' => Frontend::Sync,
         b'H' => Frontend::Flush,
         b'C' => {

@@ -5,7 +5,8 @@
 //! - [`backend`]: server messages, decoded with `postgres-protocol`.
 //! - [`stitch`]: requests ↔ responses. Each request unit (a simple Query, an extended-protocol
 //!   batch up to Sync, or the startup exchange) is answered by everything up to its ReadyForQuery,
-//!   in order, which also covers pipelining.
+//!   in order, which also covers pipelining; a batch's Executes get a record each.
+//! - [`values`]: bound parameters as shown, binary ones decoded by type.
 //!
 //! Framing goes through [`crate::frames`], so big DataRows and COPY data are skipped, not buffered.
 mod backend;
@@ -13,6 +14,7 @@ mod frontend;
 mod stitch;
 #[cfg(test)]
 mod tests;
+mod values;
 
 use crate::frames::FrameReader;
 use crate::{ColumnDef, ConnParser, Direction, FieldType, ParseConfig, ParseError, Record, Role};

@@ -3,17 +3,45 @@
 //! A request unit is a simple Query, an extended-protocol batch closed by Sync, a FunctionCall, or
 //! the startup exchange (StartupMessage plus password messages). The server answers each unit
 //! with messages ending in ReadyForQuery, in order; SSLRequest is answered by one byte.
+//!
+//! A batch that executes statements (a pipeline: pgx's `SendBatch`, JDBC batches, psycopg's
+//! pipeline mode) makes one record per Execute, each with its own statement, parameters and
+//! result, answered by the CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse
+//! that ends it; after an error the server skips the rest up to the Sync, and so do the records.
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::backend::Backend;
 use super::frontend::Frontend;
+use super::values::render_params;
 use crate::sql::{self, Dialect};
 use crate::{Field, ParseConfig, REDACTED, Record, Red};
 
-/// Prepared statements remembered per connection (name → text); more are forgotten.
+/// Prepared statements (and portals) remembered per connection; more are forgotten.
 const MAX_STATEMENTS: usize = 256;
 /// Request units awaiting an answer; beyond this the oldest are given up.
 const MAX_PENDING: usize = 1024;
+/// Executes of one batch given records of their own; the answers to more are passed over.
+const MAX_STEPS: usize = 16_384;
+/// The answer of a batch's Execute that the server skipped after an earlier error.
+const NOT_EXECUTED: &str = "not executed: an earlier message of the batch failed";
+
+/// What a batch's Execute ran, as shown: statement text, parameters, operation label.
+#[derive(Clone, Debug)]
+struct Step {
+    text: Option<Arc<str>>,
+    params: Option<String>,
+    operation: &'static str,
+}
+
+/// A prepared statement: its text as shown and its parameter types (0: unspecified, until the
+/// server's ParameterDescription names it).
+#[derive(Debug)]
+struct Prepared {
+    text: Arc<str>,
+    operation: &'static str,
+    types: Vec<u32>,
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Answer {
@@ -32,9 +60,25 @@ struct Unit {
     start_ns: u64,
     answer: Answer,
     operation: &'static str,
+    /// A batch that executes statements: their records, in the order they are answered.
+    steps: Option<Steps>,
+    /// Statements described in this unit, whose ParameterDescriptions come in this order.
+    described: VecDeque<String>,
 }
 
-/// What the server said so far for the unit at the head of the queue.
+#[derive(Debug, Default)]
+struct Steps {
+    waiting: VecDeque<Step>,
+    /// Executes beyond [`MAX_STEPS`]: their answers are passed over.
+    passed_over: usize,
+    /// An ErrorResponse ended a step: the server skips the rest.
+    failed: bool,
+    /// Answers were lost inside this batch: those seen since are matched from its end, once its
+    /// ReadyForQuery says where that is.
+    late: Option<Vec<(u64, Answered)>>,
+}
+
+/// What the server said so far for the unit (or step) at the head of the queue.
 #[derive(Debug, Default)]
 struct Answered {
     tags: Vec<String>,
@@ -50,20 +94,36 @@ struct Answered {
 #[derive(Debug, Default)]
 struct Batch {
     start_ns: u64,
-    text: Option<String>,
+    text: Option<Arc<str>>,
+    operation: Option<&'static str>,
     params: Option<String>,
     parse: bool,
     bind: bool,
     describe: bool,
-    execute: bool,
     close: bool,
+    steps: Vec<Step>,
+    passed_over: usize,
+    described: VecDeque<String>,
+}
+
+impl Batch {
+    fn statement(&mut self, prepared: Option<&Prepared>) {
+        if self.text.is_none()
+            && let Some(p) = prepared
+        {
+            self.text = Some(p.text.clone());
+            self.operation = Some(p.operation);
+        }
+    }
 }
 
 pub(super) struct Stitcher {
     pending: VecDeque<Unit>,
     answered: Answered,
     batch: Option<Batch>,
-    statements: HashMap<String, (String, Vec<u32>)>,
+    statements: HashMap<String, Prepared>,
+    /// Bound portals by name: what an Execute of each runs.
+    portals: HashMap<String, Step>,
     /// Units whose answers can no longer be matched (bytes were lost); emitted without response.
     orphans: Vec<Unit>,
     redact: bool,
@@ -77,6 +137,7 @@ impl Stitcher {
             answered: Answered::default(),
             batch: None,
             statements: HashMap::new(),
+            portals: HashMap::new(),
             orphans: Vec::new(),
             redact: config.redact,
             text_cap: config.max_body_bytes,
@@ -93,21 +154,41 @@ impl Stitcher {
         self.pending.push_back(unit);
     }
 
+    /// A statement's text as records show it (redacted, cut), and its operation label.
+    fn shown(&self, text: String) -> (String, &'static str) {
+        let operation = sql::operation(&text);
+        (
+            sql::shown(text, Dialect::Postgres, self.redact, self.text_cap),
+            operation,
+        )
+    }
+
     fn unit(&self, cmd: &'static str, text: Option<String>, start_ns: u64) -> Unit {
-        let operation = match (cmd, &text) {
-            ("Query" | "Execute", Some(t)) => sql::operation(t),
-            ("Parse" | "Describe", _) => "PREPARE",
-            _ => sql::OTHER,
+        let (text, operation) = match text {
+            Some(t) if cmd == "Query" => {
+                let (shown, operation) = self.shown(t);
+                (Some(shown), operation)
+            }
+            t => (t, sql::OTHER),
         };
         Unit {
             cmd,
-            text: text.map(|t| sql::shown(t, Dialect::Postgres, self.redact, self.text_cap)),
+            text,
             params: None,
             password: None,
             start_ns,
             answer: Answer::ReadyForQuery,
             operation,
+            steps: None,
+            described: VecDeque::new(),
         }
+    }
+
+    fn batch(&mut self, start_ns: u64) -> &mut Batch {
+        self.batch.get_or_insert_with(|| Batch {
+            start_ns,
+            ..Batch::default()
+        })
     }
 
     pub fn request(&mut self, msg: Frontend, start_ns: u64) {
@@ -118,7 +199,7 @@ impl Stitcher {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(" ");
-                let unit = self.unit("StartupMessage", Some(text), start_ns);
+                let unit = self.unit("StartupMessage", Some(cut(text, self.text_cap)), start_ns);
                 self.push(unit);
             }
             Frontend::EncryptionRequest => {
@@ -153,67 +234,92 @@ impl Stitcher {
                 query,
                 param_types,
             } => {
-                let batch = self.batch.get_or_insert_with(|| Batch {
-                    start_ns,
-                    ..Batch::default()
-                });
+                let (text, operation) = self.shown(query);
+                let prepared = Prepared {
+                    text: text.into(),
+                    operation,
+                    types: param_types,
+                };
+                let batch = self.batch(start_ns);
                 batch.parse = true;
-                batch.text.get_or_insert_with(|| query.clone());
+                batch.statement(Some(&prepared));
                 if self.statements.len() >= MAX_STATEMENTS {
                     self.statements.clear();
                 }
-                self.statements.insert(name, (query, param_types));
+                self.statements.insert(name, prepared);
             }
             Frontend::Bind {
+                portal,
                 statement,
                 formats,
                 params,
                 truncated,
             } => {
                 let known = self.statements.get(&statement);
-                let rendered = render_params(
-                    &params,
-                    &formats,
-                    known.map_or(&[][..], |(_, t)| t),
-                    truncated,
-                    self.text_cap,
-                );
-                let text = known.map(|(t, _)| t.clone());
-                let batch = self.batch.get_or_insert_with(|| Batch {
-                    start_ns,
-                    ..Batch::default()
+                let rendered = (!params.is_empty() || truncated).then(|| {
+                    render_params(
+                        &params,
+                        &formats,
+                        known.map_or(&[][..], |p| &p.types),
+                        truncated,
+                        self.text_cap,
+                    )
                 });
-                batch.bind = true;
-                if batch.text.is_none() {
-                    batch.text = text;
-                }
-                batch.params = Some(rendered);
-            }
-            Frontend::Describe { .. } | Frontend::Execute | Frontend::Close { .. } => {
-                let named = match &msg {
-                    Frontend::Describe { statement } | Frontend::Close { statement } => statement
-                        .as_ref()
-                        .and_then(|n| self.statements.get(n))
-                        .map(|(t, _)| t.clone()),
-                    _ => None,
+                let step = Step {
+                    text: known.map(|p| p.text.clone()),
+                    params: rendered.clone(),
+                    operation: known.map_or(sql::OTHER, |p| p.operation),
                 };
                 let batch = self.batch.get_or_insert_with(|| Batch {
                     start_ns,
                     ..Batch::default()
                 });
-                if batch.text.is_none() {
-                    batch.text = named;
+                batch.bind = true;
+                batch.statement(known);
+                batch.params = rendered;
+                if self.portals.len() >= MAX_STATEMENTS {
+                    self.portals.clear();
                 }
-                match msg {
-                    Frontend::Describe { .. } => batch.describe = true,
-                    Frontend::Execute => batch.execute = true,
-                    Frontend::Close { statement } => {
-                        batch.close = true;
-                        if let Some(name) = statement {
-                            self.statements.remove(&name);
-                        }
-                    }
-                    _ => {}
+                self.portals.insert(portal, step);
+            }
+            Frontend::Execute { portal } => {
+                let step = self.portals.get(&portal).cloned();
+                let batch = self.batch(start_ns);
+                let step = step.unwrap_or_else(|| Step {
+                    text: batch.text.clone(),
+                    params: None,
+                    operation: batch.operation.unwrap_or(sql::OTHER),
+                });
+                if batch.steps.len() < MAX_STEPS {
+                    batch.steps.push(step);
+                } else {
+                    batch.passed_over += 1;
+                }
+            }
+            Frontend::Describe { statement } => {
+                let prepared = statement.as_ref().and_then(|n| self.statements.get(n));
+                let text = prepared.map(|p| p.text.clone());
+                let operation = prepared.map(|p| p.operation);
+                let batch = self.batch(start_ns);
+                if batch.text.is_none() {
+                    batch.text = text;
+                    batch.operation = operation;
+                }
+                batch.describe = true;
+                if let Some(name) = statement {
+                    batch.described.push_back(name);
+                }
+            }
+            Frontend::Close { statement } => {
+                let prepared = statement.as_ref().and_then(|n| self.statements.get(n));
+                let text = prepared.map(|p| p.text.clone());
+                let batch = self.batch(start_ns);
+                if batch.text.is_none() {
+                    batch.text = text;
+                }
+                batch.close = true;
+                if let Some(name) = statement {
+                    self.statements.remove(&name);
                 }
             }
             Frontend::Sync => {
@@ -221,7 +327,8 @@ impl Stitcher {
                     start_ns,
                     ..Batch::default()
                 });
-                let cmd = if batch.execute {
+                let executes = !batch.steps.is_empty();
+                let cmd = if executes {
                     "Execute"
                 } else if batch.bind {
                     "Bind"
@@ -234,8 +341,21 @@ impl Stitcher {
                 } else {
                     "Sync"
                 };
-                let mut unit = self.unit(cmd, batch.text, batch.start_ns);
+                let operation = match cmd {
+                    "Parse" | "Describe" => "PREPARE",
+                    _ => sql::OTHER,
+                };
+                let mut unit = self.unit(cmd, batch.text.map(|t| t.to_string()), batch.start_ns);
+                unit.operation = operation;
                 unit.params = batch.params;
+                unit.described = batch.described;
+                if executes {
+                    unit.steps = Some(Steps {
+                        waiting: batch.steps.into(),
+                        passed_over: batch.passed_over,
+                        ..Steps::default()
+                    });
+                }
                 self.push(unit);
             }
             Frontend::Flush | Frontend::Terminate | Frontend::Cancel | Frontend::Copy => {}
@@ -262,28 +382,126 @@ impl Stitcher {
             Backend::ReadyForQuery => self.complete(end_ns, out),
             Backend::Error { text, fatal } => {
                 a.error.get_or_insert(text);
+                if let Some(steps) = self.pending.front_mut().and_then(|u| u.steps.as_mut()) {
+                    steps.failed = true;
+                }
+                self.step_done(end_ns, out);
                 if fatal {
                     self.complete(end_ns, out);
                 }
             }
-            Backend::CommandComplete(tag) => a.tags.push(tag),
+            Backend::CommandComplete(tag) => {
+                a.tags.push(tag);
+                self.step_done(end_ns, out);
+            }
+            Backend::EmptyQuery => {
+                a.tags.push("EMPTY QUERY".into());
+                self.step_done(end_ns, out);
+            }
+            Backend::PortalSuspended => {
+                a.tags.push("PortalSuspended".into());
+                self.step_done(end_ns, out);
+            }
             Backend::DataRow => a.rows += 1,
-            Backend::EmptyQuery => a.tags.push("EMPTY QUERY".into()),
             Backend::AuthenticationOk => a.authenticated = true,
-            Backend::Named(name) => {
-                if !a.names.contains(&name) {
-                    a.names.push(name);
+            Backend::ParameterDescription(types) => {
+                a.name("ParameterDescription");
+                // Drivers that leave types to the server (pgx, most) bind binary values of the
+                // types it names here: decoded by them from now on.
+                let described = self
+                    .pending
+                    .front_mut()
+                    .and_then(|u| u.described.pop_front());
+                if let Some(name) = described
+                    && let Some(p) = self.statements.get_mut(&name)
+                {
+                    p.types.resize(types.len().max(p.types.len()), 0);
+                    for (known, told) in p.types.iter_mut().zip(types) {
+                        if *known == 0 {
+                            *known = told;
+                        }
+                    }
                 }
             }
+            Backend::Named(name) => a.name(name),
             Backend::AuthenticationStep | Backend::Ignored => {}
+        }
+    }
+
+    /// The answer to a batch's step under way ended: its record, unless the batch's answers are
+    /// matched from its end.
+    fn step_done(&mut self, end_ns: u64, out: &mut Vec<Record>) {
+        let Some(unit) = self.pending.front_mut() else {
+            return;
+        };
+        let Some(steps) = &mut unit.steps else {
+            return;
+        };
+        if let Some(late) = &mut steps.late {
+            late.push((end_ns, std::mem::take(&mut self.answered)));
+            return;
+        }
+        // The last step's answer ends with the batch's ReadyForQuery, what the client waits for
+        // (a batch of one Execute is timed as a whole, as every other unit).
+        if steps.waiting.len() == 1 && steps.passed_over == 0 {
+            return;
+        }
+        let answered = std::mem::take(&mut self.answered);
+        if let Some(step) = steps.waiting.pop_front() {
+            let latency = end_ns.saturating_sub(unit.start_ns);
+            out.push(step_record(unit, step, Some(latency), Some(answered)));
+        } else {
+            steps.passed_over = steps.passed_over.saturating_sub(1);
         }
     }
 
     fn complete(&mut self, end_ns: u64, out: &mut Vec<Record>) {
         let answered = std::mem::take(&mut self.answered);
-        if let Some(unit) = self.pending.pop_front() {
-            let latency = end_ns.saturating_sub(unit.start_ns);
-            out.push(record(unit, Some((latency, answered))));
+        let Some(mut unit) = self.pending.pop_front() else {
+            return;
+        };
+        let latency = end_ns.saturating_sub(unit.start_ns);
+        let Some(steps) = unit.steps.take() else {
+            out.push(record(unit, Some(latency), Some(answered)));
+            return;
+        };
+        let Steps {
+            mut waiting,
+            failed,
+            late,
+            ..
+        } = steps;
+        if let Some(late) = late {
+            // Answers seen after the loss are those of the last steps.
+            let answered_late = late.len().min(waiting.len());
+            let unanswered = waiting.len() - answered_late;
+            for step in waiting.drain(..unanswered) {
+                out.push(step_record(&unit, step, None, None));
+            }
+            let skip = late.len() - answered_late;
+            for (step, (end, a)) in waiting.drain(..).zip(late.into_iter().skip(skip)) {
+                let latency = end.saturating_sub(unit.start_ns);
+                out.push(step_record(&unit, step, Some(latency), Some(a)));
+            }
+            return;
+        }
+        // The step under way has what was answered since the last step ended; after an error the
+        // server skips every message up to the Sync; otherwise the answers of the others were lost.
+        let mut under_way = Some(answered).filter(|a| a.error.is_some() || !a.tags.is_empty());
+        for step in waiting {
+            let record = match under_way.take() {
+                Some(a) => step_record(&unit, step, Some(latency), Some(a)),
+                // Never run: no duration to count.
+                None if failed => {
+                    let skipped = Answered {
+                        error: Some(NOT_EXECUTED.into()),
+                        ..Answered::default()
+                    };
+                    step_record(&unit, step, None, Some(skipped))
+                }
+                None => step_record(&unit, step, None, None),
+            };
+            out.push(record);
         }
     }
 
@@ -299,7 +517,18 @@ impl Stitcher {
     /// The server's stream is followed again after lost bytes (see [`crate::keep_newest`]);
     /// `fresh`: at an answer's first message.
     pub fn resumed(&mut self, fresh: bool) {
-        if crate::keep_newest(&mut self.pending, &mut self.orphans) {
+        let older = crate::keep_newest(&mut self.pending, &mut self.orphans);
+        let stepped = match self.pending.front_mut().and_then(|u| u.steps.as_mut()) {
+            Some(steps) => {
+                // Which of a batch's steps the answers lost belonged to is unknown: what follows is
+                // placed from the batch's end, and what was placed so after an earlier loss
+                // cannot be placed at all.
+                steps.late = Some(Vec::new());
+                true
+            }
+            None => false,
+        };
+        if older || stepped {
             self.answered = Answered {
                 cut: !fresh,
                 ..Answered::default()
@@ -316,7 +545,7 @@ impl Stitcher {
 
     pub fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
         for unit in self.orphans.drain(..) {
-            out.push(record(unit, None));
+            unanswered(unit, out);
         }
         while self
             .pending
@@ -325,15 +554,58 @@ impl Stitcher {
         {
             if let Some(unit) = self.pending.pop_front() {
                 self.answered = Answered::default();
-                out.push(record(unit, None));
+                unanswered(unit, out);
             }
         }
     }
 }
 
-fn record(unit: Unit, answer: Option<(u64, Answered)>) -> Record {
-    let (latency_ns, resp, rows) = match answer {
-        Some((latency, a)) => {
+impl Answered {
+    fn name(&mut self, name: &'static str) {
+        if !self.names.contains(&name) {
+            self.names.push(name);
+        }
+    }
+}
+
+/// A unit's records without answer: one per step of a batch that executes statements.
+fn unanswered(mut unit: Unit, out: &mut Vec<Record>) {
+    match unit.steps.take() {
+        Some(steps) => {
+            for step in steps.waiting {
+                out.push(step_record(&unit, step, None, None));
+            }
+        }
+        None => out.push(record(unit, None, None)),
+    }
+}
+
+/// The record of one Execute of a batch.
+fn step_record(
+    unit: &Unit,
+    step: Step,
+    latency_ns: Option<u64>,
+    answer: Option<Answered>,
+) -> Record {
+    let as_unit = Unit {
+        cmd: "Execute",
+        text: step.text.map(|t| t.to_string()),
+        params: step.params,
+        password: None,
+        start_ns: unit.start_ns,
+        answer: Answer::ReadyForQuery,
+        operation: step.operation,
+        steps: None,
+        described: VecDeque::new(),
+    };
+    record(as_unit, latency_ns, answer)
+}
+
+/// A unit's record: what the server answered (None: nothing, its answer was lost), and how long
+/// that took (None: unknown, or the statement never ran).
+fn record(unit: Unit, latency_ns: Option<u64>, answer: Option<Answered>) -> Record {
+    let (resp, rows) = match answer {
+        Some(a) => {
             let resp = if let Some(e) = a.error {
                 e
             } else if !a.tags.is_empty() {
@@ -349,9 +621,9 @@ fn record(unit: Unit, answer: Option<(u64, Answered)>) -> Record {
                 _ if a.cut => Field::Null,
                 _ => Field::Int64(a.rows),
             };
-            (Some(latency), Field::String(resp), rows)
+            (Field::String(resp), rows)
         }
-        None => (None, Field::Null, Field::Null),
+        None => (Field::Null, Field::Null),
     };
     let req = match (unit.text, unit.password) {
         (Some(t), Some(p)) => Some(format!("{t} password={p}")),
@@ -382,61 +654,6 @@ fn tag_rows(tag: &str) -> Option<i64> {
     matches!(command, "SELECT" | "FETCH")
         .then(|| n.parse().ok())
         .flatten()
-}
-
-/// `$1='7', $2=NULL, $3=42` — text values quoted, binary integers decoded, other binary in hex.
-fn render_params(
-    params: &[Option<Vec<u8>>],
-    formats: &[i16],
-    types: &[u32],
-    truncated: bool,
-    cap: usize,
-) -> String {
-    let mut out = String::new();
-    for (i, value) in params.iter().enumerate() {
-        if !out.is_empty() {
-            out.push_str(", ");
-        }
-        // One format code applies to all; otherwise one per parameter.
-        let format = match formats {
-            [] => 0,
-            [f] => *f,
-            fs => fs.get(i).copied().unwrap_or(0),
-        };
-        let rendered = match value {
-            None => "NULL".to_string(),
-            Some(v) if format == 0 => format!("'{}'", String::from_utf8_lossy(v)),
-            Some(v) => binary(v, types.get(i).copied()),
-        };
-        out.push_str(&format!("${}={rendered}", i + 1));
-        if out.len() > cap {
-            break;
-        }
-    }
-    if truncated {
-        out.push_str(", …");
-    }
-    cut(out, cap)
-}
-
-fn binary(v: &[u8], oid: Option<u32>) -> String {
-    const INT2: u32 = 21;
-    const INT4: u32 = 23;
-    const INT8: u32 = 20;
-    match (oid, v.len()) {
-        (Some(INT2), 2) => i16::from_be_bytes([v[0], v[1]]).to_string(),
-        (Some(INT4), 4) => i32::from_be_bytes([v[0], v[1], v[2], v[3]]).to_string(),
-        (Some(INT8), 8) => {
-            let mut b = [0u8; 8];
-            b.copy_from_slice(v);
-            i64::from_be_bytes(b).to_string()
-        }
-        _ => {
-            let hex: String = v.iter().take(32).map(|b| format!("{b:02x}")).collect();
-            let more = if v.len() > 32 { "…" } else { "" };
-            format!("\\x{hex}{more}")
-        }
-    }
 }
 
 /// A secret shown because redaction is off: text as is, anything binary summarised.

@@ -1,0 +1,217 @@
+//! Bound parameter values as records show them: `$1='7', $2=NULL, $3=42`. Text-format values are
+//! quoted as sent; binary ones are decoded by the parameter's type — declared in the Parse, or
+//! named by the server's ParameterDescription when the driver left it open, as pgx does — with
+//! `postgres-protocol`'s decoders; other binary values are shown in hex.
+//!
+//! Dates and timestamps are formatted by hand (days to a civil date): the decoders give days and
+//! microseconds since 2000-01-01, and a date crate would be a dependency for ten lines.
+
+use postgres_protocol::types as pg;
+
+/// Type OIDs (pg_type.oid) decoded here.
+mod oid {
+    pub const BOOL: u32 = 16;
+    pub const NAME: u32 = 19;
+    pub const INT8: u32 = 20;
+    pub const INT2: u32 = 21;
+    pub const INT4: u32 = 23;
+    pub const TEXT: u32 = 25;
+    pub const JSON: u32 = 114;
+    pub const XML: u32 = 142;
+    pub const FLOAT4: u32 = 700;
+    pub const FLOAT8: u32 = 701;
+    pub const UNKNOWN: u32 = 705;
+    pub const BPCHAR: u32 = 1042;
+    pub const VARCHAR: u32 = 1043;
+    pub const DATE: u32 = 1082;
+    pub const TIMESTAMP: u32 = 1114;
+    pub const TIMESTAMPTZ: u32 = 1184;
+    pub const UUID: u32 = 2950;
+    pub const JSONB: u32 = 3802;
+}
+
+/// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+const PG_EPOCH_DAYS: i64 = 10_957;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
+
+/// `$1='7', $2=NULL, $3=42`, at most `cap` bytes; `truncated`: parameters beyond these were not
+/// kept.
+pub(super) fn render_params(
+    params: &[Option<Vec<u8>>],
+    formats: &[i16],
+    types: &[u32],
+    truncated: bool,
+    cap: usize,
+) -> String {
+    let mut out = String::new();
+    for (i, value) in params.iter().enumerate() {
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        // One format code applies to all; otherwise one per parameter.
+        let format = match formats {
+            [] => 0,
+            [f] => *f,
+            fs => fs.get(i).copied().unwrap_or(0),
+        };
+        let rendered = match value {
+            None => "NULL".to_string(),
+            Some(v) if format == 0 => quoted(v),
+            Some(v) => binary(v, types.get(i).copied().unwrap_or(0)),
+        };
+        out.push_str(&format!("${}={rendered}", i + 1));
+        if out.len() > cap {
+            break;
+        }
+    }
+    if truncated {
+        out.push_str(", …");
+    }
+    crate::truncate_at_char(&mut out, cap);
+    out
+}
+
+fn quoted(v: &[u8]) -> String {
+    format!("'{}'", String::from_utf8_lossy(v))
+}
+
+/// A binary value of type `oid` (0: unknown); hex when the type is not decoded here or the value
+/// does not fit it (cut to what was kept).
+fn binary(v: &[u8], type_oid: u32) -> String {
+    let decoded = match type_oid {
+        oid::BOOL => pg::bool_from_sql(v).ok().map(|b| b.to_string()),
+        oid::INT2 => pg::int2_from_sql(v).ok().map(|n| n.to_string()),
+        oid::INT4 => pg::int4_from_sql(v).ok().map(|n| n.to_string()),
+        oid::INT8 => pg::int8_from_sql(v).ok().map(|n| n.to_string()),
+        oid::FLOAT4 => pg::float4_from_sql(v).ok().map(|n| n.to_string()),
+        oid::FLOAT8 => pg::float8_from_sql(v).ok().map(|n| n.to_string()),
+        oid::TEXT
+        | oid::VARCHAR
+        | oid::NAME
+        | oid::BPCHAR
+        | oid::JSON
+        | oid::XML
+        | oid::UNKNOWN => Some(quoted(v)),
+        // jsonb: a version byte (1), then the text.
+        oid::JSONB => v
+            .split_first()
+            .filter(|(version, _)| **version == 1)
+            .map(|(_, text)| quoted(text)),
+        oid::UUID => pg::uuid_from_sql(v).ok().map(uuid),
+        oid::DATE => pg::date_from_sql(v).ok().map(|d| format!("'{}'", date(d))),
+        oid::TIMESTAMP => pg::timestamp_from_sql(v)
+            .ok()
+            .map(|t| format!("'{}'", timestamp(t))),
+        // Sent in UTC.
+        oid::TIMESTAMPTZ => pg::timestamp_from_sql(v)
+            .ok()
+            .map(|t| format!("'{}+00'", timestamp(t))),
+        _ => None,
+    };
+    decoded.unwrap_or_else(|| {
+        let hex: String = v.iter().take(32).map(|b| format!("{b:02x}")).collect();
+        let more = if v.len() > 32 { "…" } else { "" };
+        format!("\\x{hex}{more}")
+    })
+}
+
+fn uuid(b: [u8; 16]) -> String {
+    let hex: Vec<String> = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "'{}-{}-{}-{}-{}'",
+        hex[..4].concat(),
+        hex[4..6].concat(),
+        hex[6..8].concat(),
+        hex[8..10].concat(),
+        hex[10..].concat()
+    )
+}
+
+/// Days since 2000-01-01 as `2026-12-06`.
+fn date(days: i32) -> String {
+    match days {
+        i32::MAX => "infinity".into(),
+        i32::MIN => "-infinity".into(),
+        d => {
+            let (y, m, d) = civil(i64::from(d) + PG_EPOCH_DAYS);
+            format!("{y:04}-{m:02}-{d:02}")
+        }
+    }
+}
+
+/// Microseconds since 2000-01-01 00:00 as `2026-12-06 22:27:28.123456`.
+fn timestamp(micros: i64) -> String {
+    match micros {
+        i64::MAX => "infinity".into(),
+        i64::MIN => "-infinity".into(),
+        t => {
+            let (days, of_day) = (t.div_euclid(MICROS_PER_DAY), t.rem_euclid(MICROS_PER_DAY));
+            let (y, m, d) = civil(days + PG_EPOCH_DAYS);
+            let secs = of_day / 1_000_000;
+            format!(
+                "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{:06}",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60,
+                of_day % 1_000_000
+            )
+        }
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian calendar: the
+/// era-based conversion (400-year eras of 146,097 days).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_values_are_decoded_by_type() {
+        assert_eq!(binary(&[0, 0, 0, 41], oid::INT4), "41");
+        assert_eq!(binary(&[0xff, 0xfe], oid::INT2), "-2");
+        assert_eq!(binary(&[1], oid::BOOL), "true");
+        assert_eq!(binary(&1.5f64.to_be_bytes(), oid::FLOAT8), "1.5");
+        assert_eq!(binary(b"n0", oid::TEXT), "'n0'");
+        assert_eq!(binary(b"\x01{\"a\":1}", oid::JSONB), "'{\"a\":1}'");
+        assert_eq!(
+            binary(&[0x12; 16], oid::UUID),
+            "'12121212-1212-1212-1212-121212121212'"
+        );
+        // 2026-12-06 is 9836 days after 2000-01-01.
+        assert_eq!(binary(&9836i32.to_be_bytes(), oid::DATE), "'2026-12-06'");
+        assert_eq!(binary(&(-1i32).to_be_bytes(), oid::DATE), "'1999-12-31'");
+        let t = 9836 * MICROS_PER_DAY + ((22 * 60 + 27) * 60 + 28) * 1_000_000 + 123_456;
+        assert_eq!(
+            binary(&t.to_be_bytes(), oid::TIMESTAMPTZ),
+            "'2026-12-06 22:27:28.123456+00'"
+        );
+        assert_eq!(
+            binary(&i64::MAX.to_be_bytes(), oid::TIMESTAMP),
+            "'infinity'"
+        );
+        // Not the type's size (cut, or another type than declared), or a type not decoded: hex.
+        assert_eq!(binary(&[0, 0, 41], oid::INT4), "\\x000029");
+        assert_eq!(binary(&[0xab; 40], 0), format!("\\x{}…", "ab".repeat(32)));
+    }
+
+    #[test]
+    fn civil_dates_across_eras_and_leap_days() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(PG_EPOCH_DAYS + 59), (2000, 2, 29));
+        assert_eq!(civil(-719_468), (0, 3, 1));
+        assert_eq!(civil(2_932_896), (9999, 12, 31));
+    }
+}
