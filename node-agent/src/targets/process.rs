@@ -174,7 +174,8 @@ impl ProcessScanner {
     fn reread(&mut self, pids: &HashSet<u32>) {
         let mut found = 0;
         for &pid in pids {
-            match read_process(&self.proc_root.join(pid.to_string()), pid) {
+            let known = self.seen.get(&pid);
+            match read_process(&self.proc_root.join(pid.to_string()), pid, known) {
                 Some(process) => {
                     found += 1;
                     let changed = match self.seen.entry(pid) {
@@ -225,7 +226,7 @@ impl ProcessScanner {
                 continue;
             };
             read += 1;
-            if let Some(process) = read_process(&entry.path(), pid) {
+            if let Some(process) = read_process(&entry.path(), pid, self.seen.get(&pid)) {
                 seen.insert(pid, process);
             }
         }
@@ -244,12 +245,18 @@ impl ProcessScanner {
 }
 
 /// None when the process is a kernel thread, has exited, or cannot be read (e.g. a zombie).
-fn read_process(dir: &Path, pid: u32) -> Option<ProcessInfo> {
+/// `known`: what the scan before read of this pid; the name it was started as is looked up again
+/// only when its executable or command line changed (that lookup reads its environment and stats
+/// files in its root: tens of microseconds, for every such process at every full scan otherwise).
+fn read_process(dir: &Path, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo> {
     let exe = fs::read_link(dir.join("exe")).ok()?;
     let exe = strip_deleted(exe);
-    let cmdline = fs::read(dir.join("cmdline")).ok()?;
-    let started_as = started_as(dir, &exe, &cmdline);
-    let cmdline = join_cmdline(&cmdline);
+    let raw_cmdline = fs::read(dir.join("cmdline")).ok()?;
+    let cmdline = join_cmdline(&raw_cmdline);
+    let started_as = match known {
+        Some(k) if k.exe == exe && k.cmdline == cmdline => k.started_as.clone(),
+        _ => started_as(dir, &exe, &raw_cmdline),
+    };
     let container = match fs::read_to_string(dir.join("cgroup")) {
         Ok(contents) => cgroup::identity_from_file(&contents),
         Err(err) if err.kind() == io::ErrorKind::NotFound => return None,
