@@ -51,6 +51,10 @@ pub struct Parser {
     /// TLS was accepted: the rest is ciphertext.
     encrypted: bool,
     text_cap: usize,
+    /// When the client's last bytes came, and when those of a syscall it lost bytes of: the rest
+    /// of that syscall (its captured tail) starts anywhere in a message and is not followed.
+    client_ts: u64,
+    client_cut_ts: Option<u64>,
 }
 
 impl Parser {
@@ -62,6 +66,8 @@ impl Parser {
             stitch: Stitcher::new(config),
             encrypted: false,
             text_cap: config.max_body_bytes,
+            client_ts: 0,
+            client_cut_ts: None,
         }
     }
 
@@ -73,8 +79,11 @@ impl Parser {
     }
 
     fn feed_client(&mut self, ts_ns: u64, data: &[u8]) -> Result<(), ParseError> {
+        self.client_ts = ts_ns;
         if self.client.is_desynced() {
-            if !frontend::starts_message(data) {
+            // A client message has no mark to be recognised by in the middle of the stream: its
+            // stream is followed again where a later syscall starts.
+            if self.client_cut_ts == Some(ts_ns) || !frontend::starts_message(data) {
                 return Ok(());
             }
             self.client.resync();
@@ -193,7 +202,8 @@ impl ConnParser for Parser {
     fn gap(&mut self, dir: Direction, lost_bytes: u64) {
         if self.carries_requests(dir) {
             if !self.client.gap(lost_bytes) {
-                self.stitch.lost();
+                self.client_cut_ts = Some(self.client_ts);
+                self.stitch.requests_cut();
             }
         } else if !self.server.gap(lost_bytes) {
             self.stitch.answer_cut();

@@ -8,6 +8,9 @@
 //! pipeline mode) makes one record per Execute, each with its own statement, parameters and
 //! result, answered by the CommandComplete, EmptyQueryResponse, PortalSuspended or ErrorResponse
 //! that ends it; after an error the server skips the rest up to the Sync, and so do the records.
+//! A batch is a unit from its first message on, so a server that answers a long pipeline while
+//! reading it (PostgreSQL reads 8 KiB at a time) pairs those answers before the Sync is seen; a
+//! client's write cut by the capture keeps the statements seen before the cut, answered first.
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
@@ -64,6 +67,9 @@ struct Unit {
     steps: Option<Steps>,
     /// Statements described in this unit, whose ParameterDescriptions come in this order.
     described: VecDeque<String>,
+    /// An extended-protocol batch whose Sync has not come yet: the server answers its messages as
+    /// they come (a pipeline longer than its input buffer is answered in part before the Sync).
+    open: bool,
 }
 
 #[derive(Debug, Default)]
@@ -76,6 +82,9 @@ struct Steps {
     /// Answers were lost inside this batch: those seen since are matched from its end, once its
     /// ReadyForQuery says where that is.
     late: Option<Vec<(u64, Answered)>>,
+    /// The client's bytes were lost after these steps: how many more it sent is unknown, and so
+    /// are the answers after theirs.
+    requests_cut: bool,
 }
 
 /// What the server said so far for the unit (or step) at the head of the queue.
@@ -101,9 +110,6 @@ struct Batch {
     bind: bool,
     describe: bool,
     close: bool,
-    steps: Vec<Step>,
-    passed_over: usize,
-    described: VecDeque<String>,
 }
 
 impl Batch {
@@ -181,14 +187,27 @@ impl Stitcher {
             operation,
             steps: None,
             described: VecDeque::new(),
+            open: false,
         }
     }
 
+    /// The batch under way, and its unit, open until its Sync.
     fn batch(&mut self, start_ns: u64) -> &mut Batch {
+        let start_ns = self.batch.as_ref().map_or(start_ns, |b| b.start_ns);
+        if !self.pending.back().is_some_and(|u| u.open) {
+            let mut unit = self.unit("Sync", None, start_ns);
+            unit.open = true;
+            self.push(unit);
+        }
         self.batch.get_or_insert_with(|| Batch {
             start_ns,
             ..Batch::default()
         })
+    }
+
+    /// The unit of the batch under way (see [`Stitcher::batch`]).
+    fn open_unit(&mut self) -> Option<&mut Unit> {
+        self.pending.back_mut().filter(|u| u.open)
     }
 
     pub fn request(&mut self, msg: Frontend, start_ns: u64) {
@@ -255,6 +274,7 @@ impl Stitcher {
                 params,
                 truncated,
             } => {
+                self.batch(start_ns);
                 let known = self.statements.get(&statement);
                 let rendered = (!params.is_empty() || truncated).then(|| {
                     render_params(
@@ -270,13 +290,11 @@ impl Stitcher {
                     params: rendered.clone(),
                     operation: known.map_or(sql::OTHER, |p| p.operation),
                 };
-                let batch = self.batch.get_or_insert_with(|| Batch {
-                    start_ns,
-                    ..Batch::default()
-                });
-                batch.bind = true;
-                batch.statement(known);
-                batch.params = rendered;
+                if let Some(batch) = self.batch.as_mut() {
+                    batch.bind = true;
+                    batch.statement(known);
+                    batch.params = rendered;
+                }
                 if self.portals.len() >= MAX_STATEMENTS {
                     self.portals.clear();
                 }
@@ -290,10 +308,14 @@ impl Stitcher {
                     params: None,
                     operation: batch.operation.unwrap_or(sql::OTHER),
                 });
-                if batch.steps.len() < MAX_STEPS {
-                    batch.steps.push(step);
-                } else {
-                    batch.passed_over += 1;
+                if let Some(unit) = self.open_unit() {
+                    let steps = unit.steps.get_or_insert_with(Steps::default);
+                    // Answers come in order: once one step is passed over, so are the later ones.
+                    if steps.passed_over == 0 && steps.waiting.len() < MAX_STEPS {
+                        steps.waiting.push_back(step);
+                    } else {
+                        steps.passed_over += 1;
+                    }
                 }
             }
             Frontend::Describe { statement } => {
@@ -306,8 +328,10 @@ impl Stitcher {
                     batch.operation = operation;
                 }
                 batch.describe = true;
-                if let Some(name) = statement {
-                    batch.described.push_back(name);
+                if let Some(name) = statement
+                    && let Some(unit) = self.open_unit()
+                {
+                    unit.described.push_back(name);
                 }
             }
             Frontend::Close { statement } => {
@@ -327,7 +351,8 @@ impl Stitcher {
                     start_ns,
                     ..Batch::default()
                 });
-                let executes = !batch.steps.is_empty();
+                let open = self.pending.back_mut().filter(|u| u.open);
+                let executes = open.as_ref().is_some_and(|u| u.steps.is_some());
                 let cmd = if executes {
                     "Execute"
                 } else if batch.bind {
@@ -345,18 +370,22 @@ impl Stitcher {
                     "Parse" | "Describe" => "PREPARE",
                     _ => sql::OTHER,
                 };
-                let mut unit = self.unit(cmd, batch.text.map(|t| t.to_string()), batch.start_ns);
-                unit.operation = operation;
-                unit.params = batch.params;
-                unit.described = batch.described;
-                if executes {
-                    unit.steps = Some(Steps {
-                        waiting: batch.steps.into(),
-                        passed_over: batch.passed_over,
-                        ..Steps::default()
-                    });
+                let text = batch.text.map(|t| t.to_string());
+                match open {
+                    Some(unit) => {
+                        unit.cmd = cmd;
+                        unit.text = text;
+                        unit.operation = operation;
+                        unit.params = batch.params;
+                        unit.open = false;
+                    }
+                    None => {
+                        let mut unit = self.unit(cmd, text, batch.start_ns);
+                        unit.operation = operation;
+                        unit.params = batch.params;
+                        self.push(unit);
+                    }
                 }
-                self.push(unit);
             }
             Frontend::Flush | Frontend::Terminate | Frontend::Cancel | Frontend::Copy => {}
         }
@@ -441,9 +470,13 @@ impl Stitcher {
             late.push((end_ns, std::mem::take(&mut self.answered)));
             return;
         }
+        if steps.requests_cut && steps.waiting.is_empty() {
+            self.answered = Answered::default();
+            return;
+        }
         // The last step's answer ends with the batch's ReadyForQuery, what the client waits for
         // (a batch of one Execute is timed as a whole, as every other unit).
-        if steps.waiting.len() == 1 && steps.passed_over == 0 {
+        if !unit.open && steps.waiting.len() == 1 && steps.passed_over == 0 && !steps.requests_cut {
             return;
         }
         let answered = std::mem::take(&mut self.answered);
@@ -536,6 +569,23 @@ impl Stitcher {
         }
     }
 
+    /// Bytes the client sent were lost. What it sent before is answered first, in order, as ever;
+    /// the batch under way keeps the steps seen, whose answers come first too; what follows is
+    /// unknown, up to the batch's ReadyForQuery.
+    pub fn requests_cut(&mut self) {
+        self.batch = None;
+        if let Some(unit) = self.open_unit() {
+            unit.open = false;
+            match &mut unit.steps {
+                Some(steps) => {
+                    unit.cmd = "Execute";
+                    steps.requests_cut = true;
+                }
+                None => unit.cmd = "Sync",
+            }
+        }
+    }
+
     /// Bytes were lost: what is pending can no longer be matched reliably.
     pub fn lost(&mut self) {
         self.orphans.extend(self.pending.drain(..));
@@ -597,6 +647,7 @@ fn step_record(
         operation: step.operation,
         steps: None,
         described: VecDeque::new(),
+        open: false,
     };
     record(as_unit, latency_ns, answer)
 }
