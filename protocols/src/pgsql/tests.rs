@@ -474,6 +474,31 @@ fn after_an_error_in_a_batch_the_executes_the_server_skipped_say_so() {
     );
 }
 
+/// Statement `u`, `UPDATE t SET v = v WHERE k < $1` (int4), prepared and answered: its Executes
+/// are answered `UPDATE <n>`, a count of their own, so each answer tells whose it is.
+fn prepare_update(p: &mut Parser, out: &mut Vec<Record>) {
+    let mut reqs = msg(
+        b'P',
+        b"u\0UPDATE t SET v = v WHERE k < $1\0\x00\x01\x00\x00\x00\x17",
+    );
+    reqs.extend(msg(b'S', b""));
+    feed(p, Direction::Egress, 1, &reqs, out);
+    let mut resp = msg(b'1', b"");
+    resp.extend_from_slice(READY);
+    feed(p, Direction::Ingress, 2, &resp, out);
+}
+
+/// The answers to `steps` Executes of `u`, the i-th `UPDATE i`, and the batch's ReadyForQuery.
+fn update_answers(steps: usize) -> Vec<u8> {
+    let mut answer = Vec::new();
+    for i in 0..steps {
+        answer.extend(msg(b'2', b""));
+        answer.extend(msg(b'C', format!("UPDATE {i}\0").as_bytes()));
+    }
+    answer.extend_from_slice(READY);
+    answer
+}
+
 #[test]
 fn a_batch_answer_read_beyond_the_capture_never_gives_a_step_another_step_s_result() {
     // 3,000 UPDATEs pipelined, each answered with its own count (`UPDATE i`), read 64 KiB at a
@@ -481,15 +506,7 @@ fn a_batch_answer_read_beyond_the_capture_never_gives_a_step_another_step_s_resu
     for read in [16_385, 40_000, 65_536] {
         let mut p = client();
         let mut out = Vec::new();
-        let mut reqs = msg(
-            b'P',
-            b"u\0UPDATE t SET v = v WHERE k < $1\0\x00\x01\x00\x00\x00\x17",
-        );
-        reqs.extend(msg(b'S', b""));
-        feed(&mut p, Direction::Egress, 1, &reqs, &mut out);
-        let mut resp = msg(b'1', b"");
-        resp.extend_from_slice(READY);
-        feed(&mut p, Direction::Ingress, 2, &resp, &mut out);
+        prepare_update(&mut p, &mut out);
         let steps = 3_000;
         let mut reqs = Vec::new();
         for i in 0..steps {
@@ -497,12 +514,7 @@ fn a_batch_answer_read_beyond_the_capture_never_gives_a_step_another_step_s_resu
         }
         reqs.extend(msg(b'S', b""));
         feed(&mut p, Direction::Egress, 10, &reqs, &mut out);
-        let mut answer = Vec::new();
-        for i in 0..steps {
-            answer.extend(msg(b'2', b""));
-            answer.extend(msg(b'C', format!("UPDATE {i}\0").as_bytes()));
-        }
-        answer.extend_from_slice(READY);
+        let answer = update_answers(steps);
         feed_reads(&mut p, Direction::Ingress, 100, &answer, read, &mut out);
         p.expire(u64::MAX, &mut out);
 
@@ -582,15 +594,7 @@ fn a_pipeline_written_beyond_the_capture_answers_the_statements_seen_before_the_
 fn pipeline_written_beyond_the_capture(shift: usize) {
     let mut p = client();
     let mut out = Vec::new();
-    let mut reqs = msg(
-        b'P',
-        b"u\0UPDATE t SET v = v WHERE k < $1\0\x00\x01\x00\x00\x00\x17",
-    );
-    reqs.extend(msg(b'S', b""));
-    feed(&mut p, Direction::Egress, 1, &reqs, &mut out);
-    let mut resp = msg(b'1', b"");
-    resp.extend_from_slice(READY);
-    feed(&mut p, Direction::Ingress, 2, &resp, &mut out);
+    prepare_update(&mut p, &mut out);
     let steps = 1_500;
     let mut pad = b"pad\0".to_vec();
     pad.extend(std::iter::repeat_n(b' ', shift));
@@ -603,11 +607,7 @@ fn pipeline_written_beyond_the_capture(shift: usize) {
     assert!(batch.len() > 40_000);
     feed_reads(&mut p, Direction::Egress, 10, &batch, batch.len(), &mut out);
     let mut answer = msg(b'1', b"");
-    for i in 0..steps {
-        answer.extend(msg(b'2', b""));
-        answer.extend(msg(b'C', format!("UPDATE {i}\0").as_bytes()));
-    }
-    answer.extend_from_slice(READY);
+    answer.extend(update_answers(steps));
     for piece in answer.chunks(8_192) {
         feed(&mut p, Direction::Ingress, 20, piece, &mut out);
     }
