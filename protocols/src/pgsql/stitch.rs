@@ -81,7 +81,7 @@ struct Steps {
     failed: bool,
     /// Answers were lost inside this batch: those seen since are matched from its end, once its
     /// ReadyForQuery says where that is.
-    late: Option<Vec<(u64, Answered)>>,
+    late: Option<VecDeque<(u64, Answered)>>,
     /// The client's bytes were lost after these steps: how many more it sent is unknown, and so
     /// are the answers after theirs.
     requests_cut: bool,
@@ -467,7 +467,11 @@ impl Stitcher {
             return;
         };
         if let Some(late) = &mut steps.late {
-            late.push((end_ns, std::mem::take(&mut self.answered)));
+            late.push_back((end_ns, std::mem::take(&mut self.answered)));
+            // Only the last ones can be placed, one per step waiting.
+            if late.len() > steps.waiting.len() {
+                late.pop_front();
+            }
             return;
         }
         if steps.requests_cut && steps.waiting.is_empty() {
@@ -556,7 +560,7 @@ impl Stitcher {
                 // Which of a batch's steps the answers lost belonged to is unknown: what follows is
                 // placed from the batch's end, and what was placed so after an earlier loss
                 // cannot be placed at all.
-                steps.late = Some(Vec::new());
+                steps.late = Some(VecDeque::new());
                 true
             }
             None => false,
