@@ -129,7 +129,8 @@ const READY_LEN: usize = 6;
 pub(super) fn decode(frame: &[u8]) -> Option<Backend> {
     let tag = *frame.first()?;
     Some(match tag {
-        b'D' => Backend::DataRow,
+        // COPY … TO STDOUT sends a CopyData per row.
+        b'D' | b'd' => Backend::DataRow,
         b'1' => Backend::Named("ParseComplete"),
         b'2' => Backend::Named("BindComplete"),
         b'3' => Backend::Named("CloseComplete"),

@@ -703,10 +703,11 @@ fn record(unit: Unit, latency_ns: Option<u64>, answer: Option<Answered>) -> Reco
     }
 }
 
-/// Rows a command tag says were returned: `SELECT n`, `FETCH n`.
+/// Rows a command tag says were returned: `SELECT n`, `FETCH n`, `COPY n` (when cut, a COPY's
+/// answer was one to the client: a COPY from it is answered by its tag alone).
 fn tag_rows(tag: &str) -> Option<i64> {
     let (command, n) = tag.split_once(' ')?;
-    matches!(command, "SELECT" | "FETCH")
+    matches!(command, "SELECT" | "FETCH" | "COPY")
         .then(|| n.parse().ok())
         .flatten()
 }

@@ -636,3 +636,26 @@ fn pipeline_written_beyond_the_capture(shift: usize) {
     assert!(executes.iter().all(right), "shift {shift}: {executes:?}");
     assert_eq!(executes[seen].fields[2], Field::String("$1=7".into()));
 }
+
+#[test]
+fn the_rows_of_a_copy_to_the_client_are_counted() {
+    let mut p = client();
+    let mut out = Vec::new();
+    feed(
+        &mut p,
+        Direction::Egress,
+        1,
+        &msg(b'Q', b"COPY c TO STDOUT\0"),
+        &mut out,
+    );
+    let mut resp = msg(b'H', b"\x00\x00\x02\x00\x00\x00\x00");
+    resp.extend(msg(b'd', b"1\tone\n"));
+    resp.extend(msg(b'd', b"2\ttwo\n"));
+    resp.extend(msg(b'c', b""));
+    resp.extend(msg(b'C', b"COPY 2\0"));
+    resp.extend_from_slice(READY);
+    feed(&mut p, Direction::Ingress, 2, &resp, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].fields[3], Field::String("COPY 2".into()));
+    assert_eq!(out[0].fields[4], Field::Int64(2));
+}
