@@ -58,7 +58,8 @@ pub struct TracepointProbe {
     #[schemars(range(min = 0, max = 65536))]
     pub max_body_bytes: Option<u32>,
     /// Redact secrets in captured traffic (protocol tracing; default true): the values of the
-    /// Authorization, Proxy-Authorization, Cookie and Set-Cookie headers, database password
+    /// Authorization, Proxy-Authorization, Cookie and Set-Cookie headers and of credential headers
+    /// such as `X-Api-Key`, `X-Auth-Token` or `Private-Token`, database password
     /// messages, passwords written into SQL text (`PASSWORD '…'`, `IDENTIFIED BY '…'`, connection
     /// strings and URLs), Redis AUTH arguments, and secret query parameters and form or JSON fields
     /// (names containing password, secret, token, api key, credential or session). `false` keeps them as captured; a process

@@ -506,7 +506,14 @@ async fn an_answer_that_takes_longer_than_a_dns_timeout_still_gets_its_latency()
 /// form; the server answers a token.
 fn curl_login(port: u16) {
     let out = Command::new(which("curl"))
-        .args(["-s", "--http1.1", "-u", "ann:hunter2"])
+        .args([
+            "-s",
+            "--http1.1",
+            "-u",
+            "ann:hunter2",
+            "-H",
+            "X-Api-Key: k-5e6f",
+        ])
         .args(["-d", "user=ann&password=hunter2&remember=1"])
         .arg(format!(
             "http://127.0.0.1:{port}/login?next=/home&access_token=abc"
@@ -554,11 +561,16 @@ async fn secrets_in_query_strings_form_and_json_bodies_and_headers_are_redacted_
         text(row, "req_headers").contains(r#""Authorization":"<redacted>""#),
         "{row:?}"
     );
+    assert!(
+        text(row, "req_headers").contains(r#""X-Api-Key":"<redacted>""#),
+        "{row:?}"
+    );
     let secrets = [
         "hunter2",
         "access_token=abc",
         "r-9f8e7d6c",
         "YW5uOmh1bnRlcjI=",
+        "k-5e6f",
     ];
     let everything = format!("{row:?}");
     for secret in secrets {

@@ -57,7 +57,8 @@ pub enum Transport {
 pub struct ParseConfig {
     /// Bytes of each body (HTTP body, query text beyond the statement, …) kept in records.
     pub max_body_bytes: usize,
-    /// Replace secrets (Authorization, Cookie, Set-Cookie, Proxy-Authorization header values,
+    /// Replace secrets (Authorization, Cookie, Set-Cookie, Proxy-Authorization and credential
+    /// header values such as `X-Api-Key`,
     /// PostgreSQL/MySQL password messages and passwords in SQL text, Redis AUTH arguments, secret
     /// query parameters and form or JSON fields) with `<redacted>`.
     pub redact: bool,

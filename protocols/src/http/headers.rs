@@ -21,6 +21,12 @@ pub fn render_json(block: &str) -> String {
     }
 }
 
+/// Whether a header's value is secret: Authorization, Proxy-Authorization, Cookie, Set-Cookie,
+/// and names such as `X-Api-Key` or `X-Auth-Token` ([`super::redact::secret_header`]).
+pub(super) fn secret(name: &str) -> bool {
+    known(name) == Known::Secret || super::redact::secret_header(name)
+}
+
 /// The headers a head's parsing looks at.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Known {
@@ -116,7 +122,7 @@ pub fn headers_json(headers: &[httparse::Header<'_>], redact: bool) -> String {
         out.push(b'"');
         push_value(&mut out, name.as_bytes());
         out.extend_from_slice(b"\":\"");
-        let secret = redact && known(name) == Known::Secret;
+        let secret = redact && secret(name);
         let mut first = true;
         while let Some(next) = order.get(i)
             && next.name == name

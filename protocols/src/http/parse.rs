@@ -3,7 +3,7 @@
 //! neither is read until the connection closes.
 use super::body::Body;
 use super::detect::{find_message_start, starts_request, starts_response};
-use super::headers::{Known, known};
+use super::headers::{Known, known, secret};
 use super::stitch::Stitcher;
 use crate::{ParseError, REDACTED, Span};
 
@@ -122,7 +122,18 @@ impl Head {
                         .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 }
                 Known::Secret => seen.secret = true,
-                Known::Other => {}
+                // Credentials in other headers (`X-Api-Key`, …): names that can be one start with
+                // one of a few letters, so most are ruled out here, without a call.
+                Known::Other => {
+                    if redact
+                        && matches!(
+                            h.name.as_bytes().first().map(|b| b | 0x20),
+                            Some(b'x' | b'a' | b'p' | b't')
+                        )
+                    {
+                        seen.secret |= super::redact::secret_header(h.name);
+                    }
+                }
             }
         }
         // Usually the head is valid UTF-8 without secrets: one copy, spans from the slices'
@@ -225,7 +236,7 @@ impl Head {
         for (i, h) in headers.iter().enumerate() {
             text.push_str(h.name);
             text.push_str(": ");
-            if redact && known(h.name) == Known::Secret {
+            if redact && secret(h.name) {
                 text.push_str(REDACTED);
             } else {
                 let value = String::from_utf8_lossy(h.value);

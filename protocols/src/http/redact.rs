@@ -5,27 +5,105 @@
 
 use crate::REDACTED;
 
-/// Parts of key names that mark their values secret (compared without case).
-const SECRET_KEY_PARTS: [&str; 12] = [
-    "password",
-    "passwd",
-    "secret",
-    "token",
-    "apikey",
-    "api_key",
-    "api-key",
-    "access_key",
-    "private_key",
-    "credential",
-    "authorization",
-    "session",
+/// Parts of names (query and form keys, JSON keys, header names) that mark their values secret,
+/// compared without case, by their first letter.
+fn secret_parts(first: u8) -> &'static [&'static [u8]] {
+    match first {
+        b'a' => &[
+            b"apikey",
+            b"api_key",
+            b"api-key",
+            b"access_key",
+            b"access-key",
+            b"authorization",
+            b"auth-key",
+        ],
+        b'c' => &[b"credential"],
+        b'p' => &[b"password", b"passwd", b"private_key", b"private-key"],
+        b's' => &[b"secret", b"session"],
+        b't' => &[b"token"],
+        _ => &[],
+    }
+}
+
+/// The letters a name holds, one bit each (`a` is bit 0), without case.
+fn letters(name: &[u8]) -> u32 {
+    name.iter().fold(0, |held, &b| {
+        let letter = (b | 0x20).wrapping_sub(b'a');
+        if letter < 26 {
+            held | 1 << letter
+        } else {
+            held
+        }
+    })
+}
+
+const fn letters_of(word: &[u8]) -> u32 {
+    let mut held = 0;
+    let mut i = 0;
+    while i < word.len() {
+        held |= 1 << (word[i] - b'a');
+        i += 1;
+    }
+    held
+}
+
+/// Letters some part of [`secret_parts`] needs all of (every part holding `key` needs those of
+/// `key`, `password` those of `passwd`): a name missing them is no secret's.
+const NEEDED: [u32; 7] = [
+    letters_of(b"key"),
+    letters_of(b"token"),
+    letters_of(b"secret"),
+    letters_of(b"session"),
+    letters_of(b"passwd"),
+    letters_of(b"credential"),
+    letters_of(b"authorization"),
 ];
+
+/// Does a value under this name hold a secret? No allocation, and for nearly every name one pass
+/// collecting its letters: this runs for the header names of every head when redacting.
+pub(super) fn secret_name(name: &[u8]) -> bool {
+    let held = letters(name);
+    if NEEDED.iter().all(|&needed| held & needed != needed) {
+        return false;
+    }
+    (0..name.len()).any(|i| {
+        // ASCII letters to lower case; no other byte becomes one of the letters matched.
+        secret_parts(name[i] | 0x20).iter().any(|part| {
+            name.get(i..i + part.len())
+                .is_some_and(|at| at.eq_ignore_ascii_case(part))
+        })
+    })
+}
+
+/// A header beyond Authorization, Cookie and the like whose value is secret: an `X-` header named
+/// so (`X-Api-Key`, `X-Auth-Token`, `X-Amz-Security-Token`, `X-Vault-Token`, `X-Session-Id`), or
+/// one of the few unprefixed names services use (`Api-Key`, `Private-Token`, …). Looked at for
+/// every header of every head: most names are ruled out by their first bytes or their length.
+#[inline(never)]
+pub(super) fn secret_header(name: &str) -> bool {
+    const UNPREFIXED: [&str; 9] = [
+        "token",
+        "apikey",
+        "api-key",
+        "api-token",
+        "auth-token",
+        "access-token",
+        "private-token",
+        "session-token",
+        "client-secret",
+    ];
+    match name.as_bytes() {
+        [b'x' | b'X', b'-', rest @ ..] => secret_name(rest),
+        b => UNPREFIXED
+            .iter()
+            .any(|known| known.len() == b.len() && b.eq_ignore_ascii_case(known.as_bytes())),
+    }
+}
 
 /// Does a value under the key `key` hold a secret?
 fn secret_key(key: &str) -> bool {
-    // Keys are short; this runs only for keys of bodies and query strings.
-    let lower = key.to_ascii_lowercase();
-    SECRET_KEY_PARTS.iter().any(|part| lower.contains(part))
+    secret_name(key.as_bytes())
 }
 
 /// `path` with the values of secret query parameters redacted; None when it has none.

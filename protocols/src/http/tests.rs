@@ -454,6 +454,41 @@ fn secret_query_parameters_and_body_fields_are_redacted_only_when_configured() {
     }
 }
 
+#[test]
+fn credentials_in_custom_headers_are_redacted_but_not_cors_flags() {
+    let request = b"GET / HTTP/1.1\r\nHost: x\r\nX-Api-Key: k-5e6f\r\nPRIVATE-TOKEN: glpat-1\r\nX-Amz-Security-Token: FwoG\r\nX-Request-Id: r-1\r\n\r\n";
+    let response = b"HTTP/1.1 200 OK\r\nAccess-Control-Allow-Credentials: true\r\nX-Session-Id: s-7\r\nContent-Length: 0\r\n\r\n";
+    let mut p = client_parser(true);
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, request, &mut out);
+    feed(&mut p, Direction::Ingress, 200, response, &mut out);
+    assert_eq!(
+        text(&out[0], "req_headers"),
+        r#"{"Host":"x","PRIVATE-TOKEN":"<redacted>","X-Amz-Security-Token":"<redacted>","X-Api-Key":"<redacted>","X-Request-Id":"r-1"}"#
+    );
+    assert_eq!(
+        text(&out[0], "resp_headers"),
+        r#"{"Access-Control-Allow-Credentials":"true","Content-Length":"0","X-Session-Id":"<redacted>"}"#
+    );
+    for (name, secret) in [
+        ("X-Auth-Token", true),
+        ("x-api_key", true),
+        ("Api-Key", true),
+        ("X-Vault-Token", true),
+        ("X-Client-Secret", true),
+        ("Sec-WebSocket-Key", false),
+        ("Strict-Transport-Security", false),
+        ("Accept-Encoding", false),
+        ("Content-Security-Policy", false),
+        ("WWW-Authenticate", false),
+        ("access-control-allow-credentials", false),
+        ("Private-Token", true),
+        ("Session", false),
+    ] {
+        assert_eq!(super::headers::secret(name), secret, "{name}");
+    }
+}
+
 const REDACTED_HEADERS: &str = r#"{"Authorization":"<redacted>","Cookie":"<redacted>"}"#;
 const PLAIN_HEADERS: &str = r#"{"Authorization":"Basic YTpi","Cookie":"s=1"}"#;
 
