@@ -2382,7 +2382,7 @@ async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
     let mut want_rows = vec![
         [
             "StartupMessage",
-            "user=postgres database=postgres password=<redacted>",
+            "database=postgres password=<redacted> user=postgres",
             "null",
             "AuthenticationOk",
             "0",
@@ -2439,8 +2439,15 @@ async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
         format!("$1=11, $2='eleven', $3={at}"),
         "not executed: an earlier message of the batch failed",
     ));
+    // pgx sends its startup parameters from a Go map, in any order.
+    let mut got = pick(&rows, &["req_cmd", "req", "params", "resp", "rows"]);
+    if let Some(startup) = got.first_mut().filter(|r| r[0] == "StartupMessage") {
+        let mut words: Vec<&str> = startup[1].split(' ').collect();
+        words.sort_unstable();
+        startup[1] = words.join(" ");
+    }
     assert_eq!(
-        pick(&rows, &["req_cmd", "req", "params", "resp", "rows"]),
+        got,
         want_rows
             .into_iter()
             .map(|r| r.to_vec())
