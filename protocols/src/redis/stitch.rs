@@ -357,7 +357,7 @@ fn render_args(
 }
 
 /// Is argument `i` a password? AUTH's arguments, HELLO's and MIGRATE's after AUTH/AUTH2, the
-/// value of CONFIG SET requirepass/masterauth, ACL SETUSER password rules.
+/// value of CONFIG SET requirepass/masterauth/tls-*-pass, ACL SETUSER password rules.
 fn is_secret(operation: &str, name: &str, args: &[String], i: usize) -> bool {
     let after = |keyword: &str, count: usize| {
         args.iter()
@@ -372,7 +372,11 @@ fn is_secret(operation: &str, name: &str, args: &[String], i: usize) -> bool {
             i % 2 == 1
                 && matches!(
                     args[i - 1].to_ascii_lowercase().as_str(),
-                    "requirepass" | "masterauth" | "masteruser"
+                    "requirepass"
+                        | "masterauth"
+                        | "masteruser"
+                        | "tls-key-file-pass"
+                        | "tls-client-key-file-pass"
                 )
         }
         "ACL" if name == "ACL SETUSER" => {

@@ -185,6 +185,19 @@ fn passwords_in_auth_and_hello_are_redacted() {
 }
 
 #[test]
+fn passwords_set_by_config_set_are_redacted() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    let config = b"*6\r\n$6\r\nCONFIG\r\n$3\r\nSET\r\n$17\r\ntls-key-file-pass\r\n$2\r\npw\r\n$7\r\nmaxconn\r\n$2\r\n10\r\n";
+    p.feed(Direction::Egress, 100, config, &mut out).unwrap();
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(
+        out[0].fields[1],
+        Field::String(r#"["tls-key-file-pass","<redacted>","maxconn","10"]"#.into())
+    );
+}
+
+#[test]
 fn a_huge_declared_array_is_counted_not_stored() {
     let mut p = parser();
     let mut out = Vec::new();

@@ -1,7 +1,8 @@
 //! Credentials written into SQL text: the literal after a PASSWORD keyword or option
 //! (PostgreSQL's `CREATE ROLE … PASSWORD '…'` and what psql's `\password` sends, MySQL's
 //! `SET PASSWORD = '…'`, `SOURCE_PASSWORD = '…'`, `OPTIONS (password '…')`, a column named
-//! `password` compared with or set to a literal), after `IDENTIFIED … BY`/`AS` and `REPLACE`
+//! `password` or `authentication_string` compared with or set to a literal), after
+//! `IDENTIFIED … BY`/`AS` and `REPLACE`
 //! (MySQL's `CREATE/ALTER USER`), and the password of a connection string or URL inside any literal
 //! (`CREATE SUBSCRIPTION … CONNECTION 'host=… password=…'`, dblink, `mysql://user:pass@host`).
 //!
@@ -25,6 +26,7 @@ pub(crate) fn secrets(text: &str, dialect: Dialect) -> Option<String> {
     // Nearly every statement has none of these words: one pass over the bytes and done.
     if !(contains_ignore_case(text, b"password")
         || contains_ignore_case(text, b"identified")
+        || contains_ignore_case(text, b"authentication_string")
         || text.contains("://"))
     {
         return None;
@@ -205,10 +207,12 @@ fn is_word_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80
 }
 
-/// `password`, or a name ending in `_password` (`SOURCE_PASSWORD`, `caching_sha2_password`).
+/// `password`, a name ending in `_password` (`SOURCE_PASSWORD`, `caching_sha2_password`), or
+/// MySQL's `authentication_string` (`mysql.user`'s password hash).
 fn names_password(word: &[u8]) -> bool {
     const SUFFIX: &[u8] = b"_password";
     word.eq_ignore_ascii_case(b"password")
+        || word.eq_ignore_ascii_case(b"authentication_string")
         || (word.len() >= SUFFIX.len()
             && word[word.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
 }

@@ -92,6 +92,10 @@ fn a_column_named_password_set_or_compared_to_a_literal_is_redacted() {
         "UPDATE users SET \"password\" = '<redacted>'"
     );
     assert_eq!(
+        my("UPDATE mysql.user SET authentication_string = '*6BB48' WHERE User = 'u'"),
+        "UPDATE mysql.user SET authentication_string = '<redacted>' WHERE User = 'u'"
+    );
+    assert_eq!(
         my("SELECT id FROM users WHERE `password` = \"x\""),
         "SELECT id FROM users WHERE `password` = \"<redacted>\""
     );
