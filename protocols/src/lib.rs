@@ -74,7 +74,7 @@ impl Default for ParseConfig {
 }
 
 /// `s` cut to at most `cap` bytes, at a char boundary.
-pub(crate) fn truncate_at_char(s: &mut String, cap: usize) {
+pub(crate) fn cut(mut s: String, cap: usize) -> String {
     if s.len() > cap {
         let mut end = cap;
         while !s.is_char_boundary(end) {
@@ -82,6 +82,7 @@ pub(crate) fn truncate_at_char(s: &mut String, cap: usize) {
         }
         s.truncate(end);
     }
+    s
 }
 
 /// What replaces a redacted value.

@@ -275,10 +275,10 @@ fn read_process(dir: &Path, pid: u32, known: Option<&ProcessInfo>) -> Option<Pro
 /// there is the one running (same device and inode), so a PATH changed since, or another file of
 /// that name, selects nothing by mistake.
 fn started_as(dir: &Path, exe: &Path, raw_cmdline: &[u8]) -> Option<PathBuf> {
-    let first = raw_cmdline.split(|b| *b == 0).next()?;
-    // Programs that set their own title (redis-server, nginx, postgres) write it over argv[0],
-    // the name they were started as in front: `redis-server 127.0.0.1:6379`, `nginx: worker`.
-    let first = first.split(|b| *b == b' ').next()?;
+    // argv[0], up to a blank: programs that set their own title (redis-server, nginx, postgres)
+    // write it over argv[0], the name they were started as in front (`redis-server
+    // 127.0.0.1:6379`, `nginx: worker`).
+    let first = raw_cmdline.split(|b| *b == 0 || *b == b' ').next()?;
     let first = std::str::from_utf8(first).ok()?.trim_end_matches(':');
     if first.starts_with('/') {
         return (Path::new(first) != exe).then(|| PathBuf::from(first));

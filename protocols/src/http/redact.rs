@@ -26,47 +26,9 @@ fn secret_parts(first: u8) -> &'static [&'static [u8]] {
     }
 }
 
-/// The letters a name holds, one bit each (`a` is bit 0), without case.
-fn letters(name: &[u8]) -> u32 {
-    name.iter().fold(0, |held, &b| {
-        let letter = (b | 0x20).wrapping_sub(b'a');
-        if letter < 26 {
-            held | 1 << letter
-        } else {
-            held
-        }
-    })
-}
-
-const fn letters_of(word: &[u8]) -> u32 {
-    let mut held = 0;
-    let mut i = 0;
-    while i < word.len() {
-        held |= 1 << (word[i] - b'a');
-        i += 1;
-    }
-    held
-}
-
-/// Letters some part of [`secret_parts`] needs all of (every part holding `key` needs those of
-/// `key`, `password` those of `passwd`): a name missing them is no secret's.
-const NEEDED: [u32; 7] = [
-    letters_of(b"key"),
-    letters_of(b"token"),
-    letters_of(b"secret"),
-    letters_of(b"session"),
-    letters_of(b"passwd"),
-    letters_of(b"credential"),
-    letters_of(b"authorization"),
-];
-
-/// Does a value under this name hold a secret? No allocation, and for nearly every name one pass
-/// collecting its letters: this runs for the header names of every head when redacting.
+/// Does a value under this name hold a secret? No allocation: this runs for every key of a
+/// redacted query string, form or JSON body, and for `X-` header names.
 pub(super) fn secret_name(name: &[u8]) -> bool {
-    let held = letters(name);
-    if NEEDED.iter().all(|&needed| held & needed != needed) {
-        return false;
-    }
     (0..name.len()).any(|i| {
         // ASCII letters to lower case; no other byte becomes one of the letters matched.
         secret_parts(name[i] | 0x20).iter().any(|part| {
@@ -76,24 +38,33 @@ pub(super) fn secret_name(name: &[u8]) -> bool {
     })
 }
 
+/// Header names without the `X-` prefix that services send credentials under; each starts with
+/// `a`, `p` or `t`, which [`secret_header`] looks at first.
+const UNPREFIXED: [&str; 7] = [
+    "token",
+    "apikey",
+    "api-key",
+    "api-token",
+    "auth-token",
+    "access-token",
+    "private-token",
+];
+
 /// A header beyond Authorization, Cookie and the like whose value is secret: an `X-` header named
 /// so (`X-Api-Key`, `X-Auth-Token`, `X-Amz-Security-Token`, `X-Vault-Token`, `X-Session-Id`), or
-/// one of the few unprefixed names services use (`Api-Key`, `Private-Token`, …). Looked at for
-/// every header of every head: most names are ruled out by their first bytes or their length.
-#[inline(never)]
+/// one of [`UNPREFIXED`] (`Api-Key`, `Private-Token`, …). Looked at for every header of every
+/// head: inlined, most names are ruled out by their first byte without a call.
+#[inline]
 pub(super) fn secret_header(name: &str) -> bool {
-    const UNPREFIXED: [&str; 9] = [
-        "token",
-        "apikey",
-        "api-key",
-        "api-token",
-        "auth-token",
-        "access-token",
-        "private-token",
-        "session-token",
-        "client-secret",
-    ];
-    match name.as_bytes() {
+    matches!(
+        name.as_bytes().first().map(|b| b | 0x20),
+        Some(b'x' | b'a' | b'p' | b't')
+    ) && secret_header_named(name.as_bytes())
+}
+
+#[inline(never)]
+fn secret_header_named(name: &[u8]) -> bool {
+    match name {
         [b'x' | b'X', b'-', rest @ ..] => secret_name(rest),
         b => UNPREFIXED
             .iter()

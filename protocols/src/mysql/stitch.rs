@@ -153,7 +153,7 @@ impl Stitcher {
                     p.body = Some(st.text.clone());
                     if cmd == Command::STMT_EXECUTE {
                         p.params = packet::execute_params(payload, st.params, &mut st.types)
-                            .map(|s| cut(s, self.text_cap));
+                            .map(|s| crate::cut(s, self.text_cap));
                     }
                 } else {
                     p.body = id.map(|id| format!("statement {id}"));
@@ -481,10 +481,4 @@ fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static
             operation: p.operation,
         },
     }
-}
-
-/// At most `cap` bytes, cut on a character boundary.
-fn cut(mut s: String, cap: usize) -> String {
-    crate::truncate_at_char(&mut s, cap);
-    s
 }

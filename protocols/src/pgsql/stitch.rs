@@ -218,7 +218,11 @@ impl Stitcher {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(" ");
-                let unit = self.unit("StartupMessage", Some(cut(text, self.text_cap)), start_ns);
+                let unit = self.unit(
+                    "StartupMessage",
+                    Some(crate::cut(text, self.text_cap)),
+                    start_ns,
+                );
                 self.push(unit);
             }
             Frontend::EncryptionRequest => {
@@ -319,15 +323,12 @@ impl Stitcher {
                 }
             }
             Frontend::Describe { statement } => {
+                self.batch(start_ns);
                 let prepared = statement.as_ref().and_then(|n| self.statements.get(n));
-                let text = prepared.map(|p| p.text.clone());
-                let operation = prepared.map(|p| p.operation);
-                let batch = self.batch(start_ns);
-                if batch.text.is_none() {
-                    batch.text = text;
-                    batch.operation = operation;
+                if let Some(batch) = self.batch.as_mut() {
+                    batch.describe = true;
+                    batch.statement(prepared);
                 }
-                batch.describe = true;
                 if let Some(name) = statement
                     && let Some(unit) = self.open_unit()
                 {
@@ -351,7 +352,7 @@ impl Stitcher {
                     start_ns,
                     ..Batch::default()
                 });
-                let open = self.pending.back_mut().filter(|u| u.open);
+                let open = self.open_unit();
                 let executes = open.as_ref().is_some_and(|u| u.steps.is_some());
                 let cmd = if executes {
                     "Execute"
@@ -719,10 +720,4 @@ fn printable(bytes: &[u8]) -> String {
         Ok(s) if !s.chars().any(char::is_control) => s.to_string(),
         _ => format!("<{} bytes>", bytes.len()),
     }
-}
-
-/// At most `cap` bytes, cut on a character boundary.
-fn cut(mut s: String, cap: usize) -> String {
-    crate::truncate_at_char(&mut s, cap);
-    s
 }

@@ -67,8 +67,7 @@ pub(super) fn render_params(
     if truncated {
         out.push_str(", …");
     }
-    crate::truncate_at_char(&mut out, cap);
-    out
+    crate::cut(out, cap)
 }
 
 fn quoted(v: &[u8]) -> String {

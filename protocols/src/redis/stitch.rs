@@ -411,7 +411,7 @@ fn text(t: &Text, max: usize) -> String {
 
 /// A reply for display: scalars as text (errors keep their `-`), aggregates as JSON, cut at `max`.
 pub fn render(value: &Value, max: usize) -> String {
-    let mut s = match value {
+    let s = match value {
         Value::Aggregate { .. } => json(value, max).to_string(),
         Value::Error(t) => format!("-{}", text(t, max)),
         Value::Null => "<NULL>".to_string(),
@@ -420,8 +420,7 @@ pub fn render(value: &Value, max: usize) -> String {
         Value::Simple(t) | Value::Bulk(t) | Value::Double(t) | Value::BigNumber(t) => text(t, max),
         Value::Verbatim(t) => verbatim(t, max),
     };
-    crate::truncate_at_char(&mut s, max);
-    s
+    crate::cut(s, max)
 }
 
 fn verbatim(t: &Text, max: usize) -> String {

@@ -9,12 +9,11 @@ pub(crate) use redact::Dialect;
 /// A statement's text as records show it: credentials redacted when `redact`, then cut to `cap`
 /// bytes (so a cut cannot split a secret and leave part of it).
 pub(crate) fn shown(text: String, dialect: Dialect, redact: bool, cap: usize) -> String {
-    let mut text = match redact.then(|| redact::secrets(&text, dialect)).flatten() {
+    let text = match redact.then(|| redact::secrets(&text, dialect)).flatten() {
         Some(redacted) => redacted,
         None => text,
     };
-    crate::truncate_at_char(&mut text, cap);
-    text
+    crate::cut(text, cap)
 }
 
 /// Statement verbs reported as they are; anything else is `_OTHER`.

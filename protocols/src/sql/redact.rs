@@ -23,10 +23,11 @@ pub(crate) enum Dialect {
 
 /// `text` with its credentials replaced by [`REDACTED`], or `None` when it holds none (no copy).
 pub(crate) fn secrets(text: &str, dialect: Dialect) -> Option<String> {
-    // Nearly every statement has none of these words: one pass over the bytes and done.
-    if !(contains_ignore_case(text, b"password")
-        || contains_ignore_case(text, b"identified")
-        || contains_ignore_case(text, b"authentication_string")
+    // Nearly every statement has none of these words: a few passes over its bytes and done.
+    let has = |word: &[u8]| find(text.as_bytes(), 0, word).is_some();
+    if !(has(b"password")
+        || has(b"identified")
+        || has(b"authentication_string")
         || text.contains("://"))
     {
         return None;
@@ -46,12 +47,6 @@ pub(crate) fn secrets(text: &str, dialect: Dialect) -> Option<String> {
     }
     out.push_str(&text[at..]);
     Some(out)
-}
-
-fn contains_ignore_case(hay: &str, needle: &[u8]) -> bool {
-    hay.as_bytes()
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// What the words read so far expect of the next literal.
@@ -217,11 +212,12 @@ fn names_password(word: &[u8]) -> bool {
             && word[word.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
 }
 
+/// Where `needle` is in `bytes` from `from` on, compared without case.
 fn find(bytes: &[u8], from: usize, needle: &[u8]) -> Option<usize> {
     bytes
         .get(from..)?
         .windows(needle.len())
-        .position(|w| w == needle)
+        .position(|w| w.eq_ignore_ascii_case(needle))
         .map(|n| from + n)
 }
 
@@ -232,11 +228,8 @@ fn inner_secrets(bytes: &[u8], start: usize, end: usize, cuts: &mut Vec<(usize, 
     let mut found = Vec::new();
     let key = b"password";
     let mut i = 0;
-    while let Some(n) = content[i..]
-        .windows(key.len())
-        .position(|w| w.eq_ignore_ascii_case(key))
-    {
-        let mut v = i + n + key.len();
+    while let Some(n) = find(content, i, key) {
+        let mut v = n + key.len();
         while content.get(v).is_some_and(|b| *b == b' ') {
             v += 1;
         }
