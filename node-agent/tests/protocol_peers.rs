@@ -2265,8 +2265,9 @@ async fn node_db_client_rows(
             .env("NODE_PATH", peer_node_modules())
             .env("PGPASSWORD", PG_PASSWORD),
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "20000 42 20000 3\n");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "20000 42 20000 3 1\n");
     let got = wait_for_rows(&store, table, |r| r.len() >= rows).await;
+    assert_no_secret(&got, "hunter2-node");
     let metrics = metrics_after_truncations(&registry).await;
     p.stop().await;
     (got, metrics)
@@ -2297,7 +2298,7 @@ async fn node_postgres_reading_64_kib_at_a_time_gets_answers_and_row_counts_of_l
     let data = init_postgres(dir.path());
     let port = free_port();
     let _server = start_postgres(dir.path(), &data, port, None);
-    let (rows, metrics) = node_db_client_rows("pg", port, Protocol::Pgsql, "pgsql_events", 5).await;
+    let (rows, metrics) = node_db_client_rows("pg", port, Protocol::Pgsql, "pgsql_events", 7).await;
 
     let big = "SELECT g AS n, repeat('x', 100) AS pad FROM generate_series(1, 20000) g";
     let big_prepared = "SELECT g AS n, repeat($1, 100) AS pad FROM generate_series(1, 20000) g";
@@ -2325,6 +2326,21 @@ async fn node_postgres_reading_64_kib_at_a_time_gets_answers_and_row_counts_of_l
             "SELECT 3",
             "3",
         ],
+        [
+            "Query",
+            "CREATE TEMP TABLE users (email text, password text)",
+            "null",
+            "CREATE TABLE",
+            "0",
+        ],
+        // A bound value under a column named password: redacted.
+        [
+            "Execute",
+            "INSERT INTO users (email, password) VALUES ($1, $2)",
+            "$1='ann@example.com', $2=<redacted>",
+            "INSERT 0 1",
+            "0",
+        ],
     ]
     .map(|r| r.map(str::to_owned).to_vec())
     .to_vec();
@@ -2333,13 +2349,13 @@ async fn node_postgres_reading_64_kib_at_a_time_gets_answers_and_row_counts_of_l
         want,
         "{rows:?}"
     );
-    assert_answered_clients(&rows, &metrics, 5);
+    assert_answered_clients(&rows, &metrics, 7);
 }
 
 /// Every row is the client's and has its latency, in the histogram too.
 /// pgx, the driver most Go services use: statements described first with their parameter types
 /// left to the server, values bound in binary, batches sent as one pipeline (`SendBatch`), one of
-/// them failing in its middle.
+/// them failing in its middle; a password bound as a value (redacted).
 #[tokio::test]
 async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
     let dir = tempfile::tempdir_in("/tmp").unwrap();
@@ -2367,9 +2383,9 @@ async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "row 42 forty-two\ncount 3\nbatch error true\n"
+        "row 42 forty-two\ncount 3\nbatch error true\nlogin true\n"
     );
-    let want = 12;
+    let want = 18;
     let rows = wait_for_rows(&store, "pgsql_events", |r| r.len() >= want).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let metrics = metrics_text(&registry);
@@ -2439,6 +2455,40 @@ async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
         format!("$1=11, $2='eleven', $3={at}"),
         "not executed: an earlier message of the batch failed",
     ));
+    // After the error pgx drops the statement from its cache.
+    want_rows.push(["Close", insert, "null", "CloseComplete", "0"].map(str::to_owned));
+    // The password is a bound value under a column named so: redacted, the rest shown.
+    let sign_up = "INSERT INTO users (email, password) VALUES ($1, $2)";
+    let login = "SELECT count(*) = 1 FROM users WHERE email = $1 AND password = $2";
+    let bound = "$1='ann@example.com', $2=<redacted>";
+    want_rows.extend([
+        [
+            "Query",
+            "CREATE TABLE users (email text, password text)",
+            "null",
+            "CREATE TABLE",
+            "0",
+        ]
+        .map(str::to_owned),
+        [
+            "Describe",
+            sign_up,
+            "null",
+            "ParseComplete, ParameterDescription, NoData",
+            "0",
+        ]
+        .map(str::to_owned),
+        ["Execute", sign_up, bound, "INSERT 0 1", "0"].map(str::to_owned),
+        [
+            "Describe",
+            login,
+            "null",
+            "ParseComplete, ParameterDescription, RowDescription",
+            "0",
+        ]
+        .map(str::to_owned),
+        ["Execute", login, bound, "SELECT 1", "1"].map(str::to_owned),
+    ]);
     // pgx sends its startup parameters from a Go map, in any order.
     let mut got = pick(&rows, &["req_cmd", "req", "params", "resp", "rows"]);
     if let Some(startup) = got.first_mut().filter(|r| r[0] == "StartupMessage") {
@@ -2460,7 +2510,8 @@ async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
         .map(|r| r.get("latency") != Some(&Value::Null))
         .collect();
     assert_eq!(timed.iter().filter(|t| !**t).count(), 1, "{rows:?}");
-    assert!(!timed[want - 1], "{rows:?}");
+    assert!(!timed[11], "{rows:?}");
+    assert_no_secret(&rows, "hunter2-pgx");
     assert_eq!(
         metric_sum(&metrics, "db_client_operation_duration_seconds_count", &[]),
         (want - 1) as u64,
@@ -2472,7 +2523,7 @@ async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
             "db_client_operation_duration_seconds_count",
             &["db_operation_name=\"INSERT\""]
         ),
-        5,
+        6,
         "{metrics}"
     );
 }
@@ -2569,12 +2620,13 @@ async fn mysql2_reading_64_kib_at_a_time_gets_answers_to_large_result_sets() {
     let data = init_mariadb(dir.path());
     let port = free_port();
     let _server = start_mariadb(dir.path(), &data, port);
-    // Four answered commands, two prepares, and COM_QUIT (no answer; written at the close).
+    // Six answered commands, three prepares, and COM_QUIT (no answer; written at the close).
     let (rows, metrics) =
-        node_db_client_rows("mysql", port, Protocol::Mysql, "mysql_events", 7).await;
+        node_db_client_rows("mysql", port, Protocol::Mysql, "mysql_events", 10).await;
 
     let big = "SELECT seq AS n, REPEAT('x', 100) AS pad FROM seq_1_to_20000";
     let big_prepared = "SELECT seq AS n, REPEAT(?, 100) AS pad FROM seq_1_to_20000";
+    let sign_up = "INSERT INTO users (email, password) VALUES (?, ?)";
     let row = |cmd: &str, body: &str, params: &str, resp: &str, rows: &str| {
         [cmd, body, params, "OK", resp, rows]
             .map(str::to_owned)
@@ -2612,6 +2664,28 @@ async fn mysql2_reading_64_kib_at_a_time_gets_answers_to_large_result_sets() {
             "Resultset rows = 3",
             "3",
         ),
+        row(
+            "COM_QUERY",
+            "CREATE TEMPORARY TABLE users (email VARCHAR(64), password VARCHAR(64))",
+            "null",
+            "affected rows: 0",
+            "0",
+        ),
+        row(
+            "COM_STMT_PREPARE",
+            sign_up,
+            "null",
+            "statement 3: 2 params, 0 columns",
+            "0",
+        ),
+        // A bound value under a column named password: redacted.
+        row(
+            "COM_STMT_EXECUTE",
+            sign_up,
+            "'ann@example.com', <redacted>",
+            "affected rows: 1",
+            "0",
+        ),
         ["COM_QUIT", "null", "null", "NONE", "null", "null"]
             .map(str::to_owned)
             .to_vec(),
@@ -2635,5 +2709,5 @@ async fn mysql2_reading_64_kib_at_a_time_gets_answers_to_large_result_sets() {
         }
     }
     assert_eq!(got, want, "{rows:?}");
-    assert_answered_clients(&rows[..6], &metrics, 6);
+    assert_answered_clients(&rows[..9], &metrics, 9);
 }

@@ -16,6 +16,7 @@ mod json;
 pub mod mysql;
 pub mod pgsql;
 pub mod redis;
+mod secret;
 mod sql;
 
 /// Which way bytes went, seen from the traced process.

@@ -4,39 +4,7 @@
 //! crate takes, and only the values of a few keys are rewritten, the rest left byte for byte.
 
 use crate::REDACTED;
-
-/// Parts of names (query and form keys, JSON keys, header names) that mark their values secret,
-/// compared without case, by their first letter.
-fn secret_parts(first: u8) -> &'static [&'static [u8]] {
-    match first {
-        b'a' => &[
-            b"apikey",
-            b"api_key",
-            b"api-key",
-            b"access_key",
-            b"access-key",
-            b"authorization",
-            b"auth-key",
-        ],
-        b'c' => &[b"credential"],
-        b'p' => &[b"password", b"passwd", b"private_key", b"private-key"],
-        b's' => &[b"secret", b"session"],
-        b't' => &[b"token"],
-        _ => &[],
-    }
-}
-
-/// Does a value under this name hold a secret? No allocation: this runs for every key of a
-/// redacted query string, form or JSON body, and for `X-` header names.
-pub(super) fn secret_name(name: &[u8]) -> bool {
-    (0..name.len()).any(|i| {
-        // ASCII letters to lower case; no other byte becomes one of the letters matched.
-        secret_parts(name[i] | 0x20).iter().any(|part| {
-            name.get(i..i + part.len())
-                .is_some_and(|at| at.eq_ignore_ascii_case(part))
-        })
-    })
-}
+use crate::secret::secret_name;
 
 /// Header names without the `X-` prefix that services send credentials under; each starts with
 /// `a`, `p` or `t`, which [`secret_header`] looks at first.

@@ -239,13 +239,15 @@ pub(super) fn prepare_ok(payload: &[u8]) -> Option<PrepareOk> {
     })
 }
 
-/// Parameters of a COM_STMT_EXECUTE payload rendered as text (`7, 'seven', NULL`).
+/// Parameters of a COM_STMT_EXECUTE payload rendered as text (`7, 'seven', NULL`), those numbered
+/// in `secret` (from 1) as `<redacted>`.
 /// `types` are the statement's parameter types from an earlier execute; updated when the packet
 /// carries new ones. None when the packet is cut short before the values.
 pub(super) fn execute_params(
     payload: &[u8],
     count: u16,
     types: &mut Vec<(u8, bool)>,
+    secret: &[u32],
 ) -> Option<String> {
     let n = usize::from(count);
     if n == 0 {
@@ -271,7 +273,12 @@ pub(super) fn execute_params(
             continue;
         }
         let (ty, unsigned) = *types.get(i)?;
-        out.push(binary_value(&mut c, ty, unsigned)?);
+        let value = binary_value(&mut c, ty, unsigned)?;
+        out.push(if secret.contains(&(i as u32 + 1)) {
+            crate::REDACTED.to_string()
+        } else {
+            value
+        });
     }
     Some(out.join(", "))
 }

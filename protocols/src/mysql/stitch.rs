@@ -56,8 +56,8 @@ struct Pending {
     start_ns: u64,
     operation: &'static str,
     shape: Shape,
-    /// Prepare: the statement text, remembered under the id the OK gives.
-    prepared_text: Option<String>,
+    /// Prepare: the statement, remembered under the id the OK gives.
+    prepared: Option<Statement>,
 }
 
 #[derive(Default)]
@@ -75,6 +75,8 @@ struct Statement {
     text: String,
     params: u16,
     types: Vec<(u8, bool)>,
+    /// Parameters bound to a credential (`?` counted from 1), whose values are redacted.
+    secret_params: Vec<u32>,
 }
 
 pub(super) struct Stitcher {
@@ -130,7 +132,7 @@ impl Stitcher {
             start_ns,
             operation: sql::OTHER,
             shape: Shape::Single,
-            prepared_text: None,
+            prepared: None,
         };
         match cmd {
             Command::QUERY => {
@@ -140,9 +142,16 @@ impl Stitcher {
                 p.shape = Shape::ResultSet;
             }
             Command::STMT_PREPARE => {
-                let t = text();
+                let raw = String::from_utf8_lossy(body).into_owned();
+                let (t, secret_params) =
+                    sql::shown_with_params(raw, Dialect::MySql, self.redact, self.text_cap);
                 p.operation = "PREPARE";
-                p.prepared_text = Some(t.clone());
+                p.prepared = Some(Statement {
+                    text: t.clone(),
+                    params: 0,
+                    types: Vec::new(),
+                    secret_params,
+                });
                 p.body = Some(t);
                 p.shape = Shape::Prepare;
             }
@@ -152,8 +161,13 @@ impl Stitcher {
                     p.operation = sql::operation(&st.text);
                     p.body = Some(st.text.clone());
                     if cmd == Command::STMT_EXECUTE {
-                        p.params = packet::execute_params(payload, st.params, &mut st.types)
-                            .map(|s| crate::cut(s, self.text_cap));
+                        p.params = packet::execute_params(
+                            payload,
+                            st.params,
+                            &mut st.types,
+                            &st.secret_params,
+                        )
+                        .map(|s| crate::cut(s, self.text_cap));
                     }
                 } else {
                     p.body = id.map(|id| format!("statement {id}"));
@@ -273,19 +287,13 @@ impl Stitcher {
                 let Some(ok) = packet::prepare_ok(payload) else {
                     return self.complete(end_ns, out);
                 };
-                if let Some(text) = self
-                    .pending
-                    .front_mut()
-                    .and_then(|p| p.prepared_text.take())
+                if let Some(mut statement) =
+                    self.pending.front_mut().and_then(|p| p.prepared.take())
                 {
                     if self.statements.len() >= MAX_STATEMENTS {
                         self.statements.clear();
                     }
-                    let statement = Statement {
-                        text,
-                        params: ok.params,
-                        types: Vec::new(),
-                    };
+                    statement.params = ok.params;
                     self.statements.insert(ok.statement_id, statement);
                 }
                 self.progress.body = Some(format!(

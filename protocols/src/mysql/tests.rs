@@ -123,6 +123,25 @@ fn a_prepared_statement_is_executed_under_its_text() {
 }
 
 #[test]
+fn a_value_bound_to_a_password_column_is_redacted_when_executed() {
+    let mut p = client();
+    let param = b"\x03def\x00\x00\x00\x01?\x00\x0c\x3f\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00";
+    let out = run(
+        &mut p,
+        &[
+            (Direction::Egress, 1, pkt(0, b"\x16UPDATE users SET `password` = ? WHERE id = ?")),
+            // Prepare OK: id 4, 0 columns, 2 params, their definitions (no EOF: handshake unseen).
+            (Direction::Ingress, 2, [pkt(1, b"\x00\x04\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00"), pkt(2, param), pkt(3, param)].concat()),
+            // Execute id 4, 1 iteration, null bitmap 0, new types: VAR_STRING, LONGLONG; 'hunter2', 7.
+            (Direction::Egress, 3, pkt(0, b"\x17\x04\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\xfd\x00\x08\x00\x07hunter2\x07\x00\x00\x00\x00\x00\x00\x00")),
+            (Direction::Ingress, 4, pkt(1, OK)),
+        ],
+    );
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1].fields[2], Field::String("<redacted>, 7".into()));
+}
+
+#[test]
 fn an_ssl_request_stops_parsing() {
     let mut ssl = 0x0000_0a00u32.to_le_bytes().to_vec(); // CLIENT_SSL | CLIENT_PROTOCOL_41
     ssl.resize(32, 0);

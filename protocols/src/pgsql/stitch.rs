@@ -44,6 +44,8 @@ struct Prepared {
     text: Arc<str>,
     operation: &'static str,
     types: Vec<u32>,
+    /// Parameters bound to a credential (`$n`), whose values are redacted.
+    secret_params: Vec<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,19 +162,19 @@ impl Stitcher {
         self.pending.push_back(unit);
     }
 
-    /// A statement's text as records show it (redacted, cut), and its operation label.
-    fn shown(&self, text: String) -> (String, &'static str) {
+    /// A statement's text as records show it (redacted, cut), its operation label, and the
+    /// parameters bound to a credential.
+    fn shown(&self, text: String) -> (String, &'static str, Vec<u32>) {
         let operation = sql::operation(&text);
-        (
-            sql::shown(text, Dialect::Postgres, self.redact, self.text_cap),
-            operation,
-        )
+        let (text, secret_params) =
+            sql::shown_with_params(text, Dialect::Postgres, self.redact, self.text_cap);
+        (text, operation, secret_params)
     }
 
     fn unit(&self, cmd: &'static str, text: Option<String>, start_ns: u64) -> Unit {
         let (text, operation) = match text {
             Some(t) if cmd == "Query" => {
-                let (shown, operation) = self.shown(t);
+                let (shown, operation, _) = self.shown(t);
                 (Some(shown), operation)
             }
             t => (t, sql::OTHER),
@@ -257,11 +259,12 @@ impl Stitcher {
                 query,
                 param_types,
             } => {
-                let (text, operation) = self.shown(query);
+                let (text, operation, secret_params) = self.shown(query);
                 let prepared = Prepared {
                     text: text.into(),
                     operation,
                     types: param_types,
+                    secret_params,
                 };
                 let batch = self.batch(start_ns);
                 batch.parse = true;
@@ -285,6 +288,7 @@ impl Stitcher {
                         &params,
                         &formats,
                         known.map_or(&[][..], |p| &p.types),
+                        known.map_or(&[][..], |p| &p.secret_params),
                         truncated,
                         self.text_cap,
                     )

@@ -327,6 +327,42 @@ fn a_password_in_a_prepared_statement_is_redacted_wherever_its_text_is_shown() {
     );
 }
 
+#[test]
+fn a_value_bound_to_a_password_column_is_redacted_in_every_execute() {
+    let mut p = client();
+    let mut out = Vec::new();
+    let mut reqs = msg(
+        b'P',
+        b"s2\0UPDATE users SET password = $1 WHERE id = $2\0\x00\x00",
+    );
+    // Two executions: text format, then binary.
+    reqs.extend(msg(
+        b'B',
+        b"\0s2\0\x00\x00\x00\x02\x00\x00\x00\x07hunter2\x00\x00\x00\x0241\x00\x00",
+    ));
+    reqs.extend(msg(b'E', b"\0\0\0\0\0"));
+    reqs.extend(msg(b'S', b""));
+    reqs.extend(bind_execute(b"s2", &[b"hunter3", &42i32.to_be_bytes()]));
+    reqs.extend(msg(b'S', b""));
+    feed(&mut p, Direction::Egress, 1, &reqs, &mut out);
+    let mut resp = msg(b'1', b"");
+    resp.extend(msg(b'2', b""));
+    resp.extend(msg(b'C', b"UPDATE 1\0"));
+    resp.extend_from_slice(READY);
+    resp.extend(msg(b'2', b""));
+    resp.extend(msg(b'C', b"UPDATE 1\0"));
+    resp.extend_from_slice(READY);
+    feed(&mut p, Direction::Ingress, 2, &resp, &mut out);
+    let params: Vec<_> = out.iter().map(|r| r.fields[2].clone()).collect();
+    assert_eq!(
+        params,
+        [
+            Field::String("$1=<redacted>, $2='41'".into()),
+            Field::String("$1=<redacted>, $2=\\x0000002a".into()),
+        ]
+    );
+}
+
 /// A Bind of statement `stmt` to the unnamed portal with binary values, and its Execute.
 fn bind_execute(stmt: &[u8], values: &[&[u8]]) -> Vec<u8> {
     let mut body = b"\0".to_vec();

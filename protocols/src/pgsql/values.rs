@@ -34,12 +34,13 @@ mod oid {
 const PG_EPOCH_DAYS: i64 = 10_957;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-/// `$1='7', $2=NULL, $3=42`, at most `cap` bytes; `truncated`: parameters beyond these were not
-/// kept.
+/// `$1='7', $2=NULL, $3=42`, at most `cap` bytes; the parameters numbered in `secret` as
+/// `<redacted>`; `truncated`: parameters beyond these were not kept.
 pub(super) fn render_params(
     params: &[Option<Vec<u8>>],
     formats: &[i16],
     types: &[u32],
+    secret: &[u32],
     truncated: bool,
     cap: usize,
 ) -> String {
@@ -56,6 +57,7 @@ pub(super) fn render_params(
         };
         let rendered = match value {
             None => "NULL".to_string(),
+            Some(_) if secret.contains(&(i as u32 + 1)) => crate::REDACTED.to_string(),
             Some(v) if format == 0 => quoted(v),
             Some(v) => binary(v, types.get(i).copied().unwrap_or(0)),
         };

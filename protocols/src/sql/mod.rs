@@ -9,11 +9,22 @@ pub(crate) use redact::Dialect;
 /// A statement's text as records show it: credentials redacted when `redact`, then cut to `cap`
 /// bytes (so a cut cannot split a secret and leave part of it).
 pub(crate) fn shown(text: String, dialect: Dialect, redact: bool, cap: usize) -> String {
-    let text = match redact.then(|| redact::secrets(&text, dialect)).flatten() {
-        Some(redacted) => redacted,
-        None => text,
-    };
-    crate::cut(text, cap)
+    shown_with_params(text, dialect, redact, cap).0
+}
+
+/// [`shown`], and the placeholders bound to a credential (`$n`, or MySQL's `?` counted from 1),
+/// whose values a prepared statement's executions redact.
+pub(crate) fn shown_with_params(
+    text: String,
+    dialect: Dialect,
+    redact: bool,
+    cap: usize,
+) -> (String, Vec<u32>) {
+    if !redact {
+        return (crate::cut(text, cap), Vec::new());
+    }
+    let found = redact::secrets(&text, dialect);
+    (crate::cut(found.text.unwrap_or(text), cap), found.params)
 }
 
 /// Statement verbs reported as they are; anything else is `_OTHER`.

@@ -116,7 +116,7 @@ fn statements_without_credentials_are_kept_as_they_are() {
         assert_eq!(pg(text), text);
         assert_eq!(
             super::redact::secrets(text, Dialect::Postgres),
-            None,
+            super::redact::Secrets::default(),
             "{text}"
         );
     }
@@ -175,4 +175,108 @@ fn redaction_comes_before_the_cut_and_can_be_switched_off() {
         "ALTER ROLE a PASSWORD '<r"
     );
     assert_eq!(shown(text.clone(), Dialect::Postgres, false, 1000), text);
+}
+
+fn params(text: &str, dialect: Dialect) -> Vec<u32> {
+    shown_with_params(text.to_string(), dialect, true, usize::MAX).1
+}
+
+#[test]
+fn values_inserted_under_a_secret_column_are_redacted_row_by_row() {
+    assert_eq!(
+        pg(
+            "INSERT INTO users (email, password, api_token) VALUES ('a@x', 'p1', 't1'), \
+            ('b@x', crypt('p2', gen_salt('bf')), 't2') RETURNING id"
+        ),
+        "INSERT INTO users (email, password, api_token) VALUES ('a@x', '<redacted>', \
+         '<redacted>'), ('b@x', crypt('<redacted>', gen_salt('<redacted>')), '<redacted>') \
+         RETURNING id"
+    );
+    assert_eq!(
+        my("REPLACE INTO `keys` (`owner`, `secret`) VALUE ('ann', \"s3\")"),
+        "REPLACE INTO `keys` (`owner`, `secret`) VALUE ('ann', \"<redacted>\")"
+    );
+    // A literal after the INSERT's values is no value of a secret column.
+    assert_eq!(
+        pg("INSERT INTO t (id, token) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET n = 'y'"),
+        "INSERT INTO t (id, token) VALUES (1, '<redacted>') ON CONFLICT (id) DO UPDATE SET n = 'y'"
+    );
+}
+
+#[test]
+fn columns_named_as_http_bodies_secrets_are_redacted_too() {
+    assert_eq!(
+        pg("UPDATE clients SET client_secret = 'cs', name = 'n' WHERE api_key = 'k'"),
+        "UPDATE clients SET client_secret = '<redacted>', name = 'n' WHERE api_key = '<redacted>'"
+    );
+    assert_eq!(
+        pg("SELECT * FROM users WHERE password = crypt('p', password)"),
+        "SELECT * FROM users WHERE password = crypt('<redacted>', password)"
+    );
+}
+
+#[test]
+fn placeholders_bound_to_secret_columns_are_named() {
+    let pgp = |t| params(t, Dialect::Postgres);
+    let myp = |t| params(t, Dialect::MySql);
+    assert_eq!(pgp("UPDATE users SET password = $1 WHERE id = $2"), [1]);
+    assert_eq!(
+        pgp("UPDATE users SET name = $2, \"password\" = $1 WHERE id = $3"),
+        [1]
+    );
+    assert_eq!(
+        pgp("INSERT INTO users (email, password, api_token) VALUES ($1, $2, $3), ($4, $5, $6)"),
+        [2, 3, 5, 6]
+    );
+    assert_eq!(
+        pgp("SELECT id FROM users WHERE email = $1 AND password = crypt($2, password)"),
+        [2]
+    );
+    assert_eq!(pgp("SELECT * FROM sessions WHERE session_id = $1"), [1]);
+    // `?` is a jsonb operator in PostgreSQL, no placeholder.
+    assert_eq!(pgp("SELECT doc ? 'token' FROM t WHERE token = $1"), [1]);
+    assert_eq!(
+        myp("INSERT INTO users (email, password) VALUES (?, ?)"),
+        [2]
+    );
+    assert_eq!(
+        myp("SELECT id FROM users WHERE note = '?' AND name = ? AND `password` = SHA2(?, 256)"),
+        [2]
+    );
+    assert_eq!(myp("UPDATE t SET a = ?, api_key = ? WHERE id = ?"), [2]);
+}
+
+#[test]
+fn statements_binding_nothing_secret_name_no_placeholder() {
+    for (text, dialect) in [
+        ("SELECT * FROM users WHERE id = $1", Dialect::Postgres),
+        (
+            "SELECT password FROM users WHERE id = $1",
+            Dialect::Postgres,
+        ),
+        (
+            "INSERT INTO tokens (user_id, n) VALUES ($1, $2)",
+            Dialect::Postgres,
+        ),
+        ("INSERT INTO t VALUES ($1, $2)", Dialect::Postgres),
+        ("SELECT replace(token, $1, $2) FROM t", Dialect::Postgres),
+        (
+            "INSERT INTO t (a, b) SELECT ?, ? FROM secrets",
+            Dialect::MySql,
+        ),
+        (
+            "SELECT * FROM t WHERE a = ? -- password = ?",
+            Dialect::MySql,
+        ),
+    ] {
+        assert_eq!(params(text, dialect), Vec::<u32>::new(), "{text}");
+    }
+    assert_eq!(
+        pg("INSERT INTO tokens (user_id, n) VALUES (1, 'x')"),
+        "INSERT INTO tokens (user_id, n) VALUES (1, 'x')"
+    );
+    assert_eq!(
+        my("SELECT REPLACE(name, 'a', 'b') FROM t"),
+        "SELECT REPLACE(name, 'a', 'b') FROM t"
+    );
 }

@@ -1,0 +1,35 @@
+//! What names a secret, for every protocol: query and form keys, JSON keys and `X-` header names
+//! in HTTP, column names in SQL. One list, so that a field redacted in a request body is also
+//! redacted when the same application writes it to its database.
+
+/// Parts of names that mark their values secret, compared without case, by their first letter.
+fn secret_parts(first: u8) -> &'static [&'static [u8]] {
+    match first {
+        b'a' => &[
+            b"apikey",
+            b"api_key",
+            b"api-key",
+            b"access_key",
+            b"access-key",
+            b"authorization",
+            b"auth-key",
+        ],
+        b'c' => &[b"credential"],
+        b'p' => &[b"password", b"passwd", b"private_key", b"private-key"],
+        b's' => &[b"secret", b"session"],
+        b't' => &[b"token"],
+        _ => &[],
+    }
+}
+
+/// Does a value under this name hold a secret? No allocation: this runs for every key of a
+/// redacted query string, form or JSON body, and for `X-` header names.
+pub(crate) fn secret_name(name: &[u8]) -> bool {
+    (0..name.len()).any(|i| {
+        // ASCII letters to lower case; no other byte becomes one of the letters matched.
+        secret_parts(name[i] | 0x20).iter().any(|part| {
+            name.get(i..i + part.len())
+                .is_some_and(|at| at.eq_ignore_ascii_case(part))
+        })
+    })
+}
