@@ -1,17 +1,20 @@
 //! Bound parameter values as records show them: `$1='7', $2=NULL, $3=42`. Text-format values are
 //! quoted as sent; binary ones are decoded by the parameter's type — declared in the Parse, or
 //! named by the server's ParameterDescription when the driver left it open, as pgx does — with
-//! `postgres-protocol`'s decoders; other binary values are shown in hex.
+//! `postgres-protocol`'s decoders, arrays of them too (`{1,2,3}`: asyncpg and pgx send
+//! `ANY($1::int[])` this way); other binary values are shown in hex.
 //!
 //! Dates and timestamps are formatted by hand (days to a civil date): the decoders give days and
 //! microseconds since 2000-01-01, and a date crate would be a dependency for ten lines.
 
+use fallible_iterator::FallibleIterator;
 use postgres_protocol::types as pg;
 
 /// Type OIDs (pg_type.oid) decoded here.
 mod oid {
     pub const BOOL: u32 = 16;
     pub const NAME: u32 = 19;
+    pub const OID: u32 = 26;
     pub const INT8: u32 = 20;
     pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
@@ -28,7 +31,16 @@ mod oid {
     pub const TIMESTAMPTZ: u32 = 1184;
     pub const UUID: u32 = 2950;
     pub const JSONB: u32 = 3802;
+
+    /// Arrays of the types above (`_int4`, …), whose binary form names their element type.
+    pub const ARRAYS: [u32; 18] = [
+        199, 1000, 1003, 1005, 1007, 1009, 1014, 1015, 1016, 1021, 1022, 1028, 1115, 1182, 1185,
+        2951, 3807, 143,
+    ];
 }
+
+/// Elements of an array shown; the rest is `…`.
+const MAX_ELEMENTS: usize = 64;
 
 /// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 const PG_EPOCH_DAYS: i64 = 10_957;
@@ -84,6 +96,7 @@ fn binary(v: &[u8], type_oid: u32) -> String {
         oid::INT2 => pg::int2_from_sql(v).ok().map(|n| n.to_string()),
         oid::INT4 => pg::int4_from_sql(v).ok().map(|n| n.to_string()),
         oid::INT8 => pg::int8_from_sql(v).ok().map(|n| n.to_string()),
+        oid::OID => pg::oid_from_sql(v).ok().map(|n| n.to_string()),
         oid::FLOAT4 => pg::float4_from_sql(v).ok().map(|n| n.to_string()),
         oid::FLOAT8 => pg::float8_from_sql(v).ok().map(|n| n.to_string()),
         oid::TEXT
@@ -107,6 +120,7 @@ fn binary(v: &[u8], type_oid: u32) -> String {
         oid::TIMESTAMPTZ => pg::timestamp_from_sql(v)
             .ok()
             .map(|t| format!("'{}+00'", timestamp(t))),
+        t if oid::ARRAYS.contains(&t) => array(v),
         _ => None,
     };
     decoded.unwrap_or_else(|| {
@@ -114,6 +128,57 @@ fn binary(v: &[u8], type_oid: u32) -> String {
         let more = if v.len() > 32 { "…" } else { "" };
         format!("\\x{hex}{more}")
     })
+}
+
+/// A binary array as `{1,2,NULL}` (nested braces per dimension), its elements decoded by their
+/// type; None when it does not parse (cut short).
+fn array(v: &[u8]) -> Option<String> {
+    let array = pg::array_from_sql(v).ok()?;
+    let element = array.element_type();
+    let dims: Vec<usize> = array
+        .dimensions()
+        .map(|d| Ok(usize::try_from(d.len).unwrap_or(0)))
+        .collect()
+        .ok()?;
+    let mut values = array.values();
+    let mut out = String::new();
+    let mut shown = 0;
+    // Writes the sub-array of dimension `level` on, taking its elements from `values`.
+    fn write(
+        out: &mut String,
+        dims: &[usize],
+        values: &mut pg::ArrayValues<'_>,
+        element: u32,
+        shown: &mut usize,
+    ) -> Option<()> {
+        out.push('{');
+        let Some((&len, inner)) = dims.split_first() else {
+            out.push('}');
+            return Some(());
+        };
+        for i in 0..len {
+            if *shown >= MAX_ELEMENTS {
+                out.push('…');
+                break;
+            }
+            if i > 0 {
+                out.push(',');
+            }
+            if inner.is_empty() {
+                *shown += 1;
+                match values.next().ok()?? {
+                    Some(e) => out.push_str(&binary(e, element)),
+                    None => out.push_str("NULL"),
+                }
+            } else {
+                write(out, inner, values, element, shown)?;
+            }
+        }
+        out.push('}');
+        Some(())
+    }
+    write(&mut out, &dims, &mut values, element, &mut shown)?;
+    Some(out)
 }
 
 fn uuid(b: [u8; 16]) -> String {
@@ -179,6 +244,61 @@ fn civil(days: i64) -> (i64, i64, i64) {
 mod tests {
     use super::*;
 
+    /// A binary array of `dims` with elements of type `element` (None: NULL).
+    fn array_bytes(dims: &[i32], element: u32, values: &[Option<&[u8]>]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&(dims.len() as i32).to_be_bytes());
+        b.extend_from_slice(&i32::from(values.iter().any(Option::is_none)).to_be_bytes());
+        b.extend_from_slice(&element.to_be_bytes());
+        for d in dims {
+            b.extend_from_slice(&d.to_be_bytes());
+            b.extend_from_slice(&1i32.to_be_bytes());
+        }
+        for v in values {
+            match v {
+                Some(v) => {
+                    b.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
+                None => b.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn binary_arrays_are_decoded_element_by_element() {
+        let one = 1i32.to_be_bytes();
+        let two = 2i32.to_be_bytes();
+        let ints = array_bytes(&[2], oid::INT4, &[Some(&one), Some(&two)]);
+        assert_eq!(binary(&ints, 1007), "{1,2}");
+        let texts = array_bytes(&[3], oid::TEXT, &[Some(b"a"), None, Some(b"it's")]);
+        assert_eq!(binary(&texts, 1009), "{'a',NULL,'it's'}");
+        let square = array_bytes(
+            &[2, 2],
+            oid::INT4,
+            &[Some(&one), Some(&two), Some(&two), Some(&one)],
+        );
+        assert_eq!(binary(&square, 1007), "{{1,2},{2,1}}");
+        assert_eq!(binary(&array_bytes(&[], oid::INT4, &[]), 1007), "{}");
+        let many: Vec<[u8; 4]> = (0..100i32).map(i32::to_be_bytes).collect();
+        let many: Vec<Option<&[u8]>> = many.iter().map(|v| Some(&v[..])).collect();
+        let shown = binary(&array_bytes(&[100], oid::INT4, &many), 1007);
+        assert!(
+            shown.starts_with("{0,1,2,") && shown.ends_with(",63…}"),
+            "{shown}"
+        );
+        // Cut short by the capture: hex, as any value that does not parse.
+        assert_eq!(
+            binary(&ints[..22], 1007),
+            format!("\\x{}", hex(&ints[..22]))
+        );
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
     #[test]
     fn binary_values_are_decoded_by_type() {
         assert_eq!(binary(&[0, 0, 0, 41], oid::INT4), "41");
@@ -186,6 +306,7 @@ mod tests {
         assert_eq!(binary(&[1], oid::BOOL), "true");
         assert_eq!(binary(&1.5f64.to_be_bytes(), oid::FLOAT8), "1.5");
         assert_eq!(binary(b"n0", oid::TEXT), "'n0'");
+        assert_eq!(binary(&[0, 0, 3, 0xef], oid::OID), "1007");
         assert_eq!(binary(b"\x01{\"a\":1}", oid::JSONB), "'{\"a\":1}'");
         assert_eq!(
             binary(&[0x12; 16], oid::UUID),
