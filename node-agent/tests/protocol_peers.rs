@@ -1947,6 +1947,7 @@ except Exception as e:
     print("error", e.errno)
 cur.execute("SELECT CAST(? AS SIGNED) * 2", (21,))
 print(cur.fetchall())
+cur.execute("UPDATE u SET name = ? WHERE id = ?", ("SEVEN", 7))
 cur.close()
 con.close()
 "#;
@@ -2011,7 +2012,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
     );
     assert_eq!(out, "[(7, 'seven')]\nerror 1146\n[(42,)]\n");
 
-    let (server_want, client_want) = (7 + 17, 17);
+    let (server_want, client_want) = (7 + 20, 20);
     let (mysql, stats) = wait_for_events_and_closed_stats(
         &store,
         "mysql_events",
@@ -2169,6 +2170,24 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
                 "Resultset rows = 1",
                 "1",
             ),
+            ok(
+                role,
+                "COM_STMT_PREPARE",
+                "UPDATE u SET name = ? WHERE id = ?",
+                "statement 6: 2 params, 0 columns",
+            ),
+            ok(role, "COM_STMT_RESET", "null", "affected rows: 0"),
+            // The driver asks for no session tracking; the server prefixes the info with its
+            // length all the same.
+            row(
+                role,
+                "COM_STMT_EXECUTE",
+                "UPDATE u SET name = ? WHERE id = ?",
+                "'SEVEN', 7",
+                "OK",
+                "Rows matched: 1  Changed: 1  Warnings: 0",
+                "0",
+            ),
             row(role, "COM_QUIT", "null", "null", "NONE", "null", "null"),
         ]
     };
@@ -2227,7 +2246,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
             series,
             &["db_system_name=\"mysql\"", "db_operation_name=\"PREPARE\""]
         ),
-        5 * 2,
+        6 * 2,
         "{metrics}"
     );
 }

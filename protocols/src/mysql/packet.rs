@@ -13,7 +13,6 @@ pub(super) const CONTINUED: u32 = 0xff_ffff;
 /// Capability flags read from the client's handshake response.
 pub(super) const CLIENT_SSL: u32 = 0x800;
 pub(super) const CLIENT_DEPRECATE_EOF: u32 = 1 << 24;
-pub(super) const CLIENT_SESSION_TRACK: u32 = 1 << 23;
 
 /// Status flag: another result set follows this one.
 const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
@@ -144,21 +143,21 @@ pub(super) struct Ok {
     pub info: String,
 }
 
-/// `session_track`: the client has CLIENT_SESSION_TRACK (info is then length-prefixed); None when
-/// the handshake was not seen (a length prefix that fits is then taken as one).
-pub(super) fn ok(payload: &[u8], session_track: Option<bool>) -> Option<Ok> {
+/// The info text is length-prefixed: the protocol documents it as the rest of the packet for
+/// clients without CLIENT_SESSION_TRACK, but the server prefixes it with its length either way
+/// (MariaDB to PyMySQL, which does not ask for session tracking: `&Records: 2 …`, `&` being 38).
+/// A prefix that does not fit the packet is taken as text.
+pub(super) fn ok(payload: &[u8]) -> Option<Ok> {
     let mut c = payload.get(1..)?;
     let affected_rows = lenenc(&mut c)?;
     let _last_insert_id = lenenc(&mut c)?;
     let status = le_u16(c, 0)?;
     let mut rest = c.get(4..).unwrap_or_default();
-    if session_track != Some(false) {
-        let mut peek = rest;
-        if let Some(n) = lenenc(&mut peek).and_then(|n| usize::try_from(n).ok())
-            && n <= peek.len()
-        {
-            rest = &peek[..n];
-        }
+    let mut peek = rest;
+    if let Some(n) = lenenc(&mut peek).and_then(|n| usize::try_from(n).ok())
+        && n <= peek.len()
+    {
+        rest = &peek[..n];
     }
     let info = String::from_utf8_lossy(rest);
     Some(Ok {
@@ -200,7 +199,7 @@ pub(super) fn terminal_more_results(payload: &[u8]) -> bool {
     if is_eof(payload) {
         le_u16(payload, 3).is_some_and(|s| s & SERVER_MORE_RESULTS_EXISTS != 0)
     } else {
-        ok(payload, None).is_some_and(|o| o.more_results)
+        ok(payload).is_some_and(|o| o.more_results)
     }
 }
 

@@ -89,8 +89,6 @@ pub(super) struct Stitcher {
     commands_at_loss: u64,
     /// The client asked for CLIENT_DEPRECATE_EOF (None: handshake not seen).
     deprecate_eof: Option<bool>,
-    /// The client asked for CLIENT_SESSION_TRACK (None: handshake not seen).
-    session_track: Option<bool>,
     redact: bool,
     text_cap: usize,
 }
@@ -105,7 +103,6 @@ impl Stitcher {
             commands: 0,
             commands_at_loss: 0,
             deprecate_eof: None,
-            session_track: None,
             redact: config.redact,
             text_cap: config.max_body_bytes,
         }
@@ -113,7 +110,6 @@ impl Stitcher {
 
     pub fn set_capabilities(&mut self, caps: u32) {
         self.deprecate_eof = Some(caps & packet::CLIENT_DEPRECATE_EOF != 0);
-        self.session_track = Some(caps & packet::CLIENT_SESSION_TRACK != 0);
     }
 
     /// A command packet (sequence id 0), payload cut to what was kept.
@@ -247,8 +243,7 @@ impl Stitcher {
             (Shape::Single, _) => {
                 self.progress.status = Some("OK");
                 if first == 0x00 {
-                    self.progress.body =
-                        packet::ok(payload, self.session_track).map(|o| ok_text(&o));
+                    self.progress.body = packet::ok(payload).map(|o| ok_text(&o));
                 } else if cmd == Command::STATISTICS {
                     self.progress.body = Some(String::from_utf8_lossy(payload).into_owned());
                 }
@@ -262,7 +257,7 @@ impl Stitcher {
             }
             (Shape::ResultSet, Phase::Start) => {
                 if first == 0x00 {
-                    let ok = packet::ok(payload, self.session_track);
+                    let ok = packet::ok(payload);
                     let more = ok.as_ref().is_some_and(|o| o.more_results);
                     self.progress.status = Some("OK");
                     self.progress.body = ok.map(|o| ok_text(&o));

@@ -142,6 +142,34 @@ fn a_value_bound_to_a_password_column_is_redacted_when_executed() {
 }
 
 #[test]
+fn the_info_of_an_ok_is_read_without_its_length_prefix_whatever_the_client_asked() {
+    // PyMySQL's handshake response: CLIENT_PROTOCOL_41 and others, no CLIENT_SESSION_TRACK.
+    let mut response = 0x000f_a28fu32.to_le_bytes().to_vec();
+    response.resize(40, 0);
+    let info = b"Records: 2  Duplicates: 0  Warnings: 0";
+    let mut ok = b"\x00\x02\x00\x02\x00\x00\x00".to_vec();
+    ok.push(info.len() as u8);
+    ok.extend_from_slice(info);
+    let out = run(
+        &mut client(),
+        &[
+            (Direction::Egress, 1, pkt(1, &response)),
+            (
+                Direction::Egress,
+                2,
+                pkt(0, b"\x03INSERT INTO t VALUES (1),(2)"),
+            ),
+            (Direction::Ingress, 3, pkt(1, &ok)),
+        ],
+    );
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        out[0].fields[4],
+        Field::String("Records: 2  Duplicates: 0  Warnings: 0".into())
+    );
+}
+
+#[test]
 fn an_ssl_request_stops_parsing() {
     let mut ssl = 0x0000_0a00u32.to_le_bytes().to_vec(); // CLIENT_SSL | CLIENT_PROTOCOL_41
     ssl.resize(32, 0);
