@@ -2644,6 +2644,119 @@ fn assert_answered_clients(rows: &[Row], metrics: &str, want: usize) {
     );
 }
 
+/// MariaDB's Connector/J with server-side prepared statements sends a statement's execute right
+/// behind its prepare, naming it -1 ("the statement prepared last") before the prepare is
+/// answered, and a batch as one COM_STMT_BULK_EXECUTE carrying every row's values: each is shown
+/// with its statement and values, the passwords among them redacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connector_j_s_pipelined_executes_and_bulk_batches_show_their_statements_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = init_mariadb(dir.path());
+    let port = free_port();
+    let _server = start_mariadb(dir.path(), &data, port);
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/connectorj");
+    let jar = peer_jar("mariadb-java-client-3.5.7.jar");
+    run_ok(
+        Command::new(which("javac"))
+            .arg("-d")
+            .arg(dir.path())
+            .arg(fixture.join("ConnectorJ.java")),
+    );
+    let cgroup = TestCgroup::new("connector-j");
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Mysql]);
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(which("java"))
+            .arg("-cp")
+            .arg(format!("{}:{}", jar.display(), dir.path().display()))
+            .arg("ConnectorJ")
+            .arg(port.to_string()),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "batch 3\nupdated 1\n");
+    let statements = |rows: &[Row]| {
+        rows.iter()
+            .filter(|r| text(r, "req_cmd").starts_with("COM_STMT_"))
+            .count()
+    };
+    let rows = wait_for_rows(&store, "mysql_events", |r| statements(r) >= 4).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+
+    let insert = "INSERT INTO accounts (id, email, password) VALUES (?, ?, ?)";
+    let update = "UPDATE accounts SET password = ? WHERE id = ?";
+    let got: Vec<Vec<String>> = pick(
+        &rows,
+        &["req_cmd", "req_body", "params", "resp_status", "resp_body"],
+    )
+    .into_iter()
+    .filter(|r| r[0].starts_with("COM_STMT_"))
+    .collect();
+    let row = |cmd: &str, body: &str, params: &str, resp: &str| {
+        [cmd, body, params, "OK", resp].map(str::to_owned).to_vec()
+    };
+    assert_eq!(
+        got,
+        [
+            row(
+                "COM_STMT_PREPARE",
+                insert,
+                "null",
+                "statement 1: 3 params, 0 columns"
+            ),
+            row(
+                "COM_STMT_BULK_EXECUTE",
+                insert,
+                "(1, 'u1@example.com', <redacted>), (2, 'u2@example.com', <redacted>), \
+                 (3, 'u3@example.com', <redacted>)",
+                "Records: 3  Duplicates: 0  Warnings: 0"
+            ),
+            row(
+                "COM_STMT_PREPARE",
+                update,
+                "null",
+                "statement 2: 2 params, 0 columns"
+            ),
+            row(
+                "COM_STMT_EXECUTE",
+                update,
+                "<redacted>, 2",
+                "Rows matched: 1  Changed: 1  Warnings: 0"
+            ),
+        ],
+        "{rows:?}"
+    );
+    assert_no_secret(&rows, "hunter2-j");
+    assert_answered_clients(
+        &rows
+            .iter()
+            .filter(|r| text(r, "req_cmd") != "COM_QUIT")
+            .cloned()
+            .collect::<Vec<_>>(),
+        &metrics,
+        rows.iter()
+            .filter(|r| text(r, "req_cmd") != "COM_QUIT")
+            .count(),
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "db_client_operation_duration_seconds_count",
+            &["db_operation_name=\"INSERT\""]
+        ),
+        1,
+        "{metrics}"
+    );
+}
+
 /// mysql2 reads 64 KiB per syscall too. A result set's rows carry no count at its end, so a cut
 /// one has its answer and latency from the EOF in the last read's tail, its row count unknown.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

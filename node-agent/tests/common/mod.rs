@@ -364,6 +364,14 @@ pub fn peer_node_modules() -> PathBuf {
     )
 }
 
+/// The jar of a Java test client's driver (`mariadb-java-client-3.5.7.jar`).
+pub fn peer_jar(name: &str) -> PathBuf {
+    peer_cache_path(
+        &format!("jars/{name}"),
+        "it downloads the drivers' jars there",
+    )
+}
+
 /// `path` under the cache `scripts/setup peers` fills; `what` says what it puts there.
 fn peer_cache_path(path: &str, what: &str) -> PathBuf {
     let cache = std::env::var_os("SONDE_CACHE")

@@ -73,6 +73,8 @@ impl Command {
     pub const STMT_SEND_LONG_DATA: u8 = 0x18;
     pub const STMT_CLOSE: u8 = 0x19;
     pub const STMT_FETCH: u8 = 0x1c;
+    /// MariaDB's batch: many rows of parameters for one statement.
+    pub const STMT_BULK_EXECUTE: u8 = 0xfa;
 
     pub fn name(cmd: u8) -> Option<&'static str> {
         Some(match cmd {
@@ -100,6 +102,7 @@ impl Command {
             0x1b => "COM_SET_OPTION",
             0x1c => "COM_STMT_FETCH",
             0x1f => "COM_RESET_CONNECTION",
+            0xfa => "COM_STMT_BULK_EXECUTE",
             _ => return None,
         })
     }
@@ -280,6 +283,77 @@ pub(super) fn execute_params(
         });
     }
     Some(out.join(", "))
+}
+
+/// Bulk flag: the parameters' types follow the flags.
+const BULK_SEND_TYPES: u16 = 128;
+
+/// The rows of a COM_STMT_BULK_EXECUTE payload (MariaDB) rendered as text, `(1, 'a'), (2, NULL)`,
+/// the parameters numbered in `secret` (from 1) as `<redacted>`, until `cap` bytes or the end of
+/// what was kept (then `…`). `types` as for [`execute_params`].
+pub(super) fn bulk_params(
+    payload: &[u8],
+    count: u16,
+    types: &mut Vec<(u8, bool)>,
+    secret: &[u32],
+    cap: usize,
+) -> Option<String> {
+    let n = usize::from(count);
+    if n == 0 {
+        return None;
+    }
+    let flags = le_u16(payload, 5)?;
+    let mut c = payload.get(7..)?;
+    if flags & BULK_SEND_TYPES != 0 {
+        types.clear();
+        for _ in 0..n {
+            let t = c.get(..2)?;
+            types.push((t[0], t[1] & 0x80 != 0));
+            c = &c[2..];
+        }
+    }
+    let mut out = String::new();
+    'rows: while !c.is_empty() {
+        if out.len() >= cap {
+            out.push_str(", …");
+            break;
+        }
+        let mut row = Vec::with_capacity(n);
+        for i in 0..n {
+            let Some((&indicator, rest)) = c.split_first() else {
+                break 'rows;
+            };
+            c = rest;
+            let value = match indicator {
+                0 => {
+                    let (ty, unsigned) = *types.get(i)?;
+                    let Some(v) = binary_value(&mut c, ty, unsigned) else {
+                        break 'rows;
+                    };
+                    v
+                }
+                1 => "NULL".to_string(),
+                2 => "DEFAULT".to_string(),
+                _ => "IGNORE".to_string(),
+            };
+            row.push(if indicator == 0 && secret.contains(&(i as u32 + 1)) {
+                crate::REDACTED.to_string()
+            } else {
+                value
+            });
+        }
+        if !out.is_empty() {
+            out.push_str(", ");
+        }
+        out.push('(');
+        out.push_str(&row.join(", "));
+        out.push(')');
+    }
+    if !c.is_empty() && !out.ends_with('…') {
+        // Cut short inside a row.
+        out.push_str(if out.is_empty() { "…" } else { ", …" });
+    }
+    Some(out)
 }
 
 fn binary_value(c: &mut &[u8], ty: u8, unsigned: bool) -> Option<String> {

@@ -4,7 +4,10 @@
 //! sequence id 1 on, whose shape depends on the command: one OK/ERR packet, a result set (column
 //! count, column definitions, optional EOF, rows, EOF or OK; possibly several), or a prepare answer
 //! (OK with counts, parameter and column definitions each with an optional EOF). COM_QUIT,
-//! COM_STMT_CLOSE and COM_STMT_SEND_LONG_DATA get no response.
+//! COM_STMT_CLOSE and COM_STMT_SEND_LONG_DATA get no response. MariaDB's Connector/J sends a
+//! COM_STMT_EXECUTE or COM_STMT_BULK_EXECUTE (a batch: many rows of parameters) right after its
+//! COM_STMT_PREPARE, before the answer, naming the statement -1 ("the one prepared last"): such
+//! a command waits in the queue for that answer to learn its statement.
 use std::collections::{HashMap, VecDeque};
 
 use super::packet::{self, Command};
@@ -15,6 +18,8 @@ use crate::{Field, ParseConfig, REDACTED, Record, Red};
 const MAX_STATEMENTS: usize = 256;
 /// Commands awaiting a response (clients rarely pipeline).
 const MAX_PENDING: usize = 256;
+/// The statement id MariaDB takes for "the statement prepared last on this connection".
+const LAST_PREPARED: u32 = u32::MAX;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Shape {
@@ -58,6 +63,9 @@ struct Pending {
     shape: Shape,
     /// Prepare: the statement, remembered under the id the OK gives.
     prepared: Option<Statement>,
+    /// An execute of the statement being prepared (id -1): its payload, read once the
+    /// statement's id is known.
+    deferred: Option<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -83,6 +91,8 @@ pub(super) struct Stitcher {
     pending: VecDeque<Pending>,
     progress: Progress,
     statements: HashMap<u32, Statement>,
+    /// The id of the statement prepared last (what MariaDB's id -1 names).
+    last_prepared: Option<u32>,
     orphans: Vec<Pending>,
     /// Commands sent so far, and how many had been when the server's stream was last lost.
     commands: u64,
@@ -99,6 +109,7 @@ impl Stitcher {
             pending: VecDeque::new(),
             progress: Progress::default(),
             statements: HashMap::new(),
+            last_prepared: None,
             orphans: Vec::new(),
             commands: 0,
             commands_at_loss: 0,
@@ -129,6 +140,7 @@ impl Stitcher {
             operation: sql::OTHER,
             shape: Shape::Single,
             prepared: None,
+            deferred: None,
         };
         match cmd {
             Command::QUERY => {
@@ -151,24 +163,25 @@ impl Stitcher {
                 p.body = Some(t);
                 p.shape = Shape::Prepare;
             }
-            Command::STMT_EXECUTE | Command::STMT_FETCH => {
-                let id = packet::le_u32(body, 0);
-                if let Some(st) = id.and_then(|id| self.statements.get_mut(&id)) {
-                    p.operation = sql::operation(&st.text);
-                    p.body = Some(st.text.clone());
-                    if cmd == Command::STMT_EXECUTE {
-                        p.params = packet::execute_params(
-                            payload,
-                            st.params,
-                            &mut st.types,
-                            &st.secret_params,
-                        )
-                        .map(|s| crate::cut(s, self.text_cap));
-                    }
-                } else {
-                    p.body = id.map(|id| format!("statement {id}"));
-                }
+            Command::STMT_EXECUTE | Command::STMT_FETCH | Command::STMT_BULK_EXECUTE => {
                 p.shape = Shape::ResultSet;
+                let id = match packet::le_u32(body, 0) {
+                    // Sent before the answer to its prepare: read when that comes.
+                    Some(LAST_PREPARED) if self.pending.iter().any(|q| q.prepared.is_some()) => {
+                        p.body = Some("the statement prepared last".into());
+                        p.deferred = Some(payload.to_vec());
+                        None
+                    }
+                    Some(LAST_PREPARED) => self.last_prepared,
+                    id => id,
+                };
+                match id.and_then(|id| self.statements.get_mut(&id)) {
+                    Some(st) => executed(&mut p, payload, st, self.text_cap),
+                    None if p.deferred.is_none() => {
+                        p.body = id.map(|id| format!("statement {id}"));
+                    }
+                    None => {}
+                }
             }
             Command::INIT_DB => p.body = Some(text()),
             Command::FIELD_LIST => {
@@ -289,7 +302,17 @@ impl Stitcher {
                         self.statements.clear();
                     }
                     statement.params = ok.params;
+                    // The executes sent after this prepare, before its answer, run it.
+                    for p in self.pending.iter_mut().skip(1) {
+                        if p.cmd == Command::STMT_PREPARE {
+                            break;
+                        }
+                        if let Some(payload) = p.deferred.take() {
+                            executed(p, &payload, &mut statement, self.text_cap);
+                        }
+                    }
                     self.statements.insert(ok.statement_id, statement);
+                    self.last_prepared = Some(ok.statement_id);
                 }
                 self.progress.body = Some(format!(
                     "statement {}: {} params, {} columns",
@@ -446,6 +469,23 @@ fn ok_text(ok: &packet::Ok) -> String {
     } else {
         ok.info.clone()
     }
+}
+
+/// `p` runs `st`: its text, operation and, for an execute, its parameters (`payload`: the
+/// command's, cut to what was kept).
+fn executed(p: &mut Pending, payload: &[u8], st: &mut Statement, cap: usize) {
+    p.operation = sql::operation(&st.text);
+    p.body = Some(st.text.clone());
+    p.params = match p.cmd {
+        Command::STMT_EXECUTE => {
+            packet::execute_params(payload, st.params, &mut st.types, &st.secret_params)
+        }
+        Command::STMT_BULK_EXECUTE => {
+            packet::bulk_params(payload, st.params, &mut st.types, &st.secret_params, cap)
+        }
+        _ => None,
+    }
+    .map(|s| crate::cut(s, cap));
 }
 
 fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static str>) -> Record {

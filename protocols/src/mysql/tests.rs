@@ -169,6 +169,100 @@ fn the_info_of_an_ok_is_read_without_its_length_prefix_whatever_the_client_asked
     );
 }
 
+/// What MariaDB's Connector/J sends for a prepared statement run once and for a batch: the
+/// prepare and, before its answer, the execute of statement -1 (the one prepared last).
+#[test]
+fn executes_of_the_statement_prepared_last_are_read_once_its_prepare_is_answered() {
+    let mut p = client();
+    let param = b"\x03def\x00\x00\x00\x01?\x00\x0c\x3f\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00";
+    let prepare_ok = |id: u8| {
+        [
+            pkt(1, &[0, id, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]),
+            pkt(2, param),
+            pkt(3, param),
+        ]
+        .concat()
+    };
+    // Execute -1: 1 iteration, null bitmap 0, types VAR_STRING and LONG; 'pw', 7.
+    let execute = pkt(
+        0,
+        b"\x17\xff\xff\xff\xff\x00\x01\x00\x00\x00\x00\x01\xfd\x00\x03\x00\x02pw\x07\x00\x00\x00",
+    );
+    // Bulk -1, types sent (VAR_STRING, LONG); rows ('a', 1), (NULL, 2), ('c', 3).
+    let bulk = pkt(0, b"\xfa\xff\xff\xff\xff\x80\x00\xfd\x00\x03\x00\x00\x01a\x00\x01\x00\x00\x00\x01\x00\x02\x00\x00\x00\x00\x01c\x00\x03\x00\x00\x00");
+    let out = run(
+        &mut p,
+        &[
+            (
+                Direction::Egress,
+                1,
+                [
+                    pkt(0, b"\x16UPDATE users SET password = ? WHERE id = ?"),
+                    execute,
+                ]
+                .concat(),
+            ),
+            (Direction::Ingress, 2, [prepare_ok(3), pkt(1, OK)].concat()),
+            (
+                Direction::Egress,
+                3,
+                [
+                    pkt(0, b"\x16INSERT INTO t (secret, id) VALUES (?, ?)"),
+                    bulk.clone(),
+                ]
+                .concat(),
+            ),
+            (Direction::Ingress, 4, [prepare_ok(4), pkt(1, OK)].concat()),
+        ],
+    );
+    let shown: Vec<_> = out.iter().map(|r| r.fields[..3].to_vec()).collect();
+    let s = |v: &str| Field::String(v.into());
+    assert_eq!(
+        shown,
+        [
+            vec![
+                s("COM_STMT_PREPARE"),
+                s("UPDATE users SET password = ? WHERE id = ?"),
+                Field::Null
+            ],
+            vec![
+                s("COM_STMT_EXECUTE"),
+                s("UPDATE users SET password = ? WHERE id = ?"),
+                s("<redacted>, 7")
+            ],
+            vec![
+                s("COM_STMT_PREPARE"),
+                s("INSERT INTO t (secret, id) VALUES (?, ?)"),
+                Field::Null
+            ],
+            vec![
+                s("COM_STMT_BULK_EXECUTE"),
+                s("INSERT INTO t (secret, id) VALUES (?, ?)"),
+                s("(<redacted>, 1), (NULL, 2), (<redacted>, 3)")
+            ],
+        ]
+    );
+    assert_eq!(
+        out[3].red,
+        Red::Db {
+            system: "mysql",
+            operation: "INSERT"
+        }
+    );
+    // Once answered, -1 names the statement prepared last without waiting.
+    let again = run(
+        &mut p,
+        &[
+            (Direction::Egress, 5, pkt(0, &bulk[4..])),
+            (Direction::Ingress, 6, pkt(1, OK)),
+        ],
+    );
+    assert_eq!(
+        again[0].fields[1],
+        s("INSERT INTO t (secret, id) VALUES (?, ?)")
+    );
+}
+
 #[test]
 fn an_ssl_request_stops_parsing() {
     let mut ssl = 0x0000_0a00u32.to_le_bytes().to_vec(); // CLIENT_SSL | CLIENT_PROTOCOL_41
