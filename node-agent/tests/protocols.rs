@@ -320,6 +320,52 @@ fn trace_python(pid: u32) -> Traced {
     )
 }
 
+/// A client connected before it was selected — as a program does that connects within the
+/// millisecond the agent takes to select it after its exec — whose first bytes come once it is
+/// traced, and which exits right after its answer: the kernel asks the agent about the fd it did
+/// not see opened and wakes it, so the fd is looked at before the process is gone (a look after it
+/// was gone took the fd for no socket, and the request went without a row).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_selected_after_it_connected_and_gone_at_once_still_gets_its_row() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_nginx, _worker) = start_hello_nginx(dir.path(), port);
+    let script = format!(
+        "import socket, sys, time\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         print('connected', flush=True)\n\
+         sys.stdin.readline()\n\
+         s.sendall(b'GET /hello HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         while s.recv(4096): pass\n\
+         time.sleep(0.02)\n"
+    );
+    let mut client = python_piped(&["-c", &script]);
+    let mut stdout = BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    let Traced {
+        store, probe: p, ..
+    } = trace_python(client.id());
+    // The capture thread's timed drains come further apart while it finds nothing (250 ms, then
+    // 500, 1,000): told now, the client is gone long before the next one.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    client.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(client.wait().unwrap().success());
+    let rows = wait_for_rows(&store, "http_events", |r| !r.is_empty()).await;
+    p.stop().await;
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    let row = &rows[0];
+    assert_eq!(
+        ["trace_role", "req_method", "req_path"].map(|c| text(row, c)),
+        ["client", "GET", "/hello"],
+        "{row:?}"
+    );
+    assert_eq!(row["resp_status"], Value::Int64(200), "{row:?}");
+    assert_eq!(row["remote_port"], Value::Int64(i64::from(port)), "{row:?}");
+}
+
 /// The Python server of `fixtures/protocols/awkward_answers.py` on `port`, once it listens.
 fn start_awkward_server(port: u16) -> Server {
     let script =

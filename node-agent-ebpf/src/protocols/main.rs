@@ -271,7 +271,8 @@ fn send_bytes(bytes: &[u8]) -> Result<(), i32> {
 /// the kernel does not report its local address (TCP connects get theirs from
 /// `conn_sock_set_state`, others from [`socket_addresses`] — unless the kernel has no BTF): user
 /// space then reads it from the fd, and a short-lived client (a CLI, a health check) may close it
-/// long before the next timed drain. Servers' come from their listener.
+/// long before the next timed drain. Servers' come from their listener. The classify event of an
+/// fd not seen opened wakes it the same way.
 const OPEN_WAKE_GAP_NS: u64 = 10_000_000;
 
 /// When a client open event last woke the agent (one slot; a race between CPUs costs at most an
@@ -279,9 +280,9 @@ const OPEN_WAKE_GAP_NS: u64 = 10_000_000;
 #[map]
 static CONN_OPEN_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Writes the open event of a client connection whose local address only its fd tells, waking
-/// the agent unless one did less than [`OPEN_WAKE_GAP_NS`] ago (the agent then drains again that
-/// soon).
+/// Writes an event user space must act on by looking at the fd (the open of a client connection
+/// whose local address only its fd tells, a classify event), waking the agent unless one did less
+/// than [`OPEN_WAKE_GAP_NS`] ago (the agent then drains again that soon).
 #[inline(always)]
 fn send_open_now<T>(event: &T, now: u64) -> Result<(), i32> {
     let mut flags = wakeup(core::mem::size_of::<T>());
@@ -1365,7 +1366,9 @@ fn unknown_fd(id: u64, key: ConnKey) {
     let event = ClassifyEvent {
         header: header(EVENT_CLASSIFY, id, key.fd, now, now),
     };
-    if send::<ClassifyEvent>(&event).is_err() {
+    // User space looks at the fd through the process: a process selected just after it connected
+    // (an exec the agent learns of a millisecond late) may exit long before the next timed drain.
+    if send_open_now::<ClassifyEvent>(&event, now).is_err() {
         count_drop(DROP_RING_FULL);
         // Without the event nobody would ever classify the fd: forget it so the next I/O asks again.
         let _ = CONN_CONNS.remove(&key);

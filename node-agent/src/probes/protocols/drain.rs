@@ -36,10 +36,10 @@ const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// second (this and the tick) instead of five times. The first row after a quiet spell may take
 /// this long to appear. (Each wake-up costs ~0.1 ms of CPU on this project's VMs.)
 const DRAIN_IDLE_EVERY: Duration = Duration::from_secs(1);
-/// After a drain that saw a client connection open whose local address the kernel does not
-/// report (UDP), the next drain comes this soon: the kernel wakes the agent for such an open at
-/// most this often (`OPEN_WAKE_GAP_NS` on the kernel side), and a short-lived client's fd must be
-/// looked at before it closes.
+/// After a drain that saw an fd to look at through its process (a client connection whose local
+/// address the kernel does not report, an fd not seen opened), the next drain comes this soon: the
+/// kernel wakes the agent for one at most this often (`OPEN_WAKE_GAP_NS` on the kernel side), and
+/// a short-lived process's fd must be looked at before it closes.
 const CLIENT_FOLLOW_UP: Duration = Duration::from_millis(10);
 /// The thread's name, as `ps -L` and `/proc/<pid>/task/*/comm` show it.
 pub const THREAD_NAME: &str = "sonde-capture";
@@ -107,12 +107,12 @@ fn next_wait(wait: Duration, handled: usize) -> Duration {
 
 /// The drain timer's delay after a drain that handled `handled` records, `wait` being its
 /// interval: a full batch means more records wait, drained on the loop's next turn (after the
-/// other branches had their chance) rather than an interval later; after a client connection
-/// opened, [`CLIENT_FOLLOW_UP`].
-fn next_delay(wait: Duration, handled: usize, client_opened: bool) -> Duration {
+/// other branches had their chance) rather than an interval later; after an fd to look at,
+/// [`CLIENT_FOLLOW_UP`].
+fn next_delay(wait: Duration, handled: usize, look_due: bool) -> Duration {
     if handled >= BATCH {
         Duration::ZERO
-    } else if client_opened {
+    } else if look_due {
         wait.min(CLIENT_FOLLOW_UP)
     } else {
         wait
@@ -143,7 +143,7 @@ async fn event_loop(mut tracker: Tracker, ring: RingBuf<MapData>, cancel: Cancel
             () = &mut drain_timer => {
                 let handled = drain(ring.get_mut(), &mut tracker);
                 wait = next_wait(wait, handled);
-                let delay = next_delay(wait, handled, tracker.take_client_opened());
+                let delay = next_delay(wait, handled, tracker.take_look_due());
                 drain_timer.as_mut().reset(Instant::now() + delay);
             }
             guard = ring.readable_mut() => {
@@ -152,10 +152,10 @@ async fn event_loop(mut tracker: Tracker, ring: RingBuf<MapData>, cancel: Cancel
                 if handled < BATCH {
                     guard.clear_ready();
                 }
-                let client_opened = tracker.take_client_opened();
-                if wait > DRAIN_EVERY || client_opened {
+                let look_due = tracker.take_look_due();
+                if wait > DRAIN_EVERY || look_due {
                     wait = wait.min(DRAIN_EVERY);
-                    let delay = next_delay(wait, handled, client_opened);
+                    let delay = next_delay(wait, handled, look_due);
                     drain_timer.as_mut().reset(Instant::now() + delay);
                 }
             }

@@ -133,8 +133,8 @@ pub struct Tracker {
     conn_stats_every: Duration,
     /// Monotonic ns of the last periodic conn_stats pass.
     last_stats_ns: u64,
-    /// A client connection opened since [`Tracker::take_client_opened`] last asked.
-    client_opened: bool,
+    /// An fd to look at through its process came since [`Tracker::take_look_due`] last asked.
+    look_due: bool,
     /// Local addresses the kernel reported for TCP connects whose open event is still to come
     /// (a blocking connect is established before it returns).
     locals: HashMap<ConnKey, std::net::SocketAddr>,
@@ -169,17 +169,18 @@ impl Tracker {
             inherited: HashMap::new(),
             conn_stats_every,
             last_stats_ns: Clock::monotonic_now(),
-            client_opened: false,
+            look_due: false,
             locals: HashMap::new(),
             forked_routes: HashMap::new(),
         }
     }
 
-    /// Whether a client connection whose local address the kernel did not report (no BTF) opened
-    /// since the last call: the kernel wakes the agent for one at most every 10 ms, so the drain
-    /// loop looks again that soon for the ones it let wait.
-    pub fn take_client_opened(&mut self) -> bool {
-        std::mem::take(&mut self.client_opened)
+    /// Whether an fd that has to be looked at through its process came since the last call (a
+    /// client connection whose local address the kernel did not report, an fd not seen opened):
+    /// the kernel wakes the agent for one at most every 10 ms, so the drain loop looks again that
+    /// soon for the ones it let wait.
+    pub fn take_look_due(&mut self) -> bool {
+        std::mem::take(&mut self.look_due)
     }
 
     /// Connections currently tracked.
@@ -296,7 +297,7 @@ impl Tracker {
         let local_reported = ev.flags & OPEN_LOCAL_REPORTED != 0;
         let socket_read = ev.flags & OPEN_SOCKET_READ != 0;
         // A connection whose local address the kernel reports needs no early look at its fd.
-        self.client_opened |= ev.role == ROLE_CLIENT && !local_reported && !socket_read;
+        self.look_due |= ev.role == ROLE_CLIENT && !local_reported && !socket_read;
         conn.role = match ev.role {
             ROLE_CLIENT => Some(Role::Client),
             ROLE_SERVER => Some(Role::Server),
@@ -372,6 +373,7 @@ impl Tracker {
             .get_mut(&h.tgid)
             .and_then(|fds| fds.remove(&h.fd));
         self.metrics.fd_lookups.inc();
+        self.look_due = true;
         let inspected = sockets::inspect(h.tgid, h.fd);
         // Checked after the look: the kernel drops the entry when the fd is closed, so an entry of
         // this generation means the look saw the fd the kernel asked about.
