@@ -242,7 +242,7 @@ pub(super) fn prepare_ok(payload: &[u8]) -> Option<PrepareOk> {
 }
 
 /// Parameters of a COM_STMT_EXECUTE payload rendered as text (`7, 'seven', NULL`), those numbered
-/// in `secret` (from 1) as `<redacted>`.
+/// in `secret` (from 1, ascending) as `<redacted>`.
 /// `types` are the statement's parameter types from an earlier execute; updated when the packet
 /// carries new ones. None when the packet is cut short before the values.
 pub(super) fn execute_params(
@@ -276,7 +276,7 @@ pub(super) fn execute_params(
         }
         let (ty, unsigned) = *types.get(i)?;
         let value = binary_value(&mut c, ty, unsigned)?;
-        out.push(if secret.contains(&(i as u32 + 1)) {
+        out.push(if secret.binary_search(&(i as u32 + 1)).is_ok() {
             crate::REDACTED.to_string()
         } else {
             value
@@ -336,11 +336,13 @@ pub(super) fn bulk_params(
                 2 => "DEFAULT".to_string(),
                 _ => "IGNORE".to_string(),
             };
-            row.push(if indicator == 0 && secret.contains(&(i as u32 + 1)) {
-                crate::REDACTED.to_string()
-            } else {
-                value
-            });
+            row.push(
+                if indicator == 0 && secret.binary_search(&(i as u32 + 1)).is_ok() {
+                    crate::REDACTED.to_string()
+                } else {
+                    value
+                },
+            );
         }
         if !out.is_empty() {
             out.push_str(", ");

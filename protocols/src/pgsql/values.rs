@@ -46,8 +46,8 @@ const MAX_ELEMENTS: usize = 64;
 const PG_EPOCH_DAYS: i64 = 10_957;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
-/// `$1='7', $2=NULL, $3=42`, at most `cap` bytes; the parameters numbered in `secret` as
-/// `<redacted>`; `truncated`: parameters beyond these were not kept.
+/// `$1='7', $2=NULL, $3=42`, at most `cap` bytes; the parameters numbered in `secret` (ascending)
+/// as `<redacted>`; `truncated`: parameters beyond these were not kept.
 pub(super) fn render_params(
     params: &[Option<Vec<u8>>],
     formats: &[i16],
@@ -69,7 +69,7 @@ pub(super) fn render_params(
         };
         let rendered = match value {
             None => "NULL".to_string(),
-            Some(_) if secret.contains(&(i as u32 + 1)) => crate::REDACTED.to_string(),
+            Some(_) if secret.binary_search(&(i as u32 + 1)).is_ok() => crate::REDACTED.to_string(),
             Some(v) if format == 0 => quoted(v),
             Some(v) => binary(v, types.get(i).copied().unwrap_or(0)),
         };

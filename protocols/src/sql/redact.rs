@@ -219,11 +219,11 @@ impl<'a> Scanner<'a> {
 
     /// A placeholder, numbered `n`.
     fn placeholder(&mut self, n: u32) {
-        if self.secret_here() && self.params.last() != Some(&n) {
-            self.params.push(n);
-            // `$n` may come twice, and out of order.
-            self.params.sort_unstable();
-            self.params.dedup();
+        // `$n` may come twice, and out of order; `?`s come in order (a push).
+        if self.secret_here()
+            && let Err(at) = self.params.binary_search(&n)
+        {
+            self.params.insert(at, n);
         }
         self.expect.secret = false;
     }

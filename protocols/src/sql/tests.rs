@@ -280,3 +280,16 @@ fn statements_binding_nothing_secret_name_no_placeholder() {
         "SELECT REPLACE(name, 'a', 'b') FROM t"
     );
 }
+
+#[test]
+fn every_row_of_a_long_multi_row_insert_has_its_secret_placeholder_named() {
+    let rows: Vec<String> = (0..2000)
+        .map(|r| format!("(${}, ${})", 2 * r + 1, 2 * r + 2))
+        .collect();
+    let text = format!(
+        "INSERT INTO users (email, password) VALUES {}",
+        rows.join(", ")
+    );
+    let want: Vec<u32> = (0..2000).map(|r| 2 * r + 2).collect();
+    assert_eq!(params(&text, Dialect::Postgres), want);
+}
