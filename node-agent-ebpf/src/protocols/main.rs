@@ -284,7 +284,7 @@ static CONN_OPEN_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 /// whose local address only its fd tells, a classify event), waking the agent unless one did less
 /// than [`OPEN_WAKE_GAP_NS`] ago (the agent then drains again that soon).
 #[inline(always)]
-fn send_open_now<T>(event: &T, now: u64) -> Result<(), i32> {
+fn send_for_a_look<T>(event: &T, now: u64) -> Result<(), i32> {
     let mut flags = wakeup(core::mem::size_of::<T>());
     if let Some(last) = CONN_OPEN_WAKE.get_ptr_mut(0) {
         // SAFETY: the map's only slot; a torn race between CPUs only changes when the next wakes.
@@ -977,7 +977,7 @@ fn open_peer(id: u64, fd: u32, peer: PeerAddr, role: u32, listen_fd: u32, flags:
     }
     let sent = if role == ROLE_CLIENT && event.flags & (OPEN_LOCAL_REPORTED | OPEN_SOCKET_READ) == 0
     {
-        send_open_now::<OpenEvent>(&event, now)
+        send_for_a_look::<OpenEvent>(&event, now)
     } else {
         send::<OpenEvent>(&event)
     };
@@ -1368,7 +1368,7 @@ fn unknown_fd(id: u64, key: ConnKey) {
     };
     // User space looks at the fd through the process: a process selected just after it connected
     // (an exec the agent learns of a millisecond late) may exit long before the next timed drain.
-    if send_open_now::<ClassifyEvent>(&event, now).is_err() {
+    if send_for_a_look::<ClassifyEvent>(&event, now).is_err() {
         count_drop(DROP_RING_FULL);
         // Without the event nobody would ever classify the fd: forget it so the next I/O asks again.
         let _ = CONN_CONNS.remove(&key);

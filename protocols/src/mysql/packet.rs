@@ -261,12 +261,7 @@ pub(super) fn execute_params(
     let (&bound, rest) = c.split_first()?;
     c = rest;
     if bound == 1 {
-        types.clear();
-        for _ in 0..n {
-            let t = c.get(..2)?;
-            types.push((t[0], t[1] & 0x80 != 0));
-            c = &c[2..];
-        }
+        read_types(&mut c, n, types)?;
     }
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
@@ -276,11 +271,7 @@ pub(super) fn execute_params(
         }
         let (ty, unsigned) = *types.get(i)?;
         let value = binary_value(&mut c, ty, unsigned)?;
-        out.push(if secret.binary_search(&(i as u32 + 1)).is_ok() {
-            crate::REDACTED.to_string()
-        } else {
-            value
-        });
+        out.push(unless_secret(value, i, secret));
     }
     Some(out.join(", "))
 }
@@ -289,8 +280,8 @@ pub(super) fn execute_params(
 const BULK_SEND_TYPES: u16 = 128;
 
 /// The rows of a COM_STMT_BULK_EXECUTE payload (MariaDB) rendered as text, `(1, 'a'), (2, NULL)`,
-/// the parameters numbered in `secret` (from 1) as `<redacted>`, until `cap` bytes or the end of
-/// what was kept (then `…`). `types` as for [`execute_params`].
+/// the parameters numbered in `secret` (from 1, ascending) as `<redacted>`, until `cap` bytes or
+/// the end of what was kept (then `…`). `types` as for [`execute_params`].
 pub(super) fn bulk_params(
     payload: &[u8],
     count: u16,
@@ -305,57 +296,65 @@ pub(super) fn bulk_params(
     let flags = le_u16(payload, 5)?;
     let mut c = payload.get(7..)?;
     if flags & BULK_SEND_TYPES != 0 {
-        types.clear();
-        for _ in 0..n {
-            let t = c.get(..2)?;
-            types.push((t[0], t[1] & 0x80 != 0));
-            c = &c[2..];
-        }
+        read_types(&mut c, n, types)?;
+    }
+    if types.len() < n {
+        return None;
     }
     let mut out = String::new();
-    'rows: while !c.is_empty() {
-        if out.len() >= cap {
-            out.push_str(", …");
-            break;
-        }
-        let mut row = Vec::with_capacity(n);
-        for i in 0..n {
-            let Some((&indicator, rest)) = c.split_first() else {
-                break 'rows;
-            };
-            c = rest;
-            let value = match indicator {
-                0 => {
-                    let (ty, unsigned) = *types.get(i)?;
-                    let Some(v) = binary_value(&mut c, ty, unsigned) else {
-                        break 'rows;
-                    };
-                    v
-                }
-                1 => "NULL".to_string(),
-                2 => "DEFAULT".to_string(),
-                _ => "IGNORE".to_string(),
-            };
-            row.push(
-                if indicator == 0 && secret.binary_search(&(i as u32 + 1)).is_ok() {
-                    crate::REDACTED.to_string()
-                } else {
-                    value
-                },
-            );
-        }
+    while !c.is_empty() {
+        let row = (out.len() < cap)
+            .then(|| bulk_row(&mut c, &types[..n], secret))
+            .flatten();
         if !out.is_empty() {
             out.push_str(", ");
         }
-        out.push('(');
-        out.push_str(&row.join(", "));
-        out.push(')');
-    }
-    if !c.is_empty() && !out.ends_with('…') {
-        // Cut short inside a row.
-        out.push_str(if out.is_empty() { "…" } else { ", …" });
+        match row {
+            Some(row) => out.push_str(&row),
+            // Past the cap, or cut short inside a row.
+            None => {
+                out.push('…');
+                break;
+            }
+        }
     }
     Some(out)
+}
+
+/// One row of a bulk execute at the cursor, `(1, 'a', NULL)`; None when it is cut short.
+fn bulk_row(c: &mut &[u8], types: &[(u8, bool)], secret: &[u32]) -> Option<String> {
+    let mut row = Vec::with_capacity(types.len());
+    for (i, &(ty, unsigned)) in types.iter().enumerate() {
+        let (&indicator, rest) = c.split_first()?;
+        *c = rest;
+        row.push(match indicator {
+            0 => unless_secret(binary_value(c, ty, unsigned)?, i, secret),
+            1 => "NULL".to_string(),
+            2 => "DEFAULT".to_string(),
+            _ => "IGNORE".to_string(),
+        });
+    }
+    Some(format!("({})", row.join(", ")))
+}
+
+/// The `count` parameter types (type byte, unsigned flag) at the cursor, into `types`.
+fn read_types(c: &mut &[u8], count: usize, types: &mut Vec<(u8, bool)>) -> Option<()> {
+    types.clear();
+    for _ in 0..count {
+        let t = c.get(..2)?;
+        types.push((t[0], t[1] & 0x80 != 0));
+        *c = &c[2..];
+    }
+    Some(())
+}
+
+/// Parameter `i`'s rendered value, or `<redacted>` when its number (from 1) is in `secret`.
+fn unless_secret(value: String, i: usize, secret: &[u32]) -> String {
+    if secret.binary_search(&(i as u32 + 1)).is_ok() {
+        crate::REDACTED.to_string()
+    } else {
+        value
+    }
 }
 
 fn binary_value(c: &mut &[u8], ty: u8, unsigned: bool) -> Option<String> {

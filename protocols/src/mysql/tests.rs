@@ -12,6 +12,9 @@ fn pkt(seq: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 const OK: &[u8] = b"\x00\x01\x00\x02\x00\x00\x00";
+/// A prepare answer's definition of a parameter (`?`, VAR_STRING).
+const PARAM: &[u8] =
+    b"\x03def\x00\x00\x00\x01?\x00\x0c\x3f\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00";
 
 fn client() -> Parser {
     Parser::new(Role::Client, &ParseConfig::default())
@@ -110,7 +113,7 @@ fn a_prepared_statement_is_executed_under_its_text() {
         &[
             (Direction::Egress, 1, pkt(0, b"\x16SELECT ?")),
             // Prepare OK: id 9, 0 columns, 1 param; one parameter definition, no EOF (handshake unseen).
-            (Direction::Ingress, 2, [pkt(1, b"\x00\x09\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00"), pkt(2, b"\x03def\x00\x00\x00\x01?\x00\x0c\x3f\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00")].concat()),
+            (Direction::Ingress, 2, [pkt(1, b"\x00\x09\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00"), pkt(2, PARAM)].concat()),
             // Execute id 9, no cursor, 1 iteration, null bitmap 0, new types: LONGLONG signed, value -5.
             (Direction::Egress, 3, pkt(0, b"\x17\x09\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\x08\x00\xfb\xff\xff\xff\xff\xff\xff\xff")),
             (Direction::Ingress, 4, pkt(1, OK)),
@@ -125,13 +128,12 @@ fn a_prepared_statement_is_executed_under_its_text() {
 #[test]
 fn a_value_bound_to_a_password_column_is_redacted_when_executed() {
     let mut p = client();
-    let param = b"\x03def\x00\x00\x00\x01?\x00\x0c\x3f\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00";
     let out = run(
         &mut p,
         &[
             (Direction::Egress, 1, pkt(0, b"\x16UPDATE users SET `password` = ? WHERE id = ?")),
             // Prepare OK: id 4, 0 columns, 2 params, their definitions (no EOF: handshake unseen).
-            (Direction::Ingress, 2, [pkt(1, b"\x00\x04\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00"), pkt(2, param), pkt(3, param)].concat()),
+            (Direction::Ingress, 2, [pkt(1, b"\x00\x04\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00"), pkt(2, PARAM), pkt(3, PARAM)].concat()),
             // Execute id 4, 1 iteration, null bitmap 0, new types: VAR_STRING, LONGLONG; 'hunter2', 7.
             (Direction::Egress, 3, pkt(0, b"\x17\x04\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\xfd\x00\x08\x00\x07hunter2\x07\x00\x00\x00\x00\x00\x00\x00")),
             (Direction::Ingress, 4, pkt(1, OK)),
@@ -174,12 +176,11 @@ fn the_info_of_an_ok_is_read_without_its_length_prefix_whatever_the_client_asked
 #[test]
 fn executes_of_the_statement_prepared_last_are_read_once_its_prepare_is_answered() {
     let mut p = client();
-    let param = b"\x03def\x00\x00\x00\x01?\x00\x0c\x3f\x00\x00\x00\x00\x00\xfd\x80\x00\x00\x00\x00";
     let prepare_ok = |id: u8| {
         [
             pkt(1, &[0, id, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]),
-            pkt(2, param),
-            pkt(3, param),
+            pkt(2, PARAM),
+            pkt(3, PARAM),
         ]
         .concat()
     };

@@ -14,11 +14,11 @@ use postgres_protocol::types as pg;
 mod oid {
     pub const BOOL: u32 = 16;
     pub const NAME: u32 = 19;
-    pub const OID: u32 = 26;
     pub const INT8: u32 = 20;
     pub const INT2: u32 = 21;
     pub const INT4: u32 = 23;
     pub const TEXT: u32 = 25;
+    pub const OID: u32 = 26;
     pub const JSON: u32 = 114;
     pub const XML: u32 = 142;
     pub const FLOAT4: u32 = 700;
@@ -140,45 +140,45 @@ fn array(v: &[u8]) -> Option<String> {
         .map(|d| Ok(usize::try_from(d.len).unwrap_or(0)))
         .collect()
         .ok()?;
-    let mut values = array.values();
     let mut out = String::new();
-    let mut shown = 0;
-    // Writes the sub-array of dimension `level` on, taking its elements from `values`.
-    fn write(
-        out: &mut String,
-        dims: &[usize],
-        values: &mut pg::ArrayValues<'_>,
-        element: u32,
-        shown: &mut usize,
-    ) -> Option<()> {
-        out.push('{');
-        let Some((&len, inner)) = dims.split_first() else {
-            out.push('}');
-            return Some(());
-        };
-        for i in 0..len {
-            if *shown >= MAX_ELEMENTS {
-                out.push('…');
-                break;
-            }
-            if i > 0 {
-                out.push(',');
-            }
-            if inner.is_empty() {
-                *shown += 1;
-                match values.next().ok()?? {
-                    Some(e) => out.push_str(&binary(e, element)),
-                    None => out.push_str("NULL"),
-                }
-            } else {
-                write(out, inner, values, element, shown)?;
-            }
-        }
-        out.push('}');
-        Some(())
-    }
-    write(&mut out, &dims, &mut values, element, &mut shown)?;
+    write_array(&mut out, &dims, &mut array.values(), element, &mut 0)?;
     Some(out)
+}
+
+/// Writes an array of dimensions `dims` (the outermost first), its elements taken from `values`
+/// and decoded as type `element`; `shown` counts the elements written, at most [`MAX_ELEMENTS`].
+fn write_array(
+    out: &mut String,
+    dims: &[usize],
+    values: &mut pg::ArrayValues<'_>,
+    element: u32,
+    shown: &mut usize,
+) -> Option<()> {
+    out.push('{');
+    let Some((&len, inner)) = dims.split_first() else {
+        out.push('}');
+        return Some(());
+    };
+    for i in 0..len {
+        if *shown >= MAX_ELEMENTS {
+            out.push('…');
+            break;
+        }
+        if i > 0 {
+            out.push(',');
+        }
+        if inner.is_empty() {
+            *shown += 1;
+            match values.next().ok()?? {
+                Some(e) => out.push_str(&binary(e, element)),
+                None => out.push_str("NULL"),
+            }
+        } else {
+            write_array(out, inner, values, element, shown)?;
+        }
+    }
+    out.push('}');
+    Some(())
 }
 
 fn uuid(b: [u8; 16]) -> String {

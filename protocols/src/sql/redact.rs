@@ -228,16 +228,17 @@ impl<'a> Scanner<'a> {
         self.expect.secret = false;
     }
 
-    /// A column's (or keyword's) name: does what follows hold a secret?
-    fn name(&mut self, name: &[u8]) {
-        if let Insert::Columns { column } = self.insert
+    /// A column's (or keyword's) name was read, `secret` when it names one ([`names_secret`]):
+    /// what follows holds a secret.
+    fn name(&mut self, secret: bool) {
+        if secret
+            && let Insert::Columns { column } = self.insert
             && self.depth == self.insert_depth + 1
-            && names_secret(name)
         {
             self.secret_columns.push(column);
         }
         // `MASTER_PASSWORD`, `caching_sha2_password BY`, `WHERE password =`, `SET api_key =`.
-        self.expect.secret = names_secret(name);
+        self.expect.secret = secret;
     }
 
     /// `"password"` (PostgreSQL), `` `password` `` (MySQL): a column named so, like the bare word.
@@ -247,8 +248,7 @@ impl<'a> Scanner<'a> {
             .iter()
             .position(|&b| b == quote)
             .map_or(self.bytes.len(), |n| start + n);
-        let bytes = self.bytes;
-        self.name(&bytes[start..end]);
+        self.name(names_secret(&self.bytes[start..end]));
         self.at = end + 1;
     }
 
@@ -282,7 +282,7 @@ impl<'a> Scanner<'a> {
             == Some(&b'(');
         self.follow_insert(word, call);
         if names_secret(word) {
-            self.name(word);
+            self.name(true);
             return;
         }
         let e = &mut self.expect;

@@ -40,7 +40,7 @@ const DRAIN_IDLE_EVERY: Duration = Duration::from_secs(1);
 /// address the kernel does not report, an fd not seen opened), the next drain comes this soon: the
 /// kernel wakes the agent for one at most this often (`OPEN_WAKE_GAP_NS` on the kernel side), and
 /// a short-lived process's fd must be looked at before it closes.
-const CLIENT_FOLLOW_UP: Duration = Duration::from_millis(10);
+const LOOK_FOLLOW_UP: Duration = Duration::from_millis(10);
 /// The thread's name, as `ps -L` and `/proc/<pid>/task/*/comm` show it.
 pub const THREAD_NAME: &str = "sonde-capture";
 
@@ -108,12 +108,12 @@ fn next_wait(wait: Duration, handled: usize) -> Duration {
 /// The drain timer's delay after a drain that handled `handled` records, `wait` being its
 /// interval: a full batch means more records wait, drained on the loop's next turn (after the
 /// other branches had their chance) rather than an interval later; after an fd to look at,
-/// [`CLIENT_FOLLOW_UP`].
+/// [`LOOK_FOLLOW_UP`].
 fn next_delay(wait: Duration, handled: usize, look_due: bool) -> Duration {
     if handled >= BATCH {
         Duration::ZERO
     } else if look_due {
-        wait.min(CLIENT_FOLLOW_UP)
+        wait.min(LOOK_FOLLOW_UP)
     } else {
         wait
     }
@@ -190,8 +190,8 @@ mod tests {
 
     #[test]
     fn a_client_connection_that_opened_brings_the_next_drain_forward() {
-        assert_eq!(next_delay(DRAIN_EVERY, 1, true), CLIENT_FOLLOW_UP);
-        assert_eq!(next_delay(DRAIN_IDLE_EVERY, 1, true), CLIENT_FOLLOW_UP);
+        assert_eq!(next_delay(DRAIN_EVERY, 1, true), LOOK_FOLLOW_UP);
+        assert_eq!(next_delay(DRAIN_IDLE_EVERY, 1, true), LOOK_FOLLOW_UP);
         assert_eq!(next_delay(DRAIN_EVERY, BATCH, true), Duration::ZERO);
     }
 }
