@@ -2680,19 +2680,23 @@ async fn connector_j_s_pipelined_executes_and_bulk_batches_show_their_statements
             .arg("ConnectorJ")
             .arg(port.to_string()),
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "batch 3\nupdated 1\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "batch 3\nupdated 1\nselected 3 1\n"
+    );
     let statements = |rows: &[Row]| {
         rows.iter()
             .filter(|r| text(r, "req_cmd").starts_with("COM_STMT_"))
             .count()
     };
-    let rows = wait_for_rows(&store, "mysql_events", |r| statements(r) >= 4).await;
+    let rows = wait_for_rows(&store, "mysql_events", |r| statements(r) >= 7).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let metrics = metrics_text(&registry);
     p.stop().await;
 
     let insert = "INSERT INTO accounts (id, email, password) VALUES (?, ?, ?)";
     let update = "UPDATE accounts SET password = ? WHERE id = ?";
+    let select = "SELECT id, email FROM accounts WHERE id <= ?";
     let got: Vec<Vec<String>> = pick(
         &rows,
         &["req_cmd", "req_body", "params", "resp_status", "resp_body"],
@@ -2731,6 +2735,15 @@ async fn connector_j_s_pipelined_executes_and_bulk_batches_show_their_statements
                 "<redacted>, 2",
                 "Rows matched: 1  Changed: 1  Warnings: 0"
             ),
+            row(
+                "COM_STMT_PREPARE",
+                select,
+                "null",
+                "statement 3: 1 params, 2 columns"
+            ),
+            // The second execute's result comes without its column definitions.
+            row("COM_STMT_EXECUTE", select, "3", "Resultset rows = 3"),
+            row("COM_STMT_EXECUTE", select, "1", "Resultset rows = 1"),
         ],
         "{rows:?}"
     );
@@ -2755,6 +2768,118 @@ async fn connector_j_s_pipelined_executes_and_bulk_batches_show_their_statements
         1,
         "{metrics}"
     );
+}
+
+/// go-sql-driver/mysql against MariaDB: the server leaves out the column definitions of a prepared
+/// statement's results (the driver has them from the prepare), saying so in the byte after the
+/// column count; each execute's rows are still counted and the next command still gets its own
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_sql_driver_s_results_without_column_definitions_count_their_rows() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let data = init_mariadb(dir.path());
+    let port = free_port();
+    let _server = start_mariadb(dir.path(), &data, port);
+    let client = build_go("gomysql", dir.path());
+    let cgroup = TestCgroup::new("go-mysql");
+    let (
+        Traced {
+            store,
+            registry,
+            probe: p,
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Mysql]);
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(&client)
+            .env("MYSQL_DSN", format!("root@tcp(127.0.0.1:{port})/sonde")),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "rows 3 0 1 2; c\n");
+    let want = 10;
+    let rows = wait_for_rows(&store, "mysql_events", |r| r.len() >= want).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+
+    let insert = "INSERT INTO items (id, name, password) VALUES (?, ?, ?)";
+    let select = "SELECT id, name FROM items WHERE id <= ? ORDER BY id";
+    let row = |cmd: &str, body: &str, params: &str, resp: &str, n: &str| {
+        [cmd, body, params, "OK", resp, n]
+            .map(str::to_owned)
+            .to_vec()
+    };
+    let mut expected = vec![
+        row(
+            "COM_QUERY",
+            "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(16), password VARCHAR(32))",
+            "null",
+            "affected rows: 0",
+            "0",
+        ),
+        row(
+            "COM_STMT_PREPARE",
+            insert,
+            "null",
+            "statement 1: 3 params, 0 columns",
+            "0",
+        ),
+        row(
+            "COM_STMT_EXECUTE",
+            insert,
+            "1, 'a', <redacted>",
+            "affected rows: 1",
+            "0",
+        ),
+        row(
+            "COM_QUERY",
+            "INSERT INTO items VALUES (2, 'b', ''), (3, 'c', '')",
+            "null",
+            "Records: 2  Duplicates: 0  Warnings: 0",
+            "0",
+        ),
+        row(
+            "COM_STMT_PREPARE",
+            select,
+            "null",
+            "statement 2: 1 params, 2 columns",
+            "0",
+        ),
+    ];
+    for n in ["3", "0", "1", "2"] {
+        expected.push(row(
+            "COM_STMT_EXECUTE",
+            select,
+            n,
+            &format!("Resultset rows = {n}"),
+            n,
+        ));
+    }
+    expected.push(row(
+        "COM_QUERY",
+        "SELECT name FROM items WHERE id = 3",
+        "null",
+        "Resultset rows = 1",
+        "1",
+    ));
+    assert_eq!(
+        pick(
+            &rows,
+            &[
+                "req_cmd",
+                "req_body",
+                "params",
+                "resp_status",
+                "resp_body",
+                "rows"
+            ]
+        ),
+        expected,
+        "{rows:?}"
+    );
+    assert_no_secret(&rows, "hunter2");
+    assert_answered_clients(&rows, &metrics, want);
 }
 
 /// mysql2 reads 64 KiB per syscall too. A result set's rows carry no count at its end, so a cut

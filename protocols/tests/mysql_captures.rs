@@ -78,3 +78,41 @@ fn connector_prepared_statements_show_text_and_params() {
     assert!(text(failed, "resp_body").starts_with("1146 (42S02)"));
     assert!(!replay::render(Kind::Mysql, &r).contains("sonde-secret"));
 }
+
+#[test]
+fn go_sql_driver_results_without_their_column_definitions_count_their_rows() {
+    // MariaDB leaves out the column definitions the driver already has (from the prepare's
+    // answer): every execute's result set is a count, a 0 saying none follow, rows and the end.
+    let r = replay::check_case(Kind::Mysql, Transport::Tcp, "mysql", "go_sql_driver");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let select = "SELECT id, name FROM items WHERE id <= ? ORDER BY id";
+    let executes: Vec<(&str, &Field)> = r
+        .records
+        .iter()
+        .filter(|rec| text(rec, "req_cmd") == "COM_STMT_EXECUTE" && text(rec, "req_body") == select)
+        .map(|rec| (text(rec, "params"), column(rec, "rows")))
+        .collect();
+    assert_eq!(
+        executes,
+        [
+            ("3", &Field::Int64(3)),
+            ("0", &Field::Int64(0)),
+            ("1", &Field::Int64(1)),
+            ("2", &Field::Int64(2)),
+        ]
+    );
+    let insert = r
+        .records
+        .iter()
+        .find(|rec| {
+            text(rec, "req_cmd") == "COM_STMT_EXECUTE"
+                && text(rec, "req_body")
+                    == "INSERT INTO items (id, name, password) VALUES (?, ?, ?)"
+        })
+        .expect("execute of the INSERT");
+    assert_eq!(text(insert, "params"), "1, 'a', <redacted>");
+    // The text query after them: its definitions are sent (a 1 after the count).
+    let last = find(&r.records, "SELECT name FROM items WHERE id = 3");
+    assert_eq!(column(last, "rows"), &Field::Int64(1));
+    assert!(!replay::render(Kind::Mysql, &r).contains("hunter2"));
+}

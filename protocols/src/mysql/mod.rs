@@ -4,7 +4,8 @@
 //! - [`packet`]: framing and the few fields we read, hand-written (see there why).
 //! - [`stitch`]: commands ↔ responses by sequence id and response shape.
 //!
-//! The handshake is skipped (only the client's capability flags are read: TLS, DEPRECATE_EOF);
+//! The handshake is skipped (only the client's capability flags are read: TLS, DEPRECATE_EOF,
+//! whether result sets may come without their column definitions);
 //! nothing of it reaches a record, so its password hash never does.
 mod packet;
 mod stitch;
@@ -119,7 +120,8 @@ impl Parser {
                 // HandshakeResponse41 (or the SSLRequest that precedes TLS).
                 self.handshake_seen = true;
                 if let Some(caps) = packet::le_u32(payload, 0) {
-                    self.stitch.set_capabilities(caps);
+                    let metadata_optional = packet::metadata_optional(payload, caps);
+                    self.stitch.set_capabilities(caps, metadata_optional);
                     if caps & packet::CLIENT_SSL != 0 && len == 32 {
                         self.encrypted = true;
                     }

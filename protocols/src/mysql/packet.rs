@@ -13,6 +13,19 @@ pub(super) const CONTINUED: u32 = 0xff_ffff;
 /// Capability flags read from the client's handshake response.
 pub(super) const CLIENT_SSL: u32 = 0x800;
 pub(super) const CLIENT_DEPRECATE_EOF: u32 = 1 << 24;
+/// MySQL 8: a result set's column count is followed by a byte saying whether its column
+/// definitions follow (`resultset_metadata=NONE` leaves them out).
+const CLIENT_OPTIONAL_RESULTSET_METADATA: u32 = 1 << 25;
+/// Cleared by MariaDB's clients to say the handshake response carries MariaDB's extended
+/// capabilities (in MySQL the same bit is CLIENT_LONG_PASSWORD, set by its clients).
+const CLIENT_MYSQL: u32 = 1;
+/// MariaDB's extended capability: the server leaves out the column definitions of a prepared
+/// statement's result when they did not change since the client last got them (Connector/J 3,
+/// go-sql-driver 1.9 and later), saying so in the byte after the column count.
+const MARIADB_CLIENT_CACHE_METADATA: u32 = 1 << 4;
+/// Where MariaDB's extended capabilities are in the handshake response: after the capability
+/// flags, the maximum packet size, the character set and 19 bytes of filler.
+const EXTENDED_CAPABILITIES_AT: usize = 28;
 
 /// Status flag: another result set follows this one.
 const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
@@ -133,6 +146,15 @@ pub(super) fn lenenc(c: &mut &[u8]) -> Option<u64> {
 
 fn le_u16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_le_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// Does the client of this handshake response (payload) get column counts that say whether
+/// definitions follow?
+pub(super) fn metadata_optional(response: &[u8], caps: u32) -> bool {
+    let mariadb_cache = caps & CLIENT_MYSQL == 0
+        && le_u32(response, EXTENDED_CAPABILITIES_AT)
+            .is_some_and(|ext| ext & MARIADB_CLIENT_CACHE_METADATA != 0);
+    mariadb_cache || caps & CLIENT_OPTIONAL_RESULTSET_METADATA != 0
 }
 
 pub(super) fn le_u32(b: &[u8], at: usize) -> Option<u32> {

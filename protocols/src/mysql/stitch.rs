@@ -99,6 +99,9 @@ pub(super) struct Stitcher {
     commands_at_loss: u64,
     /// The client asked for CLIENT_DEPRECATE_EOF (None: handshake not seen).
     deprecate_eof: Option<bool>,
+    /// A result set's column count is followed by a byte saying whether its definitions follow
+    /// (None: handshake not seen).
+    metadata_optional: Option<bool>,
     redact: bool,
     text_cap: usize,
 }
@@ -114,13 +117,15 @@ impl Stitcher {
             commands: 0,
             commands_at_loss: 0,
             deprecate_eof: None,
+            metadata_optional: None,
             redact: config.redact,
             text_cap: config.max_body_bytes,
         }
     }
 
-    pub fn set_capabilities(&mut self, caps: u32) {
+    pub fn set_capabilities(&mut self, caps: u32, metadata_optional: bool) {
         self.deprecate_eof = Some(caps & packet::CLIENT_DEPRECATE_EOF != 0);
+        self.metadata_optional = Some(metadata_optional);
     }
 
     /// A command packet (sequence id 0), payload cut to what was kept.
@@ -284,10 +289,17 @@ impl Stitcher {
                 } else {
                     let mut c = payload;
                     let n = packet::lenenc(&mut c).unwrap_or(0);
-                    self.progress.phase = Some(Phase::Definitions {
-                        left: u32::try_from(n).unwrap_or(u32::MAX),
-                        then: After::Rows,
-                    });
+                    // A 0 after the count: the definitions were sent before and are left out
+                    // (with the handshake unseen, only these clients' servers put a byte there).
+                    let left_out = self.metadata_optional != Some(false) && c.first() == Some(&0);
+                    if left_out {
+                        self.definitions_done(After::Rows, end_ns, out);
+                    } else {
+                        self.progress.phase = Some(Phase::Definitions {
+                            left: u32::try_from(n).unwrap_or(u32::MAX),
+                            then: After::Rows,
+                        });
+                    }
                 }
             }
             (Shape::Prepare, Phase::Start) => {
@@ -333,13 +345,8 @@ impl Stitcher {
                 let left = left.saturating_sub(1);
                 if left > 0 {
                     self.progress.phase = Some(Phase::Definitions { left, then });
-                } else if self.deprecate_eof == Some(true)
-                    || (self.deprecate_eof.is_none() && then != After::Rows)
-                {
-                    // No EOF follows (or, handshake unseen, do not wait for one that may not come).
-                    self.advance(next_after(then), end_ns, out);
                 } else {
-                    self.progress.phase = Some(Phase::MaybeEof { then });
+                    self.definitions_done(then, end_ns, out);
                 }
             }
             (_, Phase::MaybeEof { then }) => {
@@ -368,6 +375,17 @@ impl Stitcher {
                     self.progress.rows += 1;
                 }
             }
+        }
+    }
+
+    /// After a run of definitions (or where it was left out): the legacy EOF, then `then`.
+    fn definitions_done(&mut self, then: After, end_ns: u64, out: &mut Vec<Record>) {
+        if self.deprecate_eof == Some(true) || (self.deprecate_eof.is_none() && then != After::Rows)
+        {
+            // No EOF follows (or, handshake unseen, do not wait for one that may not come).
+            self.advance(next_after(then), end_ns, out);
+        } else {
+            self.progress.phase = Some(Phase::MaybeEof { then });
         }
     }
 

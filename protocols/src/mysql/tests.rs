@@ -78,6 +78,46 @@ fn a_result_set_without_eof_packets_ends_at_the_ok() {
 }
 
 #[test]
+fn a_result_set_whose_definitions_were_left_out_counts_every_row_even_with_the_handshake_unseen() {
+    // MariaDB's metadata cache: a 0 after the column count says the definitions are not sent.
+    // The agent came after the handshake, so only that byte tells.
+    let out = run(
+        &mut client(),
+        &[
+            (
+                Direction::Egress,
+                1,
+                pkt(0, b"\x17\x02\x00\x00\x00\x00\x01\x00\x00\x00"),
+            ),
+            (
+                Direction::Ingress,
+                2,
+                [
+                    pkt(1, b"\x02\x00"),
+                    pkt(2, b"\x00\x00\x01\x00\x00\x00\x01a"),
+                ]
+                .concat(),
+            ),
+            (
+                Direction::Ingress,
+                3,
+                [
+                    pkt(3, b"\x00\x00\x02\x00\x00\x00\x01b"),
+                    pkt(4, b"\xfe\x00\x00\x02\x00\x00\x00"),
+                ]
+                .concat(),
+            ),
+            (Direction::Egress, 4, pkt(0, b"\x03DELETE FROM t")),
+            (Direction::Ingress, 5, pkt(1, OK)),
+        ],
+    );
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].fields[4], Field::String("Resultset rows = 2".into()));
+    assert_eq!(out[0].fields[5], Field::Int64(2));
+    assert_eq!(out[1].fields[4], Field::String("affected rows: 1".into()));
+}
+
+#[test]
 fn an_err_packet_carries_code_state_and_message() {
     let out = run(
         &mut client(),
