@@ -643,6 +643,15 @@ fn check_dynamic_log(at: &Location, spec: &DynamicLogSpec) -> Vec<ManifestError>
 fn check_bpftrace(at: &Location, spec: &BpftraceScriptSpec) -> Vec<ManifestError> {
     let mut errors = Vec::new();
     check_process(&mut errors, at, spec.process.as_ref(), false);
+    if let Some(pods) = &spec.pods {
+        // Ignoring it would run the script's uprobes on every process of the machine instead.
+        errors.push(invalid(
+            at,
+            "spec.pods",
+            format!("namespace {:?}", pods.namespace),
+            "standalone mode has no pods to select: leave spec.pods out (uprobe paths then resolve on this machine) or add spec.process with exe or cmdline",
+        ));
+    }
     if spec.program.trim().is_empty() {
         errors.push(invalid(at, "spec.program", "empty", "spec.program must contain a bpftrace program, e.g. tracepoint:syscalls:sys_enter_openat { @opens[comm] = count(); }"));
     }

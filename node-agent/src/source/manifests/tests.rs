@@ -204,3 +204,34 @@ fn a_missing_path_is_reported_not_fatal() {
         &["/nonexistent/sonde.yaml", "--manifests"],
     );
 }
+
+fn examples(under: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(under)
+}
+
+/// What users start from: `scripts/run` applies examples/ as it is.
+#[test]
+fn the_standalone_examples_load_without_an_error() {
+    let loaded = load(&examples(""));
+    let errors: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    assert_eq!(files(&examples("")).unwrap().len(), loaded.probes.len());
+}
+
+/// The cluster examples select pods, which standalone mode has not: that is all it finds wrong
+/// with them (each spec is checked as the agent checks what the operator assigns).
+#[test]
+fn the_cluster_examples_are_valid_but_for_their_pods() {
+    let loaded = load(&examples("cluster"));
+    assert!(loaded.probes.is_empty());
+    let documents = files(&examples("cluster")).unwrap().len();
+    assert_eq!(loaded.errors.len(), documents, "{:#?}", loaded.errors);
+    for e in &loaded.errors {
+        assert_mentions(
+            &e.to_string(),
+            &["standalone mode has no pods", "spec.process"],
+        );
+    }
+}
