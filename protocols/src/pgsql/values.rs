@@ -39,8 +39,10 @@ mod oid {
     ];
 }
 
-/// Elements of an array shown; the rest is `…`.
+/// Elements (and inner arrays) of an array shown; the rest is `…`.
 const MAX_ELEMENTS: usize = 64;
+/// PostgreSQL's MAXDIM: an array claiming more dimensions is not one the server sent.
+const MAX_DIMENSIONS: usize = 6;
 
 /// Days from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 const PG_EPOCH_DAYS: i64 = 10_957;
@@ -135,18 +137,27 @@ fn binary(v: &[u8], type_oid: u32) -> String {
 fn array(v: &[u8]) -> Option<String> {
     let array = pg::array_from_sql(v).ok()?;
     let element = array.element_type();
+    // Arrays do not nest as elements (a second dimension does that).
+    if oid::ARRAYS.contains(&element) {
+        return None;
+    }
     let dims: Vec<usize> = array
         .dimensions()
         .map(|d| Ok(usize::try_from(d.len).unwrap_or(0)))
         .collect()
         .ok()?;
+    if dims.len() > MAX_DIMENSIONS {
+        return None;
+    }
     let mut out = String::new();
     write_array(&mut out, &dims, &mut array.values(), element, &mut 0)?;
     Some(out)
 }
 
 /// Writes an array of dimensions `dims` (the outermost first), its elements taken from `values`
-/// and decoded as type `element`; `shown` counts the elements written, at most [`MAX_ELEMENTS`].
+/// and decoded as type `element`; `shown` counts the elements and inner arrays written, at most
+/// [`MAX_ELEMENTS`] in all: inner arrays count too, since those of an empty dimension take no
+/// bytes (`[2147483647][0]` is 2^31 `{}` from a 28-byte value).
 fn write_array(
     out: &mut String,
     dims: &[usize],
@@ -167,8 +178,8 @@ fn write_array(
         if i > 0 {
             out.push(',');
         }
+        *shown += 1;
         if inner.is_empty() {
-            *shown += 1;
             match values.next().ok()?? {
                 Some(e) => out.push_str(&binary(e, element)),
                 None => out.push_str("NULL"),
@@ -288,6 +299,13 @@ mod tests {
             shown.starts_with("{0,1,2,") && shown.ends_with(",63…}"),
             "{shown}"
         );
+        // Inner arrays count towards what is shown: an empty inner dimension takes no bytes.
+        let hollow = binary(&array_bytes(&[i32::MAX, 0], oid::INT4, &[]), 1007);
+        assert!(hollow.len() < 200 && hollow.ends_with(",{}…}"), "{hollow}");
+        let deep = binary(&array_bytes(&[i32::MAX; 7], oid::INT4, &[]), 1007);
+        assert!(deep.starts_with("\\x"), "{deep}");
+        let nested = binary(&array_bytes(&[1], 1007, &[Some(&ints)]), 1007);
+        assert!(nested.starts_with("\\x"), "{nested}");
         // Cut short by the capture: hex, as any value that does not parse.
         assert_eq!(
             binary(&ints[..22], 1007),
