@@ -423,50 +423,40 @@ impl TableWriter {
     /// runtime writing many rows at once should use); rows of the wrong width are counted as
     /// rejected and dropped.
     pub fn append_all(&self, rows: impl IntoIterator<Item = Row>) {
-        self.append_with(|stored, width| {
-            let (mut added, mut rejected) = (0, 0u64);
-            for row in rows {
-                if row.values.len() == width {
-                    added += stored.push(&row);
-                } else {
-                    rejected += 1;
-                }
-            }
-            (added, rejected)
-        });
+        let mut batch = RowBatch::default();
+        for row in rows {
+            stored::encode_more(&row, &mut batch);
+        }
+        self.append_batch(&mut batch);
     }
 
     /// Appends the rows of `batch` like [`TableWriter::append_all`] and empties it: rows encoded
     /// straight from what a runtime parsed, without a `Row` each.
     pub fn append_batch(&self, batch: &mut RowBatch) {
-        self.append_with(|stored, width| {
+        let (table, store) = (&self.table, &*self.store);
+        let width = table.columns.len() - TARGET_COLUMNS.len();
+        let limit = store.budget.per_table;
+        let rejected = {
+            let mut data = lock(&table.data);
+            // Room first, so that the table never holds more than its budget, even for a moment.
+            table.evict_to(store, &mut data, limit.saturating_sub(batch.kept_bytes()));
+            data.rows.reserve(batch, limit);
             let (mut added, mut rejected) = (0, 0u64);
             for (bytes, time_ns, values) in batch.iter() {
                 if values as usize == width {
-                    added += stored.push_encoded(bytes, time_ns);
+                    added += data.rows.push_encoded(bytes, time_ns);
                 } else {
                     rejected += 1;
                 }
             }
-            (added, rejected)
-        });
-        batch.clear();
-    }
-
-    /// Runs `add` (rows kept → (bytes added, rows rejected)) under the table's lock, then evicts
-    /// to the budgets and counts rejected rows.
-    fn append_with(&self, add: impl FnOnce(&mut StoredRows, usize) -> (usize, u64)) {
-        let (table, store) = (&self.table, &*self.store);
-        let width = table.columns.len() - TARGET_COLUMNS.len();
-        let rejected = {
-            let mut data = lock(&table.data);
-            let (added, rejected) = add(&mut data.rows, width);
             data.bytes += added;
             store.total_bytes.fetch_add(added, Ordering::Relaxed);
-            table.evict_to(store, &mut data, store.budget.per_table);
+            // A batch larger than the budget keeps its newest rows.
+            table.evict_to(store, &mut data, limit);
             table.publish(store, &data);
             rejected
         };
+        batch.clear();
         if rejected > 0 {
             table.rejected.fetch_add(rejected, Ordering::Relaxed);
             store

@@ -27,6 +27,7 @@ pub struct StoredRows {
     ring: VecDeque<u8>,
     index: VecDeque<Entry>,
     /// Reused encoding buffer.
+    #[cfg(test)]
     scratch: RowBatch,
 }
 
@@ -50,6 +51,16 @@ impl RowBatch {
     /// Encoded bytes waiting.
     pub fn bytes(&self) -> usize {
         self.bytes.len()
+    }
+
+    /// Bytes of the finished rows: what keeping them all adds to a table's ring.
+    fn finished_bytes(&self) -> usize {
+        self.rows.last().map_or(0, |r| r.0)
+    }
+
+    /// What keeping every finished row counts against the budgets ([`kept_size`] of each).
+    pub(super) fn kept_bytes(&self) -> usize {
+        self.finished_bytes() + self.rows.len() * std::mem::size_of::<Entry>()
     }
 
     pub fn clear(&mut self) {
@@ -247,8 +258,14 @@ fn kept(s: &str) -> &[u8] {
 }
 
 /// Encodes `row` as the only row of `batch`.
+#[cfg(test)]
 pub(super) fn encode(row: &Row, batch: &mut RowBatch) {
     batch.clear();
+    encode_more(row, batch);
+}
+
+/// Adds `row` to `batch`.
+pub(super) fn encode_more(row: &Row, batch: &mut RowBatch) {
     let mut e = batch.row(
         row.time_ns,
         row.pid,
@@ -343,7 +360,27 @@ impl StoredRows {
         self.index.len()
     }
 
+    /// Makes room for the finished rows of `batch` in the ring without growing it past `limit`
+    /// bytes where they fit in that. A ring grown by doubling (what `VecDeque` does) would hold
+    /// up to twice its table's budget, and all of it is touched as the ring turns: 32 MiB
+    /// resident for each full table of 16 MiB.
+    pub fn reserve(&mut self, batch: &RowBatch, limit: usize) {
+        let needed = self.ring.len() + batch.finished_bytes();
+        let capacity = self.ring.capacity();
+        if needed > capacity {
+            let target = (capacity * 2).min(limit).max(needed);
+            self.ring.reserve_exact(target - self.ring.len());
+        }
+    }
+
+    /// Bytes the ring has room for.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        self.ring.capacity()
+    }
+
     /// Keeps `row`; returns the bytes it counts ([`kept_size`]).
+    #[cfg(test)]
     pub fn push(&mut self, row: &Row) -> usize {
         let mut scratch = std::mem::take(&mut self.scratch);
         encode(row, &mut scratch);

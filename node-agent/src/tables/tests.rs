@@ -322,3 +322,24 @@ fn a_rendered_column_is_stored_as_written_and_read_rendered_every_time() {
         assert_eq!(rows[0].values[1], Value::UInt64(1));
     }
 }
+
+/// A full table holds no more memory than its budget: its ring is grown to the budget at most, not
+/// doubled past it (a ring of 16 MiB had 32 MiB, all of it resident as the ring turned), and
+/// rows are evicted before a batch comes in, not after.
+#[test]
+fn a_full_table_s_ring_never_outgrows_its_budget() {
+    let budget = 1_000_000;
+    let (s, _) = store(budget, 1 << 30);
+    let w = s.create("t", "o", cols()).unwrap();
+    for batch in 0..300 {
+        w.append_all((0..100).map(|i| row(batch * 100 + i, "a value of a few dozen bytes")));
+        let data = lock(&w.table.data);
+        assert!(data.bytes <= budget);
+        assert!(
+            data.rows.capacity() <= budget,
+            "batch {batch}: {} bytes of room for a budget of {budget}",
+            data.rows.capacity()
+        );
+    }
+    assert!(s.list()[0].evicted_rows > 0);
+}
