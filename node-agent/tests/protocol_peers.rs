@@ -1561,6 +1561,86 @@ async fn postgres_selected_by_process_is_followed_into_the_backends_it_forks() {
     assert!(!pids.contains(&server.pid().to_string()), "{rows:?}");
 }
 
+/// Clients that connect per transaction (pgbench -C): each connection is a backend forked for it
+/// that lives a few milliseconds, its socket inherited from the postmaster. Every connection and
+/// statement is a row with its answer, none lost to the process's exit or misread: before, the
+/// agent forgot a backend gone by its next sweep while its last events still waited in the ring,
+/// and its verdict on the inherited socket, written over the kernel's entry, could undo the count
+/// of the startup message read meanwhile (the queries after it taken for repeats).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connecting_per_transaction_to_postgres_get_every_statement_answered() {
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let data = init_postgres(dir.path());
+    let port = free_port();
+    let server = start_postgres(dir.path(), &data, port, None);
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Pgsql], "*/postgres"),
+        target(server.pid(), &pg_tool("postgres").display().to_string()),
+    );
+    let script = dir.path().join("transaction.sql");
+    std::fs::write(&script, "SELECT 41 + 1;\nSELECT 'per transaction';\n").unwrap();
+    let (clients, transactions) = (2, 200);
+    let out = run_ok(
+        Command::new(pg_tool("pgbench"))
+            .args(["-n", "-C", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(port.to_string())
+            .args([
+                "-c",
+                &clients.to_string(),
+                "-t",
+                &transactions.to_string(),
+                "-f",
+            ])
+            .arg(&script)
+            .arg("postgres")
+            .env("PGPASSWORD", PG_PASSWORD),
+    );
+    let connections = clients * transactions;
+    let processed =
+        format!("number of transactions actually processed: {connections}/{connections}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&processed),
+        "{out:?}"
+    );
+    let rows = wait_for_rows(&store, "pgsql_events", |r| r.len() > 3 * connections).await;
+    // Past the agent's sweeps (every 10 s) of the backends gone meanwhile.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+    let count = |cmd: &str, req: &str| {
+        rows.iter()
+            .filter(|r| {
+                text(r, "req_cmd") == cmd
+                    && text(r, "req").starts_with(req)
+                    && r.get("resp").is_some_and(|v| *v != Value::Null)
+            })
+            .count()
+    };
+    // pgbench's own first connection, then one per transaction.
+    assert_eq!(
+        count("StartupMessage", "user=postgres"),
+        connections + 1,
+        "{rows:?}"
+    );
+    assert_eq!(count("Query", "SELECT 41 + 1"), connections);
+    assert_eq!(count("Query", "SELECT 'per transaction'"), connections);
+    assert_eq!(rows.len(), 3 * connections + 1, "{rows:?}");
+    assert_eq!(
+        metric_sum(&metrics, "sonde_protocol_parse_errors_total", &[]),
+        0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(&metrics, "sonde_events_dropped_total", &[]),
+        0,
+        "{metrics}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server_and_client_pgsql_events()
  {

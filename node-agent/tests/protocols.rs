@@ -645,3 +645,63 @@ impl TapMkdir for PathBuf {
         self
     }
 }
+
+/// A server that peeks at each request's first byte before reading it (as servers sniffing for
+/// TLS do: `recv(fd, buf, 1, MSG_PEEK)`), then reads and answers it; keep-alive. Prints "ready".
+const PEEKING_SERVER: &str = r#"
+import socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    while c.recv(1, socket.MSG_PEEK):
+        if not c.recv(65536):
+            break
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    c.close()
+"#;
+
+/// A peeked byte stays queued and the next read returns it again: it is not followed, or every
+/// request after it would start with its first byte twice (`GGET`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_peeking_at_each_request_before_reading_it_gets_each_request_once() {
+    let port = free_port();
+    let mut child = python_piped(&["-c", PEEKING_SERVER, &port.to_string()]);
+    assert_eq!(printed_line(&mut child), "ready");
+    let server = Server {
+        child,
+        signal: nix::sys::signal::Signal::SIGTERM,
+    };
+    let Traced {
+        store, probe: p, ..
+    } = trace_python(server.pid());
+    let paths = ["/first", "/second", "/third"];
+    assert_eq!(curl(port, &paths), "okokok");
+    let rows = wait_for_rows(&store, "http_events", |r| r.len() >= paths.len()).await;
+    let stats = wait_for_rows(&store, "conn_stats", |r| !closed(r).is_empty()).await;
+    p.stop().await;
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (text(r, "req_method"), text(r, "req_path")))
+        .collect();
+    assert_eq!(got, paths.map(|path| ("GET", path)), "{rows:?}");
+    // The bytes received are the requests' own, once: what curl sends for each path.
+    let closed = closed(&stats);
+    let request_bytes: usize = paths
+        .iter()
+        .map(|path| {
+            format!(
+                "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: curl/{}\r\nAccept: */*\r\n\r\n",
+                curl_version()
+            )
+            .len()
+        })
+        .sum();
+    assert_eq!(
+        closed[0]["bytes_recv"],
+        Value::Int64(request_bytes as i64),
+        "{closed:?}"
+    );
+}

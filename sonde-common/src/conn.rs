@@ -306,7 +306,8 @@ pub struct CloseEvent {
 }
 const _: () = assert!(core::mem::size_of::<CloseEvent>() == 64);
 
-/// I/O on an fd of unknown type (its [`ConnInfo`] is now [`CONN_PENDING`], generation in the header).
+/// I/O on an fd not seen opened (its [`ConnInfo`] is now [`CONN_PENDING`], or [`CONN_TRACE`] when
+/// the kernel could tell it is an inet socket; generation in the header): user space looks at it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassifyEvent {

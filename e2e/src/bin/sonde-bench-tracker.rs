@@ -27,6 +27,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use prometheus_client::registry::Registry;
+use sonde_agent::probes::protocols::events;
 use sonde_agent::probes::protocols::kernel::Kernel;
 use sonde_agent::probes::protocols::metrics::ProtocolMetrics;
 use sonde_agent::probes::protocols::routes::{Route, Routes};
@@ -65,18 +66,6 @@ const SYS_WRITEV: u32 = 20;
 const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:38017\r\n\r\n";
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Fri, 04 Dec 2026 17:10:11 GMT\r\nContent-Type: text/plain\r\nContent-Length: 6\r\nConnection: keep-alive\r\n\r\nhello\n";
 
-/// The bytes of `value`, one of sonde_common's plain `#[repr(C)]` event structs.
-fn bytes_of<T: Copy>(value: &T) -> &[u8] {
-    // SAFETY: `value` is a live T of size_of::<T>() bytes, and the event structs have no padding
-    // (sonde_common asserts their sizes), so every byte is initialised.
-    unsafe {
-        std::slice::from_raw_parts(
-            std::ptr::from_ref(value).cast::<u8>(),
-            std::mem::size_of::<T>(),
-        )
-    }
-}
-
 fn header(kind: u32, tgid: u32, fd: u32, ts_ns: u64) -> EventHeader {
     EventHeader {
         kind,
@@ -92,17 +81,21 @@ fn header(kind: u32, tgid: u32, fd: u32, ts_ns: u64) -> EventHeader {
 fn open_record(tgid: u32, fd: u32, ts_ns: u64) -> Vec<u8> {
     let mut remote_addr = [0u8; 16];
     remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
-    bytes_of(&OpenEvent {
-        header: header(EVENT_OPEN, tgid, fd, ts_ns),
-        role: ROLE_SERVER,
-        family: libc::AF_INET as u16,
-        remote_port: 40_000 + fd as u16,
-        remote_addr,
-        listen_fd: u32::MAX,
-        flags: 0,
-        ..OpenEvent::default()
-    })
-    .to_vec()
+    let mut out = Vec::new();
+    events::encode_into(
+        &mut out,
+        &OpenEvent {
+            header: header(EVENT_OPEN, tgid, fd, ts_ns),
+            role: ROLE_SERVER,
+            family: libc::AF_INET as u16,
+            remote_port: 40_000 + fd as u16,
+            remote_addr,
+            listen_fd: u32::MAX,
+            flags: 0,
+            ..OpenEvent::default()
+        },
+    );
+    out
 }
 
 /// One data record, appended to `out`.
@@ -121,7 +114,7 @@ fn data_record(out: &mut Vec<u8>, at: (u32, u32, u64), pos: u64, direction: u32,
         len: data.len() as u32,
         chunk: 0,
     };
-    out.extend_from_slice(bytes_of(&h));
+    events::encode_into(out, &h);
     out.extend_from_slice(data);
 }
 

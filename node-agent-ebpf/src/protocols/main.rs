@@ -477,9 +477,16 @@ pub fn conn_enter_writev(ctx: TracePointContext) -> u32 {
     )
 }
 
+/// recv flag: the bytes stay queued and the next read returns them again (servers sniffing for
+/// TLS, dnsmasq sizing a datagram). Such a read is not followed: its bytes would be seen twice.
+const MSG_PEEK: u64 = 2;
+
 #[tracepoint]
 pub fn conn_enter_recvfrom(ctx: TracePointContext) -> u32 {
     // Args: fd, ubuf, size, flags, addr, addr_len (a pointer).
+    if arg(&ctx, 3) & MSG_PEEK != 0 {
+        return 0;
+    }
     stash_addr(
         arg(&ctx, 0),
         arg(&ctx, 1),
@@ -507,6 +514,10 @@ pub fn conn_enter_sendto(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn conn_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    // Args: fd, msg, flags.
+    if arg(&ctx, 2) & MSG_PEEK != 0 {
+        return 0;
+    }
     stash(arg(&ctx, 0), arg(&ctx, 1), 0, SYS_RECVMSG, BUF_MSGHDR)
 }
 
@@ -518,6 +529,9 @@ pub fn conn_enter_sendmsg(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn conn_enter_recvmmsg(ctx: TracePointContext) -> u32 {
     // Args: fd, mmsg, vlen, flags, timeout.
+    if arg(&ctx, 3) & MSG_PEEK != 0 {
+        return 0;
+    }
     stash(
         arg(&ctx, 0),
         arg(&ctx, 1),
@@ -1341,17 +1355,25 @@ pub fn conn_exit_sendfile(ctx: TracePointContext) -> u32 {
 
 /// First I/O of a selected process on an fd it did not get from connect/accept. An fd the kernel
 /// can tell is no inet socket (a file, a pipe, a unix socket) is ignored from here on, without a
-/// byte captured or a word to user space; any other is pending and user space is asked.
+/// byte captured or a word to user space. One it can tell is an inet socket (a forked server's
+/// connection, say) is traced at once; user space is asked only for its addresses. Any other is
+/// pending until user space has looked: its verdict is written over the whole connection entry,
+/// which could undo the byte counts of a syscall that ran meanwhile, so the common case does
+/// without one.
 #[inline(always)]
 fn unknown_fd(id: u64, key: ConnKey) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let not_inet = matches!(fd_inet_socket(key.fd), Some(None));
+    let (not_inet, state) = match fd_inet_socket(key.fd) {
+        Some(None) => (true, CONN_IGNORE),
+        Some(Some(_)) => (false, CONN_TRACE),
+        None => (false, CONN_PENDING),
+    };
     let info = ConnInfo {
         generation: now,
         bytes_sent: 0,
         bytes_recv: 0,
-        state: if not_inet { CONN_IGNORE } else { CONN_PENDING },
+        state,
         role: ROLE_UNKNOWN,
         peer: NO_PEER,
         pending_truncated: 0,

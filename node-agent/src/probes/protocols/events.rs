@@ -85,6 +85,26 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     }
 }
 
+/// Appends `event`'s bytes as the kernel side writes them (what [`decode`] reads): for tests and
+/// benchmarks that feed the tracker records of their own.
+pub fn encode_into<T: aya::Pod>(out: &mut Vec<u8>, event: &T) {
+    // SAFETY: `event` is a live T of size_of::<T>() bytes, and the event structs are plain data
+    // without padding (sonde_common asserts their sizes), so every byte is initialised.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(std::ptr::from_ref(event).cast::<u8>(), size_of::<T>())
+    };
+    out.extend_from_slice(bytes);
+}
+
+/// A data record: `header` (its `len` set to the data's) and the data.
+pub fn data_record(mut header: DataEventHeader, data: &[u8]) -> Vec<u8> {
+    header.len = data.len() as u32;
+    let mut out = Vec::with_capacity(size_of::<DataEventHeader>() + data.len());
+    encode_into(&mut out, &header);
+    out.extend_from_slice(data);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,16 +118,9 @@ mod tests {
                 ..Default::default()
             },
             syscall_len: payload.len() as u64,
-            len: payload.len() as u32,
             ..Default::default()
         };
-        let mut bytes = vec![0u8; std::mem::size_of::<DataEventHeader>()];
-        // SAFETY (test): DataEventHeader is plain data of exactly this size.
-        unsafe {
-            std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<DataEventHeader>(), header);
-        }
-        bytes.extend_from_slice(payload);
-        bytes
+        super::data_record(header, payload)
     }
 
     #[test]
