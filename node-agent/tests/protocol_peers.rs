@@ -447,6 +447,28 @@ fn build_go(name: &str, dir: &Path) -> PathBuf {
     binary
 }
 
+/// `program` with `args` and `env` run to its end in pod `app` of a new cgroup `name`, traced for
+/// `protocols` from before it starts; returns the tracing, what keeps the pod (its cgroup and
+/// pause process) and the program's output.
+fn run_in_traced_pod(
+    name: &str,
+    protocols: Vec<Protocol>,
+    program: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Traced, (TestCgroup, Server), std::process::Output) {
+    let cgroup = TestCgroup::new(name);
+    let (traced, pause) = Traced::in_pod(&cgroup, "app", protocols);
+    let out = run_ok(
+        Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(program)
+            .args(args)
+            .envs(env.iter().copied()),
+    );
+    (traced, (cgroup, pause), out)
+}
+
 /// A Go service and a Go client of it, both in one traced cgroup: the server's and the client's
 /// side of each exchange become rows whose addresses match each other, and each lookup of the
 /// pure-Go resolver becomes client `dns_events` rows with their local address — read by the kernel
@@ -2461,24 +2483,21 @@ async fn pgx_batches_become_one_row_per_statement_with_binary_values_decoded() {
     let data = init_postgres(dir.path());
     let port = free_port();
     let _server = start_postgres(dir.path(), &data, port, None);
-    let client = build_go("gopgx", dir.path());
-    let cgroup = TestCgroup::new("go-pgx");
+    let url = format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres");
     let (
         Traced {
             store,
             registry,
             probe: p,
         },
-        _pause,
-    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Pgsql]);
-    let out = run_ok(
-        Command::new("/bin/sh")
-            .args(cgroup.enter_and_exec())
-            .arg(&client)
-            .env(
-                "PG_URL",
-                format!("postgres://postgres:{PG_PASSWORD}@127.0.0.1:{port}/postgres"),
-            ),
+        _pod,
+        out,
+    ) = run_in_traced_pod(
+        "go-pgx",
+        vec![Protocol::Pgsql],
+        &build_go("gopgx", dir.path()),
+        &[],
+        &[("PG_URL", &url)],
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -2742,23 +2761,21 @@ async fn connector_j_s_pipelined_executes_and_bulk_batches_show_their_statements
             .arg(dir.path())
             .arg(fixture.join("ConnectorJ.java")),
     );
-    let cgroup = TestCgroup::new("connector-j");
+    let classpath = format!("{}:{}", jar.display(), dir.path().display());
     let (
         Traced {
             store,
             registry,
             probe: p,
         },
-        _pause,
-    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Mysql]);
-    let out = run_ok(
-        Command::new("/bin/sh")
-            .args(cgroup.enter_and_exec())
-            .arg(which("java"))
-            .arg("-cp")
-            .arg(format!("{}:{}", jar.display(), dir.path().display()))
-            .arg("ConnectorJ")
-            .arg(port.to_string()),
+        _pod,
+        out,
+    ) = run_in_traced_pod(
+        "connector-j",
+        vec![Protocol::Mysql],
+        &which("java"),
+        &["-cp", &classpath, "ConnectorJ", &port.to_string()],
+        &[],
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
@@ -2860,21 +2877,21 @@ async fn go_sql_driver_s_results_without_column_definitions_count_their_rows() {
     let data = init_mariadb(dir.path());
     let port = free_port();
     let _server = start_mariadb(dir.path(), &data, port);
-    let client = build_go("gomysql", dir.path());
-    let cgroup = TestCgroup::new("go-mysql");
+    let dsn = format!("root@tcp(127.0.0.1:{port})/sonde");
     let (
         Traced {
             store,
             registry,
             probe: p,
         },
-        _pause,
-    ) = Traced::in_pod(&cgroup, "app", vec![Protocol::Mysql]);
-    let out = run_ok(
-        Command::new("/bin/sh")
-            .args(cgroup.enter_and_exec())
-            .arg(&client)
-            .env("MYSQL_DSN", format!("root@tcp(127.0.0.1:{port})/sonde")),
+        _pod,
+        out,
+    ) = run_in_traced_pod(
+        "go-mysql",
+        vec![Protocol::Mysql],
+        &build_go("gomysql", dir.path()),
+        &[],
+        &[("MYSQL_DSN", &dsn)],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "rows 3 0 1 2; c\n");
     let want = 10;
