@@ -356,27 +356,25 @@ fn render_args(
     json::into_string(out)
 }
 
-/// Is argument `i` a password? AUTH's arguments, HELLO's and MIGRATE's after AUTH/AUTH2, the
-/// value of CONFIG SET requirepass/masterauth/tls-*-pass, ACL SETUSER password rules.
+/// Is argument `i` a password? AUTH's password (its last argument: a username before it stays
+/// shown), HELLO's and MIGRATE's after AUTH/AUTH2 (after the username), the value of CONFIG SET
+/// requirepass/masterauth/tls-*-pass, ACL SETUSER password rules.
 fn is_secret(operation: &str, name: &str, args: &[String], i: usize) -> bool {
-    let after = |keyword: &str, count: usize| {
+    let at = |keyword: &str, offset: usize| {
         args.iter()
             .position(|a| a.eq_ignore_ascii_case(keyword))
-            .is_some_and(|k| i > k && i <= k + count)
+            .is_some_and(|k| i == k + offset)
     };
     match operation {
-        "AUTH" => true,
-        "HELLO" => after("AUTH", 2),
-        "MIGRATE" => after("AUTH", 1) || after("AUTH2", 2),
+        // AUTH password, or AUTH username password; more arguments than that are all hidden.
+        "AUTH" => i + 1 == args.len() || args.len() > 2,
+        "HELLO" => at("AUTH", 2),
+        "MIGRATE" => at("AUTH", 1) || at("AUTH2", 2),
         "CONFIG" if name == "CONFIG SET" => {
             i % 2 == 1
                 && matches!(
                     args[i - 1].to_ascii_lowercase().as_str(),
-                    "requirepass"
-                        | "masterauth"
-                        | "masteruser"
-                        | "tls-key-file-pass"
-                        | "tls-client-key-file-pass"
+                    "requirepass" | "masterauth" | "tls-key-file-pass" | "tls-client-key-file-pass"
                 )
         }
         "ACL" if name == "ACL SETUSER" => {

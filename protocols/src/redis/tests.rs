@@ -166,21 +166,32 @@ fn a_command_without_reply_expires_unanswered() {
 }
 
 #[test]
-fn passwords_in_auth_and_hello_are_redacted() {
+fn passwords_in_auth_and_hello_are_redacted_and_usernames_shown() {
     let mut p = parser();
     let mut out = Vec::new();
     let hello = b"*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$3\r\nbob\r\n$6\r\nsecret\r\n";
     let auth = b"*3\r\n$4\r\nauth\r\n$3\r\nbob\r\n$6\r\nsecret\r\n";
-    p.feed(Direction::Egress, 100, hello, &mut out).unwrap();
-    p.feed(Direction::Egress, 101, auth, &mut out).unwrap();
+    let auth_password = b"*2\r\n$4\r\nAUTH\r\n$6\r\nsecret\r\n";
+    let migrate = b"*10\r\n$7\r\nMIGRATE\r\n$4\r\nhost\r\n$4\r\n6379\r\n$1\r\nk\r\n$1\r\n0\r\n$4\r\n5000\r\n$5\r\nAUTH2\r\n$3\r\nbob\r\n$6\r\nsecret\r\n$4\r\nKEYS\r\n";
+    for (ts, command) in [&hello[..], auth, auth_password, migrate]
+        .into_iter()
+        .enumerate()
+    {
+        p.feed(Direction::Egress, 100 + ts as u64, command, &mut out)
+            .unwrap();
+    }
     p.expire(u64::MAX, &mut out);
+    let args: Vec<&Field> = out.iter().map(|r| &r.fields[1]).collect();
     assert_eq!(
-        out[0].fields[1],
-        Field::String(r#"["3","AUTH","<redacted>","<redacted>"]"#.into())
-    );
-    assert_eq!(
-        out[1].fields[1],
-        Field::String(r#"["<redacted>","<redacted>"]"#.into())
+        args,
+        [
+            &Field::String(r#"["3","AUTH","bob","<redacted>"]"#.into()),
+            &Field::String(r#"["bob","<redacted>"]"#.into()),
+            &Field::String(r#"["<redacted>"]"#.into()),
+            &Field::String(
+                r#"["host","6379","k","0","5000","AUTH2","bob","<redacted>","KEYS"]"#.into()
+            ),
+        ]
     );
 }
 
