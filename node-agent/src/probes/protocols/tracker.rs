@@ -708,7 +708,7 @@ impl Tracker {
 
     /// Forgets the connections, routes and fds of processes that exited, once two sweeps in a row
     /// found them gone: what a process did just before it exited may still wait in the ring
-    /// (drained every 250 ms, swept every second), and forgotten at once, a short-lived forked
+    /// (drained every 250 ms, swept every 10 s), and forgotten at once, a short-lived forked
     /// server's last answers lost their route and their connection (PostgreSQL backends of
     /// clients connecting per transaction: 259 unrouted events in 36,000 connections).
     fn sweep_exited(&mut self, now: u64) {
