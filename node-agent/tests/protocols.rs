@@ -705,3 +705,67 @@ async fn a_server_peeking_at_each_request_before_reading_it_gets_each_request_on
         "{closed:?}"
     );
 }
+
+/// A UDP server that reads each datagram with MSG_TRUNC into a 12-byte buffer (a DNS header's
+/// worth) and answers "ok"; prints "ready".
+const TRUNCATING_UDP_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(12, socket.MSG_TRUNC)
+    s.sendto(b"ok", peer)
+"#;
+
+/// A datagram read with MSG_TRUNC: the syscall returns its whole length, longer than the buffer it
+/// filled. Only the buffer is captured, never the memory past it, and the rest is counted as a
+/// truncation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_datagram_read_with_msg_trunc_is_captured_only_as_far_as_its_buffer() {
+    let port = free_port();
+    let mut child = python_piped(&["-c", TRUNCATING_UDP_SERVER, &port.to_string()]);
+    assert_eq!(printed_line(&mut child), "ready");
+    let server = Server {
+        child,
+        signal: nix::sys::signal::Signal::SIGTERM,
+    };
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Dns], "*/python3*"),
+        target(server.pid(), &python3().to_string_lossy()),
+    );
+    // A DNS query of 29 bytes: the server's read fills 12 of them.
+    let query =
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x03abc\x00\x00\x01\x00\x01";
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    // The first query's read began before the tracing did (the server was waiting in it): the
+    // second one's is traced.
+    for _ in 0..2 {
+        client.send_to(query, ("127.0.0.1", port)).unwrap();
+        let mut answer = [0u8; 16];
+        assert_eq!(client.recv(&mut answer).unwrap(), 2);
+    }
+    let truncated = |registry: &prometheus_client::registry::Registry| {
+        metric_sum(
+            &metrics_text(registry),
+            "sonde_events_dropped_total",
+            &["reason=\"truncated\""],
+        )
+    };
+    for _ in 0..100 {
+        if truncated(&registry) > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = rows(&store, "conn_stats");
+    p.stop().await;
+    assert_eq!(truncated(&registry), 1, "{stats:?}");
+}

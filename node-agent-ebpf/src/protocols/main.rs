@@ -1080,7 +1080,9 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
         _ => (0, 0),
     };
     let captured = match args.layout {
-        BUF_PLAIN => emit_buffer(event, args.buf, ret, pos, &mut budget, true),
+        // A datagram read with MSG_TRUNC returns its whole length, longer than the buffer it
+        // filled: what lies past the buffer is none of its bytes.
+        BUF_PLAIN => emit_buffer(event, args.buf, ret.min(args.count), pos, &mut budget, true),
         // Several iovecs whose bytes fit one chunk (nginx's headers + body writev): one event.
         BUF_IOVEC | BUF_MSGHDR if iov_count > 1 && ret <= DATA_CHUNK as u64 => {
             emit_gathered(event, iov, iov_count, ret, pos)
