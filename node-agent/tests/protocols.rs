@@ -647,13 +647,15 @@ impl TapMkdir for PathBuf {
 }
 
 /// A server that peeks at each request's first byte before reading it (as servers sniffing for
-/// TLS do: `recv(fd, buf, 1, MSG_PEEK)`), then reads and answers it; keep-alive. Prints "ready".
+/// TLS do: `recv(fd, buf, 1, MSG_PEEK)`), then reads and answers it; keep-alive. Prints "ready"
+/// once it listens, and accepts once told on stdin (when it is traced: the accept is seen).
 const PEEKING_SERVER: &str = r#"
 import socket, sys
 s = socket.socket()
 s.bind(("127.0.0.1", int(sys.argv[1])))
 s.listen()
 print("ready", flush=True)
+sys.stdin.readline()
 while True:
     c, _ = s.accept()
     while c.recv(1, socket.MSG_PEEK):
@@ -670,23 +672,32 @@ async fn a_server_peeking_at_each_request_before_reading_it_gets_each_request_on
     let port = free_port();
     let mut child = python_piped(&["-c", PEEKING_SERVER, &port.to_string()]);
     assert_eq!(printed_line(&mut child), "ready");
+    let mut go = child.stdin.take().unwrap();
     let server = Server {
         child,
         signal: nix::sys::signal::Signal::SIGTERM,
     };
     let Traced {
-        store, probe: p, ..
+        store,
+        registry,
+        probe: p,
     } = trace_python(server.pid());
+    std::io::Write::write_all(&mut go, b"go\n").unwrap();
     let paths = ["/first", "/second", "/third"];
     assert_eq!(curl(port, &paths), "okokok");
     let rows = wait_for_rows(&store, "http_events", |r| r.len() >= paths.len()).await;
     let stats = wait_for_rows(&store, "conn_stats", |r| !closed(r).is_empty()).await;
+    let metrics = metrics_text(&registry);
     p.stop().await;
     let got: Vec<(&str, &str)> = rows
         .iter()
         .map(|r| (text(r, "req_method"), text(r, "req_path")))
         .collect();
-    assert_eq!(got, paths.map(|path| ("GET", path)), "{rows:?}");
+    assert_eq!(
+        got,
+        paths.map(|path| ("GET", path)),
+        "{rows:?}\n{stats:?}\n{metrics}"
+    );
     // The bytes received are the requests' own, once: what curl sends for each path.
     let closed = closed(&stats);
     let request_bytes: usize = paths
