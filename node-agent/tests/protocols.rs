@@ -367,19 +367,20 @@ async fn a_client_selected_after_it_connected_and_gone_at_once_still_gets_its_ro
 }
 
 /// The Python server of `fixtures/protocols/awkward_answers.py` on `port`, once it listens.
-fn start_awkward_server(port: u16) -> Server {
-    let script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/awkward_answers.py");
-    let mut child = python_piped(&[&script.to_string_lossy(), &port.to_string()]);
-    assert_eq!(
-        printed_line(&mut child),
-        "ready",
-        "awkward_answers.py did not start"
-    );
+/// A Python server (`args` given to python3) once it printed "ready"; its stdin stays piped.
+fn start_python_server(args: &[&str]) -> Server {
+    let mut child = python_piped(args);
+    assert_eq!(printed_line(&mut child), "ready", "{args:?} did not start");
     Server {
         child,
         signal: nix::sys::signal::Signal::SIGTERM,
     }
+}
+
+fn start_awkward_server(port: u16) -> Server {
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/protocols/awkward_answers.py");
+    start_python_server(&[&script.to_string_lossy(), &port.to_string()])
 }
 
 /// A keep-alive client that fetches `/length`, prints its local port and keeps the connection
@@ -670,13 +671,8 @@ while True:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_peeking_at_each_request_before_reading_it_gets_each_request_once() {
     let port = free_port();
-    let mut child = python_piped(&["-c", PEEKING_SERVER, &port.to_string()]);
-    assert_eq!(printed_line(&mut child), "ready");
-    let mut go = child.stdin.take().unwrap();
-    let server = Server {
-        child,
-        signal: nix::sys::signal::Signal::SIGTERM,
-    };
+    let mut server = start_python_server(&["-c", PEEKING_SERVER, &port.to_string()]);
+    let mut go = server.child.stdin.take().unwrap();
     let Traced {
         store,
         registry,
@@ -735,12 +731,7 @@ while True:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_datagram_read_with_msg_trunc_is_captured_only_as_far_as_its_buffer() {
     let port = free_port();
-    let mut child = python_piped(&["-c", TRUNCATING_UDP_SERVER, &port.to_string()]);
-    assert_eq!(printed_line(&mut child), "ready");
-    let server = Server {
-        child,
-        signal: nix::sys::signal::Signal::SIGTERM,
-    };
+    let server = start_python_server(&["-c", TRUNCATING_UDP_SERVER, &port.to_string()]);
     let Traced {
         store,
         registry,

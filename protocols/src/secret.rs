@@ -33,3 +33,9 @@ pub(crate) fn secret_name(name: &[u8]) -> bool {
         })
     })
 }
+
+/// Is parameter `index` (from 0) among the `secret` parameter numbers (from 1, ascending, as the
+/// SQL scanner lists the placeholders bound to a credential)?
+pub(crate) fn secret_param(secret: &[u32], index: usize) -> bool {
+    secret.binary_search(&(index as u32 + 1)).is_ok()
+}

@@ -189,6 +189,8 @@ struct TableData {
     /// Each row with its estimated size.
     rows: StoredRows,
     bytes: usize,
+    /// Reused encoding buffer of [`TableWriter::append_all`].
+    scratch: RowBatch,
 }
 
 /// Appends rows to one table. Cheap to clone, usable from any thread.
@@ -423,40 +425,57 @@ impl TableWriter {
     /// runtime writing many rows at once should use); rows of the wrong width are counted as
     /// rejected and dropped.
     pub fn append_all(&self, rows: impl IntoIterator<Item = Row>) {
-        let mut batch = RowBatch::default();
-        for row in rows {
-            stored::encode_more(&row, &mut batch);
-        }
-        self.append_batch(&mut batch);
+        let rejected = {
+            let mut data = lock(&self.table.data);
+            let mut batch = std::mem::take(&mut data.scratch);
+            for row in rows {
+                stored::encode(&row, &mut batch);
+            }
+            let rejected = self.keep(&mut data, &batch);
+            batch.clear();
+            data.scratch = batch;
+            rejected
+        };
+        self.after_append(rejected);
     }
 
     /// Appends the rows of `batch` like [`TableWriter::append_all`] and empties it: rows encoded
     /// straight from what a runtime parsed, without a `Row` each.
     pub fn append_batch(&self, batch: &mut RowBatch) {
+        let rejected = self.keep(&mut lock(&self.table.data), batch);
+        batch.clear();
+        self.after_append(rejected);
+    }
+
+    /// Keeps the finished rows of `batch` in the table (`data`, locked), evicting the oldest first
+    /// so that it never holds more than its budget, even for a moment; returns the rows rejected
+    /// for their width.
+    fn keep(&self, data: &mut TableData, batch: &RowBatch) -> u64 {
         let (table, store) = (&self.table, &*self.store);
         let width = table.columns.len() - TARGET_COLUMNS.len();
         let limit = store.budget.per_table;
-        let rejected = {
-            let mut data = lock(&table.data);
-            // Room first, so that the table never holds more than its budget, even for a moment.
-            table.evict_to(store, &mut data, limit.saturating_sub(batch.kept_bytes()));
-            data.rows.reserve(batch, limit);
-            let (mut added, mut rejected) = (0, 0u64);
-            for (bytes, time_ns, values) in batch.iter() {
-                if values as usize == width {
-                    added += data.rows.push_encoded(bytes, time_ns);
-                } else {
-                    rejected += 1;
-                }
+        table.evict_to(store, data, limit.saturating_sub(batch.kept_bytes()));
+        data.rows.reserve(batch, limit);
+        let (mut added, mut rejected) = (0, 0u64);
+        for (bytes, time_ns, values) in batch.iter() {
+            if values as usize == width {
+                added += data.rows.push_encoded(bytes, time_ns);
+            } else {
+                rejected += 1;
             }
-            data.bytes += added;
-            store.total_bytes.fetch_add(added, Ordering::Relaxed);
-            // A batch larger than the budget keeps its newest rows.
-            table.evict_to(store, &mut data, limit);
-            table.publish(store, &data);
-            rejected
-        };
-        batch.clear();
+        }
+        data.bytes += added;
+        store.total_bytes.fetch_add(added, Ordering::Relaxed);
+        // A batch larger than the budget keeps its newest rows.
+        table.evict_to(store, data, limit);
+        table.publish(store, data);
+        rejected
+    }
+
+    /// After an append, without the table's lock: counts rejected rows and holds the store to its
+    /// total budget.
+    fn after_append(&self, rejected: u64) {
+        let (table, store) = (&self.table, &*self.store);
         if rejected > 0 {
             table.rejected.fetch_add(rejected, Ordering::Relaxed);
             store

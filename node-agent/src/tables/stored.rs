@@ -26,9 +26,6 @@ pub fn kept_size(encoded: usize) -> usize {
 pub struct StoredRows {
     ring: VecDeque<u8>,
     index: VecDeque<Entry>,
-    /// Reused encoding buffer.
-    #[cfg(test)]
-    scratch: RowBatch,
 }
 
 /// Rows encoded the way [`StoredRows`] keeps them, waiting to be appended to one table.
@@ -257,15 +254,8 @@ fn kept(s: &str) -> &[u8] {
     &s.as_bytes()[..end]
 }
 
-/// Encodes `row` as the only row of `batch`.
-#[cfg(test)]
-pub(super) fn encode(row: &Row, batch: &mut RowBatch) {
-    batch.clear();
-    encode_more(row, batch);
-}
-
 /// Adds `row` to `batch`.
-pub(super) fn encode_more(row: &Row, batch: &mut RowBatch) {
+pub(super) fn encode(row: &Row, batch: &mut RowBatch) {
     let mut e = batch.row(
         row.time_ns,
         row.pid,
@@ -361,9 +351,8 @@ impl StoredRows {
     }
 
     /// Makes room for the finished rows of `batch` in the ring without growing it past `limit`
-    /// bytes where they fit in that. A ring grown by doubling (what `VecDeque` does) would hold
-    /// up to twice its table's budget, and all of it is touched as the ring turns: 32 MiB
-    /// resident for each full table of 16 MiB.
+    /// bytes where they fit in that. A ring grown by doubling (what `VecDeque` does) could hold up
+    /// to twice its table's budget, all of it touched as the ring turns.
     pub fn reserve(&mut self, batch: &RowBatch, limit: usize) {
         let needed = self.ring.len() + batch.finished_bytes();
         let capacity = self.ring.capacity();
@@ -382,14 +371,12 @@ impl StoredRows {
     /// Keeps `row`; returns the bytes it counts ([`kept_size`]).
     #[cfg(test)]
     pub fn push(&mut self, row: &Row) -> usize {
-        let mut scratch = std::mem::take(&mut self.scratch);
-        encode(row, &mut scratch);
-        let size = scratch
+        let mut batch = RowBatch::default();
+        encode(row, &mut batch);
+        batch
             .iter()
             .map(|(bytes, time_ns, _)| self.push_encoded(bytes, time_ns))
-            .sum();
-        self.scratch = scratch;
-        size
+            .sum()
     }
 
     /// Keeps a row encoded by [`RowBatch`]; returns the bytes it counts.

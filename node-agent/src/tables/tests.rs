@@ -324,8 +324,8 @@ fn a_rendered_column_is_stored_as_written_and_read_rendered_every_time() {
 }
 
 /// A full table holds no more memory than its budget: its ring is grown to the budget at most, not
-/// doubled past it (a ring of 16 MiB had 32 MiB, all of it resident as the ring turned), and
-/// rows are evicted before a batch comes in, not after.
+/// doubled past it (all of it resident as the ring turns), and rows are evicted before a batch
+/// comes in, not after.
 #[test]
 fn a_full_table_s_ring_never_outgrows_its_budget() {
     let budget = 1_000_000;

@@ -372,7 +372,7 @@ fn read_types(c: &mut &[u8], count: usize, types: &mut Vec<(u8, bool)>) -> Optio
 
 /// Parameter `i`'s rendered value, or `<redacted>` when its number (from 1) is in `secret`.
 fn unless_secret(value: String, i: usize, secret: &[u32]) -> String {
-    if secret.binary_search(&(i as u32 + 1)).is_ok() {
+    if crate::secret::secret_param(secret, i) {
         crate::REDACTED.to_string()
     } else {
         value

@@ -71,7 +71,7 @@ pub(super) fn render_params(
         };
         let rendered = match value {
             None => "NULL".to_string(),
-            Some(_) if secret.binary_search(&(i as u32 + 1)).is_ok() => crate::REDACTED.to_string(),
+            Some(_) if crate::secret::secret_param(secret, i) => crate::REDACTED.to_string(),
             Some(v) if format == 0 => quoted(v),
             Some(v) => binary(v, types.get(i).copied().unwrap_or(0)),
         };
