@@ -183,7 +183,7 @@ fn files_and_pipes_are_told_from_sockets_by_the_kernel_and_never_reach_user_spac
     let mut seen = Vec::new();
     while let Some(record) = maps.ring.next() {
         match decode(&record) {
-            Ok(Event::Classify(h)) if h.tgid == pid => seen.push((h.fd, "classify")),
+            Ok(Event::Classify(c)) if c.header.tgid == pid => seen.push((c.header.fd, "classify")),
             Ok(Event::Data(h, _)) if h.header.tgid == pid => seen.push((h.header.fd, "data")),
             _ => {}
         }

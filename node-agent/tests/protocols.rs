@@ -322,9 +322,9 @@ fn trace_python(pid: u32) -> Traced {
 
 /// A client connected before it was selected — as a program does that connects within the
 /// millisecond the agent takes to select it after its exec — whose first bytes come once it is
-/// traced, and which exits right after its answer: the kernel asks the agent about the fd it did
-/// not see opened and wakes it, so the fd is looked at before the process is gone (a look after it
-/// was gone took the fd for no socket, and the request went without a row).
+/// traced, and which exits the moment it has its answer: the kernel reads the socket behind the fd
+/// it did not see opened and sends its addresses, so nobody needs to look at the fd (a look after
+/// the process was gone took the fd for no socket, and the request went without a row).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_selected_after_it_connected_and_gone_at_once_still_gets_its_row() {
     use std::io::{BufRead, BufReader, Write};
@@ -332,13 +332,13 @@ async fn a_client_selected_after_it_connected_and_gone_at_once_still_gets_its_ro
     let port = free_port();
     let (_nginx, _worker) = start_hello_nginx(dir.path(), port);
     let script = format!(
-        "import socket, sys, time\n\
+        "import os, socket, sys\n\
          s = socket.create_connection(('127.0.0.1', {port}))\n\
          print('connected', flush=True)\n\
          sys.stdin.readline()\n\
          s.sendall(b'GET /hello HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n')\n\
          while s.recv(4096): pass\n\
-         time.sleep(0.02)\n"
+         os._exit(0)\n"
     );
     let mut client = python_piped(&["-c", &script]);
     let mut stdout = BufReader::new(client.stdout.take().unwrap());
@@ -364,6 +364,77 @@ async fn a_client_selected_after_it_connected_and_gone_at_once_still_gets_its_ro
     );
     assert_eq!(row["resp_status"], Value::Int64(200), "{row:?}");
     assert_eq!(row["remote_port"], Value::Int64(i64::from(port)), "{row:?}");
+}
+
+/// A server that accepted its one connection before it was traced and, told on stdin, answers one
+/// request on it, closes it and exits at once (no interpreter teardown).
+const EARLY_ACCEPTING_SERVER: &str = r#"
+import os, socket, sys
+s = socket.socket()
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen()
+print("ready", flush=True)
+c, _ = s.accept()
+sys.stdin.readline()
+c.recv(65536)
+c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+c.close()
+os._exit(0)
+"#;
+
+/// A connection accepted before the server was traced (the agent started, or the pod selected,
+/// while it was open), whose server answers and is gone within the same millisecond: the row
+/// comes with both addresses, which the kernel read from the socket while the fd was in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_accepted_before_tracing_whose_server_exits_at_once_gets_its_row_and_addresses()
+ {
+    use std::io::{Read, Write};
+    let port = free_port();
+    let mut server = start_python_server(&["-c", EARLY_ACCEPTING_SERVER, &port.to_string()]);
+    let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let mut go = server.child.stdin.take().unwrap();
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = trace_python(server.pid());
+    client
+        .write_all(b"GET /early HTTP/1.1\r\nHost: a\r\n\r\n")
+        .unwrap();
+    go.write_all(b"go\n").unwrap();
+    let mut answer = Vec::new();
+    client.read_to_end(&mut answer).unwrap();
+    assert!(answer.ends_with(b"\r\n\r\nok"), "{answer:?}");
+    let rows = wait_for_rows(&store, "http_events", |r| !r.is_empty()).await;
+    let stats = wait_for_rows(&store, "conn_stats", |r| !closed(r).is_empty()).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+    assert_eq!(rows.len(), 1, "{rows:?}\n{stats:?}\n{metrics}");
+    let row = &rows[0];
+    assert_eq!(
+        ["trace_role", "req_method", "req_path", "remote_addr"].map(|c| text(row, c)),
+        ["server", "GET", "/early", "127.0.0.1"],
+        "{row:?}"
+    );
+    assert_eq!(row["resp_status"], Value::Int64(200), "{row:?}");
+    assert_eq!(
+        row["remote_port"],
+        Value::Int64(i64::from(client_port)),
+        "{row:?}"
+    );
+    let closed = closed(&stats);
+    assert_eq!(
+        closed[0]["local_port"],
+        Value::Int64(i64::from(port)),
+        "{closed:?}"
+    );
+    // The kernel told: the agent looked at no fd.
+    assert_eq!(
+        metric_sum(&metrics, "sonde_protocol_fd_lookups_total", &[]),
+        0,
+        "{metrics}"
+    );
 }
 
 /// The Python server of `fixtures/protocols/awkward_answers.py` on `port`, once it listens.

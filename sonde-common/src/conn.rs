@@ -306,14 +306,27 @@ pub struct CloseEvent {
 }
 const _: () = assert!(core::mem::size_of::<CloseEvent>() == 64);
 
-/// I/O on an fd not seen opened (its [`ConnInfo`] is now [`CONN_PENDING`], or [`CONN_TRACE`] when
-/// the kernel could tell it is an inet socket; generation in the header): user space looks at it.
+/// I/O on an fd not seen opened (generation in the header). With [`CLASSIFY_INET`] the kernel read
+/// the inet socket behind it: its [`ConnInfo`] is [`CONN_TRACE`] already and `local`/`remote` are
+/// its addresses, so nobody needs to look at the fd (which a short connection may have closed, and
+/// its process left, by then). Without, the entry is [`CONN_PENDING`] and user space looks at it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClassifyEvent {
     pub header: EventHeader,
+    /// `CLASSIFY_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    pub local: PeerAddr,
+    /// The peer; zero for an unconnected datagram socket.
+    pub remote: PeerAddr,
 }
-const _: () = assert!(core::mem::size_of::<ClassifyEvent>() == 40);
+const _: () = assert!(core::mem::size_of::<ClassifyEvent>() == 88);
+
+/// [`ClassifyEvent::flags`]: the fd is an inet socket with the addresses the event carries.
+pub const CLASSIFY_INET: u32 = 1;
+/// [`ClassifyEvent::flags`], with [`CLASSIFY_INET`]: a datagram (UDP) socket.
+pub const CLASSIFY_UDP: u32 = 2;
 
 /// A selected process forked a child process (not a thread): the child shares the parent's open
 /// fds, so a socket the parent accepted (a PostgreSQL postmaster's) is the child's connection too.

@@ -23,10 +23,11 @@
 //!
 //! Socket vs non-socket fds: fds from connect/accept are known sockets (non-inet families are ignored).
 //! Any other fd a selected process does I/O on is looked at by the same walk: one that is no inet
-//! socket (a file, a pipe, a unix socket) is ignored at once, nothing captured. The rest (sockets
-//! opened before the process was traced; every fd without BTF) is marked pending and reported
-//! once; user space looks at the fd (pidfd_getfd) and sets the state to traced or ignored, so each
-//! costs one lookup per syscall afterwards. Bytes moved while an fd is pending are captured all the
+//! socket (a file, a pipe, a unix socket) is ignored at once, nothing captured; an inet socket
+//! (opened before the process was traced, inherited across fork) is traced at once and reported
+//! with its addresses. Only without BTF (or when the walk fails) is an fd marked pending and
+//! reported once; user space looks at the fd (pidfd_getfd) and sets the state to traced or
+//! ignored, so each costs one lookup per syscall afterwards. Bytes moved while an fd is pending are captured all the
 //! same (user space drops them if the fd is no socket): a socket inherited across fork, like a
 //! PostgreSQL backend's, starts with the message that identifies its protocol. A datagram syscall
 //! that names its peer (recvfrom/recvmsg/recvmmsg returning a source address, sendto/sendmsg/
@@ -50,7 +51,7 @@ use aya_ebpf::{
 };
 use formats::{CLONE_THREAD, NEWTASK_CLONE_FLAGS, NEWTASK_PID};
 use sonde_common::conn::{
-    CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, ClassifyEvent, CloseEvent, ConnInfo,
+    CLASSIFY_INET, CLASSIFY_UDP, CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, ClassifyEvent, CloseEvent, ConnInfo,
     ConnKey, DATA_CHUNK, DIR_EGRESS, DIR_INGRESS, DROP_ARGS_MAP_FULL, DROP_CONN_MAP_FULL,
     DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_TGIDS_MAP_FULL, DROP_TRUNCATED,
     DROP_UNCLASSIFIED, DataEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA,
@@ -285,7 +286,13 @@ static CONN_OPEN_WAKE: Array<u64> = Array::with_max_entries(1, 0);
 /// than [`OPEN_WAKE_GAP_NS`] ago (the agent then drains again that soon).
 #[inline(always)]
 fn send_for_a_look<T>(event: &T, now: u64) -> Result<(), i32> {
-    let mut flags = wakeup(core::mem::size_of::<T>());
+    CONN_EVENTS.output::<T>(event, look_flags(core::mem::size_of::<T>(), now))
+}
+
+/// The output flags of [`send_for_a_look`] for a record of `size` bytes.
+#[inline(always)]
+fn look_flags(size: usize, now: u64) -> u64 {
+    let mut flags = wakeup(size);
     if let Some(last) = CONN_OPEN_WAKE.get_ptr_mut(0) {
         // SAFETY: the map's only slot; a torn race between CPUs only changes when the next wakes.
         unsafe {
@@ -295,7 +302,7 @@ fn send_for_a_look<T>(event: &T, now: u64) -> Result<(), i32> {
             }
         }
     }
-    CONN_EVENTS.output::<T>(event, flags)
+    flags
 }
 
 #[inline(always)]
@@ -901,8 +908,17 @@ fn fd_inet_socket(fd: u32) -> Option<Option<InetSocket>> {
 /// connection opens only.
 #[inline(always)]
 fn socket_addresses(fd: u32) -> Option<SocketAddresses> {
-    let InetSocket { sk, family, udp } = fd_inet_socket(fd)??;
+    let socket = fd_inet_socket(fd)??;
     let (mut local, mut remote) = (NO_PEER, NO_PEER);
+    let udp = read_addresses(&socket, &mut local, &mut remote)?;
+    Some(SocketAddresses { local, remote, udp })
+}
+
+/// Writes both addresses of an inet socket found by [`fd_inet_socket`] (`local`, `remote`: zeroed
+/// by the caller); returns whether it is a datagram socket, None if a read failed.
+#[inline(always)]
+fn read_addresses(socket: &InetSocket, local: &mut PeerAddr, remote: &mut PeerAddr) -> Option<bool> {
+    let (sk, family) = (socket.sk, socket.family);
     local.family = family;
     local.port = kernel_read(sk + offset!(skc_num))?;
     remote.family = family;
@@ -917,12 +933,12 @@ fn socket_addresses(fd: u32) -> Option<SocketAddresses> {
         }
     } else {
         let (addr, peer) = (sk + offset!(skc_v6_rcv_saddr), sk + offset!(skc_v6_daddr));
-        // SAFETY: a checked read into a stack buffer of its length.
+        // SAFETY: checked reads into buffers of their length.
         unsafe { bpf_probe_read_kernel_buf(addr as *const u8, &mut local.addr) }.ok()?;
         // SAFETY: as above.
         unsafe { bpf_probe_read_kernel_buf(peer as *const u8, &mut remote.addr) }.ok()?;
     }
-    Some(SocketAddresses { local, remote, udp })
+    Some(socket.udp)
 }
 
 /// A datagram with a peer address on an fd not known yet: an inet socket, traced from this datagram.
@@ -1358,46 +1374,71 @@ pub fn conn_exit_sendfile(ctx: TracePointContext) -> u32 {
 /// First I/O of a selected process on an fd it did not get from connect/accept. An fd the kernel
 /// can tell is no inet socket (a file, a pipe, a unix socket) is ignored from here on, without a
 /// byte captured or a word to user space. One it can tell is an inet socket (a forked server's
-/// connection, say) is traced at once; user space is asked only for its addresses. Any other is
-/// pending until user space has looked: its verdict is written over the whole connection entry,
-/// which could undo the byte counts of a syscall that ran meanwhile, so the common case does
-/// without one.
+/// connection, a socket accepted before the process was traced) is traced at once, and its
+/// addresses go to user space with the event. Any other is pending until user space has looked:
+/// its verdict is written over the whole connection entry, which could undo the byte counts of a
+/// syscall that ran meanwhile, and the fd may be gone by then, so the common case does without.
 #[inline(always)]
 fn unknown_fd(id: u64, key: ConnKey) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    let (not_inet, state) = match fd_inet_socket(key.fd) {
-        Some(None) => (true, CONN_IGNORE),
-        Some(Some(_)) => (false, CONN_TRACE),
-        None => (false, CONN_PENDING),
-    };
-    let info = ConnInfo {
+    let socket = fd_inet_socket(key.fd);
+    let mut info = ConnInfo {
         generation: now,
         bytes_sent: 0,
         bytes_recv: 0,
-        state,
+        state: CONN_IGNORE,
         role: ROLE_UNKNOWN,
         peer: NO_PEER,
         pending_truncated: 0,
     };
+    if let Some(None) = socket {
+        if CONN_CONNS.insert(&key, &info, 0).is_err() {
+            count_drop(DROP_CONN_MAP_FULL);
+        }
+        return;
+    }
+    // Written in place in the ring: the data programs this is inlined into have no stack room
+    // for the event.
+    let Some(mut entry) = CONN_EVENTS.reserve::<ClassifyEvent>(0) else {
+        // Without the event nobody would ever classify the fd: nothing is kept, so the next I/O
+        // asks again.
+        count_drop(DROP_RING_FULL);
+        count_drop(DROP_UNCLASSIFIED);
+        return;
+    };
+    let event = entry.as_mut_ptr();
+    // SAFETY: the reserved record, written field by field before it is submitted.
+    let event = unsafe {
+        (*event).header = header(EVENT_CLASSIFY, id, key.fd, now, now);
+        (*event).flags = 0;
+        (*event)._pad = 0;
+        (*event).local = NO_PEER;
+        (*event).remote = NO_PEER;
+        &mut *event
+    };
+    info.state = CONN_PENDING;
+    if let Some(Some(socket)) = socket {
+        info.state = CONN_TRACE;
+        if let Some(udp) = read_addresses(&socket, &mut event.local, &mut event.remote) {
+            event.flags = CLASSIFY_INET | if udp { CLASSIFY_UDP } else { 0 };
+        }
+    }
     if CONN_CONNS.insert(&key, &info, 0).is_err() {
         count_drop(DROP_CONN_MAP_FULL);
+        entry.discard(0);
         return;
     }
-    if not_inet {
-        return;
-    }
-    let event = ClassifyEvent {
-        header: header(EVENT_CLASSIFY, id, key.fd, now, now),
+    // Without the addresses user space looks at the fd through the process: a process selected
+    // just after it connected (an exec the agent learns of a millisecond late) may exit long
+    // before the next timed drain.
+    let size = core::mem::size_of::<ClassifyEvent>();
+    let flags = if event.flags & CLASSIFY_INET != 0 {
+        wakeup(size)
+    } else {
+        look_flags(size, now)
     };
-    // User space looks at the fd through the process: a process selected just after it connected
-    // (an exec the agent learns of a millisecond late) may exit long before the next timed drain.
-    if send_for_a_look::<ClassifyEvent>(&event, now).is_err() {
-        count_drop(DROP_RING_FULL);
-        // Without the event nobody would ever classify the fd: forget it so the next I/O asks again.
-        let _ = CONN_CONNS.remove(&key);
-        count_drop(DROP_UNCLASSIFIED);
-    }
+    entry.submit(flags);
 }
 
 /// The `struct iovec { void *iov_base; size_t iov_len; }` at user address `at`, in one read

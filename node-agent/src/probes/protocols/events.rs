@@ -1,8 +1,8 @@
 //! Decoding the records of the capture ring buffer into typed events (layouts from
 //! `sonde_common::conn`).
 use sonde_common::conn::{
-    CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_LOCAL,
-    EVENT_OPEN, EVENT_PEER, EventHeader, ForkEvent, LocalEvent, OpenEvent, PeerEvent,
+    ClassifyEvent, CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA,
+    EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, ForkEvent, LocalEvent, OpenEvent, PeerEvent,
 };
 
 /// One record of the ring buffer.
@@ -10,7 +10,7 @@ use sonde_common::conn::{
 pub enum Event<'a> {
     Open(OpenEvent),
     Close(CloseEvent),
-    Classify(EventHeader),
+    Classify(ClassifyEvent),
     Peer(PeerEvent),
     Fork(ForkEvent),
     Local(LocalEvent),
@@ -108,6 +108,7 @@ pub fn data_record(mut header: DataEventHeader, data: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sonde_common::conn::EventHeader;
 
     fn data_record(payload: &[u8]) -> Vec<u8> {
         let header = DataEventHeader {

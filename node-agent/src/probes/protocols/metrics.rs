@@ -63,7 +63,7 @@ pub struct ProtocolMetrics {
     pub dropped: Family<DropLabels, Counter>,
     pub parse_errors: Family<ParseErrorLabels, Counter>,
     /// Fds of traced processes the agent looked at because the kernel could not tell what they
-    /// are (sockets it did not see open; without BTF, files and pipes too).
+    /// are (kernels without BTF: every fd not seen opened; else only when the kernel's walk failed).
     pub fd_lookups: Counter,
     pub http_server: Histograms<HttpLabels>,
     pub http_client: Histograms<HttpLabels>,
@@ -115,7 +115,7 @@ impl ProtocolMetrics {
         );
         registry.register(
             "sonde_protocol_fd_lookups",
-            "File descriptors of traced processes the agent had to look at (pidfd_getfd) because the kernel could not tell what they are: sockets it did not see opened, and, on kernels without BTF, files and pipes too",
+            "File descriptors of traced processes the agent had to look at (pidfd_getfd) because the kernel could not tell what they are: on kernels without BTF every fd it did not see opened (sockets, files, pipes), else only those whose walk through the fd table failed",
             m.fd_lookups.clone(),
         );
         registry.register(

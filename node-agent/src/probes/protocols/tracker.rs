@@ -9,10 +9,10 @@ use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray};
 use prometheus_client::metrics::histogram::Histogram;
 use rustc_hash::FxHashMap;
 use sonde_common::conn::{
-    CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, CloseEvent, ConnInfo, ConnKey,
-    DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS, DataEventHeader, EventHeader, ForkEvent,
-    LocalEvent, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED, OPEN_SOCKET_READ, OPEN_UDP, OpenEvent,
-    PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
+    CLASSIFY_INET, CLASSIFY_UDP, CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE,
+    ClassifyEvent, CloseEvent, ConnInfo, ConnKey, DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS,
+    DataEventHeader, EventHeader, ForkEvent, LocalEvent, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED,
+    OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
 };
 use sonde_protocols::{Direction, Record, Red, Role, Transport};
 use tracing::{debug, warn};
@@ -195,7 +195,7 @@ impl Tracker {
     pub fn handle(&mut self, record: &[u8]) {
         match decode(record) {
             Ok(Event::Open(ev)) => self.on_open(ev),
-            Ok(Event::Classify(h)) => self.on_classify(h),
+            Ok(Event::Classify(ev)) => self.on_classify(ev),
             Ok(Event::Peer(ev)) => self.on_peer(ev),
             Ok(Event::Fork(ev)) => self.on_fork(ev),
             Ok(Event::Local(ev)) => self.on_local(ev),
@@ -367,7 +367,8 @@ impl Tracker {
         self.conns.insert(key, conn);
     }
 
-    fn on_classify(&mut self, h: EventHeader) {
+    fn on_classify(&mut self, ev: ClassifyEvent) {
+        let h = ev.header;
         let key = ConnKey {
             tgid: h.tgid,
             fd: h.fd,
@@ -376,15 +377,32 @@ impl Tracker {
             .inherited
             .get_mut(&h.tgid)
             .and_then(|fds| fds.remove(&h.fd));
-        self.metrics.fd_lookups.inc();
-        self.look_due = true;
-        let inspected = sockets::inspect(h.tgid, h.fd);
-        // Checked after the look: the kernel drops the entry when the fd is closed, so an entry of
-        // this generation means the look saw the fd the kernel asked about.
-        let still_open = self
-            .kconns
-            .get(&key, 0)
-            .is_ok_and(|info| info.generation == h.generation);
+        let (inspected, still_open) = if ev.flags & CLASSIFY_INET != 0 {
+            // What the kernel read of the socket when the fd was used: no look.
+            let transport = if ev.flags & CLASSIFY_UDP != 0 {
+                Transport::Udp
+            } else {
+                Transport::Tcp
+            };
+            let found = FdKind::Inet {
+                transport,
+                local: peer_of(&ev.local),
+                // An unconnected datagram socket's peer is all zero.
+                remote: peer_of(&ev.remote).filter(|a| a.port() != 0),
+            };
+            (Ok(found), true)
+        } else {
+            self.metrics.fd_lookups.inc();
+            self.look_due = true;
+            let inspected = sockets::inspect(h.tgid, h.fd);
+            // Checked after the look: the kernel drops the entry when the fd is closed, so an
+            // entry of this generation means the look saw the fd the kernel asked about.
+            let still_open = self
+                .kconns
+                .get(&key, 0)
+                .is_ok_and(|info| info.generation == h.generation);
+            (inspected, still_open)
+        };
         match verdict(inspected, still_open, inherited) {
             Verdict::Socket {
                 transport,
