@@ -13,11 +13,11 @@ use sonde_agent::probes::protocols::metrics::ProtocolMetrics;
 use sonde_agent::probes::protocols::routes::{Route, Routes};
 use sonde_agent::probes::protocols::rows::{Clock, Tables};
 use sonde_agent::probes::protocols::tracker::Tracker;
-use sonde_agent::tables::{Budget, Store};
+use sonde_agent::tables::{Budget, Store, Value};
 use sonde_agent::telemetry::TableMetrics;
 use sonde_common::conn::{
-    DIR_EGRESS, DIR_INGRESS, DataEventHeader, EVENT_DATA, EVENT_FORK, EVENT_OPEN, EventHeader,
-    ForkEvent, OpenEvent, ROLE_SERVER,
+    CLASSIFY_INET, ClassifyEvent, DIR_EGRESS, DIR_INGRESS, DataEventHeader, EVENT_CLASSIFY,
+    EVENT_DATA, EVENT_FORK, EVENT_OPEN, EventHeader, ForkEvent, OpenEvent, PeerAddr, ROLE_SERVER,
 };
 use sonde_protocols::{Kind, ParseConfig};
 
@@ -52,6 +52,13 @@ fn exchange(tgid: u32, fd: u32, path: &str) -> Vec<Vec<u8>> {
         listen_fd: u32::MAX,
         ..OpenEvent::default()
     };
+    let mut records = vec![record(&open)];
+    records.extend(request_and_answer(tgid, fd, path));
+    records
+}
+
+/// One request on `fd` of `tgid` and its answer.
+fn request_and_answer(tgid: u32, fd: u32, path: &str) -> Vec<Vec<u8>> {
     let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
     let response = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     let data = |direction, bytes: &[u8]| {
@@ -66,26 +73,17 @@ fn exchange(tgid: u32, fd: u32, path: &str) -> Vec<Vec<u8>> {
         )
     };
     vec![
-        record(&open),
         data(DIR_INGRESS, request.as_bytes()),
         data(DIR_EGRESS, response),
     ]
 }
 
-/// A forked server's child that answers and exits at once (a PostgreSQL backend of a client that
-/// connects per transaction): its last events may still wait in the ring when the agent's sweep
-/// finds it gone. They keep the route it inherited until the next sweep, which forgets it.
-#[test]
-fn a_forked_child_gone_before_its_events_are_drained_keeps_its_route_until_the_next_sweep() {
+/// A process with one HTTP route, and a tracker over Sonde's loaded maps writing to `store`.
+fn tracker_for(tgid: u32, store: &Store, registry: &mut Registry) -> Tracker {
     let (_kernel, maps) = Kernel::load(false).expect("loading Sonde's programs (needs root)");
-    // A parent no process has; a child that has exited.
-    let parent = u32::MAX - 3;
-    let mut true_ = std::process::Command::new("true").spawn().unwrap();
-    let child = true_.id();
-    true_.wait().unwrap();
     let mut routes = Routes::default();
     routes.tgids.insert(
-        parent,
+        tgid,
         Arc::new(Route {
             kinds: vec![Kind::Http],
             config: ParseConfig::default(),
@@ -94,17 +92,106 @@ fn a_forked_child_gone_before_its_events_are_drained_keeps_its_route_until_the_n
             container: "c".into(),
         }),
     );
-    let store = Store::new("node".into(), Budget::default(), TableMetrics::default());
-    let mut registry = Registry::default();
-    let metrics = ProtocolMetrics::register(&mut registry);
-    let mut tracker = Tracker::new(
+    let metrics = ProtocolMetrics::register(registry);
+    Tracker::new(
         Arc::new(RwLock::new(routes)),
         Arc::new(Mutex::new(Tables::new(store.clone()))),
         metrics,
         maps.conns,
         maps.drops,
         Duration::from_secs(10),
+    )
+}
+
+/// A process that has exited (and was reaped).
+fn exited_pid() -> u32 {
+    let mut true_ = std::process::Command::new("true").spawn().unwrap();
+    let pid = true_.id();
+    true_.wait().unwrap();
+    pid
+}
+
+fn dropped(registry: &Registry, reason: &str) -> u64 {
+    metric_sum(
+        &metrics_text(registry),
+        "sonde_events_dropped_total",
+        &[&format!("reason=\"{reason}\"")],
+    )
+}
+
+/// I/O on an fd the kernel did not see opened, of a process gone before the agent could look at
+/// the fd: with the socket's addresses the kernel read, it is a connection like any other; without
+/// them (a kernel without BTF, a failed walk) nothing tells a connection from a file, and its bytes
+/// are counted as lost.
+#[test]
+fn an_fd_not_seen_opened_of_a_process_gone_is_a_connection_if_the_kernel_read_it_else_a_counted_loss()
+ {
+    let pid = exited_pid();
+    let store = Store::new("node".into(), Budget::default(), TableMetrics::default());
+    let mut registry = Registry::default();
+    let mut tracker = tracker_for(pid, &store, &mut registry);
+    let peer = |a: [u8; 4], port| {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&a);
+        PeerAddr {
+            family: libc::AF_INET as u16,
+            port,
+            addr,
+        }
+    };
+    tracker.handle(&record(&ClassifyEvent {
+        header: header(EVENT_CLASSIFY, pid, 5),
+        flags: CLASSIFY_INET,
+        _pad: 0,
+        local: peer([127, 0, 0, 2], 8080),
+        remote: peer([127, 0, 0, 3], 40_000),
+    }));
+    tracker.handle(&record(&ClassifyEvent {
+        header: header(EVENT_CLASSIFY, pid, 6),
+        ..ClassifyEvent::default()
+    }));
+    for fd in [5, 6] {
+        for event in request_and_answer(pid, fd, &format!("/fd{fd}")) {
+            tracker.handle(&event);
+        }
+    }
+    tracker.flush();
+    let got: Vec<_> = rows(&store, "http_events")
+        .iter()
+        .map(|r| {
+            (
+                text(r, "req_path").to_owned(),
+                text(r, "local_addr").to_owned(),
+                r["local_port"].clone(),
+                text(r, "remote_addr").to_owned(),
+                r["remote_port"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [(
+            "/fd5".to_owned(),
+            "127.0.0.2".to_owned(),
+            Value::Int64(8080),
+            "127.0.0.3".to_owned(),
+            Value::Int64(40_000),
+        )]
     );
+    assert_eq!(dropped(&registry, "fd_gone"), 2);
+}
+
+/// A forked server's child that answers and exits at once (a PostgreSQL backend of a client that
+/// connects per transaction): its last events may still wait in the ring when the agent's sweep
+/// finds it gone. They keep the route it inherited until the next sweep, which forgets it.
+#[test]
+fn a_forked_child_gone_before_its_events_are_drained_keeps_its_route_until_the_next_sweep() {
+    // A parent no process has; a child that has exited.
+    let parent = u32::MAX - 3;
+    let child = exited_pid();
+    let store = Store::new("node".into(), Budget::default(), TableMetrics::default());
+    let mut registry = Registry::default();
+    let mut tracker = tracker_for(parent, &store, &mut registry);
     tracker.handle(&record(&ForkEvent {
         header: header(EVENT_FORK, parent, 0),
         child,
@@ -127,14 +214,7 @@ fn a_forked_child_gone_before_its_events_are_drained_keeps_its_route_until_the_n
         .map(|r| (text(r, "pod"), text(r, "req_path")))
         .collect();
     assert_eq!(got, [("server", "/late")]);
-    let unrouted = |registry: &Registry| {
-        metric_sum(
-            &metrics_text(registry),
-            "sonde_events_dropped_total",
-            &["reason=\"unrouted\""],
-        )
-    };
-    assert_eq!(unrouted(&registry), 0);
+    assert_eq!(dropped(&registry, "unrouted"), 0);
 
     sweep(&mut tracker);
     for event in exchange(child, 6, "/later") {
@@ -142,5 +222,5 @@ fn a_forked_child_gone_before_its_events_are_drained_keeps_its_route_until_the_n
     }
     tracker.flush();
     assert_eq!(rows(&store, "http_events").len(), 1);
-    assert_eq!(unrouted(&registry), 2);
+    assert_eq!(dropped(&registry, "unrouted"), 2);
 }

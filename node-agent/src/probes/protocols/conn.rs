@@ -42,9 +42,13 @@ pub enum Evidence {
     /// socket open on that fd number: it counts once an enabled protocol is detected in its bytes
     /// (the child may have closed the socket and reused the number for a file).
     Inherited,
-    /// A file, pipe, unix socket, or an fd gone before it could be looked at with no sign of being
-    /// a socket: its bytes are dropped without rows, parse errors or drop counts.
+    /// A file, pipe or unix socket: its bytes are dropped without rows, parse errors or drop
+    /// counts.
     NotASocket,
+    /// Gone before it could be looked at, with no sign of what it was (only where the kernel
+    /// could not tell: no BTF, a failed walk): its bytes are dropped, each event counted as
+    /// `fd_gone`, since it may have been a connection.
+    Unknown,
 }
 
 /// Expected position of the next byte of one direction.
@@ -161,6 +165,13 @@ impl Conn {
         conn
     }
 
+    /// A connection whose bytes are dropped and counted (see [`Evidence::Unknown`]).
+    pub fn unknown(tgid: u32, fd: u32, generation: u64) -> Conn {
+        let mut conn = Conn::not_a_socket(tgid, fd, generation);
+        conn.evidence = Evidence::Unknown;
+        conn
+    }
+
     /// Whether its end deserves a conn_stats row: a socket that carried bytes, or one this process
     /// opened itself and did not hand to a child (a 0-byte copy of a socket a forked child serves,
     /// or an fd that was only closed, is noise).
@@ -228,7 +239,7 @@ impl Conn {
             records,
             ..Fed::default()
         };
-        if self.evidence == Evidence::NotASocket {
+        if matches!(self.evidence, Evidence::NotASocket | Evidence::Unknown) {
             return fed;
         }
         self.last_ns = ts_ns;

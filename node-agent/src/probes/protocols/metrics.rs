@@ -94,7 +94,10 @@ pub const ADDRESSES_UNKNOWN: &str = "addresses_unknown";
 /// selection more than `RETIRED_ROUTE_GRACE` before its bytes were read (the agent fell that far
 /// behind), or it was forked while too many children's routes were kept.
 pub const UNROUTED: &str = "unrouted";
-const AGENT_DROP_REASONS: [&str; 3] = [DECODE_ERROR, ADDRESSES_UNKNOWN, UNROUTED];
+/// A data event on an fd not seen opened that was gone before the agent could tell whether it was
+/// a socket (only where the kernel could not tell either: no BTF, a failed walk of the fd table).
+pub const FD_GONE: &str = "fd_gone";
+const AGENT_DROP_REASONS: [&str; 4] = [DECODE_ERROR, ADDRESSES_UNKNOWN, UNROUTED, FD_GONE];
 
 impl ProtocolMetrics {
     pub fn register(registry: &mut Registry) -> ProtocolMetrics {
@@ -105,7 +108,7 @@ impl ProtocolMetrics {
         }
         registry.register(
             "sonde_events_dropped",
-            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full; in the agent: decode_error, unrouted for bytes of a process without a route, and addresses_unknown for rows written without the connection's addresses)",
+            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full; in the agent: decode_error, unrouted for bytes of a process without a route, addresses_unknown for rows written without the connection's addresses, and fd_gone for bytes of an fd not seen opened that was gone before anything could tell whether it was a socket)",
             m.dropped.clone(),
         );
         registry.register(

@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 use super::conn::{Conn, Evidence, Protocol};
 use super::events::{Event, decode};
 use super::metrics::{
-    ADDRESSES_UNKNOWN, DECODE_ERROR, DbLabels, DropLabels, HttpLabels, ParseErrorLabels,
+    ADDRESSES_UNKNOWN, DECODE_ERROR, DbLabels, DropLabels, FD_GONE, HttpLabels, ParseErrorLabels,
     ProtocolMetrics, TargetLabels, UNROUTED,
 };
 use super::routes::Routes;
@@ -74,8 +74,11 @@ pub enum Verdict {
     /// Gone (or replaced) before it could be looked at, and inherited from a parent that had a
     /// socket on that fd number.
     Inherited(Inherited),
-    /// Not an inet socket, or gone without any sign of being one: its bytes are dropped.
+    /// Not an inet socket: its bytes are dropped.
     NotASocket,
+    /// Gone (or replaced) before it could be looked at, without any sign of what it was: its
+    /// bytes are dropped and counted.
+    Gone,
 }
 
 /// Decides a classify event. `inspected`: the fd looked at now; `still_open`: the kernel still
@@ -100,12 +103,12 @@ pub fn verdict(
                 .and_then(|i| i.role),
         },
         Ok(FdKind::Other) if still_open => Verdict::NotASocket,
-        Ok(_) => inherited.map_or(Verdict::NotASocket, Verdict::Inherited),
+        Ok(_) => inherited.map_or(Verdict::Gone, Verdict::Inherited),
         Err(e) => {
             if !e.is_gone() {
                 debug!("{e}");
             }
-            inherited.map_or(Verdict::NotASocket, Verdict::Inherited)
+            inherited.map_or(Verdict::Gone, Verdict::Inherited)
         }
     }
 }
@@ -432,10 +435,14 @@ impl Tracker {
                 conn.evidence = Evidence::Inherited;
                 self.conns.insert(key, conn);
             }
-            Verdict::NotASocket => {
-                // Its bytes captured while pending follow: this connection swallows them and
-                // never becomes a row.
-                let tombstone = Conn::not_a_socket(h.tgid, h.fd, h.generation);
+            verdict @ (Verdict::NotASocket | Verdict::Gone) => {
+                // Its bytes captured while pending follow: this connection swallows them (counted
+                // if it may have been a connection) and never becomes a row.
+                let tombstone = if verdict == Verdict::Gone {
+                    Conn::unknown(h.tgid, h.fd, h.generation)
+                } else {
+                    Conn::not_a_socket(h.tgid, h.fd, h.generation)
+                };
                 if let Some(old) = self.conns.insert(key, tombstone) {
                     self.finish(old, h.ts_ns, None);
                 }
@@ -484,8 +491,16 @@ impl Tracker {
         let Some(conn) = self.conns.get_mut(&key) else {
             return;
         };
-        if conn.evidence == Evidence::NotASocket {
-            return;
+        match conn.evidence {
+            Evidence::NotASocket => return,
+            Evidence::Unknown => {
+                self.metrics
+                    .dropped
+                    .get_or_create(&DropLabels { reason: FD_GONE })
+                    .inc();
+                return;
+            }
+            Evidence::Socket | Evidence::Inherited => {}
         }
         if conn.route.is_none() {
             self.metrics
@@ -1115,9 +1130,9 @@ mod tests {
     }
 
     #[test]
-    fn a_file_closed_before_it_was_looked_at_is_no_socket() {
-        assert_eq!(verdict(gone(), true, None), Verdict::NotASocket);
-        assert_eq!(verdict(gone(), false, None), Verdict::NotASocket);
+    fn an_fd_closed_before_it_was_looked_at_is_gone_not_taken_for_a_file() {
+        assert_eq!(verdict(gone(), true, None), Verdict::Gone);
+        assert_eq!(verdict(gone(), false, None), Verdict::Gone);
     }
 
     #[test]
@@ -1130,10 +1145,7 @@ mod tests {
 
     #[test]
     fn a_look_at_an_fd_closed_and_reused_meanwhile_is_not_believed() {
-        assert_eq!(
-            verdict(inet("127.0.0.1:1"), false, None),
-            Verdict::NotASocket
-        );
+        assert_eq!(verdict(inet("127.0.0.1:1"), false, None), Verdict::Gone);
         assert_eq!(
             verdict(Ok(FdKind::Other), false, Some(parent())),
             Verdict::Inherited(parent())
