@@ -1948,6 +1948,22 @@ async fn psql_and_pg8000_against_postgres_in_a_traced_cgroup_become_exact_server
         2 + 3 * 2,
         "{metrics}"
     );
+    // Failed operations carry their SQLSTATE: psql's division by zero (psql runs outside the
+    // traced pod: seen by the server) and pg8000's statement on a missing table, from both ends.
+    for (code, want) in [("22012", 1), ("42P01", 2)] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "db_client_operation_duration_seconds_count",
+                &[
+                    "db_system_name=\"postgresql\"",
+                    &format!("error_type=\"{code}\"")
+                ]
+            ),
+            want,
+            "{code}: {metrics}"
+        );
+    }
 }
 
 // --- MariaDB: mariadbd + the mariadb client (COM_QUERY) and mysql-connector (prepared statements) --
@@ -2349,6 +2365,17 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
             &["db_system_name=\"mysql\"", "db_operation_name=\"PREPARE\""]
         ),
         6 * 2,
+        "{metrics}"
+    );
+    // Failed operations carry their SQLSTATE: the client's `SELECT * FROM nope` (seen by the
+    // server) and the connector's prepare on a missing table (from both ends).
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            series,
+            &["db_system_name=\"mysql\"", "error_type=\"42S02\""]
+        ),
+        3,
         "{metrics}"
     );
 }

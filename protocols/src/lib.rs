@@ -10,6 +10,7 @@
 #[cfg(test)]
 mod captured;
 pub mod dns;
+pub mod error_type;
 mod frames;
 pub mod http;
 mod json;
@@ -292,12 +293,14 @@ pub enum Red {
     /// `http_{server,client}_request_duration_seconds{http_request_method, http_response_status_code}`;
     /// status 0 when no response came.
     Http { method: &'static str, status: u16 },
-    /// `dns_lookup_duration_seconds`.
-    Dns,
-    /// `db_client_operation_duration_seconds{db_system_name, db_operation_name}`.
+    /// `dns_lookup_duration_seconds{error_type}`: the response code's name unless NOERROR.
+    Dns { error: &'static str },
+    /// `db_client_operation_duration_seconds{db_system_name, db_operation_name, error_type}`:
+    /// the SQLSTATE or Redis error prefix of a failed operation ([`error_type`]), else empty.
     Db {
         system: &'static str,
         operation: &'static str,
+        error: &'static str,
     },
 }
 

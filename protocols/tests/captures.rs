@@ -78,8 +78,14 @@ fn render(kind: Kind, records: &[Record]) -> String {
         writeln!(text, "request: {answered}").unwrap();
         let red = match &record.red {
             Red::Http { method, status } => format!("http {method} {status}"),
-            Red::Dns => "dns".to_string(),
-            Red::Db { system, operation } => format!("db {system} {operation}"),
+            Red::Dns { error } => format!("dns {error}").trim_end().to_string(),
+            Red::Db {
+                system,
+                operation,
+                error,
+            } => format!("db {system} {operation} {error}")
+                .trim_end()
+                .to_string(),
         };
         writeln!(text, "red: {red}").unwrap();
         assert_eq!(record.fields.len(), kind.columns().len());

@@ -60,7 +60,7 @@ impl Header {
         u8::from(self.flags & (1 << n) != 0)
     }
 
-    fn rcode(&self) -> u16 {
+    pub fn rcode(&self) -> u16 {
         self.flags & 0xf
     }
 

@@ -112,14 +112,19 @@ impl Parser {
 
 fn record(query: Pending, response: Option<(u64, Message)>) -> Record {
     let (q_name, q_type) = query.query.first_question();
-    let (latency_ns, resp_header, resp_body, rcode) = match response {
+    let (latency_ns, resp_header, resp_body, rcode, error) = match response {
         Some((latency, resp)) => (
             Some(latency),
             Field::String(resp.header.to_hex()),
             resp.answers_json().map_or(Field::Null, Field::String),
             Field::String(resp.header.rcode_name().to_string()),
+            if resp.header.rcode() == 0 {
+                ""
+            } else {
+                resp.header.rcode_name()
+            },
         ),
-        None => (None, Field::Null, Field::Null, Field::Null),
+        None => (None, Field::Null, Field::Null, Field::Null, ""),
     };
     Record {
         request_ns: query.ts_ns,
@@ -137,7 +142,7 @@ fn record(query: Pending, response: Option<(u64, Message)>) -> Record {
             rcode,
         ],
         text: String::new(),
-        red: Red::Dns,
+        red: Red::Dns { error },
     }
 }
 

@@ -507,6 +507,14 @@ fn executed(p: &mut Pending, payload: &[u8], st: &mut Statement, cap: usize) {
 }
 
 fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static str>) -> Record {
+    let error = match &response {
+        Some((_, pr)) if pr.status == Some("ERR") => pr
+            .body
+            .as_deref()
+            .and_then(sqlstate_of)
+            .map_or(crate::error_type::OTHER, crate::error_type::sqlstate),
+        _ => "",
+    };
     let (latency_ns, status, body, rows) = match response {
         Some((latency, pr)) => (
             Some(latency),
@@ -540,6 +548,17 @@ fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static
         red: Red::Db {
             system: "mysql",
             operation: p.operation,
+            error,
         },
     }
+}
+
+/// The SQLSTATE of an ERR packet's text (`1146 (42S02): Table 'x' doesn't exist`, see
+/// [`packet::err`]); None when the server sent none.
+fn sqlstate_of(text: &str) -> Option<&str> {
+    let (code, rest) = text.split_once(' ')?;
+    if !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    rest.strip_prefix('(')?.get(..5)
 }

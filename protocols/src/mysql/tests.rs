@@ -56,7 +56,8 @@ fn an_ok_answers_a_query() {
         out[0].red,
         Red::Db {
             system: "mysql",
-            operation: "DELETE"
+            operation: "DELETE",
+            error: ""
         }
     );
 }
@@ -287,7 +288,8 @@ fn executes_of_the_statement_prepared_last_are_read_once_its_prepare_is_answered
         out[3].red,
         Red::Db {
             system: "mysql",
-            operation: "INSERT"
+            operation: "INSERT",
+            error: ""
         }
     );
     // Once answered, -1 names the statement prepared last without waiting.

@@ -664,9 +664,16 @@ fn step_record(
 /// A unit's record: what the server answered (None: nothing, its answer was lost), and how long
 /// that took (None: unknown, or the statement never ran).
 fn record(unit: Unit, latency_ns: Option<u64>, answer: Option<Answered>) -> Record {
+    let mut error = "";
     let (resp, rows) = match answer {
         Some(a) => {
             let resp = if let Some(e) = a.error {
+                // `ERROR 42P01: relation "x" does not exist`: the SQLSTATE after the severity.
+                error = e
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|code| code.strip_suffix(':'))
+                    .map_or(crate::error_type::OTHER, crate::error_type::sqlstate);
                 e
             } else if !a.tags.is_empty() {
                 a.tags.join("; ")
@@ -704,6 +711,7 @@ fn record(unit: Unit, latency_ns: Option<u64>, answer: Option<Answered>) -> Reco
         red: Red::Db {
             system: "postgresql",
             operation: unit.operation,
+            error,
         },
     }
 }

@@ -66,7 +66,8 @@ fn pipelined_queries_are_answered_in_order() {
         out[1].red,
         Red::Db {
             system: "postgresql",
-            operation: "DELETE"
+            operation: "DELETE",
+            error: ""
         }
     );
     assert_eq!(out[1].latency_ns, Some(20));

@@ -271,6 +271,14 @@ impl Stitcher {
     fn emit(&mut self, command: Command) {
         let max = self.config.max_body_bytes;
         let end_ns = command.replies.last().map(|r| r.end_ns);
+        let error = command
+            .replies
+            .iter()
+            .find_map(|r| match &r.value {
+                Value::Error(t) => Some(crate::error_type::redis(&t.bytes)),
+                _ => None,
+            })
+            .unwrap_or("");
         let resp = match command.replies.as_slice() {
             [] => String::new(),
             [one] => render(&one.value, max),
@@ -295,6 +303,7 @@ impl Stitcher {
             red: Red::Db {
                 system: "redis",
                 operation: command.operation,
+                error,
             },
         });
     }
@@ -320,6 +329,7 @@ impl Stitcher {
             red: Red::Db {
                 system: "redis",
                 operation: "_OTHER",
+                error: "",
             },
         });
     }

@@ -38,7 +38,8 @@ fn inline_commands_are_parsed_like_arrays() {
         out[1].red,
         Red::Db {
             system: "redis",
-            operation: "SET"
+            operation: "SET",
+            error: ""
         }
     );
 }

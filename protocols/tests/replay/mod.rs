@@ -120,8 +120,14 @@ pub fn render(kind: Kind, replay: &Replay) -> String {
         let latency = r.latency_ns.map_or("none".to_string(), |l| l.to_string());
         let red = match &r.red {
             Red::Http { method, status } => format!("http {method} {status}"),
-            Red::Dns => "dns".to_string(),
-            Red::Db { system, operation } => format!("db {system} {operation}"),
+            Red::Dns { error } => format!("dns {error}").trim_end().to_string(),
+            Red::Db {
+                system,
+                operation,
+                error,
+            } => format!("db {system} {operation} {error}")
+                .trim_end()
+                .to_string(),
         };
         writeln!(s, "# record {}", i + 1).unwrap();
         writeln!(s, "request_ns: {}", r.request_ns).unwrap();

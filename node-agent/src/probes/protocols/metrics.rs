@@ -55,6 +55,16 @@ pub struct DbLabels {
     pub target: TargetLabels,
     pub db_system_name: &'static str,
     pub db_operation_name: &'static str,
+    /// Empty unless the operation failed: its SQLSTATE or Redis error prefix (bounded values).
+    pub error_type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DnsLabels {
+    #[prometheus(flatten)]
+    pub target: TargetLabels,
+    /// Empty for NOERROR, else the response code's name (NXDOMAIN, SERVFAIL, REFUSED, …).
+    pub error_type: &'static str,
 }
 
 /// Every metric of the protocols runtime; cheap to clone.
@@ -67,7 +77,7 @@ pub struct ProtocolMetrics {
     pub fd_lookups: Counter,
     pub http_server: Histograms<HttpLabels>,
     pub http_client: Histograms<HttpLabels>,
-    pub dns: Histograms<TargetLabels>,
+    pub dns: Histograms<DnsLabels>,
     pub db: Histograms<DbLabels>,
 }
 

@@ -20,8 +20,8 @@ use tracing::{debug, warn};
 use super::conn::{Conn, Evidence, Protocol};
 use super::events::{Event, decode};
 use super::metrics::{
-    ADDRESSES_UNKNOWN, DECODE_ERROR, DbLabels, DropLabels, FD_GONE, HttpLabels, ParseErrorLabels,
-    ProtocolMetrics, TargetLabels, UNROUTED,
+    ADDRESSES_UNKNOWN, DECODE_ERROR, DbLabels, DnsLabels, DropLabels, FD_GONE, HttpLabels,
+    ParseErrorLabels, ProtocolMetrics, TargetLabels, UNROUTED,
 };
 use super::routes::Routes;
 use super::rows::{Clock, PendingRows, Tables};
@@ -840,17 +840,18 @@ struct SeriesKey {
     name: &'static str,
     detail: &'static str,
     status: u16,
+    /// `error_type` of DNS and database operations.
+    error: &'static str,
 }
 
 impl SeriesKey {
-    fn identity(&self) -> (usize, u8, usize, usize, usize, usize, u16) {
+    #[allow(clippy::type_complexity)]
+    fn identity(&self) -> (usize, u8, [(usize, usize); 3], u16) {
+        let at = |s: &'static str| (s.as_ptr() as usize, s.len());
         (
             self.route,
             self.family,
-            self.name.as_ptr() as usize,
-            self.name.len(),
-            self.detail.as_ptr() as usize,
-            self.detail.len(),
+            [at(self.name), at(self.detail), at(self.error)],
             self.status,
         )
     }
@@ -926,13 +927,20 @@ impl Output {
                         })
                         .clone()
                 }
-                FAMILY_DNS => metrics.dns.get_or_create(&target).clone(),
+                FAMILY_DNS => metrics
+                    .dns
+                    .get_or_create(&DnsLabels {
+                        target,
+                        error_type: key.error,
+                    })
+                    .clone(),
                 _ => metrics
                     .db
                     .get_or_create(&DbLabels {
                         target,
                         db_system_name: key.name,
                         db_operation_name: key.detail,
+                        error_type: key.error,
                     })
                     .clone(),
             };
@@ -951,16 +959,20 @@ impl Output {
             // The route is borrowed per record: `conn` is lent mutably to the row below.
             if let (Some(latency), Some(route)) = (record.latency_ns, &conn.route) {
                 let seconds = latency as f64 / 1e9;
-                let (family, name, detail, status) = match &record.red {
+                let (family, name, detail, status, error) = match &record.red {
                     Red::Http { method, status } => {
                         let family = match conn.role {
                             Some(Role::Client) => FAMILY_HTTP_CLIENT,
                             _ => FAMILY_HTTP_SERVER,
                         };
-                        (family, *method, "", *status)
+                        (family, *method, "", *status, "")
                     }
-                    Red::Dns => (FAMILY_DNS, "", "", 0),
-                    Red::Db { system, operation } => (FAMILY_DB, *system, *operation, 0),
+                    Red::Dns { error } => (FAMILY_DNS, "", "", 0, *error),
+                    Red::Db {
+                        system,
+                        operation,
+                        error,
+                    } => (FAMILY_DB, *system, *operation, 0, *error),
                 };
                 let key = SeriesKey {
                     route: Arc::as_ptr(route) as usize,
@@ -968,6 +980,7 @@ impl Output {
                     name,
                     detail,
                     status,
+                    error,
                 };
                 self.histogram(route, key).observe(seconds);
             }

@@ -1,0 +1,113 @@
+//! Values of the RED histograms' `error_type` label (OpenTelemetry's `error.type`): empty for an
+//! operation that succeeded, else a short code from a bounded set, so that error rates can be read
+//! per operation without the label's values growing with what servers send.
+
+/// A failed operation whose error has no code this module knows.
+pub const OTHER: &str = "_OTHER";
+
+/// Distinct SQLSTATEs kept as label values; any further one is [`OTHER`]. PostgreSQL defines
+/// about 260, of which an application meets a handful.
+const MAX_SQLSTATES: usize = 256;
+
+static SQLSTATES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// A SQLSTATE (PostgreSQL's and MySQL's error code, e.g. `42P01`): five ASCII digits or uppercase
+/// letters, or [`OTHER`]. Interned: only failed operations come here, and each distinct code is
+/// allocated once, at most [`MAX_SQLSTATES`] of them.
+pub fn sqlstate(code: &str) -> &'static str {
+    let well_formed = code.len() == 5
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b.is_ascii_uppercase());
+    if !well_formed {
+        return OTHER;
+    }
+    // A poisoned lock only means another thread panicked while pushing: the list is still valid.
+    let mut known = SQLSTATES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = known.iter().find(|k| **k == code) {
+        return found;
+    }
+    if known.len() >= MAX_SQLSTATES {
+        return OTHER;
+    }
+    let interned: &'static str = Box::leak(code.to_owned().into_boxed_str());
+    known.push(interned);
+    interned
+}
+
+/// The error prefixes Redis and its modules' documentation use (the reply's first word).
+const REDIS_PREFIXES: &[&str] = &[
+    "ERR",
+    "WRONGTYPE",
+    "WRONGPASS",
+    "NOAUTH",
+    "NOPERM",
+    "NOSCRIPT",
+    "NOPROTO",
+    "NOTBUSY",
+    "BUSY",
+    "BUSYKEY",
+    "BUSYGROUP",
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "MISCONF",
+    "OOM",
+    "EXECABORT",
+    "NOREPLICAS",
+    "MOVED",
+    "ASK",
+    "TRYAGAIN",
+    "CROSSSLOT",
+    "CLUSTERDOWN",
+    "UNKILLABLE",
+    "UNBLOCKED",
+    "NOGROUP",
+];
+
+/// The error type of a Redis error reply's text (without its `-`): its first word if Redis
+/// documents it, else [`OTHER`].
+pub fn redis(reply: &[u8]) -> &'static str {
+    let word = reply.split(|b| *b == b' ').next().unwrap_or_default();
+    REDIS_PREFIXES
+        .iter()
+        .find(|p| p.as_bytes() == word)
+        .copied()
+        .unwrap_or(OTHER)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_kept_only_when_well_formed_and_each_is_interned_once() {
+        let first = sqlstate("42P01");
+        assert_eq!(first, "42P01");
+        assert!(std::ptr::eq(first, sqlstate(&String::from("42P01"))));
+        for bad in ["", "42p01", "4201", "42P011", "42 01", "4\u{e9}P0"] {
+            assert_eq!(sqlstate(bad), OTHER, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn sqlstates_beyond_the_cap_are_other() {
+        for i in 0..MAX_SQLSTATES + 10 {
+            sqlstate(&format!("Z{i:04}"));
+        }
+        // Filled up to the cap (other tests may have interned codes of their own), not beyond.
+        assert_eq!(SQLSTATES.lock().unwrap().len(), MAX_SQLSTATES);
+        assert_eq!(sqlstate("ZZZZZ"), OTHER);
+    }
+
+    #[test]
+    fn redis_errors_are_typed_by_their_documented_prefix() {
+        assert_eq!(
+            redis(b"WRONGPASS invalid username-password pair"),
+            "WRONGPASS"
+        );
+        assert_eq!(redis(b"ERR unknown command 'FOO'"), "ERR");
+        assert_eq!(redis(b"MYMODULE something odd"), OTHER);
+        assert_eq!(redis(b""), OTHER);
+    }
+}
