@@ -2120,6 +2120,31 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
         String::from_utf8_lossy(&out.stderr).contains("Table 'sonde.nope' doesn't exist"),
         "{out:?}"
     );
+    // The user just created, with a wrong password: the login is refused.
+    let refused = Command::new(which("mariadb"))
+        .args([
+            "--no-defaults",
+            "--skip-ssl",
+            "-h",
+            "127.0.0.1",
+            "-u",
+            "app",
+        ])
+        .args([
+            "-pwrong-pass",
+            "-P",
+            &port.to_string(),
+            "-e",
+            "SELECT 1",
+            "sonde",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running mariadb");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("Access denied"),
+        "{refused:?}"
+    );
     let out = run_python_in(
         &app,
         dir.path(),
@@ -2130,13 +2155,13 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
     );
     assert_eq!(out, "[(7, 'seven')]\nerror 1146\n[(42,)]\n");
 
-    let (server_want, client_want) = (7 + 20, 20);
+    let (server_want, client_want) = (9 + 21, 21);
     let (mysql, stats) = wait_for_events_and_closed_stats(
         &store,
         "mysql_events",
         server_want + client_want,
         "mysql",
-        3,
+        4,
     )
     .await;
     let metrics = metrics_text(&registry);
@@ -2152,8 +2177,14 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
     let ok = |role: &str, cmd: &str, body: &str, resp: &str| {
         row(role, cmd, body, "null", "OK", resp, "0")
     };
-    // The client in batch mode: one COM_QUERY per statement; it stops at the error.
+    // The client in batch mode: its login, one COM_QUERY per statement; it stops at the error.
     let cli_rows = vec![
+        ok(
+            "server",
+            "COM_CONNECT",
+            "user=root database=sonde",
+            "affected rows: 0",
+        ),
         row(
             "server",
             "COM_QUERY",
@@ -2200,11 +2231,27 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
             "0",
         ),
         row("server", "COM_QUIT", "null", "null", "NONE", "null", "null"),
+        // The refused login: who tried, not with what.
+        row(
+            "server",
+            "COM_CONNECT",
+            "user=app database=sonde password=<redacted>",
+            "null",
+            "ERR",
+            "1045 (28000): Access denied for user 'app'@'localhost' (using password: YES)",
+            "0",
+        ),
     ];
     // mysql-connector: what the driver sends, as in
     // protocols/tests/fixtures/mysql/connector_prepared; the same seen from either end.
     let connector_rows = |role: &str| {
         vec![
+            ok(
+                role,
+                "COM_CONNECT",
+                "user=root database=sonde",
+                "affected rows: 0",
+            ),
             ok(
                 role,
                 "COM_QUERY",
@@ -2328,6 +2375,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
         assert_addressed(r, port);
     }
     assert_no_secret(&mysql, "hunter2");
+    assert_no_secret(&mysql, "wrong-pass");
     for r in &server {
         assert_eq!(r["pid"], Value::Int64(i64::from(traced.pid())), "{r:?}");
         assert_eq!(text(r, "pod"), "", "{r:?}");
@@ -2336,9 +2384,9 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
         assert_eq!(r["remote_port"], Value::Int64(i64::from(port)), "{r:?}");
         assert_eq!(text(r, "pod"), "app", "{r:?}");
     }
-    // Both clients closed their connection (COM_QUIT): one server-side row each, and one for the
-    // connector's own end.
-    assert_closed_connections(&stats, "mysql", port, 2, 1);
+    // Both clients closed their connection (COM_QUIT), and the server the refused one: one
+    // server-side row each, and one for the connector's own end.
+    assert_closed_connections(&stats, "mysql", port, 3, 1);
     // mariadbd's data files, read and closed before the agent could look at them, make no rows
     // and no errors.
     assert_no_noise_from_non_sockets(&stats, &metrics);
@@ -2921,7 +2969,7 @@ async fn go_sql_driver_s_results_without_column_definitions_count_their_rows() {
         &[("MYSQL_DSN", &dsn)],
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "rows 3 0 1 2; c\n");
-    let want = 10;
+    let want = 11;
     let rows = wait_for_rows(&store, "mysql_events", |r| r.len() >= want).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let metrics = metrics_text(&registry);
@@ -2935,6 +2983,13 @@ async fn go_sql_driver_s_results_without_column_definitions_count_their_rows() {
             .to_vec()
     };
     let mut expected = vec![
+        row(
+            "COM_CONNECT",
+            "user=root database=sonde",
+            "null",
+            "affected rows: 0",
+            "0",
+        ),
         row(
             "COM_QUERY",
             "CREATE TABLE items (id INT PRIMARY KEY, name VARCHAR(16), password VARCHAR(32))",
@@ -3014,9 +3069,10 @@ async fn mysql2_reading_64_kib_at_a_time_gets_answers_to_large_result_sets() {
     let data = init_mariadb(dir.path());
     let port = free_port();
     let _server = start_mariadb(dir.path(), &data, port);
-    // Six answered commands, three prepares, and COM_QUIT (no answer; written at the close).
+    // The login, six answered commands, three prepares, and COM_QUIT (no answer; written at the
+    // close).
     let (rows, metrics) =
-        node_db_client_rows("mysql", port, Protocol::Mysql, "mysql_events", 10).await;
+        node_db_client_rows("mysql", port, Protocol::Mysql, "mysql_events", 11).await;
 
     let big = "SELECT seq AS n, REPEAT('x', 100) AS pad FROM seq_1_to_20000";
     let big_prepared = "SELECT seq AS n, REPEAT(?, 100) AS pad FROM seq_1_to_20000";
@@ -3028,6 +3084,13 @@ async fn mysql2_reading_64_kib_at_a_time_gets_answers_to_large_result_sets() {
     };
     const CUT: [&str; 2] = ["Resultset (rows not all captured)", "null"];
     let want = vec![
+        row(
+            "COM_CONNECT",
+            "user=root database=sonde",
+            "null",
+            "affected rows: 0",
+            "0",
+        ),
         row("COM_QUERY", big, "null", CUT[0], CUT[1]),
         row(
             "COM_STMT_PREPARE",
@@ -3103,5 +3166,5 @@ async fn mysql2_reading_64_kib_at_a_time_gets_answers_to_large_result_sets() {
         }
     }
     assert_eq!(got, want, "{rows:?}");
-    assert_answered_clients(&rows[..9], &metrics, 9);
+    assert_answered_clients(&rows[..10], &metrics, 10);
 }

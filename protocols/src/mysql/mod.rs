@@ -4,9 +4,11 @@
 //! - [`packet`]: framing and the few fields we read, hand-written (see there why).
 //! - [`stitch`]: commands ↔ responses by sequence id and response shape.
 //!
-//! The handshake is skipped (only the client's capability flags are read: TLS, DEPRECATE_EOF,
-//! whether result sets may come without their column definitions);
-//! nothing of it reaches a record, so its password hash never does.
+//! Of the handshake, the client's capability flags are read (TLS, DEPRECATE_EOF, whether result
+//! sets may come without their column definitions), and its response becomes a `COM_CONNECT`
+//! record: the user and database, and the server's OK or ERR (a failed login is what one looks
+//! for). Its auth response (a password's hash, or the password itself with
+//! `mysql_clear_password`) never reaches a record.
 mod packet;
 mod stitch;
 #[cfg(test)]
@@ -124,6 +126,8 @@ impl Parser {
                     self.stitch.set_capabilities(caps, metadata_optional);
                     if caps & packet::CLIENT_SSL != 0 && len == 32 {
                         self.encrypted = true;
+                    } else {
+                        self.stitch.login(payload, caps, start_ns);
                     }
                 }
             }

@@ -26,6 +26,15 @@ const MARIADB_CLIENT_CACHE_METADATA: u32 = 1 << 4;
 /// Where MariaDB's extended capabilities are in the handshake response: after the capability
 /// flags, the maximum packet size, the character set and 19 bytes of filler.
 const EXTENDED_CAPABILITIES_AT: usize = 28;
+/// The handshake response names a database to use.
+const CLIENT_CONNECT_WITH_DB: u32 = 0x8;
+/// The auth response is prefixed with its length in one byte.
+const CLIENT_SECURE_CONNECTION: u32 = 0x8000;
+/// The auth response is prefixed with a length-encoded integer.
+const CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA: u32 = 1 << 21;
+/// Where the user name starts in a HandshakeResponse41: after the capability flags, the maximum
+/// packet size, the character set and 23 bytes of filler.
+const HANDSHAKE_USER_AT: usize = 32;
 
 /// Status flag: another result set follows this one.
 const SERVER_MORE_RESULTS_EXISTS: u16 = 0x0008;
@@ -80,6 +89,9 @@ impl Command {
     pub const QUERY: u8 = 0x03;
     pub const FIELD_LIST: u8 = 0x04;
     pub const STATISTICS: u8 = 0x09;
+    /// Not sent by clients: MySQL's name for the connection phase, given to the handshake
+    /// response's record.
+    pub const CONNECT: u8 = 0x0b;
     pub const CHANGE_USER: u8 = 0x11;
     pub const STMT_PREPARE: u8 = 0x16;
     pub const STMT_EXECUTE: u8 = 0x17;
@@ -102,6 +114,7 @@ impl Command {
             0x08 => "COM_SHUTDOWN",
             0x09 => "COM_STATISTICS",
             0x0a => "COM_PROCESS_INFO",
+            0x0b => "COM_CONNECT",
             0x0c => "COM_PROCESS_KILL",
             0x0d => "COM_DEBUG",
             0x0e => "COM_PING",
@@ -155,6 +168,57 @@ pub(super) fn metadata_optional(response: &[u8], caps: u32) -> bool {
         && le_u32(response, EXTENDED_CAPABILITIES_AT)
             .is_some_and(|ext| ext & MARIADB_CLIENT_CACHE_METADATA != 0);
     mariadb_cache || caps & CLIENT_OPTIONAL_RESULTSET_METADATA != 0
+}
+
+/// What a HandshakeResponse41 (payload) says of the login: the user, whether it carries an
+/// auth response (a password's hash, or with `mysql_clear_password` the password itself), and the
+/// database asked for. None if it is cut before the user's end.
+pub(super) struct Login<'a> {
+    pub user: &'a [u8],
+    pub auth: bool,
+    pub database: Option<&'a [u8]>,
+}
+
+pub(super) fn login(payload: &[u8], caps: u32) -> Option<Login<'_>> {
+    let rest = payload.get(HANDSHAKE_USER_AT..)?;
+    let end = rest.iter().position(|b| *b == 0)?;
+    let (user, mut c) = (&rest[..end], &rest[end + 1..]);
+    let auth_len = if caps & CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0 {
+        lenenc(&mut c)
+    } else if caps & CLIENT_SECURE_CONNECTION != 0 {
+        c.split_first().map(|(n, rest)| {
+            c = rest;
+            u64::from(*n)
+        })
+    } else {
+        // A NUL-terminated auth response (pre-4.1 clients).
+        let n = c.iter().position(|b| *b == 0).unwrap_or(c.len());
+        let n64 = n as u64;
+        c = c.get(n..).unwrap_or_default();
+        Some(n64)
+    };
+    let auth = auth_len.is_some_and(|n| n > 0);
+    let database = (caps & CLIENT_CONNECT_WITH_DB != 0)
+        .then(|| {
+            let skip = usize::try_from(auth_len?).ok()?;
+            let rest = c.get(skip..)?;
+            // The NUL after the NUL-terminated auth response of a pre-4.1 client.
+            let rest =
+                if caps & (CLIENT_SECURE_CONNECTION | CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA) == 0 {
+                    rest.get(1..)?
+                } else {
+                    rest
+                };
+            let end = rest.iter().position(|b| *b == 0)?;
+            Some(&rest[..end])
+        })
+        .flatten()
+        .filter(|db| !db.is_empty());
+    Some(Login {
+        user,
+        auth,
+        database,
+    })
 }
 
 pub(super) fn le_u32(b: &[u8], at: usize) -> Option<u32> {

@@ -29,6 +29,9 @@ enum Shape {
     Prepare,
     /// Column definitions until EOF (COM_FIELD_LIST).
     FieldList,
+    /// The handshake response: answered from sequence id 2 by OK or ERR, after any number of
+    /// auth-switch and more-data packets.
+    Login,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,11 +131,52 @@ impl Stitcher {
         self.metadata_optional = Some(metadata_optional);
     }
 
+    /// The client's handshake response (payload; not an SSLRequest), answered like a command:
+    /// its record shows who logged in to which database, and whether the server let them.
+    pub fn login(&mut self, payload: &[u8], caps: u32, start_ns: u64) {
+        let Some(login) = packet::login(payload, caps) else {
+            return;
+        };
+        let mut body = format!("user={}", String::from_utf8_lossy(login.user));
+        if let Some(db) = login.database {
+            body.push_str(&format!(" database={}", String::from_utf8_lossy(db)));
+        }
+        if login.auth {
+            let secret = if self.redact {
+                REDACTED
+            } else {
+                "<not decoded>"
+            };
+            body.push_str(&format!(" password={secret}"));
+        }
+        self.pending.push_back(Pending {
+            cmd: Command::CONNECT,
+            body: Some(crate::cut(body, self.text_cap)),
+            params: None,
+            start_ns,
+            operation: sql::OTHER,
+            shape: Shape::Login,
+            prepared: None,
+            deferred: None,
+        });
+        self.commands += 1;
+    }
+
     /// A command packet (sequence id 0), payload cut to what was kept.
     pub fn command(&mut self, payload: &[u8], start_ns: u64, out: &mut Vec<Record>) {
         let Some((&cmd, body)) = payload.split_first() else {
             return;
         };
+        // A client sends commands only once logged in: the login's answer was lost.
+        if self
+            .pending
+            .front()
+            .is_some_and(|p| p.shape == Shape::Login)
+            && let Some(login) = self.pending.pop_front()
+        {
+            self.progress = Progress::default();
+            out.push(record(login, None, None));
+        }
         let text = || {
             let raw = String::from_utf8_lossy(body).into_owned();
             sql::shown(raw, Dialect::MySql, self.redact, self.text_cap)
@@ -244,7 +288,8 @@ impl Stitcher {
         };
         let (shape, cmd) = (head.shape, head.cmd);
         if !self.progress.started {
-            if seq != 1 {
+            let first_seq = if shape == Shape::Login { 2 } else { 1 };
+            if seq != first_seq {
                 return; // The tail of an earlier response (e.g. an EOF we did not wait for).
             }
             self.progress.started = true;
@@ -266,6 +311,14 @@ impl Stitcher {
                     self.progress.body = Some(String::from_utf8_lossy(payload).into_owned());
                 }
                 self.complete(end_ns, out)
+            }
+            (Shape::Login, _) => {
+                // 0xFE (switch to another auth method) and 0x01 (more auth data) go on.
+                if first == 0x00 {
+                    self.progress.status = Some("OK");
+                    self.progress.body = packet::ok(payload).map(|o| ok_text(&o));
+                    self.complete(end_ns, out);
+                }
             }
             (Shape::FieldList, _) => {
                 if packet::is_eof(payload) {

@@ -205,10 +205,110 @@ fn the_info_of_an_ok_is_read_without_its_length_prefix_whatever_the_client_asked
             (Direction::Ingress, 3, pkt(1, &ok)),
         ],
     );
+    // The login first, its answer not in this capture.
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0].fields[0], Field::String("COM_CONNECT".into()));
+    assert_eq!(out[0].latency_ns, None);
+    assert_eq!(
+        out[1].fields[4],
+        Field::String("Records: 2  Duplicates: 0  Warnings: 0".into())
+    );
+}
+
+/// A HandshakeResponse41 of `user` with an auth response of `auth` bytes (length-encoded) and
+/// `database` (CLIENT_CONNECT_WITH_DB).
+fn handshake_response(user: &str, auth: usize, database: &str) -> Vec<u8> {
+    // CLIENT_PROTOCOL_41 | CLIENT_SECURE_CONNECTION | PLUGIN_AUTH_LENENC_CLIENT_DATA | WITH_DB.
+    let caps: u32 = 0x200 | 0x8000 | (1 << 21) | 0x8;
+    let mut r = caps.to_le_bytes().to_vec();
+    r.resize(32, 0);
+    r.extend_from_slice(user.as_bytes());
+    r.push(0);
+    r.push(auth as u8);
+    r.extend(std::iter::repeat_n(0xaa, auth));
+    r.extend_from_slice(database.as_bytes());
+    r.push(0);
+    r.extend_from_slice(b"mysql_native_password\0");
+    r
+}
+
+#[test]
+fn a_refused_login_is_a_record_with_its_user_database_and_error_but_no_password() {
+    let err = b"\xff\x15\x04#28000Access denied for user 'app'@'localhost' (using password: YES)";
+    let out = run(
+        &mut client(),
+        &[
+            (
+                Direction::Egress,
+                10,
+                pkt(1, &handshake_response("app", 20, "shop")),
+            ),
+            (Direction::Ingress, 15, pkt(2, err)),
+        ],
+    );
     assert_eq!(out.len(), 1);
     assert_eq!(
-        out[0].fields[4],
-        Field::String("Records: 2  Duplicates: 0  Warnings: 0".into())
+        out[0].fields[..5],
+        [
+            Field::String("COM_CONNECT".into()),
+            Field::String("user=app database=shop password=<redacted>".into()),
+            Field::Null,
+            Field::String("ERR".into()),
+            Field::String(
+                "1045 (28000): Access denied for user 'app'@'localhost' (using password: YES)"
+                    .into()
+            ),
+        ]
+    );
+    assert_eq!(out[0].latency_ns, Some(5));
+    assert_eq!(
+        out[0].red,
+        Red::Db {
+            system: "mysql",
+            operation: "_OTHER",
+            error: "28000"
+        }
+    );
+}
+
+#[test]
+fn a_login_switching_auth_method_is_answered_by_the_final_ok_and_commands_follow_in_order() {
+    let mut switch = b"\xfemysql_native_password\x00".to_vec();
+    switch.extend_from_slice(&[0x11; 20]);
+    switch.push(0);
+    let out = run(
+        &mut client(),
+        &[
+            (
+                Direction::Egress,
+                10,
+                pkt(1, &handshake_response("app", 0, "")),
+            ),
+            (Direction::Ingress, 11, pkt(2, &switch)),
+            (Direction::Egress, 12, pkt(3, &[0x22; 20])),
+            (Direction::Ingress, 13, pkt(4, OK)),
+            (Direction::Egress, 20, pkt(0, b"\x03SELECT 1")),
+            (Direction::Ingress, 21, pkt(1, OK)),
+        ],
+    );
+    let got: Vec<_> = out
+        .iter()
+        .map(|r| (r.fields[0].clone(), r.fields[1].clone(), r.latency_ns))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                Field::String("COM_CONNECT".into()),
+                Field::String("user=app".into()),
+                Some(3)
+            ),
+            (
+                Field::String("COM_QUERY".into()),
+                Field::String("SELECT 1".into()),
+                Some(1)
+            ),
+        ]
     );
 }
 
