@@ -85,7 +85,7 @@ impl Routes {
                     config: probe.config.clone(),
                     namespace: target.namespace.clone(),
                     pod: target.pod.clone(),
-                    container: target.container.clone(),
+                    container: container_of(target),
                 };
                 let slot = match probe.by_cgroup.then(|| cgroup_of(target.pid)).flatten() {
                     Some(id) => cgroups.entry(id),
@@ -103,6 +103,20 @@ impl Routes {
             ..Routes::default()
         }
     }
+}
+
+/// The `container` of a target's rows and series: its container's name in a pod; outside any
+/// (standalone, `sonde-agent --manifests`), the file name of the program it runs, so that the
+/// services of one machine are told apart in the metrics too.
+fn container_of(target: &TargetProcess) -> String {
+    if !target.pod.is_empty() || !target.container.is_empty() {
+        return target.container.clone();
+    }
+    target
+        .exe
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn retire<K: Hash + Eq>(
@@ -227,6 +241,17 @@ mod tests {
         let routes = Routes::build(&probes, |pid| (pid == 10).then_some(777));
         assert!(routes.tgids.is_empty());
         assert_eq!(routes.lookup(99, 777).unwrap().pod, "p");
+    }
+
+    #[test]
+    fn a_process_outside_any_pod_is_labelled_by_its_program() {
+        let mut nginx = target(10, "");
+        (nginx.namespace, nginx.container, nginx.exe) =
+            (String::new(), String::new(), "/usr/sbin/nginx".into());
+        let routes = Routes::build(&one_probe(vec![nginx, target(11, "p")], false), |_| None);
+        let container = |pid| routes.lookup(pid, 0).map(|r| r.container.clone());
+        assert_eq!(container(10).as_deref(), Some("nginx"));
+        assert_eq!(container(11).as_deref(), Some("c"));
     }
 
     fn one_probe(targets: Vec<TargetProcess>, by_cgroup: bool) -> BTreeMap<String, ProbeRoutes> {
