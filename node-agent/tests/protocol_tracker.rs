@@ -16,8 +16,10 @@ use sonde_agent::probes::protocols::tracker::Tracker;
 use sonde_agent::tables::{Budget, Store, Value};
 use sonde_agent::telemetry::TableMetrics;
 use sonde_common::conn::{
-    CLASSIFY_INET, ClassifyEvent, DIR_EGRESS, DIR_INGRESS, DataEventHeader, EVENT_CLASSIFY,
-    EVENT_DATA, EVENT_FORK, EVENT_OPEN, EventHeader, ForkEvent, OpenEvent, PeerAddr, ROLE_SERVER,
+    CLASSIFY_INET, ClassifyEvent, CloseEvent, DIR_EGRESS, DIR_INGRESS, DataEventHeader,
+    EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA, EVENT_FORK, EVENT_OPEN, EVENT_PEER, EventHeader,
+    ForkEvent, OPEN_DATAGRAM, OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent,
+    ROLE_SERVER,
 };
 use sonde_protocols::{Kind, ParseConfig};
 
@@ -80,12 +82,17 @@ fn request_and_answer(tgid: u32, fd: u32, path: &str) -> Vec<Vec<u8>> {
 
 /// A process with one HTTP route, and a tracker over Sonde's loaded maps writing to `store`.
 fn tracker_for(tgid: u32, store: &Store, registry: &mut Registry) -> Tracker {
+    tracker_of(Kind::Http, tgid, store, registry)
+}
+
+/// [`tracker_for`] with a route of protocol `kind`.
+fn tracker_of(kind: Kind, tgid: u32, store: &Store, registry: &mut Registry) -> Tracker {
     let (_kernel, maps) = Kernel::load(false).expect("loading Sonde's programs (needs root)");
     let mut routes = Routes::default();
     routes.tgids.insert(
         tgid,
         Arc::new(Route {
-            kinds: vec![Kind::Http],
+            kinds: vec![kind],
             config: ParseConfig::default(),
             namespace: "ns".into(),
             pod: "server".into(),
@@ -223,4 +230,82 @@ fn a_forked_child_gone_before_its_events_are_drained_keeps_its_route_until_the_n
     tracker.flush();
     assert_eq!(rows(&store, "http_events").len(), 1);
     assert_eq!(dropped(&registry, "unrouted"), 2);
+}
+
+/// A UDP server's socket answers two clients: each row names its own client, and the socket's
+/// conn_stats row names none (its bytes went to both, not to the latest).
+#[test]
+fn a_udp_server_socket_s_conn_stats_names_no_peer_once_it_had_several() {
+    let pid = exited_pid();
+    let store = Store::new("node".into(), Budget::default(), TableMetrics::default());
+    let mut registry = Registry::default();
+    let mut tracker = tracker_of(Kind::Dns, pid, &store, &mut registry);
+    let v4 = |port| {
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        PeerAddr {
+            family: libc::AF_INET as u16,
+            port,
+            addr,
+        }
+    };
+    let first = v4(40_001);
+    tracker.handle(&record(&OpenEvent {
+        header: header(EVENT_OPEN, pid, 5),
+        role: ROLE_SERVER,
+        family: first.family,
+        remote_port: first.port,
+        remote_addr: first.addr,
+        listen_fd: u32::MAX,
+        flags: OPEN_DATAGRAM | OPEN_SOCKET_READ | OPEN_UDP,
+        local: v4(53),
+        _pad: 0,
+    }));
+    let query =
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x03www\x03abc\x00\x00\x01\x00\x01";
+    let mut answer = query.to_vec();
+    answer[2..4].copy_from_slice(&[0x81, 0x80]);
+    let datagram = |direction, pos, bytes: &[u8]| {
+        data_record(
+            DataEventHeader {
+                header: header(EVENT_DATA, pid, 5),
+                syscall_len: bytes.len() as u64,
+                stream_pos: pos,
+                direction,
+                ..DataEventHeader::default()
+            },
+            bytes,
+        )
+    };
+    let n = query.len() as u64;
+    tracker.handle(&datagram(DIR_INGRESS, 0, query));
+    tracker.handle(&datagram(DIR_EGRESS, 0, &answer));
+    tracker.handle(&record(&PeerEvent {
+        header: header(EVENT_PEER, pid, 5),
+        peer: v4(40_002),
+        _pad: 0,
+    }));
+    tracker.handle(&datagram(DIR_INGRESS, n, query));
+    tracker.handle(&datagram(DIR_EGRESS, n, &answer));
+    tracker.handle(&record(&CloseEvent {
+        header: header(EVENT_CLOSE, pid, 5),
+        bytes_sent: 2 * n,
+        bytes_recv: 2 * n,
+        ..CloseEvent::default()
+    }));
+    tracker.flush();
+    let peers = |table: &str| -> Vec<(String, Value)> {
+        rows(&store, table)
+            .iter()
+            .map(|r| (text(r, "remote_addr").to_owned(), r["remote_port"].clone()))
+            .collect()
+    };
+    assert_eq!(
+        peers("dns_events"),
+        [
+            ("127.0.0.1".to_owned(), Value::Int64(40_001)),
+            ("127.0.0.1".to_owned(), Value::Int64(40_002)),
+        ]
+    );
+    assert_eq!(peers("conn_stats"), [(String::new(), Value::Int64(0))]);
 }

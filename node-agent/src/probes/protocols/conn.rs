@@ -101,7 +101,11 @@ pub struct Conn {
     /// neither is counted as a parse failure when the connection ends.
     pub produced: bool,
     pub local: Option<SocketAddr>,
+    /// The peer; for a connection-less socket, that of its latest datagram.
     pub remote: Option<SocketAddr>,
+    /// A connection-less socket spoke with more than one peer (a UDP server): its conn_stats
+    /// rows name none.
+    pub peers_changed: bool,
     pub egress: Stream,
     pub ingress: Stream,
     pub protocol: Protocol,
@@ -137,6 +141,7 @@ impl Conn {
             produced: false,
             local: None,
             remote: None,
+            peers_changed: false,
             egress: Stream::default(),
             ingress: Stream::default(),
             protocol: Protocol::Detecting {

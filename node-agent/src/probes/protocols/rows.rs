@@ -199,6 +199,11 @@ impl PendingRows {
     /// One `conn_stats` row; `closed` with the kernel's exact byte counts when the connection
     /// ended.
     pub fn conn_stats(&mut self, conn: &mut Conn, now_ns: u64, closed: bool, clock: &Clock) {
+        // Its bytes were exchanged with several peers, not with the latest one.
+        let remote = conn.remote;
+        if conn.peers_changed {
+            conn.remote = None;
+        }
         let mut row = base_row(&mut self.tables[slot(None)], conn, clock.wall(now_ns));
         row.string(conn.kind().map_or("unknown", |k| k.name()))
             .int64(1)
@@ -207,6 +212,7 @@ impl PendingRows {
             .int64(conn.bytes_recv as i64)
             .int64(now_ns.saturating_sub(conn.opened_ns) as i64)
             .finish();
+        conn.remote = remote;
     }
 }
 

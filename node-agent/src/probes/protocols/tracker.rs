@@ -470,7 +470,9 @@ impl Tracker {
             && conn.generation == ev.header.generation
         {
             conn.set_transport(Transport::Udp);
-            conn.remote = peer_of(&ev.peer).or(conn.remote);
+            let peer = peer_of(&ev.peer);
+            conn.peers_changed |= conn.remote.is_some() && peer.is_some() && peer != conn.remote;
+            conn.remote = peer.or(conn.remote);
         }
     }
 
