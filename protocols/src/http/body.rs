@@ -57,6 +57,15 @@ impl Body {
         if self.size == 0 {
             return Span::at(start, 0);
         }
+        if self.kept.is_empty() && self.frozen {
+            // Nothing of it passed through the capture (sent with sendfile, lost to a full ring):
+            // said so, where an empty text would read as an empty body.
+            let mut size = itoa::Buffer::new();
+            text.push('<');
+            text.push_str(size.format(self.size));
+            text.push_str(" bytes not captured>");
+            return Span::at(start, text.len() - start);
+        }
         let (type_text, encoding_text) = (content_type.of(text), content_encoding.of(text));
         let encoded = !encoding_text.is_empty() && !encoding_text.eq_ignore_ascii_case("identity");
         let media = media_type(type_text);
@@ -175,6 +184,26 @@ mod tests {
         body.push(bytes, 512);
         let span = body.render_into(&mut text, type_span, encoding_span);
         span.of(&text).to_owned()
+    }
+
+    #[test]
+    fn a_body_none_of_which_was_captured_says_so_and_one_cut_short_shows_its_start() {
+        let render = |body: Body| {
+            let mut text = String::new();
+            let span = body.render_into(&mut text, Span::at(0, 0), Span::at(0, 0));
+            span.of(&text).to_owned()
+        };
+        let mut sent_by_sendfile = Body::default();
+        sent_by_sendfile.skip(6);
+        assert_eq!(render(sent_by_sendfile), "<6 bytes not captured>");
+        let mut cut = Body::default();
+        cut.push(b"hel", 512);
+        cut.skip(3);
+        assert_eq!(render(cut), "hel");
+        // Not kept by choice (a body limit of 0) is no loss.
+        let mut unkept = Body::default();
+        unkept.push(b"hello", 0);
+        assert_eq!(render(unkept), "");
     }
 
     #[test]
