@@ -30,8 +30,9 @@ struct Cli {
     /// or directory (no Kubernetes at all; reloaded when files change).
     #[arg(long, value_name = "DIR|FILE")]
     manifests: Option<PathBuf>,
-    /// Address of the HTTP listener [default: 127.0.0.1:9440 standalone, 0.0.0.0:9440 in a cluster].
-    #[arg(long, value_name = "ADDR")]
+    /// Address of the HTTP listener: IP:PORT, HOST:PORT or :PORT (all interfaces)
+    /// [default: 127.0.0.1:9440 standalone, 0.0.0.0:9440 in a cluster].
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
     listen: Option<SocketAddr>,
     /// This node's name; its NodeAssignment has the same name (cluster mode) [default standalone: the host name].
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
@@ -55,11 +56,53 @@ struct Cli {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[error(
+    "{problem}; give IP:PORT such as 127.0.0.1:9440 (this machine only) or 0.0.0.0:9440 (all interfaces), :PORT for all interfaces, or HOST:PORT"
+)]
+struct ListenError {
+    problem: String,
+}
+
+/// `--listen`: a socket address, `:PORT` (all interfaces) or `HOST:PORT` (resolved; its first IPv4
+/// address if it has one, so that `localhost` is 127.0.0.1 like the standalone default).
+fn parse_listen(value: &str) -> Result<SocketAddr, ListenError> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = value.rsplit_once(':') else {
+        return Err(ListenError {
+            problem: format!("{value:?} has no port"),
+        });
+    };
+    let port: u16 = port.parse().map_err(|_| ListenError {
+        problem: format!("{port:?} is not a port number (0 to 65535)"),
+    })?;
+    if host.is_empty() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    let resolved: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| ListenError {
+            problem: format!("cannot resolve {host:?}: {e}"),
+        })?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(resolved.first())
+        .copied()
+        .ok_or_else(|| ListenError {
+            problem: format!("{host:?} resolves to no address"),
+        })
+}
+
+#[derive(Debug, thiserror::Error)]
 enum StartError {
     #[error(
-        "the node name is missing: pass --node-name or set NODE_NAME (in a DaemonSet, from fieldRef spec.nodeName)"
+        "the node name is missing: pass --node-name or set NODE_NAME (in a DaemonSet, from fieldRef spec.nodeName); to run without Kubernetes, pass --manifests DIR instead"
     )]
     NodeName,
+    #[error(transparent)]
+    Manifests(#[from] manifests::ManifestError),
     #[error(
         "cannot reach Kubernetes: {0}; set KUBECONFIG or run in a pod, or use --manifests DIR for standalone mode"
     )]
@@ -139,7 +182,10 @@ fn host_name() -> String {
 
 async fn run(cli: Cli) -> Result<(), StartError> {
     let source = match cli.manifests.clone() {
-        Some(path) => Source::Manifests(path),
+        Some(path) => {
+            manifests::check(&path)?;
+            Source::Manifests(path)
+        }
         None => {
             if cli.node_name.as_deref().is_none_or(str::is_empty) {
                 return Err(StartError::NodeName);
@@ -168,7 +214,10 @@ async fn run(cli: Cli) -> Result<(), StartError> {
 
     let mut registry = Registry::default();
     let telemetry = Telemetry::register(&mut registry, &node, mode.as_str());
-    let bpftrace = Arc::new(BpftraceShared::new(&mut registry, cli.bpftrace.clone()));
+    let (caps_tx, caps_rx) = watch::channel(None);
+    let bpftrace = Arc::new(
+        BpftraceShared::new(&mut registry, cli.bpftrace.clone()).with_capabilities(caps_rx.clone()),
+    );
     let budget = Budget {
         per_table: cli.table_budget_mib << 20,
         total: cli.total_budget_mib << 20,
@@ -190,7 +239,6 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     };
     let manager = span.in_scope(|| probes::spawn(ctx, telemetry.clone()));
 
-    let (caps_tx, caps_rx) = watch::channel(None);
     let (applied_tx, applied_rx) = watch::channel(false);
     let (errors_tx, errors_rx) = watch::channel(Vec::new());
     let bpftrace_path = cli.bpftrace.clone();
@@ -300,4 +348,46 @@ async fn wait_for_signal() -> Result<(), StartError> {
         _ = int.recv() => info!("SIGINT received"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_takes_addresses_host_names_and_bare_ports() {
+        let at = |s: &str| parse_listen(s).map_err(|e| e.to_string());
+        assert_eq!(
+            at("127.0.0.1:9440"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9440)))
+        );
+        assert_eq!(at("[::1]:9440"), Ok("[::1]:9440".parse().unwrap()));
+        assert_eq!(at(":9443"), Ok(SocketAddr::from(([0, 0, 0, 0], 9443))));
+        assert_eq!(
+            at("localhost:9441"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9441)))
+        );
+    }
+
+    #[test]
+    fn a_bad_listen_address_shows_the_expected_form() {
+        for (value, problem) in [
+            ("9440", "has no port"),
+            ("localhost:http", "is not a port number"),
+            ("localhost:70000", "is not a port number"),
+        ] {
+            let message = parse_listen(value).unwrap_err().to_string();
+            assert!(
+                message.contains(problem)
+                    && message.contains("127.0.0.1:9440")
+                    && message.contains("0.0.0.0:9440"),
+                "{value}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_missing_node_name_points_at_standalone_mode() {
+        assert!(StartError::NodeName.to_string().contains("--manifests DIR"));
+    }
 }

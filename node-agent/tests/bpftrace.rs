@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
@@ -16,7 +16,9 @@ use sonde_agent::probes::protocols::ProtocolsShared;
 use sonde_agent::probes::{ProbeContext, RuntimeStatus};
 use sonde_agent::tables::{Query, Row, Store, Value};
 use sonde_agent::targets::TargetProcess;
-use sonde_api::{AssignedProbe, BpftraceScriptSpec, ProbeConfig, ProbeOwner, ProbeState};
+use sonde_api::{
+    AssignedProbe, BpftraceScriptSpec, NodeCapabilities, ProbeConfig, ProbeOwner, ProbeState,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 const ORPHAN_HELPER_ENV: &str = "SONDE_BPFTRACE_ORPHAN_HELPER";
@@ -51,9 +53,15 @@ struct Harness {
 }
 
 fn harness() -> Harness {
+    harness_on(None)
+}
+
+/// A harness whose scripts know the node's capabilities as the agent detected them.
+fn harness_on(capabilities: Option<NodeCapabilities>) -> Harness {
     ensure_tracefs();
     let mut registry = Registry::default();
-    let shared = BpftraceShared::new(&mut registry, bpftrace());
+    let shared = BpftraceShared::new(&mut registry, bpftrace())
+        .with_capabilities(tokio::sync::watch::channel(capabilities).1);
     let ctx = ProbeContext {
         node: "test-node".into(),
         tables: Store::default(),
@@ -123,6 +131,41 @@ async fn eventually<T>(
             probe.status()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What the code under test logs on this thread (a current-thread runtime runs its tasks here).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        (logs, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The WARN lines that contain `needle`.
+    fn warnings(&self, needle: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains(needle))
+            .map(String::from)
+            .collect()
     }
 }
 
@@ -293,6 +336,102 @@ async fn a_syntax_error_fails_the_probe_with_bpftraces_own_message() {
         "message: {}",
         status.message
     );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn each_failure_of_a_script_is_logged_at_warn_once_with_bpftraces_message() {
+    let (logs, _guard) = Logs::capture();
+    let h = harness();
+    let (probe, spec) = script("broken", r#"BEGIN { printf("hi" }"#);
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[]);
+    // Failed once, restarted, failed again.
+    eventually("a second failure", &running, || {
+        (logs.warnings("BpftraceScript/broken").len() >= 2).then_some(())
+    })
+    .await;
+    let restarts = running.status().restarts;
+    running.stop().await;
+    let warnings = logs.warnings("BpftraceScript/broken");
+    // bpftrace writes several stderr lines per failure: one WARN each time, not one per line.
+    assert!(
+        warnings.len() == restarts as usize + 1,
+        "{restarts} restarts: {warnings:#?}"
+    );
+    for w in &warnings {
+        assert!(
+            w.contains("ERROR: syntax error") && w.contains("restarting in"),
+            "{w}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_table_name_clash_is_logged_at_warn_once_however_often_the_script_is_updated() {
+    let (logs, _guard) = Logs::capture();
+    let h = harness();
+    let (first, first_spec) = script("first", r#"BEGIN { printf("a:%d\n", pid); }"#);
+    let (mut second, mut second_spec) = script("second", r#"BEGIN { printf("b:%s\n", comm); }"#);
+    let first_spec = BpftraceScriptSpec {
+        table_name: Some("shared".into()),
+        ..first_spec
+    };
+    second_spec.table_name = Some("shared".into());
+    second.config = ProbeConfig::BpftraceScript(second_spec.clone());
+    let a = BpftraceProbe::start(&h.ctx, &first, &first_spec, &[]);
+    let mut b = BpftraceProbe::start(&h.ctx, &second, &second_spec, &[]);
+    assert_eq!(b.status().state, ProbeState::Failed, "{:?}", b.status());
+    b.update(&second, &second_spec, &[]).await;
+    b.update(&second, &second_spec, &[]).await;
+    let warnings = logs.warnings("BpftraceScript/second");
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].contains("table shared already exists with other columns"),
+        "{}",
+        warnings[0]
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kprobe_script_on_a_node_without_kprobes_fails_for_good_saying_why() {
+    let mut caps = NodeCapabilities {
+        tracepoints: true,
+        uprobes: true,
+        ..NodeCapabilities::default()
+    };
+    caps.errors
+        .insert("kprobes".into(), "no kprobe PMU in this kernel".into());
+    let h = harness_on(Some(caps));
+    // A function no kernel has: attaching fails whether or not this kernel has kprobes.
+    let (probe, spec) = script(
+        "kernel-fn",
+        r#"kprobe:sonde_no_such_function { printf("x:%d\n", pid); }"#,
+    );
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[]);
+    let status = eventually("the capability verdict", &running, || {
+        let s = running.status();
+        s.message.contains("not retrying").then_some(s)
+    })
+    .await;
+    assert_eq!(status.state, ProbeState::Failed, "{status:?}");
+    assert!(
+        status.message.contains(
+            "this node cannot attach kprobe: probes: its capabilities report kprobes: false (no kprobe PMU in this kernel)"
+        ),
+        "{}",
+        status.message
+    );
+    // The first restart would come after a second: none comes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = running.status();
+    assert_eq!(
+        (later.restarts, later.state),
+        (0, ProbeState::Failed),
+        "{later:?}"
+    );
+    assert_eq!(running.child_pid(), None);
     running.stop().await;
 }
 

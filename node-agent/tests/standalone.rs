@@ -145,6 +145,33 @@ fn the_standalone_agent_serves_its_manifests_probes_and_problems_then_stops_clea
         "{metrics}"
     );
 
+    // A typo in a running file is reported, and its last good version keeps running.
+    std::fs::write(dir.path().join("web.yaml"), WEB.replace("[http]", "[htp]")).unwrap();
+    let status = wait_for_status(&agent, "web.yaml's typo being reported", |s| {
+        s["manifestErrors"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    });
+    let message = status["manifestErrors"][0]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        message.contains("web.yaml document 1")
+            && message.contains("htp")
+            && message.contains("last good version keeps running (Tracepoint/default/web)"),
+        "{message}"
+    );
+    assert!(
+        probe(&status, "Tracepoint/default/web").is_some(),
+        "{status:#}"
+    );
+    // Deleted, its probe goes.
+    std::fs::remove_file(dir.path().join("web.yaml")).unwrap();
+    wait_for_status(&agent, "web.yaml's probe going with the file", |s| {
+        probe(s, "Tracepoint/default/web").is_none()
+            && s["manifestErrors"].as_array().is_some_and(Vec::is_empty)
+    });
+
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -152,6 +179,106 @@ fn the_standalone_agent_serves_its_manifests_probes_and_problems_then_stops_clea
     .unwrap();
     let exit = agent.child.wait().unwrap();
     assert!(exit.success(), "the agent exited with {exit}");
+}
+
+/// Runs the agent with `args` (no NODE_NAME) and expects it to exit by itself within seconds; its
+/// exit status (None: still running, then killed) and stderr.
+fn run_to_exit(args: &[&str]) -> (Option<std::process::ExitStatus>, String) {
+    let mut agent = Agent {
+        child: Command::new(env!("CARGO_BIN_EXE_sonde-agent"))
+            .args(args)
+            .env_remove("NODE_NAME")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+        addr: String::new(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        match agent.child.try_wait().unwrap() {
+            Some(status) => break Some(status),
+            None if Instant::now() > deadline => {
+                agent.child.kill().unwrap();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = agent.child.stderr.take() {
+        pipe.read_to_string(&mut stderr).unwrap();
+    }
+    (status, stderr)
+}
+
+#[test]
+fn a_missing_manifests_directory_stops_the_agent_naming_it() {
+    let (status, stderr) = run_to_exit(&["--manifests", "/nonexistent/sonde-manifests"]);
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("cannot read /nonexistent/sonde-manifests")
+            && stderr.contains("check the path given to --manifests"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn without_a_node_name_the_agent_points_at_standalone_mode() {
+    let (status, stderr) = run_to_exit(&[]);
+    assert!(status.is_some_and(|s| !s.success()), "{status:?}: {stderr}");
+    assert!(
+        stderr.contains("--node-name") && stderr.contains("--manifests DIR"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_empty_manifests_directory_is_one_warning_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_sonde-agent"))
+        .args([
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &addr,
+        ])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut agent = Agent {
+        child,
+        addr: addr.clone(),
+    };
+    // Ready once the (empty) desired state was applied, which comes after the warning.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(&addr, "/readyz").map(|r| r.0) != Some(200) {
+        assert!(Instant::now() < deadline, "the agent never got ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut stderr = String::new();
+    agent
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let wanted = format!("no resources found in {}", dir.path().display());
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(&wanted))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{stderr}");
 }
 
 /// Selects the one-shot clients below by their marker argument.

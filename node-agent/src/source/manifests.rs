@@ -4,9 +4,11 @@
 //! locally the way the cluster's OpenAPI schema and CEL rules check them, plus what standalone needs
 //! (`spec.process` for pod-oriented kinds). Every problem names the file, the document, the resource,
 //! the field and the value, and says what to do; problems are logged, shown in `/v1/status` and
-//! counted, and never stop the agent. Files are reloaded when they change (inotify via `notify`,
-//! debounced) and polled as a fallback. `spec.ttl` counts from the first load of a spec version.
-use std::collections::{BTreeMap, HashMap};
+//! counted, and never stop the agent (only a path missing at startup does, see [`check`]). Files
+//! are reloaded when they change (inotify via `notify`, debounced) and polled as a fallback. A file
+//! with problems keeps its last good resources running until it is fixed or deleted (see
+//! [`LastGood`]). `spec.ttl` counts from the first load of a spec version.
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -133,6 +135,69 @@ pub struct LocalProbe {
 pub struct Loaded {
     pub probes: Vec<LocalProbe>,
     pub errors: Vec<ManifestError>,
+    /// The files that exist, readable or not: a file missing here was deleted.
+    pub files: Vec<PathBuf>,
+    /// Per file with problems, the probes still running from its last good version (see [`LastGood`]).
+    pub kept: BTreeMap<PathBuf, Vec<String>>,
+}
+
+impl Loaded {
+    /// Every problem as `/v1/status` shows it, saying which last good resources keep running.
+    pub fn reports(&self) -> Vec<ManifestErrorReport> {
+        self.errors
+            .iter()
+            .map(|e| {
+                let mut report = e.report();
+                if let Some(ids) = self.kept.get(e.file()) {
+                    report.message.push_str(&format!(
+                        "; until the file is fixed, its last good version keeps running ({})",
+                        ids.join(", ")
+                    ));
+                }
+                report
+            })
+            .collect()
+    }
+}
+
+/// What each file last contributed, so that a file that turns bad keeps running what it ran, as a
+/// cluster keeps the old object when a bad `kubectl apply` is rejected. Files are told apart by path
+/// (the resources of a file also carry it in their owner uid); a deleted file's resources go.
+#[derive(Debug, Default)]
+pub struct LastGood {
+    by_file: BTreeMap<PathBuf, Vec<LocalProbe>>,
+}
+
+impl LastGood {
+    /// Adds to `loaded` the remembered probes of its files with problems that no file defines now,
+    /// then remembers what every file contributes.
+    pub fn keep(&mut self, loaded: &mut Loaded) {
+        self.by_file.retain(|file, _| loaded.files.contains(file));
+        let bad: HashSet<&Path> = loaded.errors.iter().map(ManifestError::file).collect();
+        let defined: HashSet<String> = loaded.probes.iter().map(|p| p.probe.id.clone()).collect();
+        for (file, probes) in &self.by_file {
+            if !bad.contains(file.as_path()) {
+                continue;
+            }
+            // A resource defined now (in this file or another) runs as defined now.
+            for local in probes.iter().filter(|p| !defined.contains(&p.probe.id)) {
+                loaded
+                    .kept
+                    .entry(file.clone())
+                    .or_default()
+                    .push(local.probe.id.clone());
+                loaded.probes.push(local.clone());
+            }
+        }
+        self.by_file = loaded
+            .files
+            .iter()
+            .map(|file| {
+                let probes = loaded.probes.iter().filter(|p| p.at.file == *file);
+                (file.clone(), probes.cloned().collect())
+            })
+            .collect();
+    }
 }
 
 const API_VERSION: &str = "sonde.dev/v1alpha1";
@@ -165,6 +230,21 @@ fn files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     Ok(files)
 }
 
+/// Whether `path` exists and can be listed (a directory) or read (a file): checked once at
+/// startup, since a mistyped path would otherwise run nothing while looking healthy.
+pub fn check(path: &Path) -> Result<(), ManifestError> {
+    let read_err = |source| ManifestError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::metadata(path).map_err(read_err)?.is_dir() {
+        std::fs::read_dir(path).map_err(read_err)?;
+    } else {
+        std::fs::File::open(path).map_err(read_err)?;
+    }
+    Ok(())
+}
+
 /// Reads every manifest at `path` (a file or a directory).
 pub fn load(path: &Path) -> Loaded {
     let mut loaded = Loaded::default();
@@ -180,12 +260,16 @@ pub fn load(path: &Path) -> Loaded {
         let text = match std::fs::read_to_string(&file) {
             Ok(t) => t,
             Err(source) => {
+                if source.kind() != std::io::ErrorKind::NotFound {
+                    loaded.files.push(file.clone());
+                }
                 loaded
                     .errors
                     .push(ManifestError::Read { path: file, source });
                 continue;
             }
         };
+        loaded.files.push(file.clone());
         for (i, doc) in serde_yaml_ng::Deserializer::from_str(&text).enumerate() {
             let at = Location {
                 file: file.clone(),
@@ -701,20 +785,33 @@ pub async fn run(
     let mut last_desired: Option<Vec<AssignedProbe>> = None;
     let mut last_errors: Vec<String> = Vec::new();
     let mut expired_logged: BTreeMap<String, i64> = BTreeMap::new();
-    let mut loaded = load(&path);
+    let mut last_good = LastGood::default();
+    let reload = |last_good: &mut LastGood| {
+        let mut loaded = load(&path);
+        last_good.keep(&mut loaded);
+        loaded
+    };
+    let mut loaded = reload(&mut last_good);
+    if loaded.probes.is_empty() && loaded.errors.is_empty() {
+        warn!(
+            "no resources found in {}: add *.yaml or *.yml files of {KINDS} resources (see examples/); new files are picked up as they come",
+            path.display()
+        );
+    }
     let mut poll = tokio::time::interval(POLL_EVERY);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         // Report problems when they change.
-        let messages: Vec<String> = loaded.errors.iter().map(ToString::to_string).collect();
+        let reports = loaded.reports();
+        let messages: Vec<String> = reports.iter().map(|r| r.message.clone()).collect();
         if messages != last_errors {
-            for (e, m) in loaded.errors.iter().zip(&messages) {
-                if !last_errors.contains(m) {
-                    warn!(file = %e.file().display(), "{m}");
+            for r in &reports {
+                if !last_errors.contains(&r.message) {
+                    warn!(file = %r.file, "{}", r.message);
                     telemetry.manifest_errors.inc();
                 }
             }
-            errors_out.send_replace(loaded.errors.iter().map(ManifestError::report).collect());
+            errors_out.send_replace(reports);
             last_errors = messages;
         }
         // Desired = every probe whose ttl has not passed since its spec was first loaded.
@@ -744,9 +841,9 @@ pub async fn run(
             Some(()) = changed.recv() => {
                 tokio::time::sleep(DEBOUNCE).await;
                 while changed.try_recv().is_ok() {}
-                loaded = load(&path);
+                loaded = reload(&mut last_good);
             }
-            _ = poll.tick() => loaded = load(&path),
+            _ = poll.tick() => loaded = reload(&mut last_good),
             _ = tick.tick() => {}
         }
     }

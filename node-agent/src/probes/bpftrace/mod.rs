@@ -1,9 +1,10 @@
 //! BpftraceScript runtime: a supervised `bpftrace -f json` child per script.
 //!
 //! Contract used by the probe manager:
-//! - `BpftraceShared::new(registry, bpftrace)` registers the runtime's metrics once at startup.
+//! - `BpftraceShared::new(registry, bpftrace)` registers the runtime's metrics once at startup;
+//!   `.with_capabilities(rx)` lets scripts that need a facility the node lacks fail for good.
 //! - `BpftraceProbe::start(ctx, probe, spec, targets)` never fails synchronously: problems show in
-//!   `status()`. It must be called inside a tokio runtime.
+//!   `status()` and are logged at WARN. It must be called inside a tokio runtime.
 //! - `BpftraceProbe::status(&self) -> RuntimeStatus`
 //! - `BpftraceProbe::update(&mut self, probe, spec, targets)` (async) restarts bpftrace only if the
 //!   resolved program or table changed; otherwise it only refreshes the pid → pod mapping.
@@ -32,7 +33,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use prometheus_client::registry::Registry;
-use sonde_api::{AssignedProbe, BpftraceScriptSpec, ProbeState};
+use sonde_api::{AssignedProbe, BpftraceScriptSpec, NodeCapabilities, ProbeState};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -66,12 +68,15 @@ pub enum BpftraceError {
     NoRuntime,
 }
 
-/// State shared by every bpftrace probe (binary path, metrics, where programs are written).
+/// State shared by every bpftrace probe (binary path, metrics, where programs are written, what
+/// the node can do).
 #[derive(Debug)]
 pub struct BpftraceShared {
     pub bpftrace: PathBuf,
     pub metrics: BpftraceMetrics,
     program_dir: PathBuf,
+    /// None until detected (and in tests without it).
+    capabilities: watch::Receiver<Option<NodeCapabilities>>,
 }
 
 impl BpftraceShared {
@@ -80,8 +85,19 @@ impl BpftraceShared {
             bpftrace,
             metrics: BpftraceMetrics::register(registry),
             program_dir: std::env::temp_dir(),
+            capabilities: watch::channel(None).1,
         }
         .with_stale_programs_removed()
+    }
+
+    /// The node's capabilities once detected: a script that fails while needing a facility they
+    /// report unusable (kprobes, fentry) says so and is not restarted.
+    pub fn with_capabilities(
+        mut self,
+        capabilities: watch::Receiver<Option<NodeCapabilities>>,
+    ) -> BpftraceShared {
+        self.capabilities = capabilities;
+        self
     }
 
     /// Program files of agents that died without cleaning up (SIGKILL) are removed at startup.
@@ -245,9 +261,14 @@ impl BpftraceProbe {
         self.script = probe.owner.name.clone();
         self.probe_id = probe.id.clone();
         if let Err(error) = self.try_launch(probe, spec, targets) {
+            let message = error.to_string();
             let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            // Updates relaunch a failed script: the same failure is logged once.
+            if status.state != ProbeState::Failed || status.message != message {
+                tracing::warn!(probe = %self.probe_id, "BpftraceScript cannot start: {message}");
+            }
             status.state = ProbeState::Failed;
-            status.message = error.to_string();
+            status.message = message;
             status.targets_attached = 0;
         }
     }
@@ -293,13 +314,17 @@ impl BpftraceProbe {
         };
         let cancel = CancellationToken::new();
         let supervisor = Supervisor {
+            probe: self.probe_id.clone(),
+            kernel_probes: program::kernel_probe_types(&spec.program),
+            capabilities: shared.capabilities.clone(),
             bpftrace: shared.bpftrace.clone(),
             program_file,
             sink,
             child_pid: self.child_pid.clone(),
             cancel: cancel.clone(),
         };
-        let task = runtime.spawn(supervisor.run());
+        // Its log lines carry the span of the probe that launched it.
+        let task = runtime.spawn(tracing::Instrument::in_current_span(supervisor.run()));
         self.running = Some(Running { cancel, task });
         self.key = Some(PlanKey {
             program: resolved.program,

@@ -125,6 +125,36 @@ pub fn attach_points(program: &str) -> Vec<Range<usize>> {
     points
 }
 
+/// A kernel facility some probe types need, named as in the agent's capabilities.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KernelFacility {
+    /// `kprobe:`, `kretprobe:`.
+    Kprobes,
+    /// `fentry:`, `fexit:` (BPF trampolines).
+    Fentry,
+}
+
+/// The probe types of the attach points that need kprobes or fentry, each once, in program order:
+/// `kprobe:f, fexit:g { }` → `[("kprobe", Kprobes), ("fexit", Fentry)]`.
+pub fn kernel_probe_types(program: &str) -> Vec<(String, KernelFacility)> {
+    let mut found: Vec<(String, KernelFacility)> = Vec::new();
+    for range in attach_points(program) {
+        let Some((kind, _)) = program[range].split_once(':') else {
+            continue;
+        };
+        // bpftrace's short and older names included.
+        let facility = match kind {
+            "kprobe" | "kretprobe" | "k" | "kr" => KernelFacility::Kprobes,
+            "fentry" | "fexit" | "kfunc" | "kretfunc" | "f" | "fr" => KernelFacility::Fentry,
+            _ => continue,
+        };
+        if !found.iter().any(|(k, _)| k == kind) {
+            found.push((kind.to_owned(), facility));
+        }
+    }
+    found
+}
+
 /// If a comment or string literal starts at `i`, the index just after it.
 fn skip_comment_or_string(bytes: &[u8], i: usize) -> Option<usize> {
     match (bytes[i], bytes.get(i + 1)) {
@@ -289,5 +319,20 @@ END { print(@opens); }
                 "END",
             ]
         );
+    }
+
+    #[test]
+    fn kernel_probe_types_name_each_kprobe_and_fentry_kind_once() {
+        let program = "kprobe:a, k:b, kretprobe:c { }\nfexit:d { }\nkprobe:e { }\nuprobe:/bin/x:f, tracepoint:g:h { }";
+        assert_eq!(
+            kernel_probe_types(program),
+            vec![
+                ("kprobe".to_string(), KernelFacility::Kprobes),
+                ("k".to_string(), KernelFacility::Kprobes),
+                ("kretprobe".to_string(), KernelFacility::Kprobes),
+                ("fexit".to_string(), KernelFacility::Fentry),
+            ]
+        );
+        assert!(kernel_probe_types(PROGRAM).is_empty());
     }
 }

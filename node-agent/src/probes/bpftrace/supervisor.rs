@@ -1,6 +1,7 @@
 //! Runs one script's bpftrace child: spawn, read its output, restart it with backoff when it
-//! exits, and stop it (SIGTERM, keep draining, SIGKILL after a deadline, reap) when cancelled.
-use std::collections::VecDeque;
+//! exits (logged at WARN; not when the node lacks a facility the script needs), and stop it
+//! (SIGTERM, keep draining, SIGKILL after a deadline, reap) when cancelled.
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,13 +11,16 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sonde_api::ProbeState;
+use sonde_api::{NodeCapabilities, ProbeState};
 use tokio::process::Command;
+use tokio::sync::watch;
 use tokio_util::codec::{FramedRead, LinesCodec, LinesCodecError};
 use tokio_util::sync::CancellationToken;
 
+use super::program::KernelFacility;
 use super::sink::{Sink, monotonic_to_wall_offset_ns};
 use super::spawner;
+use crate::capabilities::facility;
 use crate::probes::RuntimeStatus;
 
 /// Time between SIGTERM and SIGKILL when stopping.
@@ -33,6 +37,11 @@ const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
 /// One supervised script.
 pub struct Supervisor {
+    /// The probe's id, for the log.
+    pub probe: String,
+    /// The program's probe types that need a kernel facility.
+    pub kernel_probes: Vec<(String, KernelFacility)>,
+    pub capabilities: watch::Receiver<Option<NodeCapabilities>>,
     pub bpftrace: PathBuf,
     pub program_file: PathBuf,
     pub sink: Sink,
@@ -63,7 +72,10 @@ impl Supervisor {
             if run.ran_for >= HEALTHY_RUN {
                 backoff = FIRST_BACKOFF;
             }
-            self.report_exit(&run, backoff);
+            if !self.report_exit(&run, backoff) {
+                // It cannot succeed on this node: it stays Failed until its program changes.
+                break;
+            }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
                 () = self.cancel.cancelled() => break,
@@ -190,33 +202,94 @@ impl Supervisor {
         }
     }
 
-    fn report_exit(&self, run: &Run, backoff: Duration) {
+    /// Shows why bpftrace stopped in the status and, once per exit, in the log. False when a
+    /// restart cannot help: it failed needing a facility the node's capabilities lack.
+    fn report_exit(&self, run: &Run, backoff: Duration) -> bool {
         let exit = run.exit.map_or_else(
             || "could not be started".to_string(),
             |s| format!("exited ({s})"),
         );
+        let detail = failure_message(&run.stderr, &self.program_file);
+        let attached = self.sink.attached;
+        let what = match (attached, detail.is_empty()) {
+            (true, true) => format!("bpftrace {exit}"),
+            (true, false) => format!("bpftrace {exit}: {detail}"),
+            (false, true) => format!("bpftrace {exit} before attaching any probe"),
+            (false, false) => detail,
+        };
+        // A missing bpftrace is not the kernel's fault.
+        let failed = run.exit.is_some_and(|s| !s.success());
+        let hopeless = failed
+            .then(|| {
+                let caps = self.capabilities.borrow();
+                unsupported(&self.kernel_probes, caps.as_ref()?)
+            })
+            .flatten();
+        let retry = hopeless.is_none();
+        let restarting = format!("restarting in {}s", backoff.as_secs());
         let mut status = self.status();
-        if self.sink.attached {
-            status.state = ProbeState::Pending;
-            let detail = failure_message(&run.stderr, &self.program_file);
-            status.message = if detail.is_empty() {
-                format!("bpftrace {exit}; restarting in {}s", backoff.as_secs())
-            } else {
-                format!(
-                    "bpftrace {exit}: {detail}; restarting in {}s",
-                    backoff.as_secs()
-                )
-            };
-        } else {
-            status.state = ProbeState::Failed;
-            let detail = failure_message(&run.stderr, &self.program_file);
-            status.message = if detail.is_empty() {
-                format!("bpftrace {exit} before attaching any probe")
-            } else {
-                detail
-            };
+        let (state, message, logged) = match hopeless {
+            Some(why) => {
+                let message = format!("{what}; {why}");
+                (ProbeState::Failed, message.clone(), message)
+            }
+            None if attached => {
+                let message = format!("{what}; {restarting}");
+                (ProbeState::Pending, message.clone(), message)
+            }
+            None => (
+                ProbeState::Failed,
+                what.clone(),
+                format!("{what}; {restarting}"),
+            ),
+        };
+        tracing::warn!(probe = %self.probe, restarts = status.restarts, "BpftraceScript stopped: {logged}");
+        if state == ProbeState::Failed {
+            status.targets_attached = 0;
+        }
+        status.state = state;
+        status.message = message;
+        retry
+    }
+}
+
+/// Why a script whose probe types are `kernel_probes` cannot run on a node with `caps`, when they
+/// need a facility the capability self-test found unusable.
+fn unsupported(
+    kernel_probes: &[(String, KernelFacility)],
+    caps: &NodeCapabilities,
+) -> Option<String> {
+    let mut missing: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (kind, needs) in kernel_probes {
+        let (usable, name) = match needs {
+            KernelFacility::Kprobes => (caps.kprobes, facility::KPROBES),
+            KernelFacility::Fentry => (caps.fentry, facility::FENTRY),
+        };
+        if !usable {
+            missing.entry(name).or_default().push(format!("{kind}:"));
         }
     }
+    if missing.is_empty() {
+        return None;
+    }
+    let reasons: Vec<String> = missing
+        .iter()
+        .map(|(name, kinds)| {
+            let why = caps
+                .errors
+                .get(*name)
+                .map(|e| format!(" ({e})"))
+                .unwrap_or_default();
+            format!(
+                "this node cannot attach {} probes: its capabilities report {name}: false{why}",
+                kinds.join(", ")
+            )
+        })
+        .collect();
+    Some(format!(
+        "{}; not retrying: use probe types the node supports (see capabilities in GET /v1/status), such as tracepoint: or uprobe:",
+        reasons.join("; ")
+    ))
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -273,6 +346,29 @@ pub fn failure_message(stderr: &VecDeque<String>, program_file: &Path) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_facilities_the_node_lacks_make_a_script_hopeless() {
+        let probes = vec![
+            ("kprobe".to_string(), KernelFacility::Kprobes),
+            ("kretprobe".to_string(), KernelFacility::Kprobes),
+            ("fentry".to_string(), KernelFacility::Fentry),
+        ];
+        let mut caps = NodeCapabilities {
+            fentry: true,
+            ..NodeCapabilities::default()
+        };
+        caps.errors
+            .insert(facility::KPROBES.into(), "no kprobe PMU".into());
+        let why = unsupported(&probes, &caps).unwrap_or_default();
+        assert!(
+            why.starts_with("this node cannot attach kprobe:, kretprobe: probes: its capabilities report kprobes: false (no kprobe PMU); not retrying"),
+            "{why}"
+        );
+        caps.kprobes = true;
+        assert_eq!(unsupported(&probes, &caps), None);
+        assert_eq!(unsupported(&[], &NodeCapabilities::default()), None);
+    }
 
     #[test]
     fn failure_message_keeps_bpftraces_error_lines_and_hides_the_temp_path() {

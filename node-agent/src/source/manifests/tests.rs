@@ -196,6 +196,102 @@ fn a_duplicate_resource_points_at_its_first_definition() {
     );
 }
 
+/// Loads `dir` as the agent's reload loop does.
+fn reload(dir: &Path, last_good: &mut LastGood) -> Loaded {
+    let mut loaded = load(dir);
+    last_good.keep(&mut loaded);
+    loaded
+}
+
+fn ids(loaded: &Loaded) -> Vec<&str> {
+    let mut ids: Vec<&str> = loaded.probes.iter().map(|p| p.probe.id.as_str()).collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_file_that_turns_bad_keeps_its_last_good_resources_until_fixed_or_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "a.yaml", GOOD);
+    write(
+        dir.path(),
+        "other.yaml",
+        "apiVersion: sonde.dev/v1alpha1\nkind: BpftraceScript\nmetadata: {name: other}\nspec: {program: 'BEGIN {}'}\n",
+    );
+    let mut last_good = LastGood::default();
+    let good = reload(dir.path(), &mut last_good);
+    let web = |l: &Loaded| {
+        l.probes
+            .iter()
+            .find(|p| p.probe.id == "Tracepoint/default/web")
+            .cloned()
+    };
+    let running_web = web(&good).unwrap();
+
+    // A typo in one document: the old web keeps running, unchanged (no restart); the file's
+    // valid document is applied as it is now.
+    write(
+        dir.path(),
+        "a.yaml",
+        &GOOD.replace("[http]", "[htp]").replace("10m", "20m"),
+    );
+    let bad = reload(dir.path(), &mut last_good);
+    assert_eq!(
+        ids(&bad),
+        [
+            "BpftraceScript/opens",
+            "BpftraceScript/other",
+            "Tracepoint/default/web"
+        ]
+    );
+    assert_eq!(web(&bad), Some(running_web.clone()));
+    let opens = bad
+        .probes
+        .iter()
+        .find(|p| p.probe.id == "BpftraceScript/opens");
+    assert_eq!(opens.and_then(|p| p.ttl), Some(Duration::from_secs(1200)));
+    let reports = bad.reports();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_mentions(
+        &reports[0].message,
+        &[
+            "a.yaml document 2",
+            "htp",
+            "last good version keeps running (Tracepoint/default/web)",
+        ],
+    );
+
+    // A YAML syntax error, a second reload: still the last good version.
+    write(dir.path(), "a.yaml", "apiVersion: [unclosed\n");
+    let broken = reload(dir.path(), &mut last_good);
+    assert_eq!(broken.probes.len(), 3, "{:?}", ids(&broken));
+    assert_eq!(web(&broken), Some(running_web));
+
+    // Deleted: its resources go, the other file's stay.
+    std::fs::remove_file(&file).unwrap();
+    let deleted = reload(dir.path(), &mut last_good);
+    assert_eq!(ids(&deleted), ["BpftraceScript/other"]);
+    assert!(deleted.errors.is_empty(), "{:?}", deleted.errors);
+    // The same when the agent was given the file itself.
+    let single = dir.path().join("single.yaml");
+    std::fs::write(&single, GOOD).unwrap();
+    let mut single_good = LastGood::default();
+    assert_eq!(reload(&single, &mut single_good).probes.len(), 2);
+    std::fs::write(&single, "apiVersion: [unclosed\n").unwrap();
+    assert_eq!(reload(&single, &mut single_good).probes.len(), 2);
+    std::fs::remove_file(&single).unwrap();
+    let gone = reload(&single, &mut single_good);
+    assert!(gone.probes.is_empty(), "{:?}", ids(&gone));
+    assert_mentions(&gone.reports()[0].message, &["single.yaml", "cannot read"]);
+    // Back with the typo: no last good version to fall back on any more.
+    write(dir.path(), "a.yaml", &GOOD.replace("[http]", "[htp]"));
+    let again = reload(dir.path(), &mut last_good);
+    assert_eq!(
+        ids(&again),
+        ["BpftraceScript/opens", "BpftraceScript/other"]
+    );
+}
+
 #[test]
 fn a_missing_path_is_reported_not_fatal() {
     let loaded = load(Path::new("/nonexistent/sonde.yaml"));
@@ -203,6 +299,18 @@ fn a_missing_path_is_reported_not_fatal() {
         &loaded.errors[0].to_string(),
         &["/nonexistent/sonde.yaml", "--manifests"],
     );
+}
+
+#[test]
+fn the_startup_check_names_a_missing_path_and_accepts_an_empty_directory() {
+    let err = check(Path::new("/nonexistent/manifests")).unwrap_err();
+    assert_mentions(
+        &err.to_string(),
+        &["/nonexistent/manifests", "No such file", "--manifests"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    assert!(check(dir.path()).is_ok());
+    assert!(check(&write(dir.path(), "a.yaml", GOOD)).is_ok());
 }
 
 fn examples(under: &str) -> PathBuf {
