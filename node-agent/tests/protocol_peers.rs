@@ -2049,17 +2049,21 @@ fn start_mariadb(dir: &Path, data: &Path, port: u16) -> Server {
     server
 }
 
-/// The mariadb client over TCP, in batch mode (`-e`): each statement is one COM_QUERY.
+/// The mariadb client over TCP as root, in batch mode (`-e`): each statement is one COM_QUERY.
 fn mariadb_cli(port: u16, database: &str, statements: &str) -> std::process::Output {
+    mariadb_cli_as(&["-u", "root"], port, database, statements)
+}
+
+/// [`mariadb_cli`] logging in with the options `login` (user, password).
+fn mariadb_cli_as(
+    login: &[&str],
+    port: u16,
+    database: &str,
+    statements: &str,
+) -> std::process::Output {
     Command::new(which("mariadb"))
-        .args([
-            "--no-defaults",
-            "--skip-ssl",
-            "-h",
-            "127.0.0.1",
-            "-u",
-            "root",
-        ])
+        .args(["--no-defaults", "--skip-ssl", "-h", "127.0.0.1"])
+        .args(login)
         .args(["-P", &port.to_string(), "-e", statements, database])
         .stdin(Stdio::null())
         .output()
@@ -2139,26 +2143,7 @@ async fn mariadb_client_and_prepared_statements_against_traced_mariadbd_become_e
         "{out:?}"
     );
     // The user just created, with a wrong password: the login is refused.
-    let refused = Command::new(which("mariadb"))
-        .args([
-            "--no-defaults",
-            "--skip-ssl",
-            "-h",
-            "127.0.0.1",
-            "-u",
-            "app",
-        ])
-        .args([
-            "-pwrong-pass",
-            "-P",
-            &port.to_string(),
-            "-e",
-            "SELECT 1",
-            "sonde",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .expect("running mariadb");
+    let refused = mariadb_cli_as(&["-u", "app", "-pwrong-pass"], port, "sonde", "SELECT 1");
     assert!(
         String::from_utf8_lossy(&refused.stderr).contains("Access denied"),
         "{refused:?}"

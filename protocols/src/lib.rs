@@ -304,6 +304,33 @@ pub enum Red {
     },
 }
 
+/// `http GET 200`, `dns NXDOMAIN`, `db postgresql SELECT 42P01`: the series an observation goes
+/// to, in words (the error type only when there is one).
+impl std::fmt::Display for Red {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let error = match self {
+            Red::Http { method, status } => return write!(f, "http {method} {status}"),
+            Red::Dns { error } => {
+                f.write_str("dns")?;
+                error
+            }
+            Red::Db {
+                system,
+                operation,
+                error,
+            } => {
+                write!(f, "db {system} {operation}")?;
+                error
+            }
+        };
+        if error.is_empty() {
+            Ok(())
+        } else {
+            write!(f, " {error}")
+        }
+    }
+}
+
 /// One request with its response (or without, when it timed out or the connection closed).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {

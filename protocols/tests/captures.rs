@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sonde_protocols::{Direction, Field, Kind, ParseConfig, Record, Red, Role, Transport};
+use sonde_protocols::{Direction, Field, Kind, ParseConfig, Record, Role, Transport};
 
 const CHUNKINGS: [usize; 4] = [usize::MAX, 1, 7, 1000];
 
@@ -76,17 +76,7 @@ fn render(kind: Kind, records: &[Record]) -> String {
             "unanswered"
         };
         writeln!(text, "request: {answered}").unwrap();
-        let red = match &record.red {
-            Red::Http { method, status } => format!("http {method} {status}"),
-            Red::Dns { error } => format!("dns {error}").trim_end().to_string(),
-            Red::Db {
-                system,
-                operation,
-                error,
-            } => format!("db {system} {operation} {error}")
-                .trim_end()
-                .to_string(),
-        };
+        let red = record.red.to_string();
         writeln!(text, "red: {red}").unwrap();
         assert_eq!(record.fields.len(), kind.columns().len());
         for (column, field) in kind.columns().iter().zip(&record.fields) {

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sonde_protocols::{Direction, Field, Kind, ParseConfig, Record, Red, Role, Transport};
+use sonde_protocols::{Direction, Field, Kind, ParseConfig, Record, Role, Transport};
 
 /// Who sent a chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,17 +118,7 @@ pub fn render(kind: Kind, replay: &Replay) -> String {
     let mut s = String::new();
     for (i, r) in replay.records.iter().enumerate() {
         let latency = r.latency_ns.map_or("none".to_string(), |l| l.to_string());
-        let red = match &r.red {
-            Red::Http { method, status } => format!("http {method} {status}"),
-            Red::Dns { error } => format!("dns {error}").trim_end().to_string(),
-            Red::Db {
-                system,
-                operation,
-                error,
-            } => format!("db {system} {operation} {error}")
-                .trim_end()
-                .to_string(),
-        };
+        let red = r.red.to_string();
         writeln!(s, "# record {}", i + 1).unwrap();
         writeln!(s, "request_ns: {}", r.request_ns).unwrap();
         writeln!(s, "latency_ns: {latency}").unwrap();
