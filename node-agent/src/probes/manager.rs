@@ -16,7 +16,7 @@ use sonde_api::{AssignedProbe, ProbeConfig, ProbeStatus};
 use tokio::io::unix::{AsyncFd, AsyncFdReadyGuard};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::bpftrace::BpftraceProbe;
 use super::dynamic_log::DynamicLogProbe;
@@ -489,7 +489,8 @@ impl Manager {
             if targets == running.targets {
                 continue;
             }
-            info!(probe = %id, before = running.targets.len(), after = targets.len(), "probe targets changed");
+            // Debug: every short-lived process a probe selects (each curl) comes and goes here.
+            debug!(probe = %id, before = running.targets.len(), after = targets.len(), "probe targets changed");
             // The kind cannot change here (same probe), so update always applies.
             running
                 .runtime
