@@ -53,7 +53,8 @@ pub struct TracepointProbe {
     /// Continuous CPU profiling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profiler: Option<ProfilerSpec>,
-    /// Bytes of each request/response body kept in tables (protocol tracing).
+    /// Bytes of each request/response body kept in tables (protocol tracing; default 512, 0
+    /// keeps none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 65536))]
     pub max_body_bytes: Option<u32>,
