@@ -366,6 +366,35 @@ fn the_scripts_map_appears_in_the_agents_metrics(env: &Env) -> Result<()> {
     ))
 }
 
+/// The agent writes its NodeAssignment's status when something changes, and on a heartbeat every
+/// 30 s: with nothing changing it writes nothing in between. (Its own writes came back as watch
+/// events of the same generation, were applied again and caused the next write, once a second.)
+fn an_agent_with_nothing_changing_writes_its_status_only_on_the_heartbeat(env: &Env) -> Result<()> {
+    ensure_ticks_script(env)?;
+    let url = env.agent_url()?;
+    let writes = || async {
+        let (code, body) = observe::agent_get(&url, "/metrics", None).await?;
+        ensure!(code == 200, "GET /metrics: {code}");
+        body.lines()
+            .find_map(|l| l.strip_prefix("sonde_status_writes_total{result=\"ok\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .context("no sonde_status_writes_total{result=\"ok\"} in the agent's metrics")
+    };
+    env.rt.block_on(async {
+        // Past the writes of the script becoming ready.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = writes().await?;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let after = writes().await?;
+        ensure!(
+            after - before <= 1.0,
+            "{} status writes in 10 s with nothing changing (a heartbeat is every 30 s)",
+            after - before
+        );
+        Ok(())
+    })
+}
+
 fn a_real_prometheus_scrapes_a_sonde_series_from_the_agent(env: &Env) -> Result<()> {
     let port = lock(&env.agent)
         .as_ref()
@@ -805,6 +834,10 @@ fn main() -> ExitCode {
         Scenario::new(
             "the_scripts_map_appears_in_the_agents_metrics",
             the_scripts_map_appears_in_the_agents_metrics,
+        ),
+        Scenario::new(
+            "an_agent_with_nothing_changing_writes_its_status_only_on_the_heartbeat",
+            an_agent_with_nothing_changing_writes_its_status_only_on_the_heartbeat,
         ),
         Scenario::new(
             "a_real_prometheus_scrapes_a_sonde_series_from_the_agent",

@@ -82,22 +82,32 @@ async fn watch_assignment(
     let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     let mut found = false;
+    // The object (uid) and generation last applied: the agent's own status writes come back as
+    // events of the same generation (a status change does not bump it), and applying them again
+    // made every status write cause the next, once a second.
+    let mut applied_generation: Option<(Option<String>, i64)> = None;
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Apply(na) | Event::InitApply(na)) => {
                 found = true;
                 let generation = na.metadata.generation.unwrap_or_default();
+                let key = Some((na.metadata.uid.clone(), generation));
+                if applied_generation == key {
+                    continue;
+                }
                 info!(
                     generation,
                     probes = na.spec.probes.len(),
                     "applying NodeAssignment"
                 );
                 manager.apply(na.spec.probes).await;
-                observed.send_replace(Some(generation));
+                applied_generation = key;
+                observed.send_if_modified(|seen| seen.replace(generation) != Some(generation));
                 applied.send_replace(true);
             }
             Ok(Event::Delete(_)) => {
                 found = false;
+                applied_generation = None;
                 info!("NodeAssignment {node} was deleted; stopping every probe");
                 manager.apply(Vec::new()).await;
                 observed.send_replace(None);
