@@ -288,7 +288,7 @@ pub fn load(path: &Path) -> Loaded {
                     break;
                 }
             };
-            if value.is_null() {
+            if value.is_null() || is_other_kubernetes_object(&value) {
                 continue;
             }
             match parse_document(at, value) {
@@ -349,6 +349,22 @@ fn typed<T: serde::de::DeserializeOwned>(
             message: e.into_inner().to_string(),
         }
     })
+}
+
+/// A Kubernetes object of another API (a Namespace, a ConfigMap) in a directory shared with a
+/// cluster's manifests: not Sonde's to run, and no mistake. One naming a Sonde kind, or Sonde's
+/// group, is Sonde's, and checked (a mistyped apiVersion is reported).
+fn is_other_kubernetes_object(value: &serde_yaml_ng::Value) -> bool {
+    let text = |key: &str| value.get(key).and_then(|v| v.as_str()).unwrap_or_default();
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
+    let sonde_kind = matches!(
+        kind,
+        "Tracepoint" | "DynamicLog" | "BpftraceScript" | "NodeAssignment"
+    );
+    !api_version.is_empty()
+        && !kind.is_empty()
+        && !sonde_kind
+        && !api_version.starts_with("sonde.dev/")
 }
 
 fn parse_document(

@@ -172,6 +172,25 @@ fn wrong_api_version_and_kind_say_what_to_use() {
     assert_mentions(&msg, &["kind is NodeAssignment", "operator"]);
 }
 
+/// A directory shared with a cluster's manifests: other objects are not Sonde's, and no error; a
+/// misspelled Sonde kind in Sonde's group still is one.
+#[test]
+fn objects_of_other_apis_are_skipped_and_sonde_s_group_is_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "mixed.yaml",
+        &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n---\n{GOOD}"),
+    );
+    let loaded = load(dir.path());
+    assert!(loaded.errors.is_empty(), "{:?}", loaded.errors);
+    assert_eq!(loaded.probes.len(), 2);
+    let msg = only_error(
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepont\nmetadata: {name: s}\nspec: {}\n",
+    );
+    assert_mentions(&msg, &["kind is Tracepont"]);
+}
+
 #[test]
 fn yaml_syntax_errors_name_the_file_and_position() {
     let msg = only_error("apiVersion: [unclosed\n");
@@ -334,7 +353,8 @@ fn the_standalone_examples_load_without_an_error() {
 fn the_cluster_examples_are_valid_but_for_their_pods() {
     let loaded = load(&examples("cluster"));
     assert!(loaded.probes.is_empty());
-    let documents = files(&examples("cluster")).unwrap().len();
+    // One resource per file but the namespaces' (skipped: not Sonde's).
+    let documents = files(&examples("cluster")).unwrap().len() - 1;
     assert_eq!(loaded.errors.len(), documents, "{:#?}", loaded.errors);
     for e in &loaded.errors {
         assert_mentions(
