@@ -18,6 +18,8 @@ pub const TEST_NAMESPACE: &str = "sonde-e2e";
 pub const READER_SA: &str = "table-reader";
 /// ServiceAccount with no permissions at all.
 pub const OUTSIDER_SA: &str = "outsider";
+/// ServiceAccount granted `get tables.sonde.dev` in [`TEST_NAMESPACE`] only.
+pub const TEAM_READER_SA: &str = "team-reader";
 
 /// What [`Cluster::start`] installs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -31,8 +33,10 @@ pub struct Install {
 pub struct Identities {
     pub operator_kubeconfig: PathBuf,
     pub agent_kubeconfig: PathBuf,
-    /// Token of a user granted `sonde-data-reader` (get nodes/proxy).
+    /// Token of a user granted `sonde-data-reader` (get tables.sonde.dev cluster-wide).
     pub reader_token: String,
+    /// Token of a user granted get tables.sonde.dev in [`TEST_NAMESPACE`] only.
+    pub team_reader_token: String,
     /// Token of a user with no roles.
     pub outsider_token: String,
 }
@@ -119,7 +123,15 @@ impl Cluster {
              ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
              metadata: {{name: e2e-table-reader}}\n\
              roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sonde-data-reader}}\n\
-             subjects: [{{kind: ServiceAccount, name: {READER_SA}, namespace: {TEST_NAMESPACE}}}]\n"
+             subjects: [{{kind: ServiceAccount, name: {READER_SA}, namespace: {TEST_NAMESPACE}}}]\n\
+             ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {TEAM_READER_SA}, namespace: {TEST_NAMESPACE}}}\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n\
+             metadata: {{name: sonde-tables-reader, namespace: {TEST_NAMESPACE}}}\n\
+             rules: [{{apiGroups: [sonde.dev], resources: [tables], verbs: [get]}}]\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+             metadata: {{name: e2e-team-reader, namespace: {TEST_NAMESPACE}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: sonde-tables-reader}}\n\
+             subjects: [{{kind: ServiceAccount, name: {TEAM_READER_SA}, namespace: {TEST_NAMESPACE}}}]\n"
         ))?;
         let operator_token = self.token(helm::NAMESPACE, &format!("{}-operator", helm::RELEASE))?;
         let agent_token = self.token(helm::NAMESPACE, &format!("{}-agent", helm::RELEASE))?;
@@ -137,6 +149,7 @@ impl Cluster {
             )?,
             reader_token: self.token(TEST_NAMESPACE, READER_SA)?,
             outsider_token: self.token(TEST_NAMESPACE, OUTSIDER_SA)?,
+            team_reader_token: self.token(TEST_NAMESPACE, TEAM_READER_SA)?,
         })
     }
 

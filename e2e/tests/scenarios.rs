@@ -223,7 +223,7 @@ spec:
       matchLabels: {{app: ticker}}
   program: |
     uprobe:{bin}:sonde_e2e_tick {{
-      printf("time_:%llu tick:%d\n", nsecs, arg0);
+      printf("time_:%llu pid:%d tick:%d\n", nsecs, pid, arg0);
       @ticks[comm] = count();
     }}
     interval:s:1 {{ print(@ticks); }}
@@ -336,10 +336,44 @@ fn table_reads_without_a_token_get_401_and_with_an_unauthorized_token_get_403(
             observe::agent_get(&url, "/v1/tables/ticks", Some("not-a-real-token")).await?;
         ensure!(code == 401, "with a forged token: {code} {body}");
         let (code, body) = observe::agent_get(&url, "/v1/tables/ticks", Some(&outsider)).await?;
-        ensure!(
-            code == 403,
-            "with a token lacking nodes/proxy: {code} {body}"
-        );
+        ensure!(code == 403, "with a token granted nothing: {code} {body}");
+        Ok(())
+    })
+}
+
+/// A reader granted `get tables.sonde.dev` in one namespace (a Role) reads that namespace's rows
+/// by naming it, and nothing else: not the whole table, not another namespace, not the list.
+fn a_reader_granted_one_namespace_reads_its_rows_only(env: &Env) -> Result<()> {
+    ensure_ticks_script(env)?;
+    let url = env.agent_url()?;
+    let token = env.cluster.identities()?.team_reader_token.clone();
+    env.rt.block_on(async {
+        wait::until_ok("the team's rows in table ticks", CONVERGE, || async {
+            let path = format!("/v1/tables/ticks?format=json&namespace={TEST_NAMESPACE}");
+            let (code, body) = observe::agent_get(&url, &path, Some(&token)).await?;
+            ensure!(code == 200, "GET {path}: {code} {body}");
+            let rows: Vec<serde_json::Value> = serde_json::from_str(&body)
+                .with_context(|| format!("not a JSON array of rows: {body}"))?;
+            ensure!(!rows.is_empty(), "no rows yet");
+            ensure!(
+                rows.iter().all(|r| r["namespace"] == TEST_NAMESPACE),
+                "a row of another namespace: {body}"
+            );
+            Ok(())
+        })
+        .await?;
+        for path in [
+            "/v1/tables/ticks".to_owned(),
+            "/v1/tables/ticks?namespace=sonde-system".to_owned(),
+            "/v1/tables".to_owned(),
+            format!("/v1/status?namespace={TEST_NAMESPACE}"),
+        ] {
+            let (code, body) = observe::agent_get(&url, &path, Some(&token)).await?;
+            ensure!(
+                code == 403,
+                "GET {path} as the team's reader: {code} {body}"
+            );
+        }
         Ok(())
     })
 }
@@ -830,6 +864,10 @@ fn main() -> ExitCode {
         Scenario::new(
             "table_reads_without_a_token_get_401_and_with_an_unauthorized_token_get_403",
             table_reads_without_a_token_get_401_and_with_an_unauthorized_token_get_403,
+        ),
+        Scenario::new(
+            "a_reader_granted_one_namespace_reads_its_rows_only",
+            a_reader_granted_one_namespace_reads_its_rows_only,
         ),
         Scenario::new(
             "the_scripts_map_appears_in_the_agents_metrics",

@@ -1,17 +1,20 @@
-//! Bearer-token checks for `/v1/*` in a cluster, the way the kubelet authorizes `nodes/proxy`:
-//! TokenReview authenticates the token, then SubjectAccessReview asks whether that user may
-//! `get nodes/proxy` on this node. Decisions are cached for [`CACHE_FOR`], keyed by a keyed hash of
-//! the token (the token itself is never stored).
+//! Bearer-token checks for `/v1/*` in a cluster: TokenReview authenticates the token, then
+//! SubjectAccessReviews ask whether that user may read Sonde's data — `get` on the resource
+//! `tables` of API group `sonde.dev` (no such objects exist: RBAC rules name it all the same)
+//! cluster-wide, or `get nodes/proxy` on this node as the kubelet asks, for everything; or `get
+//! tables.sonde.dev` in one namespace, for the rows of that namespace only (a row query naming it
+//! with `?namespace=`). Decisions are cached for [`CACHE_FOR`], keyed by a keyed hash of the token
+//! and the namespace asked for (the token itself is never stored).
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
 use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
@@ -63,8 +66,8 @@ impl Authorizer {
         }
     }
 
-    async fn decide(&self, token: &str) -> Result<Decision, AuthError> {
-        let key = self.keys.hash_one(token);
+    async fn decide(&self, token: &str, namespace: Option<&str>) -> Result<Decision, AuthError> {
+        let key = self.keys.hash_one((token, namespace));
         let now = Instant::now();
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -74,7 +77,7 @@ impl Authorizer {
                 return Ok(d.clone());
             }
         }
-        let decision = self.review(token).await?;
+        let decision = self.review(token, namespace).await?;
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_MAX {
             cache.retain(|_, (at, _)| now.duration_since(*at) < CACHE_FOR);
@@ -86,7 +89,7 @@ impl Authorizer {
         Ok(decision)
     }
 
-    async fn review(&self, token: &str) -> Result<Decision, AuthError> {
+    async fn review(&self, token: &str, namespace: Option<&str>) -> Result<Decision, AuthError> {
         let tr = TokenReview {
             spec: TokenReviewSpec {
                 token: Some(token.to_owned()),
@@ -111,20 +114,54 @@ impl Authorizer {
             )));
         };
         let username = user.username.clone().unwrap_or_default();
+        let tables = |namespace: Option<&str>| ResourceAttributes {
+            verb: Some("get".into()),
+            group: Some(sonde_api::GROUP.into()),
+            resource: Some(TABLES.into()),
+            namespace: namespace.map(str::to_owned),
+            ..Default::default()
+        };
+        let node_proxy = ResourceAttributes {
+            verb: Some("get".into()),
+            group: Some(String::new()),
+            resource: Some("nodes".into()),
+            subresource: Some("proxy".into()),
+            name: Some(self.node.clone()),
+            ..Default::default()
+        };
+        let mut asks = vec![tables(None), node_proxy];
+        asks.extend(namespace.map(|ns| tables(Some(ns))));
+        for attributes in asks {
+            if self.allows(&user, attributes).await? {
+                return Ok(Decision::Allowed);
+            }
+        }
+        let asked = namespace.map_or_else(
+            || "this node's data".to_owned(),
+            |ns| format!("the rows of namespace {ns}"),
+        );
+        Ok(Decision::Forbidden(format!(
+            "{username} may not read {asked}: grant it `get` on resource `{TABLES}` of API group {group} \
+             cluster-wide to read everything (the chart's <release>-data-reader ClusterRole), or in a \
+             namespace (a Role) to read that namespace's rows with ?namespace=<ns> on \
+             /v1/tables/<name> and /v1/profiles/*",
+            group = sonde_api::GROUP,
+        )))
+    }
+
+    /// One SubjectAccessReview for `user`.
+    async fn allows(
+        &self,
+        user: &UserInfo,
+        attributes: ResourceAttributes,
+    ) -> Result<bool, AuthError> {
         let sar = SubjectAccessReview {
             spec: SubjectAccessReviewSpec {
-                user: user.username,
-                groups: user.groups,
-                uid: user.uid,
-                extra: user.extra,
-                resource_attributes: Some(ResourceAttributes {
-                    verb: Some("get".into()),
-                    group: Some(String::new()),
-                    resource: Some("nodes".into()),
-                    subresource: Some("proxy".into()),
-                    name: Some(self.node.clone()),
-                    ..Default::default()
-                }),
+                user: user.username.clone(),
+                groups: user.groups.clone(),
+                uid: user.uid.clone(),
+                extra: user.extra.clone(),
+                resource_attributes: Some(attributes),
                 ..Default::default()
             },
             ..Default::default()
@@ -136,15 +173,23 @@ impl Authorizer {
                 review: "SubjectAccessReview",
                 source,
             })?;
-        if sar.status.is_some_and(|s| s.allowed) {
-            Ok(Decision::Allowed)
-        } else {
-            Ok(Decision::Forbidden(format!(
-                "{username} may not get nodes/proxy on node {}; grant it `get` on resource nodes/proxy (RBAC)",
-                self.node
-            )))
-        }
+        Ok(sar.status.is_some_and(|s| s.allowed))
     }
+}
+
+/// The resource of API group `sonde.dev` whose `get` grants reading tables and profiles.
+pub const TABLES: &str = "tables";
+
+/// The namespace a row query asks for (`/v1/tables/<name>` or `/v1/profiles/*` with
+/// `?namespace=`): a grant in that namespace is enough for it, as the handlers return only its rows.
+fn requested_namespace(req: &Request) -> Option<String> {
+    let path = req.uri().path();
+    let rows = path.starts_with("/v1/tables/") || path.starts_with("/v1/profiles/");
+    if !rows {
+        return None;
+    }
+    let Query(mut params) = Query::<HashMap<String, String>>::try_from_uri(req.uri()).ok()?;
+    params.remove("namespace").filter(|ns| !ns.is_empty())
 }
 
 /// Middleware on `/v1/*`: passes through in standalone mode, else demands an authorized token.
@@ -169,7 +214,8 @@ pub(super) async fn require_token(
             "missing bearer token: send Authorization: Bearer <token> (e.g. from kubectl create token)",
         );
     };
-    match auth.decide(token).await {
+    let namespace = requested_namespace(&req);
+    match auth.decide(token, namespace.as_deref()).await {
         Ok(Decision::Allowed) => next.run(req).await,
         Ok(Decision::Unauthenticated(m)) => error(StatusCode::UNAUTHORIZED, m),
         Ok(Decision::Forbidden(m)) => error(StatusCode::FORBIDDEN, m),

@@ -125,7 +125,13 @@ pub(super) async fn table(
         Ok(q) => q,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match state.store.query(&name, &query) {
+    // Only the rows of `namespace` when it is given: a reader granted that namespace alone
+    // is authorized for exactly these (see `auth`).
+    let namespace = params
+        .get("namespace")
+        .map(String::as_str)
+        .filter(|ns| !ns.is_empty());
+    match state.store.query_in(&name, &query, namespace) {
         Ok(result) => (
             [(header::CONTENT_TYPE, format.content_type())],
             encode(&result, format),

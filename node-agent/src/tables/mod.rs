@@ -328,6 +328,16 @@ impl Store {
 
     /// The newest `query.limit` rows of `name` at or after `query.since_ns`, oldest first.
     pub fn query(&self, name: &str, query: &Query) -> Result<QueryResult, TablesError> {
+        self.query_in(name, query, None)
+    }
+
+    /// [`Store::query`] of the rows of `namespace` only (all rows for None).
+    pub fn query_in(
+        &self,
+        name: &str,
+        query: &Query,
+        namespace: Option<&str>,
+    ) -> Result<QueryResult, TablesError> {
         let table = {
             let tables = self.inner.tables.read().unwrap_or_else(|p| p.into_inner());
             tables
@@ -339,7 +349,9 @@ impl Store {
         };
         let data = lock(&table.data);
         let since = query.since_ns.unwrap_or(i64::MIN);
-        let mut rows = data.rows.newest(since, query.limit);
+        let mut rows = data.rows.newest_where(since, query.limit, |row| {
+            namespace.is_none_or(|ns| row.namespace == ns)
+        });
         drop(data);
         render(&table.columns, &mut rows);
         Ok(QueryResult {

@@ -397,10 +397,21 @@ impl StoredRows {
     }
 
     /// The newest `limit` rows at or after `since_ns`, oldest first.
+    #[cfg(test)]
+    pub fn newest(&self, since_ns: i64, limit: usize) -> Vec<Row> {
+        self.newest_where(since_ns, limit, |_| true)
+    }
+
+    /// The newest `limit` rows at or after `since_ns` that `keep` accepts, oldest first.
     ///
     /// Read where the rows lie in the ring's two parts: making the ring contiguous first moved up
     /// to a whole table budget of bytes per query, under the lock the capture thread appends with.
-    pub fn newest(&self, since_ns: i64, limit: usize) -> Vec<Row> {
+    pub fn newest_where(
+        &self,
+        since_ns: i64,
+        limit: usize,
+        keep: impl Fn(&Row) -> bool,
+    ) -> Vec<Row> {
         let (first, second) = self.ring.as_slices();
         // The one row that may straddle the two parts is decoded from a copy.
         let mut straddling = Vec::new();
@@ -422,7 +433,7 @@ impl StoredRows {
                     straddling.extend_from_slice(&second[..end - first.len()]);
                     Some(&straddling[..])
                 };
-                if let Some(row) = bytes.and_then(decode) {
+                if let Some(row) = bytes.and_then(decode).filter(&keep) {
                     rows.push(row);
                 }
             }

@@ -212,6 +212,36 @@ fn limit_returns_the_newest_rows_oldest_first_and_since_filters_older_ones() {
     );
 }
 
+/// What a reader granted one namespace gets: its rows only, the limit counting those.
+#[test]
+fn a_query_in_a_namespace_returns_its_newest_rows_only() {
+    let (s, _) = store(1 << 20, 1 << 20);
+    let w = s.create("t", "o", cols()).unwrap();
+    for t in 0..10 {
+        let mut r = row(t, "x");
+        r.namespace = if t % 3 == 0 { "team-a" } else { "team-b" }.into();
+        w.append(r);
+    }
+    let q = Query {
+        limit: 2,
+        since_ns: None,
+    };
+    let got = |ns| -> Vec<(i64, String)> {
+        s.query_in("t", &q, ns)
+            .unwrap()
+            .rows
+            .into_iter()
+            .map(|r| (r.time_ns, r.namespace))
+            .collect()
+    };
+    assert_eq!(
+        got(Some("team-a")),
+        [(6, "team-a".to_owned()), (9, "team-a".to_owned())]
+    );
+    assert_eq!(got(Some("team-c")), []);
+    assert_eq!(got(None).len(), 2);
+}
+
 #[test]
 fn unknown_tables_say_how_to_list_tables() {
     let (s, _) = store(1 << 20, 1 << 20);
