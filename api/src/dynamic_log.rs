@@ -48,7 +48,8 @@ pub struct DynamicLogSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 4096))]
     pub max_string_bytes: Option<u32>,
-    /// Table the rows go to (default: the resource's name).
+    /// Table the rows go to, in the resource's namespace: `<namespace>.<tableName>` (default:
+    /// the resource's name with `-` and `.` as `_`), never shared with another namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63))]
     #[x_kube(validation = Rule::new(crate::common::NAME_RULE).message(crate::common::NAME_MESSAGE))]

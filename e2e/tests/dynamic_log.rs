@@ -18,6 +18,8 @@ use sonde_e2e::wait::{self, CONVERGE};
 
 const NODE: &str = "node-d";
 const PROBE_ID: &str = "DynamicLog/sonde-e2e/checkout-orders";
+/// `spec.tableName` qualified by the DynamicLog's namespace.
+const TABLE: &str = "sonde-e2e.checkout_orders";
 
 struct Env {
     node: SingleNode,
@@ -97,11 +99,11 @@ spec:
     - {name: place_order, type: counter, labels: [user]}
 ";
 
-/// Rows of `checkout_orders` for `pod`.
+/// Rows of [`TABLE`] for `pod`.
 async fn pod_rows(url: &str, token: &str, pod: &str) -> Result<Vec<serde_json::Value>> {
-    let (code, body) =
-        observe::agent_get(url, "/v1/tables/checkout_orders?format=json", Some(token)).await?;
-    ensure!(code == 200, "GET /v1/tables/checkout_orders: {code} {body}");
+    let path = format!("/v1/tables/{TABLE}?format=json");
+    let (code, body) = observe::agent_get(url, &path, Some(token)).await?;
+    ensure!(code == 200, "GET {path}: {code} {body}");
     let rows: Vec<serde_json::Value> = serde_json::from_str(&body)?;
     Ok(rows.into_iter().filter(|r| r["pod"] == pod).collect())
 }

@@ -11,7 +11,8 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 use sonde_api::ProbeState;
 
-/// `table` label. Table names are validated identifiers chosen by probe owners, one per resource.
+/// `table` label. Table names come from validated resource names (a DynamicLog's prefixed with its
+/// namespace), one per resource.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
     pub table: String,

@@ -267,7 +267,18 @@ impl Harness {
 
     /// Starts a probe on `program` and waits until it is attached.
     async fn start(&self, name: &str, spec: DynamicLogSpec, program: &Program) -> DynamicLogProbe {
-        let probe = assigned(name, &spec);
+        self.start_in("shop", name, spec, program).await
+    }
+
+    /// Starts the probe of DynamicLog `namespace`/`name` on `program`; waits until it is attached.
+    async fn start_in(
+        &self,
+        namespace: &str,
+        name: &str,
+        spec: DynamicLogSpec,
+        program: &Program,
+    ) -> DynamicLogProbe {
+        let probe = assigned_in(namespace, name, &spec);
         let dl = DynamicLogProbe::start(&self.ctx, &probe, &spec, &[program.target()]);
         let status = wait_status(&dl, |s| s.state != ProbeState::Pending).await;
         assert_eq!(
@@ -299,13 +310,17 @@ impl Harness {
 }
 
 fn assigned(name: &str, spec: &DynamicLogSpec) -> AssignedProbe {
+    assigned_in("shop", name, spec)
+}
+
+fn assigned_in(namespace: &str, name: &str, spec: &DynamicLogSpec) -> AssignedProbe {
     AssignedProbe {
-        id: format!("DynamicLog/shop/{name}"),
+        id: format!("DynamicLog/{namespace}/{name}"),
         owner: ProbeOwner {
             kind: "DynamicLog".into(),
-            namespace: Some("shop".into()),
+            namespace: Some(namespace.into()),
             name: name.into(),
-            uid: format!("uid-{name}"),
+            uid: format!("uid-{namespace}-{name}"),
             generation: 1,
         },
         config: ProbeConfig::DynamicLog(spec.clone()),
@@ -391,8 +406,8 @@ async fn order_scenario_is_captured_exactly(toolchain: Option<&'static str>) {
     );
     let probe = h.start("orders", sp, &program).await;
     program.run("order");
-    let rows = h.wait_rows("orders", 2, &probe).await;
-    let cols = h.columns("orders");
+    let rows = h.wait_rows("shop.orders", 2, &probe).await;
+    let cols = h.columns("shop.orders");
     let names: Vec<&str> = cols.iter().map(|c| c.name.as_str()).collect();
     assert_eq!(
         &names[sonde_agent::tables::TARGET_COLUMNS.len()..],
@@ -455,16 +470,16 @@ async fn trace(
     setup(&mut sp);
     let probe = h.start("calls", sp, &program).await;
     program.run(scenario);
-    let got = h.wait_rows("calls", rows, &probe).await;
+    let got = h.wait_rows("shop.calls", rows, &probe).await;
     // Nothing more arrives: the scenario is over and every event was read.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let got_after = h.rows("calls");
+    let got_after = h.rows("shop.calls");
     assert_eq!(
         got.len(),
         got_after.len(),
         "more rows than expected arrived"
     );
-    let cols = h.columns("calls");
+    let cols = h.columns("shop.calls");
     let status = probe.status();
     probe.stop().await;
     assert!(program.alive(), "the traced program died");
@@ -641,10 +656,14 @@ async fn every_call_is_one_row_while_the_target_set_keeps_being_updated() {
         first.run("order");
         second.run("order");
     }
-    let rows = h.wait_rows("updated", 4 * ROUNDS, &probe).await;
+    let rows = h.wait_rows("shop.updated", 4 * ROUNDS, &probe).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.rows("updated").len(), rows.len(), "more rows arrived");
-    let cols = h.columns("updated");
+    assert_eq!(
+        h.rows("shop.updated").len(),
+        rows.len(),
+        "more rows arrived"
+    );
+    let cols = h.columns("shop.updated");
     for program in [&first, &second] {
         let ids: Vec<Value> = rows
             .iter()
@@ -746,7 +765,7 @@ async fn a_process_whose_binary_was_renamed_over_is_traced_with_the_build_it_run
     // The old process alone first: its path names v2 by the time it is analysed.
     let mut probe = h.start("replaced", sp.clone(), &old).await;
     old.run("handle");
-    h.wait_rows("replaced", 1, &probe).await;
+    h.wait_rows("shop.replaced", 1, &probe).await;
     probe
         .update(
             &assigned("replaced", &sp),
@@ -757,13 +776,13 @@ async fn a_process_whose_binary_was_renamed_over_is_traced_with_the_build_it_run
     wait_status(&probe, |s| s.targets_attached == 2).await;
     new.run("handle");
     old.run("handle");
-    h.wait_rows("replaced", 3, &probe).await;
+    h.wait_rows("shop.replaced", 3, &probe).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        handle_rows(&h, "replaced", old.pid()),
+        handle_rows(&h, "shop.replaced", old.pid()),
         [v1_call(), v1_call()]
     );
-    assert_eq!(handle_rows(&h, "replaced", new.pid()), [v2_call()]);
+    assert_eq!(handle_rows(&h, "shop.replaced", new.pid()), [v2_call()]);
     probe.stop().await;
     assert!(old.alive() && new.alive());
 }
@@ -779,9 +798,9 @@ async fn a_process_whose_binary_was_deleted_is_still_traced() {
     let h = harness();
     let probe = h.start("deleted", handle_spec(), &program).await;
     program.run("handle");
-    h.wait_rows("deleted", 1, &probe).await;
+    h.wait_rows("shop.deleted", 1, &probe).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(handle_rows(&h, "deleted", program.pid()), [v1_call()]);
+    assert_eq!(handle_rows(&h, "shop.deleted", program.pid()), [v1_call()]);
     probe.stop().await;
 }
 
@@ -794,7 +813,7 @@ async fn a_process_that_execs_another_build_is_traced_in_the_new_one_after_an_up
     let mut program = Program::start(&replaceable_program("v1"));
     let mut probe = h.start("reexec", sp.clone(), &program).await;
     program.run("handle");
-    h.wait_rows("reexec", 1, &probe).await;
+    h.wait_rows("shop.reexec", 1, &probe).await;
     let v2 = replaceable_program("v2");
     writeln!(program.stdin, "exec {}", v2.display()).unwrap();
     program.stdin.flush().unwrap();
@@ -812,17 +831,17 @@ async fn a_process_that_execs_another_build_is_traced_in_the_new_one_after_an_up
         .await;
     // The update is applied asynchronously: call until a v2 row arrives.
     let start = Instant::now();
-    while !handle_rows(&h, "reexec", program.pid()).contains(&v2_call()) {
+    while !handle_rows(&h, "shop.reexec", program.pid()).contains(&v2_call()) {
         assert!(
             start.elapsed() < WAIT,
             "no v2 row after the exec: {:?}; status: {:?}",
-            handle_rows(&h, "reexec", program.pid()),
+            handle_rows(&h, "shop.reexec", program.pid()),
             probe.status()
         );
         program.run("handle");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let rows = handle_rows(&h, "reexec", program.pid());
+    let rows = handle_rows(&h, "shop.reexec", program.pid());
     assert_eq!(rows[0], v1_call());
     assert!(
         rows[1..].iter().all(|r| *r == v2_call()),
@@ -1058,7 +1077,7 @@ async fn processes_started_later_are_attached_on_update_and_detached_on_stop() {
     assert_eq!(status.state, ProbeState::Attached);
     first.run("fib");
     second.run("fib");
-    let rows = h.wait_rows("later", 30, &probe).await;
+    let rows = h.wait_rows("shop.later", 30, &probe).await;
     let pids: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.pid).collect();
     assert_eq!(
         pids,
@@ -1070,10 +1089,10 @@ async fn processes_started_later_are_attached_on_update_and_detached_on_stop() {
     wait_status(&probe, |s| s.targets_attached == 1).await;
     first.run("fib");
     second.run("fib");
-    let rows = h.wait_rows("later", 45, &probe).await;
+    let rows = h.wait_rows("shop.later", 45, &probe).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        h.rows("later").len(),
+        h.rows("shop.later").len(),
         45,
         "the detached process still produced rows"
     );
@@ -1082,8 +1101,101 @@ async fn processes_started_later_are_attached_on_update_and_detached_on_stop() {
     probe.stop().await;
     second.run("fib");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.rows("later").len(), 45, "rows after stop");
+    assert_eq!(h.rows("shop.later").len(), 45, "rows after stop");
     assert!(first.alive() && second.alive());
+}
+
+/// Settles the rows of `table` (nothing more arrives) and returns their own values by name.
+async fn settled_rows(
+    h: &Harness,
+    table: &str,
+    n: usize,
+    probe: &DynamicLogProbe,
+) -> Vec<BTreeMap<String, Value>> {
+    h.wait_rows(table, n, probe).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cols = h.columns(table);
+    h.rows(table).iter().map(|r| by_name(&cols, r)).collect()
+}
+
+/// Namespaced resources never reach another namespace: DynamicLogs of one name in two namespaces
+/// (same columns) each fill a table of their own, named by namespace, which stays theirs.
+#[tokio::test]
+async fn same_named_dynamic_logs_of_two_namespaces_get_a_table_each_with_their_own_rows() {
+    let h = harness();
+    let mut program = Program::start(&go_program(None));
+    let mut sp = spec("main.Fib");
+    sp.capture = capture(&[("n", "n")], &[("result", "$0")], true);
+    let shop = h.start_in("shop", "tick-ok", sp.clone(), &program).await;
+    let team_a = h.start_in("team-a", "tick-ok", sp, &program).await;
+    for (probe, table) in [(&shop, "shop.tick_ok"), (&team_a, "team-a.tick_ok")] {
+        let message = probe.status().message;
+        assert!(
+            message.contains(&format!("into table {table}")),
+            "status names another table than {table}: {message}"
+        );
+    }
+    program.run("fib");
+    // Fib(5) is 15 calls: each table has each call once, not the other namespace's too.
+    for (probe, table) in [(&shop, "shop.tick_ok"), (&team_a, "team-a.tick_ok")] {
+        let rows = settled_rows(&h, table, 15, probe).await;
+        assert_eq!(rows.len(), 15, "rows of {table}: {rows:?}");
+    }
+    shop.stop().await;
+    let owners: BTreeMap<String, String> = h
+        .ctx
+        .tables
+        .list()
+        .into_iter()
+        .map(|t| (t.name, t.owner))
+        .collect();
+    assert_eq!(
+        owners,
+        BTreeMap::from([
+            (
+                "shop.tick_ok".to_owned(),
+                "DynamicLog/shop/tick-ok".to_owned()
+            ),
+            (
+                "team-a.tick_ok".to_owned(),
+                "DynamicLog/team-a/tick-ok".to_owned()
+            ),
+        ])
+    );
+    team_a.stop().await;
+    assert!(program.alive());
+}
+
+/// With other columns, a same-named DynamicLog of another namespace neither fails on the first
+/// one's table nor learns from its status that the other exists.
+#[tokio::test]
+async fn a_dynamic_log_never_collides_with_nor_names_another_namespaces_table() {
+    let h = harness();
+    let mut program = Program::start(&go_program(None));
+    let mut wide = spec("main.Fib");
+    wide.capture = capture(&[("n", "n")], &[("r", "$0")], true);
+    let shop = h.start_in("shop", "tick-ok", wide, &program).await;
+    let mut narrow = spec("main.Fib");
+    narrow.capture = capture(&[("n", "n")], &[], false);
+    // Before tables were named by namespace, this one failed with "table tick-ok already exists
+    // with other columns (created by DynamicLog/shop/tick-ok: …)".
+    let team_a = h.start_in("team-a", "tick-ok", narrow, &program).await;
+    program.run("fib");
+    let rows = settled_rows(&h, "team-a.tick_ok", 15, &team_a).await;
+    assert!(
+        rows.iter()
+            .all(|r| r.keys().map(String::as_str).eq(["goid", "n"])),
+        "team-a's rows have another namespace's columns: {rows:?}"
+    );
+    assert_eq!(settled_rows(&h, "shop.tick_ok", 15, &shop).await.len(), 15);
+    let message = team_a.status().message;
+    assert!(
+        !message.contains("shop"),
+        "team-a's status names shop: {message}"
+    );
+    shop.stop().await;
+    team_a.stop().await;
+    assert!(program.alive());
 }
 
 #[tokio::test]
@@ -1108,7 +1220,7 @@ async fn metrics_count_calls_by_captured_labels() {
     ];
     let probe = h.start("orders", sp, &program).await;
     program.run("order");
-    h.wait_rows("orders", 2, &probe).await;
+    h.wait_rows("shop.orders", 2, &probe).await;
     let text = h.scrape();
     for line in [
         r#"sonde_dynamic_log_orders_total{probe="DynamicLog/shop/orders",user="alice"} 1"#,
@@ -1136,10 +1248,14 @@ async fn trace_native(
     sp.capture = capture_;
     let probe = h.start("native", sp, &program).await;
     program.run(scenario);
-    let got = h.wait_rows("native", rows, &probe).await;
+    let got = h.wait_rows("shop.native", rows, &probe).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(h.rows("native").len(), got.len(), "more rows than expected");
-    let cols = h.columns("native");
+    assert_eq!(
+        h.rows("shop.native").len(),
+        got.len(),
+        "more rows than expected"
+    );
+    let cols = h.columns("shop.native");
     assert_eq!(cols[sonde_agent::tables::TARGET_COLUMNS.len()].name, "tid");
     probe.stop().await;
     assert!(program.alive());
@@ -1314,7 +1430,7 @@ spec:
     program.run("fib");
     let start = Instant::now();
     let rows: Vec<serde_json::Value> = loop {
-        if let Some((200, body)) = http_get(&addr, "/v1/tables/fib_calls?format=ndjson") {
+        if let Some((200, body)) = http_get(&addr, "/v1/tables/default.fib_calls?format=ndjson") {
             let rows: Vec<serde_json::Value> = body
                 .lines()
                 .filter_map(|l| serde_json::from_str(l).ok())

@@ -340,6 +340,35 @@ fn columns_of(planned: &Planned) -> Vec<Column> {
     cols
 }
 
+/// The table a DynamicLog writes to: `<namespace>.<table>`, `<table>` being `spec.tableName` or
+/// else the resource's name with `-` and `.` turned into `_` (like a BpftraceScript's), e.g.
+/// `shop.checkout_orders`.
+///
+/// The namespace keeps DynamicLogs of two namespaces from ever sharing a table, or learning of each
+/// other through a column conflict: namespaced resources never reach another namespace. The `.`,
+/// in no other table's name (identifiers), keeps them apart from cluster-wide tables too.
+pub fn table_name(probe: &AssignedProbe, spec: &DynamicLogSpec) -> String {
+    // A DynamicLog always has a namespace (manifests without one get `default`, as here).
+    let namespace = probe.owner.namespace.as_deref().unwrap_or("default");
+    let table = match &spec.table_name {
+        Some(name) => name.clone(),
+        None => probe
+            .owner
+            .name
+            .to_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    };
+    format!("{namespace}.{table}")
+}
+
 /// Owns one probe's attachments; runs as a task, driven by [`Command`]s.
 struct Actor {
     ctx: ProbeContext,
@@ -379,10 +408,7 @@ impl Actor {
     }
 
     fn table_name(&self) -> String {
-        self.spec
-            .table_name
-            .clone()
-            .unwrap_or_else(|| self.probe.owner.name.clone())
+        table_name(&self.probe, &self.spec)
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>, targets: Vec<TargetProcess>) {
@@ -571,6 +597,7 @@ impl Actor {
                     .tables
                     .create(&self.table_name(), &self.probe.id, columns.clone())
                     .map_err(|e| e.to_string())?;
+                info!(probe = %self.probe.id, table = %writer.table(), "DynamicLog rows go to this table");
                 self.table = Some((writer.clone(), columns.clone()));
                 writer
             }
@@ -696,5 +723,69 @@ impl Actor {
             )
         };
         set_status(&self.status, state, message, attached);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sonde_api::{ProbeConfig, ProbeOwner};
+
+    use super::*;
+
+    fn probe(namespace: &str, name: &str, spec: &DynamicLogSpec) -> AssignedProbe {
+        AssignedProbe {
+            id: format!("DynamicLog/{namespace}/{name}"),
+            owner: ProbeOwner {
+                kind: "DynamicLog".into(),
+                namespace: Some(namespace.into()),
+                name: name.into(),
+                uid: format!("uid-{namespace}-{name}"),
+                generation: 1,
+            },
+            config: ProbeConfig::DynamicLog(spec.clone()),
+            targets: Vec::new(),
+            process: None,
+        }
+    }
+
+    fn spec(table_name: Option<&str>) -> DynamicLogSpec {
+        DynamicLogSpec {
+            selector: None,
+            container: None,
+            process: None,
+            ttl: None,
+            function: "main.Fib".into(),
+            capture: None,
+            max_string_bytes: None,
+            table_name: table_name.map(str::to_owned),
+            metrics: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn tables_are_named_by_namespace_then_resource_or_table_name() {
+        let default = spec(None);
+        assert_eq!(
+            table_name(&probe("shop", "tick-ok", &default), &default),
+            "shop.tick_ok"
+        );
+        assert_eq!(
+            table_name(&probe("team-a", "tick-ok", &default), &default),
+            "team-a.tick_ok"
+        );
+        assert_eq!(
+            table_name(&probe("shop", "v1.2-orders", &default), &default),
+            "shop.v1_2_orders"
+        );
+        // A chosen tableName is qualified too: two namespaces choosing `ticks` get a table each.
+        let chosen = spec(Some("ticks"));
+        assert_eq!(
+            table_name(&probe("shop", "a", &chosen), &chosen),
+            "shop.ticks"
+        );
+        assert_eq!(
+            table_name(&probe("team-a", "b", &chosen), &chosen),
+            "team-a.ticks"
+        );
     }
 }
