@@ -31,10 +31,15 @@ pub struct BpftraceScriptSpec {
     /// Labels a node must have to run the script (empty or absent: every node).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
-    /// Pods whose binaries `uprobe:` paths in the program may name; paths are resolved inside them.
+    /// Pods the script is limited to. On each node it runs only while one of them runs there
+    /// (Pending otherwise); every probe that fires in a process fires only in their containers'
+    /// processes (a `cgroup == <id>` predicate ANDed with the probe's own; BEGIN, END and interval
+    /// probes are not limited); absolute `uprobe:` paths are resolved inside them.
+    /// Absent: the whole node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods: Option<PodTargets>,
     /// Narrows (cluster) or selects (standalone) the processes whose binaries uprobes resolve in.
+    /// With `pods`, only the containers running a matching process are traced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessSelector>,
     /// Table the printf rows go to (default: the resource's name).
@@ -49,7 +54,7 @@ pub struct BpftraceScriptSpec {
     pub ttl: Option<String>,
 }
 
-/// Pods (in one namespace) whose binaries the script's uprobes name.
+/// Pods (in one namespace) a script is limited to.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodTargets {

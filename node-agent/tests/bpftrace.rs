@@ -1,7 +1,10 @@
 //! BpftraceScript runtime against the real bpftrace and the real kernel.
 //!
 //! Needs root, bpftrace (Debian package) and tracefs; a missing bpftrace fails every test loudly.
-//! The workload (`fixtures/bpftrace/workload.c`) is compiled with `cc` at test time.
+//! The workload (`fixtures/bpftrace/workload.c`) is compiled with `cc` at test time. A pod's
+//! container is a cgroup v2 of the test's own ([`common::TestCgroup`]).
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +12,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::registry::Registry;
+use sonde_agent::probes::bpftrace::pod_filter::NO_POD_MESSAGE;
 use sonde_agent::probes::bpftrace::{BpftraceProbe, BpftraceShared};
 use sonde_agent::probes::dynamic_log::DynamicLogShared;
 use sonde_agent::probes::profiler::ProfilerShared;
@@ -17,7 +21,8 @@ use sonde_agent::probes::{ProbeContext, RuntimeStatus};
 use sonde_agent::tables::{Query, Row, Store, Value};
 use sonde_agent::targets::TargetProcess;
 use sonde_api::{
-    AssignedProbe, BpftraceScriptSpec, NodeCapabilities, ProbeConfig, ProbeOwner, ProbeState,
+    AssignedProbe, BpftraceScriptSpec, NodeCapabilities, PodTargets, ProbeConfig, ProbeOwner,
+    ProbeState,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -111,6 +116,18 @@ fn script(name: &str, program: &str) -> (AssignedProbe, BpftraceScriptSpec) {
         targets: Vec::new(),
         process: None,
     };
+    (probe, spec)
+}
+
+/// [`script`] with `spec.pods` (namespace shop): limited to the targets' pods.
+fn pod_script(name: &str, program: &str) -> (AssignedProbe, BpftraceScriptSpec) {
+    let (mut probe, mut spec) = script(name, program);
+    spec.pods = Some(PodTargets {
+        namespace: "shop".into(),
+        selector: None,
+        container: None,
+    });
+    probe.config = ProbeConfig::BpftraceScript(spec.clone());
     (probe, spec)
 }
 
@@ -217,6 +234,31 @@ impl Workload {
             exe: workload_binary().to_path_buf(),
             cmdline: workload_binary().display().to_string(),
         }
+    }
+}
+
+/// A workload in `cgroup` (a pod's container), there once this returns; killed on drop.
+fn workload_in(cgroup: &common::TestCgroup) -> Workload {
+    let workload = Workload(
+        Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(workload_binary())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let start = Instant::now();
+    loop {
+        let procs = std::fs::read_to_string(cgroup.path.join("cgroup.procs")).unwrap_or_default();
+        if procs.lines().any(|l| l == workload.pid().to_string()) {
+            return workload;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the workload did not enter {}",
+            cgroup.path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -418,7 +460,7 @@ async fn a_kprobe_script_on_a_node_without_kprobes_fails_for_good_saying_why() {
     assert_eq!(status.state, ProbeState::Failed, "{status:?}");
     assert!(
         status.message.contains(
-            "this node cannot attach kprobe: probes: its capabilities report kprobes: false (no kprobe PMU in this kernel)"
+            "this node cannot attach kprobe probes (its capabilities report kprobes: false (no kprobe PMU in this kernel))"
         ),
         "{}",
         status.message
@@ -580,4 +622,118 @@ async fn orphan_helper_runs_a_script_until_killed() {
     .await;
     println!("BPFTRACE_PID={pid}");
     std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_script_sees_only_its_pods_processes_even_ones_running_the_same_binary() {
+    let h = harness();
+    let cgroup = common::TestCgroup::new("bpftrace-pod");
+    let inside = workload_in(&cgroup);
+    // The same binary file outside the pod: its uprobe is the pod's, only the cgroup tells them apart.
+    let outside = Workload::start();
+    let path = workload_binary().display().to_string();
+    // Every workload of concurrent tests matches the comm predicate: only the pod's may pass.
+    let (probe, spec) = pod_script(
+        "pod-only",
+        &format!(
+            r#"tracepoint:syscalls:sys_enter_getppid, uprobe:{path}:sonde_traced_function /comm == "sonde_workload"/ {{
+  printf("pid:%d probe:%s\n", pid, probe);
+}}"#
+        ),
+    );
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[inside.target()]);
+    let rows = eventually("rows of both probes from the pod", &running, || {
+        let rows = h.rows("pod_only");
+        let from = |kind: &str| {
+            rows.iter()
+                .filter(|r| matches!(&r.values[0], Value::String(p) if p.starts_with(kind)))
+                .count()
+        };
+        (from("tracepoint") >= 3 && from("uprobe") >= 3).then_some(rows)
+    })
+    .await;
+    // The outside workload calls both every 20 ms: a second is ample to see it leak through.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rows = [rows, h.rows("pod_only")].concat();
+    let strangers: Vec<i64> = rows
+        .iter()
+        .map(|r| r.pid)
+        .filter(|pid| *pid != i64::from(inside.pid()))
+        .collect();
+    assert!(
+        strangers.is_empty(),
+        "rows of processes outside the pod (outside workload is {}): {strangers:?}",
+        outside.pid()
+    );
+    assert!(rows.iter().all(|r| r.pod == "web-0"));
+    let status = running.status();
+    assert_eq!(
+        (status.state, status.targets_attached),
+        (ProbeState::Attached, 1),
+        "{status:?}"
+    );
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_script_runs_only_while_a_selected_pod_is_on_the_node() {
+    let h = harness();
+    let (probe, spec) = pod_script(
+        "pod-lifetime",
+        r#"tracepoint:syscalls:sys_enter_getppid { printf("pid:%d\n", pid); }"#,
+    );
+    let mut running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[]);
+    let waiting = |running: &BpftraceProbe| {
+        let status = running.status();
+        assert_eq!(
+            (
+                status.state,
+                status.message.as_str(),
+                status.targets_attached
+            ),
+            (ProbeState::Pending, NO_POD_MESSAGE, 0),
+            "{status:?}"
+        );
+        assert_eq!(running.child_pid(), None, "bpftrace runs without a pod");
+    };
+    waiting(&running);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    waiting(&running);
+    assert!(h.rows("pod_lifetime").is_empty());
+
+    let cgroup = common::TestCgroup::new("bpftrace-lifetime");
+    let pod = workload_in(&cgroup);
+    running.update(&probe, &spec, &[pod.target()]).await;
+    let child = eventually("bpftrace attached for the pod", &running, || {
+        (running.status().state == ProbeState::Attached && !h.rows("pod_lifetime").is_empty())
+            .then(|| running.child_pid())
+            .flatten()
+    })
+    .await;
+
+    // The pod's last process went away.
+    running.update(&probe, &spec, &[]).await;
+    assert!(
+        process_is_gone(child),
+        "bpftrace {child} outlived the last pod"
+    );
+    waiting(&running);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_script_whose_block_mixes_begin_and_a_tracepoint_fails_saying_why() {
+    let h = harness();
+    let cgroup = common::TestCgroup::new("bpftrace-mixed");
+    let pod = workload_in(&cgroup);
+    let (probe, spec) = pod_script(
+        "pod-mixed",
+        r#"BEGIN, tracepoint:syscalls:sys_enter_getppid { @calls = count(); }"#,
+    );
+    let running = BpftraceProbe::start(&h.ctx, &probe, &spec, &[pod.target()]);
+    let status = running.status();
+    assert_eq!(status.state, ProbeState::Failed, "{status:?}");
+    assert!(status.message.contains("own block"), "{}", status.message);
+    assert_eq!(running.child_pid(), None);
+    running.stop().await;
 }

@@ -8,16 +8,20 @@
 //! - `BpftraceProbe::status(&self) -> RuntimeStatus`
 //! - `BpftraceProbe::update(&mut self, probe, spec, targets)` (async) restarts bpftrace only if the
 //!   resolved program or table changed; otherwise it only refreshes the pid → pod mapping.
+//! - A script with `spec.pods` runs only while a selected pod runs on the node (Pending with
+//!   [`pod_filter::NO_POD_MESSAGE`] otherwise), and only sees those pods' processes.
 //! - `BpftraceProbe::stop(self)` (async): SIGTERM, keep reading, SIGKILL after 5 s, reap.
 //!
 //! Parts: [`program`] reads the program text (printf formats, map arities, attach points),
-//! [`uprobe_paths`] points uprobes into the target pods, [`format`] turns printf lines into typed
+//! [`uprobe_paths`] points uprobes into the target pods, [`pod_filter`] limits every probe to the
+//! target pods' cgroups, [`format`] turns printf lines into typed
 //! values, [`output`] parses bpftrace's JSON lines, [`sink`] writes rows and map snapshots,
 //! [`metrics`] exports them, [`supervisor`] runs and restarts the child, [`spawner`] forks it from a
 //! thread that lives as long as the agent (so PR_SET_PDEATHSIG is safe).
 pub mod format;
 pub mod metrics;
 pub mod output;
+pub mod pod_filter;
 pub mod program;
 pub mod sink;
 pub mod spawner;
@@ -27,7 +31,7 @@ pub mod uprobe_paths;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -40,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::format::Formats;
 use self::metrics::BpftraceMetrics;
+use self::pod_filter::{NO_POD_MESSAGE, PodFilterError};
 use self::sink::{Identities, Sink, TokenBucket};
 use self::supervisor::Supervisor;
 use super::{ProbeContext, RuntimeStatus};
@@ -50,6 +55,8 @@ use crate::targets::TargetProcess;
 pub enum BpftraceError {
     #[error(transparent)]
     UprobePath(#[from] uprobe_paths::UprobePathError),
+    #[error(transparent)]
+    PodFilter(#[from] PodFilterError),
     #[error("cannot create table {table} for the script's printf rows: {source}")]
     Table {
         table: String,
@@ -75,6 +82,8 @@ pub struct BpftraceShared {
     pub bpftrace: PathBuf,
     pub metrics: BpftraceMetrics,
     program_dir: PathBuf,
+    /// Where cgroup2 is mounted; None without it (scripts with `spec.pods` then cannot run).
+    cgroup2: Option<PathBuf>,
     /// None until detected (and in tests without it).
     capabilities: watch::Receiver<Option<NodeCapabilities>>,
 }
@@ -85,6 +94,7 @@ impl BpftraceShared {
             bpftrace,
             metrics: BpftraceMetrics::register(registry),
             program_dir: std::env::temp_dir(),
+            cgroup2: super::protocols::routes::cgroup2_root(),
             capabilities: watch::channel(None).1,
         }
         .with_stale_programs_removed()
@@ -201,7 +211,8 @@ impl BpftraceProbe {
             key: None,
             running: None,
         };
-        this.launch(probe, spec, targets);
+        let plan = plan(&ctx.bpftrace, spec, targets);
+        this.launch(probe, spec, plan);
         this
     }
 
@@ -227,17 +238,18 @@ impl BpftraceProbe {
             .identities
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = sink::identities(targets);
-        let key = uprobe_paths::resolve(&spec.program, targets)
-            .ok()
-            .map(|resolved| PlanKey {
-                program: resolved.program,
+        let plan = plan(&self.ctx.bpftrace, spec, targets);
+        if let Ok(Some(plan)) = &plan {
+            let key = PlanKey {
+                program: plan.program.clone(),
                 table: table_name(probe, spec),
-            });
-        if key.is_some() && key == self.key && self.running.is_some() {
-            return;
+            };
+            if self.key.as_ref() == Some(&key) && self.running.is_some() {
+                return;
+            }
         }
         self.halt().await;
-        self.launch(probe, spec, targets);
+        self.launch(probe, spec, plan);
     }
 
     pub async fn stop(mut self) {
@@ -256,11 +268,18 @@ impl BpftraceProbe {
         &mut self,
         probe: &AssignedProbe,
         spec: &BpftraceScriptSpec,
-        targets: &[TargetProcess],
+        plan: Result<Option<Plan>, BpftraceError>,
     ) {
         self.script = probe.owner.name.clone();
         self.probe_id = probe.id.clone();
-        if let Err(error) = self.try_launch(probe, spec, targets) {
+        let launched = plan.and_then(|plan| match plan {
+            Some(plan) => self.try_launch(probe, spec, plan),
+            None => {
+                self.wait_for_pods();
+                Ok(())
+            }
+        });
+        if let Err(error) = launched {
             let message = error.to_string();
             let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             // Updates relaunch a failed script: the same failure is logged once.
@@ -273,15 +292,25 @@ impl BpftraceProbe {
         }
     }
 
+    /// No bpftrace while no selected pod runs here; said once in the log.
+    fn wait_for_pods(&mut self) {
+        let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+        if status.message != NO_POD_MESSAGE {
+            tracing::info!(probe = %self.probe_id, "BpftraceScript waits: {NO_POD_MESSAGE}");
+        }
+        status.state = ProbeState::Pending;
+        status.message = NO_POD_MESSAGE.into();
+        status.targets_attached = 0;
+    }
+
     fn try_launch(
         &mut self,
         probe: &AssignedProbe,
         spec: &BpftraceScriptSpec,
-        targets: &[TargetProcess],
+        resolved: Plan,
     ) -> Result<(), BpftraceError> {
         let runtime =
             tokio::runtime::Handle::try_current().map_err(|_| BpftraceError::NoRuntime)?;
-        let resolved = uprobe_paths::resolve(&spec.program, targets)?;
         let table = table_name(probe, spec);
         let formats = Formats::new(&program::printf_formats(&spec.program));
         let writer = if formats.is_empty() {
@@ -342,6 +371,49 @@ impl Drop for BpftraceProbe {
             running.cancel.cancel();
         }
     }
+}
+
+/// The program to run and how many target processes it covers.
+struct Plan {
+    program: String,
+    targets_attached: u32,
+}
+
+/// What runs for `spec` with `targets`: None while a script with `spec.pods` has no selected pod
+/// on this node. With `spec.pods`, only pod processes count and every probe is limited to their
+/// cgroups; without it, the program runs on the whole node (uprobe paths resolved in `targets`).
+fn plan(
+    shared: &BpftraceShared,
+    spec: &BpftraceScriptSpec,
+    targets: &[TargetProcess],
+) -> Result<Option<Plan>, BpftraceError> {
+    if spec.pods.is_none() {
+        let resolved = uprobe_paths::resolve(&spec.program, targets)?;
+        return Ok(Some(Plan {
+            program: resolved.program,
+            targets_attached: resolved.targets_attached.unwrap_or(1),
+        }));
+    }
+    // Without selected pods a `process` selector resolves on the whole node: those are not pods.
+    let pods: Vec<TargetProcess> = targets
+        .iter()
+        .filter(|t| !t.pod.is_empty())
+        .cloned()
+        .collect();
+    if pods.is_empty() {
+        return Ok(None);
+    }
+    let mount: &Path = shared.cgroup2.as_deref().ok_or(PodFilterError::NoCgroup2)?;
+    let (cgroups, found) = pod_filter::target_cgroups(mount, &pods)?;
+    // All exited since the scan: the next one brings the targets up to date.
+    if cgroups.is_empty() {
+        return Ok(None);
+    }
+    let resolved = uprobe_paths::resolve(&spec.program, &pods)?;
+    Ok(Some(Plan {
+        program: pod_filter::restrict(&resolved.program, &cgroups)?,
+        targets_attached: resolved.targets_attached.unwrap_or(found),
+    }))
 }
 
 /// `spec.tableName`, else the resource name lower-cased with other characters turned into `_`.

@@ -1,8 +1,9 @@
 //! What the agent needs to know from a bpftrace program's text, without a full bpftrace parser:
-//! the `printf` format literals, each map's key arity, and the top-level attach points.
+//! the `printf` format literals, each map's key arity, and the top-level items (attach points,
+//! predicate, block) of each probe.
 //!
-//! Hand-written: there is no Rust crate that parses bpftrace's language, and these three questions
-//! only need a scanner that knows strings, comments and brace depth.
+//! Hand-written: there is no Rust crate that parses bpftrace's language, and these questions only
+//! need a scanner that knows strings, comments and brace depth.
 use std::collections::BTreeMap;
 use std::ops::Range;
 
@@ -70,8 +71,29 @@ pub fn map_key_arity(program: &str) -> BTreeMap<String, usize> {
 /// Byte ranges of every attach point (`tracepoint:syscalls:sys_enter_openat`, `uprobe:/bin/x:f`,
 /// `BEGIN`, …) outside action blocks, in program order.
 pub fn attach_points(program: &str) -> Vec<Range<usize>> {
+    probe_headers(program)
+        .into_iter()
+        .flat_map(|header| header.points)
+        .collect()
+}
+
+/// One top-level item: its words before the block (attach points, or `struct x` for a C
+/// definition), its predicate if any, and where its block opens.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Header {
+    pub points: Vec<Range<usize>>,
+    /// From just after the opening `/` to the closing `/` (excluded); when there is no closing
+    /// `/`, to the block (or the end of the program).
+    pub predicate: Option<Range<usize>>,
+    /// Index of the `{` that opens the block; None when the program ends first.
+    pub block: Option<usize>,
+}
+
+/// The program's top-level items in order (`#include` lines, comments and `;` skipped).
+pub fn probe_headers(program: &str) -> Vec<Header> {
     let bytes = program.as_bytes();
-    let mut points = Vec::new();
+    let mut headers = Vec::new();
+    let mut current = Header::default();
     let mut i = 0;
     let mut line_start = true;
     while i < bytes.len() {
@@ -81,7 +103,8 @@ pub fn attach_points(program: &str) -> Vec<Range<usize>> {
             i += 1;
             continue;
         }
-        if c.is_ascii_whitespace() || c == b',' {
+        // `;` ends C definitions (`struct x { int a; };`).
+        if c.is_ascii_whitespace() || c == b',' || c == b';' {
             i += 1;
             continue;
         }
@@ -98,12 +121,28 @@ pub fn attach_points(program: &str) -> Vec<Range<usize>> {
             continue;
         }
         match c {
-            b'{' => i = skip_block(bytes, i),
-            // A predicate (`/pid == 1/`): attach points never start with '/'.
+            b'{' => {
+                current.block = Some(i);
+                headers.push(std::mem::take(&mut current));
+                i = skip_block(bytes, i);
+            }
+            // A predicate (`/pid == 1/`): attach points never start with '/'. It may divide
+            // (`/a / b > 1/`): the last '/' before the block closes it.
             b'/' => {
-                while i < bytes.len() && bytes[i] != b'{' {
-                    i = skip_comment_or_string(bytes, i).unwrap_or(i + 1);
+                let mut j = i + 1;
+                let mut closing = None;
+                while j < bytes.len() && bytes[j] != b'{' {
+                    if let Some(next) = skip_comment_or_string(bytes, j) {
+                        j = next;
+                        continue;
+                    }
+                    if bytes[j] == b'/' {
+                        closing = Some(j);
+                    }
+                    j += 1;
                 }
+                current.predicate = Some(i + 1..closing.unwrap_or(j));
+                i = j;
             }
             _ => {
                 let start = i;
@@ -118,11 +157,14 @@ pub fn attach_points(program: &str) -> Vec<Range<usize>> {
                     }
                     i += 1;
                 }
-                points.push(start..i);
+                current.points.push(start..i);
             }
         }
     }
-    points
+    if current != Header::default() {
+        headers.push(current);
+    }
+    headers
 }
 
 /// A kernel facility some probe types need, named as in the agent's capabilities.

@@ -266,7 +266,7 @@ fn unsupported(
             KernelFacility::Fentry => (caps.fentry, facility::FENTRY),
         };
         if !usable {
-            missing.entry(name).or_default().push(format!("{kind}:"));
+            missing.entry(name).or_default().push(kind.clone());
         }
     }
     if missing.is_empty() {
@@ -281,8 +281,8 @@ fn unsupported(
                 .map(|e| format!(" ({e})"))
                 .unwrap_or_default();
             format!(
-                "this node cannot attach {} probes: its capabilities report {name}: false{why}",
-                kinds.join(", ")
+                "this node cannot attach {} probes (its capabilities report {name}: false{why})",
+                kinds.join("/")
             )
         })
         .collect();
@@ -362,7 +362,7 @@ mod tests {
             .insert(facility::KPROBES.into(), "no kprobe PMU".into());
         let why = unsupported(&probes, &caps).unwrap_or_default();
         assert!(
-            why.starts_with("this node cannot attach kprobe:, kretprobe: probes: its capabilities report kprobes: false (no kprobe PMU); not retrying"),
+            why.starts_with("this node cannot attach kprobe/kretprobe probes (its capabilities report kprobes: false (no kprobe PMU)); not retrying"),
             "{why}"
         );
         caps.kprobes = true;

@@ -25,12 +25,13 @@ pub enum UprobePathError {
 #[derive(Debug, PartialEq)]
 pub struct Resolved {
     pub program: String,
-    /// Target processes in which at least one uprobe path exists; 1 for node-wide programs.
-    pub targets_attached: u32,
+    /// Target processes in which at least one uprobe path exists; None when no path was rewritten.
+    pub targets_attached: Option<u32>,
 }
 
 /// Rewrites every absolute uprobe path of `program` into the targets' roots. Without targets, or
-/// without absolute uprobe paths, the program is returned unchanged (node-wide).
+/// without absolute uprobe paths, the program is returned unchanged: the host's paths (a script
+/// with `spec.pods` never gets here without targets, and is limited to them by [`super::pod_filter`]).
 pub fn resolve(program: &str, targets: &[TargetProcess]) -> Result<Resolved, UprobePathError> {
     resolve_with(program, targets, |pid, path| {
         let host = PathBuf::from(format!("/proc/{pid}/root")).join(path.trim_start_matches('/'));
@@ -80,11 +81,8 @@ fn resolve_with(
         copied = range.end;
     }
     out.push_str(&program[copied..]);
-    let targets_attached = if any_uprobe {
-        u32::try_from(resolved_pids.len()).unwrap_or(u32::MAX)
-    } else {
-        1
-    };
+    let targets_attached =
+        any_uprobe.then(|| u32::try_from(resolved_pids.len()).unwrap_or(u32::MAX));
     Ok(Resolved {
         program: out,
         targets_attached,
@@ -166,7 +164,7 @@ mod tests {
             "uprobe:/proc/10/root/app/server:handle,uprobe:/proc/20/root/app/server:handle, \
              uretprobe:/proc/10/root/app/server:handle,uretprobe:/proc/20/root/app/server:handle /pid > 1/ { printf(\"x\\n\"); }\nBEGIN { }"
         );
-        assert_eq!(resolved.targets_attached, 3);
+        assert_eq!(resolved.targets_attached, Some(3));
     }
 
     #[test]
@@ -177,7 +175,7 @@ mod tests {
             resolved.program,
             "u:/proc/40/root/lib/libssl.so:SSL_write { }\nur:libc:malloc { }"
         );
-        assert_eq!(resolved.targets_attached, 1);
+        assert_eq!(resolved.targets_attached, Some(1));
     }
 
     #[test]
@@ -195,14 +193,14 @@ mod tests {
     }
 
     #[test]
-    fn without_targets_the_program_runs_unchanged_node_wide() {
+    fn without_targets_the_program_is_unchanged() {
         let program = "uprobe:/app/server:handle { @c = count(); }";
         let resolved = resolve_with(program, &[], lookup).unwrap();
         assert_eq!(
             resolved,
             Resolved {
                 program: program.into(),
-                targets_attached: 1
+                targets_attached: None
             }
         );
     }
