@@ -17,6 +17,7 @@ use crate::common::{ProcessSelector, ResourceStatus, Targeting};
     category = "sonde",
     printcolumn = r#"{"name":"Function","type":"string","jsonPath":".spec.function"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

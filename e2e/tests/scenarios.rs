@@ -293,6 +293,15 @@ fn a_bpftrace_script_is_assigned_attached_and_ready(env: &Env) -> Result<()> {
             "node counts {:?}",
             status.nodes
         );
+        // `kubectl get` says why it is (not) ready, not only whether.
+        let listed = env
+            .cluster
+            .kubectl
+            .run(&["get", "bpftracescripts", SCRIPT], None)?;
+        ensure!(
+            listed.contains("REASON") && listed.contains("AllNodesReady"),
+            "kubectl get bpftracescripts shows no reason:\n{listed}"
+        );
         Ok(())
     })
 }
