@@ -18,6 +18,7 @@ mod resources;
 mod status;
 mod stores;
 mod ttl;
+mod validate;
 
 use std::sync::Arc;
 
@@ -123,6 +124,7 @@ async fn once(
     let (ctx, _subs) =
         controllers::start(client, metrics, identity, auto_telemetry, &mut tasks).await?;
     let report = assignment::sync::pass(&ctx).await;
+    assignment::sync::SkippedLog::default().update(&report.skipped);
     println!(
         "assignment pass: {} nodes, {} probes, {} applied, {} deleted, {} errors, {} ms",
         report.nodes,

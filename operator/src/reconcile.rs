@@ -18,6 +18,7 @@ use crate::error::Error;
 use crate::resources::SondeResource;
 use crate::status::{self, Transition};
 use crate::ttl;
+use crate::validate;
 
 /// Longest wait between two reconciliations of an unchanged resource.
 const RESYNC: Duration = Duration::from_secs(300);
@@ -80,10 +81,20 @@ async fn apply<K: SondeResource>(obj: &K, ctx: &Context) -> Result<Action, Error
         &id,
         uid,
         meta.generation.unwrap_or_default(),
+        now,
         assignments.iter().map(|a| &**a),
     );
+    // The same check that leaves the resource out of the assignments says why here.
+    let invalid = validate::check(obj).err().map(|e| e.to_string());
     let prev = obj.status();
-    let next = status::next_status(prev, meta.generation, &view, expires_at, now);
+    let next = status::next_status(
+        prev,
+        meta.generation,
+        &view,
+        invalid.as_deref(),
+        expires_at,
+        now,
+    );
     if prev != Some(&next) {
         patch_status(obj, &next, ctx).await?;
         for transition in status::transitions(prev, &next) {
@@ -94,13 +105,28 @@ async fn apply<K: SondeResource>(obj: &K, ctx: &Context) -> Result<Action, Error
             publish(ctx, obj, transition_event(&transition)).await;
         }
     }
-    let until_expiry = expires_at
+    Ok(Action::requeue(next_look(
+        now,
+        expires_at,
+        view.next_silent_at,
+    )))
+}
+
+/// When to reconcile an unchanged resource again: at its ttl expiry, or when an agent that is fresh
+/// now would turn silent (a dead agent sends no event; a live one's heartbeat triggers a
+/// reconciliation before that), else after [`RESYNC`].
+fn next_look(
+    now: Timestamp,
+    expires_at: Option<Timestamp>,
+    silent_at: Option<Timestamp>,
+) -> Duration {
+    [expires_at, silent_at]
+        .into_iter()
+        .flatten()
         .filter(|at| *at > now)
-        .and_then(|at| Duration::try_from(at.duration_since(now)).ok())
-        .map(|d| d + Duration::from_millis(200));
-    Ok(Action::requeue(
-        until_expiry.map_or(RESYNC, |d| d.min(RESYNC)),
-    ))
+        .filter_map(|at| Duration::try_from(at.duration_since(now)).ok())
+        .map(|d| d + Duration::from_millis(200))
+        .fold(RESYNC, Duration::min)
 }
 
 async fn cleanup<K: SondeResource>(obj: &K, ctx: &Context) -> Result<Action, Error> {
@@ -188,5 +214,35 @@ async fn publish<K: SondeResource>(ctx: &Context, obj: &K, ev: Event) {
     if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
         warn!(reason = %ev.reason, error = %e, "could not publish event");
         ctx.metrics.failed(K::KIND, "publish_event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_resource_is_looked_at_again_when_an_agent_would_turn_silent() {
+        let now = t("2025-01-01T00:00:00Z");
+        assert_eq!(next_look(now, None, None), RESYNC);
+        let silent_at = Some(t("2025-01-01T00:01:30Z"));
+        assert_eq!(
+            next_look(now, None, silent_at),
+            Duration::from_millis(90_200)
+        );
+        let expiry = Some(t("2025-01-01T00:00:10Z"));
+        assert_eq!(
+            next_look(now, expiry, silent_at),
+            Duration::from_millis(10_200)
+        );
+        // Times already past do not spin the controller.
+        assert_eq!(
+            next_look(now, Some(t("2024-12-31T23:00:00Z")), None),
+            RESYNC
+        );
     }
 }

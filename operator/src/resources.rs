@@ -15,6 +15,8 @@ pub trait SondeResource:
 {
     /// Kind name: first segment of probe ids, `owner.kind`, and the `kind` metric label.
     const KIND: &'static str;
+    /// Where [`Targeting::selector`] sits in this kind's spec, for messages.
+    const SELECTOR_FIELD: &'static str;
     type Spec: Targeting;
 
     fn spec(&self) -> &Self::Spec;
@@ -49,6 +51,7 @@ macro_rules! namespaced_kind {
     ($kind:ty, $spec:ty, $variant:ident) => {
         impl SondeResource for $kind {
             const KIND: &'static str = stringify!($variant);
+            const SELECTOR_FIELD: &'static str = "spec.selector";
             type Spec = $spec;
             fn spec(&self) -> &$spec {
                 &self.spec
@@ -74,6 +77,7 @@ namespaced_kind!(DynamicLog, sonde_api::DynamicLogSpec, DynamicLog);
 
 impl SondeResource for BpftraceScript {
     const KIND: &'static str = "BpftraceScript";
+    const SELECTOR_FIELD: &'static str = "spec.pods.selector";
     type Spec = sonde_api::BpftraceScriptSpec;
     fn spec(&self) -> &Self::Spec {
         &self.spec

@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -18,6 +17,7 @@ use super::pods::{LivePod, live_pod};
 use crate::auto_telemetry::AutoTelemetry;
 use crate::resources::SondeResource;
 use crate::ttl;
+use crate::validate;
 
 /// Everything the assignment depends on, as read from the caches.
 #[derive(Default)]
@@ -77,10 +77,10 @@ pub fn desired_assignments(snapshot: &Snapshot, now: Timestamp) -> Desired {
         if !is_active(&**script, now, &mut desired) {
             continue;
         }
-        let Some(pods_per_node) = script_pods_per_node(script, &pods_by_namespace, &mut desired)
-        else {
+        let Some(selector) = checked_selector(&**script, &mut desired) else {
             continue;
         };
+        let pods_per_node = script_pods_per_node(script, &selector, &pods_by_namespace);
         let config = script.probe_config();
         for node in &snapshot.nodes {
             let (Some(name), labels) = (node.metadata.name.as_deref(), node.labels()) else {
@@ -138,7 +138,7 @@ fn add_namespaced<K: SondeResource>(
             continue;
         };
         let spec = res.spec();
-        let Some(selector) = selector(spec.selector(), &**res, desired) else {
+        let Some(selector) = checked_selector(&**res, desired) else {
             continue;
         };
         let pods = pods_by_namespace
@@ -184,18 +184,17 @@ fn add_auto_telemetry(
 
 fn script_pods_per_node<'a>(
     script: &BpftraceScript,
+    selector: &Selector,
     pods_by_namespace: &'a HashMap<&str, Vec<LivePod<'_>>>,
-    desired: &mut Desired,
-) -> Option<BTreeMap<&'a str, Vec<PodTarget>>> {
+) -> BTreeMap<&'a str, Vec<PodTarget>> {
     let Some(pods_spec) = &script.spec.pods else {
-        return Some(BTreeMap::new());
+        return BTreeMap::new();
     };
-    let selector = selector(script.spec.selector(), script, desired)?;
     let pods = pods_by_namespace
         .get(pods_spec.namespace.as_str())
         .map(Vec::as_slice)
         .unwrap_or_default();
-    Some(targets_per_node(pods, &selector, script.spec.container()))
+    targets_per_node(pods, selector, script.spec.container())
 }
 
 /// Targets of the pods matching `selector`, grouped by node, sorted.
@@ -220,21 +219,14 @@ fn targets_per_node<'a>(
     per_node
 }
 
-/// The pod selector; absent selects every pod (of the namespace). `None` if it cannot be used.
-fn selector<K: SondeResource>(
-    ls: Option<&LabelSelector>,
-    res: &K,
-    desired: &mut Desired,
-) -> Option<Selector> {
-    let Some(ls) = ls else {
-        return Some(Selector::default());
-    };
-    match Selector::try_from(ls.clone()) {
+/// The resource's pod selector (absent selects every pod of the namespace), or `None` if its spec
+/// cannot be used: then it goes to no node, and the problem to `skipped`.
+fn checked_selector<K: SondeResource>(res: &K, desired: &mut Desired) -> Option<Selector> {
+    match validate::check(res) {
         Ok(s) => Some(s),
         Err(e) => {
-            desired
-                .skipped
-                .push(format!("{} {}: selector: {e}", K::KIND, res.probe_id()));
+            // The id already starts with the kind.
+            desired.skipped.push(format!("{}: {e}", res.probe_id()));
             None
         }
     }
@@ -281,6 +273,7 @@ fn probe<K: SondeResource>(
 mod tests {
     use super::*;
     use crate::fixtures::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn ids(d: &Desired, node: &str) -> Vec<String> {
         d.specs[node].probes.iter().map(|p| p.id.clone()).collect()
@@ -679,6 +672,62 @@ mod tests {
                 .values()
                 .flat_map(|s| &s.probes)
                 .all(|p| p.owner.kind == "AutoTelemetry")
+        );
+    }
+
+    #[test]
+    fn a_resource_whose_selector_or_cmdline_cannot_be_used_goes_nowhere_and_says_why() {
+        let bad_operator = LabelSelector {
+            match_expressions: Some(vec![expr("app", "Equals", &["web"])]),
+            ..Default::default()
+        };
+        let mut bad_regex = tracepoint("team-a", "t16", Some(match_labels(&[("app", "web")])));
+        Arc::make_mut(&mut bad_regex).spec.process = Some(sonde_api::ProcessSelector {
+            exe: None,
+            cmdline: Some("foo((".into()),
+        });
+        let mut script = bpftrace("uprobes");
+        Arc::make_mut(&mut script).spec.pods = Some(sonde_api::PodTargets {
+            namespace: "team-a".into(),
+            selector: Some(bad_operator.clone()),
+            container: None,
+        });
+        let snap = Snapshot {
+            nodes: vec![node("n1", &[])],
+            pods: vec![pod(
+                "team-a",
+                "web",
+                "n1",
+                &[("app", "web")],
+                &[("c", "containerd://1")],
+            )],
+            tracepoints: vec![
+                tracepoint("team-a", "t15", Some(bad_operator)),
+                bad_regex,
+                tracepoint("team-a", "good", Some(match_labels(&[("app", "web")]))),
+            ],
+            bpftrace_scripts: vec![script],
+            ..Default::default()
+        };
+        let d = desired_assignments(&snap, now());
+        assert_eq!(ids(&d, "n1"), ["Tracepoint/team-a/good"]);
+        assert_eq!(d.skipped.len(), 3, "{:?}", d.skipped);
+        assert!(
+            d.skipped[0].starts_with(
+                "Tracepoint/team-a/t15: spec.selector.matchExpressions[0].operator: \"Equals\""
+            ),
+            "{:?}",
+            d.skipped
+        );
+        assert!(
+            d.skipped[1].starts_with("Tracepoint/team-a/t16: spec.process.cmdline: \"foo((\""),
+            "{:?}",
+            d.skipped
+        );
+        assert!(
+            d.skipped[2].starts_with("BpftraceScript/uprobes: spec.pods.selector"),
+            "{:?}",
+            d.skipped
         );
     }
 }

@@ -1,7 +1,7 @@
 //! The assignment pass: compute every node's desired spec, server-side apply the ones that differ
 //! from the cache, delete the NodeAssignments of nodes that are gone. Triggers are coalesced: one
 //! pass runs at most every `DEBOUNCE`, however many pods, nodes or resources changed meanwhile.
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,11 +62,38 @@ pub struct PassReport {
     pub errors: usize,
     pub next_expiry: Option<Timestamp>,
     pub took: Duration,
+    /// Resources left out of every assignment, with why (see [`SkippedLog`]).
+    pub skipped: Vec<String>,
+}
+
+/// The problems of resources left out, logged when they appear or go away: every pass finds them
+/// again, and a warning per pass would bury everything else.
+#[derive(Debug, Default)]
+pub struct SkippedLog(BTreeSet<String>);
+
+impl SkippedLog {
+    /// Logs what changed since the previous pass; returns the problems that are new.
+    pub fn update(&mut self, skipped: &[String]) -> Vec<String> {
+        let now: BTreeSet<String> = skipped.iter().cloned().collect();
+        let new: Vec<String> = now.difference(&self.0).cloned().collect();
+        for problem in &new {
+            warn!(
+                problem,
+                "resource left out of assignments; its status says why"
+            );
+        }
+        for problem in self.0.difference(&now) {
+            info!(problem, "resource no longer left out of assignments");
+        }
+        self.0 = now;
+        new
+    }
 }
 
 /// Runs passes forever, when woken by `ctx.assignments_changed`, at the next ttl expiry, or to retry.
 pub async fn run(ctx: Arc<Context>) {
     let mut wake_at = Instant::now();
+    let mut skipped = SkippedLog::default();
     loop {
         tokio::select! {
             _ = ctx.assignments_changed.notified() => {}
@@ -76,6 +103,7 @@ pub async fn run(ctx: Arc<Context>) {
         // A trigger that arrived during the debounce window is served by this pass.
         let _ = ctx.assignments_changed.notified().now_or_never();
         let report = pass(&ctx).await;
+        skipped.update(&report.skipped);
         let mut next = RESYNC;
         if report.errors > 0 {
             next = next.min(RETRY);
@@ -108,9 +136,6 @@ pub async fn pass(ctx: &Context) -> PassReport {
             info!(feature, targets, ?before, "auto-telemetry targets changed");
         }
     }
-    for problem in &desired.skipped {
-        warn!(problem, "resource left out of assignments");
-    }
     let node_uids: HashMap<&str, &str> = snapshot
         .nodes
         .iter()
@@ -142,6 +167,7 @@ pub async fn pass(ctx: &Context) -> PassReport {
         nodes: desired.specs.len(),
         probes: desired.specs.values().map(|s| s.probes.len()).sum(),
         next_expiry: desired.next_expiry,
+        skipped: desired.skipped,
         ..Default::default()
     };
     let mut results = stream::iter(writes)
@@ -328,5 +354,21 @@ mod tests {
             status: None,
         };
         assert!(needs_apply(&desired, "uid-n1", Some(&unowned)));
+    }
+
+    #[test]
+    fn a_resource_left_out_is_reported_once_per_change_not_every_pass() {
+        let mut log = SkippedLog::default();
+        let mut new = |problems: &[&str]| -> Vec<String> {
+            log.update(&problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())
+        };
+        let a = "Tracepoint/team-a/t15: spec.selector: bad";
+        let b = "Tracepoint/team-a/t16: spec.process.cmdline: bad";
+        assert_eq!(new(&[a]), [a]);
+        assert!(new(&[a]).is_empty());
+        assert_eq!(new(&[a, b]), [b]);
+        // Fixed, then broken again: a new change, logged again.
+        assert!(new(&[b]).is_empty());
+        assert_eq!(new(&[a, b]), [a]);
     }
 }
