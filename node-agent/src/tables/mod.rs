@@ -534,3 +534,24 @@ impl TableWriter {
         &self.table.name
     }
 }
+
+/// A table name made of a resource's name: lower-cased, every character but letters, digits and
+/// `_` turned into `_`, and `_` before a leading digit (`bash-readline` → `bash_readline`).
+pub fn identifier(name: &str) -> String {
+    let name: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("_{name}")
+    } else {
+        name
+    }
+}

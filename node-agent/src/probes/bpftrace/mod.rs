@@ -418,25 +418,7 @@ fn plan(
 
 /// `spec.tableName`, else the resource name lower-cased with other characters turned into `_`.
 pub fn table_name(probe: &AssignedProbe, spec: &BpftraceScriptSpec) -> String {
-    if let Some(name) = &spec.table_name {
-        return name.clone();
-    }
-    let name: String = probe
-        .owner
-        .name
-        .to_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if name.starts_with(|c: char| c.is_ascii_digit()) {
-        format!("_{name}")
-    } else {
-        name
-    }
+    spec.table_name
+        .clone()
+        .unwrap_or_else(|| crate::tables::identifier(&probe.owner.name))
 }

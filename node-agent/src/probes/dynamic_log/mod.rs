@@ -350,22 +350,10 @@ fn columns_of(planned: &Planned) -> Vec<Column> {
 pub fn table_name(probe: &AssignedProbe, spec: &DynamicLogSpec) -> String {
     // A DynamicLog always has a namespace (manifests without one get `default`, as here).
     let namespace = probe.owner.namespace.as_deref().unwrap_or("default");
-    let table = match &spec.table_name {
-        Some(name) => name.clone(),
-        None => probe
-            .owner
-            .name
-            .to_lowercase()
-            .chars()
-            .map(|c| {
-                if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect(),
-    };
+    let table = spec
+        .table_name
+        .clone()
+        .unwrap_or_else(|| crate::tables::identifier(&probe.owner.name));
     format!("{namespace}.{table}")
 }
 
