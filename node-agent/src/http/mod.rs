@@ -1,6 +1,7 @@
 //! The agent's one HTTP listener: `/metrics`, `/healthz`, `/readyz` (open) and `/v1/status`,
-//! `/v1/tables`, `/v1/tables/{name}`, `/v1/profiles/{pprof,flamegraph.svg}` (bearer token checked like the kubelet's `nodes/proxy` in a
-//! cluster, because tables hold request bodies).
+//! `/v1/tables`, `/v1/tables/{name}`, `/v1/profiles/{pprof,flamegraph.svg}` (in a cluster a bearer
+//! token allowed to get `tables.sonde.dev`, cluster-wide or in the namespace asked for, see `auth`:
+//! tables hold request bodies).
 mod auth;
 mod handlers;
 mod profiles;
