@@ -95,10 +95,11 @@ pub struct ResourceStatus {
     pub expires_at: Option<String>,
 }
 
-/// Rule text shared by every `ttl` field: a Go-style duration.
-pub(crate) const TTL_RULE: &str = "self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$')";
+/// Rule text shared by every `ttl` field: a Go-style duration above zero (a ttl of 0s expired
+/// the probe at once).
+pub(crate) const TTL_RULE: &str = "self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && !self.matches('^(0+([.]0+)?(ns|us|ms|s|m|h))+$')";
 pub(crate) const TTL_MESSAGE: &str =
-    "ttl must be a duration such as 90s, 30m or 1h30m (units: ns, us, ms, s, m, h)";
+    "ttl must be a duration above zero such as 90s, 30m or 1h30m (units: ns, us, ms, s, m, h)";
 pub(crate) const NAME_RULE: &str = "self.matches('^[a-z_][a-z0-9_]*$')";
 pub(crate) const NAME_MESSAGE: &str =
     "must be a lower-case identifier: letters, digits and _, not starting with a digit";

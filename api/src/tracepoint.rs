@@ -49,7 +49,7 @@ pub struct TracepointSpec {
 pub struct TracepointProbe {
     /// Protocols to trace on every connection of the selected pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 16))]
+    #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "set"))]
     pub protocols: Option<Vec<Protocol>>,
     /// Continuous CPU profiling.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -124,6 +124,20 @@ fn bad_manifests() -> Vec<BadManifest> {
             message_contains: &["spec.ttl", "ttl must be a duration"],
         },
         BadManifest {
+            case: "a_ttl_of_zero",
+            yaml: tracepoint(
+                "  selector: {matchLabels: {app: web}}\n  ttl: 0s\n  probe: {protocols: [http]}\n",
+            ),
+            message_contains: &["spec.ttl", "above zero"],
+        },
+        BadManifest {
+            case: "a_protocol_listed_twice",
+            yaml: tracepoint(
+                "  selector: {matchLabels: {app: web}}\n  probe: {protocols: [http, http]}\n",
+            ),
+            message_contains: &["spec.probe.protocols", "Duplicate value", "http"],
+        },
+        BadManifest {
             case: "a_bpftrace_script_with_a_ttl_in_words",
             yaml: bpftrace_script("  program: 'BEGIN { exit(); }'\n  ttl: 30 minutes\n"),
             message_contains: &["spec.ttl", "ttl must be a duration"],

@@ -530,6 +530,16 @@ fn finish(
     at: &Location,
 ) -> Result<Finished, Vec<ManifestError>> {
     let ttl = match ttl.map(sonde_api::duration::parse).transpose() {
+        // As the CRD's rule: a ttl of zero would remove the probe as it starts.
+        Ok(Some(t)) if t.is_zero() => {
+            errors.push(invalid(
+                at,
+                "spec.ttl",
+                ttl.unwrap_or_default(),
+                "write a duration above zero such as 90s, 30m or 1h30m",
+            ));
+            None
+        }
         Ok(t) => t,
         Err(e) => {
             errors.push(invalid(

@@ -134,6 +134,10 @@ fn a_bad_ttl_names_the_value_and_the_accepted_syntax() {
         "apiVersion: sonde.dev/v1alpha1\nkind: BpftraceScript\nmetadata: {name: s}\nspec: {program: 'BEGIN {}', ttl: 10 minutes}\n",
     );
     assert_mentions(&msg, &["spec.ttl is 10 minutes", "1h30m"]);
+    let msg = only_error(
+        "apiVersion: sonde.dev/v1alpha1\nkind: BpftraceScript\nmetadata: {name: s}\nspec: {program: 'BEGIN {}', ttl: 0s}\n",
+    );
+    assert_mentions(&msg, &["spec.ttl is 0s", "above zero"]);
 }
 
 #[test]
