@@ -63,6 +63,7 @@ pub struct PodTargets {
     pub namespace: String,
     /// Pods of that namespace (absent: every pod of it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(crate::common::SELECTOR_RULE).message(crate::common::SELECTOR_MESSAGE))]
     pub selector: Option<LabelSelector>,
     /// Only this container of the selected pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -100,6 +100,11 @@ pub struct ResourceStatus {
 pub(crate) const TTL_RULE: &str = "self.matches('^([0-9]+([.][0-9]+)?(ns|us|ms|s|m|h))+$') && !self.matches('^(0+([.]0+)?(ns|us|ms|s|m|h))+$')";
 pub(crate) const TTL_MESSAGE: &str =
     "ttl must be a duration above zero such as 90s, 30m or 1h30m (units: ns, us, ms, s, m, h)";
+/// Rule text shared by every label selector: an operator the API server's selectors know (it does
+/// not check a custom resource's selector itself).
+pub(crate) const SELECTOR_RULE: &str = "!has(self.matchExpressions) || self.matchExpressions.all(e, e.operator in ['In', 'NotIn', 'Exists', 'DoesNotExist'])";
+pub(crate) const SELECTOR_MESSAGE: &str =
+    "matchExpressions[].operator must be In, NotIn, Exists or DoesNotExist";
 pub(crate) const NAME_RULE: &str = "self.matches('^[a-z_][a-z0-9_]*$')";
 pub(crate) const NAME_MESSAGE: &str =
     "must be a lower-case identifier: letters, digits and _, not starting with a digit";

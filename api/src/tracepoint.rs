@@ -25,6 +25,7 @@ use crate::common::{ProcessSelector, ResourceStatus, Targeting};
 pub struct TracepointSpec {
     /// Pods of this namespace to trace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(crate::common::SELECTOR_RULE).message(crate::common::SELECTOR_MESSAGE))]
     pub selector: Option<LabelSelector>,
     /// Only this container of the selected pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]

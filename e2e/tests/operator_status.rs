@@ -79,12 +79,10 @@ fn operator_log(env: &Env) -> Result<String> {
     Ok(std::fs::read_to_string(op.proc.log_path())?)
 }
 
-fn a_bad_selector_operator_or_cmdline_is_reported_in_the_status_and_logged_once(
-    env: &Env,
-) -> Result<()> {
+fn a_bad_selector_or_cmdline_is_reported_in_the_status_and_logged_once(env: &Env) -> Result<()> {
     env.node.cluster.kubectl.apply(&format!(
         "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata: {{name: t15, namespace: {TEST_NAMESPACE}}}\n\
-         spec:\n  selector: {{matchExpressions: [{{key: app, operator: Equals, values: [web]}}]}}\n  \
+         spec:\n  selector: {{matchExpressions: [{{key: app, operator: In, values: []}}]}}\n  \
          probe: {{protocols: [http]}}\n"
     ))?;
     env.node.cluster.kubectl.apply(&format!(
@@ -94,10 +92,12 @@ fn a_bad_selector_operator_or_cmdline_is_reported_in_the_status_and_logged_once(
     let tp = Api::<Tracepoint>::namespaced(env.node.cluster.client.clone(), TEST_NAMESPACE);
     let st = wait_not_ready(env, &tp, "t15", "InvalidSelector", CONVERGE)?;
     let msg = ready_message(&st);
+    // (An unknown operator is refused at apply time by the CRD's rule; an empty In reaches the
+    // operator.)
     for part in [
-        "spec.selector.matchExpressions[0].operator",
-        "\"Equals\"",
-        "In, NotIn, Exists or DoesNotExist",
+        "spec.selector.matchExpressions[0] (app In)",
+        "values is empty",
+        "use Exists or DoesNotExist",
     ] {
         ensure!(msg.contains(part), "Ready message {msg:?} lacks {part:?}");
     }
@@ -190,8 +190,8 @@ fn main() -> ExitCode {
         setup,
         vec![
             Scenario::new(
-                "a_bad_selector_operator_or_cmdline_is_reported_in_the_status_and_logged_once",
-                a_bad_selector_operator_or_cmdline_is_reported_in_the_status_and_logged_once,
+                "a_bad_selector_or_cmdline_is_reported_in_the_status_and_logged_once",
+                a_bad_selector_or_cmdline_is_reported_in_the_status_and_logged_once,
             ),
             Scenario::new(
                 "a_killed_agent_makes_its_resources_not_ready_after_the_freshness_window",

@@ -131,6 +131,13 @@ fn bad_manifests() -> Vec<BadManifest> {
             message_contains: &["spec.ttl", "above zero"],
         },
         BadManifest {
+            case: "a_selector_operator_that_does_not_exist",
+            yaml: tracepoint(
+                "  selector: {matchExpressions: [{key: app, operator: Equals, values: [web]}]}\n  probe: {protocols: [http]}\n",
+            ),
+            message_contains: &["spec.selector", "In, NotIn, Exists or DoesNotExist"],
+        },
+        BadManifest {
             case: "a_protocol_listed_twice",
             yaml: tracepoint(
                 "  selector: {matchLabels: {app: web}}\n  probe: {protocols: [http, http]}\n",
