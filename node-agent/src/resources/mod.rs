@@ -15,8 +15,9 @@
 //!   only for pods with a network namespace of their own: a host-network pod (or a standalone
 //!   process) shares the node's namespace and would report the node's interfaces, so it has none.
 //!
-//! Labels are bounded by the pods and containers on this node; in standalone mode there is one
-//! series with empty labels for all targeted processes together. Hand-written readers: a few
+//! Labels are bounded by the pods and containers on this node; in standalone mode, where there
+//! are no pods, each traced program has its series (`container` its file name, namespace and pod
+//! empty). Hand-written readers: a few
 //! `key value` files, which no maintained crate covers for cgroup v2 without pulling much more.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -275,7 +276,7 @@ fn groups<'a>(targets: impl IntoIterator<Item = &'a TargetProcess>) -> Groups {
             .entry(PodLabels {
                 namespace: t.namespace.clone(),
                 pod: t.pod.clone(),
-                container: t.container.clone(),
+                container: t.container_label(),
             })
             .or_default()
             .push(t.pid);
@@ -528,6 +529,38 @@ mod tests {
         assert!(!series(&registry, "b").is_empty());
         resources.follow(std::iter::empty());
         assert_eq!(series(&registry, "b"), Vec::<String>::new());
+        for c in [&mut a, &mut b] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Standalone there are no pods: each program gets its series, named after it.
+    #[test]
+    fn processes_outside_any_pod_get_a_series_per_program() {
+        let mut registry = Registry::default();
+        let resources = PodResources::register(&mut registry);
+        let (mut a, mut b) = (busy(&[]), busy(&[]));
+        let bare = |pid, exe: &str| TargetProcess {
+            namespace: String::new(),
+            pod: String::new(),
+            container: String::new(),
+            exe: exe.into(),
+            ..target(pid, "")
+        };
+        resources.follow([
+            &bare(a.id(), "/usr/sbin/nginx"),
+            &bare(b.id(), "/usr/bin/redis-server"),
+        ]);
+        let all = series(&registry, "");
+        for program in ["nginx", "redis-server"] {
+            let label = format!("container=\"{program}\"");
+            assert!(
+                all.iter()
+                    .any(|l| l.starts_with("sonde_pod_cpu_seconds_total{") && l.contains(&label)),
+                "{program}: {all:?}"
+            );
+        }
         for c in [&mut a, &mut b] {
             let _ = c.kill();
             let _ = c.wait();

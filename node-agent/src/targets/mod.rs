@@ -41,6 +41,19 @@ pub struct TargetProcess {
 }
 
 impl TargetProcess {
+    /// The `container` of its rows and series: its container's name in a pod; outside any
+    /// (standalone, `sonde-agent --manifests`), the file name of the program it runs, so that the
+    /// services of one machine are told apart.
+    pub fn container_label(&self) -> String {
+        if !self.pod.is_empty() || !self.container.is_empty() {
+            return self.container.clone();
+        }
+        self.exe
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     /// The executable as reachable from the host: `/proc/<pid>/root/<exe>`.
     pub fn host_exe(&self) -> PathBuf {
         let rel = self.exe.strip_prefix("/").unwrap_or(&self.exe);

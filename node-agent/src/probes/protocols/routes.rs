@@ -85,7 +85,7 @@ impl Routes {
                     config: probe.config.clone(),
                     namespace: target.namespace.clone(),
                     pod: target.pod.clone(),
-                    container: container_of(target),
+                    container: target.container_label(),
                 };
                 let slot = match probe.by_cgroup.then(|| cgroup_of(target.pid)).flatten() {
                     Some(id) => cgroups.entry(id),
@@ -103,20 +103,6 @@ impl Routes {
             ..Routes::default()
         }
     }
-}
-
-/// The `container` of a target's rows and series: its container's name in a pod; outside any
-/// (standalone, `sonde-agent --manifests`), the file name of the program it runs, so that the
-/// services of one machine are told apart in the metrics too.
-fn container_of(target: &TargetProcess) -> String {
-    if !target.pod.is_empty() || !target.container.is_empty() {
-        return target.container.clone();
-    }
-    target
-        .exe
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 fn retire<K: Hash + Eq>(
