@@ -30,8 +30,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::probes::profiler::selection::cgroup2_mount;
 use crate::targets::TargetProcess;
+use crate::targets::cgroup::{cgroup2_mount, v2_path};
 
 /// The followed pods are read again at least this often (and at once when they change).
 pub const FOLLOW_REFRESH: Duration = Duration::from_secs(5);
@@ -290,8 +290,7 @@ fn groups<'a>(targets: impl IntoIterator<Item = &'a TargetProcess>) -> Groups {
 
 /// The cgroup2 directory of `pid`, unless it is the root cgroup.
 fn cgroup_dir(mount: &Path, pid: u32) -> Option<PathBuf> {
-    let contents = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = contents.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let path = v2_path(pid)?;
     let rel = path.trim_start_matches('/');
     (!rel.is_empty()).then(|| mount.join(rel))
 }

@@ -8,6 +8,42 @@
 //! every QoS class, under any prefix (`/kubelet.slice/...`, a kind node's `/kubelet/...`) and with
 //! sub-cgroups inside the container.
 
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Where cgroup2 is mounted (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on
+/// hybrid ones), from /proc/mounts.
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(dir))
+    })
+}
+
+/// The cgroup v2 path of process `pid` (`/` for the root cgroup), from its `0::` line; None when
+/// it is gone.
+pub fn v2_path(pid: u32) -> Option<String> {
+    let contents = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    contents
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_owned)
+}
+
+/// The id of the cgroup v2 at `path` under `mount`: the inode number of its directory, what
+/// `bpf_get_current_cgroup_id` (and bpftrace's `cgroup`) returns for its tasks.
+pub fn v2_id(mount: &Path, path: &str) -> Option<u64> {
+    let dir = mount.join(path.trim_start_matches('/'));
+    std::fs::metadata(dir).ok().map(|m| m.ino())
+}
+
+/// The cgroup v2 id of process `pid`; None when it is gone.
+pub fn cgroup_id(mount: &Path, pid: u32) -> Option<u64> {
+    v2_id(mount, &v2_path(pid)?)
+}
+
 /// The pod and container a process belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ContainerIdentity {
@@ -103,6 +139,12 @@ fn container_id_of(component: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_process_has_a_cgroup_id() {
+        let mount = cgroup2_mount().expect("cgroup2 is mounted on the test machines");
+        assert!(cgroup_id(&mount, std::process::id()).is_some());
+    }
 
     const ID: &str = "4e4b4a6e1d5b9f3a2c7d8e9f0a1b2c3d4e5f60718293a4b5c6d7e8f9a0b1c2d3";
     const UID: &str = "8b0e3a52-1c4f-4d8e-9a6b-2f7c1d3e5a90";

@@ -89,7 +89,7 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new(name: &str) -> TestCgroup {
-        let root = sonde_agent::probes::protocols::routes::cgroup2_root()
+        let root = sonde_agent::targets::cgroup::cgroup2_mount()
             .expect("no cgroup2 mount: the cgroup-selection tests need one");
         let path = root.join(format!("sonde-test-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&path).unwrap();

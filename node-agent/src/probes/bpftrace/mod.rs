@@ -94,7 +94,7 @@ impl BpftraceShared {
             bpftrace,
             metrics: BpftraceMetrics::register(registry),
             program_dir: std::env::temp_dir(),
-            cgroup2: super::protocols::routes::cgroup2_root(),
+            cgroup2: crate::targets::cgroup::cgroup2_mount(),
             capabilities: watch::channel(None).1,
         }
         .with_stale_programs_removed()

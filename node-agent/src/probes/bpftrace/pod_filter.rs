@@ -12,11 +12,10 @@
 //! cannot make sound are refused rather than run node-wide.
 use std::collections::BTreeSet;
 use std::fmt::Write;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use super::program::probe_headers;
-use crate::targets::TargetProcess;
+use crate::targets::{TargetProcess, cgroup};
 
 /// Status message of a script with `spec.pods` while no selected pod runs on the node.
 pub const NO_POD_MESSAGE: &str =
@@ -191,32 +190,23 @@ pub fn target_cgroups(
     mount: &Path,
     targets: &[TargetProcess],
 ) -> Result<(BTreeSet<u64>, u32), PodFilterError> {
-    target_cgroups_with(
-        targets,
-        |pid| std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok(),
-        |path| {
-            let dir = mount.join(path.trim_start_matches('/'));
-            std::fs::metadata(dir).ok().map(|m| m.ino())
-        },
-    )
+    target_cgroups_with(targets, cgroup::v2_path, |path| cgroup::v2_id(mount, path))
 }
 
-/// `target_cgroups` with the reads injected: `cgroup_file(pid)` → `/proc/<pid>/cgroup`,
+/// `target_cgroups` with the reads injected: `cgroup_path(pid)` → its cgroup v2 path,
 /// `inode(path)` → the inode of cgroup `path`.
 fn target_cgroups_with(
     targets: &[TargetProcess],
-    cgroup_file: impl Fn(u32) -> Option<String>,
+    cgroup_path: impl Fn(u32) -> Option<String>,
     inode: impl Fn(&str) -> Option<u64>,
 ) -> Result<(BTreeSet<u64>, u32), PodFilterError> {
     let mut ids = BTreeSet::new();
     let mut found = 0u32;
     for target in targets {
-        let Some(contents) = cgroup_file(target.pid) else {
+        let Some(path) = cgroup_path(target.pid) else {
             continue;
         };
-        let Some(path) = contents.lines().find_map(|l| l.strip_prefix("0::")) else {
-            continue;
-        };
+        let path = path.as_str();
         let name = || format!("{}/{} (pid {})", target.namespace, target.pod, target.pid);
         // The root's id is shared with every process outside a container cgroup.
         if path == "/" {
@@ -332,9 +322,9 @@ END { clear(@reads); }
 
     #[test]
     fn cgroup_ids_are_read_per_target_and_gone_processes_skipped() {
-        let file = |pid: u32| match pid {
-            1 | 2 => Some("0::/kubepods/pod-a/c1\n".to_string()),
-            3 => Some("1:cpu:/x\n0::/kubepods/pod-b/c2\n".to_string()),
+        let path = |pid: u32| match pid {
+            1 | 2 => Some("/kubepods/pod-a/c1".to_string()),
+            3 => Some("/kubepods/pod-b/c2".to_string()),
             _ => None,
         };
         let inode = |path: &str| match path {
@@ -344,15 +334,14 @@ END { clear(@reads); }
         };
         let targets = [target(1), target(2), target(3), target(4)];
         assert_eq!(
-            target_cgroups_with(&targets, file, inode),
+            target_cgroups_with(&targets, path, inode),
             Ok((ids(&[100, 200]), 3))
         );
     }
 
     #[test]
     fn a_target_in_the_root_cgroup_is_refused_not_run_node_wide() {
-        let err =
-            target_cgroups_with(&[target(9)], |_| Some("0::/\n".into()), |_| Some(1)).unwrap_err();
+        let err = target_cgroups_with(&[target(9)], |_| Some("/".into()), |_| Some(1)).unwrap_err();
         assert_eq!(
             err,
             PodFilterError::RootCgroup {
@@ -361,7 +350,7 @@ END { clear(@reads); }
         );
         let err = target_cgroups_with(
             &[target(9)],
-            |_| Some("0::/../../kubepods/x\n".into()),
+            |_| Some("/../../kubepods/x".into()),
             |_| Some(1),
         )
         .unwrap_err();

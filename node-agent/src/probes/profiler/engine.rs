@@ -13,10 +13,11 @@ use tracing::{debug, warn};
 
 use super::kernel::{DrainedSample, Drops, Kernel};
 use super::metrics::{DROP_REASONS, DropLabels, ProfilerMetrics};
-use super::selection::{Selection, cgroup_id, cgroup2_mount};
+use super::selection::Selection;
 use super::symbolize::{LOST_USER_STACK_FRAME, Symbolizer, TRUNCATED_FRAME};
 use crate::tables::{Row, TableWriter, Value};
 use crate::targets::TargetProcess;
+use crate::targets::cgroup::{cgroup_id, cgroup2_mount};
 
 enum Command {
     Select(Selection),

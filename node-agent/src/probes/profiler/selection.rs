@@ -5,8 +5,6 @@
 //! The cgroup id the kernel reports (`bpf_get_current_cgroup_id`) is the inode of the process's
 //! cgroup2 directory; on hybrid hosts cgroup2 is mounted at `/sys/fs/cgroup/unified`.
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 
 use crate::targets::TargetProcess;
 
@@ -48,24 +46,6 @@ impl Selection {
     }
 }
 
-/// Where cgroup2 is mounted (`/sys/fs/cgroup` or, on hybrid hosts, `/sys/fs/cgroup/unified`).
-pub fn cgroup2_mount() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
-}
-
-/// The cgroup v2 id of `pid` (the inode of its cgroup2 directory); None when it is gone.
-pub fn cgroup_id(mount: &std::path::Path, pid: u32) -> Option<u64> {
-    let contents = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = contents.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let rel = path.trim_start_matches('/');
-    std::fs::metadata(mount.join(rel)).ok().map(|m| m.ino())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,11 +82,5 @@ mod tests {
             vec![1, 2, 3]
         );
         assert_eq!(s.container_pids, BTreeSet::from([1]));
-    }
-
-    #[test]
-    fn this_process_has_a_cgroup_id() {
-        let mount = cgroup2_mount().expect("cgroup2 is mounted on the test machines");
-        assert!(cgroup_id(&mount, std::process::id()).is_some());
     }
 }

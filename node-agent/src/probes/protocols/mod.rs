@@ -98,7 +98,7 @@ impl ProtocolsShared {
             metrics: ProtocolMetrics::register(registry),
             routes: Arc::new(RwLock::new(Routes::default())),
             inner: Mutex::new(Inner::default()),
-            cgroup_root: routes::cgroup2_root(),
+            cgroup_root: crate::targets::cgroup::cgroup2_mount(),
             conn_stats_every: every,
         }
     }
@@ -159,7 +159,8 @@ impl ProtocolsShared {
     fn apply_routes(&self, inner: &mut Inner) -> Result<(), String> {
         let root = self.cgroup_root.clone();
         let routes = Routes::build(&inner.probes, |pid| {
-            root.as_deref().and_then(|r| routes::cgroup_id(r, pid))
+            root.as_deref()
+                .and_then(|r| crate::targets::cgroup::cgroup_id(r, pid))
         });
         let tgids: HashSet<u32> = routes.tgids.keys().copied().collect();
         let cgroups: HashSet<u64> = routes.cgroups.keys().copied().collect();

@@ -7,8 +7,6 @@
 //! outlives its selection by [`RETIRED_ROUTE_GRACE`], for the bytes captured before.
 use std::collections::{BTreeMap, HashMap};
 use std::hash::Hash;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,26 +139,6 @@ fn merge<K>(slot: std::collections::hash_map::Entry<'_, K, Route>, route: Route)
             existing.config.redact |= route.config.redact;
         }
     }
-}
-
-/// The cgroup2 mount point (`/sys/fs/cgroup` on unified hosts, `/sys/fs/cgroup/unified` on hybrid
-/// ones), from /proc/mounts.
-pub fn cgroup2_root() -> Option<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, dir, fstype) = (fields.next()?, fields.next()?, fields.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(dir))
-    })
-}
-
-/// The cgroup v2 id of process `pid` (what `bpf_get_current_cgroup_id` returns for its threads):
-/// the inode number of its cgroup directory under the cgroup2 mount.
-pub fn cgroup_id(root: &Path, pid: u32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = root.join(path.trim_start_matches('/'));
-    std::fs::metadata(dir).ok().map(|m| m.ino())
 }
 
 #[cfg(test)]
@@ -296,11 +274,5 @@ mod tests {
             Some("r".into())
         );
         assert!(routes.retired_cgroups.is_empty());
-    }
-
-    #[test]
-    fn this_process_has_a_cgroup_id() {
-        let root = cgroup2_root().expect("a cgroup2 mount");
-        assert!(cgroup_id(&root, std::process::id()).is_some());
     }
 }
