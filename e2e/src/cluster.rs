@@ -1,6 +1,7 @@
-//! A control plane prepared for Sonde: CRDs from `crds/`, the chart's RBAC from `helm template`, and a
-//! separate identity (ServiceAccount token from the TokenRequest API) for the operator, the agent, a
-//! user allowed to read tables and a user who is not.
+//! A control plane prepared for Sonde: CRDs from `crds/`, the chart's RBAC and admission policies
+//! from `helm template`, and a separate identity (ServiceAccount token from the TokenRequest API) for
+//! the operator, each node's agent (a token bound to a pod on its node, as the DaemonSet's pods get
+//! theirs), a user allowed to read tables and a user who is not.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -32,7 +33,6 @@ pub struct Install {
 #[derive(Clone, Debug)]
 pub struct Identities {
     pub operator_kubeconfig: PathBuf,
-    pub agent_kubeconfig: PathBuf,
     /// Token of a user granted `sonde-data-reader` (get tables.sonde.dev cluster-wide).
     pub reader_token: String,
     /// Token of a user granted get tables.sonde.dev in [`TEST_NAMESPACE`] only.
@@ -134,18 +134,12 @@ impl Cluster {
              subjects: [{{kind: ServiceAccount, name: {TEAM_READER_SA}, namespace: {TEST_NAMESPACE}}}]\n"
         ))?;
         let operator_token = self.token(helm::NAMESPACE, &format!("{}-operator", helm::RELEASE))?;
-        let agent_token = self.token(helm::NAMESPACE, &format!("{}-agent", helm::RELEASE))?;
         let cp = &self.control_plane;
         Ok(Identities {
             operator_kubeconfig: cp.token_kubeconfig(
                 &self.dir.join("operator.kubeconfig"),
                 "sonde-operator",
                 &operator_token,
-            )?,
-            agent_kubeconfig: cp.token_kubeconfig(
-                &self.dir.join("agent.kubeconfig"),
-                "sonde-agent",
-                &agent_token,
             )?,
             reader_token: self.token(TEST_NAMESPACE, READER_SA)?,
             outsider_token: self.token(TEST_NAMESPACE, OUTSIDER_SA)?,
@@ -155,13 +149,43 @@ impl Cluster {
 
     /// A token for a ServiceAccount from the TokenRequest API (`kubectl create token`).
     pub fn token(&self, namespace: &str, sa: &str) -> Result<String> {
+        self.token_with(namespace, sa, &[])
+    }
+
+    fn token_with(&self, namespace: &str, sa: &str, extra: &[&str]) -> Result<String> {
+        let mut args = vec!["create", "token", sa, "-n", namespace, "--duration=24h"];
+        args.extend_from_slice(extra);
         let out = self
             .kubectl
-            .run(
-                &["create", "token", sa, "-n", namespace, "--duration=24h"],
-                None,
-            )
+            .run(&args, None)
             .with_context(|| format!("TokenRequest for ServiceAccount {namespace}/{sa}"))?;
         Ok(out.trim().to_owned())
+    }
+
+    /// A kubeconfig for the agent of `node` (a Node object that exists), as the chart's DaemonSet
+    /// pod there gets its identity: the agent ServiceAccount's token bound to a Pod on `node`, so
+    /// the API server knows the node and the chart's admission policy lets this agent write that
+    /// node's NodeAssignment only. The Pod object stands for the DaemonSet's pod (nothing runs it).
+    pub fn agent_kubeconfig(&self, node: &str) -> Result<PathBuf> {
+        self.identities()?;
+        let (ns, sa) = (helm::NAMESPACE, format!("{}-agent", helm::RELEASE));
+        let pod = format!("{sa}-{node}");
+        self.kubectl
+            .apply(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\n\
+                 spec: {{nodeName: {node}, serviceAccountName: {sa}, \
+                 containers: [{{name: agent, image: sonde}}]}}\n"
+            ))
+            .with_context(|| format!("creating the agent's Pod {ns}/{pod}"))?;
+        let token = self.token_with(
+            ns,
+            &sa,
+            &["--bound-object-kind", "Pod", "--bound-object-name", &pod],
+        )?;
+        self.control_plane.token_kubeconfig(
+            &self.dir.join(format!("agent-{node}.kubeconfig")),
+            "sonde-agent",
+            &token,
+        )
     }
 }

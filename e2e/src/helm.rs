@@ -1,5 +1,6 @@
-//! The Helm chart as users install it: `helm lint` / `helm template` of `charts/sonde`, and the RBAC
-//! part of its output so the e2e identities run under the chart's real rules.
+//! The Helm chart as users install it: `helm lint` / `helm template` of `charts/sonde`, and the
+//! access-control part of its output (RBAC, admission policies) so the e2e identities run under the
+//! chart's real rules.
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -20,6 +21,8 @@ pub const RBAC_KINDS: &[&str] = &[
     "ClusterRoleBinding",
     "Role",
     "RoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
 ];
 
 pub fn chart_dir() -> PathBuf {
@@ -55,7 +58,8 @@ pub fn documents(yaml: &str) -> Result<Vec<serde_json::Value>> {
     Ok(docs)
 }
 
-/// Only the RBAC objects (ServiceAccounts, roles, bindings) of the chart, as one YAML stream.
+/// Only the access-control objects (ServiceAccounts, roles, bindings, admission policies) of the
+/// chart, as one YAML stream.
 pub fn rbac_manifests() -> Result<String> {
     let docs = documents(&template(&[])?)?;
     let mut out = String::new();

@@ -103,8 +103,12 @@ impl SingleNode {
             &self.logs,
             operator_args,
         )?);
-        let mut agent =
-            Agent::start_cluster(&self.bins, &ids.agent_kubeconfig, self.node, &self.logs)?;
+        let mut agent = Agent::start_cluster(
+            &self.bins,
+            &self.cluster.agent_kubeconfig(self.node)?,
+            self.node,
+            &self.logs,
+        )?;
         self.rt.block_on(agent.wait_healthy())?;
         *lock(&self.agent) = Some(agent);
         Ok(())

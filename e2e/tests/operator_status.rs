@@ -170,10 +170,9 @@ fn a_killed_agent_makes_its_resources_not_ready_after_the_freshness_window(
         "Degraded: {degraded:?}"
     );
     // A new agent reports again, and the resource is Ready again.
-    let ids = env.node.cluster.identities()?;
     let mut agent = sonde_e2e::sonde::Agent::start_cluster(
         &env.node.bins,
-        &ids.agent_kubeconfig,
+        &env.node.cluster.agent_kubeconfig(NODE)?,
         NODE,
         &env.node.logs,
     )?;

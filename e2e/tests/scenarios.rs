@@ -107,8 +107,8 @@ impl Env {
     }
 
     fn start_agent(&self) -> Result<()> {
-        let ids = self.cluster.identities()?;
-        let mut agent = Agent::start_cluster(&self.bins, &ids.agent_kubeconfig, NODE, &self.logs)?;
+        let kubeconfig = self.cluster.agent_kubeconfig(NODE)?;
+        let mut agent = Agent::start_cluster(&self.bins, &kubeconfig, NODE, &self.logs)?;
         if let Err(e) = self.rt.block_on(agent.wait_healthy()) {
             bail!("{e:#}; agent log:\n{}", agent.proc.log_tail(40));
         }

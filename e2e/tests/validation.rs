@@ -1,19 +1,24 @@
-//! Apply-time validation and the Helm chart, against a real kube-apiserver with Sonde's CRDs (no
-//! operator or agent needed): every bad manifest is rejected with a message naming the field, every
-//! example is accepted, and the chart lints and renders objects the API server accepts.
+//! Apply-time validation and the Helm chart, against a real kube-apiserver with Sonde's CRDs and the
+//! chart's RBAC and admission policies (no operator or agent needed): every bad manifest is rejected
+//! with a message naming the field, every example is accepted, the chart lints and renders objects
+//! the API server accepts, and an agent's identity writes only its own node's NodeAssignment.
 //!
 //! Needs: etcd, kube-apiserver and helm from `scripts/setup e2e`, kubectl, openssl.
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail, ensure};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use sonde_api::NodeAssignment;
 use sonde_e2e::cluster::{Cluster, Install, TEST_NAMESPACE};
 use sonde_e2e::suite::{self, Environment, Scenario};
-use sonde_e2e::{helm, tools};
+use sonde_e2e::{fake_pod, helm, kubeconfig, tools};
 
 struct Env {
     cluster: Cluster,
     _dir: tempfile::TempDir,
-    _rt: tokio::runtime::Runtime,
+    rt: tokio::runtime::Runtime,
 }
 
 impl Environment for Env {
@@ -29,14 +34,21 @@ impl Environment for Env {
 fn setup() -> Result<Env> {
     let rt = tokio::runtime::Runtime::new()?;
     let dir = suite::work_dir("sonde-e2e-validation-")?;
-    let cluster = rt.block_on(Cluster::start(dir.path(), Install::default()))?;
+    let cluster = rt.block_on(Cluster::start(dir.path(), Install { rbac: true }))?;
     for ns in ["shop", "demo"] {
         cluster.ensure_namespace(ns)?;
+    }
+    for node in ["node-a", "node-b"] {
+        rt.block_on(fake_pod::create_node(
+            &cluster.client,
+            node,
+            &BTreeMap::new(),
+        ))?;
     }
     Ok(Env {
         cluster,
         _dir: dir,
-        _rt: rt,
+        rt,
     })
 }
 
@@ -320,6 +332,57 @@ fn the_chart_gives_the_agent_only_status_patch_on_node_assignments(_: &Env) -> R
     Ok(())
 }
 
+/// The chart's admission policy: an agent's token (bound to its pod, which names the node) writes
+/// its own node's NodeAssignment status and no other's; a token of the agent's ServiceAccount not
+/// bound to a pod writes none. RBAC alone grants the agent every NodeAssignment's status.
+fn an_agent_writes_only_its_own_nodes_assignment_status(env: &Env) -> Result<()> {
+    let cluster = &env.cluster;
+    for node in ["node-a", "node-b"] {
+        cluster.kubectl.apply(&format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: NodeAssignment\nmetadata: {{name: {node}}}\n\
+             spec: {{probeCount: 0, probes: []}}\n"
+        ))?;
+    }
+    // What the agent does: a merge patch of the status subresource (no read of it first).
+    let patch = |kubeconfig: std::path::PathBuf, node: &'static str| async move {
+        let client = kubeconfig::client(&kubeconfig).await?;
+        let api: Api<NodeAssignment> = Api::all(client);
+        let status = serde_json::json!({"status": {"agentVersion": "e2e"}});
+        api.patch_status(node, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .map(drop)
+            .map_err(anyhow::Error::from)
+    };
+    let agent_b = cluster.agent_kubeconfig("node-b")?;
+    env.rt
+        .block_on(patch(agent_b.clone(), "node-b"))
+        .context("node-b's agent writing node-b's NodeAssignment status")?;
+    let err = match env.rt.block_on(patch(agent_b, "node-a")) {
+        Ok(()) => bail!("node-b's agent wrote node-a's NodeAssignment status"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("the Sonde agent of node node-b may write only NodeAssignment node-b")
+            && err.contains("NodeAssignment node-a/status"),
+        "refusal does not say why: {err}"
+    );
+    let unbound = cluster.token(helm::NAMESPACE, &format!("{}-agent", helm::RELEASE))?;
+    let unbound = cluster.control_plane.token_kubeconfig(
+        &cluster.dir.join("unbound-agent.kubeconfig"),
+        "sonde-agent",
+        &unbound,
+    )?;
+    let err = match env.rt.block_on(patch(unbound, "node-a")) {
+        Ok(()) => bail!("an agent token bound to no pod wrote a NodeAssignment status"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("needs a token bound to its pod"),
+        "refusal does not say why: {err}"
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let mut scenarios: Vec<Scenario<Env>> = bad_manifests()
         .into_iter()
@@ -346,6 +409,10 @@ fn main() -> ExitCode {
     scenarios.push(Scenario::new(
         "the_chart_gives_the_agent_only_status_patch_on_node_assignments",
         the_chart_gives_the_agent_only_status_patch_on_node_assignments,
+    ));
+    scenarios.push(Scenario::new(
+        "an_agent_writes_only_its_own_nodes_assignment_status",
+        an_agent_writes_only_its_own_nodes_assignment_status,
     ));
     suite::main(setup, scenarios)
 }

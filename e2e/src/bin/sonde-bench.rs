@@ -173,7 +173,8 @@ async fn apply_latency(bins: &SondeBinaries, runs: usize) -> Result<()> {
     let ids = cluster.identities()?.clone();
     fake_pod::create_node(&cluster.client, "node-a", &BTreeMap::new()).await?;
     let _operator = Operator::start(bins, &ids.operator_kubeconfig, "sonde-operator-0", &logs)?;
-    let mut agent = Agent::start_cluster(bins, &ids.agent_kubeconfig, "node-a", &logs)?;
+    let agent_kubeconfig = cluster.agent_kubeconfig("node-a")?;
+    let mut agent = Agent::start_cluster(bins, &agent_kubeconfig, "node-a", &logs)?;
     agent.wait_healthy().await?;
     let api: Api<BpftraceScript> = Api::all(cluster.client.clone());
     let mut samples = Vec::with_capacity(runs);
