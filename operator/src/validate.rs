@@ -1,5 +1,6 @@
 //! Checks of the spec fields the API server accepts but the operator or the agents cannot use: pod
-//! label selectors (the CRD takes any operator string) and `process.cmdline` regular expressions.
+//! label selectors (the CRD takes any operator string), `process.exe` globs and `process.cmdline`
+//! regular expressions.
 //! The assignment pass leaves such a resource out, and its status says why.
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::core::Selector;
@@ -46,11 +47,18 @@ pub enum InvalidSpec {
         "spec.process.cmdline: {value:?} is not a valid regular expression ({problem}); fix the pattern (escape ( ) [ ] . * + ? with \\ to match them literally)"
     )]
     Cmdline { value: String, problem: String },
+    #[error(
+        "spec.process.exe: {value:?} is not a valid path or glob ({problem}); use a path such as /usr/sbin/nginx or a glob such as */nginx (escape [ ] {{ }} * ? with \\ to match them literally)"
+    )]
+    Exe { value: String, problem: String },
 }
 
 /// The resource's pod selector (absent: every pod of the namespace), once its fields check out.
 pub fn check<K: SondeResource>(res: &K) -> Result<Selector, InvalidSpec> {
     let spec = res.spec();
+    if let Some(exe) = spec.process().and_then(|p| p.exe.as_deref()) {
+        exe_glob(exe)?;
+    }
     if let Some(cmdline) = spec.process().and_then(|p| p.cmdline.as_deref()) {
         cmdline_regex(cmdline)?;
     }
@@ -100,6 +108,17 @@ fn requirement(
             operator: op.to_owned(),
         }),
     }
+}
+
+/// The agent compiles `exe` with the same crate and options; a glob it refuses would fail the probe
+/// on every node, each saying so in its own NodeAssignment.
+fn exe_glob(value: &str) -> Result<(), InvalidSpec> {
+    globset::Glob::new(value)
+        .map(drop)
+        .map_err(|e| InvalidSpec::Exe {
+            value: value.to_owned(),
+            problem: e.kind().to_string(),
+        })
 }
 
 /// The agent compiles `cmdline` with the same crate; a pattern it refuses would leave the probe
@@ -177,6 +196,25 @@ mod tests {
             err.starts_with("spec.pods.selector.matchExpressions[0].operator: \"equals\""),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_exe_that_is_no_glob_is_refused_with_the_glob_error() {
+        let mut tp = tracepoint("shop", "by-exe", None);
+        Arc::make_mut(&mut tp).spec.process = Some(ProcessSelector {
+            exe: Some("/usr/bin/[nginx".into()),
+            cmdline: None,
+        });
+        let err = check(&*tp).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "spec.process.exe: \"/usr/bin/[nginx\" is not a valid path or glob (unclosed character class; missing ']'); use a path such as /usr/sbin/nginx or a glob such as */nginx (escape [ ] { } * ? with \\ to match them literally)"
+        );
+        Arc::make_mut(&mut tp).spec.process = Some(ProcessSelector {
+            exe: Some("*/ngin[x]".into()),
+            cmdline: None,
+        });
+        assert!(check(&*tp).is_ok());
     }
 
     #[test]
