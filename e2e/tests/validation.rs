@@ -383,6 +383,100 @@ fn an_agent_writes_only_its_own_nodes_assignment_status(env: &Env) -> Result<()>
     Ok(())
 }
 
+/// A namespace's editor (a RoleBinding to the chart's `sonde-edit`, which kube-controller-manager
+/// also folds into the default `edit` and `admin` roles) creates Tracepoints and DynamicLogs and
+/// reads rows in that namespace only, and never BpftraceScripts (root on the node); `sonde-view`
+/// reads the resources and creates nothing. Checked by the API server's RBAC authorizer.
+fn namespace_editors_use_tracepoints_and_dynamic_logs_but_not_bpftrace(env: &Env) -> Result<()> {
+    let kubectl = &env.cluster.kubectl;
+    kubectl.apply(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+         metadata: {name: shop-editors, namespace: shop}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sonde-edit}\n\
+         subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: ann}]\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+         metadata: {name: shop-viewers, namespace: shop}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sonde-view}\n\
+         subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: vic}]\n",
+    )?;
+    let tracepoint = |ns: &str| {
+        format!(
+            "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata: {{name: web, namespace: {ns}}}\n\
+             spec:\n  selector: {{matchLabels: {{app: web}}}}\n  probe: {{protocols: [http]}}\n"
+        )
+    };
+    kubectl
+        .run(
+            &["--as", "ann", "apply", "-f", "-"],
+            Some(&tracepoint("shop")),
+        )
+        .context("an editor of shop creating a Tracepoint in shop")?;
+    let refused = kubectl.run(
+        &["--as", "ann", "apply", "-f", "-"],
+        Some(&tracepoint("demo")),
+    );
+    ensure!(
+        refused.is_err(),
+        "an editor of shop created a Tracepoint in demo"
+    );
+    // A SubjectAccessReview, as the agent asks it (`kubectl auth can-i` drops the group of
+    // `tables`, which is no API object).
+    let can = |user: &str, verb: &str, resource: &str, ns: Option<&str>| -> Result<bool> {
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "resourceAttributes": {
+                "group": "sonde.dev", "resource": resource, "verb": verb,
+                "namespace": ns.unwrap_or_default(),
+            }},
+        });
+        let out = kubectl.run(
+            &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+            Some(&review.to_string()),
+        )?;
+        Ok(out.trim() == "true")
+    };
+    let expected = [
+        ("ann", "create", "dynamiclogs", Some("shop"), true),
+        ("ann", "get", "tables", Some("shop"), true),
+        ("ann", "get", "tables", Some("demo"), false),
+        ("ann", "get", "tables", None, false),
+        ("ann", "create", "bpftracescripts", None, false),
+        ("ann", "patch", "nodeassignments", None, false),
+        ("vic", "list", "tracepoints", Some("shop"), true),
+        ("vic", "create", "tracepoints", Some("shop"), false),
+        ("vic", "get", "tables", Some("shop"), false),
+    ];
+    for (user, verb, resource, ns, want) in expected {
+        let got = can(user, verb, resource, ns)?;
+        ensure!(
+            got == want,
+            "{user} {verb} {resource} in {ns:?}: allowed={got}, want {want}"
+        );
+    }
+    // What makes kube-controller-manager fold them into the default roles.
+    let docs = helm::documents(&helm::template(&[])?)?;
+    for (role, labels) in [
+        (
+            "sonde-edit",
+            &["aggregate-to-edit", "aggregate-to-admin"][..],
+        ),
+        ("sonde-view", &["aggregate-to-view"][..]),
+    ] {
+        let doc = docs
+            .iter()
+            .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == role)
+            .with_context(|| format!("ClusterRole {role} not rendered"))?;
+        for label in labels {
+            let key = format!("rbac.authorization.k8s.io/{label}");
+            ensure!(
+                doc["metadata"]["labels"][&key] == "true",
+                "{role} lacks the label {key}"
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let mut scenarios: Vec<Scenario<Env>> = bad_manifests()
         .into_iter()
@@ -409,6 +503,10 @@ fn main() -> ExitCode {
     scenarios.push(Scenario::new(
         "the_chart_gives_the_agent_only_status_patch_on_node_assignments",
         the_chart_gives_the_agent_only_status_patch_on_node_assignments,
+    ));
+    scenarios.push(Scenario::new(
+        "namespace_editors_use_tracepoints_and_dynamic_logs_but_not_bpftrace",
+        namespace_editors_use_tracepoints_and_dynamic_logs_but_not_bpftrace,
     ));
     scenarios.push(Scenario::new(
         "an_agent_writes_only_its_own_nodes_assignment_status",
