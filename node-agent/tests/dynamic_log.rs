@@ -117,6 +117,22 @@ fn c_program() -> PathBuf {
         .clone()
 }
 
+/// The C program GCC specialises: built at -O2 like a release build, so it calls a clone.
+fn c_clone_program() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let building = out_dir().join("cclone");
+            let mut command = Command::new("cc");
+            command
+                .args(["-O2", "-g", "-o"])
+                .arg(&building)
+                .arg(fixtures().join("cclone.c"));
+            build("cclone", command, &building)
+        })
+        .clone()
+}
+
 fn rust_program() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -918,6 +934,17 @@ async fn a_panicking_call_leaves_no_row_and_later_calls_are_still_exact() {
 }
 
 #[tokio::test]
+async fn a_go_function_that_recovers_a_panic_reports_its_named_result() {
+    // Go's DWARF lists `r` twice (it escapes into the deferred closure): one column, one result.
+    let (rows, status) = trace("main.callRisky", |_| {}, "risky", 2).await;
+    assert_eq!(status.state, ProbeState::Attached, "{}", status.message);
+    assert_eq!(rows[0]["n"], Value::Int64(-1));
+    assert_eq!(rows[0]["r"], Value::Int64(-1), "the recovered call");
+    assert_eq!(rows[1]["n"], Value::Int64(5));
+    assert_eq!(rows[1]["r"], Value::Int64(6));
+}
+
+#[tokio::test]
 async fn recursive_calls_are_joined_with_their_own_returns() {
     let (rows, _) = trace("main.Fib", |_| {}, "fib", 15).await;
     assert_eq!(rows.len(), 15);
@@ -1335,6 +1362,30 @@ async fn rust_str_scalars_and_references_are_exact() {
     let rows = trace_native(&rust_program(), "rustprog::norm", None, "norm", 1).await;
     assert_eq!(json(&rows[0]["p"]), serde_json::json!({"x": 3, "y": -4}));
     assert_eq!(rows[0]["ret0"], Value::Int64(25));
+}
+
+#[tokio::test]
+async fn a_gcc_constprop_clone_shows_the_constant_and_the_arguments_it_really_receives() {
+    // scale.constprop.0 gets v in RDI and offset in RSI; factor is the constant 5.
+    let rows = trace_native(&c_clone_program(), "scale", None, "scale", 2).await;
+    assert_eq!(rows[0]["v"], Value::Int64(7));
+    assert_eq!(rows[0]["factor"], Value::Int64(5));
+    assert_eq!(rows[0]["offset"], Value::Int64(-3));
+    assert_eq!(rows[0]["ret0"], Value::Int64(32));
+    assert_eq!(rows[1]["v"], Value::Int64(8));
+    assert_eq!(rows[1]["factor"], Value::Int64(5));
+    assert_eq!(rows[1]["offset"], Value::Int64(-6));
+    assert_eq!(rows[1]["ret0"], Value::Int64(34));
+}
+
+#[tokio::test]
+async fn rust_methods_are_named_with_their_type_as_in_a_backtrace() {
+    for name in ["rustprog::Point::scaled", "Point::scaled"] {
+        let rows = trace_native(&rust_program(), name, None, "scaled", 1).await;
+        assert_eq!(json(&rows[0]["self"]), serde_json::json!({"x": 3, "y": -4}));
+        assert_eq!(rows[0]["k"], Value::Int64(6));
+        assert_eq!(rows[0]["ret0"], Value::Int64(-6));
+    }
 }
 
 /// GET over HTTP/1.0 (no chunked encoding); None while the agent is not answering.

@@ -3,7 +3,8 @@
 //! Maps become gauges `sonde_bpftrace_<map>{script, key | key0, key1…}` holding the latest printed
 //! value. `stats()` maps add a `stat` label (`count`, `average`, `total`). `hist()`/`lhist()` maps
 //! become cumulative gauges `sonde_bpftrace_<map>_bucket{…, le}` (Prometheus histogram buckets,
-//! upper bounds inclusive, `+Inf` for the open top bucket). String-valued maps are skipped.
+//! upper bounds inclusive, always ending with `+Inf`, which bpftrace prints only for an open top
+//! bucket). String-valued maps are skipped.
 //! Each map keeps at most [`MAX_SERIES_PER_MAP`] series; the rest are counted as dropped.
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -157,6 +158,13 @@ impl MapSnapshots {
                         ));
                         series.push((l, cumulative));
                     }
+                    // bpftrace stops at the highest non-empty bucket, which has a bound; a
+                    // Prometheus histogram always ends with `+Inf` (histogram_quantile needs it).
+                    if buckets.last().is_some_and(|(le, _)| le.is_some()) {
+                        let mut l = labels.clone();
+                        l.push(("le".into(), "+Inf".into()));
+                        series.push((l, cumulative));
+                    }
                 }
                 MapValue::Other => {}
             }
@@ -284,6 +292,32 @@ mod tests {
         );
         metrics.maps.remove_script("BpftraceScript/opens");
         assert!(!scrape(&registry).contains("sonde_bpftrace_s{"));
+    }
+
+    #[test]
+    fn a_hist_printed_up_to_a_bounded_bucket_still_gets_the_inf_bucket_prometheus_needs() {
+        // bpftrace prints hist() buckets only up to the highest non-empty one, which has a
+        // bound; without `le="+Inf"` histogram_quantile() answers NaN.
+        let mut registry = Registry::default();
+        let metrics = BpftraceMetrics::register(&mut registry);
+        let buckets = vec![(Some(0.0), 1.0), (Some(1.0), 0.0), (Some(8191.0), 2.0)];
+        metrics.maps.update(
+            "BpftraceScript/lat",
+            "lat",
+            None,
+            &[MapEntry {
+                key: None,
+                value: MapValue::Histogram(buckets),
+            }],
+        );
+        let text = scrape(&registry);
+        for series in [
+            r#"sonde_bpftrace_lat_bucket{script="BpftraceScript/lat",le="1"} 1"#,
+            r#"sonde_bpftrace_lat_bucket{script="BpftraceScript/lat",le="8191"} 3"#,
+            r#"sonde_bpftrace_lat_bucket{script="BpftraceScript/lat",le="+Inf"} 3"#,
+        ] {
+            assert!(text.contains(series), "no {series} in\n{text}");
+        }
     }
 
     #[test]

@@ -81,6 +81,26 @@ pub struct Param {
     pub ty: TypeId,
     /// A Go result (`DW_AT_variable_parameter`), or a C/Rust return value (named `~r0`).
     pub is_return: bool,
+    /// How the traced copy of the function receives it.
+    pub passed: Passed,
+}
+
+/// How the traced code receives a parameter. A function's code normally follows the calling
+/// convention of its declared signature; GCC's specialised clones (`f.constprop.0`, `f.isra.0`)
+/// do not: a parameter every caller passes as the same constant is dropped and the later ones
+/// move up a register. The clone's own DWARF (`DW_AT_const_value`, `DW_AT_location`) says where
+/// each one went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Passed {
+    /// As the calling convention places the declared parameters.
+    Abi,
+    /// In this register at the entry (a `pt_regs` word index, [`sonde_common::dynlog::reg`]).
+    Reg(u8),
+    /// Not passed: this copy of the function was compiled for this constant value.
+    Const(i64),
+    /// Not passed, or somewhere DynamicLog does not follow (the clone computes it, or keeps only
+    /// a part of it).
+    Unknown,
 }
 
 /// What the planner needs of the traced function.
@@ -160,6 +180,12 @@ impl Dwarf {
         self.headers.sort_by_key(|(o, _)| *o);
         let mut functions = Vec::new();
         let mut structs = HashMap::new();
+        // Rust and C++: qualified names of subprogram declarations (a method's is inside its
+        // type: `prog::Point::scaled`), and of functions whose code names them only through
+        // DW_AT_specification / DW_AT_abstract_origin, fixed up once every unit is read.
+        let mut declarations: HashMap<usize, String> = HashMap::new();
+        let mut declared_by: HashMap<usize, usize> = HashMap::new();
+        let mut named_by: Vec<(usize, usize)> = Vec::new();
         for index in 0..self.headers.len() {
             let unit = self.unit_at(index)?;
             let language = language_of(&unit);
@@ -184,8 +210,33 @@ impl Dwarf {
                             structs.entry(name).or_insert(o.0);
                         }
                     }
+                    dw::DW_TAG_structure_type
+                    | dw::DW_TAG_union_type
+                    | dw::DW_TAG_enumeration_type
+                    | dw::DW_TAG_class_type
+                        if matches!(language, Language::Rust | Language::Cpp) =>
+                    {
+                        if let Some(name) = self.name_of(&unit, entry)? {
+                            scopes.push((depth, name));
+                        }
+                    }
                     dw::DW_TAG_subprogram => {
+                        let qualified = matches!(language, Language::Rust | Language::Cpp);
+                        let offset = entry
+                            .offset()
+                            .to_debug_info_offset(&unit.header)
+                            .map(|o| o.0);
                         let Some(low_pc) = self.low_pc(&unit, entry)? else {
+                            if qualified && let Some(offset) = offset {
+                                if let Some(name) = self.name_of(&unit, entry)? {
+                                    let mut full: Vec<&str> =
+                                        scopes.iter().map(|(_, s)| s.as_str()).collect();
+                                    full.push(&name);
+                                    declarations.insert(offset, full.join("::"));
+                                } else if let Some(origin) = self.origin(&unit, entry)? {
+                                    declared_by.insert(offset, origin);
+                                }
+                            }
                             continue;
                         };
                         let high_pc = match entry.attr_value(dw::DW_AT_high_pc)? {
@@ -196,6 +247,12 @@ impl Dwarf {
                         let Some(name) = self.function_name(&unit, entry)? else {
                             continue;
                         };
+                        if qualified
+                            && self.name_of(&unit, entry)?.is_none()
+                            && let Some(origin) = self.origin(&unit, entry)?
+                        {
+                            named_by.push((functions.len(), origin));
+                        }
                         let name = if matches!(language, Language::Rust | Language::Cpp)
                             && !scopes.is_empty()
                         {
@@ -215,6 +272,18 @@ impl Dwarf {
                         });
                     }
                     _ => {}
+                }
+            }
+        }
+        for (index, mut origin) in named_by {
+            for _ in 0..4 {
+                if let Some(name) = declarations.get(&origin) {
+                    functions[index].name = name.clone();
+                    break;
+                }
+                match declared_by.get(&origin) {
+                    Some(next) => origin = *next,
+                    None => break,
                 }
             }
         }
@@ -412,8 +481,15 @@ impl Dwarf {
             None => String::new(),
         };
         // Parameters come from the abstract origin when there is one: it lists them all, in order.
+        // Not from a DW_AT_specification: a declaration (a Rust or C++ method's, inside its type)
+        // lists their types without names, and the definition has them all.
         let entry = unit.entry(f.die)?;
-        let (unit, die) = match self.origin(&unit, &entry)? {
+        let concrete_unit = unit.clone();
+        let origin = match entry.attr_value(dw::DW_AT_abstract_origin)? {
+            Some(v) => Self::reference(&unit, v),
+            None => None,
+        };
+        let (unit, die) = match origin {
             Some(origin) => {
                 let origin_unit = self.unit_for(origin)?;
                 let local =
@@ -423,12 +499,24 @@ impl Dwarf {
             None => (unit, f.die),
         };
         let mut params = Vec::new();
+        // Global offsets of the declared parameters, to match a clone's parameters to them.
+        let mut declared = Vec::new();
         let mut return_type = None;
         {
             let mut tree = unit.entries_tree(Some(die))?;
             let root = tree.root()?;
             if let Some(v) = root.entry().attr_value(dw::DW_AT_type)? {
                 return_type = Self::reference(&unit, v);
+            } else if let Some(v) = root.entry().attr_value(dw::DW_AT_specification)?
+                && let Some(declaration) = Self::reference(&unit, v)
+            {
+                // A method's result type is on its declaration.
+                let decl_unit = self.unit_for(declaration)?;
+                if let Some(local) = local_offset(&decl_unit, declaration)
+                    && let Some(v) = decl_unit.entry(local)?.attr_value(dw::DW_AT_type)?
+                {
+                    return_type = Self::reference(&decl_unit, v);
+                }
             }
             let mut children = root.children();
             while let Some(child) = children.next()? {
@@ -447,11 +535,31 @@ impl Dwarf {
                     e.attr_value(dw::DW_AT_variable_parameter)?,
                     Some(AttributeValue::Flag(true))
                 );
+                // Go lists a named result twice when it escapes to the heap (a deferred closure
+                // that sets it after a recover): one value, one result register.
+                if language == Language::Go
+                    && is_return
+                    && params
+                        .iter()
+                        .any(|p: &Param| p.is_return && p.name == name && !name.is_empty())
+                {
+                    continue;
+                }
+                declared.push(e.offset().to_debug_info_offset(&unit.header).map(|o| o.0));
                 params.push(Param {
                     name,
                     ty,
                     is_return,
+                    passed: Passed::Abi,
                 });
+            }
+        }
+        if language != Language::Go
+            && origin.is_some()
+            && let Some(passed) = self.clone_params(&concrete_unit, f, &declared)?
+        {
+            for (p, how) in params.iter_mut().zip(passed) {
+                p.passed = how;
             }
         }
         if language != Language::Go
@@ -461,6 +569,7 @@ impl Dwarf {
                 name: "~r0".into(),
                 ty,
                 is_return: true,
+                passed: Passed::Abi,
             });
         }
         // Unnamed C parameters get positional names so expressions can still reach them.
@@ -477,6 +586,83 @@ impl Dwarf {
             producer,
             params,
         })
+    }
+
+    /// How a specialised clone receives each declared parameter (`declared`: their global
+    /// offsets), read from the concrete instance's own parameter entries; `None` when the code
+    /// takes the declared parameters as declared (every one has a location, in order, and none
+    /// is a constant).
+    fn clone_params(
+        &self,
+        unit: &gimli::Unit<R>,
+        f: &FunctionEntry,
+        declared: &[Option<usize>],
+    ) -> Result<Option<Vec<Passed>>, gimli::Error> {
+        let mut seen: Vec<(usize, Passed, bool)> = Vec::new();
+        let mut tree = unit.entries_tree(Some(f.die))?;
+        let root = tree.root()?;
+        let mut children = root.children();
+        while let Some(child) = children.next()? {
+            let e = child.entry();
+            if e.tag() != dw::DW_TAG_formal_parameter {
+                continue;
+            }
+            let Some(origin) = e
+                .attr_value(dw::DW_AT_abstract_origin)?
+                .and_then(|v| Self::reference(unit, v))
+            else {
+                continue;
+            };
+            if let Some(v) = e.attr_value(dw::DW_AT_const_value)? {
+                let value = match v {
+                    AttributeValue::Sdata(n) => Some(n),
+                    AttributeValue::Data1(n) => Some(i64::from(n as i8)),
+                    AttributeValue::Data2(n) => Some(i64::from(n as i16)),
+                    AttributeValue::Data4(n) => Some(i64::from(n as i32)),
+                    AttributeValue::Data8(n) => Some(n as i64),
+                    AttributeValue::Udata(n) => i64::try_from(n).ok(),
+                    _ => None,
+                };
+                seen.push((origin, value.map_or(Passed::Unknown, Passed::Const), true));
+                continue;
+            }
+            let passed = match e.attr_value(dw::DW_AT_location)? {
+                Some(AttributeValue::Exprloc(expr)) => register_of(unit, expr),
+                Some(v) => match self.dwarf.attr_locations(unit, v)? {
+                    Some(mut list) => {
+                        let mut at_entry = Passed::Unknown;
+                        while let Some(loc) = list.next()? {
+                            if loc.range.begin <= f.low_pc && f.low_pc < loc.range.end {
+                                at_entry = register_of(unit, loc.data);
+                                break;
+                            }
+                        }
+                        at_entry
+                    }
+                    None => Passed::Unknown,
+                },
+                None => Passed::Unknown,
+            };
+            seen.push((origin, passed, false));
+        }
+        let arguments: Vec<usize> = declared.iter().flatten().copied().collect();
+        let in_order = seen.len() == arguments.len()
+            && seen
+                .iter()
+                .zip(&arguments)
+                .all(|((o, _, c), a)| o == a && !c);
+        if in_order {
+            return Ok(None);
+        }
+        Ok(Some(
+            declared
+                .iter()
+                .map(|d| {
+                    d.and_then(|d| seen.iter().find(|(o, _, _)| *o == d))
+                        .map_or(Passed::Unknown, |(_, p, _)| p.clone())
+                })
+                .collect(),
+        ))
     }
 
     /// The Go struct type named `name` (e.g. `errors.errorString`).
@@ -718,6 +904,42 @@ fn local_offset(unit: &gimli::Unit<R>, global: usize) -> Option<UnitOffset> {
     let local = UnitOffset(global.checked_sub(start)?);
     // The offset must be inside this unit's entries.
     (local.0 < unit.header.length_including_self()).then_some(local)
+}
+
+/// The register a location expression names when it is just that (`DW_OP_regN`), as a
+/// `pt_regs` word.
+fn register_of(unit: &gimli::Unit<R>, expr: gimli::Expression<R>) -> Passed {
+    let mut ops = expr.operations(unit.encoding());
+    match (ops.next(), ops.next()) {
+        (Ok(Some(gimli::Operation::Register { register })), Ok(None)) => {
+            dwarf_register(register.0).map_or(Passed::Unknown, Passed::Reg)
+        }
+        _ => Passed::Unknown,
+    }
+}
+
+/// x86-64 DWARF register numbers 0–15 as `pt_regs` words.
+fn dwarf_register(n: u16) -> Option<u8> {
+    use sonde_common::dynlog::reg;
+    Some(match n {
+        0 => reg::RAX,
+        1 => reg::RDX,
+        2 => reg::RCX,
+        3 => reg::RBX,
+        4 => reg::RSI,
+        5 => reg::RDI,
+        6 => reg::RBP,
+        7 => reg::RSP,
+        8 => reg::R8,
+        9 => reg::R9,
+        10 => reg::R10,
+        11 => reg::R11,
+        12 => reg::R12,
+        13 => reg::R13,
+        14 => reg::R14,
+        15 => reg::R15,
+        _ => return None,
+    })
 }
 
 fn language_of(unit: &gimli::Unit<R>) -> Language {

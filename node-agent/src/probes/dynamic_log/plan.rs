@@ -14,7 +14,7 @@ use sonde_common::dynlog::{
 
 use super::abi::{Piece, Placement, Reg, reg_name};
 use super::binary::Binary;
-use super::dwarf::{Dwarf, DwarfError, Function, Language};
+use super::dwarf::{Dwarf, DwarfError, Function, Language, Param, Passed};
 use super::expr::{self, ExprError, Root, Step};
 use super::goabi;
 use super::sysv;
@@ -385,6 +385,23 @@ impl Builder<'_> {
         }
     }
 
+    /// A parameter the traced copy of the function does not receive where DynamicLog can read it.
+    fn not_received(&mut self, param: &Param) -> Fail {
+        let ty = match self.dwarf.ty(param.ty) {
+            Ok(t) => t.name().to_owned(),
+            Err(e) => return Fail::Dwarf(e),
+        };
+        Fail::Unsupported {
+            ty,
+            why: format!(
+                "the copy of {} this program runs is specialised by the compiler and does not \
+                 receive {} in a register (it dropped, split or recomputes it); capture the other \
+                 arguments, or build without -fipa-cp/-fipa-sra (or mark the function noipa)",
+                self.function.name, param.name
+            ),
+        }
+    }
+
     fn available(&self) -> String {
         let mut args = Vec::new();
         let mut results = 0;
@@ -455,15 +472,46 @@ impl Builder<'_> {
         } else {
             Side::Entry
         };
-        let mut place = match &self.placements[index] {
-            Placement::Regs(pieces) => Place::Regs(pieces.iter().map(|p| (*p, 0)).collect()),
-            Placement::Stack { offset } => Place::Mem {
-                base: reg_loc(sonde_common::dynlog::reg::RSP),
-                off: *offset,
-            },
-            Placement::Indirect { reg } => Place::Mem {
-                base: reg_loc(*reg),
-                off: 0,
+        // A specialised clone's own placement overrides the calling convention's.
+        let received = match &param.passed {
+            Passed::Abi => None,
+            Passed::Reg(r) => {
+                let size = self.dwarf.ty(param.ty)?.size();
+                if size > 8 {
+                    return Err(self.not_received(param));
+                }
+                Some(Place::Regs(vec![(
+                    Piece {
+                        offset: 0,
+                        size,
+                        reg: Reg::Int(*r),
+                    },
+                    0,
+                )]))
+            }
+            Passed::Const(value) if e.path.is_empty() && !e.len => {
+                return Ok((Side::Entry, Render::Const(*value)));
+            }
+            Passed::Const(value) => {
+                return Err(Fail::Resolve(format!(
+                    "{} is the constant {value} in the copy of {} this program runs                      (the compiler specialised it); capture {} itself",
+                    param.name, self.function.name, param.name
+                )));
+            }
+            Passed::Unknown => return Err(self.not_received(param)),
+        };
+        let mut place = match received {
+            Some(place) => place,
+            None => match &self.placements[index] {
+                Placement::Regs(pieces) => Place::Regs(pieces.iter().map(|p| (*p, 0)).collect()),
+                Placement::Stack { offset } => Place::Mem {
+                    base: reg_loc(sonde_common::dynlog::reg::RSP),
+                    off: *offset,
+                },
+                Placement::Indirect { reg } => Place::Mem {
+                    base: reg_loc(*reg),
+                    off: 0,
+                },
             },
         };
         let mut ty_id = param.ty;
