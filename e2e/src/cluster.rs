@@ -117,6 +117,12 @@ impl Cluster {
         self.kubectl
             .apply(&rbac)
             .context("applying the chart's RBAC objects")?;
+        self.make_identities()
+    }
+
+    /// The identities of [`Identities`], made from the chart's ServiceAccounts once the chart's
+    /// RBAC is in the cluster (applied by [`Cluster::start`], or by a real `helm install`).
+    pub fn make_identities(&self) -> Result<Identities> {
         self.kubectl.apply(&format!(
             "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {READER_SA}, namespace: {TEST_NAMESPACE}}}\n\
              ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {OUTSIDER_SA}, namespace: {TEST_NAMESPACE}}}\n\

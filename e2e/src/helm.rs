@@ -72,3 +72,14 @@ pub fn rbac_manifests() -> Result<String> {
     }
     Ok(out)
 }
+
+/// Runs `helm <args>` against the cluster of `kubeconfig` (install, upgrade, rollback, uninstall as a
+/// user runs them); returns stdout, or fails with helm's stderr.
+pub fn run_against(kubeconfig: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = run(Command::new(tools::helm()?)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args))
+    .with_context(|| format!("helm {} failed", args.join(" ")))?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

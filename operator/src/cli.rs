@@ -13,6 +13,8 @@ use crate::auto_telemetry::{AutoTelemetry, parse_protocol};
     about = "Sonde operator: resources → NodeAssignments → status"
 )]
 pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Address of the /metrics and /healthz listener.
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_listen: SocketAddr,
@@ -41,6 +43,39 @@ pub struct Args {
     /// The operator's own namespace (--lease-namespace) is always excluded.
     #[arg(long, value_delimiter = ',')]
     pub auto_exclude_namespaces: Option<Vec<String>>,
+}
+
+/// What to do instead of running the controllers.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Before Sonde is removed (the chart's pre-delete hook runs this): delete every Tracepoint,
+    /// DynamicLog and BpftraceScript, let the leading operator finalize them, and remove Sonde's
+    /// finalizer from what is left once no operator leads or --timeout-seconds passed, so that nothing
+    /// stays Terminating without an operator.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    /// Namespace of the operator's leader-election Lease (the release namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sonde-system")]
+    pub lease_namespace: String,
+    /// Name of the operator's leader-election Lease.
+    #[arg(long, default_value = "sonde-operator")]
+    pub lease_name: String,
+    /// How long a leading operator gets to finalize the deleted resources.
+    #[arg(long, default_value_t = 90)]
+    pub timeout_seconds: u64,
+}
+
+impl UninstallArgs {
+    pub fn options(&self) -> crate::uninstall::Options {
+        crate::uninstall::Options {
+            lease_namespace: self.lease_namespace.clone(),
+            lease_name: self.lease_name.clone(),
+            timeout: std::time::Duration::from_secs(self.timeout_seconds),
+        }
+    }
 }
 
 impl Args {
@@ -91,6 +126,32 @@ mod tests {
             .map(String::as_str)
             .collect();
         assert_eq!(excluded, ["batch", "kube-system", "sonde"]);
+    }
+
+    #[test]
+    fn uninstall_takes_the_lease_and_a_timeout() {
+        let args = Args::try_parse_from([
+            "sonde-operator",
+            "uninstall",
+            "--lease-namespace",
+            "observability",
+            "--timeout-seconds",
+            "30",
+        ])
+        .unwrap();
+        let Some(Command::Uninstall(u)) = args.command else {
+            panic!("not the uninstall subcommand: {args:?}");
+        };
+        let opts = u.options();
+        assert_eq!(opts.lease_namespace, "observability");
+        assert_eq!(opts.lease_name, "sonde-operator");
+        assert_eq!(opts.timeout, std::time::Duration::from_secs(30));
+        assert!(
+            Args::try_parse_from(["sonde-operator"])
+                .unwrap()
+                .command
+                .is_none()
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod resources;
 mod status;
 mod stores;
 mod ttl;
+mod uninstall;
 mod validate;
 
 use std::sync::Arc;
@@ -26,7 +27,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::task::JoinSet;
 
-use crate::cli::Args;
+use crate::cli::{Args, Command};
 use crate::metrics::Metrics;
 
 #[tokio::main]
@@ -40,6 +41,14 @@ async fn main() -> anyhow::Result<()> {
         // stdout stays free for the `--once` summary.
         .with_writer(std::io::stderr)
         .init();
+    if let Some(Command::Uninstall(u)) = &args.command {
+        let client = kube::Client::try_default().await.context(
+            "cannot reach the Kubernetes API: set KUBECONFIG or run in a pod with a service account",
+        )?;
+        let summary = uninstall::run(client, &u.options()).await?;
+        println!("{summary}");
+        return Ok(());
+    }
     let metrics = Arc::new(Metrics::new());
     let http = tokio::spawn(http::serve(args.metrics_listen, metrics.clone()));
     let client = kube::Client::try_default().await.context(
