@@ -133,6 +133,22 @@ fn c_clone_program() -> PathBuf {
         .clone()
 }
 
+/// The C program whose functions GCC inlines at -O2.
+fn c_inline_program() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let building = out_dir().join("cinline");
+            let mut command = Command::new("cc");
+            command
+                .args(["-O2", "-g", "-o"])
+                .arg(&building)
+                .arg(fixtures().join("cinline.c"));
+            build("cinline", command, &building)
+        })
+        .clone()
+}
+
 fn rust_program() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
@@ -144,6 +160,22 @@ fn rust_program() -> PathBuf {
                 .arg(&building)
                 .arg(fixtures().join("rustprog.rs"));
             build("rustprog", command, &building)
+        })
+        .clone()
+}
+
+/// The Rust test program as a release build with debug information (`-C debuginfo=2 -O`).
+fn rust_release_program() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let building = out_dir().join("rustprog-release");
+            let mut command = Command::new("rustc");
+            command
+                .args(["--edition", "2021", "-C", "debuginfo=2", "-O", "-o"])
+                .arg(&building)
+                .arg(fixtures().join("rustprog.rs"));
+            build("rustprog-release", command, &building)
         })
         .clone()
 }
@@ -1365,6 +1397,42 @@ async fn rust_str_scalars_and_references_are_exact() {
 }
 
 #[tokio::test]
+async fn rust_strings_and_vecs_show_their_text_and_elements_in_debug_and_release_builds() {
+    for exe in [rust_program(), rust_release_program()] {
+        let build = exe.display().to_string();
+        let rows = trace_native(&exe, "rustprog::register", None, "owned", 1).await;
+        let r = &rows[0];
+        assert_eq!(r["name"], s("ferris"), "{build}: {r:?}");
+        assert_eq!(r["tags"], s("0102ff"), "{build}: {r:?}");
+        assert_eq!(json(&r["scores"]), serde_json::json!([-1, 7]), "{build}");
+        assert_eq!(json(&r["weights"]), serde_json::json!([3, 400]), "{build}");
+        assert_eq!(r["ret0"], Value::UInt64(6 + 258 + 6 + 403), "{build}");
+
+        // A String field, whole and by path, and its length.
+        let rows = trace_native(&exe, "user_id", None, "owned", 1).await;
+        assert_eq!(
+            json(&rows[0]["u"]),
+            serde_json::json!({"name": "bob", "id": 9}),
+            "{build}"
+        );
+        let rows = trace_native(
+            &exe,
+            "user_id",
+            capture(
+                &[("name", "u.name"), ("name_len", "len(u.name)")],
+                &[],
+                false,
+            ),
+            "owned",
+            1,
+        )
+        .await;
+        assert_eq!(rows[0]["name"], s("bob"), "{build}");
+        assert_eq!(rows[0]["name_len"], Value::Int64(3), "{build}");
+    }
+}
+
+#[tokio::test]
 async fn a_gcc_constprop_clone_shows_the_constant_and_the_arguments_it_really_receives() {
     // scale.constprop.0 gets v in RDI and offset in RSI; factor is the constant 5.
     let rows = trace_native(&c_clone_program(), "scale", None, "scale", 2).await;
@@ -1379,12 +1447,91 @@ async fn a_gcc_constprop_clone_shows_the_constant_and_the_arguments_it_really_re
 }
 
 #[tokio::test]
+async fn a_c_function_inlined_into_every_caller_fails_naming_it_its_caller_and_the_remedy() {
+    let h = harness();
+    let program = Program::start(&c_inline_program());
+    let sp = spec("twice");
+    let probe = DynamicLogProbe::start(&h.ctx, &assigned("inlined", &sp), &sp, &[program.target()]);
+    let status = wait_status(&probe, |s| s.state != ProbeState::Pending).await;
+    assert_eq!(status.state, ProbeState::Failed, "{}", status.message);
+    for part in [
+        "spec.function \"twice\"",
+        "inlined into every caller",
+        "1 call site, in main",
+        "-fno-inline",
+        "__attribute__((noinline))",
+        "trace its caller main",
+    ] {
+        assert!(status.message.contains(part), "{part}: {}", status.message);
+    }
+    probe.stop().await;
+}
+
+#[tokio::test]
+async fn a_c_function_also_inlined_says_so_and_its_out_of_line_calls_are_rows() {
+    let h = harness();
+    let mut program = Program::start(&c_inline_program());
+    let probe = h.start("native", spec("clamp"), &program).await;
+    let status = probe.status();
+    assert!(
+        status
+            .message
+            .contains("clamp is also inlined at 1 call site, in main:")
+            && status
+                .message
+                .contains("rows come only from calls of its out-of-line copy"),
+        "{}",
+        status.message
+    );
+    // The inlined call is not seen; the call through the pointer runs the out-of-line copy.
+    program.run("direct");
+    program.run("indirect");
+    let rows = h.wait_rows("shop.native", 1, &probe).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.rows("shop.native").len(), 1);
+    let r = by_name(&h.columns("shop.native"), &rows[0]);
+    assert_eq!(r["x"], Value::Int64(250));
+    assert_eq!(r["hi"], Value::Int64(100));
+    assert_eq!(r["ret0"], Value::Int64(100));
+    probe.stop().await;
+    assert!(program.alive());
+}
+
+#[tokio::test]
 async fn rust_methods_are_named_with_their_type_as_in_a_backtrace() {
     for name in ["rustprog::Point::scaled", "Point::scaled"] {
         let rows = trace_native(&rust_program(), name, None, "scaled", 1).await;
         assert_eq!(json(&rows[0]["self"]), serde_json::json!({"x": 3, "y": -4}));
         assert_eq!(rows[0]["k"], Value::Int64(6));
         assert_eq!(rows[0]["ret0"], Value::Int64(-6));
+    }
+}
+
+#[tokio::test]
+async fn a_rust_function_named_by_its_mangled_symbol_is_traced() {
+    use object::{Object, ObjectSymbol};
+    let exe = rust_program();
+    let data = std::fs::read(&exe).unwrap();
+    let file = object::File::parse(&*data).unwrap();
+    // rustc mangles as v0 (`_R…`) or legacy (`_ZN…17h<hash>E`), depending on its version.
+    let symbol = file
+        .symbols()
+        .filter_map(|s| s.name().ok())
+        .find(|n| {
+            (n.starts_with("_R") && n.ends_with("5Point6scaled"))
+                || n.starts_with("_ZN8rustprog5Point6scaled17h")
+        })
+        .unwrap_or_else(|| panic!("no symbol of Point::scaled in {}", exe.display()))
+        .to_owned();
+    let mut names = vec![symbol.clone()];
+    if symbol.starts_with("_ZN") {
+        // Another build's hash.
+        names.push(format!("{}0000000000000000E", &symbol[..symbol.len() - 17]));
+    }
+    for name in names {
+        let rows = trace_native(&exe, &name, None, "scaled", 1).await;
+        assert_eq!(json(&rows[0]["self"]), serde_json::json!({"x": 3, "y": -4}));
+        assert_eq!(rows[0]["k"], Value::Int64(6));
     }
 }
 

@@ -8,7 +8,7 @@ use sonde_api::DynamicLogSpec;
 use sonde_common::dynlog::{Plan, plan_flags, source};
 
 use super::binary::{Binary, BinaryError};
-use super::dwarf::{Dwarf, DwarfError};
+use super::dwarf::{Dwarf, DwarfError, Language, in_callers, plural};
 use super::plan::{self, PlanError, Planned};
 use super::prologue::{body_start, pt_regs_word};
 use super::rets::find_rets;
@@ -61,7 +61,20 @@ pub fn analyze_binary(binary: &Binary, spec: &DynamicLogSpec) -> Result<Analysis
     let mut dwarf = Dwarf::load(binary)?;
     let entry = dwarf.find(&spec.function)?;
     let function = dwarf.function(&entry)?;
-    let planned = plan::plan(binary, &mut dwarf, &function, spec)?;
+    let mut planned = plan::plan(binary, &mut dwarf, &function, spec)?;
+    if let Some((sites, callers)) = dwarf.inlined(&entry) {
+        planned.notes.push(format!(
+            "{} is also inlined at {}{}: calls there are not traced, rows come only from calls of its out-of-line copy ({} to see every call)",
+            function.name,
+            plural(sites, "call site"),
+            in_callers(&callers),
+            match function.language {
+                Language::Go => "mark it //go:noinline",
+                Language::Rust => "mark it #[inline(never)]",
+                _ => "build with -fno-inline or mark it __attribute__((noinline))",
+            }
+        ));
+    }
     let first_offset = binary.file_offset(function.low_pc, &function.name)?;
     let size = function.high_pc.saturating_sub(function.low_pc);
     let entry_offset = if planned.go {

@@ -3,7 +3,7 @@
 //!
 //! Parameter *locations* are not taken from `DW_AT_location` (Go's are location lists valid only
 //! after the prologue); [`super::goabi`] and [`super::sysv`] replay the calling convention instead.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use gimli::{
@@ -29,6 +29,8 @@ const GO_KIND_STRING: u64 = 24;
 
 /// How many names "did you mean" offers.
 const SUGGESTIONS: usize = 5;
+/// How many callers of an inlined function messages name.
+const CALLERS: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DwarfError {
@@ -45,6 +47,16 @@ pub enum DwarfError {
         function: String,
         path: String,
         hint: String,
+    },
+    #[error(
+        "spec.function {function:?}: {function} is inlined into every caller in {path} ({sites}{callers}) and has no code of its own to trace; build it with -fno-inline or mark it __attribute__((noinline)) (Go: //go:noinline, Rust: #[inline(never)]), or trace {caller} instead"
+    )]
+    Inlined {
+        function: String,
+        path: String,
+        sites: String,
+        callers: String,
+        caller: String,
     },
     #[error(
         "function {function} is ambiguous in {path}: it matches {candidates}; write the full name"
@@ -73,6 +85,10 @@ pub struct FunctionEntry {
     pub high_pc: u64,
     unit: usize,
     die: UnitOffset,
+    /// The abstract instance this is the code of (a function inlined elsewhere too).
+    abstract_origin: Option<usize>,
+    /// Its linkage (mangled) name (Rust, C++).
+    linkage: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -127,6 +143,22 @@ pub struct Dwarf {
     runtime_g: Option<TypeId>,
     /// Go struct types by name (for the dynamic types of interface values).
     go_structs: HashMap<String, TypeId>,
+    /// Rust's `alloc::string::String` and `alloc::vec::Vec<…>` types (read as [`Type::RustVec`]).
+    rust_vecs: HashSet<TypeId>,
+    /// Inlined copies by the abstract instance they are copies of.
+    inlined: HashMap<usize, Inlined>,
+    /// Names of the abstract instances of inlined functions (inlined somewhere), with their
+    /// offsets: the functions the compiler may have left no code of their own for.
+    abstracts: Vec<(String, usize)>,
+}
+
+/// Where the compiler inlined a function.
+#[derive(Clone, Debug, Default)]
+struct Inlined {
+    /// Inlined copies (DW_TAG_inlined_subroutine).
+    sites: u32,
+    /// Functions (indexes) the first copies are inside, up to [`CALLERS`].
+    callers: Vec<usize>,
 }
 
 fn section_data(file: &object::File<'_>, id: gimli::SectionId) -> Rc<[u8]> {
@@ -161,6 +193,9 @@ impl Dwarf {
             functions: Vec::new(),
             runtime_g: None,
             go_structs: HashMap::new(),
+            rust_vecs: HashSet::new(),
+            inlined: HashMap::new(),
+            abstracts: Vec::new(),
         };
         me.index().map_err(|source| DwarfError::Gimli {
             path: me.path.clone(),
@@ -180,12 +215,19 @@ impl Dwarf {
         self.headers.sort_by_key(|(o, _)| *o);
         let mut functions = Vec::new();
         let mut structs = HashMap::new();
+        let mut rust_vecs = HashSet::new();
+        let mut inlined: HashMap<usize, Inlined> = HashMap::new();
+        let mut abstracts: Vec<(usize, Option<String>)> = Vec::new();
         // Rust and C++: qualified names of subprogram declarations (a method's is inside its
         // type: `prog::Point::scaled`), and of functions whose code names them only through
         // DW_AT_specification / DW_AT_abstract_origin, fixed up once every unit is read.
         let mut declarations: HashMap<usize, String> = HashMap::new();
         let mut declared_by: HashMap<usize, usize> = HashMap::new();
         let mut named_by: Vec<(usize, usize)> = Vec::new();
+        // Linkage (mangled) names of Rust and C++ declarations and abstract instances, and the
+        // functions whose code takes its linkage name from one of them.
+        let mut linkages: HashMap<usize, String> = HashMap::new();
+        let mut linked_by: Vec<(usize, usize)> = Vec::new();
         for index in 0..self.headers.len() {
             let unit = self.unit_at(index)?;
             let language = language_of(&unit);
@@ -193,12 +235,33 @@ impl Dwarf {
             let mut depth = 0isize;
             // Enclosing namespaces (Rust, C++), with the depth they were seen at.
             let mut scopes: Vec<(isize, String)> = Vec::new();
+            // The function with code whose entries these are (its depth, its index), the caller
+            // of the inlined copies inside it.
+            let mut enclosing: Option<(isize, usize)> = None;
             while let Some((delta, entry)) = entries.next_dfs()? {
                 depth += delta;
                 while scopes.last().is_some_and(|(d, _)| *d >= depth) {
                     scopes.pop();
                 }
+                if enclosing.is_some_and(|(d, _)| d >= depth) {
+                    enclosing = None;
+                }
                 match entry.tag() {
+                    dw::DW_TAG_inlined_subroutine => {
+                        if let Some(origin) = entry
+                            .attr_value(dw::DW_AT_abstract_origin)?
+                            .and_then(|v| Self::reference(&unit, v))
+                        {
+                            let site = inlined.entry(origin).or_default();
+                            site.sites += 1;
+                            if let Some((_, caller)) = enclosing
+                                && !site.callers.contains(&caller)
+                                && site.callers.len() < CALLERS
+                            {
+                                site.callers.push(caller);
+                            }
+                        }
+                    }
                     dw::DW_TAG_namespace => {
                         let name = self.name_of(&unit, entry)?.unwrap_or_default();
                         scopes.push((depth, name));
@@ -217,6 +280,19 @@ impl Dwarf {
                         if matches!(language, Language::Rust | Language::Cpp) =>
                     {
                         if let Some(name) = self.name_of(&unit, entry)? {
+                            if language == Language::Rust
+                                && (name == "String" || name.starts_with("Vec<"))
+                                && let Some(o) = entry.offset().to_debug_info_offset(&unit.header)
+                            {
+                                let path: Vec<&str> =
+                                    scopes.iter().map(|(_, s)| s.as_str()).collect();
+                                let path = path.join("::");
+                                if (path == "alloc::string" && name == "String")
+                                    || (path == "alloc::vec" && name.starts_with("Vec<"))
+                                {
+                                    rust_vecs.insert(o.0);
+                                }
+                            }
                             scopes.push((depth, name));
                         }
                     }
@@ -227,7 +303,30 @@ impl Dwarf {
                             .to_debug_info_offset(&unit.header)
                             .map(|o| o.0);
                         let Some(low_pc) = self.low_pc(&unit, entry)? else {
+                            // The abstract instance of a function the compiler inlined: its
+                            // name, for saying so when it has no code of its own.
+                            if matches!(
+                                entry.attr_value(dw::DW_AT_inline)?,
+                                Some(AttributeValue::Inline(
+                                    dw::DW_INL_inlined | dw::DW_INL_declared_inlined
+                                ))
+                            ) && let Some(offset) = offset
+                            {
+                                let name = match self.name_of(&unit, entry)? {
+                                    Some(name) if qualified => {
+                                        let mut full: Vec<&str> =
+                                            scopes.iter().map(|(_, s)| s.as_str()).collect();
+                                        full.push(&name);
+                                        Some(full.join("::"))
+                                    }
+                                    other => other,
+                                };
+                                abstracts.push((offset, name));
+                            }
                             if qualified && let Some(offset) = offset {
+                                if let Some(linkage) = self.linkage_name(&unit, entry)? {
+                                    linkages.insert(offset, linkage);
+                                }
                                 if let Some(name) = self.name_of(&unit, entry)? {
                                     let mut full: Vec<&str> =
                                         scopes.iter().map(|(_, s)| s.as_str()).collect();
@@ -253,6 +352,17 @@ impl Dwarf {
                         {
                             named_by.push((functions.len(), origin));
                         }
+                        let linkage = if qualified {
+                            let own = self.linkage_name(&unit, entry)?;
+                            if own.is_none()
+                                && let Some(origin) = self.origin(&unit, entry)?
+                            {
+                                linked_by.push((functions.len(), origin));
+                            }
+                            own
+                        } else {
+                            None
+                        };
                         let name = if matches!(language, Language::Rust | Language::Cpp)
                             && !scopes.is_empty()
                         {
@@ -263,22 +373,42 @@ impl Dwarf {
                         } else {
                             name
                         };
+                        let abstract_origin = entry
+                            .attr_value(dw::DW_AT_abstract_origin)?
+                            .and_then(|v| Self::reference(&unit, v));
+                        enclosing = Some((depth, functions.len()));
                         functions.push(FunctionEntry {
                             name,
                             low_pc,
                             high_pc,
                             unit: index,
                             die: entry.offset(),
+                            abstract_origin,
+                            linkage,
                         });
                     }
                     _ => {}
                 }
             }
         }
-        for (index, mut origin) in named_by {
+        let resolve = |mut origin: usize| {
             for _ in 0..4 {
                 if let Some(name) = declarations.get(&origin) {
-                    functions[index].name = name.clone();
+                    return Some(name.clone());
+                }
+                origin = *declared_by.get(&origin)?;
+            }
+            None
+        };
+        for (index, origin) in named_by {
+            if let Some(name) = resolve(origin) {
+                functions[index].name = name;
+            }
+        }
+        for (index, mut origin) in linked_by {
+            for _ in 0..4 {
+                if let Some(linkage) = linkages.get(&origin) {
+                    functions[index].linkage = Some(linkage.clone());
                     break;
                 }
                 match declared_by.get(&origin) {
@@ -287,9 +417,17 @@ impl Dwarf {
                 }
             }
         }
+        // Only functions inlined somewhere matter: the others are found by their code.
+        self.abstracts = abstracts
+            .into_iter()
+            .filter(|(offset, _)| inlined.contains_key(offset))
+            .filter_map(|(offset, name)| Some((name.or_else(|| resolve(offset))?, offset)))
+            .collect();
+        self.inlined = inlined;
         self.functions = functions;
         self.runtime_g = structs.get("runtime.g").copied();
         self.go_structs = structs;
+        self.rust_vecs = rust_vecs;
         Ok(())
     }
 
@@ -322,6 +460,20 @@ impl Dwarf {
             Some(v) => Ok(self.dwarf.attr_address(unit, v)?.filter(|a| *a != 0)),
             None => Ok(None),
         }
+    }
+
+    fn linkage_name(
+        &self,
+        unit: &gimli::Unit<R>,
+        entry: &gimli::DebuggingInformationEntry<'_, '_, R>,
+    ) -> Result<Option<String>, gimli::Error> {
+        for at in [dw::DW_AT_linkage_name, dw::DW_AT_MIPS_linkage_name] {
+            if let Some(v) = entry.attr_value(at)? {
+                let s = self.dwarf.attr_string(unit, v)?;
+                return Ok(Some(s.to_string_lossy()?.into_owned()));
+            }
+        }
+        Ok(None)
     }
 
     fn name_of(
@@ -388,8 +540,11 @@ impl Dwarf {
     /// `(*Server).PlaceOrder`, `module::func`).
     pub fn find(&self, query: &str) -> Result<FunctionEntry, DwarfError> {
         let query = query.trim();
-        let exact: Vec<&FunctionEntry> =
+        let mut exact: Vec<&FunctionEntry> =
             self.functions.iter().filter(|f| f.name == query).collect();
+        if exact.is_empty() && is_mangled(query) {
+            exact = self.by_linkage_name(query);
+        }
         let matches = if exact.is_empty() {
             self.functions
                 .iter()
@@ -409,10 +564,22 @@ impl Dwarf {
         }
         match distinct.as_slice() {
             [one] => Ok((*one).clone()),
-            [] => Err(DwarfError::NotFound {
-                function: query.to_owned(),
-                path: self.path.clone(),
-                hint: self.suggest(query),
+            [] => Err(match self.inlined_only(query) {
+                Some((sites, callers)) => DwarfError::Inlined {
+                    function: query.to_owned(),
+                    path: self.path.clone(),
+                    sites: plural(sites, "call site"),
+                    caller: match callers.first() {
+                        Some(c) => format!("its caller {c}"),
+                        None => "its callers".into(),
+                    },
+                    callers: in_callers(&callers),
+                },
+                None => DwarfError::NotFound {
+                    function: query.to_owned(),
+                    path: self.path.clone(),
+                    hint: self.suggest(query),
+                },
             }),
             many => {
                 let mut names: Vec<String> = many
@@ -429,26 +596,88 @@ impl Dwarf {
         }
     }
 
-    /// Names close to `query`: same last segment up to a few typos, or containing it.
-    fn suggest(&self, query: &str) -> String {
-        let last = last_segment(query).to_ascii_lowercase();
-        let limit = (last.chars().count() / 3).max(2);
-        let mut scored: Vec<(usize, &str)> = self
+    /// Functions whose linkage name is `symbol` (a Rust `_ZN…E` or `_R…` symbol, a C++ `_Z…`
+    /// one), else, for a Rust legacy symbol, the same path with another hash (another build).
+    fn by_linkage_name(&self, symbol: &str) -> Vec<&FunctionEntry> {
+        let exact: Vec<&FunctionEntry> = self
             .functions
             .iter()
-            .filter_map(|f| {
-                let seg = last_segment(&f.name).to_ascii_lowercase();
-                if seg.contains(&last) {
-                    return Some((0, f.name.as_str()));
-                }
-                let d = edit_distance(&seg, &last);
-                (d <= limit).then_some((d, f.name.as_str()))
-            })
+            .filter(|f| f.linkage.as_deref() == Some(symbol))
             .collect();
-        scored.sort_by_key(|(d, n)| (*d, n.len(), *n));
-        let mut names: Vec<&str> = scored.into_iter().map(|(_, n)| n).collect();
-        names.dedup();
-        names.truncate(SUGGESTIONS);
+        if !exact.is_empty() {
+            return exact;
+        }
+        let Some(path) = without_rust_hash(symbol) else {
+            return Vec::new();
+        };
+        self.functions
+            .iter()
+            .filter(|f| {
+                f.linkage
+                    .as_deref()
+                    .and_then(without_rust_hash)
+                    .is_some_and(|p| p == path)
+            })
+            .collect()
+    }
+
+    /// Where a function with code of its own is inlined too: `(copies, names of the functions
+    /// they are in)`; None when it is not.
+    pub fn inlined(&self, f: &FunctionEntry) -> Option<(u32, Vec<String>)> {
+        let inlined = self.inlined.get(&f.abstract_origin?)?;
+        Some((inlined.sites, self.caller_names(inlined)))
+    }
+
+    /// `query` names (exactly, else as a unique word suffix) a function that has no code of its
+    /// own, only inlined copies: `(copies, names of the functions they are in)`.
+    fn inlined_only(&self, query: &str) -> Option<(u32, Vec<String>)> {
+        let exact: Vec<usize> = self
+            .abstracts
+            .iter()
+            .filter(|(name, _)| name == query)
+            .map(|(_, o)| *o)
+            .collect();
+        let found = if exact.is_empty() {
+            self.abstracts
+                .iter()
+                .filter(|(name, _)| is_word_suffix(name, query))
+                .map(|(_, o)| *o)
+                .collect()
+        } else {
+            exact
+        };
+        let mut sites = 0;
+        let mut callers = Vec::new();
+        for offset in found {
+            let Some(inlined) = self.inlined.get(&offset) else {
+                continue;
+            };
+            sites += inlined.sites;
+            for name in self.caller_names(inlined) {
+                if !callers.contains(&name) {
+                    callers.push(name);
+                }
+            }
+        }
+        (sites > 0).then_some((sites, callers))
+    }
+
+    fn caller_names(&self, inlined: &Inlined) -> Vec<String> {
+        let mut names: Vec<String> = inlined
+            .callers
+            .iter()
+            .filter_map(|i| self.functions.get(*i))
+            .map(|f| f.name.clone())
+            .collect();
+        if inlined.sites as usize > names.len() && names.len() == CALLERS {
+            names.push("…".into());
+        }
+        names
+    }
+
+    /// "Did you mean" for `query`, as the end of a NotFound message.
+    fn suggest(&self, query: &str) -> String {
+        let names = suggestions(self.functions.iter().map(|f| f.name.as_str()), query);
         if names.is_empty() {
             "; no function has a similar name (is it inlined? mark it //go:noinline or noinline)"
                 .to_owned()
@@ -823,6 +1052,11 @@ impl Dwarf {
                         None => None,
                     };
                     Type::RustSlice { name, elem, is_str }
+                } else if let Some(vec) = match self.rust_vecs.contains(&id) {
+                    true => self.rust_vec(&unit, local, &name, &fields, byte_size, depth)?,
+                    false => None,
+                } {
+                    vec
                 } else if matches!(
                     entry.attr_value(dw::DW_AT_declaration)?,
                     Some(AttributeValue::Flag(true))
@@ -866,6 +1100,99 @@ impl Dwarf {
             },
         };
         Ok(t)
+    }
+
+    /// Rust's `String` or `Vec<T>` (`fields`: its members) as a [`Type::RustVec`]; None when its
+    /// layout is not one this recognises (it is then shown as the struct it is). A `String` is
+    /// its `vec`; a `Vec`'s length is `len` and its data pointer is found in `buf` through members
+    /// named `inner`, `ptr` and `pointer` (`RawVec { inner: RawVecInner { ptr: Unique { pointer:
+    /// NonNull { pointer } } } }` today, `RawVec { ptr: Unique { pointer } }` in older releases).
+    fn rust_vec(
+        &mut self,
+        unit: &gimli::Unit<R>,
+        at: UnitOffset,
+        name: &str,
+        fields: &[Field],
+        size: Option<u64>,
+        depth: u32,
+    ) -> Result<Option<Type>, gimli::Error> {
+        let Some(size) = size else {
+            return Ok(None);
+        };
+        if let Some(vec) = fields.iter().find(|f| f.name == "vec") {
+            return Ok(match self.ty_depth(vec.ty, depth + 1)? {
+                Type::RustVec { ptr, len, .. } => Some(Type::RustVec {
+                    name: name.to_owned(),
+                    size,
+                    ptr: vec.offset + ptr,
+                    len: vec.offset + len,
+                    elem: None,
+                }),
+                _ => None,
+            });
+        }
+        let (Some(buf), Some(len)) = (
+            fields.iter().find(|f| f.name == "buf"),
+            fields.iter().find(|f| f.name == "len"),
+        ) else {
+            return Ok(None);
+        };
+        let Some(ptr) = self.data_pointer(buf.ty, depth + 1)? else {
+            return Ok(None);
+        };
+        let Some(elem) = self.template_type(unit, at, "T")? else {
+            return Ok(None);
+        };
+        Ok(Some(Type::RustVec {
+            name: name.to_owned(),
+            size,
+            ptr: buf.offset + ptr,
+            len: len.offset,
+            elem: Some(elem),
+        }))
+    }
+
+    /// Offset of the data pointer inside a `Vec`'s buffer type, walking members by name.
+    fn data_pointer(&mut self, ty: TypeId, depth: u32) -> Result<Option<u64>, gimli::Error> {
+        if depth > 12 {
+            return Ok(None);
+        }
+        match self.ty_depth(ty, depth)? {
+            Type::Pointer { .. } => Ok(Some(0)),
+            Type::Struct { fields, .. } => {
+                for want in ["inner", "ptr", "pointer"] {
+                    if let Some(f) = fields.iter().find(|f| f.name == want) {
+                        return Ok(self.data_pointer(f.ty, depth + 1)?.map(|o| f.offset + o));
+                    }
+                }
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The type of the template type parameter `name` of the type at `at` (`T` of `Vec<T, A>`).
+    fn template_type(
+        &self,
+        unit: &gimli::Unit<R>,
+        at: UnitOffset,
+        name: &str,
+    ) -> Result<Option<TypeId>, gimli::Error> {
+        let mut tree = unit.entries_tree(Some(at))?;
+        let root = tree.root()?;
+        let mut children = root.children();
+        while let Some(child) = children.next()? {
+            let e = child.entry();
+            if e.tag() != dw::DW_TAG_template_type_parameter {
+                continue;
+            }
+            if self.name_of(unit, e)?.as_deref() == Some(name) {
+                return Ok(e
+                    .attr_value(dw::DW_AT_type)?
+                    .and_then(|v| Self::reference(unit, v)));
+            }
+        }
+        Ok(None)
     }
 
     fn fields(&self, unit: &gimli::Unit<R>, at: UnitOffset) -> Result<Vec<Field>, gimli::Error> {
@@ -1001,6 +1328,87 @@ fn has_variant_part(unit: &gimli::Unit<R>, at: UnitOffset) -> Result<bool, gimli
     Ok(false)
 }
 
+/// Up to [`SUGGESTIONS`] of `names` close to `query`: same last segment up to a few typos, or
+/// containing it. Names whose last components are the query's (`main.(*Server).Handle` for
+/// `Server.Handle`) come first, the more components the earlier; then the closest, then the
+/// shortest.
+fn suggestions<'a>(names: impl Iterator<Item = &'a str>, query: &str) -> Vec<&'a str> {
+    let last = last_segment(query).to_ascii_lowercase();
+    let wanted = components(query);
+    let limit = (last.chars().count() / 3).max(2);
+    let mut scored: Vec<(std::cmp::Reverse<usize>, usize, &str)> = names
+        .filter_map(|name| {
+            let seg = last_segment(name).to_ascii_lowercase();
+            let d = if seg.contains(&last) {
+                0
+            } else {
+                edit_distance(&seg, &last)
+            };
+            if d > limit {
+                return None;
+            }
+            let same = components(name)
+                .iter()
+                .rev()
+                .zip(wanted.iter().rev())
+                .take_while(|(a, b)| a == b)
+                .count();
+            Some((std::cmp::Reverse(same), d, name))
+        })
+        .collect();
+    scored.sort_by_key(|(same, d, n)| (*same, *d, n.len(), *n));
+    let mut names: Vec<&str> = scored.into_iter().map(|(_, _, n)| n).collect();
+    names.dedup();
+    names.truncate(SUGGESTIONS);
+    names
+}
+
+/// The name's identifiers: `main.(*Server).Handle` → `main`, `Server`, `Handle`.
+fn components(name: &str) -> Vec<&str> {
+    name.split(['.', ':', '/', ')', '*', '(', ' '])
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// A mangled symbol: Itanium C++ or Rust legacy (`_Z`), Rust v0 (`_R`).
+fn is_mangled(name: &str) -> bool {
+    (name.starts_with("_Z") || name.starts_with("_R"))
+        && name.len() > 3
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_$.".contains(&b))
+}
+
+/// A Rust legacy symbol without its hash: `_ZN4prog5greet17h0123456789abcdefE` →
+/// `_ZN4prog5greet`; None for other symbols.
+fn without_rust_hash(symbol: &str) -> Option<&str> {
+    let body = symbol.strip_prefix("_ZN")?.strip_suffix('E')?;
+    let (path, hash) = body.split_at_checked(body.len().checked_sub(19)?)?;
+    let digits = hash.strip_prefix("17h")?;
+    digits
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit())
+        .then_some(&symbol[..3 + path.len()])
+}
+
+/// `, in main, serve` (nothing when no caller is known).
+pub fn in_callers(callers: &[String]) -> String {
+    if callers.is_empty() {
+        String::new()
+    } else {
+        format!(", in {}", callers.join(", "))
+    }
+}
+
+/// `1 call site`, `3 call sites`.
+pub fn plural(n: u32, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 fn last_segment(name: &str) -> &str {
     name.rsplit(['.', ':', '/', ')', '*', '('])
         .find(|s| !s.is_empty())
@@ -1048,6 +1456,48 @@ mod tests {
             super::last_segment("main.(*Server).PlaceOrder"),
             "PlaceOrder"
         );
+    }
+
+    #[test]
+    fn suggestions_whose_last_components_match_come_first() {
+        let names = [
+            "runtime.sighandler",
+            "runtime.badsignalhandler",
+            "main.handler",
+            "net/http.(*ServeMux).Handle",
+            "main.(*Server).Handle",
+            "main.(*Server).Handler",
+        ];
+        assert_eq!(
+            super::suggestions(names.into_iter(), "Server.Handle"),
+            [
+                "main.(*Server).Handle",
+                "net/http.(*ServeMux).Handle",
+                "main.handler",
+                "runtime.sighandler",
+                "main.(*Server).Handler",
+            ]
+        );
+        // The query's whole path beats its last component alone.
+        assert_eq!(
+            super::suggestions(
+                ["a.(*Client).Get", "b.(*Cache).Get"].into_iter(),
+                "Cache.Get"
+            )[0],
+            "b.(*Cache).Get"
+        );
+    }
+
+    #[test]
+    fn rust_legacy_symbols_lose_only_their_hash() {
+        assert_eq!(
+            super::without_rust_hash("_ZN8rustprog5Point6scaled17h0123456789abcdefE"),
+            Some("_ZN8rustprog5Point6scaled")
+        );
+        assert_eq!(super::without_rust_hash("_ZN8rustprog5greetE"), None);
+        assert_eq!(super::without_rust_hash("_RNvCs1234_8rustprog5greet"), None);
+        assert!(super::is_mangled("_RNvCs1234_8rustprog5greet"));
+        assert!(!super::is_mangled("main.(*Server).Handle"));
     }
 
     #[test]

@@ -136,7 +136,7 @@ fn parts_of(
             out.push((base, half, true));
             out.push((base + half, half, true));
         }
-        Type::Unsupported { .. } => return Ok(false),
+        Type::Unsupported { .. } | Type::RustVec { .. } => return Ok(false),
     }
     Ok(true)
 }

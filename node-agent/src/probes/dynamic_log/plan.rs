@@ -577,6 +577,11 @@ impl Builder<'_> {
                         Type::RustSlice {
                             elem: Some(elem), ..
                         } => (*elem, self.deref(field(place.clone(), 0, 8)?)?),
+                        Type::RustVec {
+                            elem: Some(elem),
+                            ptr,
+                            ..
+                        } => (*elem, self.deref(field(place.clone(), *ptr, 8)?)?),
                         other => {
                             return Err(Fail::Resolve(format!(
                                 "{walked} has type {} which cannot be indexed",
@@ -597,6 +602,10 @@ impl Builder<'_> {
                 Type::GoString | Type::GoSlice { .. } | Type::RustSlice { .. } => {
                     let p = field(place, 8, 8)?;
                     self.scalar(side, p, Scalar::Int { signed: true }, 8, "int")?
+                }
+                Type::RustVec { len, .. } => {
+                    let p = field(place, *len, 8)?;
+                    self.scalar(side, p, Scalar::Int { signed: true }, 8, "usize")?
                 }
                 Type::Array { count, .. } => Render::Const(*count as i64),
                 other => {
@@ -749,7 +758,7 @@ impl Builder<'_> {
                         self.bytes(side, place, None, kind::CSTR, self.max_bytes)?;
                         Ok(Render::Str)
                     }
-                    Some(Type::Struct { .. }) if depth == 0 => {
+                    Some(Type::Struct { .. } | Type::RustVec { .. }) if depth == 0 => {
                         let target = self.deref(place)?;
                         self.render(side, target, to.unwrap_or_default(), depth)
                     }
@@ -772,31 +781,31 @@ impl Builder<'_> {
             | Type::RustSlice {
                 elem: Some(elem), ..
             } => {
-                let et = self.dwarf.ty(*elem)?;
                 let ptr = field(place.clone(), 0, 8)?;
                 let len = field(place, 8, 8)?;
-                match scalar_kind(&et) {
-                    Some((Scalar::Int { signed: false }, 1)) => {
-                        self.bytes(side, ptr, Some((len, 0)), kind::BYTES, self.max_bytes)?;
-                        Ok(Render::Hex)
-                    }
-                    Some((k, size)) if size.is_power_of_two() => {
-                        let shift = size.trailing_zeros() as u8;
-                        self.bytes(side, ptr, Some((len, shift)), kind::BYTES, self.max_bytes)?;
-                        Ok(Render::Elems {
-                            kind: k,
-                            size: size as u8,
-                        })
-                    }
-                    _ => {
-                        // Elements that need their own reads: show the length.
-                        let r = self.scalar(side, len, Scalar::Int { signed: true }, 8, "int")?;
-                        Ok(Render::Struct {
-                            fields: vec![("len".into(), r)],
-                            truncated: true,
-                        })
-                    }
-                }
+                self.elements(side, ptr, len, *elem)
+            }
+            // Rust `String`: its bytes as text, like a Go string.
+            Type::RustVec {
+                ptr,
+                len,
+                elem: None,
+                ..
+            } => {
+                let data = field(place.clone(), *ptr, 8)?;
+                let len = field(place, *len, 8)?;
+                self.bytes(side, data, Some((len, 0)), kind::BYTES, self.max_bytes)?;
+                Ok(Render::Str)
+            }
+            Type::RustVec {
+                ptr,
+                len,
+                elem: Some(elem),
+                ..
+            } => {
+                let data = field(place.clone(), *ptr, 8)?;
+                let len = field(place, *len, 8)?;
+                self.elements(side, data, len, *elem)
             }
             Type::Array {
                 elem, count, size, ..
@@ -885,6 +894,40 @@ impl Builder<'_> {
                 ty: name.clone(),
                 why: why.clone(),
             }),
+        }
+    }
+
+    /// The elements of a slice or vector (`ptr`: its data pointer, `len`: its length): one read of
+    /// consecutive scalars (bytes as hex), else the length alone.
+    fn elements(
+        &mut self,
+        side: Side,
+        ptr: Place,
+        len: Place,
+        elem: TypeId,
+    ) -> Result<Render, Fail> {
+        let et = self.dwarf.ty(elem)?;
+        match scalar_kind(&et) {
+            Some((Scalar::Int { signed: false }, 1)) => {
+                self.bytes(side, ptr, Some((len, 0)), kind::BYTES, self.max_bytes)?;
+                Ok(Render::Hex)
+            }
+            Some((k, size)) if size.is_power_of_two() => {
+                let shift = size.trailing_zeros() as u8;
+                self.bytes(side, ptr, Some((len, shift)), kind::BYTES, self.max_bytes)?;
+                Ok(Render::Elems {
+                    kind: k,
+                    size: size as u8,
+                })
+            }
+            _ => {
+                // Elements that need their own reads: show the length.
+                let r = self.scalar(side, len, Scalar::Int { signed: true }, 8, "int")?;
+                Ok(Render::Struct {
+                    fields: vec![("len".into(), r)],
+                    truncated: true,
+                })
+            }
         }
     }
 

@@ -1,5 +1,5 @@
 //! The types of traced values, as far as capturing and rendering them needs: read from DWARF by
-//! [`super::dwarf`], language details (Go strings, slices, interfaces; Rust `&str`) already recognised.
+//! [`super::dwarf`], language details (Go strings, slices, interfaces; Rust `&str`, `String`, `Vec`) already recognised.
 
 /// Offset of the type's DIE in `.debug_info`: a stable identity for memoising and cycles.
 pub type TypeId = usize;
@@ -55,6 +55,18 @@ pub enum Type {
         elem: Option<TypeId>,
         is_str: bool,
     },
+    /// Rust `String` and `Vec<T>`: an owned buffer whose data pointer and length sit in nested
+    /// structs that differ across Rust versions, so [`super::dwarf`] finds them by member name.
+    RustVec {
+        name: String,
+        size: u64,
+        /// Byte offset of the data pointer inside the value.
+        ptr: u64,
+        /// Byte offset of the length (in elements) inside the value.
+        len: u64,
+        /// The element type; None for `String`, whose bytes are UTF-8 text.
+        elem: Option<TypeId>,
+    },
     /// A type DynamicLog cannot capture; `why` says what it is.
     Unsupported {
         name: String,
@@ -81,6 +93,7 @@ impl Type {
             | Type::GoSlice { name, .. }
             | Type::GoInterface { name, .. }
             | Type::RustSlice { name, .. }
+            | Type::RustVec { name, .. }
             | Type::Unsupported { name, .. } => name,
             Type::GoString => "string",
         }
@@ -92,7 +105,9 @@ impl Type {
             Type::Int { size, .. } | Type::Float { size, .. } => u64::from(*size),
             Type::Bool { .. } => 1,
             Type::Pointer { .. } => 8,
-            Type::Struct { size, .. } | Type::Array { size, .. } => *size,
+            Type::Struct { size, .. } | Type::Array { size, .. } | Type::RustVec { size, .. } => {
+                *size
+            }
             Type::GoString | Type::GoInterface { .. } | Type::RustSlice { .. } => 16,
             Type::GoSlice { .. } => 24,
             Type::Unsupported { .. } => 0,
