@@ -40,10 +40,20 @@ fn secret_header_named(name: &[u8]) -> bool {
     }
 }
 
-/// Does a value under the key `key` hold a secret?
+/// Does a value under the key `key` hold a secret? The names every protocol redacts, and the
+/// signatures of pre-signed URLs (`X-Amz-Signature` of S3 and MinIO, `X-Goog-Signature`, Azure
+/// SAS's `sig`): whoever holds one may fetch or upload the object until it expires, while the
+/// `X-Amz-Credential` beside it only names the key that signed.
 fn secret_key(key: &str) -> bool {
-    secret_name(key.as_bytes())
+    let key = key.as_bytes();
+    secret_name(key)
+        || key.eq_ignore_ascii_case(b"sig")
+        || key
+            .windows(SIGNATURE.len())
+            .any(|w| w.eq_ignore_ascii_case(SIGNATURE))
 }
+
+const SIGNATURE: &[u8] = b"signature";
 
 /// `path` with the values of secret query parameters redacted; None when it has none.
 pub fn query(path: &str) -> Option<String> {
@@ -176,6 +186,26 @@ mod tests {
         assert_eq!(query("/items?page=2&sort=name"), None);
         assert_eq!(query("/plain"), None);
         assert_eq!(query("/t?token="), None, "nothing to hide");
+    }
+
+    #[test]
+    fn the_signatures_of_pre_signed_urls_are_redacted() {
+        // What boto3's generate_presigned_url hands out for a GET from S3 (or MinIO in the cluster).
+        assert_eq!(
+            query("/bucket/report.pdf?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIAEXAMPLE%2F20261207%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20261207T090000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0").as_deref(),
+            Some("/bucket/report.pdf?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=<redacted>&X-Amz-Date=20261207T090000Z&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=<redacted>")
+        );
+        assert_eq!(
+            query("/o/a.png?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Signature=8a7b").as_deref(),
+            Some("/o/a.png?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Signature=<redacted>")
+        );
+        // An Azure SAS token.
+        assert_eq!(
+            query("/c/b.txt?sv=2022-11-02&se=2026-12-08T00%3A00%3A00Z&sr=b&sp=r&sig=AbC%2Bd%3D")
+                .as_deref(),
+            Some("/c/b.txt?sv=2022-11-02&se=2026-12-08T00%3A00%3A00Z&sr=b&sp=r&sig=<redacted>")
+        );
+        assert_eq!(query("/search?signal=1&design=x"), None);
     }
 
     #[test]

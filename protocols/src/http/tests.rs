@@ -45,7 +45,10 @@ fn detect_accepts_request_and_status_lines_only() {
         80
     ));
     assert!(detect(Direction::Egress, b"OPTIONS * HTTP/1.1\r\n", 80));
-    assert!(!detect(Direction::Egress, b"GETX / HTTP/1.1\r\n", 80));
+    assert!(
+        !detect(Direction::Egress, b"GETX / HTTP/1.1", 80),
+        "no line end"
+    );
     assert!(!detect(Direction::Egress, b"GET  /", 80));
     assert!(!detect(Direction::Egress, b"HTTP/2 200\r\n", 80));
     assert!(!detect(Direction::Egress, b"\x16\x03\x01\x02\x00", 443));
@@ -307,6 +310,46 @@ fn garbage_is_an_error_and_parsing_resumes_at_the_next_request() {
     feed(&mut p, Direction::Ingress, 200, OK_2, &mut out);
     assert_eq!(out.len(), 1);
     assert_eq!(text(&out[0], "req_path"), "/b");
+}
+
+#[test]
+fn a_connection_whose_first_request_has_another_method_is_detected_by_its_whole_line() {
+    // A WebDAV client's first request (davfs2, Nextcloud's desktop client), a cache purge.
+    let propfind: &[u8] = b"PROPFIND /remote.php/dav/files/ann/ HTTP/1.1\r\nHost: cloud\r\nDepth: 1\r\nContent-Length: 0\r\n\r\n";
+    assert!(detect(Direction::Ingress, propfind, 80));
+    assert!(detect(
+        Direction::Egress,
+        b"PURGE /img/logo.png HTTP/1.1\r\n",
+        80
+    ));
+    assert_eq!(
+        detect::role(Direction::Ingress, propfind),
+        Some(Role::Server)
+    );
+    assert_eq!(
+        detect::role(Direction::Egress, propfind),
+        Some(Role::Client)
+    );
+    // Text that is no HTTP request line.
+    for other in [
+        &b"PROPFIND /dav\r\n"[..],
+        b"PROPFIND /dav HTTP/2\r\n",
+        b"DESCRIBE rtsp://cam/1 RTSP/1.0\r\n",
+        b"INVITE sip:ann@example.com SIP/2.0\r\n",
+        b"+OK POP3 server ready\r\n",
+        b"EHLO mail.example.com\r\n",
+        b"PROP FIND /dav HTTP/1.1\r\n",
+        // What is left of `POST /a HTTP/1.1` after a loss.
+        b"OST /a HTTP/1.1\r\n",
+        b"T /a HTTP/1.1\r\n",
+        b"PROPFIND /dav HTTP/1.1",
+    ] {
+        assert!(
+            !detect(Direction::Egress, other, 80),
+            "{}",
+            String::from_utf8_lossy(other)
+        );
+    }
 }
 
 #[test]

@@ -264,7 +264,18 @@ impl Conn {
             // bytes are a gap of known length.
             if gap > 0 {
                 match &mut self.protocol {
-                    Protocol::Parsing { parser, .. } => parser.gap(dir, gap),
+                    Protocol::Parsing { kind, parser } => {
+                        if *kind == Kind::Http {
+                            // The HTTP parser dates a message that a gap ends by its last bytes
+                            // seen: an empty feed first tells it when this syscall ran, or a
+                            // static file's answer sent by sendfile ended at its head's write.
+                            if let Err(e) = parser.feed(dir, ts_ns, &[], &mut fed.records) {
+                                fed.error = Some(e);
+                            }
+                            self.produced |= !fed.records.is_empty() || fed.error.is_some();
+                        }
+                        parser.gap(dir, gap);
+                    }
                     // What came before the gap does not continue after it.
                     Protocol::Detecting { head, .. } => head.clear(),
                     Protocol::Unknown => {}
@@ -307,10 +318,9 @@ impl Conn {
                     {
                         self.transport = Transport::Udp;
                     }
-                    let role = *self.role.get_or_insert(match dir {
-                        Direction::Egress => Role::Client,
-                        Direction::Ingress => Role::Server,
-                    });
+                    let role = *self
+                        .role
+                        .get_or_insert_with(|| first_role(kind, dir, probe));
                     let config = self
                         .route
                         .as_ref()
@@ -375,6 +385,23 @@ impl Conn {
     pub fn silent_protocol(&self) -> Option<Kind> {
         self.kind().filter(|_| !self.produced)
     }
+}
+
+/// The traced process's side of a connection not seen opened, from its first bytes seen, going
+/// `dir`. HTTP tells a request from a response: a connection traced from the middle of an
+/// exchange (the process selected, or the agent started, while a request was in flight) is first
+/// seen at the response, and taken by its direction alone, a server writing it became a client
+/// whose every later request failed to parse as a response. Other protocols: whoever spoke first
+/// is the client.
+fn first_role(kind: Kind, dir: Direction, head: &[u8]) -> Role {
+    let by_content = match kind {
+        Kind::Http => sonde_protocols::http::detect::role(dir, head),
+        _ => None,
+    };
+    by_content.unwrap_or(match dir {
+        Direction::Egress => Role::Client,
+        Direction::Ingress => Role::Server,
+    })
 }
 
 /// Whether `msg` starts with a DNS-over-TCP length prefix covering one or more whole messages
@@ -603,6 +630,107 @@ mod tests {
         // The unanswered query expires into a record: the bytes were understood.
         conn.expire(u64::MAX, &mut Vec::new());
         assert_eq!(conn.silent_protocol(), None);
+    }
+
+    /// A Go net/http server's answer to `GET /slow` (2 s), as it wrote it.
+    const GO_SLOW_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nDate: Mon, 07 Dec 2026 08:35:01 GMT\r\nContent-Length: 5\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nslow\n";
+    const GO_HI_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nDate: Mon, 07 Dec 2026 08:35:02 GMT\r\nContent-Length: 11\r\nContent-Type: text/plain; charset=utf-8\r\n\r\ngo says hi\n";
+    const AFTER_REQUEST: &[u8] =
+        b"GET /after/0 HTTP/1.1\r\nHost: 127.0.0.1:8201\r\nAccept-Encoding: identity\r\n\r\n";
+
+    /// Feeds `(direction, bytes)` in turn as one syscall each, then closes: the records made and
+    /// the parse errors reported.
+    fn exchange(conn: &mut Conn, steps: &[(Direction, &[u8])]) -> (Vec<Record>, Vec<&'static str>) {
+        let (mut records, mut errors) = (Vec::new(), Vec::new());
+        let (mut sent, mut received) = (0u64, 0u64);
+        for (i, (dir, bytes)) in steps.iter().enumerate() {
+            let pos = match dir {
+                Direction::Egress => &mut sent,
+                Direction::Ingress => &mut received,
+            };
+            let len = bytes.len() as u64;
+            let fed = conn.feed(*dir, i as u64 + 1, *pos, bytes, Some(len), Vec::new());
+            *pos += len;
+            records.extend(fed.records);
+            errors.extend(fed.error.map(|e| e.reason));
+        }
+        conn.expire(u64::MAX, &mut records);
+        (records, errors)
+    }
+
+    #[test]
+    fn a_keep_alive_connection_first_seen_at_the_response_a_server_writes_is_the_server_s() {
+        // Selected while `GET /slow` was in flight: the first bytes seen are the server's answer.
+        let mut conn = Conn::new(1, 4, 0, route_of(Kind::Http));
+        let (records, errors) = exchange(
+            &mut conn,
+            &[
+                (Direction::Egress, GO_SLOW_RESPONSE),
+                (Direction::Ingress, AFTER_REQUEST),
+                (Direction::Egress, GO_HI_RESPONSE),
+            ],
+        );
+        assert_eq!(conn.role, Some(Role::Server));
+        assert_eq!(errors, Vec::<&str>::new());
+        assert_eq!(records.len(), 1, "GET /after/0 and its answer");
+        assert_eq!(records[0].latency_ns, Some(1));
+    }
+
+    #[test]
+    fn a_keep_alive_connection_first_seen_at_the_response_a_client_reads_is_the_client_s() {
+        let mut conn = Conn::new(1, 4, 0, route_of(Kind::Http));
+        let (records, errors) = exchange(
+            &mut conn,
+            &[
+                (Direction::Ingress, GO_SLOW_RESPONSE),
+                (Direction::Egress, AFTER_REQUEST),
+                (Direction::Ingress, GO_HI_RESPONSE),
+            ],
+        );
+        assert_eq!(conn.role, Some(Role::Client));
+        assert_eq!(errors, Vec::<&str>::new());
+        assert_eq!(records.len(), 1, "GET /after/0 and its answer");
+    }
+
+    #[test]
+    fn an_answer_whose_body_goes_by_sendfile_ends_with_its_last_sendfile() {
+        // nginx with `sendfile on`: the head by writev, the file by sendfile calls, whose bytes
+        // come as data events without data.
+        let mut conn = Conn::new(1, 4, 0, route_of(Kind::Http));
+        let request: &[u8] = b"GET /big.bin HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        let head: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nContent-Type: application/octet-stream\r\nContent-Length: 5242880\r\n\r\n";
+        let fed = conn.feed(
+            Direction::Ingress,
+            1_000,
+            0,
+            request,
+            Some(request.len() as u64),
+            Vec::new(),
+        );
+        assert_eq!(fed.detected, Some(Kind::Http));
+        conn.feed(
+            Direction::Egress,
+            2_000,
+            0,
+            head,
+            Some(head.len() as u64),
+            Vec::new(),
+        );
+        let mut pos = head.len() as u64;
+        let mut records = Vec::new();
+        for (ts, sent) in [
+            (50_000, 2_097_152),
+            (90_000, 2_097_152),
+            (170_000, 1_048_576),
+        ] {
+            pos += sent;
+            let fed = conn.feed(Direction::Egress, ts, pos, b"", Some(sent), Vec::new());
+            assert!(fed.error.is_none());
+            records.extend(fed.records);
+        }
+        conn.expire(0, &mut records);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].latency_ns, Some(170_000 - 1_000));
     }
 
     #[test]

@@ -1,6 +1,12 @@
 //! Metrics of protocol tracing: RED histograms named after the OpenTelemetry semantic conventions,
 //! capture losses and parse failures. Every label value is bounded: target identity (pods of this
-//! node), and method/status/operation names the parsers take from fixed sets.
+//! node), and method/status/operation names the parsers take from fixed sets. Targets come and go
+//! (pods are replaced, short-lived programs exit): the series of one no longer traced are removed
+//! after [`GONE_TARGET_TTL`], so a node's series do not grow with every pod it ever ran.
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -67,6 +73,42 @@ pub struct DnsLabels {
     pub error_type: &'static str,
 }
 
+/// How long the RED series of a target no longer traced (its pod deleted, its program exited, its
+/// Tracepoint removed) stay: longer than any usual scrape interval, so that its last requests are
+/// scraped; a target traced again within it keeps its series.
+pub const GONE_TARGET_TTL: Duration = Duration::from_secs(300);
+
+/// One RED series' labels, by family.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub enum RedLabels {
+    HttpServer(HttpLabels),
+    HttpClient(HttpLabels),
+    Dns(DnsLabels),
+    Db(DbLabels),
+}
+
+impl RedLabels {
+    fn target(&self) -> &TargetLabels {
+        match self {
+            RedLabels::HttpServer(l) | RedLabels::HttpClient(l) => &l.target,
+            RedLabels::Dns(l) => &l.target,
+            RedLabels::Db(l) => &l.target,
+        }
+    }
+}
+
+/// The RED series made for each target, and since when the target is no longer traced.
+#[derive(Debug, Default)]
+struct RedSeries {
+    targets: HashMap<TargetLabels, TargetSeries>,
+}
+
+#[derive(Debug, Default)]
+struct TargetSeries {
+    labels: HashSet<RedLabels>,
+    gone_since: Option<Instant>,
+}
+
 /// Every metric of the protocols runtime; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ProtocolMetrics {
@@ -79,6 +121,9 @@ pub struct ProtocolMetrics {
     pub http_client: Histograms<HttpLabels>,
     pub dns: Histograms<DnsLabels>,
     pub db: Histograms<DbLabels>,
+    /// Every RED series made, by target: kept here rather than by one runtime, so that the
+    /// series of a runtime stopped and started again are still removed once their target goes.
+    made: Arc<Mutex<RedSeries>>,
 }
 
 impl Default for ProtocolMetrics {
@@ -91,6 +136,7 @@ impl Default for ProtocolMetrics {
             http_client: Family::new_with_constructor(histogram),
             dns: Family::new_with_constructor(histogram),
             db: Family::new_with_constructor(histogram),
+            made: Arc::default(),
         }
     }
 }
@@ -110,6 +156,50 @@ pub const FD_GONE: &str = "fd_gone";
 const AGENT_DROP_REASONS: [&str; 4] = [DECODE_ERROR, ADDRESSES_UNKNOWN, UNROUTED, FD_GONE];
 
 impl ProtocolMetrics {
+    /// The histogram of `labels`, made if need be and noted for [`Self::prune`].
+    pub fn histogram(&self, labels: RedLabels) -> Histogram {
+        let histogram = match &labels {
+            RedLabels::HttpServer(l) => self.http_server.get_or_create(l).clone(),
+            RedLabels::HttpClient(l) => self.http_client.get_or_create(l).clone(),
+            RedLabels::Dns(l) => self.dns.get_or_create(l).clone(),
+            RedLabels::Db(l) => self.db.get_or_create(l).clone(),
+        };
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        let target = made.targets.entry(labels.target().clone()).or_default();
+        target.gone_since = None;
+        target.labels.insert(labels);
+        histogram
+    }
+
+    /// Removes the series of the targets that `traced` has not held for [`GONE_TARGET_TTL`] up
+    /// to `now`; true if any went (handles to them must be dropped: what they observe would be
+    /// seen by no one).
+    pub fn prune(&self, traced: &HashSet<TargetLabels>, now: Instant) -> bool {
+        let mut made = self.made.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut removed = false;
+        made.targets.retain(|target, series| {
+            if traced.contains(target) {
+                series.gone_since = None;
+                return true;
+            }
+            let since = *series.gone_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < GONE_TARGET_TTL {
+                return true;
+            }
+            for labels in &series.labels {
+                match labels {
+                    RedLabels::HttpServer(l) => self.http_server.remove(l),
+                    RedLabels::HttpClient(l) => self.http_client.remove(l),
+                    RedLabels::Dns(l) => self.dns.remove(l),
+                    RedLabels::Db(l) => self.db.remove(l),
+                };
+            }
+            removed = true;
+            false
+        });
+        removed
+    }
+
     pub fn register(registry: &mut Registry) -> ProtocolMetrics {
         let m = ProtocolMetrics::default();
         // Every reason exists from the start, so "no loss" reads as 0 rather than as absent.

@@ -21,7 +21,7 @@ use super::conn::{Conn, Evidence, Protocol};
 use super::events::{Event, decode};
 use super::metrics::{
     ADDRESSES_UNKNOWN, DECODE_ERROR, DbLabels, DnsLabels, DropLabels, FD_GONE, HttpLabels,
-    ParseErrorLabels, ProtocolMetrics, TargetLabels, UNROUTED,
+    ParseErrorLabels, ProtocolMetrics, RedLabels, TargetLabels, UNROUTED,
 };
 use super::routes::Routes;
 use super::rows::{Clock, PendingRows, Tables};
@@ -778,6 +778,7 @@ impl Tracker {
                 self.finish(conn, now, None);
             }
         }
+        self.prune_series();
         // Kernel entries of processes gone (those still tracked here go with their connections).
         let stale: Vec<ConnKey> = self
             .kconns
@@ -788,6 +789,33 @@ impl Tracker {
         for key in stale {
             let _ = self.kconns.remove(&key);
         }
+    }
+
+    /// Removes the RED series of targets no longer traced for a while: neither selected (by tgid
+    /// or cgroup), nor a selected process's child, nor the owner of an open connection.
+    fn prune_series(&mut self) {
+        let mut traced: HashSet<TargetLabels> = HashSet::new();
+        {
+            let routes = self
+                .routes
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            traced.extend(
+                routes
+                    .tgids
+                    .values()
+                    .chain(routes.cgroups.values())
+                    .map(|r| target_labels(r)),
+            );
+        }
+        traced.extend(self.forked_routes.values().map(|r| target_labels(r)));
+        traced.extend(
+            self.conns
+                .values()
+                .filter_map(|c| c.route.as_deref())
+                .map(target_labels),
+        );
+        self.output.prune(&traced, std::time::Instant::now());
     }
 }
 
@@ -894,6 +922,14 @@ impl Output {
         }
     }
 
+    /// Removes the series of targets `traced` has not held for a while (see
+    /// [`ProtocolMetrics::prune`]), and the handles cached for them.
+    fn prune(&mut self, traced: &HashSet<TargetLabels>, now: std::time::Instant) {
+        if self.metrics.prune(traced, now) {
+            self.series.clear();
+        }
+    }
+
     /// Drops cached handles when there are too many, or when routes changed (an old route is only
     /// held by the cache then).
     fn forget_histograms(&mut self) {
@@ -909,44 +945,32 @@ impl Output {
         // Keyed by the route's address: the cached entry holds the route, so the address is not
         // reused while the entry lives.
         let (_, histogram) = self.series.entry(key).or_insert_with(|| {
-            let target = TargetLabels {
-                namespace: route.namespace.clone(),
-                pod: route.pod.clone(),
-                container: route.container.clone(),
-            };
-            let histogram = match key.family {
+            let target = target_labels(route);
+            let labels = match key.family {
                 FAMILY_HTTP_CLIENT | FAMILY_HTTP_SERVER => {
-                    let family = if key.family == FAMILY_HTTP_CLIENT {
-                        &metrics.http_client
-                    } else {
-                        &metrics.http_server
+                    let labels = HttpLabels {
+                        target,
+                        http_request_method: key.name,
+                        http_response_status_code: key.status,
                     };
-                    family
-                        .get_or_create(&HttpLabels {
-                            target,
-                            http_request_method: key.name,
-                            http_response_status_code: key.status,
-                        })
-                        .clone()
+                    if key.family == FAMILY_HTTP_CLIENT {
+                        RedLabels::HttpClient(labels)
+                    } else {
+                        RedLabels::HttpServer(labels)
+                    }
                 }
-                FAMILY_DNS => metrics
-                    .dns
-                    .get_or_create(&DnsLabels {
-                        target,
-                        error_type: key.error,
-                    })
-                    .clone(),
-                _ => metrics
-                    .db
-                    .get_or_create(&DbLabels {
-                        target,
-                        db_system_name: key.name,
-                        db_operation_name: key.detail,
-                        error_type: key.error,
-                    })
-                    .clone(),
+                FAMILY_DNS => RedLabels::Dns(DnsLabels {
+                    target,
+                    error_type: key.error,
+                }),
+                _ => RedLabels::Db(DbLabels {
+                    target,
+                    db_system_name: key.name,
+                    db_operation_name: key.detail,
+                    error_type: key.error,
+                }),
             };
-            (route.clone(), histogram)
+            (route.clone(), metrics.histogram(labels))
         });
         histogram
     }
@@ -1003,6 +1027,15 @@ const FAMILY_HTTP_CLIENT: u8 = 1;
 const FAMILY_DNS: u8 = 2;
 const FAMILY_DB: u8 = 3;
 
+/// The labels naming a route's target in the RED series.
+fn target_labels(route: &super::routes::Route) -> TargetLabels {
+    TargetLabels {
+        namespace: route.namespace.clone(),
+        pod: route.pod.clone(),
+        container: route.container.clone(),
+    }
+}
+
 fn remote_of(ev: &OpenEvent) -> Option<std::net::SocketAddr> {
     peer_of(&PeerAddr {
         family: ev.family,
@@ -1025,6 +1058,7 @@ fn peer_of(peer: &PeerAddr) -> Option<std::net::SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::probes::protocols::metrics::GONE_TARGET_TTL;
 
     fn addr(s: &str) -> Option<std::net::SocketAddr> {
         Some(s.parse().unwrap())
@@ -1184,6 +1218,103 @@ mod tests {
         assert_eq!(
             verdict(Ok(FdKind::Other), true, Some(parent())),
             Verdict::NotASocket
+        );
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: web\r\n\r\n";
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+
+    /// A connection of pod `pod` (container `web` of namespace `shop`).
+    fn web_conn(pod: &str) -> Conn {
+        let route = super::super::routes::Route {
+            kinds: vec![sonde_protocols::Kind::Http],
+            config: Default::default(),
+            namespace: "shop".into(),
+            pod: pod.into(),
+            container: "web".into(),
+        };
+        Conn::new(1, 3, 7, Some(Arc::new(route)))
+    }
+
+    /// The `n`-th (from 0) `GET /` answered 200 on `conn`, handed to `output`.
+    fn serve(output: &mut Output, conn: &mut Conn, n: u64) {
+        let (req, resp) = (GET.len() as u64, OK.len() as u64);
+        conn.feed(
+            Direction::Ingress,
+            10 + n,
+            n * req,
+            GET,
+            Some(req),
+            Vec::new(),
+        );
+        let mut fed = conn.feed(
+            Direction::Egress,
+            20 + n,
+            n * resp,
+            OK,
+            Some(resp),
+            Vec::new(),
+        );
+        assert_eq!(fed.records.len(), 1);
+        output.emit(conn, &mut fed.records);
+    }
+
+    /// The `http_server_request_duration_seconds_count` lines of `/metrics`.
+    fn server_counts(registry: &prometheus_client::registry::Registry) -> Vec<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_red_series_of_a_pod_gone_for_a_while_are_removed_and_come_back_with_its_traffic() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut output = Output::new(ProtocolMetrics::register(&mut registry));
+        let (mut web_1, mut web_2) = (web_conn("web-1"), web_conn("web-2"));
+        serve(&mut output, &mut web_1, 0);
+        serve(&mut output, &mut web_2, 0);
+        let series_of = |counts: &[String], pod: &str| {
+            counts
+                .iter()
+                .filter(|l| l.contains(&format!("pod=\"{pod}\"")))
+                .count()
+        };
+        let counts = server_counts(&registry);
+        assert_eq!(
+            (series_of(&counts, "web-1"), series_of(&counts, "web-2")),
+            (1, 1)
+        );
+
+        // web-1 is no longer traced: its series stay long enough to be scraped, then go.
+        let web_2_target = TargetLabels {
+            namespace: "shop".into(),
+            pod: "web-2".into(),
+            container: "web".into(),
+        };
+        let traced = HashSet::from([web_2_target]);
+        let t0 = std::time::Instant::now();
+        output.prune(&traced, t0);
+        output.prune(&traced, t0 + GONE_TARGET_TTL / 2);
+        assert_eq!(series_of(&server_counts(&registry), "web-1"), 1);
+        output.prune(&traced, t0 + GONE_TARGET_TTL);
+        let counts = server_counts(&registry);
+        assert_eq!(
+            (series_of(&counts, "web-1"), series_of(&counts, "web-2")),
+            (0, 1),
+            "{counts:?}"
+        );
+
+        // Traced again: its series is made anew, not observed through a handle of the removed one.
+        serve(&mut output, &mut web_1, 1);
+        let counts = server_counts(&registry);
+        assert!(
+            counts
+                .iter()
+                .any(|l| l.contains("pod=\"web-1\"") && l.ends_with(" 1")),
+            "{counts:?}"
         );
     }
 }
