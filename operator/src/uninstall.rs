@@ -150,18 +150,23 @@ pub async fn run(client: Client, opts: &Options) -> Result<Summary, UninstallErr
     Ok(summary)
 }
 
-/// Requests deletion of every `K`; returns how many deletions this call requested.
-async fn delete_all<K: SondeResource>(client: &Client) -> Result<usize, UninstallError> {
-    let list = Api::<K>::all(client.clone())
+/// Every `K` in the cluster.
+async fn list_all<K: SondeResource>(client: &Client) -> Result<Vec<K>, UninstallError> {
+    Api::<K>::all(client.clone())
         .list(&ListParams::default())
         .await
+        .map(|list| list.items)
         .map_err(|source| UninstallError::Api {
             verb: "list",
             kind: K::KIND,
             source,
-        })?;
+        })
+}
+
+/// Requests deletion of every `K`; returns how many deletions this call requested.
+async fn delete_all<K: SondeResource>(client: &Client) -> Result<usize, UninstallError> {
     let mut deleted = 0;
-    for obj in list.items {
+    for obj in list_all::<K>(client).await? {
         if obj.meta().deletion_timestamp.is_some() {
             continue;
         }
@@ -255,16 +260,8 @@ async fn remaining(client: &Client) -> Result<Vec<Remaining>, UninstallError> {
 }
 
 async fn remaining_of<K: SondeResource>(client: &Client) -> Result<Vec<Remaining>, UninstallError> {
-    let list = Api::<K>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| UninstallError::Api {
-            verb: "list",
-            kind: K::KIND,
-            source,
-        })?;
-    Ok(list
-        .items
+    Ok(list_all::<K>(client)
+        .await?
         .into_iter()
         .map(|o| Remaining {
             kind: K::KIND,
