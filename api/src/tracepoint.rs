@@ -64,11 +64,13 @@ pub struct TracepointProbe {
     /// Authorization, Proxy-Authorization, Cookie and Set-Cookie headers and of credential headers
     /// such as `X-Api-Key`, `X-Auth-Token` or `Private-Token`, database password
     /// messages, passwords written into SQL text (`PASSWORD '…'`, `IDENTIFIED BY '…'`, connection
-    /// strings and URLs), Redis passwords (AUTH, HELLO AUTH; the username stays), and secret query
+    /// strings and URLs), Redis passwords (AUTH, HELLO AUTH; the username stays), the signatures
+    /// of pre-signed URLs (query parameters whose name contains `signature`, such as
+    /// `X-Amz-Signature` or `X-Goog-Signature`, and Azure SAS's `sig`), and secret query
     /// parameters, form or JSON fields and SQL columns (names containing password, secret, token,
     /// api key, credential or session) — a column's value whether written into the statement or
     /// bound to its placeholder (`UPDATE users SET password = $1`, `INSERT INTO users (email,
-    /// password) VALUES (?, ?)`).
+    /// password) VALUES (?, ?)`). Compressed bodies (gzip, deflate) are decoded first.
     /// `false` keeps them as captured; a process that another Tracepoint also traces keeps
     /// redaction if either asks for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]

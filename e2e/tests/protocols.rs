@@ -2,8 +2,8 @@
 //! kubelet-style cgroup) through the real operator and agent; curl requests to it become
 //! `http_events` rows and histogram samples in `/metrics`, while an identical nginx outside the
 //! selected pods yields nothing. Then what application developers run into: a static file nginx
-//! sends with `sendfile`, and a keep-alive connection of a Python `http.server` that was in the
-//! middle of a request when its pod was selected.
+//! sends with `sendfile`, a keep-alive connection of a Python `http.server` that was in the
+//! middle of a request when its pod was selected, and a client that gives up on that server.
 //!
 //! Needs what `scenarios` needs (root, etcd, kube-apiserver, helm from `scripts/setup e2e`) plus
 //! nginx, curl and python3 (`scripts/setup peers`).
@@ -39,7 +39,8 @@ struct Env {
     outside_port: u16,
     /// nginx with `sendfile on` serving `/big.bin` (pod static-1, app web).
     static_port: u16,
-    /// A Python `http.server` (pod slow-1, app slow) whose `/wait` answers once `release` exists.
+    /// A Python `http.server` (pod slow-1, app slow) whose `/wait` answers once `release` exists,
+    /// and whose `/hang` never answers.
     slow_port: u16,
     release: PathBuf,
 }
@@ -136,7 +137,8 @@ fn static_nginx_conf(dir: &Path, port: u16) -> Result<PathBuf> {
 }
 
 /// `python3 -c` program: an HTTP/1.1 keep-alive server on port `argv[1]` answering `ok` to every
-/// GET, `/wait` only once the file `argv[2]` exists.
+/// GET, `/wait` only once the file `argv[2]` exists; `/hang` never: the connection is closed once
+/// the client closed its end.
 const SLOW_SERVER: &str = r#"
 import os, sys, time
 from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
@@ -146,6 +148,14 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
     def do_GET(self):
+        if self.path == "/hang":
+            self.connection.settimeout(60)
+            try:
+                self.connection.recv(1)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         while self.path == "/wait" and not os.path.exists(release):
             time.sleep(0.05)
         body = b"ok\n"
@@ -403,6 +413,86 @@ fn a_keep_alive_connection_traced_from_the_middle_of_an_exchange_keeps_its_rows_
     Ok(())
 }
 
+/// How long the client of [`a_client_that_gives_up_on_a_slow_server_is_an_error_that_took_its_wait`]
+/// waits for an answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_millis(300);
+
+fn a_client_that_gives_up_on_a_slow_server_is_an_error_that_took_its_wait(env: &Env) -> Result<()> {
+    let node = &env.node;
+    node.cluster.kubectl.apply(SLOW_TRACEPOINT)?;
+    node.wait_ready_and_attached(
+        &kube::Api::<Tracepoint>::namespaced(node.cluster.client.clone(), TEST_NAMESPACE),
+        "slow-http",
+        SLOW_PROBE_ID,
+    )?;
+    let mut stream = TcpStream::connect(("127.0.0.1", env.slow_port))?;
+    stream.set_read_timeout(Some(CLIENT_TIMEOUT))?;
+    stream.write_all(b"GET /hang HTTP/1.1\r\nHost: slow\r\n\r\n")?;
+    let mut buf = [0u8; 1024];
+    match stream.read(&mut buf) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => bail!("the slow server answered /hang: {other:?}"),
+    }
+    // The client gives up (nginx would log a 499); the server closes its end in turn.
+    drop(stream);
+    let url = node.agent_url()?;
+    let token = node.reader_token()?;
+    let rows = node.rt.block_on(pod_rows(
+        &url,
+        &token,
+        "slow-1",
+        "the row of GET /hang",
+        |rows| {
+            ensure!(rows.iter().any(|r| r["req_path"] == "/hang"));
+            Ok(())
+        },
+    ))?;
+    let row = rows
+        .iter()
+        .find(|r| r["req_path"] == "/hang")
+        .context("no row of /hang")?;
+    ensure!(
+        row["trace_role"] == "server" && row["resp_status"] == 0 && row["latency"].is_null(),
+        "{row}"
+    );
+    node.rt.block_on(expect::http_request_count(
+        &url,
+        "slow-1",
+        &[
+            "http_request_method=\"GET\"",
+            "http_response_status_code=\"\"",
+            "error_type=\"connection_closed\"",
+        ],
+        1,
+        |metrics| {
+            let sum = metrics
+                .lines()
+                .find(|l| {
+                    l.starts_with("http_server_request_duration_seconds_sum{")
+                        && l.contains("pod=\"slow-1\"")
+                        && l.contains("error_type=\"connection_closed\"")
+                })
+                .context("no sum of the unanswered request")?;
+            let seconds: f64 = sum
+                .rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .with_context(|| format!("a sum that is no number: {sum}"))?;
+            // From the request to the server's close, which followed the client's at once.
+            ensure!(
+                seconds >= CLIENT_TIMEOUT.as_secs_f64() * 0.9 && seconds < 5.0,
+                "the unanswered request took {seconds} s by Sonde, the client waited {CLIENT_TIMEOUT:?}: {sum}"
+            );
+            Ok(())
+        },
+    ))
+}
+
 fn main() -> ExitCode {
     suite::main(
         setup,
@@ -418,6 +508,10 @@ fn main() -> ExitCode {
             Scenario::new(
                 "a_keep_alive_connection_traced_from_the_middle_of_an_exchange_keeps_its_rows_and_parses",
                 a_keep_alive_connection_traced_from_the_middle_of_an_exchange_keeps_its_rows_and_parses,
+            ),
+            Scenario::new(
+                "a_client_that_gives_up_on_a_slow_server_is_an_error_that_took_its_wait",
+                a_client_that_gives_up_on_a_slow_server_is_an_error_that_took_its_wait,
             ),
         ],
     )

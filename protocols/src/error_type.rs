@@ -5,6 +5,13 @@
 /// A failed operation whose error has no code this module knows.
 pub const OTHER: &str = "_OTHER";
 
+/// A request that waited past its protocol's answer timeout without a response.
+pub const TIMEOUT: &str = "timeout";
+
+/// A request whose connection closed before a response came (the client gave up, as nginx's 499
+/// says, or the server hung up).
+pub const CONNECTION_CLOSED: &str = "connection_closed";
+
 /// Distinct SQLSTATEs kept as label values; any further one is [`OTHER`]. PostgreSQL defines
 /// about 260, of which an application meets a handful.
 const MAX_SQLSTATES: usize = 256;

@@ -290,13 +290,20 @@ impl Span {
 /// operation name, else `_OTHER`; never a path or a query text).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Red {
-    /// `http_{server,client}_request_duration_seconds{http_request_method, http_response_status_code}`;
-    /// status 0 when no response came.
-    Http { method: &'static str, status: u16 },
-    /// `dns_lookup_duration_seconds{error_type}`: the response code's name unless NOERROR.
+    /// `http_{server,client}_request_duration_seconds{http_request_method, http_response_status_code,
+    /// error_type}`; status 0 when no response came (the label is empty then), and the error type
+    /// empty unless no response came and the wait had an end ([`Unanswered`]).
+    Http {
+        method: &'static str,
+        status: u16,
+        error: &'static str,
+    },
+    /// `dns_lookup_duration_seconds{error_type}`: the response code's name unless NOERROR (or
+    /// [`Unanswered`]).
     Dns { error: &'static str },
     /// `db_client_operation_duration_seconds{db_system_name, db_operation_name, error_type}`:
-    /// the SQLSTATE or Redis error prefix of a failed operation ([`error_type`]), else empty.
+    /// the SQLSTATE or Redis error prefix of a failed operation ([`error_type`]; or
+    /// [`Unanswered`]), else empty.
     Db {
         system: &'static str,
         operation: &'static str,
@@ -304,12 +311,28 @@ pub enum Red {
     },
 }
 
+impl Red {
+    /// The `error_type` label.
+    pub fn error(&self) -> &'static str {
+        match self {
+            Red::Http { error, .. } | Red::Dns { error } | Red::Db { error, .. } => error,
+        }
+    }
+}
+
 /// `http GET 200`, `dns NXDOMAIN`, `db postgresql SELECT 42P01`: the series an observation goes
 /// to, in words (the error type only when there is one).
 impl std::fmt::Display for Red {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let error = match self {
-            Red::Http { method, status } => return write!(f, "http {method} {status}"),
+            Red::Http {
+                method,
+                status,
+                error,
+            } => {
+                write!(f, "http {method} {status}")?;
+                error
+            }
             Red::Dns { error } => {
                 f.write_str("dns")?;
                 error
@@ -342,10 +365,77 @@ pub struct Record {
     pub fields: Vec<Field>,
     /// The strings of the [`Field::Text`] fields (empty when there are none).
     pub text: String,
+    /// Its RED labels; for a request without response whose wait had a real end, the error type
+    /// says how it ended (see [`Record::unanswered`]).
     pub red: Red,
 }
 
+/// Why a request got no response, when its wait had a real end. Such a request is an error of
+/// its RED series (OpenTelemetry: no status code, `error.type` says why), observed with the
+/// time it waited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unanswered {
+    /// It waited past its protocol's [`Kind::answer_timeout`].
+    Timeout,
+    /// The connection closed while it waited (a client that gave up, a server that hung up).
+    Closed,
+}
+
+impl Unanswered {
+    /// How requests still waiting at a [`ConnParser::expire`] to `deadline_ns` ended.
+    pub fn at(deadline_ns: u64) -> Unanswered {
+        if deadline_ns == u64::MAX {
+            Unanswered::Closed
+        } else {
+            Unanswered::Timeout
+        }
+    }
+
+    /// The end an `error_type` label value says a request without response had, if any.
+    pub fn of_error_type(error: &str) -> Option<Unanswered> {
+        match error {
+            error_type::TIMEOUT => Some(Unanswered::Timeout),
+            error_type::CONNECTION_CLOSED => Some(Unanswered::Closed),
+            _ => None,
+        }
+    }
+
+    /// The `error_type` label value.
+    pub fn error_type(self) -> &'static str {
+        match self {
+            Unanswered::Timeout => error_type::TIMEOUT,
+            Unanswered::Closed => error_type::CONNECTION_CLOSED,
+        }
+    }
+}
+
 impl Record {
+    /// How the wait of a request without response ended, when it had a real end (see
+    /// [`Unanswered`]). None for an answered request, and for one whose answer may be in bytes
+    /// the capture lost, or that was pushed out of a full queue: nothing is known of its end.
+    /// (Kept in the error type of [`Record::red`]: a field of its own made every record larger
+    /// than what is moved without a `memcpy` call.)
+    pub fn unanswered(&self) -> Option<Unanswered> {
+        if self.latency_ns.is_some() {
+            return None;
+        }
+        Unanswered::of_error_type(self.red.error())
+    }
+
+    /// Says how the wait of this record, one without response, ended (nothing when `ended` is
+    /// None).
+    pub fn set_unanswered(&mut self, ended: Option<Unanswered>) {
+        if let Some(end) = ended
+            && self.latency_ns.is_none()
+        {
+            match &mut self.red {
+                Red::Http { error, .. } | Red::Dns { error } | Red::Db { error, .. } => {
+                    *error = end.error_type();
+                }
+            }
+        }
+    }
+
     /// The string of a string field of this record (None for a field of another type).
     pub fn str_of<'a>(&'a self, field: &'a Field) -> Option<&'a str> {
         match field {
@@ -386,7 +476,9 @@ pub trait ConnParser: Send {
     /// Some bytes of this direction were lost (truncated capture or dropped events): resynchronise.
     fn gap(&mut self, dir: Direction, lost_bytes: u64);
     /// Emits requests older than `deadline_ns` (monotonic) as records without response; on close the
-    /// runtime calls it with `u64::MAX`.
+    /// runtime calls it with `u64::MAX`. Those whose wait it ends get [`Record::unanswered`]
+    /// ([`Unanswered::at`]), unless their answers may have been in bytes lost meanwhile (the
+    /// answers' stream is out of sync, or requests were lost before them).
     fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>);
 }
 

@@ -69,6 +69,13 @@ pub fn drive(kind: Kind, data: &[u8]) {
             kind.columns().len(),
             "{kind:?}: a record must fill every column"
         );
+        let error = record.red.error();
+        assert!(
+            record.latency_ns.is_none()
+                || (error != sonde_protocols::error_type::TIMEOUT
+                    && error != sonde_protocols::error_type::CONNECTION_CLOSED),
+            "{kind:?}: an answered record says it went unanswered ({error})"
+        );
         // Columns rendered when read (HTTP headers → a JSON object) must render whatever was kept.
         for (column, field) in kind.columns().iter().zip(&record.fields) {
             if let (Some(_), Some(kept)) = (column.render, record.str_of(field)) {

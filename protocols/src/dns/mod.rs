@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use crate::frames::{FrameReader, Header as FrameHeader};
 use crate::{
     ColumnDef, ConnParser, Direction, Field, FieldType, ParseConfig, ParseError, Record, Red, Role,
-    Transport,
+    Transport, Unanswered,
 };
 use message::{Header, Message};
 
@@ -220,9 +220,15 @@ impl ConnParser for Parser {
     }
 
     fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
+        // Over TCP, answers in bytes after a loss are not read until a message starts a chunk.
+        let in_sync =
+            self.transport == Transport::Udp || !self.streams.iter().any(|s| s.is_desynced());
+        let ended = in_sync.then(|| Unanswered::at(deadline_ns));
         while self.pending.front().is_some_and(|p| p.ts_ns < deadline_ns) {
             if let Some(p) = self.pending.pop_front() {
-                out.push(record(p, None));
+                let mut record = record(p, None);
+                record.set_unanswered(ended);
+                out.push(record);
             }
         }
     }

@@ -74,6 +74,27 @@ fn an_unanswered_query_expires_without_response() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].latency_ns, None);
     assert_eq!(out[0].fields[2], Field::Null);
+    assert_eq!(out[0].unanswered(), Some(crate::Unanswered::Timeout));
+    p.feed(Direction::Egress, 200, QUERY, &mut out).unwrap();
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(out[1].unanswered(), Some(crate::Unanswered::Closed));
+}
+
+#[test]
+fn a_tcp_query_whose_answers_are_not_followed_after_lost_bytes_has_no_known_end() {
+    let mut p = Parser::new(Role::Client, Transport::Tcp, &ParseConfig::default());
+    let mut framed = vec![0, QUERY.len() as u8];
+    framed.extend_from_slice(QUERY);
+    let mut answer = vec![0, ANSWER.len() as u8];
+    answer.extend_from_slice(ANSWER);
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 1, &framed, &mut out).unwrap();
+    p.feed(Direction::Ingress, 2, &answer[..5], &mut out)
+        .unwrap();
+    p.gap(Direction::Ingress, 7);
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].latency_ns, out[0].unanswered()), (None, None));
 }
 
 #[test]

@@ -111,13 +111,14 @@ impl ConnParser for Parser {
     }
 
     fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
+        let in_sync = self.responses.in_sync();
         if deadline_ns == u64::MAX {
             // Connection closed: a message cut short, or a response read until close, is now complete.
             self.requests.close(&mut self.stitch);
             self.responses.close(&mut self.stitch);
         }
         let answering = self.responses.in_message();
-        self.stitch.expire(deadline_ns, answering);
+        self.stitch.expire(deadline_ns, answering, in_sync);
         self.stitch.drain(out);
     }
 }

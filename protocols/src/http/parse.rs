@@ -401,6 +401,11 @@ impl Reader {
         self.current.is_some()
     }
 
+    /// Is the stream followed (not looking for a message's start after lost bytes)?
+    pub fn in_sync(&self) -> bool {
+        self.state != State::Resync
+    }
+
     pub fn enter_tunnel(&mut self) {
         self.state = State::Tunnel;
         self.buf = Vec::new();
@@ -625,7 +630,7 @@ impl Reader {
         };
         self.current = Some(Message {
             head,
-            body: Body::new(self.redact),
+            body: Body::new(self.redact, self.max_body),
             start_ns: start,
             end_ns: ts,
             complete: false,

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 use super::detect::known_method;
 use super::parse::{Message, Side};
-use crate::{Field, Record, Red};
+use crate::{Field, Record, Red, Unanswered};
 
 /// More waiting messages than this means one direction is not being answered: the oldest go first.
 const MAX_QUEUED: usize = 1024;
@@ -214,8 +214,10 @@ impl Stitcher {
     }
 
     /// Requests older than `deadline_ns` are emitted unanswered, unless a response is being read
-    /// (it answers the oldest one; the connection's close settles it).
-    pub fn expire(&mut self, deadline_ns: u64, answering: bool) {
+    /// (it answers the oldest one; the connection's close settles it). Their wait ended then if
+    /// the responses are followed (`in_sync`) and no requests were lost before them (their
+    /// responses may be among those waiting to be paired from the end, which a close never does).
+    pub fn expire(&mut self, deadline_ns: u64, answering: bool, in_sync: bool) {
         if self
             .quiet
             .tick(self.pairable.is_some(), answering, deadline_ns)
@@ -225,6 +227,7 @@ impl Stitcher {
         if answering && deadline_ns != u64::MAX {
             return;
         }
+        let ended = (in_sync && self.pairable.is_none()).then(|| Unanswered::at(deadline_ns));
         while self
             .requests
             .front()
@@ -233,7 +236,8 @@ impl Stitcher {
             if let Some(req) = self.requests.pop_front() {
                 self.paired_front();
                 self.heads.retain(|(start, _)| *start > req.start_ns);
-                let record = self.record(req, None);
+                let mut record = self.record(req, None);
+                record.set_unanswered(ended);
                 self.ready.push(record);
             }
         }
@@ -315,7 +319,11 @@ impl Stitcher {
             latency_ns,
             fields,
             text,
-            red: Red::Http { method, status },
+            red: Red::Http {
+                method,
+                status,
+                error: "",
+            },
         }
     }
 }

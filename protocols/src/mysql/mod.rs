@@ -222,6 +222,7 @@ impl ConnParser for Parser {
     }
 
     fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
-        self.stitch.expire(deadline_ns, out);
+        let in_sync = !self.server.frames.is_desynced();
+        self.stitch.expire(deadline_ns, in_sync, out);
     }
 }

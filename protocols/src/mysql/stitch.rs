@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 
 use super::packet::{self, Command};
 use crate::sql::{self, Dialect};
-use crate::{Field, ParseConfig, REDACTED, Record, Red};
+use crate::{Field, ParseConfig, REDACTED, Record, Red, Unanswered};
 
 /// Prepared statements remembered per connection; more are forgotten.
 const MAX_STATEMENTS: usize = 256;
@@ -506,10 +506,13 @@ impl Stitcher {
         self.progress = Progress::default();
     }
 
-    pub fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
+    /// Writes the orphans, and the commands older than `deadline_ns` unanswered: their wait ended
+    /// then if the server's stream is followed (`in_sync`) and the answer under way lost no bytes.
+    pub fn expire(&mut self, deadline_ns: u64, in_sync: bool, out: &mut Vec<Record>) {
         for p in self.orphans.drain(..) {
             out.push(record(p, None, None));
         }
+        let ended = (in_sync && !self.progress.cut).then(|| Unanswered::at(deadline_ns));
         while self
             .pending
             .front()
@@ -517,7 +520,9 @@ impl Stitcher {
         {
             if let Some(p) = self.pending.pop_front() {
                 self.progress = Progress::default();
-                out.push(record(p, None, None));
+                let mut record = record(p, None, None);
+                record.set_unanswered(ended);
+                out.push(record);
             }
         }
     }

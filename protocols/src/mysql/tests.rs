@@ -560,4 +560,44 @@ fn after_an_answer_whose_end_was_lost_the_next_command_gets_its_own_answer() {
     p.expire(0, &mut out);
     assert_eq!(out.len(), 2, "the first command is emitted unanswered");
     assert_eq!((out[1].request_ns, out[1].latency_ns), (1, None));
+    assert_eq!(
+        out[1].unanswered(),
+        None,
+        "its answer was lost, it did not time out"
+    );
+}
+
+#[test]
+fn a_command_unanswered_at_the_close_ended_with_it_unless_its_answer_was_cut() {
+    let mut p = client();
+    let mut out = Vec::new();
+    p.feed(
+        Direction::Egress,
+        1,
+        &pkt(0, b"\x03SELECT sleep(60)"),
+        &mut out,
+    )
+    .unwrap();
+    p.feed(Direction::Egress, 2, &pkt(0, b"\x01"), &mut out)
+        .unwrap();
+    assert_eq!(out[0].unanswered(), None, "COM_QUIT expects no answer");
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(
+        (out[1].request_ns, out[1].unanswered()),
+        (1, Some(crate::Unanswered::Closed))
+    );
+
+    // An answer under way lost bytes, then the connection closed.
+    let mut p = client();
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 1, &pkt(0, b"\x03SELECT x"), &mut out)
+        .unwrap();
+    let answer = big_result(100, b"\xfe\x00\x00\x22\x00");
+    p.feed(Direction::Ingress, 2, &answer[..3_000], &mut out)
+        .unwrap();
+    p.gap(Direction::Ingress, 4_000);
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].latency_ns, out[0].unanswered()), (None, None));
 }

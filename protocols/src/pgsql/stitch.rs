@@ -18,7 +18,7 @@ use super::backend::Backend;
 use super::frontend::Frontend;
 use super::values::render_params;
 use crate::sql::{self, Dialect};
-use crate::{Field, ParseConfig, REDACTED, Record, Red};
+use crate::{Field, ParseConfig, REDACTED, Record, Red, Unanswered};
 
 /// Prepared statements (and portals) remembered per connection; more are forgotten.
 const MAX_STATEMENTS: usize = 256;
@@ -602,10 +602,13 @@ impl Stitcher {
         self.batch = None;
     }
 
-    pub fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
+    /// Writes the orphans, and the units older than `deadline_ns` unanswered: their wait ended
+    /// then if the server's stream is followed (`in_sync`) and the answer under way lost no bytes.
+    pub fn expire(&mut self, deadline_ns: u64, in_sync: bool, out: &mut Vec<Record>) {
         for unit in self.orphans.drain(..) {
-            unanswered(unit, out);
+            unanswered(unit, None, out);
         }
+        let ended = (in_sync && !self.answered.cut).then(|| Unanswered::at(deadline_ns));
         while self
             .pending
             .front()
@@ -613,7 +616,7 @@ impl Stitcher {
         {
             if let Some(unit) = self.pending.pop_front() {
                 self.answered = Answered::default();
-                unanswered(unit, out);
+                unanswered(unit, ended, out);
             }
         }
     }
@@ -627,8 +630,10 @@ impl Answered {
     }
 }
 
-/// A unit's records without answer: one per step of a batch that executes statements.
-fn unanswered(mut unit: Unit, out: &mut Vec<Record>) {
+/// A unit's records without answer: one per step of a batch that executes statements; `ended`:
+/// how their wait ended, if it had a real end.
+fn unanswered(mut unit: Unit, ended: Option<Unanswered>, out: &mut Vec<Record>) {
+    let first = out.len();
     match unit.steps.take() {
         Some(steps) => {
             for step in steps.waiting {
@@ -636,6 +641,9 @@ fn unanswered(mut unit: Unit, out: &mut Vec<Record>) {
             }
         }
         None => out.push(record(unit, None, None)),
+    }
+    for record in &mut out[first..] {
+        record.set_unanswered(ended);
     }
 }
 

@@ -116,6 +116,58 @@ fn an_answer_whose_end_was_lost_leaves_the_next_request_its_own_answer() {
     p.expire(0, &mut out);
     assert_eq!(out.len(), 2, "the first request is emitted unanswered");
     assert_eq!((out[1].request_ns, out[1].latency_ns), (1, None));
+    assert_eq!(
+        out[1].unanswered(),
+        None,
+        "its answer was lost, it did not time out"
+    );
+}
+
+#[test]
+fn a_query_unanswered_at_the_close_ended_with_it_unless_its_answer_was_cut() {
+    let mut p = client();
+    let mut out = Vec::new();
+    feed(
+        &mut p,
+        Direction::Egress,
+        1,
+        &msg(b'Q', b"SELECT pg_sleep(60)\0"),
+        &mut out,
+    );
+    p.expire(2, &mut out);
+    feed(
+        &mut p,
+        Direction::Egress,
+        3,
+        &msg(b'Q', b"SELECT 1\0"),
+        &mut out,
+    );
+    p.expire(u64::MAX, &mut out);
+    let ends: Vec<_> = out.iter().map(|r| (r.request_ns, r.unanswered())).collect();
+    assert_eq!(
+        ends,
+        [
+            (1, Some(crate::Unanswered::Timeout)),
+            (3, Some(crate::Unanswered::Closed))
+        ]
+    );
+
+    // Its answer lost bytes, then the connection closed.
+    let mut p = client();
+    let mut out = Vec::new();
+    feed(
+        &mut p,
+        Direction::Egress,
+        1,
+        &msg(b'Q', b"SELECT 1\0"),
+        &mut out,
+    );
+    let err = msg(b'E', b"SERROR\0C22012\0Mdivision by zero\0\0");
+    feed(&mut p, Direction::Ingress, 2, &err[..6], &mut out);
+    p.gap(Direction::Ingress, 4);
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!((out[0].latency_ns, out[0].unanswered()), (None, None));
 }
 
 /// RowDescription, `rows` DataRows of ~110 bytes, CommandComplete, ReadyForQuery.

@@ -123,11 +123,14 @@ impl ConnParser for Parser {
     }
 
     fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
+        // (Before the close, which starts the replies' reader afresh.)
+        let in_sync = self.replies.in_sync();
         if deadline_ns == u64::MAX {
             self.commands.close();
             self.replies.close();
         }
-        self.stitch.expire(deadline_ns, self.replies.in_frame());
+        self.stitch
+            .expire(deadline_ns, self.replies.in_frame(), in_sync);
         self.stitch.drain(out);
     }
 }

@@ -165,6 +165,11 @@ impl Reader {
         self.frame_start.is_some()
     }
 
+    /// Is the stream followed (not waiting for a frame's start after lost bytes)?
+    pub fn in_sync(&self) -> bool {
+        !matches!(self.state, State::Resync)
+    }
+
     /// Parses `data`, pushing complete frames to `frames`. After an error it resynchronises and
     /// carries on; the first error is returned.
     pub fn feed(

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use super::commands;
 use super::parse::{AggKind, Frame, Text, Value};
-use crate::{Field, ParseConfig, REDACTED, Record, Red, json};
+use crate::{Field, ParseConfig, REDACTED, Record, Red, Unanswered, json};
 
 /// More unanswered commands than this means replies are not being seen: the oldest go first.
 const MAX_QUEUED: usize = 1024;
@@ -240,8 +240,10 @@ impl Stitcher {
     }
 
     /// Commands older than `deadline_ns` are emitted (unanswered unless confirmations came), unless a
-    /// reply is being read.
-    pub fn expire(&mut self, deadline_ns: u64, answering: bool) {
+    /// reply is being read. The wait of one without reply ended then if the replies are followed
+    /// (`in_sync`) and no commands were lost before it — but for a QUIT (a client may close without
+    /// reading its `+OK`) and, at the timeout, a blocking command (it waits as long as it was told).
+    pub fn expire(&mut self, deadline_ns: u64, answering: bool, in_sync: bool) {
         // At the close, the waiting commands are written unanswered (below).
         if self
             .quiet
@@ -252,13 +254,21 @@ impl Stitcher {
         if answering && deadline_ns != u64::MAX {
             return;
         }
+        let ended = (in_sync && self.lost_before.is_none()).then(|| Unanswered::at(deadline_ns));
         while self
             .commands
             .front()
             .is_some_and(|c| c.start_ns < deadline_ns)
         {
             if let Some(command) = self.commands.pop_front() {
+                let ended = ended.filter(|end| match end {
+                    Unanswered::Closed => command.operation != "QUIT",
+                    Unanswered::Timeout => !commands::may_block(command.operation),
+                });
                 self.emit(command);
+                if let Some(record) = self.ready.last_mut() {
+                    record.set_unanswered(ended);
+                }
             }
         }
         self.replies.retain(|r| r.start_ns >= deadline_ns);

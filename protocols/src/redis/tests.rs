@@ -1,6 +1,6 @@
 //! Edge cases as byte constants; captured conversations are replayed in tests/captures.rs.
 use super::*;
-use crate::{Field, Record, Red};
+use crate::{Field, Record, Red, Unanswered};
 
 fn parser() -> Parser {
     Parser::new(Role::Client, &ParseConfig::default())
@@ -164,6 +164,48 @@ fn a_command_without_reply_expires_unanswered() {
     p.expire(101, &mut out);
     assert_eq!(rows(&out), [r("BLPOP", r#"["q"]"#, "")]);
     assert_eq!(out[0].latency_ns, None);
+}
+
+#[test]
+fn a_command_without_reply_at_the_close_ended_with_it_but_a_quit_or_lost_replies_did_not() {
+    let get = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n";
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 100, get, &mut out).unwrap();
+    p.expire(101, &mut out);
+    assert_eq!(out[0].unanswered(), Some(Unanswered::Timeout));
+    p.feed(Direction::Egress, 200, get, &mut out).unwrap();
+    p.feed(Direction::Egress, 300, b"*1\r\n$4\r\nQUIT\r\n", &mut out)
+        .unwrap();
+    p.expire(u64::MAX, &mut out);
+    let ends: Vec<_> = out.iter().map(|r| r.unanswered()).collect();
+    assert_eq!(
+        ends,
+        [Some(Unanswered::Timeout), Some(Unanswered::Closed), None]
+    );
+
+    // A blocking pop past the timeout waits as told; the close ends it.
+    let mut p = parser();
+    let mut out = Vec::new();
+    let blpop = b"*3\r\n$5\r\nBLPOP\r\n$1\r\nq\r\n$1\r\n0\r\n";
+    p.feed(Direction::Egress, 100, blpop, &mut out).unwrap();
+    p.feed(Direction::Egress, 200, blpop, &mut out).unwrap();
+    p.expire(101, &mut out);
+    p.expire(u64::MAX, &mut out);
+    let ends: Vec<_> = out.iter().map(|r| r.unanswered()).collect();
+    assert_eq!(ends, [None, Some(Unanswered::Closed)]);
+
+    // Replies lost mid-frame: the replies are not followed at the close.
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 100, get, &mut out).unwrap();
+    p.feed(Direction::Ingress, 150, b"*3\r\n:1\r\n", &mut out)
+        .unwrap();
+    p.gap(Direction::Ingress, 30);
+    p.feed(Direction::Egress, 200, get, &mut out).unwrap();
+    p.expire(u64::MAX, &mut out);
+    assert!(!out.is_empty());
+    assert!(out.iter().all(|r| r.unanswered().is_none()), "{out:?}");
 }
 
 #[test]

@@ -126,6 +126,10 @@ pub struct Conn {
     pub connecting: bool,
     /// (sent, received) in its last periodic conn_stats row: a new one only after more traffic.
     pub stats_reported: (u64, u64),
+    /// When bytes of the direction that carries answers were last found lost (0: never): a
+    /// request sent before then may have had its answer in them, so its going unanswered is no
+    /// error of the peer's (see [`sonde_protocols::Record::unanswered`]).
+    pub answers_lost_ns: u64,
 }
 
 impl Conn {
@@ -159,6 +163,7 @@ impl Conn {
             forked: false,
             connecting: false,
             stats_reported: (0, 0),
+            answers_lost_ns: 0,
         }
     }
 
@@ -259,6 +264,13 @@ impl Conn {
             }
         }
         let (gap, fresh) = stream.place(pos, data);
+        // A loss the parser hears of (one before the protocol was detected is history).
+        let answers_lost = gap > 0
+            && matches!(self.protocol, Protocol::Parsing { .. })
+            && self.carries_answers(dir);
+        if answers_lost {
+            self.answers_lost_ns = ts_ns;
+        }
         if fresh.is_empty() {
             // A data event without data (sendfile, or a syscall's bytes beyond the capture): its
             // bytes are a gap of known length.
@@ -369,6 +381,38 @@ impl Conn {
             self.produced |= !fed.records.is_empty() || fed.error.is_some();
         }
         fed
+    }
+
+    /// Whether bytes going `dir` are answers (either way while the role is unknown).
+    fn carries_answers(&self, dir: Direction) -> bool {
+        !matches!(
+            (self.role, dir),
+            (Some(Role::Client), Direction::Egress) | (Some(Role::Server), Direction::Ingress)
+        )
+    }
+
+    /// The connection closed at `ts_ns` having moved `sent` and `recv` bytes by the kernel's
+    /// count: bytes beyond the streams' ends were lost after the last events seen (a full ring
+    /// dropped them), and the parser hears of them before the close expires what waits — an
+    /// answer among them is not the peer's silence.
+    pub fn lost_at_close(&mut self, sent: u64, recv: u64, ts_ns: u64) {
+        for (dir, total) in [(Direction::Egress, sent), (Direction::Ingress, recv)] {
+            let stream = match dir {
+                Direction::Egress => &mut self.egress,
+                Direction::Ingress => &mut self.ingress,
+            };
+            let lost = total.saturating_sub(stream.next);
+            if lost == 0 {
+                continue;
+            }
+            stream.next = total;
+            if self.carries_answers(dir) {
+                self.answers_lost_ns = ts_ns;
+            }
+            if let Protocol::Parsing { parser, .. } = &mut self.protocol {
+                parser.gap(dir, lost);
+            }
+        }
     }
 
     /// Requests older than `deadline_ns` become records without response.

@@ -52,7 +52,10 @@ pub struct HttpLabels {
     #[prometheus(flatten)]
     pub target: TargetLabels,
     pub http_request_method: &'static str,
-    pub http_response_status_code: u16,
+    /// Empty (None) for a request that got no response.
+    pub http_response_status_code: Option<u16>,
+    /// Empty when a response came; else why none did (`timeout`, `connection_closed`).
+    pub error_type: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -61,7 +64,8 @@ pub struct DbLabels {
     pub target: TargetLabels,
     pub db_system_name: &'static str,
     pub db_operation_name: &'static str,
-    /// Empty unless the operation failed: its SQLSTATE or Redis error prefix (bounded values).
+    /// Empty unless the operation failed: its SQLSTATE or Redis error prefix (bounded values), or
+    /// `timeout` / `connection_closed` when no answer came.
     pub error_type: &'static str,
 }
 
@@ -69,7 +73,8 @@ pub struct DbLabels {
 pub struct DnsLabels {
     #[prometheus(flatten)]
     pub target: TargetLabels,
-    /// Empty for NOERROR, else the response code's name (NXDOMAIN, SERVFAIL, REFUSED, …).
+    /// Empty for NOERROR, else the response code's name (NXDOMAIN, SERVFAIL, REFUSED, …), or
+    /// `timeout` / `connection_closed` when no answer came.
     pub error_type: &'static str,
 }
 

@@ -557,7 +557,8 @@ impl Tracker {
             self.set_kernel_state(key, generation, &[CONN_TRACE], CONN_STATS_ONLY);
         }
         if !fed.records.is_empty() {
-            self.write_records(key, &mut fed.records);
+            // (Records written while feeding were not expired: no wait of theirs ended now.)
+            self.write_records(key, &mut fed.records, None);
             if self.output.pending.bytes() >= FLUSH_BYTES {
                 self.flush();
             }
@@ -615,8 +616,13 @@ impl Tracker {
     }
 
     /// Ends a connection: pending requests become records, then its conn_stats row.
+    /// `exact_bytes`: the kernel's counts, when it was closed at `now_ns` (rather than found gone
+    /// with its process, or replaced without a close seen).
     fn finish(&mut self, mut conn: Conn, now_ns: u64, exact_bytes: Option<(u64, u64)>) {
         let mut records = Vec::new();
+        if let Some((sent, recv)) = exact_bytes {
+            conn.lost_at_close(sent, recv, now_ns);
+        }
         conn.expire(u64::MAX, &mut records);
         if let Some((sent, recv)) = exact_bytes {
             conn.bytes_sent = sent;
@@ -625,7 +631,9 @@ impl Tracker {
         if conn.route.is_none() {
             return;
         }
-        self.output.emit(&mut conn, &mut records);
+        // Requests still waiting ended with the close, when it was seen.
+        let closed_ns = exact_bytes.map(|_| now_ns);
+        self.output.emit(&mut conn, &mut records, closed_ns);
         if let Some(kind) = conn.silent_protocol() {
             self.metrics
                 .parse_errors
@@ -651,9 +659,9 @@ impl Tracker {
             .conn_stats(&mut conn, now_ns, true, &self.clock);
     }
 
-    fn write_records(&mut self, key: ConnKey, records: &mut Vec<Record>) {
+    fn write_records(&mut self, key: ConnKey, records: &mut Vec<Record>, ended_ns: Option<u64>) {
         if let Some(conn) = self.conns.get_mut(&key) {
-            self.output.emit(conn, records);
+            self.output.emit(conn, records, ended_ns);
         }
     }
 
@@ -688,7 +696,7 @@ impl Tracker {
             }
         }
         for (key, mut records) in expired {
-            self.write_records(key, &mut records);
+            self.write_records(key, &mut records, Some(now));
         }
         self.export_drops();
         self.ticks += 1;
@@ -870,7 +878,7 @@ struct SeriesKey {
     name: &'static str,
     detail: &'static str,
     status: u16,
-    /// `error_type` of DNS and database operations.
+    /// `error_type`.
     error: &'static str,
 }
 
@@ -951,7 +959,8 @@ impl Output {
                     let labels = HttpLabels {
                         target,
                         http_request_method: key.name,
-                        http_response_status_code: key.status,
+                        http_response_status_code: (key.status != 0).then_some(key.status),
+                        error_type: key.error,
                     };
                     if key.family == FAMILY_HTTP_CLIENT {
                         RedLabels::HttpClient(labels)
@@ -975,23 +984,39 @@ impl Output {
         histogram
     }
 
-    /// Takes every record out of `records`.
-    fn emit(&mut self, conn: &mut Conn, records: &mut Vec<Record>) {
+    /// Takes every record out of `records`. `ended_ns`: when the expiry that wrote them ran (a
+    /// tick's time, or the close's), if it did: the end of the wait of the requests without
+    /// response that it ended (see [`Record::unanswered`]); they are observed as errors that
+    /// took that long, unless bytes of their answers' direction were lost while they waited.
+    fn emit(&mut self, conn: &mut Conn, records: &mut Vec<Record>, ended_ns: Option<u64>) {
         let Some(kind) = conn.kind().filter(|_| conn.route.is_some()) else {
             records.clear();
             return;
         };
         for record in records.drain(..) {
+            let latency = match record.latency_ns {
+                Some(latency) => Some(latency),
+                None => unanswered_wait(
+                    record.request_ns,
+                    record.red.error(),
+                    conn.answers_lost_ns,
+                    ended_ns,
+                ),
+            };
             // The route is borrowed per record: `conn` is lent mutably to the row below.
-            if let (Some(latency), Some(route)) = (record.latency_ns, &conn.route) {
+            if let (Some(latency), Some(route)) = (latency, &conn.route) {
                 let seconds = latency as f64 / 1e9;
                 let (family, name, detail, status, error) = match &record.red {
-                    Red::Http { method, status } => {
+                    Red::Http {
+                        method,
+                        status,
+                        error,
+                    } => {
                         let family = match conn.role {
                             Some(Role::Client) => FAMILY_HTTP_CLIENT,
                             _ => FAMILY_HTTP_SERVER,
                         };
-                        (family, *method, "", *status, "")
+                        (family, *method, "", *status, *error)
                     }
                     Red::Dns { error } => (FAMILY_DNS, "", "", 0, *error),
                     Red::Db {
@@ -1013,6 +1038,23 @@ impl Output {
             self.pending.record(kind, conn, record, &self.clock);
         }
     }
+}
+
+/// How long a request without response waited, if its wait had a known end: the expiry that
+/// wrote it ended it at `ended_ns`, its error type says how ([`Record::unanswered`]), and no
+/// bytes of its answers' direction were lost since it was sent (`answers_lost_ns`). Apart, and
+/// from the record's fields only, so that answered records pay nothing for it.
+#[cold]
+fn unanswered_wait(
+    request_ns: u64,
+    error: &'static str,
+    answers_lost_ns: u64,
+    ended_ns: Option<u64>,
+) -> Option<u64> {
+    let ended = sonde_protocols::Unanswered::of_error_type(error).is_some();
+    ended_ns
+        .filter(|_| ended && request_ns > answers_lost_ns)
+        .map(|at| at.saturating_sub(request_ns))
 }
 
 /// Children's routes kept at most (see `Tracker::forked_routes`); beyond, a child waits for the
@@ -1256,7 +1298,7 @@ mod tests {
             Vec::new(),
         );
         assert_eq!(fed.records.len(), 1);
-        output.emit(conn, &mut fed.records);
+        output.emit(conn, &mut fed.records, None);
     }
 
     /// The `http_server_request_duration_seconds_count` lines of `/metrics`.
@@ -1267,6 +1309,156 @@ mod tests {
             .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The lines of `/metrics` that start with `prefix`.
+    fn metric_lines(registry: &prometheus_client::registry::Registry, prefix: &str) -> Vec<String> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    const WEB_1: &str =
+        "namespace=\"shop\",pod=\"web-1\",container=\"web\",http_request_method=\"GET\"";
+
+    /// A second `GET /` on `conn` (after one [`serve`]d), still waiting.
+    fn wait_for_answer(conn: &mut Conn) {
+        let req = GET.len() as u64;
+        let fed = conn.feed(Direction::Ingress, 1_000, req, GET, Some(req), Vec::new());
+        assert!(fed.records.is_empty());
+    }
+
+    #[test]
+    fn a_request_whose_connection_closed_before_an_answer_is_an_error_without_status_code() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut output = Output::new(ProtocolMetrics::register(&mut registry));
+        let mut conn = web_conn("web-1");
+        serve(&mut output, &mut conn, 0);
+        wait_for_answer(&mut conn);
+        // The client gave up after 0.25 s and closed (nginx would log a 499).
+        let mut records = Vec::new();
+        conn.lost_at_close(OK.len() as u64, 2 * GET.len() as u64, 250_001_000);
+        conn.expire(u64::MAX, &mut records);
+        assert_eq!(records.len(), 1);
+        output.emit(&mut conn, &mut records, Some(250_001_000));
+        let mut counts = metric_lines(&registry, "http_server_request_duration_seconds_count{");
+        counts.sort();
+        assert_eq!(
+            counts,
+            [
+                format!(
+                    "http_server_request_duration_seconds_count{{{WEB_1},http_response_status_code=\"\",error_type=\"connection_closed\"}} 1"
+                ),
+                format!(
+                    "http_server_request_duration_seconds_count{{{WEB_1},http_response_status_code=\"200\",error_type=\"\"}} 1"
+                ),
+            ]
+        );
+        let sums = metric_lines(&registry, "http_server_request_duration_seconds_sum{");
+        assert!(
+            sums.iter()
+                .any(|l| l.contains("connection_closed") && l.ends_with(" 0.25")),
+            "{sums:?}"
+        );
+    }
+
+    #[test]
+    fn a_request_that_waited_past_its_timeout_is_an_error_of_that_duration() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut output = Output::new(ProtocolMetrics::register(&mut registry));
+        let mut conn = web_conn("web-1");
+        serve(&mut output, &mut conn, 0);
+        wait_for_answer(&mut conn);
+        let mut records = Vec::new();
+        conn.expire(2_000, &mut records);
+        output.emit(&mut conn, &mut records, Some(300_000_001_000));
+        let sums = metric_lines(&registry, "http_server_request_duration_seconds_sum{");
+        assert!(
+            sums.iter().any(|l| l
+                == &format!("http_server_request_duration_seconds_sum{{{WEB_1},http_response_status_code=\"\",error_type=\"timeout\"}} 300.0")),
+            "{sums:?}"
+        );
+    }
+
+    #[test]
+    fn requests_without_a_known_end_of_their_wait_are_not_observed() {
+        let unanswered = |registry: &prometheus_client::registry::Registry| {
+            let mut lines = metric_lines(registry, "http_server_request_duration_seconds_count{");
+            lines.extend(metric_lines(registry, "dns_lookup_duration_seconds_count{"));
+            lines.retain(|l| l.contains("error_type=\"connection_closed\""));
+            lines
+        };
+        // The process went away without a close seen: when its requests stopped waiting is
+        // unknown.
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut output = Output::new(ProtocolMetrics::register(&mut registry));
+        let mut conn = web_conn("web-1");
+        serve(&mut output, &mut conn, 0);
+        wait_for_answer(&mut conn);
+        let mut records = Vec::new();
+        conn.expire(u64::MAX, &mut records);
+        assert_eq!(records.len(), 1);
+        output.emit(&mut conn, &mut records, None);
+        assert_eq!(unanswered(&registry), Vec::<String>::new());
+
+        // The close says more was answered than was seen: the answer was lost by the capture.
+        let mut conn = web_conn("web-1");
+        serve(&mut output, &mut conn, 0);
+        wait_for_answer(&mut conn);
+        let mut records = Vec::new();
+        conn.lost_at_close(2 * OK.len() as u64, 2 * GET.len() as u64, 5_000);
+        conn.expire(u64::MAX, &mut records);
+        assert_eq!(records.len(), 1);
+        output.emit(&mut conn, &mut records, Some(5_000));
+        assert_eq!(unanswered(&registry), Vec::<String>::new());
+
+        // A DNS query over TCP whose answer went in lost bytes, the stream followed again after
+        // them: the parser cannot tell, the loss while it waited does.
+        let route = super::super::routes::Route {
+            kinds: vec![sonde_protocols::Kind::Dns],
+            config: Default::default(),
+            namespace: "shop".into(),
+            pod: "web-1".into(),
+            container: "web".into(),
+        };
+        let mut conn = Conn::new(1, 4, 7, Some(Arc::new(route)));
+        let framed = |msg: &[u8]| {
+            let mut framed = (msg.len() as u16).to_be_bytes().to_vec();
+            framed.extend_from_slice(msg);
+            framed
+        };
+        let query = framed(
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x01a\x04test\x00\x00\x01\x00\x01",
+        );
+        // The answer to another query (id 0x4321).
+        let other_answer = framed(
+            b"\x43\x21\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00\x01b\x04test\x00\x00\x01\x00\x01",
+        );
+        let n = query.len() as u64;
+        let fed = conn.feed(Direction::Egress, 100, 0, &query, Some(n), Vec::new());
+        assert_eq!(fed.detected, Some(sonde_protocols::Kind::Dns));
+        let m = other_answer.len() as u64;
+        conn.feed(
+            Direction::Ingress,
+            200,
+            40,
+            &other_answer,
+            Some(m),
+            Vec::new(),
+        );
+        let mut records = Vec::new();
+        conn.expire(u64::MAX, &mut records);
+        assert_eq!(records.len(), 1);
+        assert_eq!(
+            records[0].unanswered(),
+            Some(sonde_protocols::Unanswered::Closed),
+            "the parser saw no loss in the way"
+        );
+        output.emit(&mut conn, &mut records, Some(300));
+        assert_eq!(unanswered(&registry), Vec::<String>::new());
     }
 
     #[test]
