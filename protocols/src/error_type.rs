@@ -12,6 +12,33 @@ pub const TIMEOUT: &str = "timeout";
 /// says, or the server hung up).
 pub const CONNECTION_CLOSED: &str = "connection_closed";
 
+/// An HTTP response status code as the `error_type` of a failed request (OpenTelemetry: the code,
+/// as a string, of a response "considered an error" — 5xx at the server, 4xx and 5xx at the
+/// client); empty for any other status. Static: one string per code of 400..=599, made once.
+#[inline]
+pub fn http_status(status: u16, client: bool) -> &'static str {
+    let failed = match status {
+        500..=599 => true,
+        400..=499 => client,
+        _ => false,
+    };
+    if failed { http_error_code(status) } else { "" }
+}
+
+#[cold]
+fn http_error_code(status: u16) -> &'static str {
+    static CODES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
+    let codes = CODES.get_or_init(|| {
+        (400u16..600)
+            .map(|code| &*Box::leak(code.to_string().into_boxed_str()))
+            .collect()
+    });
+    codes
+        .get(usize::from(status - 400))
+        .copied()
+        .unwrap_or(OTHER)
+}
+
 /// Distinct SQLSTATEs kept as label values; any further one is [`OTHER`]. PostgreSQL defines
 /// about 260, of which an application meets a handful.
 const MAX_SQLSTATES: usize = 256;
@@ -114,6 +141,22 @@ mod tests {
         for bad in ["", "42p01", "4201", "42P011", "42 01", "4\u{e9}P0"] {
             assert_eq!(sqlstate(bad), OTHER, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn http_errors_are_5xx_at_the_server_and_4xx_or_5xx_at_the_client() {
+        assert_eq!(http_status(503, false), "503");
+        assert_eq!(http_status(503, true), "503");
+        assert_eq!(http_status(404, false), "");
+        assert_eq!(http_status(404, true), "404");
+        for ok in [0, 101, 200, 204, 304, 399, 600] {
+            assert_eq!(http_status(ok, true), "", "{ok}");
+        }
+        // One string per code: the RED series cache compares label values by address.
+        assert!(std::ptr::eq(
+            http_status(500, true),
+            http_status(500, false)
+        ));
     }
 
     #[test]

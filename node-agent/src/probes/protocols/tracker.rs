@@ -1012,11 +1012,19 @@ impl Output {
                         status,
                         error,
                     } => {
-                        let family = match conn.role {
-                            Some(Role::Client) => FAMILY_HTTP_CLIENT,
-                            _ => FAMILY_HTTP_SERVER,
+                        let client = conn.role == Some(Role::Client);
+                        let family = if client {
+                            FAMILY_HTTP_CLIENT
+                        } else {
+                            FAMILY_HTTP_SERVER
                         };
-                        (family, *method, "", *status, *error)
+                        // An answer "considered an error" is typed by its status code.
+                        let error = if error.is_empty() {
+                            sonde_protocols::error_type::http_status(*status, client)
+                        } else {
+                            *error
+                        };
+                        (family, *method, "", *status, error)
                     }
                     Red::Dns { error } => (FAMILY_DNS, "", "", 0, *error),
                     Red::Db {
@@ -1329,6 +1337,72 @@ mod tests {
         let req = GET.len() as u64;
         let fed = conn.feed(Direction::Ingress, 1_000, req, GET, Some(req), Vec::new());
         assert!(fed.records.is_empty());
+    }
+
+    #[test]
+    fn a_5xx_answer_is_an_error_typed_by_its_code_at_the_server_and_a_4xx_only_at_the_client() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let mut output = Output::new(ProtocolMetrics::register(&mut registry));
+        let answers: [&[u8]; 3] = [
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+            OK,
+        ];
+        for role in [Role::Server, Role::Client] {
+            let mut conn = web_conn("web-1");
+            let (req, resp) = match role {
+                Role::Server => (Direction::Ingress, Direction::Egress),
+                Role::Client => (Direction::Egress, Direction::Ingress),
+            };
+            let (mut sent, mut received) = (0u64, 0u64);
+            for (n, answer) in answers.iter().enumerate() {
+                let ts = 10 * n as u64;
+                let mut pos = |dir: Direction, len: usize| {
+                    let at = match dir {
+                        Direction::Egress => &mut sent,
+                        Direction::Ingress => &mut received,
+                    };
+                    let pos = *at;
+                    *at += len as u64;
+                    pos
+                };
+                let at = pos(req, GET.len());
+                conn.feed(req, ts, at, GET, Some(GET.len() as u64), Vec::new());
+                let at = pos(resp, answer.len());
+                let mut fed = conn.feed(
+                    resp,
+                    ts + 1,
+                    at,
+                    answer,
+                    Some(answer.len() as u64),
+                    Vec::new(),
+                );
+                assert_eq!(fed.records.len(), 1, "{role:?} {n}");
+                output.emit(&mut conn, &mut fed.records, None);
+            }
+        }
+        let mut server = metric_lines(&registry, "http_server_request_duration_seconds_count{");
+        server.sort();
+        assert_eq!(
+            server,
+            [200, 404, 503].map(|code| {
+                let error = if code == 503 { "503" } else { "" };
+                format!(
+                    "http_server_request_duration_seconds_count{{{WEB_1},http_response_status_code=\"{code}\",error_type=\"{error}\"}} 1"
+                )
+            })
+        );
+        let mut client = metric_lines(&registry, "http_client_request_duration_seconds_count{");
+        client.sort();
+        assert_eq!(
+            client,
+            [200, 404, 503].map(|code| {
+                let error = if code == 200 { String::new() } else { code.to_string() };
+                format!(
+                    "http_client_request_duration_seconds_count{{{WEB_1},http_response_status_code=\"{code}\",error_type=\"{error}\"}} 1"
+                )
+            })
+        );
     }
 
     #[test]
