@@ -1,6 +1,7 @@
 //! State shared by the controllers, the assignment pass and (through `metrics`) the HTTP server.
 use std::sync::Arc;
 
+use k8s_openapi::jiff;
 use kube::Client;
 use kube::runtime::events::Recorder;
 use tokio::sync::Notify;
@@ -22,4 +23,6 @@ pub struct Context {
     pub assignments_changed: Arc<Notify>,
     /// Cluster-wide probes switched on by flags, added to every node's assignment.
     pub auto_telemetry: AutoTelemetry,
+    /// When this operator started: a deletion's wait for agents counts from here at the earliest.
+    pub started: jiff::Timestamp,
 }

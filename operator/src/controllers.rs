@@ -50,6 +50,7 @@ pub async fn start(
         metrics,
         assignments_changed: changed,
         auto_telemetry,
+        started: k8s_openapi::jiff::Timestamp::now(),
     });
     // Until then an empty cache would read as "no probes anywhere".
     ctx.stores

@@ -140,9 +140,8 @@ async fn cleanup<K: SondeResource>(obj: &K, ctx: &Context) -> Result<Action, Err
         publish(ctx, obj, event(EventType::Normal, "Deleted", note)).await;
         return Ok(Action::await_change());
     }
-    let deleting_since = obj.meta().deletion_timestamp.as_ref().map_or(now, |t| t.0);
-    let waited = Duration::try_from(now.duration_since(deleting_since)).unwrap_or_default();
-    if waited > CLEANUP_DEADLINE {
+    let deleted_at = obj.meta().deletion_timestamp.as_ref().map(|t| t.0);
+    if cleanup_waited(deleted_at, ctx.started, now) > CLEANUP_DEADLINE {
         let note = format!(
             "gave up waiting {}s for nodes {} to remove probe {id}; deleting anyway",
             CLEANUP_DEADLINE.as_secs(),
@@ -155,6 +154,14 @@ async fn cleanup<K: SondeResource>(obj: &K, ctx: &Context) -> Result<Action, Err
         id,
         nodes: nodes.join(", "),
     })
+}
+
+/// How long a deletion has waited for agents: since it was asked for, or since this operator
+/// started if that was later — an operator back after a long outage gives the agents their time
+/// again instead of giving up on every pending deletion at once.
+fn cleanup_waited(deleted_at: Option<Timestamp>, started: Timestamp, now: Timestamp) -> Duration {
+    let since = deleted_at.map_or(now, |d| d.max(started));
+    Duration::try_from(now.duration_since(since)).unwrap_or_default()
 }
 
 async fn patch_status<K: SondeResource>(
@@ -223,6 +230,25 @@ mod tests {
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_deletion_waits_for_agents_from_the_operators_start_if_it_came_later() {
+        let deleted = t("2025-01-01T00:00:00Z");
+        let early_start = t("2024-12-31T23:00:00Z");
+        let now = t("2025-01-01T00:00:45Z");
+        assert_eq!(
+            cleanup_waited(Some(deleted), early_start, now),
+            Duration::from_secs(45)
+        );
+        // Down for ten minutes: back at 00:10, the wait starts again.
+        let late_start = t("2025-01-01T00:10:00Z");
+        let now = t("2025-01-01T00:10:30Z");
+        assert_eq!(
+            cleanup_waited(Some(deleted), late_start, now),
+            Duration::from_secs(30)
+        );
+        assert_eq!(cleanup_waited(None, early_start, now), Duration::ZERO);
     }
 
     #[test]
