@@ -475,6 +475,13 @@ pub trait ConnParser: Send {
     ) -> Result<(), ParseError>;
     /// Some bytes of this direction were lost (truncated capture or dropped events): resynchronise.
     fn gap(&mut self, dir: Direction, lost_bytes: u64);
+    /// [`gap`](Self::gap) for the bytes of a syscall at `ts_ns` that were not captured (sendfile,
+    /// a data event without data): a parser that dates a message by its last bytes (HTTP) dates
+    /// one that this gap ends by this syscall.
+    fn gap_at(&mut self, dir: Direction, lost_bytes: u64, ts_ns: u64) {
+        let _ = ts_ns;
+        self.gap(dir, lost_bytes);
+    }
     /// Emits requests older than `deadline_ns` (monotonic) as records without response; on close the
     /// runtime calls it with `u64::MAX`. Those whose wait it ends get [`Record::unanswered`]
     /// ([`Unanswered::at`]), unless their answers may have been in bytes lost meanwhile (the

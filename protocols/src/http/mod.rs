@@ -110,6 +110,16 @@ impl ConnParser for Parser {
         }
     }
 
+    fn gap_at(&mut self, dir: Direction, lost_bytes: u64, ts_ns: u64) {
+        // A static file's answer sent by sendfile ends at its last sendfile, not its head's write.
+        if self.carries_requests(dir) {
+            self.requests.seen_at(ts_ns);
+        } else {
+            self.responses.seen_at(ts_ns);
+        }
+        self.gap(dir, lost_bytes);
+    }
+
     fn expire(&mut self, deadline_ns: u64, out: &mut Vec<Record>) {
         let in_sync = self.responses.in_sync();
         if deadline_ns == u64::MAX {

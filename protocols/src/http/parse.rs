@@ -670,6 +670,11 @@ impl Reader {
     }
 
     /// `lost` bytes of this direction were not captured.
+    /// A syscall of this direction ran at `ts_ns` (its bytes not captured): what a gap ends, ends then.
+    pub fn seen_at(&mut self, ts_ns: u64) {
+        self.last_ns = ts_ns;
+    }
+
     pub fn gap(&mut self, lost: u64, stitch: &mut Stitcher) {
         let ts = self.last_ns;
         if lost == 0 {

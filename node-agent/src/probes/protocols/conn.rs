@@ -276,18 +276,7 @@ impl Conn {
             // bytes are a gap of known length.
             if gap > 0 {
                 match &mut self.protocol {
-                    Protocol::Parsing { kind, parser } => {
-                        if *kind == Kind::Http {
-                            // The HTTP parser dates a message that a gap ends by its last bytes
-                            // seen: an empty feed first tells it when this syscall ran, or a
-                            // static file's answer sent by sendfile ended at its head's write.
-                            if let Err(e) = parser.feed(dir, ts_ns, &[], &mut fed.records) {
-                                fed.error = Some(e);
-                            }
-                            self.produced |= !fed.records.is_empty() || fed.error.is_some();
-                        }
-                        parser.gap(dir, gap);
-                    }
+                    Protocol::Parsing { parser, .. } => parser.gap_at(dir, gap, ts_ns),
                     // What came before the gap does not continue after it.
                     Protocol::Detecting { head, .. } => head.clear(),
                     Protocol::Unknown => {}
