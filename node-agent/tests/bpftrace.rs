@@ -63,6 +63,7 @@ fn harness() -> Harness {
 
 /// A harness whose scripts know the node's capabilities as the agent detected them.
 fn harness_on(capabilities: Option<NodeCapabilities>) -> Harness {
+    Logs::install();
     ensure_tracefs();
     let mut registry = Registry::default();
     let shared = BpftraceShared::new(&mut registry, bpftrace())
@@ -152,12 +153,28 @@ async fn eventually<T>(
 }
 
 /// What the code under test logs on this thread (a current-thread runtime runs its tasks here).
+///
+/// One process-wide subscriber routes each thread's lines to that thread's capture. A scoped
+/// `set_default` would not do: tracing caches each callsite's interest process-wide, so a sibling
+/// test hitting the same `warn!` first on a thread without a subscriber disabled it for everyone
+/// (seen in CI: four restarts, fewer than two warnings captured).
 #[derive(Clone, Default)]
 struct Logs(Arc<Mutex<Vec<u8>>>);
 
-impl std::io::Write for Logs {
+thread_local! {
+    static CAPTURING: std::cell::RefCell<Option<Logs>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the current thread's capture, or nowhere.
+struct ThreadLogs;
+
+impl std::io::Write for ThreadLogs {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
+        CAPTURING.with(|c| {
+            if let Some(logs) = c.borrow().as_ref() {
+                logs.0.lock().unwrap().extend_from_slice(buf);
+            }
+        });
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -165,15 +182,35 @@ impl std::io::Write for Logs {
     }
 }
 
+/// Ends a thread's capture when dropped.
+struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURING.with(|c| c.borrow_mut().take());
+    }
+}
+
 impl Logs {
-    fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+    /// Sets the process-wide subscriber before a test runs anything that logs, so no callsite
+    /// is ever registered without it.
+    fn install() {
+        static GLOBAL: OnceLock<()> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(|| ThreadLogs)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other test in this binary sets a global subscriber");
+        });
+    }
+
+    fn capture() -> (Logs, CaptureGuard) {
+        Logs::install();
         let logs = Logs::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        (logs, tracing::subscriber::set_default(subscriber))
+        CAPTURING.with(|c| *c.borrow_mut() = Some(logs.clone()));
+        (logs, CaptureGuard)
     }
 
     /// The WARN lines that contain `needle`.
