@@ -62,7 +62,8 @@ pub struct ParseConfig {
     /// Replace secrets (Authorization, Cookie, Set-Cookie, Proxy-Authorization and credential
     /// header values such as `X-Api-Key`,
     /// PostgreSQL/MySQL password messages and passwords in SQL text, Redis AUTH arguments, secret
-    /// query parameters and form or JSON fields) with `<redacted>`.
+    /// query parameters and form or JSON fields; and, under any name, tokens recognised by their
+    /// shape — JWTs, vendor API keys, PEM private keys: `secret::shapes`) with `<redacted>`.
     pub redact: bool,
 }
 

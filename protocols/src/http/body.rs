@@ -2,6 +2,7 @@
 //! A gzip or deflate body (`Content-Encoding`) is decoded first, as far as its kept bytes go.
 use super::redact;
 use crate::Span;
+use crate::secret::shapes;
 
 /// A body as captured: a bounded prefix and the size the message declared or carried.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -13,7 +14,8 @@ pub struct Body {
     pub size: u64,
     /// Set after a hole: later bytes are counted but not appended, they do not follow the prefix.
     frozen: bool,
-    /// Secret values of a form or JSON body are redacted when it is rendered.
+    /// Secret values of a form or JSON body, and tokens of any text body ([`shapes`]), are
+    /// redacted when it is rendered.
     redact: bool,
     /// Bytes a compressed body is decoded to at most (the body limit): a small body can claim to
     /// expand to gigabytes.
@@ -51,10 +53,10 @@ impl Body {
     /// UTF-8, or undeclared and valid UTF-8 without control bytes), else as `<binary N bytes,
     /// type>`: never dump an image into a table, nor a file uploaded as a form (`curl
     /// --data-binary` declares any file `x-www-form-urlencoded`); the values of secret fields of
-    /// a form or JSON body redacted. A gzip or deflate body is decoded first (what its kept bytes
-    /// hold, up to the body limit) and shown after `<gzip decoded> ` (or `<deflate decoded> `);
-    /// its size stays that of the bytes sent. `content_type` and `content_encoding` are spans of
-    /// `text`; returns the body's.
+    /// a form or JSON body redacted, and tokens in any text ([`shapes`]). A gzip or deflate body
+    /// is decoded first (what its kept bytes hold, up to the body limit) and shown after `<gzip
+    /// decoded> ` (or `<deflate decoded> `); its size stays that of the bytes sent.
+    /// `content_type` and `content_encoding` are spans of `text`; returns the body's.
     pub fn render_into(
         self,
         text: &mut String,
@@ -110,7 +112,17 @@ impl Body {
             if let Some((coding, _)) = &decoded {
                 text.push_str(coding.marker());
             }
-            text.push_str(body);
+            if self.redact {
+                // The text ends before the body did (its limit, a loss, a decoding stopped at
+                // its bound): a token the end cuts is redacted all the same.
+                let cut = (self.kept.len() as u64) < self.size
+                    || decoded
+                        .as_ref()
+                        .is_some_and(|(_, d)| d.len() >= self.max_decoded);
+                shapes::push_redacted(text, body, cut);
+            } else {
+                text.push_str(body);
+            }
         } else {
             // Written piece by piece (`format!` here was a tenth of the agent's work per request
             // for a server answering `application/octet-stream`). The type and the encoding are
@@ -445,6 +457,82 @@ mod tests {
         assert_eq!(
             shown(redacting(raw, 512), "application/json", "deflate"),
             json
+        );
+    }
+
+    #[test]
+    fn tokens_in_text_bodies_are_redacted_whatever_names_them() {
+        use crate::secret::tests::{AWS_KEY_ID, JWT, PEM_BODY, github_token};
+        let token = github_token();
+        let json = format!(r#"{{"data":"{JWT}","items":[{{"note":"Bearer {token}"}}]}}"#);
+        assert_eq!(
+            shown(redacting(json.as_bytes(), 512), "application/json", ""),
+            r#"{"data":"<redacted>","items":[{"note":"Bearer <redacted>"}]}"#
+        );
+        let form = format!("next=%2Fhome&sig2={JWT}&q=1");
+        assert_eq!(
+            shown(
+                redacting(form.as_bytes(), 512),
+                "application/x-www-form-urlencoded",
+                ""
+            ),
+            "next=%2Fhome&sig2=<redacted>&q=1"
+        );
+        let log = format!(
+            "INFO key {AWS_KEY_ID} used\n-----BEGIN RSA PRIVATE KEY-----\n{PEM_BODY}-----END RSA PRIVATE KEY-----\n"
+        );
+        let expected = "INFO key <redacted> used\n-----BEGIN RSA PRIVATE KEY-----<redacted>-----END RSA PRIVATE KEY-----\n";
+        assert_eq!(
+            shown(redacting(log.as_bytes(), 4096), "text/plain", ""),
+            expected
+        );
+        // Undeclared text is shown, and redacted, too.
+        assert_eq!(shown(redacting(log.as_bytes(), 4096), "", ""), expected);
+        // Not redacting: as sent.
+        let mut plain = Body::new(false, 512);
+        plain.push(json.as_bytes(), 512);
+        assert_eq!(shown(plain, "application/json", ""), json);
+    }
+
+    #[test]
+    fn a_gzip_body_s_tokens_are_redacted_once_decoded() {
+        use std::io::Write as _;
+        let text = format!(r#"{{"data":"{}"}}"#, crate::secret::tests::JWT);
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(text.as_bytes()).unwrap();
+        let gzip = encoder.finish().unwrap();
+        assert_eq!(
+            shown(redacting(&gzip, 512), "application/json", "gzip"),
+            r#"<gzip decoded> {"data":"<redacted>"}"#
+        );
+        // Decoded up to a limit that cuts the token: what there is of it.
+        let mut cut = Body::new(true, 30);
+        cut.push(&gzip, 512);
+        assert_eq!(
+            shown(cut, "application/json", "gzip"),
+            r#"<gzip decoded> {"data":"<redacted>"#
+        );
+    }
+
+    #[test]
+    fn a_token_cut_by_the_body_limit_is_redacted_but_a_whole_body_s_end_is_read_as_it_is() {
+        let token = crate::secret::tests::github_token();
+        let body = format!("token: {token}\n");
+        // Kept up to 20 bytes: `token: ` and 13 bytes of the token.
+        assert_eq!(
+            shown(redacting(body.as_bytes(), 20), "text/plain", ""),
+            "token: <redacted>"
+        );
+        // Lost after its first bytes.
+        let mut lost = Body::new(true, 512);
+        lost.push(&body.as_bytes()[..20], 512);
+        lost.skip(body.len() as u64 - 20);
+        assert_eq!(shown(lost, "text/plain", ""), "token: <redacted>");
+        // A whole body ending in what starts like a token is text.
+        let whole = "see ghp_abc";
+        assert_eq!(
+            shown(redacting(whole.as_bytes(), 512), "text/plain", ""),
+            whole
         );
     }
 

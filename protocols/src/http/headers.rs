@@ -57,14 +57,62 @@ pub(super) fn known(name: &str) -> Known {
     }
 }
 
+/// A header of nearly every exchange whose value's grammar leaves no room for a credential (a
+/// host, a date, product names, lists of tokens or codings): its value is not searched for tokens
+/// by their shape ([`crate::secret::shapes`]), which would cost every exchange. (The headers
+/// [`known`] names are not either.) The length and the first four letters, read as one word, pick
+/// the one candidate to compare (`host` and `date` are that word).
+#[inline]
+pub(super) fn plain(name: &str) -> bool {
+    const fn word(four: &[u8; 4]) -> u32 {
+        u32::from_le_bytes(*four)
+    }
+    let bytes = name.as_bytes();
+    let Some(first) = bytes.first_chunk::<4>() else {
+        return false;
+    };
+    // Lower case (see `eq_lowercase`).
+    let first = word(first) | 0x2020_2020;
+    let is = |known: &str| eq_lowercase(bytes, known.as_bytes());
+    match bytes.len() {
+        4 => first == word(b"host") || first == word(b"date"),
+        6 if first == word(b"serv") => is("server"),
+        6 if first == word(b"acce") => is("accept"),
+        10 if first == word(b"conn") => is("connection"),
+        10 if first == word(b"keep") => is("keep-alive"),
+        10 if first == word(b"user") => is("user-agent"),
+        13 if first == word(b"cach") => is("cache-control"),
+        13 if first == word(b"last") => is("last-modified"),
+        15 if first == word(b"acce") => is("accept-encoding") || is("accept-language"),
+        17 if first == word(b"if-m") => is("if-modified-since"),
+        _ => false,
+    }
+}
+
 /// `name` equals `lower` (lowercase letters and `-`, as long as `name`) in any case, compared a
 /// word at a time: a byte ORed with 0x20 is a lowercase letter only if it is that letter in
 /// either case, and `-` only if it is `-` or CR, which no header name (a token) holds.
 fn eq_lowercase(name: &[u8], lower: &[u8]) -> bool {
     const FOLD: u64 = 0x2020_2020_2020_2020;
     let len = name.len();
-    if len != lower.len() || len < 8 {
-        return name.eq_ignore_ascii_case(lower);
+    if len != lower.len() {
+        return false;
+    }
+    if len < 8 {
+        // `host`, `date`, `server`: the first four bytes and the last four (overlapping).
+        let word = |bytes: &[u8], at: usize| {
+            bytes
+                .get(at..at + 4)
+                .and_then(|w| <[u8; 4]>::try_from(w).ok())
+                .map(u32::from_le_bytes)
+        };
+        return match len {
+            4.. => {
+                word(name, 0).map(|w| w | FOLD as u32) == word(lower, 0)
+                    && word(name, len - 4).map(|w| w | FOLD as u32) == word(lower, len - 4)
+            }
+            _ => name.eq_ignore_ascii_case(lower),
+        };
     }
     let word = |bytes: &[u8], at: usize| {
         bytes

@@ -4,7 +4,7 @@
 //! because a tracer must survive what a client library never sees: bytes lost in the capture, streams
 //! joined mid-message, responses whose request was never seen.
 //!
-//! - [`detect`]: a known method and a space, or `HTTP/1.`, at the start of a connection.
+//! - [`detect`](mod@detect): a known method and a space, or `HTTP/1.`, at the start of a connection.
 //! - [`parse`]: one [`parse::Reader`] per direction turns bytes into [`parse::Message`]s; a gap inside a
 //!   body of known length is skipped without losing sync; a gap inside a chunked body (a client's
 //!   large reads are captured in part) counts bytes until the last chunk shows or a later syscall

@@ -3,8 +3,9 @@
 //! neither is read until the connection closes.
 use super::body::Body;
 use super::detect::{find_message_start, starts_request, starts_response};
-use super::headers::{Known, known, secret};
+use super::headers::{Known, known, plain, secret};
 use super::stitch::Stitcher;
+use crate::secret::shapes;
 use crate::{ParseError, REDACTED, Span};
 
 /// A head larger than this is not HTTP we can follow (servers refuse far smaller ones).
@@ -76,12 +77,23 @@ struct Seen {
     content_encoding: Option<usize>,
     /// A header whose value is secret.
     secret: bool,
+    /// A token in a header value ([`shapes`]).
+    token: bool,
     /// Transfer-Encoding names `chunked`.
     chunked: bool,
     /// Content-Length, if present.
     content_length: Option<u64>,
     /// Content-Length values differ, or one is no number.
     bad_content_length: bool,
+}
+
+/// Appends `value`, its tokens redacted if `tokens`.
+fn push_value(text: &mut String, value: &str, tokens: bool) {
+    if tokens {
+        shapes::push_redacted(text, value, false);
+    } else {
+        text.push_str(value);
+    }
 }
 
 /// Room left in a request head's text for what its record appends (the response head and the
@@ -122,26 +134,38 @@ impl Head {
                         .any(|coding| coding.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 }
                 Known::Secret => seen.secret = true,
-                // Credentials in other headers (`X-Api-Key`, …).
+                // Credentials in other headers (`X-Api-Key`, …), and tokens in their values by
+                // their shape (a JWT or an API key under any name; usually none).
                 Known::Other => {
                     if redact {
                         seen.secret |= super::redact::secret_header(h.name);
+                        seen.token = seen.token
+                            || (h.value.len() >= shapes::SHORTEST
+                                && !plain(h.name)
+                                && shapes::holds_token(h.value, false));
                     }
                 }
             }
         }
+        // A status line's reason is the server's fixed text: only a request's path is looked at.
+        let tokens = redact
+            && (seen.token
+                || matches!(line, StartLine::Request { path, .. }
+                    if shapes::holds_token(path.as_bytes(), false)));
         // Usually the head is valid UTF-8 without secrets: one copy, spans from the slices'
         // offsets. Otherwise its parts are written one by one, secrets redacted, bytes decoded
         // lossily. (`from_utf8` first: several times faster than the lossy decoder's check.)
         let mut head = match std::str::from_utf8(bytes) {
-            Ok(whole) if !(redact && seen.secret) => {
+            Ok(whole) if !(redact && seen.secret) && !tokens => {
                 Head::verbatim(whole, line, headers, &seen, slack)
             }
             _ => None,
         }
-        .unwrap_or_else(|| Head::rewritten(line, headers, &seen, redact, slack));
-        if redact && matches!(line, StartLine::Request { path, .. } if path.contains('?')) {
-            head.redact_query();
+        .unwrap_or_else(|| Head::rewritten(line, headers, &seen, redact, tokens, slack));
+        if redact
+            && (tokens || matches!(line, StartLine::Request { path, .. } if path.contains('?')))
+        {
+            head.redact_path(tokens);
         }
         head.chunked = seen.chunked;
         head.content_length = seen.content_length;
@@ -149,10 +173,18 @@ impl Head {
         head
     }
 
-    /// Secret query parameters of the path redacted: the redacted path is appended to the text
-    /// and the path's span moved to it (the request line itself is no column).
-    fn redact_query(&mut self) {
-        if let Some(redacted) = super::redact::query(self.path.of(&self.text)) {
+    /// Secret query parameters of the path redacted, and tokens anywhere in it if the head holds
+    /// some (`tokens`): the redacted path is appended to the text and the path's span moved to it
+    /// (the request line itself is no column).
+    fn redact_path(&mut self, tokens: bool) {
+        let path = self.path.of(&self.text);
+        let named = super::redact::query(path);
+        let shaped = if tokens {
+            shapes::redacted(named.as_deref().unwrap_or(path), false)
+        } else {
+            None
+        };
+        if let Some(redacted) = shaped.or(named) {
             let start = self.text.len();
             self.text.push_str(&redacted);
             self.path = Span::at(start, redacted.len());
@@ -197,12 +229,14 @@ impl Head {
     }
 
     /// The head's parts written anew: header lines as `name: value`, secret values redacted when
-    /// `redact`, bytes that are no UTF-8 replaced.
+    /// `redact` (and the tokens in any value when the head holds some: `tokens`),
+    /// bytes that are no UTF-8 replaced.
     fn rewritten(
         line: StartLine<'_>,
         headers: &[httparse::Header<'_>],
         seen: &Seen,
         redact: bool,
+        tokens: bool,
         slack: usize,
     ) -> Head {
         let mut head = Head::default();
@@ -233,9 +267,9 @@ impl Head {
             if redact && secret(h.name) {
                 text.push_str(REDACTED);
             } else {
-                let value = String::from_utf8_lossy(h.value);
                 let start = text.len();
-                text.push_str(&value);
+                push_value(&mut text, &String::from_utf8_lossy(h.value), tokens);
+                let value = &text[start..];
                 // Trimmed of ASCII whitespace only: the span stays on character boundaries.
                 let lead = value.len() - value.trim_ascii_start().len();
                 let trimmed = Span::at(start + lead, value.trim_ascii().len());

@@ -589,6 +589,69 @@ fn credentials_in_custom_headers_are_redacted_but_not_cors_flags() {
     }
 }
 
+#[test]
+fn tokens_in_headers_the_path_and_the_query_are_redacted_by_their_shape() {
+    use crate::secret::tests::{JWT, fake, github_token};
+    let token = github_token();
+    let google = fake("AIza", 35);
+    let request = format!(
+        "GET /reset/{JWT}?next=%2Fhome&t={token}&page=2 HTTP/1.1\r\nHost: x\r\nX-Trace: {JWT}\r\nReferer: https://app/cb?key={google}&q=1\r\nX-Request-Id: r-1\r\n\r\n"
+    );
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Debug: issued Bearer {token}\r\nContent-Length: 2\r\n\r\nok"
+    );
+    for redact in [true, false] {
+        let mut p = client_parser(redact);
+        let mut out = Vec::new();
+        feed(&mut p, Direction::Egress, 100, request.as_bytes(), &mut out);
+        feed(
+            &mut p,
+            Direction::Ingress,
+            200,
+            response.as_bytes(),
+            &mut out,
+        );
+        assert_eq!(out.len(), 1);
+        let (jwt, github, google) = if redact {
+            ("<redacted>", "<redacted>", "<redacted>")
+        } else {
+            (JWT, token.as_str(), google.as_str())
+        };
+        assert_eq!(
+            text(&out[0], "req_path"),
+            format!("/reset/{jwt}?next=%2Fhome&t={github}&page=2")
+        );
+        assert_eq!(
+            text(&out[0], "req_headers"),
+            format!(
+                r#"{{"Host":"x","Referer":"https://app/cb?key={google}&q=1","X-Request-Id":"r-1","X-Trace":"{jwt}"}}"#
+            )
+        );
+        assert_eq!(
+            text(&out[0], "resp_headers"),
+            format!(
+                r#"{{"Content-Length":"2","Content-Type":"text/plain","X-Debug":"issued Bearer {github}"}}"#
+            )
+        );
+        // The content type is still read from a head written anew.
+        assert_eq!(text(&out[0], "content_type"), "text/plain");
+    }
+}
+
+#[test]
+fn tokens_are_redacted_beside_headers_secret_by_name() {
+    let token = crate::secret::tests::github_token();
+    let request = format!("GET / HTTP/1.1\r\nAuthorization: Basic YTpi\r\nX-Echo: {token}\r\n\r\n");
+    let mut p = client_parser(true);
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 100, request.as_bytes(), &mut out);
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(
+        text(&out[0], "req_headers"),
+        r#"{"Authorization":"<redacted>","X-Echo":"<redacted>"}"#
+    );
+}
+
 const REDACTED_HEADERS: &str = r#"{"Authorization":"<redacted>","Cookie":"<redacted>"}"#;
 const PLAIN_HEADERS: &str = r#"{"Authorization":"Basic YTpi","Cookie":"s=1"}"#;
 
@@ -937,6 +1000,27 @@ fn header_names_are_known_in_any_case_and_only_when_exact() {
     ];
     for (name, want) in cases {
         assert_eq!(known(name), want, "{name:?}");
+    }
+    for (name, want) in [
+        ("HOST", true),
+        ("Date", true),
+        ("Server", true),
+        ("Accept", true),
+        ("Connection", true),
+        ("Keep-Alive", true),
+        ("User-Agent", true),
+        ("Cache-Control", true),
+        ("Last-Modified", true),
+        ("Accept-Encoding", true),
+        ("accept-language", true),
+        ("If-Modified-Since", true),
+        ("Hosts", false),
+        ("Referer", false),
+        ("Location", false),
+        ("X-Date", false),
+        ("", false),
+    ] {
+        assert_eq!(super::headers::plain(name), want, "{name:?}");
     }
 }
 

@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::packet::{self, Command};
+use crate::secret::shapes;
 use crate::sql::{self, Dialect};
 use crate::{Field, ParseConfig, REDACTED, Record, Red, Unanswered};
 
@@ -225,7 +226,7 @@ impl Stitcher {
                     id => id,
                 };
                 match id.and_then(|id| self.statements.get_mut(&id)) {
-                    Some(st) => executed(&mut p, payload, st, self.text_cap),
+                    Some(st) => executed(&mut p, payload, st, self.redact, self.text_cap),
                     None if p.deferred.is_none() => {
                         p.body = id.map(|id| format!("statement {id}"));
                     }
@@ -298,7 +299,7 @@ impl Stitcher {
         let first = payload.first().copied().unwrap_or(0);
         if first == 0xff {
             self.progress.status = Some("ERR");
-            self.progress.body = Some(packet::err(payload));
+            self.progress.body = Some(error_text(payload, self.redact));
             return self.complete(end_ns, out);
         }
         let phase = self.progress.phase.unwrap_or(Phase::Start);
@@ -373,7 +374,7 @@ impl Stitcher {
                             break;
                         }
                         if let Some(payload) = p.deferred.take() {
-                            executed(p, &payload, &mut statement, self.text_cap);
+                            executed(p, &payload, &mut statement, self.redact, self.text_cap);
                         }
                     }
                     self.statements.insert(ok.statement_id, statement);
@@ -491,7 +492,7 @@ impl Stitcher {
         self.resumed(false);
         if payload.first() == Some(&0xff) {
             self.progress.status = Some("ERR");
-            self.progress.body = Some(packet::err(payload));
+            self.progress.body = Some(error_text(payload, self.redact));
         } else {
             self.progress.status = Some("OK");
             self.progress.body = Some("Resultset (rows not all captured)".into());
@@ -547,9 +548,21 @@ fn ok_text(ok: &packet::Ok) -> String {
     }
 }
 
+/// An ERR packet's text, its tokens redacted if `redact`: a message may quote a value (`Duplicate
+/// entry '…' for key`).
+fn error_text(payload: &[u8], redact: bool) -> String {
+    let text = packet::err(payload);
+    if redact {
+        shapes::redacted(&text, false).unwrap_or(text)
+    } else {
+        text
+    }
+}
+
 /// `p` runs `st`: its text, operation and, for an execute, its parameters (`payload`: the
-/// command's, cut to what was kept).
-fn executed(p: &mut Pending, payload: &[u8], st: &mut Statement, cap: usize) {
+/// command's, cut to what was kept), their tokens redacted if `redact` (values bound to a
+/// credential's placeholder are already).
+fn executed(p: &mut Pending, payload: &[u8], st: &mut Statement, redact: bool, cap: usize) {
     p.operation = sql::operation(&st.text);
     p.body = Some(st.text.clone());
     p.params = match p.cmd {
@@ -561,7 +574,14 @@ fn executed(p: &mut Pending, payload: &[u8], st: &mut Statement, cap: usize) {
         }
         _ => None,
     }
-    .map(|s| crate::cut(s, cap));
+    .map(|s| {
+        let s = if redact {
+            shapes::redacted(&s, false).unwrap_or(s)
+        } else {
+            s
+        };
+        crate::cut(s, cap)
+    });
 }
 
 fn record(p: Pending, response: Option<(u64, Progress)>, status: Option<&'static str>) -> Record {

@@ -601,3 +601,57 @@ fn a_command_unanswered_at_the_close_ended_with_it_unless_its_answer_was_cut() {
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].latency_ns, out[0].unanswered()), (None, None));
 }
+
+#[test]
+fn tokens_in_queries_executed_values_and_errors_are_redacted_under_any_name() {
+    use crate::secret::tests::{JWT, github_token};
+    let token = github_token();
+    let query = format!("\x03INSERT INTO notes (body) VALUES ('{JWT}')");
+    let mut execute = b"\x17\x05\x00\x00\x00\x00\x01\x00\x00\x00\x00\x01\xfd\x00\xfd\x00".to_vec();
+    for value in ["https://hooks.example/x", &token] {
+        execute.push(value.len() as u8);
+        execute.extend_from_slice(value.as_bytes());
+    }
+    let mut error = b"\xff\x26\x04#23000".to_vec();
+    error.extend_from_slice(format!("Duplicate entry '{token}' for key 'note'").as_bytes());
+    let out = run(
+        &mut client(),
+        &[
+            (Direction::Egress, 1, pkt(0, query.as_bytes())),
+            (Direction::Ingress, 2, pkt(1, OK)),
+            (
+                Direction::Egress,
+                3,
+                pkt(0, b"\x16INSERT INTO hooks (url, note) VALUES (?, ?)"),
+            ),
+            (
+                Direction::Ingress,
+                4,
+                [
+                    pkt(1, b"\x00\x05\x00\x00\x00\x00\x00\x02\x00\x00\x00\x00"),
+                    pkt(2, PARAM),
+                    pkt(3, PARAM),
+                ]
+                .concat(),
+            ),
+            (Direction::Egress, 5, pkt(0, &execute)),
+            (Direction::Ingress, 6, pkt(1, &error)),
+        ],
+    );
+    assert_eq!(out.len(), 3);
+    assert_eq!(
+        out[0].fields[1],
+        Field::String("INSERT INTO notes (body) VALUES ('<redacted>')".into())
+    );
+    assert_eq!(
+        out[2].fields[2],
+        Field::String("'https://hooks.example/x', '<redacted>'".into())
+    );
+    let Field::String(error) = &out[2].fields[4] else {
+        panic!("{:?}", out[2].fields)
+    };
+    assert!(
+        error.ends_with("Duplicate entry '<redacted>' for key 'note'"),
+        "{error}"
+    );
+}

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use super::backend::Backend;
 use super::frontend::Frontend;
 use super::values::render_params;
+use crate::secret::shapes;
 use crate::sql::{self, Dialect};
 use crate::{Field, ParseConfig, REDACTED, Record, Red, Unanswered};
 
@@ -171,6 +172,16 @@ impl Stitcher {
         (text, operation, secret_params)
     }
 
+    /// `text` (no statement: a startup's parameters, an error message) with its tokens redacted
+    /// when configured.
+    fn without_tokens(&self, text: String) -> String {
+        if self.redact {
+            shapes::redacted(&text, false).unwrap_or(text)
+        } else {
+            text
+        }
+    }
+
     fn unit(&self, cmd: &'static str, text: Option<String>, start_ns: u64) -> Unit {
         let (text, operation) = match text {
             Some(t) if cmd == "Query" => {
@@ -220,6 +231,7 @@ impl Stitcher {
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect::<Vec<_>>()
                     .join(" ");
+                let text = self.without_tokens(text);
                 let unit = self.unit(
                     "StartupMessage",
                     Some(crate::cut(text, self.text_cap)),
@@ -289,6 +301,7 @@ impl Stitcher {
                         &formats,
                         known.map_or(&[][..], |p| &p.types),
                         known.map_or(&[][..], |p| &p.secret_params),
+                        self.redact,
                         truncated,
                         self.text_cap,
                     )
@@ -415,7 +428,11 @@ impl Stitcher {
         match msg {
             Backend::ReadyForQuery => self.complete(end_ns, out),
             Backend::Error { text, fatal } => {
-                a.error.get_or_insert(text);
+                if self.answered.error.is_none() {
+                    // A message may quote a value (`Key (token)=(…) already exists`).
+                    let text = self.without_tokens(text);
+                    self.answered.error = Some(text);
+                }
                 if let Some(steps) = self.pending.front_mut().and_then(|u| u.steps.as_mut()) {
                     steps.failed = true;
                 }

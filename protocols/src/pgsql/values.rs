@@ -10,6 +10,8 @@
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::types as pg;
 
+use crate::secret::shapes;
+
 /// Type OIDs (pg_type.oid) decoded here.
 mod oid {
     pub const BOOL: u32 = 16;
@@ -49,12 +51,14 @@ const PG_EPOCH_DAYS: i64 = 10_957;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// `$1='7', $2=NULL, $3=42`, at most `cap` bytes; the parameters numbered in `secret` (ascending)
-/// as `<redacted>`; `truncated`: parameters beyond these were not kept.
+/// as `<redacted>`, and tokens in the others when `redact` ([`shapes`]); `truncated`: parameters
+/// beyond these were not kept (and the last one may be cut).
 pub(super) fn render_params(
     params: &[Option<Vec<u8>>],
     formats: &[i16],
     types: &[u32],
     secret: &[u32],
+    redact: bool,
     truncated: bool,
     cap: usize,
 ) -> String {
@@ -75,6 +79,11 @@ pub(super) fn render_params(
             Some(v) if format == 0 => quoted(v),
             Some(v) => binary(v, types.get(i).copied().unwrap_or(0)),
         };
+        let rendered = if redact {
+            without_tokens(rendered, truncated && i + 1 == params.len())
+        } else {
+            rendered
+        };
         out.push_str(&format!("${}={rendered}", i + 1));
         if out.len() > cap {
             break;
@@ -84,6 +93,22 @@ pub(super) fn render_params(
         out.push_str(", …");
     }
     crate::cut(out, cap)
+}
+
+/// A rendered value with its tokens redacted. A `cut` one was not kept whole: a quoted value's
+/// text ends before its closing quote, where a token the cut shortened is redacted all the same.
+fn without_tokens(rendered: String, cut: bool) -> String {
+    let inside = match rendered.strip_suffix('\'') {
+        Some(inside) if cut => inside,
+        _ => return shapes::redacted(&rendered, false).unwrap_or(rendered),
+    };
+    match shapes::redacted(inside, true) {
+        Some(mut redacted) => {
+            redacted.push('\'');
+            redacted
+        }
+        None => rendered,
+    }
 }
 
 fn quoted(v: &[u8]) -> String {

@@ -7,7 +7,7 @@
 //! bytes lost inside a bulk string. RESP is small enough (one type byte, a line, maybe a payload) that
 //! a streaming reader with bounded memory is shorter than the glue around the crate would be.
 //!
-//! - [`detect`]: a command array naming a known command; inline commands and replies on port 6379.
+//! - [`detect`](mod@detect): a command array naming a known command; inline commands and replies on port 6379.
 //! - [`parse`]: bytes → frames, per direction.
 //! - [`stitch`]: commands ↔ replies by order; pushes become their own records.
 use crate::{ColumnDef, ConnParser, Direction, FieldType, ParseConfig, ParseError, Record, Role};

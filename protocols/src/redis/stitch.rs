@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 
 use super::commands;
 use super::parse::{AggKind, Frame, Text, Value};
+use crate::secret::shapes;
 use crate::{Field, ParseConfig, REDACTED, Record, Red, Unanswered, json};
 
 /// More unanswered commands than this means replies are not being seen: the oldest go first.
@@ -279,7 +280,6 @@ impl Stitcher {
     }
 
     fn emit(&mut self, command: Command) {
-        let max = self.config.max_body_bytes;
         let end_ns = command.replies.last().map(|r| r.end_ns);
         let error = command
             .replies
@@ -291,14 +291,14 @@ impl Stitcher {
             .unwrap_or("");
         let resp = match command.replies.as_slice() {
             [] => String::new(),
-            [one] => render(&one.value, max),
+            [one] => render(&one.value, &self.config),
             many => {
                 let all = Value::Aggregate {
                     kind: AggKind::Array,
                     len: many.len() as u64,
                     items: many.iter().map(|r| r.value.clone()).collect(),
                 };
-                render(&all, max)
+                render(&all, &self.config)
             }
         };
         self.ready.push(Record {
@@ -333,7 +333,7 @@ impl Stitcher {
             fields: vec![
                 Field::String(cmd),
                 Field::String(String::new()),
-                Field::String(render(&frame.value, self.config.max_body_bytes)),
+                Field::String(render(&frame.value, &self.config)),
             ],
             text: String::new(),
             red: Red::Db {
@@ -353,10 +353,7 @@ fn render_args(
     more: usize,
     config: &ParseConfig,
 ) -> String {
-    let words: Vec<String> = args
-        .iter()
-        .map(|t| text(t, config.max_body_bytes))
-        .collect();
+    let words: Vec<String> = args.iter().map(|t| text(t, config)).collect();
     let secret = |i: usize| config.redact && is_secret(operation, name, &words, i);
     let mut out = Vec::with_capacity(2 + words.iter().map(|w| w.len() + 3).sum::<usize>());
     out.push(b'[');
@@ -404,9 +401,10 @@ fn is_secret(operation: &str, name: &str, args: &[String], i: usize) -> bool {
     }
 }
 
-/// A string for display: its text, or a summary when binary.
-fn text(t: &Text, max: usize) -> String {
-    let kept = &t.bytes[..t.bytes.len().min(max)];
+/// A string for display: its text (tokens redacted when configured: [`shapes`]), or a summary
+/// when binary.
+fn text(t: &Text, config: &ParseConfig) -> String {
+    let kept = &t.bytes[..t.bytes.len().min(config.max_body_bytes)];
     let valid = match std::str::from_utf8(kept) {
         Ok(s) => Some(s),
         // A character cut at the end of the kept prefix is fine.
@@ -421,35 +419,44 @@ fn text(t: &Text, max: usize) -> String {
                 .chars()
                 .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
         {
-            s.to_string()
+            // A value longer than what was kept ends inside a token that is redacted all the same.
+            let cut = t.len > kept.len() as u64;
+            match config.redact.then(|| shapes::redacted(s, cut)).flatten() {
+                Some(redacted) => redacted,
+                None => s.to_string(),
+            }
         }
         _ => format!("<binary {} bytes>", t.len),
     }
 }
 
-/// A reply for display: scalars as text (errors keep their `-`), aggregates as JSON, cut at `max`.
-pub fn render(value: &Value, max: usize) -> String {
+/// A reply for display: scalars as text (errors keep their `-`), aggregates as JSON, cut at the
+/// body limit; tokens redacted when configured.
+pub fn render(value: &Value, config: &ParseConfig) -> String {
+    let max = config.max_body_bytes;
     let s = match value {
-        Value::Aggregate { .. } => json(value, max).to_string(),
-        Value::Error(t) => format!("-{}", text(t, max)),
+        Value::Aggregate { .. } => json(value, config).to_string(),
+        Value::Error(t) => format!("-{}", text(t, config)),
         Value::Null => "<NULL>".to_string(),
         Value::Int(i) => i.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Simple(t) | Value::Bulk(t) | Value::Double(t) | Value::BigNumber(t) => text(t, max),
-        Value::Verbatim(t) => verbatim(t, max),
+        Value::Simple(t) | Value::Bulk(t) | Value::Double(t) | Value::BigNumber(t) => {
+            text(t, config)
+        }
+        Value::Verbatim(t) => verbatim(t, config),
     };
     crate::cut(s, max)
 }
 
-fn verbatim(t: &Text, max: usize) -> String {
-    let s = text(t, max);
+fn verbatim(t: &Text, config: &ParseConfig) -> String {
+    let s = text(t, config);
     match s.get(3..4) {
         Some(":") => s[4..].to_string(),
         _ => s,
     }
 }
 
-fn json(value: &Value, max: usize) -> serde_json::Value {
+fn json(value: &Value, config: &ParseConfig) -> serde_json::Value {
     use serde_json::Value as J;
     match value {
         Value::Int(i) => J::from(*i),
@@ -462,8 +469,8 @@ fn json(value: &Value, max: usize) -> serde_json::Value {
         } => {
             let mut map = serde_json::Map::new();
             for pair in items.chunks(2) {
-                let key = render(&pair[0], max);
-                let value = pair.get(1).map(|v| json(v, max)).unwrap_or(J::Null);
+                let key = render(&pair[0], config);
+                let value = pair.get(1).map(|v| json(v, config)).unwrap_or(J::Null);
                 map.insert(key, value);
             }
             let missing = (*len as usize).saturating_sub(items.len()) / 2;
@@ -473,13 +480,13 @@ fn json(value: &Value, max: usize) -> serde_json::Value {
             J::Object(map)
         }
         Value::Aggregate { items, len, .. } => {
-            let mut list: Vec<J> = items.iter().map(|v| json(v, max)).collect();
+            let mut list: Vec<J> = items.iter().map(|v| json(v, config)).collect();
             let missing = (*len as usize).saturating_sub(items.len());
             if missing > 0 {
                 list.push(J::String(format!("<{missing} more>")));
             }
             J::Array(list)
         }
-        other => J::String(render(other, max)),
+        other => J::String(render(other, config)),
     }
 }

@@ -252,6 +252,82 @@ fn passwords_set_by_config_set_are_redacted() {
 }
 
 #[test]
+fn tokens_in_values_and_replies_are_redacted_under_any_key() {
+    use crate::secret::tests::{JWT, github_token};
+    let token = github_token();
+    let bulk = |s: &str| format!("${}\r\n{s}\r\n", s.len());
+    let set = format!(
+        "*3\r\n$3\r\nSET\r\n$9\r\nsession:1\r\n{}",
+        bulk(&format!("{{\"user\":7,\"jwt\":\"{JWT}\"}}"))
+    );
+    let get = "*2\r\n$3\r\nGET\r\n$5\r\ncfg:1\r\n";
+    for redact in [true, false] {
+        let mut p = Parser::new(
+            Role::Client,
+            &ParseConfig {
+                redact,
+                ..ParseConfig::default()
+            },
+        );
+        let mut out = Vec::new();
+        p.feed(Direction::Egress, 100, set.as_bytes(), &mut out)
+            .unwrap();
+        p.feed(Direction::Ingress, 110, b"+OK\r\n", &mut out)
+            .unwrap();
+        p.feed(Direction::Egress, 200, get.as_bytes(), &mut out)
+            .unwrap();
+        p.feed(
+            Direction::Ingress,
+            210,
+            bulk(&format!("github={token}")).as_bytes(),
+            &mut out,
+        )
+        .unwrap();
+        let (jwt, github) = if redact {
+            ("<redacted>", "<redacted>")
+        } else {
+            (JWT, token.as_str())
+        };
+        assert_eq!(
+            rows(&out),
+            [
+                r(
+                    "SET",
+                    &format!(r#"["session:1","{{\"user\":7,\"jwt\":\"{jwt}\"}}"]"#),
+                    "OK"
+                ),
+                r("GET", r#"["cfg:1"]"#, &format!("github={github}")),
+            ],
+            "redact={redact}"
+        );
+    }
+}
+
+#[test]
+fn a_value_cut_at_the_body_limit_inside_a_token_is_redacted() {
+    let token = crate::secret::tests::github_token();
+    let set = format!(
+        "*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n{token}\r\n",
+        token.len()
+    );
+    let mut p = Parser::new(
+        Role::Client,
+        &ParseConfig {
+            max_body_bytes: 20,
+            redact: true,
+        },
+    );
+    let mut out = Vec::new();
+    p.feed(Direction::Egress, 100, set.as_bytes(), &mut out)
+        .unwrap();
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(
+        out[0].fields[1],
+        Field::String(r#"["k","<redacted>"]"#.into())
+    );
+}
+
+#[test]
 fn a_huge_declared_array_is_counted_not_stored() {
     let mut p = parser();
     let mut out = Vec::new();

@@ -4,10 +4,13 @@
 
 mod redact;
 
+use crate::secret::shapes;
+
 pub(crate) use redact::Dialect;
 
-/// A statement's text as records show it: credentials redacted when `redact`, then cut to `cap`
-/// bytes (so a cut cannot split a secret and leave part of it).
+/// A statement's text as records show it: credentials redacted when `redact` (by the names around
+/// them, and tokens in it by their shape: [`crate::secret::shapes`]), then cut to `cap` bytes (so
+/// a cut cannot split a secret and leave part of it).
 pub(crate) fn shown(text: String, dialect: Dialect, redact: bool, cap: usize) -> String {
     shown_with_params(text, dialect, redact, cap).0
 }
@@ -23,8 +26,13 @@ pub(crate) fn shown_with_params(
     if !redact {
         return (crate::cut(text, cap), Vec::new());
     }
+    // The parsers keep more of a statement than `cap`: a text longer than that may have been cut
+    // by the capture, inside a token that is then redacted all the same.
+    let cut = text.len() > cap;
     let found = redact::secrets(&text, dialect);
-    (crate::cut(found.text.unwrap_or(text), cap), found.params)
+    let text = found.text.unwrap_or(text);
+    let text = shapes::redacted(&text, cut).unwrap_or(text);
+    (crate::cut(text, cap), found.params)
 }
 
 /// Statement verbs reported as they are; anything else is `_OTHER`.

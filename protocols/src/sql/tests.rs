@@ -293,3 +293,47 @@ fn every_row_of_a_long_multi_row_insert_has_its_secret_placeholder_named() {
     let want: Vec<u32> = (0..2000).map(|r| 2 * r + 2).collect();
     assert_eq!(params(&text, Dialect::Postgres), want);
 }
+
+#[test]
+fn tokens_in_literals_are_redacted_whatever_column_holds_them() {
+    use crate::secret::tests::{AWS_KEY_ID, JWT, github_token};
+    let token = github_token();
+    assert_eq!(
+        pg(&format!(
+            "INSERT INTO events (kind, payload) VALUES ('login', '{{\"jwt\": \"{JWT}\"}}')"
+        )),
+        r#"INSERT INTO events (kind, payload) VALUES ('login', '{"jwt": "<redacted>"}')"#
+    );
+    assert_eq!(
+        my(&format!(
+            "UPDATE integrations SET config = \"{token}\", key_id = '{AWS_KEY_ID}' WHERE id = 3"
+        )),
+        "UPDATE integrations SET config = \"<redacted>\", key_id = '<redacted>' WHERE id = 3"
+    );
+    assert_eq!(
+        shown(
+            "SELECT 'AKIA and sk_ are prefixes'".into(),
+            Dialect::MySql,
+            true,
+            512
+        ),
+        "SELECT 'AKIA and sk_ are prefixes'"
+    );
+    // Off: kept as sent.
+    let plain = format!("SELECT '{token}'");
+    assert_eq!(shown(plain.clone(), Dialect::Postgres, false, 512), plain);
+}
+
+#[test]
+fn a_statement_cut_by_the_capture_inside_a_token_has_it_redacted() {
+    // The parsers keep more of a statement than they show: text beyond the cap was kept, and
+    // text that ends there may have been cut.
+    let token = crate::secret::tests::github_token();
+    let kept = format!("INSERT INTO t VALUES ('{}", &token[..12]);
+    assert_eq!(
+        shown(kept.clone(), Dialect::Postgres, true, 33),
+        "INSERT INTO t VALUES ('<redacted>"
+    );
+    // Shorter than the cap, it ended there: what looks like the start of a token is left.
+    assert_eq!(shown(kept.clone(), Dialect::Postgres, true, 512), kept);
+}

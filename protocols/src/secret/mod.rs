@@ -1,6 +1,11 @@
-//! What names a secret, for every protocol: query and form keys, JSON keys and `X-` header names
-//! in HTTP, column names in SQL. One list, so that a field redacted in a request body is also
-//! redacted when the same application writes it to its database.
+//! What marks a secret, for every protocol. By name: query and form keys, JSON keys and `X-` header
+//! names in HTTP, column names in SQL — one list, so that a field redacted in a request body is
+//! also redacted when the same application writes it to its database. By the value's own shape,
+//! whatever names it (a JWT, a vendor's API key, a PEM private key): [`shapes`].
+
+pub(crate) mod shapes;
+#[cfg(test)]
+pub(crate) mod tests;
 
 /// Parts of names that mark their values secret, compared without case, by their first letter.
 fn secret_parts(first: u8) -> &'static [&'static [u8]] {
