@@ -1301,12 +1301,25 @@ async fn trace_native(
     scenario: &str,
     rows: usize,
 ) -> Vec<BTreeMap<String, Value>> {
+    trace_native_output(exe, function, capture_, scenario, rows)
+        .await
+        .0
+}
+
+/// [`trace_native`], also returning what the traced program printed during the scenario.
+async fn trace_native_output(
+    exe: &Path,
+    function: &str,
+    capture_: Option<Capture>,
+    scenario: &str,
+    rows: usize,
+) -> (Vec<BTreeMap<String, Value>>, Vec<String>) {
     let h = harness();
     let mut program = Program::start(exe);
     let mut sp = spec(function);
     sp.capture = capture_;
     let probe = h.start("native", sp, &program).await;
-    program.run(scenario);
+    let output = program.run_output(scenario);
     let got = h.wait_rows("shop.native", rows, &probe).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
@@ -1318,7 +1331,7 @@ async fn trace_native(
     assert_eq!(cols[sonde_agent::tables::TARGET_COLUMNS.len()].name, "tid");
     probe.stop().await;
     assert!(program.alive());
-    got.iter().map(|r| by_name(&cols, r)).collect()
+    (got.iter().map(|r| by_name(&cols, r)).collect(), output)
 }
 
 #[tokio::test]
@@ -1430,6 +1443,235 @@ async fn rust_strings_and_vecs_show_their_text_and_elements_in_debug_and_release
         assert_eq!(rows[0]["name"], s("bob"), "{build}");
         assert_eq!(rows[0]["name_len"], Value::Int64(3), "{build}");
     }
+}
+
+/// What the `enums` scenario of rustprog prints, traced or not.
+const ENUMS_OUTPUT: [&str; 16] = [
+    "Some(\"abc\")",
+    "None",
+    "Ok(42)",
+    "Err(\"bad quantity: x\")",
+    "Ok(())",
+    "Err(\"zero\")",
+    "25",
+    "-1",
+    "Green",
+    "Blue",
+    "Red",
+    "6",
+    "0",
+    "Empty",
+    "Circle { r: 2 }",
+    "Rect(5, 1)",
+];
+
+#[tokio::test]
+async fn rust_options_results_and_user_enums_show_the_variant_each_call_holds() {
+    use serde_json::json;
+    for exe in [rust_program(), rust_release_program()] {
+        let build = exe.display().to_string();
+        // Some and None of the same function, as arguments and as the result; every function
+        // leaves the program's output as it is untraced.
+        let (rows, output) = trace_native_output(&exe, "rustprog::lookup", None, "enums", 2).await;
+        assert_eq!(output, ENUMS_OUTPUT, "{build}");
+        assert_eq!(rows.len(), 2, "{build}");
+        assert!(rows[0].contains_key("id"), "{build}: {rows:?}");
+        assert_eq!(json(&rows[0]["id"]), json!({"Some": 7}), "{build}");
+        assert_eq!(json(&rows[0]["version"]), json!({"Some": 3}), "{build}");
+        assert_eq!(json(&rows[0]["name"]), json!({"Some": "abc"}), "{build}");
+        assert_eq!(json(&rows[0]["ret0"]), json!({"Some": "abc"}), "{build}");
+        for column in ["id", "version", "name", "ret0"] {
+            assert_eq!(rows[1][column], s("None"), "{build}: {column}");
+        }
+
+        let (rows, output) =
+            trace_native_output(&exe, "rustprog::parse_qty", None, "enums", 2).await;
+        assert_eq!(output, ENUMS_OUTPUT, "{build}");
+        assert_eq!(rows[0]["text"], s("42"), "{build}");
+        assert_eq!(json(&rows[0]["ret0"]), json!({"Ok": 42}), "{build}");
+        assert_eq!(
+            json(&rows[1]["ret0"]),
+            json!({"Err": "bad quantity: x"}),
+            "{build}"
+        );
+
+        // `Ok(())` has no fields to show.
+        let (rows, output) = trace_native_output(&exe, "rustprog::check", None, "enums", 2).await;
+        assert_eq!(output, ENUMS_OUTPUT, "{build}");
+        assert_eq!(rows[0]["ret0"], s("Ok"), "{build}");
+        assert_eq!(json(&rows[1]["ret0"]), json!({"Err": "zero"}), "{build}");
+
+        let (rows, output) = trace_native_output(&exe, "rustprog::reach", None, "enums", 2).await;
+        assert_eq!(output, ENUMS_OUTPUT, "{build}");
+        assert_eq!(
+            json(&rows[0]["p"]),
+            json!({"Some": {"x": 3, "y": -4}}),
+            "{build}"
+        );
+        assert_eq!(rows[0]["ret0"], Value::Int64(25), "{build}");
+        assert_eq!(rows[1]["p"], s("None"), "{build}");
+        assert_eq!(rows[1]["ret0"], Value::Int64(-1), "{build}");
+
+        let (rows, output) = trace_native_output(&exe, "rustprog::paint", None, "enums", 3).await;
+        assert_eq!(output, ENUMS_OUTPUT, "{build}");
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r["s"].clone(), r["c"].clone(), r["ret0"].clone()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (s(r#"{"Circle":{"r":2}}"#), s("Red"), s("Green")),
+                (s(r#"{"Rect":[3,4]}"#), s("Green"), s("Blue")),
+                (s("Empty"), s("Blue"), s("Red")),
+            ],
+            "{build}"
+        );
+
+        let (rows, output) = trace_native_output(&exe, "rustprog::label", None, "enums", 2).await;
+        assert_eq!(output, ENUMS_OUTPUT, "{build}");
+        assert_eq!(json(&rows[0]["name"]), json!({"Some": "ferris"}), "{build}");
+        assert_eq!(rows[0]["ret0"], Value::UInt64(6), "{build}");
+        assert_eq!(rows[1]["name"], s("None"), "{build}");
+        assert_eq!(rows[1]["ret0"], Value::UInt64(0), "{build}");
+
+        let (rows, output) =
+            trace_native_output(&exe, "rustprog::shape_of", None, "enums", 3).await;
+        assert_eq!(output, ENUMS_OUTPUT, "{build}");
+        let got: Vec<_> = rows.iter().map(|r| r["ret0"].clone()).collect();
+        assert_eq!(
+            got,
+            [
+                s("Empty"),
+                s(r#"{"Circle":{"r":2}}"#),
+                s(r#"{"Rect":[5,1]}"#)
+            ],
+            "{build}"
+        );
+    }
+}
+
+/// What the `structs` scenario of rustprog prints, traced or not.
+const STRUCTS_OUTPUT: [&str; 8] = [
+    "Point { x: -20, y: -2 }",
+    "Pair { a: 7, b: 1099511627777 }",
+    "Quad { a: -2, b: 3, c: -4, d: 1 }",
+    "Span { start: 40, end: 80, step: -12 }",
+    "Tag { id: 16, name: \"erris\" }",
+    "Small { a: 501, b: 7, c: 6 }",
+    "Gauge { level: 3.5, id: 14 }",
+    "-56",
+];
+
+/// Rust's own ABI, not SysV: a struct of two scalars travels as two values (one register each,
+/// or a stack slot each once registers run out), a wider struct by reference (and a result
+/// through the caller's memory), a small one cast to one register.
+#[tokio::test]
+async fn rust_structs_passed_and_returned_by_value_show_their_fields_in_debug_and_release_builds() {
+    use serde_json::json;
+    for exe in [rust_program(), rust_release_program()] {
+        let build = exe.display().to_string();
+        let cases = [
+            (
+                "rustprog::flip",
+                vec![("p", json!({"x": 3, "y": -4})), ("k", json!(5))],
+                json!({"x": -20, "y": -2}),
+            ),
+            (
+                "rustprog::swap",
+                vec![("p", json!({"a": 1_u64 << 40, "b": 7}))],
+                json!({"a": 7, "b": (1_u64 << 40) + 1}),
+            ),
+            (
+                "rustprog::rotate",
+                vec![("q", json!({"a": 1, "b": -2, "c": 3, "d": -4}))],
+                json!({"a": -2, "b": 3, "c": -4, "d": 1}),
+            ),
+            (
+                "rustprog::stretch",
+                vec![
+                    ("s", json!({"start": 10, "end": 20, "step": -3})),
+                    ("k", json!(4)),
+                ],
+                json!({"start": 40, "end": 80, "step": -12}),
+            ),
+            (
+                "rustprog::rename",
+                vec![("t", json!({"id": 7, "name": "ferris"})), ("id", json!(9))],
+                json!({"id": 16, "name": "erris"}),
+            ),
+            (
+                "rustprog::pack",
+                vec![("s", json!({"a": 500, "b": 6, "c": 7}))],
+                json!({"a": 501, "b": 7, "c": 6}),
+            ),
+            (
+                "rustprog::spill",
+                vec![("e", json!(5)), ("p", json!({"x": -8, "y": 9}))],
+                json!(-56),
+            ),
+        ];
+        for (function, args, ret) in cases {
+            let (rows, output) = trace_native_output(&exe, function, None, "structs", 1).await;
+            assert_eq!(output, STRUCTS_OUTPUT, "{build}: {function}");
+            let r = &rows[0];
+            for (name, want) in args {
+                let got = match &r[name] {
+                    Value::String(_) => json(&r[name]),
+                    Value::Int64(n) => json!(n),
+                    Value::UInt64(n) => json!(n),
+                    other => panic!("{build}: {function}: {name} = {other:?}"),
+                };
+                assert_eq!(got, want, "{build}: {function}: {name}: {r:?}");
+            }
+            let got = match &r["ret0"] {
+                Value::String(_) => json(&r["ret0"]),
+                Value::Int64(n) => json!(n),
+                other => panic!("{build}: {function}: ret0 = {other:?}"),
+            };
+            assert_eq!(got, ret, "{build}: {function}: ret0: {r:?}");
+        }
+
+        // A float in a register of its own is out of reach (uprobes see no XMM registers); in a
+        // small struct cast to an integer register, it is not.
+        let (rows, output) =
+            trace_native_output(&exe, "rustprog::calibrate", None, "structs", 1).await;
+        assert_eq!(output, STRUCTS_OUTPUT, "{build}");
+        let r = &rows[0];
+        assert_eq!(
+            json(&r["r"]),
+            json!({"value": 1.5, "sensor": 3, "ok": true}),
+            "{build}"
+        );
+        for (column, id) in [("g", 11), ("ret0", 14)] {
+            let got = json(&r[column]);
+            assert_eq!(got["id"], json!(id), "{build}: {column}: {got}");
+            let level = got["level"].as_str().unwrap_or_default();
+            assert!(level.contains("X0"), "{build}: {column}: {got}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_rust_enum_with_more_variant_data_than_a_capture_holds_is_left_out_saying_why() {
+    let h = harness();
+    let mut program = Program::start(&rust_program());
+    let probe = h.start("native", spec("rustprog::weigh"), &program).await;
+    let message = probe.status().message;
+    assert!(
+        message.contains(
+            "e (Event) left out: capturing every variant of Event takes more than 16 values"
+        ),
+        "{message}"
+    );
+    program.run("weigh");
+    let rows = h.wait_rows("shop.native", 1, &probe).await;
+    let r = by_name(&h.columns("shop.native"), &rows[0]);
+    assert!(!r.contains_key("e"), "{r:?}");
+    assert_eq!(r["n"], Value::UInt64(5));
+    assert_eq!(r["ret0"], Value::UInt64(9));
+    probe.stop().await;
+    assert!(program.alive());
 }
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Where a calling convention puts a value at a function's entry (arguments) or at its RET
-//! instructions (results). Filled by [`super::goabi`] and [`super::sysv`].
+//! instructions (results). Filled by [`super::goabi`], [`super::sysv`] and [`super::rustabi`].
 use sonde_common::dynlog::reg;
 
 /// A register that holds (part of) a value.
@@ -9,6 +9,9 @@ pub enum Reg {
     Int(u8),
     /// X0–X15. Uprobes see `pt_regs` only, which has no XMM registers: such values cannot be read.
     Float(u8),
+    /// Not a register: the stack slot at `rsp + offset` that takes the register's place once they
+    /// run out (the second half of a Rust scalar pair, whose first half got the last register).
+    Stack(i64),
 }
 
 /// One register's share of a value.
@@ -28,12 +31,16 @@ pub enum Placement {
     Stack { offset: i64 },
     /// In memory at the address held by a register (large Rust arguments, large C/Rust results).
     Indirect { reg: u8 },
+    /// In memory at the address held in the stack slot at `rsp + offset` (a large Rust argument
+    /// once the registers have run out).
+    StackIndirect { offset: i64 },
 }
 
 /// Name of a `pt_regs` word, for messages.
 pub fn reg_name(r: Reg) -> String {
     match r {
         Reg::Float(n) => format!("X{n}"),
+        Reg::Stack(offset) => format!("the stack at RSP+{offset}"),
         Reg::Int(w) => match w {
             reg::RAX => "RAX",
             reg::RBX => "RBX",

@@ -14,7 +14,7 @@ use object::{Object, ObjectSection};
 use super::binary::{Binary, BinaryError};
 use super::types::{Field, Type, TypeId};
 
-type R = gimli::EndianRcSlice<gimli::RunTimeEndian>;
+pub(super) type R = gimli::EndianRcSlice<gimli::RunTimeEndian>;
 
 /// Go's vendor attributes.
 const DW_AT_GO_KIND: DwAt = DwAt(0x2900);
@@ -442,7 +442,7 @@ impl Dwarf {
     }
 
     /// The unit that contains the DIE at `offset`.
-    fn unit_for(&mut self, offset: usize) -> Result<Rc<gimli::Unit<R>>, gimli::Error> {
+    pub(super) fn unit_for(&mut self, offset: usize) -> Result<Rc<gimli::Unit<R>>, gimli::Error> {
         let index = self
             .headers
             .partition_point(|(start, _)| *start <= offset)
@@ -476,7 +476,7 @@ impl Dwarf {
         Ok(None)
     }
 
-    fn name_of(
+    pub(super) fn name_of(
         &self,
         unit: &gimli::Unit<R>,
         entry: &gimli::DebuggingInformationEntry<'_, '_, R>,
@@ -491,7 +491,7 @@ impl Dwarf {
     }
 
     /// Global offset of a reference attribute.
-    fn reference(unit: &gimli::Unit<R>, value: AttributeValue<R>) -> Option<usize> {
+    pub(super) fn reference(unit: &gimli::Unit<R>, value: AttributeValue<R>) -> Option<usize> {
         match value {
             AttributeValue::UnitRef(o) => o.to_debug_info_offset(&unit.header).map(|o| o.0),
             AttributeValue::DebugInfoRef(DebugInfoOffset(o)) => Some(o),
@@ -922,7 +922,7 @@ impl Dwarf {
         })
     }
 
-    fn ty_depth(&mut self, id: TypeId, depth: u32) -> Result<Type, gimli::Error> {
+    pub(super) fn ty_depth(&mut self, id: TypeId, depth: u32) -> Result<Type, gimli::Error> {
         if let Some(t) = self.types.get(&id) {
             return Ok(t.clone());
         }
@@ -1018,10 +1018,11 @@ impl Dwarf {
                     }
                     None => false,
                 };
-                Type::Int {
-                    name,
-                    size: byte_size.unwrap_or(4) as u8,
-                    signed,
+                let size = byte_size.unwrap_or(4) as u8;
+                if language_of(&unit) == Language::Rust {
+                    self.rust_c_like(&unit, local, name, size, signed)?
+                } else {
+                    Type::Int { name, size, signed }
                 }
             }
             dw::DW_TAG_structure_type | dw::DW_TAG_class_type | dw::DW_TAG_union_type => {
@@ -1065,11 +1066,10 @@ impl Dwarf {
                         why: format!("{name} is only declared here (incomplete type)"),
                         name,
                     }
-                } else if has_variant_part(&unit, local)? {
-                    Type::Unsupported {
-                        why: format!("{name} is a Rust enum; capture a field of it instead"),
-                        name,
-                    }
+                } else if let Some(e) =
+                    self.rust_enum(&unit, local, &name, byte_size.unwrap_or(0), depth)?
+                {
+                    e
                 } else {
                     Type::Struct {
                         name,
@@ -1195,7 +1195,11 @@ impl Dwarf {
         Ok(None)
     }
 
-    fn fields(&self, unit: &gimli::Unit<R>, at: UnitOffset) -> Result<Vec<Field>, gimli::Error> {
+    pub(super) fn fields(
+        &self,
+        unit: &gimli::Unit<R>,
+        at: UnitOffset,
+    ) -> Result<Vec<Field>, gimli::Error> {
         let mut tree = unit.entries_tree(Some(at))?;
         let root = tree.root()?;
         let mut children = root.children();
@@ -1226,7 +1230,7 @@ impl Dwarf {
     }
 }
 
-fn local_offset(unit: &gimli::Unit<R>, global: usize) -> Option<UnitOffset> {
+pub(super) fn local_offset(unit: &gimli::Unit<R>, global: usize) -> Option<UnitOffset> {
     let start = unit.header.offset().as_debug_info_offset()?.0;
     let local = UnitOffset(global.checked_sub(start)?);
     // The offset must be inside this unit's entries.
@@ -1314,18 +1318,6 @@ fn array_count(unit: &gimli::Unit<R>, at: UnitOffset) -> Result<u64, gimli::Erro
         }
     }
     Ok(0)
-}
-
-fn has_variant_part(unit: &gimli::Unit<R>, at: UnitOffset) -> Result<bool, gimli::Error> {
-    let mut tree = unit.entries_tree(Some(at))?;
-    let root = tree.root()?;
-    let mut children = root.children();
-    while let Some(child) = children.next()? {
-        if child.entry().tag() == dw::DW_TAG_variant_part {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// Up to [`SUGGESTIONS`] of `names` close to `query`: same last segment up to a few typos, or

@@ -136,7 +136,10 @@ fn parts_of(
             out.push((base, half, true));
             out.push((base + half, half, true));
         }
-        Type::Unsupported { .. } | Type::RustVec { .. } => return Ok(false),
+        Type::RustCLike { size, .. } => out.push((base, u64::from(*size), false)),
+        Type::Unsupported { .. } | Type::RustVec { .. } | Type::RustEnum { .. } => {
+            return Ok(false);
+        }
     }
     Ok(true)
 }

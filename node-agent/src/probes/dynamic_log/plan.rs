@@ -17,8 +17,9 @@ use super::binary::Binary;
 use super::dwarf::{Dwarf, DwarfError, Function, Language, Param, Passed};
 use super::expr::{self, ExprError, Root, Step};
 use super::goabi;
+use super::rustabi;
 use super::sysv;
-use super::types::{Type, TypeId};
+use super::types::{Discr, Type, TypeId, Variant};
 use crate::tables::ColumnType;
 
 /// Default `maxStringBytes`.
@@ -97,17 +98,55 @@ pub enum Render {
     Iface {
         types: Arc<BTreeMap<u64, (String, bool)>>,
     },
+    /// A Rust enum: the discriminant's slot (None: one variant only), then every variant's
+    /// fields' slots in order; the discriminant picks the variant shown.
+    Enum {
+        discr: Option<Box<Render>>,
+        variants: Vec<VariantRender>,
+    },
+    /// One SCALAR slot holding a fieldless Rust enum, shown by variant name.
+    Named {
+        size: u8,
+        shift: u8,
+        signed: bool,
+        names: Vec<(u64, String)>,
+    },
     /// Known without reading (the length of an array).
     Const(i64),
     /// Cannot be read here; shown as this text inside JSON.
     Note(String),
 }
 
+/// One variant of a [`Render::Enum`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct VariantRender {
+    pub name: String,
+    /// Its discriminant value; None for the default variant.
+    pub value: Option<u64>,
+    /// `Some(x)`, `Rect(w, h)`: fields shown by position, not by name.
+    pub tuple: bool,
+    pub fields: Vec<(String, Render)>,
+}
+
+impl VariantRender {
+    pub fn slots(&self) -> usize {
+        self.fields.iter().map(|(_, r)| r.slots()).sum()
+    }
+}
+
 impl Render {
     /// Slots this render consumes.
     pub fn slots(&self) -> usize {
         match self {
-            Render::Scalar { .. } | Render::Str | Render::Hex | Render::Elems { .. } => 1,
+            Render::Scalar { .. }
+            | Render::Str
+            | Render::Hex
+            | Render::Elems { .. }
+            | Render::Named { .. } => 1,
+            Render::Enum { discr, variants } => {
+                discr.as_ref().map_or(0, |d| d.slots())
+                    + variants.iter().map(VariantRender::slots).sum::<usize>()
+            }
             Render::Struct { fields, .. } => fields.iter().map(|(_, r)| r.slots()).sum(),
             Render::Iface { .. } => 3,
             Render::Const(_) | Render::Note(_) => 0,
@@ -223,8 +262,8 @@ pub fn plan(
     let regabi = function.producer.contains("regabi");
     let placements = match function.language {
         Language::Go => goabi::assign(dwarf, &function.params, regabi)?,
-        Language::Rust => sysv::assign(dwarf, &function.params, true)?,
-        _ => sysv::assign(dwarf, &function.params, false)?,
+        Language::Rust => rustabi::assign(dwarf, &function.params)?,
+        _ => sysv::assign(dwarf, &function.params)?,
     };
     let max_bytes = spec
         .max_string_bytes
@@ -512,6 +551,10 @@ impl Builder<'_> {
                     base: reg_loc(*reg),
                     off: 0,
                 },
+                Placement::StackIndirect { offset } => Place::Mem {
+                    base: stack_loc(*offset)?,
+                    off: 0,
+                },
             },
         };
         let mut ty_id = param.ty;
@@ -664,6 +707,15 @@ impl Builder<'_> {
                 [
                     (
                         Piece {
+                            reg: Reg::Stack(offset),
+                            ..
+                        },
+                        shift,
+                    ),
+                ] => (stack_loc(offset + i64::from(*shift))?, 0),
+                [
+                    (
+                        Piece {
                             reg: r @ Reg::Float(_),
                             ..
                         },
@@ -758,7 +810,12 @@ impl Builder<'_> {
                         self.bytes(side, place, None, kind::CSTR, self.max_bytes)?;
                         Ok(Render::Str)
                     }
-                    Some(Type::Struct { .. } | Type::RustVec { .. }) if depth == 0 => {
+                    Some(
+                        Type::Struct { .. }
+                        | Type::RustVec { .. }
+                        | Type::RustEnum { .. }
+                        | Type::RustCLike { .. },
+                    ) if depth == 0 => {
                         let target = self.deref(place)?;
                         self.render(side, target, to.unwrap_or_default(), depth)
                     }
@@ -886,6 +943,50 @@ impl Builder<'_> {
                     truncated,
                 })
             }
+            Type::RustEnum {
+                name,
+                discr,
+                variants,
+                ..
+            } => {
+                if depth >= MAX_DEPTH {
+                    return Ok(Render::Note("…".into()));
+                }
+                let mark = self.slots(side).len();
+                match self.rust_enum(side, place, *discr, variants, depth) {
+                    // The enum alone needs more than a call's slots: no capture of it fits.
+                    Err(Fail::Budget) if mark == 0 => {
+                        self.slots(side).truncate(mark);
+                        Err(Fail::Unsupported {
+                            ty: name.clone(),
+                            why: format!(
+                                "capturing every variant of {name} takes more than {MAX_SLOTS} values (the fields of every variant are read, whichever one a call holds); capture the other arguments, or trace a function that takes the variant's data"
+                            ),
+                        })
+                    }
+                    other => other,
+                }
+            }
+            Type::RustCLike {
+                size,
+                signed,
+                names,
+                ..
+            } => match self.scalar(
+                side,
+                place,
+                Scalar::Int { signed: *signed },
+                u64::from(*size),
+                ty.name(),
+            )? {
+                Render::Scalar { size, shift, .. } => Ok(Render::Named {
+                    size,
+                    shift,
+                    signed: *signed,
+                    names: names.clone(),
+                }),
+                other => Ok(other),
+            },
             Type::RustSlice { elem: None, .. } => Err(Fail::Unsupported {
                 ty: ty.name().to_owned(),
                 why: "slice of unknown element type".into(),
@@ -895,6 +996,67 @@ impl Builder<'_> {
                 why: why.clone(),
             }),
         }
+    }
+
+    /// A Rust enum at `place`: its discriminant, then every variant's fields. The kernel reads all
+    /// of them whichever variant the value holds (a plan has no branches); pointers of the
+    /// variants not held may be garbage, which only makes their reads fail, and user space shows
+    /// the variant the discriminant names. Fields are read at the enum's own depth, so that
+    /// `Some(&T)` is followed like `&T`.
+    fn rust_enum(
+        &mut self,
+        side: Side,
+        place: Place,
+        discr: Option<Discr>,
+        variants: &[Variant],
+        depth: u32,
+    ) -> Result<Render, Fail> {
+        let discr = match discr {
+            Some(d) => {
+                let at = field(place.clone(), d.offset, u64::from(d.size))?;
+                let r = self.scalar(
+                    side,
+                    at,
+                    Scalar::Int { signed: false },
+                    u64::from(d.size),
+                    "discriminant",
+                )?;
+                Some(Box::new(r))
+            }
+            None => None,
+        };
+        let mut out = Vec::with_capacity(variants.len());
+        for v in variants {
+            let mut fields = Vec::with_capacity(v.fields.len());
+            for f in &v.fields {
+                let fsize = self.dwarf.ty(f.ty)?.size();
+                // `()` and markers: `Ok(())` shows as `Ok`.
+                if fsize == 0 {
+                    continue;
+                }
+                let sub = field(place.clone(), f.offset, fsize)?;
+                let mark = self.slots(side).len();
+                let r = match self.render(side, sub, f.ty, depth) {
+                    Ok(r) => r,
+                    Err(Fail::Unsupported { why, .. } | Fail::Resolve(why)) => {
+                        self.slots(side).truncate(mark);
+                        Render::Note(why)
+                    }
+                    Err(e) => return Err(e),
+                };
+                fields.push((f.name.clone(), r));
+            }
+            out.push(VariantRender {
+                name: v.name.clone(),
+                value: v.value,
+                tuple: v.is_tuple(),
+                fields,
+            });
+        }
+        Ok(Render::Enum {
+            discr,
+            variants: out,
+        })
     }
 
     /// The elements of a slice or vector (`ptr`: its data pointer, `len`: its length): one read of
@@ -984,6 +1146,9 @@ fn scalar_kind(t: &Type) -> Option<(Scalar, u64)> {
         Type::Bool { .. } => Some((Scalar::Bool, 1)),
         Type::Float { size, .. } => Some((Scalar::Float, u64::from(*size))),
         Type::Pointer { .. } => Some((Scalar::Address, 8)),
+        Type::RustCLike { size, signed, .. } => {
+            Some((Scalar::Int { signed: *signed }, u64::from(*size)))
+        }
         _ => None,
     }
 }
@@ -1030,6 +1195,14 @@ fn field(place: Place, off: u64, size: u64) -> Result<Place, Fail> {
     }
 }
 
+/// A location whose value is the word at `rsp + offset`.
+fn stack_loc(offset: i64) -> Result<Loc, Fail> {
+    loc_of(&Place::Mem {
+        base: reg_loc(sonde_common::dynlog::reg::RSP),
+        off: offset,
+    })
+}
+
 /// A location whose value is the (pointer-sized) value at `place`.
 fn loc_of(place: &Place) -> Result<Loc, Fail> {
     match place {
@@ -1042,6 +1215,15 @@ fn loc_of(place: &Place) -> Result<Loc, Fail> {
                     0,
                 ),
             ] => Ok(reg_loc(*r)),
+            [
+                (
+                    Piece {
+                        reg: Reg::Stack(offset),
+                        ..
+                    },
+                    0,
+                ),
+            ] => stack_loc(*offset),
             _ => Err(Fail::Resolve(
                 "internal: a pointer that is not in one register".into(),
             )),

@@ -1,6 +1,5 @@
-//! The System V AMD64 calling convention (C, C++) and Rust's default ABI on x86-64, which follows
-//! it for what DynamicLog captures, except that Rust passes aggregates larger than 16 bytes by
-//! reference instead of copying them to the stack.
+//! The System V AMD64 calling convention (C, C++). Rust's own ABI differs for aggregates:
+//! [`super::rustabi`].
 //!
 //! Integer class values use RDI, RSI, RDX, RCX, R8, R9 in order; an aggregate of at most 16 bytes
 //! takes one register per eightbyte, or goes to the stack whole when they do not all fit. Results:
@@ -15,11 +14,7 @@ use super::types::Type;
 const INT_REGS: [u8; 6] = [reg::RDI, reg::RSI, reg::RDX, reg::RCX, reg::R8, reg::R9];
 
 /// Placements of `params` (arguments, then the `~r0` result), in order.
-pub fn assign(
-    dwarf: &mut Dwarf,
-    params: &[Param],
-    rust: bool,
-) -> Result<Vec<Placement>, DwarfError> {
+pub fn assign(dwarf: &mut Dwarf, params: &[Param]) -> Result<Vec<Placement>, DwarfError> {
     let mut ints = 0usize;
     let mut floats = 0u8;
     let mut stack = 0u64;
@@ -69,11 +64,6 @@ pub fn assign(
                 Placement::Stack {
                     offset: 8 + at as i64,
                 }
-            }
-        } else if rust && ints < INT_REGS.len() {
-            ints += 1;
-            Placement::Indirect {
-                reg: INT_REGS[ints - 1],
             }
         } else {
             stack = align_up(stack, 8);
