@@ -12,6 +12,7 @@
 
 pub mod cluster;
 pub mod control_plane;
+pub mod controller_manager;
 pub mod expect;
 pub mod fake_pod;
 pub mod helm;

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-/// Kubernetes version whose kube-apiserver `scripts/setup e2e` builds.
+/// Kubernetes version whose kube-apiserver and kube-controller-manager `scripts/setup e2e` builds.
 pub const KUBE_VERSION: &str = "v1.33.13";
 
 /// The workspace root (parent of `e2e/`).
@@ -60,6 +60,16 @@ pub fn kube_apiserver() -> Result<PathBuf> {
         "kube-apiserver",
         "SONDE_KUBE_APISERVER",
         &[cache_dir().join(format!("k8s-{KUBE_VERSION}/kube-apiserver"))],
+    )
+}
+
+/// Built by `scripts/setup e2e` next to kube-apiserver; scenarios that need one of its controllers
+/// (the namespace controller) start it.
+pub fn kube_controller_manager() -> Result<PathBuf> {
+    find(
+        "kube-controller-manager",
+        "SONDE_KUBE_CONTROLLER_MANAGER",
+        &[cache_dir().join(format!("k8s-{KUBE_VERSION}/kube-controller-manager"))],
     )
 }
 

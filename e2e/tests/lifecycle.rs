@@ -1,15 +1,19 @@
 //! The cluster lifecycle as a platform engineer lives it: a real `helm install` of `charts/sonde`,
 //! `helm upgrade` with changed values and `helm rollback` (the operator run with the Deployment's
 //! arguments of each revision), an operator restart in the middle of a deletion, a node deleted while
-//! a resource runs on it, and `helm uninstall` with Sonde resources still in the cluster.
+//! a resource runs on it, a namespace deleted with Sonde resources in it, and `helm uninstall` with
+//! Sonde resources still in the cluster.
 //!
 //! No kubelet runs here: the chart's Deployment, DaemonSet and hook Job never get pods. The operator
 //! and the agents run as host processes under the identities of the chart's ServiceAccounts, and the
 //! pre-delete hook Job's command runs the same way, under its ServiceAccount, read from the Job that
 //! `helm uninstall` created; the test then marks that Job Complete, as the kubelet and the Job
-//! controller would.
+//! controller would. The namespace deletion runs a real kube-controller-manager with its namespace
+//! controller only, which empties the namespace and removes it; the test confirms its Pod's deletion
+//! as a kubelet would.
 //!
-//! Needs what `scenarios` needs (root, etcd, kube-apiserver, helm from `scripts/setup e2e`, bpftrace).
+//! Needs what `scenarios` needs (root, etcd, kube-apiserver, kube-controller-manager and helm from
+//! `scripts/setup e2e`, bpftrace, a C compiler).
 use std::collections::BTreeMap;
 use std::process::{Command, ExitCode};
 use std::sync::Mutex;
@@ -18,11 +22,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use sonde_api::{BpftraceScript, FINALIZER, NodeAssignment, ProbeState};
 use sonde_e2e::cluster::{Cluster, Install};
+use sonde_e2e::controller_manager::ControllerManager;
 use sonde_e2e::observe;
 use sonde_e2e::process::Proc;
 use sonde_e2e::single_node::lock;
@@ -359,6 +365,156 @@ fn a_deleted_node_takes_its_node_assignment_and_its_share_of_the_status_along(
     Ok(())
 }
 
+/// Events the operator could not publish, as its /metrics counts them (reconcile errors
+/// `publish_event` of every kind).
+fn unpublished_events(env: &Env) -> Result<u64> {
+    let url = lock(&env.operator)
+        .as_ref()
+        .map(|o| format!("http://{}", o.metrics_addr))
+        .context("no operator")?;
+    let (_, metrics) = env
+        .rt
+        .block_on(observe::agent_get(&url, "/metrics", None))?;
+    Ok(metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("sonde_operator_reconcile_errors_total{")
+                && l.contains("error=\"publish_event\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
+/// Probe ids nobody should list once `namespace` is gone.
+fn probes_of_namespace(namespace: &str) -> [String; 2] {
+    [
+        format!("Tracepoint/{namespace}/web"),
+        format!("DynamicLog/{namespace}/tick"),
+    ]
+}
+
+fn deleting_a_namespace_removes_its_probes_from_every_node_and_the_namespace_goes(
+    env: &Env,
+) -> Result<()> {
+    let ns = "shop";
+    let node = NODES[0];
+    let client = &env.cluster.client;
+    // The namespace controller is what deletes a namespace's contents and then the namespace.
+    let _kcm = env.rt.block_on(ControllerManager::start(
+        &env.cluster.control_plane,
+        &["namespace"],
+        &env.logs,
+    ))?;
+    env.cluster.ensure_namespace(ns)?;
+    let ticker = fake_pod::compile_ticker(env.dir.path())?;
+    let pod = env.rt.block_on(fake_pod::FakePod::start(
+        client,
+        &fake_pod::PodSpec {
+            namespace: ns.into(),
+            name: "web-0".into(),
+            node: node.into(),
+            labels: BTreeMap::from([("app".into(), "web".into())]),
+            container: "web".into(),
+            command: vec![ticker.to_string_lossy().into_owned()],
+        },
+        &env.logs,
+    ))?;
+    env.cluster.kubectl.apply(&format!(
+        "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata: {{name: web, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: web}}}}\n  probe: {{protocols: [http]}}\n\
+         ---\napiVersion: sonde.dev/v1alpha1\nkind: DynamicLog\nmetadata: {{name: tick, namespace: {ns}}}\n\
+         spec:\n  selector: {{matchLabels: {{app: web}}}}\n  function: sonde_e2e_tick\n  \
+         capture: {{args: [{{name: value, expr: \"n\"}}]}}\n"
+    ))?;
+    let ids = probes_of_namespace(ns);
+    for id in &ids {
+        env.rt.block_on(observe::wait_probe_state(
+            client,
+            node,
+            id,
+            ProbeState::Attached,
+            CONVERGE,
+        ))?;
+    }
+    let url = lock(&env.agents)
+        .get(node)
+        .map(|a| a.url.clone())
+        .with_context(|| format!("no agent on {node}"))?;
+    let token = env.cluster.identities()?.reader_token.clone();
+    let (_, status) = env
+        .rt
+        .block_on(observe::agent_get(&url, "/v1/status", Some(&token)))?;
+    ensure!(
+        ids.iter().all(|id| status.contains(id.as_str())),
+        "the agent should run {ids:?}: {status}"
+    );
+
+    let unpublished_before = unpublished_events(env)?;
+    env.cluster
+        .kubectl
+        .run(&["delete", "namespace", ns, "--wait=false"], None)?;
+    // The namespace controller deletes the Pod gracefully; no kubelet runs here to confirm it, so
+    // the test does what the kubelet would once the container stopped.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    env.rt.block_on(wait::until(
+        "the namespace controller to delete Pod web-0",
+        CONVERGE,
+        || async {
+            let p = pods.get_opt("web-0").await?;
+            Ok(p.is_none_or(|p| p.metadata.deletion_timestamp.is_some())
+                .then_some(()))
+        },
+    ))?;
+    env.rt.block_on(pod.delete(client))?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    env.rt.block_on(wait::until(
+        &format!("namespace {ns} gone"),
+        Duration::from_secs(120),
+        || async {
+            match namespaces.get_opt(ns).await? {
+                None => Ok(Some(())),
+                Some(n) => bail!(
+                    "still there: {}",
+                    serde_json::to_string(&n.status.map(|s| s.conditions))?
+                ),
+            }
+        },
+    ))?;
+    for node in NODES {
+        let na = env
+            .rt
+            .block_on(observe::node_assignment(client, node))?
+            .with_context(|| format!("no NodeAssignment {node}"))?;
+        for id in &ids {
+            let reported = na
+                .status
+                .iter()
+                .flat_map(|s| s.probes.iter())
+                .any(|p| &p.id == id);
+            ensure!(
+                !reported && !na.spec.probes.iter().any(|p| &p.id == id),
+                "{id} is still on {node}: {:?}",
+                na.status
+            );
+        }
+    }
+    let (_, status) = env
+        .rt
+        .block_on(observe::agent_get(&url, "/v1/status", Some(&token)))?;
+    ensure!(
+        ids.iter().all(|id| !status.contains(id.as_str())),
+        "the agent still runs a probe of {ns}: {status}"
+    );
+    // A namespace being deleted takes no Events: the operator's "Deleted" Events are refused, as
+    // expected, and are no reconcile errors.
+    let unpublished = unpublished_events(env)?.saturating_sub(unpublished_before);
+    ensure!(
+        unpublished == 0,
+        "{unpublished} Events counted as failed while {ns} was deleted"
+    );
+    Ok(())
+}
+
 /// Resources a team leaves behind: one of each kind.
 fn leave_resources(env: &Env) -> Result<()> {
     env.cluster.kubectl.apply(&format!(
@@ -650,6 +806,10 @@ fn main() -> ExitCode {
             Scenario::new(
                 "a_deleted_node_takes_its_node_assignment_and_its_share_of_the_status_along",
                 a_deleted_node_takes_its_node_assignment_and_its_share_of_the_status_along,
+            ),
+            Scenario::new(
+                "deleting_a_namespace_removes_its_probes_from_every_node_and_the_namespace_goes",
+                deleting_a_namespace_removes_its_probes_from_every_node_and_the_namespace_goes,
             ),
             Scenario::new(
                 "uninstall_with_no_operator_left_removes_the_finalizers_at_once",

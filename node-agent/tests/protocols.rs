@@ -842,3 +842,47 @@ async fn a_datagram_read_with_msg_trunc_is_captured_only_as_far_as_its_buffer() 
     p.stop().await;
     assert_eq!(truncated(&registry), 1, "{stats:?}");
 }
+
+/// The RED series of the last protocol Tracepoint's targets go [`GONE_TARGET_TTL`] after it is
+/// removed, though its runtime (whose capture thread removed them until then) stopped with it;
+/// until then they are still scraped. Tokio's clock is paused once the probe stopped and moved by
+/// hand, so no one waits five minutes.
+#[tokio::test]
+async fn red_series_go_five_minutes_after_the_last_protocol_tracepoint_is_removed() {
+    use sonde_agent::probes::protocols::metrics::GONE_TARGET_TTL;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let (_nginx, worker) = start_hello_nginx(dir.path(), port);
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Http], "*/nginx"),
+        target(worker, "/usr/sbin/nginx"),
+    );
+    assert_eq!(curl(port, &["/gone"]), "hello\n");
+    wait_for_rows(&store, "http_events", |r| !r.is_empty()).await;
+    let series = |registry: &prometheus_client::registry::Registry| {
+        metrics_text(registry)
+            .lines()
+            .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
+            .count()
+    };
+    assert_eq!(series(&registry), 1, "{}", metrics_text(&registry));
+
+    p.stop().await;
+    tokio::time::pause();
+    // `sleep` lets the paused runtime run what became due (the clock moves to its end).
+    tokio::time::advance(GONE_TARGET_TTL - Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        series(&registry),
+        1,
+        "removed before a scrape could see its last requests"
+    );
+    tokio::time::advance(Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(series(&registry), 0, "{}", metrics_text(&registry));
+}

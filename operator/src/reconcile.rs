@@ -11,7 +11,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{self, finalizer};
 use sonde_api::{ConditionType, FINALIZER, OPERATOR_MANAGER, ResourceStatus, Targeting};
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, debug, info_span, warn};
 
 use crate::context::Context;
 use crate::error::Error;
@@ -51,6 +51,7 @@ pub async fn reconcile<K: SondeResource>(obj: Arc<K>, ctx: Arc<Context>) -> Resu
     ctx.metrics.reconciled(K::KIND, started.elapsed());
     if let Err(e) = &result
         && !e.is_cleanup_pending()
+        && !e.is_stale_finalizer_patch()
     {
         ctx.metrics.failed(K::KIND, e.metric_label());
     }
@@ -61,6 +62,10 @@ pub fn error_policy<K: SondeResource>(obj: Arc<K>, error: &Error, _ctx: Arc<Cont
     if error.is_cleanup_pending() {
         tracing::debug!(kind = K::KIND, name = %obj.name_any(), %error, "waiting for agents");
         return Action::requeue(Duration::from_secs(2));
+    }
+    if error.is_stale_finalizer_patch() {
+        debug!(kind = K::KIND, name = %obj.name_any(), %error, "finalizer patch made from a stale copy; retrying");
+        return Action::requeue(Duration::from_secs(1));
     }
     warn!(kind = K::KIND, name = %obj.name_any(), %error, "reconcile failed; retrying in 10 s");
     Action::requeue(Duration::from_secs(10))
@@ -218,10 +223,27 @@ fn event(type_: EventType, reason: &str, note: String) -> Event {
 
 /// Events are best effort: failing to publish one never fails a reconciliation.
 async fn publish<K: SondeResource>(ctx: &Context, obj: &K, ev: Event) {
-    if let Err(e) = ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
-        warn!(reason = %ev.reason, error = %e, "could not publish event");
-        ctx.metrics.failed(K::KIND, "publish_event");
+    match ctx.recorder.publish(&ev, &obj.object_ref(&())).await {
+        Ok(()) => {}
+        // The namespace is being deleted (its resources are finalized on the way): it takes no
+        // new Events, and whoever deleted it would not see one. Not a failure.
+        Err(e) if namespace_terminating(&e) => {
+            debug!(reason = %ev.reason, "event not published: its namespace is being deleted");
+        }
+        Err(e) => {
+            warn!(reason = %ev.reason, error = %e, "could not publish event");
+            ctx.metrics.failed(K::KIND, "publish_event");
+        }
     }
+}
+
+/// Whether the API server refused a write because its namespace is being deleted (the
+/// NamespaceLifecycle admission plugin's cause `NamespaceTerminating`).
+fn namespace_terminating(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(status) if status
+        .details
+        .as_ref()
+        .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
 #[cfg(test)]
@@ -230,6 +252,21 @@ mod tests {
 
     fn t(s: &str) -> Timestamp {
         s.parse().unwrap()
+    }
+
+    /// What the API server answers an Event created in a namespace being deleted (v1.33).
+    const TERMINATING: &str = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"events.events.k8s.io \"web.18eef5901ac24330\" is forbidden: unable to create new content in namespace shop because it is being terminated","reason":"Forbidden","details":{"name":"web.18eef5901ac24330","group":"events.k8s.io","kind":"events","causes":[{"reason":"NamespaceTerminating","message":"namespace shop is being terminated","field":"metadata.namespace"}]},"code":403}"#;
+
+    fn api_error(json: &str) -> kube::Error {
+        kube::Error::Api(Box::new(serde_json::from_str(json).unwrap()))
+    }
+
+    #[test]
+    fn an_event_refused_because_its_namespace_is_being_deleted_is_told_from_other_refusals() {
+        assert!(namespace_terminating(&api_error(TERMINATING)));
+        // RBAC's refusal is a Forbidden too, without that cause: still a failure.
+        let rbac = r#"{"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure","message":"events.events.k8s.io is forbidden: User \"op\" cannot create resource \"events\"","reason":"Forbidden","details":{"group":"events.k8s.io","kind":"events"},"code":403}"#;
+        assert!(!namespace_terminating(&api_error(rbac)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod dynamic_log;
 pub mod manager;
 pub mod profiler;
 pub mod protocols;
+pub mod retire;
 pub mod unavailable;
 
 use sonde_api::ProbeState;

@@ -34,7 +34,7 @@ pub struct TargetProcess {
     pub pod_uid: String,
     pub container: String,
     pub container_id: String,
-    /// Executable path as seen inside the process's own root (from /proc/<pid>/exe).
+    /// Executable path as seen inside the process's own root (from `/proc/<pid>/exe`).
     pub exe: PathBuf,
     /// Command line, arguments joined by spaces.
     pub cmdline: String,

@@ -47,7 +47,7 @@ pub enum Rescan {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
-    /// Executable path inside the process's root (readlink of /proc/<pid>/exe, ` (deleted)` removed).
+    /// Executable path inside the process's root (readlink of `/proc/<pid>/exe`, ` (deleted)` removed).
     pub exe: PathBuf,
     /// The path the process was started as, when it names another file than `exe` (a symlink
     /// or hard link to it: Debian's `redis-server` → `redis-check-rdb`, a multi-call binary's

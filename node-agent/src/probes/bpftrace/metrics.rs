@@ -6,6 +6,9 @@
 //! upper bounds inclusive, always ending with `+Inf`, which bpftrace prints only for an open top
 //! bucket). String-valued maps are skipped.
 //! Each map keeps at most [`MAX_SERIES_PER_MAP`] series; the rest are counted as dropped.
+//! A script's map series go when it stops; its counters [`RETIRE_AFTER`] later.
+//!
+//! [`RETIRE_AFTER`]: crate::probes::retire::RETIRE_AFTER
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -17,6 +20,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::output::{MapEntry, MapValue};
+use crate::probes::retire::Retirements;
 
 pub const MAX_SERIES_PER_MAP: usize = 1000;
 
@@ -33,10 +37,16 @@ pub struct ScriptLabels {
     pub script: String,
 }
 
+/// Why rows of a script were not stored: over its rate limit, lost by bpftrace, or no table.
+pub const RATE_LIMIT: &str = "rate_limit";
+pub const LOST_EVENTS: &str = "lost_events";
+pub const NO_TABLE: &str = "no_table";
+pub const ROW_DROP_REASONS: [&str; 3] = [RATE_LIMIT, LOST_EVENTS, NO_TABLE];
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
     pub script: String,
-    /// `rate_limit`, `lost_events` or `no_table`.
+    /// One of [`ROW_DROP_REASONS`].
     pub reason: &'static str,
 }
 
@@ -48,6 +58,7 @@ pub struct BpftraceMetrics {
     pub rows_dropped: Family<DropLabels, Counter>,
     pub series_dropped: Family<ScriptLabels, Counter>,
     pub maps: Arc<MapSnapshots>,
+    retiring: Retirements,
 }
 
 impl BpftraceMetrics {
@@ -80,6 +91,32 @@ impl BpftraceMetrics {
     pub fn script(&self, script: &str) -> ScriptLabels {
         ScriptLabels {
             script: script.to_string(),
+        }
+    }
+
+    /// `script` runs (again) on this node: its counters stay.
+    pub fn script_started(&self, script: &str) {
+        self.retiring.started(script);
+    }
+
+    /// `script` no longer runs on this node: its counters go
+    /// [`crate::probes::retire::RETIRE_AFTER`] from now, unless it starts again.
+    pub fn script_stopped(&self, script: &str) {
+        let (metrics, name) = (self.clone(), script.to_owned());
+        self.retiring
+            .stopped(script, move || metrics.remove_counters(&name));
+    }
+
+    fn remove_counters(&self, script: &str) {
+        let labels = self.script(script);
+        self.restarts.remove(&labels);
+        self.unparsed_lines.remove(&labels);
+        self.series_dropped.remove(&labels);
+        for reason in ROW_DROP_REASONS {
+            self.rows_dropped.remove(&DropLabels {
+                script: script.to_owned(),
+                reason,
+            });
         }
     }
 }
@@ -239,6 +276,7 @@ pub fn sanitize(name: &str) -> String {
 mod tests {
     use super::*;
     use prometheus_client::encoding::text::encode;
+    use std::time::Duration;
 
     fn scrape(registry: &Registry) -> String {
         let mut out = String::new();
@@ -292,6 +330,41 @@ mod tests {
         );
         metrics.maps.remove_script("BpftraceScript/opens");
         assert!(!scrape(&registry).contains("sonde_bpftrace_s{"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_scripts_counters_stay_for_a_last_scrape_then_go() {
+        let mut registry = Registry::default();
+        let metrics = BpftraceMetrics::register(&mut registry);
+        for script in ["opens", "other"] {
+            metrics.script_started(script);
+            metrics
+                .restarts
+                .get_or_create(&metrics.script(script))
+                .inc();
+        }
+        let opens = metrics.script("opens");
+        metrics.unparsed_lines.get_or_create(&opens).inc();
+        metrics.series_dropped.get_or_create(&opens).inc();
+        for reason in ROW_DROP_REASONS {
+            metrics
+                .rows_dropped
+                .get_or_create(&DropLabels {
+                    script: "opens".into(),
+                    reason,
+                })
+                .inc();
+        }
+        metrics.script_stopped("opens");
+        tokio::time::sleep(crate::probes::retire::RETIRE_AFTER - Duration::from_secs(1)).await;
+        assert_eq!(scrape(&registry).matches(r#"script="opens""#).count(), 6);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let text = scrape(&registry);
+        assert!(!text.contains(r#"script="opens""#), "{text}");
+        assert!(
+            text.contains(r#"sonde_bpftrace_restarts_total{script="other"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //!
 //! Parts: [`program`] reads the program text (printf formats, map arities, attach points),
 //! [`uprobe_paths`] points uprobes into the target pods, [`pod_filter`] limits every probe to the
-//! target pods' cgroups, [`format`] turns printf lines into typed
+//! target pods' cgroups, [`format`](mod@format) turns printf lines into typed
 //! values, [`output`] parses bpftrace's JSON lines, [`sink`] writes rows and map snapshots,
 //! [`metrics`] exports them, [`supervisor`] runs and restarts the child, [`spawner`] forks it from a
 //! thread that lives as long as the agent (so PR_SET_PDEATHSIG is safe).
@@ -254,6 +254,7 @@ impl BpftraceProbe {
 
     pub async fn stop(mut self) {
         self.halt().await;
+        self.ctx.bpftrace.metrics.script_stopped(&self.script);
     }
 
     async fn halt(&mut self) {
@@ -272,6 +273,7 @@ impl BpftraceProbe {
     ) {
         self.script = probe.owner.name.clone();
         self.probe_id = probe.id.clone();
+        self.ctx.bpftrace.metrics.script_started(&self.script);
         let launched = plan.and_then(|plan| match plan {
             Some(plan) => self.try_launch(probe, spec, plan),
             None => {

@@ -8,7 +8,7 @@ use nix::time::{ClockId, clock_gettime};
 use sonde_api::ProbeState;
 
 use super::format::Formats;
-use super::metrics::{BpftraceMetrics, DropLabels};
+use super::metrics::{self, BpftraceMetrics, DropLabels};
 use super::output::{OutputEvent, parse_line};
 use crate::probes::RuntimeStatus;
 use crate::tables::{Row, TableWriter};
@@ -84,7 +84,7 @@ impl Sink {
                 }
             }
             OutputEvent::LostEvents(lost) => {
-                self.drop_rows("lost_events", lost);
+                self.drop_rows(metrics::LOST_EVENTS, lost);
             }
             OutputEvent::Ignored => {}
             OutputEvent::Unrecognized => self.unparsed(),
@@ -115,11 +115,11 @@ impl Sink {
             return;
         };
         let Some(writer) = &self.writer else {
-            self.drop_rows("no_table", 1);
+            self.drop_rows(metrics::NO_TABLE, 1);
             return;
         };
         if !self.limiter.take(Instant::now()) {
-            self.drop_rows("rate_limit", 1);
+            self.drop_rows(metrics::RATE_LIMIT, 1);
             return;
         }
         let time_ns = match parsed.monotonic_ns {

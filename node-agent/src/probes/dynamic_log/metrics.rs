@@ -1,7 +1,10 @@
 //! Metrics: the runtime's own counters, and the counters and histograms users derive from captured
 //! columns (`spec.metrics`), exported as `sonde_dynamic_log_<name>` with a `probe` label plus the
 //! chosen columns as labels. Each user metric keeps at most [`MAX_SERIES`] label sets; values past
-//! that are counted in `sonde_dynamic_log_series_dropped_total`.
+//! that are counted in `sonde_dynamic_log_series_dropped_total`. A stopped probe's user metrics go
+//! at once (its metric names are free for others), its counters [`RETIRE_AFTER`] later.
+//!
+//! [`RETIRE_AFTER`]: crate::probes::retire::RETIRE_AFTER
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -13,6 +16,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sonde_api::{MetricSpec, MetricType};
 
+use crate::probes::retire::Retirements;
 use crate::tables::Value;
 
 /// Label sets kept per user metric.
@@ -38,6 +42,7 @@ pub struct DynamicLogMetrics {
     pub dropped: Family<DropLabels, Counter>,
     pub series_dropped: Family<ProbeLabels, Counter>,
     pub user: Arc<UserMetrics>,
+    retiring: Retirements,
 }
 
 impl DynamicLogMetrics {
@@ -65,6 +70,24 @@ impl DynamicLogMetrics {
         );
         registry.register_collector(Box::new(UserCollector(m.user.clone())));
         m
+    }
+
+    /// Probe `probe` runs (again) on this node: its counters stay.
+    pub fn probe_started(&self, probe: &str) {
+        self.retiring.started(probe);
+    }
+
+    /// Probe `probe` no longer runs on this node: its user metrics go now, its counters
+    /// [`crate::probes::retire::RETIRE_AFTER`] from now unless it starts again.
+    pub fn probe_stopped(&self, probe: &str) {
+        self.user.remove(probe);
+        let (metrics, name) = (self.clone(), probe.to_owned());
+        self.retiring.stopped(probe, move || {
+            let labels = ProbeLabels { probe: name };
+            metrics.rows.remove(&labels);
+            metrics.unreturned.remove(&labels);
+            metrics.series_dropped.remove(&labels);
+        });
     }
 }
 
@@ -266,5 +289,55 @@ impl Collector for UserCollector {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus_client::encoding::text::encode;
+    use sonde_api::{MetricSpec, MetricType};
+
+    use super::*;
+    use crate::probes::retire::RETIRE_AFTER;
+
+    fn scrape(registry: &Registry) -> String {
+        let mut out = String::new();
+        encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_probes_user_metrics_go_at_once_and_its_counters_after_a_last_scrape() {
+        let mut registry = Registry::default();
+        let metrics = DynamicLogMetrics::register(&mut registry);
+        let probe = "DynamicLog/shop/tick";
+        let latency = MetricSpec {
+            name: "tick_latency".into(),
+            type_: MetricType::Histogram,
+            labels: Vec::new(),
+            value: None,
+        };
+        metrics.user.define(probe, &[latency]).unwrap();
+        metrics.probe_started(probe);
+        metrics.user.observe(probe, |_| Some(Value::Int64(1_000)));
+        let labels = ProbeLabels {
+            probe: probe.into(),
+        };
+        metrics.rows.get_or_create(&labels).inc();
+        metrics.unreturned.get_or_create(&labels).inc();
+        metrics.series_dropped.get_or_create(&labels).inc();
+        let ours = |text: &str| text.matches(r#"probe="DynamicLog/shop/tick""#).count();
+        assert!(scrape(&registry).contains("sonde_dynamic_log_tick_latency_count"));
+
+        metrics.probe_stopped(probe);
+        let text = scrape(&registry);
+        assert!(!text.contains("sonde_dynamic_log_tick_latency"), "{text}");
+        tokio::time::sleep(RETIRE_AFTER - Duration::from_secs(1)).await;
+        assert_eq!(ours(&scrape(&registry)), 3, "counters still scraped");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let text = scrape(&registry);
+        assert_eq!(ours(&text), 0, "{text}");
     }
 }

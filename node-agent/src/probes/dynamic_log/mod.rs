@@ -36,6 +36,8 @@ pub mod plan;
 pub mod prologue;
 pub mod rets;
 pub mod running;
+pub mod rust_enum;
+pub mod rustabi;
 pub mod sysv;
 pub mod types;
 
@@ -409,6 +411,7 @@ impl Actor {
         {
             self.notes.push(e);
         }
+        self.ctx.dynamic_log.metrics.probe_started(&self.probe.id);
         self.apply(targets).await;
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -431,13 +434,13 @@ impl Actor {
                     }
                     Some(Command::Stop(ack)) => {
                         self.teardown();
-                        self.ctx.dynamic_log.metrics.user.remove(&self.probe.id);
+                        self.ctx.dynamic_log.metrics.probe_stopped(&self.probe.id);
                         let _ = ack.send(());
                         return;
                     }
                     None => {
                         self.teardown();
-                        self.ctx.dynamic_log.metrics.user.remove(&self.probe.id);
+                        self.ctx.dynamic_log.metrics.probe_stopped(&self.probe.id);
                         return;
                     }
                 },

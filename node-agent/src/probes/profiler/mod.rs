@@ -1,7 +1,7 @@
 //! Tracepoint (profiler) runtime: a continuous sampling CPU profiler, like Pixie's.
 //!
 //! - [`kernel`]: the perf-event program on every CPU's cpu-clock, filter maps, double-buffered counts.
-//! - [`selection`]: which processes are sampled (cgroup v2 ids of containers, or tgids).
+//! - [`selection`](mod@selection): which processes are sampled (cgroup v2 ids of containers, or tgids).
 //! - [`maps`] and [`symbolize`]: addresses → `function (file:line)` frames with blazesym.
 //! - [`engine`]: the drain thread that writes table [`TABLE`] every period.
 //! - [`pprof`] and [`flamegraph`]: the rows of that table as a pprof profile or a flame graph SVG.

@@ -205,6 +205,16 @@ impl ProtocolMetrics {
         removed
     }
 
+    /// Whether series of some target exist (traced or waiting for [`Self::prune`] to remove them).
+    pub fn has_series(&self) -> bool {
+        !self
+            .made
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .targets
+            .is_empty()
+    }
+
     pub fn register(registry: &mut Registry) -> ProtocolMetrics {
         let m = ProtocolMetrics::default();
         // Every reason exists from the start, so "no loss" reads as 0 rather than as absent.

@@ -9,6 +9,10 @@
 //! - `ProtocolProbe::update(&mut self, probe, spec, targets)` (async): new settings or targets.
 //! - `ProtocolProbe::stop(self)` (async).
 //!
+//! RED series outlive the runtime: while it runs, its tracker removes those of targets gone for
+//! [`metrics::GONE_TARGET_TTL`]; once the last probe stopped, a task of the agent's runtime does,
+//! until none is left or a probe starts again.
+//!
 //! Parts: [`kernel`] loads the eBPF side (`node-agent-ebpf/src/protocols`) and keeps its filter maps
 //! equal to [`routes`] (which process gets which protocols); [`drain`] empties the ring buffer on a
 //! thread of its own; [`events`] decodes the ring buffer;
@@ -33,6 +37,7 @@ use std::time::Duration;
 use prometheus_client::registry::Registry;
 use sonde_api::{AssignedProbe, ProbeState, Protocol, TracepointSpec};
 use sonde_protocols::{Kind, ParseConfig};
+use tokio::task::AbortHandle;
 use tracing::{error, info, info_span};
 
 use self::drain::DrainThread;
@@ -48,6 +53,9 @@ use crate::targets::TargetProcess;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512;
 /// Default of how often open connections get a `conn_stats` row (agent flag `--conn-stats-interval`).
 pub const DEFAULT_CONN_STATS_INTERVAL: Duration = Duration::from_secs(10);
+/// While no protocol probe runs, how often the RED series of targets gone are looked at (the
+/// tracker does it as often while it runs).
+const IDLE_PRUNE_EVERY: Duration = Duration::from_secs(10);
 /// The Kind of an API protocol.
 pub fn kind_of(protocol: Protocol) -> Kind {
     match protocol {
@@ -69,6 +77,8 @@ struct Inner {
     probes: BTreeMap<String, ProbeRoutes>,
     running: Option<Running>,
     tables: Option<Arc<Mutex<Tables>>>,
+    /// Removes the RED series of gone targets while nothing runs (see [`ProtocolsShared::prune_while_idle`]).
+    idle_pruner: Option<AbortHandle>,
 }
 
 /// State shared by every protocol probe: metrics, the loaded programs and who is traced how.
@@ -122,6 +132,11 @@ impl ProtocolsShared {
         }
         inner.probes.insert(id.to_owned(), probe);
         if inner.running.is_none() {
+            // The tracker prunes from now on; the idle pruner, which checks `running` under this
+            // lock, would otherwise find it set and end by itself.
+            if let Some(pruner) = inner.idle_pruner.take() {
+                pruner.abort();
+            }
             let (kernel, maps) = Kernel::load(false).map_err(|e| e.to_string())?;
             let tracker = Tracker::new(
                 self.routes.clone(),
@@ -154,6 +169,43 @@ impl ProtocolsShared {
             error!("{e}");
         }
         None
+    }
+
+    /// After the runtime stopped: every target it traced is gone from now (those gone before keep
+    /// their time), and a task removes their series once [`metrics::GONE_TARGET_TTL`] passed,
+    /// as the tracker would have. Does nothing if a probe started meanwhile.
+    fn prune_while_idle(self: &Arc<Self>) {
+        let mut inner = self.lock();
+        if inner.running.is_some() {
+            return;
+        }
+        self.metrics.prune(&HashSet::new(), now());
+        if let Some(old) = inner.idle_pruner.take() {
+            old.abort();
+        }
+        if !self.metrics.has_series() {
+            return;
+        }
+        // Holds the state, not a weak reference: the series stay registered when every probe
+        // and context is gone, so they must still go.
+        let shared = self.clone();
+        let task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now() + IDLE_PRUNE_EVERY;
+            let mut every = tokio::time::interval_at(start, IDLE_PRUNE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let inner = shared.lock();
+                if inner.running.is_some() {
+                    return;
+                }
+                shared.metrics.prune(&HashSet::new(), now());
+                if !shared.metrics.has_series() {
+                    return;
+                }
+            }
+        });
+        inner.idle_pruner = Some(task.abort_handle());
     }
 
     fn apply_routes(&self, inner: &mut Inner) -> Result<(), String> {
@@ -288,8 +340,15 @@ impl ProtocolProbe {
             running.drain.stop().await;
             drop(running.kernel);
             info!("protocol tracing detached: no protocol probe left");
+            self.shared.prune_while_idle();
         }
     }
+}
+
+/// The time series are pruned at: Tokio's clock, which tests can pause and move (outside them, the
+/// system's monotonic clock).
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Table names and owner, for callers that list what this runtime writes.
