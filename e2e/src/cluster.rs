@@ -1,7 +1,8 @@
 //! A control plane prepared for Sonde: CRDs from `crds/`, the chart's RBAC and admission policies
 //! from `helm template`, and a separate identity (ServiceAccount token from the TokenRequest API) for
 //! the operator, each node's agent (a token bound to a pod on its node, as the DaemonSet's pods get
-//! theirs), a user allowed to read tables and a user who is not.
+//! theirs), a user allowed to read tables, a scraper allowed to read `/metrics` and a user who is
+//! allowed nothing.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -21,6 +22,8 @@ pub const READER_SA: &str = "table-reader";
 pub const OUTSIDER_SA: &str = "outsider";
 /// ServiceAccount granted `get tables.sonde.dev` in [`TEST_NAMESPACE`] only.
 pub const TEAM_READER_SA: &str = "team-reader";
+/// ServiceAccount bound to the chart's `sonde-metrics-reader` ClusterRole, as a Prometheus is.
+pub const METRICS_READER_SA: &str = "metrics-reader";
 
 /// What [`Cluster::start`] installs.
 #[derive(Clone, Copy, Debug, Default)]
@@ -39,6 +42,8 @@ pub struct Identities {
     pub team_reader_token: String,
     /// Token of a user with no roles.
     pub outsider_token: String,
+    /// Token of a scraper granted `sonde-metrics-reader` (get the non-resource URL /metrics).
+    pub metrics_token: String,
 }
 
 pub struct Cluster {
@@ -137,7 +142,12 @@ impl Cluster {
              ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
              metadata: {{name: e2e-team-reader, namespace: {TEST_NAMESPACE}}}\n\
              roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: sonde-tables-reader}}\n\
-             subjects: [{{kind: ServiceAccount, name: {TEAM_READER_SA}, namespace: {TEST_NAMESPACE}}}]\n"
+             subjects: [{{kind: ServiceAccount, name: {TEAM_READER_SA}, namespace: {TEST_NAMESPACE}}}]\n\
+             ---\napiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {METRICS_READER_SA}, namespace: {TEST_NAMESPACE}}}\n\
+             ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\n\
+             metadata: {{name: e2e-metrics-reader}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: sonde-metrics-reader}}\n\
+             subjects: [{{kind: ServiceAccount, name: {METRICS_READER_SA}, namespace: {TEST_NAMESPACE}}}]\n"
         ))?;
         let operator_token = self.token(helm::NAMESPACE, &format!("{}-operator", helm::RELEASE))?;
         let cp = &self.control_plane;
@@ -150,6 +160,7 @@ impl Cluster {
             reader_token: self.token(TEST_NAMESPACE, READER_SA)?,
             outsider_token: self.token(TEST_NAMESPACE, OUTSIDER_SA)?,
             team_reader_token: self.token(TEST_NAMESPACE, TEAM_READER_SA)?,
+            metrics_token: self.token(TEST_NAMESPACE, METRICS_READER_SA)?,
         })
     }
 

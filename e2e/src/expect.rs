@@ -68,11 +68,12 @@ pub async fn http_paths(
     .await
 }
 
-/// Waits until `/metrics` has an `http_server_request_duration_seconds_count` series of `pod` that
-/// also carries every one of `labels` (`name="value"`) and counts exactly `count`, and `also`
-/// accepts the whole `/metrics` text.
+/// Waits until `/metrics` (read with `metrics_token`) has an
+/// `http_server_request_duration_seconds_count` series of `pod` that also carries every one of
+/// `labels` (`name="value"`) and counts exactly `count`, and `also` accepts the whole `/metrics` text.
 pub async fn http_request_count(
     url: &str,
+    metrics_token: &str,
     pod: &str,
     labels: &[&str],
     count: u64,
@@ -84,7 +85,7 @@ pub async fn http_request_count(
         &format!("http_server_request_duration_seconds of {pod} in /metrics"),
         CONVERGE,
         || async {
-            let (_, metrics) = observe::agent_get(url, "/metrics", None).await?;
+            let (_, metrics) = observe::agent_get(url, "/metrics", Some(metrics_token)).await?;
             let line = metrics
                 .lines()
                 .find(|l| {

@@ -16,16 +16,28 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    /// Starts Prometheus scraping `targets` (host:port, path /metrics) every second.
-    pub async fn start(dir: &Path, targets: &[String]) -> Result<Prometheus> {
+    /// Starts Prometheus scraping `targets` (host:port, path /metrics) every second, sending
+    /// `token` as its bearer token when given (`authorization: {credentials_file}`, as a Prometheus
+    /// in a cluster sends its ServiceAccount's token).
+    pub async fn start(dir: &Path, targets: &[String], token: Option<&str>) -> Result<Prometheus> {
         std::fs::create_dir_all(dir.join("prometheus-data"))?;
         let config = dir.join("prometheus.yml");
         let targets_yaml = serde_json::to_string(targets)?;
+        let authorization = match token {
+            Some(token) => {
+                let file = dir.join("prometheus-token");
+                std::fs::write(&file, token)
+                    .with_context(|| format!("writing {}", file.display()))?;
+                let file = serde_json::to_string(&file.to_string_lossy())?;
+                format!("    authorization: {{credentials_file: {file}}}\n")
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: sonde-agent\n    static_configs:\n      - targets: {targets_yaml}\n"
+                 scrape_configs:\n  - job_name: sonde-agent\n{authorization}    static_configs:\n      - targets: {targets_yaml}\n"
             ),
         )
         .with_context(|| format!("writing {}", config.display()))?;

@@ -145,6 +145,11 @@ impl SingleNode {
         Ok(self.cluster.identities()?.reader_token.clone())
     }
 
+    /// The bearer token of the metrics scraper identity (the agent's `/metrics` needs one).
+    pub fn metrics_token(&self) -> Result<String> {
+        Ok(self.cluster.identities()?.metrics_token.clone())
+    }
+
     /// The tails of the operator's and the agent's logs.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();

@@ -196,6 +196,7 @@ fn without_any_tracepoint_every_pods_http_is_traced_except_in_excluded_namespace
     }
     let url = node.agent_url()?;
     let token = node.reader_token()?;
+    let metrics_token = node.metrics_token()?;
     let operator_metrics = lock(&node.operator)
         .as_ref()
         .map(|o| format!("http://{}", o.metrics_addr))
@@ -217,7 +218,7 @@ fn without_any_tracepoint_every_pods_http_is_traced_except_in_excluded_namespace
             |r| r["local_port"] == quiet_port || r["namespace"] == QUIET_NAMESPACE,
         )
         .await?;
-        expect::http_request_count(&url, "web-1", &[], 3, |metrics| {
+        expect::http_request_count(&url, &metrics_token, "web-1", &[], 3, |metrics| {
             ensure!(
                 !metrics.contains(&format!("namespace=\"{QUIET_NAMESPACE}\"")),
                 "series of the excluded namespace in /metrics"
@@ -293,6 +294,7 @@ fn pod_series<'a>(metrics: &'a str, pod: &str) -> Vec<&'a str> {
 fn every_targeted_pod_has_resource_metrics_which_go_with_the_pod(env: &Env) -> Result<()> {
     let node = &env.node;
     let url = node.agent_url()?;
+    let metrics_token = node.metrics_token()?;
     let client = node.cluster.client.clone();
     let spec = pod_spec(
         TEST_NAMESPACE,
@@ -305,7 +307,7 @@ fn every_targeted_pod_has_resource_metrics_which_go_with_the_pod(env: &Env) -> R
         .block_on(FakePod::start(&client, &spec, &node.logs))?;
     node.rt.block_on(async {
         wait::until_ok("resource series of web-1 and short-1", CONVERGE, || async {
-            let (_, metrics) = observe::agent_get(&url, "/metrics", None).await?;
+            let (_, metrics) = observe::agent_get(&url, "/metrics", Some(&metrics_token)).await?;
             for pod in ["web-1", "short-1"] {
                 let series = pod_series(&metrics, pod);
                 ensure!(
@@ -334,7 +336,7 @@ fn every_targeted_pod_has_resource_metrics_which_go_with_the_pod(env: &Env) -> R
         .await?;
         short.delete(&client).await?;
         wait::until_ok("resource series of short-1 removed", CONVERGE, || async {
-            let (_, metrics) = observe::agent_get(&url, "/metrics", None).await?;
+            let (_, metrics) = observe::agent_get(&url, "/metrics", Some(&metrics_token)).await?;
             let series = pod_series(&metrics, "short-1");
             ensure!(series.is_empty(), "series left: {series:?}");
             ensure!(

@@ -148,6 +148,7 @@ fn a_dynamic_log_on_fake_pods_fills_its_table_follows_new_pods_and_detaches_on_d
     node.wait_ready_and_attached(&api, "checkout-orders", PROBE_ID)?;
     let url = node.agent_url()?;
     let token = node.reader_token()?;
+    let metrics_token = node.metrics_token()?;
     node.rt.block_on(wait_orders(&url, &token, "checkout-1"))?;
     // A pod started after the probe (scale-up) is traced as well.
     start_pod(env, "checkout-2")?;
@@ -156,7 +157,7 @@ fn a_dynamic_log_on_fake_pods_fills_its_table_follows_new_pods_and_detaches_on_d
         "the place_order counter in /metrics",
         CONVERGE,
         || async {
-            let (_, metrics) = observe::agent_get(&url, "/metrics", None).await?;
+            let (_, metrics) = observe::agent_get(&url, "/metrics", Some(&metrics_token)).await?;
             ensure!(
                 metrics.lines().any(|l| l.starts_with(
                     "sonde_dynamic_log_place_order_total{probe=\"DynamicLog/sonde-e2e/checkout-orders\",user=\"alice\"}"

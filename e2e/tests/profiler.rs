@@ -73,6 +73,7 @@ fn a_profiler_tracepoint_on_a_fake_pod_fills_stack_traces_pprof_and_pod_metrics(
     )?;
     let url = node.agent_url()?;
     let token = node.reader_token()?;
+    let metrics_token = node.metrics_token()?;
     node.rt.block_on(async {
         wait::until_ok(
             "hot_three samples of the pod in stack_traces",
@@ -124,7 +125,8 @@ fn a_profiler_tracepoint_on_a_fake_pod_fills_stack_traces_pprof_and_pod_metrics(
             "sonde_pod_cpu_seconds of busy-1 in /metrics",
             CONVERGE,
             || async {
-                let (_, metrics) = observe::agent_get(&url, "/metrics", None).await?;
+                let (_, metrics) =
+                    observe::agent_get(&url, "/metrics", Some(&metrics_token)).await?;
                 let line = metrics
                     .lines()
                     .find(|l| {

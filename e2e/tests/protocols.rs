@@ -195,6 +195,7 @@ fn an_http_tracepoint_on_a_fake_pod_fills_http_events_and_the_histogram_but_not_
     }
     let url = node.agent_url()?;
     let token = node.reader_token()?;
+    let metrics_token = node.metrics_token()?;
     let rows = HttpServerRows {
         pod: "web-1",
         namespace: TEST_NAMESPACE,
@@ -214,6 +215,7 @@ fn an_http_tracepoint_on_a_fake_pod_fills_http_events_and_the_histogram_but_not_
         .await?;
         expect::http_request_count(
             &url,
+            &metrics_token,
             "web-1",
             &[
                 "http_request_method=\"GET\"",
@@ -233,8 +235,9 @@ fn an_http_tracepoint_on_a_fake_pod_fills_http_events_and_the_histogram_but_not_
 }
 
 /// The sum of the agent's `sonde_protocol_parse_errors_total{protocol="http",…}` series.
-async fn http_parse_errors(url: &str) -> Result<f64> {
-    let (code, metrics) = sonde_e2e::observe::agent_get(url, "/metrics", None).await?;
+async fn http_parse_errors(url: &str, metrics_token: &str) -> Result<f64> {
+    let (code, metrics) =
+        sonde_e2e::observe::agent_get(url, "/metrics", Some(metrics_token)).await?;
     ensure!(code == 200, "GET /metrics: {code}");
     let mut sum = 0.0;
     for line in metrics.lines().filter(|l| {
@@ -363,7 +366,8 @@ fn a_keep_alive_connection_traced_from_the_middle_of_an_exchange_keeps_its_rows_
 ) -> Result<()> {
     let node = &env.node;
     let url = node.agent_url()?;
-    let errors_before = node.rt.block_on(http_parse_errors(&url))?;
+    let metrics_token = node.metrics_token()?;
+    let errors_before = node.rt.block_on(http_parse_errors(&url, &metrics_token))?;
     // A request in flight on a keep-alive connection while the pod gets selected: the first
     // bytes the agent sees on it are the server's answer.
     let mut stream = TcpStream::connect(("127.0.0.1", env.slow_port))?;
@@ -405,7 +409,7 @@ fn a_keep_alive_connection_traced_from_the_middle_of_an_exchange_keeps_its_rows_
             "{row}"
         );
     }
-    let errors_after = node.rt.block_on(http_parse_errors(&url))?;
+    let errors_after = node.rt.block_on(http_parse_errors(&url, &metrics_token))?;
     ensure!(
         errors_after == errors_before,
         "HTTP parse errors went from {errors_before} to {errors_after} on well-formed traffic"
@@ -441,6 +445,7 @@ fn a_client_that_gives_up_on_a_slow_server_is_an_error_that_took_its_wait(env: &
     drop(stream);
     let url = node.agent_url()?;
     let token = node.reader_token()?;
+    let metrics_token = node.metrics_token()?;
     let rows = node.rt.block_on(pod_rows(
         &url,
         &token,
@@ -461,6 +466,7 @@ fn a_client_that_gives_up_on_a_slow_server_is_an_error_that_took_its_wait(env: &
     );
     node.rt.block_on(expect::http_request_count(
         &url,
+        &metrics_token,
         "slow-1",
         &[
             "http_request_method=\"GET\"",

@@ -350,6 +350,44 @@ fn table_reads_without_a_token_get_401_and_with_an_unauthorized_token_get_403(
     })
 }
 
+/// `/metrics` carries series derived from captured traffic: in a cluster it needs a token allowed to
+/// get the non-resource URL /metrics (the chart's `sonde-metrics-reader`, as Prometheus's RBAC
+/// grants it); reading tables does not grant it. The health checks stay open.
+fn metrics_need_a_token_bound_to_the_charts_metrics_reader_role(env: &Env) -> Result<()> {
+    let url = env.agent_url()?;
+    let ids = env.cluster.identities()?.clone();
+    env.rt.block_on(async {
+        let (code, body) = observe::agent_get(&url, "/metrics", None).await?;
+        ensure!(code == 401, "without a token: {code} {body}");
+        ensure!(
+            body.contains("metrics-reader"),
+            "the 401 does not say which role to bind: {body}"
+        );
+        for (who, token) in [
+            ("a user granted nothing", &ids.outsider_token),
+            ("a table reader", &ids.reader_token),
+        ] {
+            let (code, body) = observe::agent_get(&url, "/metrics", Some(token)).await?;
+            ensure!(code == 403, "as {who}: {code} {body}");
+            ensure!(
+                body.contains("<release>-metrics-reader") && body.contains("--metrics-auth=false"),
+                "the 403 does not say what to do: {body}"
+            );
+        }
+        let (code, body) = observe::agent_get(&url, "/metrics", Some(&ids.metrics_token)).await?;
+        ensure!(code == 200, "as the metrics reader: {code} {body}");
+        ensure!(
+            body.lines().any(|l| l.starts_with("sonde_")),
+            "no sonde_ series in /metrics: {body}"
+        );
+        for path in ["/healthz", "/readyz"] {
+            let (code, body) = observe::agent_get(&url, path, None).await?;
+            ensure!(code == 200, "{path} without a token: {code} {body}");
+        }
+        Ok(())
+    })
+}
+
 /// A reader granted `get tables.sonde.dev` in one namespace (a Role) reads that namespace's rows
 /// by naming it, and nothing else: not the whole table, not another namespace, not the list.
 fn a_reader_granted_one_namespace_reads_its_rows_only(env: &Env) -> Result<()> {
@@ -390,11 +428,12 @@ fn a_reader_granted_one_namespace_reads_its_rows_only(env: &Env) -> Result<()> {
 fn the_scripts_map_appears_in_the_agents_metrics(env: &Env) -> Result<()> {
     ensure_ticks_script(env)?;
     let url = env.agent_url()?;
+    let token = env.cluster.identities()?.metrics_token.clone();
     env.rt.block_on(wait::until_ok(
         "sonde_bpftrace_ticks in /metrics",
         CONVERGE,
         || async {
-            let (code, body) = observe::agent_get(&url, "/metrics", None).await?;
+            let (code, body) = observe::agent_get(&url, "/metrics", Some(&token)).await?;
             ensure!(code == 200, "GET /metrics: {code}");
             let line = body
                 .lines()
@@ -415,8 +454,9 @@ fn the_scripts_map_appears_in_the_agents_metrics(env: &Env) -> Result<()> {
 fn an_agent_with_nothing_changing_writes_its_status_only_on_the_heartbeat(env: &Env) -> Result<()> {
     ensure_ticks_script(env)?;
     let url = env.agent_url()?;
+    let token = env.cluster.identities()?.metrics_token.clone();
     let writes = || async {
-        let (code, body) = observe::agent_get(&url, "/metrics", None).await?;
+        let (code, body) = observe::agent_get(&url, "/metrics", Some(&token)).await?;
         ensure!(code == 200, "GET /metrics: {code}");
         body.lines()
             .find_map(|l| l.strip_prefix("sonde_status_writes_total{result=\"ok\"} "))
@@ -438,14 +478,18 @@ fn an_agent_with_nothing_changing_writes_its_status_only_on_the_heartbeat(env: &
     })
 }
 
+/// A real Prometheus sends the token of a ServiceAccount bound to the chart's
+/// `sonde-metrics-reader` (`authorization: {credentials_file}`), as one in a cluster sends its own.
 fn a_real_prometheus_scrapes_a_sonde_series_from_the_agent(env: &Env) -> Result<()> {
     let port = lock(&env.agent)
         .as_ref()
         .map(|a| a.port)
         .context("no agent")?;
+    let token = env.cluster.identities()?.metrics_token.clone();
     let prom = env.rt.block_on(Prometheus::start(
         env.dir.path(),
         &[format!("127.0.0.1:{port}")],
+        Some(&token),
     ))?;
     let result = env.rt.block_on(wait::until(
         "a sonde_ series in Prometheus",
@@ -873,6 +917,10 @@ fn main() -> ExitCode {
         Scenario::new(
             "table_reads_without_a_token_get_401_and_with_an_unauthorized_token_get_403",
             table_reads_without_a_token_get_401_and_with_an_unauthorized_token_get_403,
+        ),
+        Scenario::new(
+            "metrics_need_a_token_bound_to_the_charts_metrics_reader_role",
+            metrics_need_a_token_bound_to_the_charts_metrics_reader_role,
         ),
         Scenario::new(
             "a_reader_granted_one_namespace_reads_its_rows_only",

@@ -267,6 +267,7 @@ fn the_rendered_chart_is_accepted_by_a_server_side_dry_run(env: &Env) -> Result<
         "deployment.apps/sonde-operator",
         "daemonset.apps/sonde-agent",
         "clusterrole.rbac.authorization.k8s.io/sonde-data-reader",
+        "clusterrole.rbac.authorization.k8s.io/sonde-metrics-reader",
     ] {
         ensure!(
             out.contains(object),
@@ -300,6 +301,191 @@ fn monitors_are_rendered_only_when_enabled(_: &Env) -> Result<()> {
         ensure!(
             enabled.iter().any(|k| k == kind),
             "{kind} not rendered: {enabled:?}"
+        );
+    }
+    Ok(())
+}
+
+/// The rendered object of `kind` named `name`.
+fn object<'a>(
+    docs: &'a [serde_json::Value],
+    kind: &str,
+    name: &str,
+) -> Option<&'a serde_json::Value> {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+}
+
+/// With `agent.metricsAuthorization` (the default) the agent runs with `--metrics-auth=true` and
+/// the monitors send a token to the agents' `/metrics`: the ServiceMonitor Prometheus's own
+/// (bearerTokenFile), the PodMonitor, which cannot, the chart's scraper identity's; with it off,
+/// the agent leaves `/metrics` open and the monitors send none.
+fn the_monitors_send_a_token_to_the_agents_only_with_metrics_authorization(_: &Env) -> Result<()> {
+    const SA_TOKEN: &str = "/var/run/secrets/kubernetes.io/serviceaccount/token";
+    for on in [true, false] {
+        let setting = format!("agent.metricsAuthorization={on}");
+        let docs = helm::documents(&helm::template(&[
+            "--set",
+            "monitoring.serviceMonitor.enabled=true",
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+            "--set",
+            &setting,
+        ])?)?;
+        let args = object(&docs, "DaemonSet", "sonde-agent")
+            .context("DaemonSet sonde-agent not rendered")?["spec"]["template"]["spec"]
+            ["containers"][0]["args"]
+            .clone();
+        let flag = format!("--metrics-auth={on}");
+        ensure!(
+            args.as_array()
+                .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(flag.as_str()))),
+            "{setting}: the agent's args {args} lack {flag}"
+        );
+        let endpoints = &object(&docs, "ServiceMonitor", "sonde")
+            .context("ServiceMonitor sonde not rendered")?["spec"]["endpoints"];
+        let agent = endpoints
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["port"] == "http"))
+            .context("no ServiceMonitor endpoint for the agents' port http")?;
+        let pod = &object(&docs, "PodMonitor", "sonde-agent")
+            .context("PodMonitor sonde-agent not rendered")?["spec"]["podMetricsEndpoints"][0];
+        let secret = object(&docs, "Secret", "sonde-metrics-scraper-token");
+        if on {
+            ensure!(
+                agent["bearerTokenFile"] == SA_TOKEN,
+                "the ServiceMonitor sends no token to the agents: {agent}"
+            );
+            ensure!(
+                pod["authorization"]["credentials"]
+                    == serde_json::json!({"name": "sonde-metrics-scraper-token", "key": "token"}),
+                "the PodMonitor sends no token to the agents: {pod}"
+            );
+            let secret = secret.context("the PodMonitor's token Secret is not rendered")?;
+            ensure!(
+                secret["type"] == "kubernetes.io/service-account-token"
+                    && secret["metadata"]["annotations"]["kubernetes.io/service-account.name"]
+                        == "sonde-metrics-scraper",
+                "{secret}"
+            );
+            ensure!(
+                object(&docs, "ServiceAccount", "sonde-metrics-scraper").is_some(),
+                "no ServiceAccount sonde-metrics-scraper"
+            );
+            let binding = object(&docs, "ClusterRoleBinding", "sonde-metrics-scraper")
+                .context("the scraper identity is not bound")?;
+            ensure!(
+                binding["roleRef"]["name"] == "sonde-metrics-reader"
+                    && binding["subjects"][0]["name"] == "sonde-metrics-scraper",
+                "{binding}"
+            );
+        } else {
+            ensure!(
+                agent.get("bearerTokenFile").is_none() && pod.get("authorization").is_none(),
+                "tokens sent with metrics authorization off: {agent} {pod}"
+            );
+            ensure!(
+                secret.is_none(),
+                "a scraper token rendered with metrics authorization off"
+            );
+        }
+        // The operator's own endpoint is no business of the agent's authorization.
+        let operator = endpoints
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["port"] == "metrics"))
+            .context("no ServiceMonitor endpoint for the operator")?;
+        ensure!(
+            operator.get("bearerTokenFile").is_none(),
+            "{setting}: {operator}"
+        );
+    }
+    Ok(())
+}
+
+/// The chart's `sonde-metrics-reader` grants exactly what the agent asks of a `/metrics` caller (a
+/// SubjectAccessReview of `get` on the non-resource URL /metrics), to the Prometheus ServiceAccount
+/// named in `monitoring.prometheusServiceAccount` (none by default); the agent may ask it.
+fn the_metrics_reader_role_is_bound_to_the_prometheus_service_account_given(
+    env: &Env,
+) -> Result<()> {
+    let default = helm::documents(&helm::template(&[])?)?;
+    let role = object(&default, "ClusterRole", "sonde-metrics-reader")
+        .context("ClusterRole sonde-metrics-reader not rendered")?;
+    ensure!(
+        role["rules"] == serde_json::json!([{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]),
+        "{role}"
+    );
+    ensure!(
+        object(&default, "ClusterRoleBinding", "sonde-metrics-reader").is_none(),
+        "a Prometheus bound by default"
+    );
+    let missing = helm::template(&[
+        "--set",
+        "monitoring.prometheusServiceAccount.name=prometheus",
+    ]);
+    ensure!(
+        missing.as_ref().is_err_and(
+            |e| format!("{e:#}").contains("monitoring.prometheusServiceAccount.namespace")
+        ),
+        "a ServiceAccount name without a namespace: {missing:?}"
+    );
+    let bound = helm::template(&[
+        "--set",
+        "monitoring.prometheusServiceAccount.name=prometheus",
+        "--set",
+        "monitoring.prometheusServiceAccount.namespace=monitoring",
+    ])?;
+    let binding = helm::documents(&bound)?
+        .into_iter()
+        .find(|d| {
+            d["kind"] == "ClusterRoleBinding" && d["metadata"]["name"] == "sonde-metrics-reader"
+        })
+        .context("no ClusterRoleBinding sonde-metrics-reader")?;
+    env.cluster
+        .kubectl
+        .apply(&serde_yaml_ng::to_string(&binding)?)?;
+    let can = |user: &str, attributes: serde_json::Value| -> Result<bool> {
+        let mut spec = serde_json::json!({"user": user});
+        spec.as_object_mut()
+            .context("a JSON object")?
+            .extend(attributes.as_object().cloned().unwrap_or_default());
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec,
+        });
+        let out = env.cluster.kubectl.run(
+            &["create", "-f", "-", "-o", "jsonpath={.status.allowed}"],
+            Some(&review.to_string()),
+        )?;
+        Ok(out.trim() == "true")
+    };
+    let metrics = serde_json::json!({"nonResourceAttributes": {"path": "/metrics", "verb": "get"}});
+    let prometheus = "system:serviceaccount:monitoring:prometheus";
+    let agent = format!(
+        "system:serviceaccount:{}:{}-agent",
+        helm::NAMESPACE,
+        helm::RELEASE
+    );
+    let tables = serde_json::json!({"resourceAttributes": {"group": "sonde.dev", "resource": "tables", "verb": "get"}});
+    let review = |group: &str, resource: &str| serde_json::json!({"resourceAttributes": {"group": group, "resource": resource, "verb": "create"}});
+    for (user, attributes, want) in [
+        (prometheus, metrics.clone(), true),
+        (prometheus, tables, false),
+        ("system:serviceaccount:monitoring:other", metrics, false),
+        (
+            agent.as_str(),
+            review("authentication.k8s.io", "tokenreviews"),
+            true,
+        ),
+        (
+            agent.as_str(),
+            review("authorization.k8s.io", "subjectaccessreviews"),
+            true,
+        ),
+    ] {
+        let got = can(user, attributes.clone())?;
+        ensure!(
+            got == want,
+            "{user} {attributes}: allowed={got}, want {want}"
         );
     }
     Ok(())
@@ -499,6 +685,14 @@ fn main() -> ExitCode {
     scenarios.push(Scenario::new(
         "monitors_are_rendered_only_when_enabled",
         monitors_are_rendered_only_when_enabled,
+    ));
+    scenarios.push(Scenario::new(
+        "the_monitors_send_a_token_to_the_agents_only_with_metrics_authorization",
+        the_monitors_send_a_token_to_the_agents_only_with_metrics_authorization,
+    ));
+    scenarios.push(Scenario::new(
+        "the_metrics_reader_role_is_bound_to_the_prometheus_service_account_given",
+        the_metrics_reader_role_is_bound_to_the_prometheus_service_account_given,
     ));
     scenarios.push(Scenario::new(
         "the_chart_gives_the_agent_only_status_patch_on_node_assignments",

@@ -53,6 +53,11 @@ struct Cli {
     /// traffic (cumulative bytes, conn_close 0); closed connections always get their final row.
     #[arg(long, env = "SONDE_CONN_STATS_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     conn_stats_interval: std::time::Duration,
+    /// In a cluster, `/metrics` needs a bearer token of a user allowed to get the non-resource URL
+    /// /metrics (checked with TokenReview and SubjectAccessReview, as Kubernetes' own components
+    /// do); false leaves it open, for a Prometheus that cannot send a token. Standalone it is open.
+    #[arg(long, env = "SONDE_METRICS_AUTH", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    metrics_auth: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +282,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         manifest_errors: errors_rx,
         applied: applied_rx,
         auth: client.clone().map(|c| Authorizer::new(c, node.clone())),
+        metrics_auth: cli.metrics_auth,
     };
     let stop_http = CancellationToken::new();
     let http_task = tokio::spawn({

@@ -1,7 +1,9 @@
-//! The agent's one HTTP listener: `/metrics`, `/healthz`, `/readyz` (open) and `/v1/status`,
-//! `/v1/tables`, `/v1/tables/{name}`, `/v1/profiles/{pprof,flamegraph.svg}` (in a cluster a bearer
-//! token allowed to get `tables.sonde.dev`, cluster-wide or in the namespace asked for, see `auth`:
-//! tables hold request bodies).
+//! The agent's one HTTP listener: `/healthz`, `/readyz` (open), `/metrics` (in a cluster a bearer
+//! token allowed to get the non-resource URL `/metrics`, unless `--metrics-auth=false`: its series
+//! name pods, routes and error types of captured traffic) and `/v1/status`, `/v1/tables`,
+//! `/v1/tables/{name}`, `/v1/profiles/{pprof,flamegraph.svg}` (in a cluster a bearer token allowed
+//! to get `tables.sonde.dev`, cluster-wide or in the namespace asked for, see `auth`: tables hold
+//! request bodies).
 mod auth;
 mod handlers;
 mod profiles;
@@ -55,8 +57,11 @@ pub struct AppState {
     pub manifest_errors: watch::Receiver<Vec<ManifestErrorReport>>,
     /// True once the first desired state was applied.
     pub applied: watch::Receiver<bool>,
-    /// Checks bearer tokens on `/v1/*`; None in standalone mode (listening on loopback).
+    /// Checks bearer tokens on `/v1/*` (and `/metrics`, see `metrics_auth`); None in standalone
+    /// mode (listening on loopback).
     pub auth: Option<Authorizer>,
+    /// Whether `/metrics` needs a token too when `auth` is set (`--metrics-auth`).
+    pub metrics_auth: bool,
 }
 
 type Shared = Arc<AppState>;
@@ -74,10 +79,16 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
+    let metrics = Router::new()
         .route("/metrics", get(handlers::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_metrics_token,
+        ));
+    Router::new()
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
+        .merge(metrics)
         .merge(v1)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -16,6 +16,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(None, true)
+}
+
+fn fixture_with(auth: Option<Authorizer>, metrics_auth: bool) -> Fixture {
     let mut registry = Registry::default();
     let telemetry = Telemetry::register(&mut registry, "node-a", "standalone");
     let store = Store::new("node-a".into(), Budget::default(), telemetry.tables.clone());
@@ -62,7 +66,8 @@ fn fixture() -> Fixture {
         probes: probes_rx,
         manifest_errors: errors_rx,
         applied: applied_rx,
-        auth: None,
+        auth,
+        metrics_auth,
     };
     Fixture {
         router: router(state),
@@ -74,9 +79,17 @@ fn fixture() -> Fixture {
 }
 
 async fn get(router: &Router, uri: &str) -> (StatusCode, String, String) {
+    get_as(router, uri, None).await
+}
+
+async fn get_as(router: &Router, uri: &str, token: Option<&str>) -> (StatusCode, String, String) {
+    let mut req = Request::get(uri);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
     let res = router
         .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+        .oneshot(req.body(Body::empty()).unwrap())
         .await
         .unwrap();
     let status = res.status();
@@ -199,4 +212,181 @@ async fn metrics_are_openmetrics_and_count_requests_by_route_template() {
     );
     assert!(body.contains(r#"route="other",code="404""#), "{body}");
     assert!(body.ends_with("# EOF\n"));
+}
+
+// ---- authorization in a cluster ----
+
+/// A Prometheus ServiceAccount's token, allowed to get the non-resource URL /metrics.
+const SCRAPER: &str = "scraper-token";
+/// A token of a user allowed `get tables.sonde.dev` cluster-wide (the data-reader role).
+const READER: &str = "reader-token";
+/// A token of an authenticated user allowed nothing.
+const OUTSIDER: &str = "outsider-token";
+/// A token whose TokenReview the API server refuses, as when the agent lacks its RBAC.
+const NO_RBAC: &str = "no-rbac-token";
+
+/// The SubjectAccessReview specs the fake API server was asked.
+type Asked = Arc<std::sync::Mutex<Vec<serde_json::Value>>>;
+
+/// A kube client whose API server answers TokenReviews and SubjectAccessReviews as RBAC would for
+/// [`SCRAPER`], [`READER`] and [`OUTSIDER`] (any other token is not authenticated).
+fn fake_api_server() -> (kube::Client, Asked) {
+    let asked: Asked = Arc::default();
+    let seen = asked.clone();
+    let service = tower::service_fn(move |req: Request<kube::client::Body>| {
+        let seen = seen.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let review: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let spec = &review["spec"];
+            if spec["token"] == NO_RBAC {
+                // What the API server answers an agent whose ServiceAccount lacks the RBAC.
+                let status = serde_json::json!({
+                    "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 403,
+                    "reason": "Forbidden", "message": "tokenreviews.authentication.k8s.io is forbidden",
+                });
+                let body = kube::client::Body::from(serde_json::to_vec(&status).unwrap());
+                let mut res = axum::http::Response::new(body);
+                *res.status_mut() = StatusCode::FORBIDDEN;
+                return Ok::<_, std::convert::Infallible>(res);
+            }
+            let answer = if path.ends_with("/tokenreviews") {
+                let user = match spec["token"].as_str() {
+                    Some(SCRAPER) => Some("system:serviceaccount:monitoring:prometheus"),
+                    Some(READER) => Some("system:serviceaccount:team:reader"),
+                    Some(OUTSIDER) => Some("system:serviceaccount:team:outsider"),
+                    _ => None,
+                };
+                serde_json::json!({
+                    "apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                    "status": match user {
+                        Some(u) => serde_json::json!({"authenticated": true, "user": {"username": u}}),
+                        None => serde_json::json!({"authenticated": false, "error": "invalid token"}),
+                    },
+                })
+            } else {
+                seen.lock().unwrap().push(spec.clone());
+                let user = spec["user"].as_str().unwrap_or_default();
+                let metrics = serde_json::json!({"path": "/metrics", "verb": "get"});
+                let tables =
+                    serde_json::json!({"group": "sonde.dev", "resource": "tables", "verb": "get"});
+                let allowed = (user.ends_with(":prometheus")
+                    && spec["nonResourceAttributes"] == metrics
+                    && spec.get("resourceAttributes").is_none())
+                    || (user.ends_with(":reader") && spec["resourceAttributes"] == tables);
+                serde_json::json!({
+                    "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+                    "status": {"allowed": allowed},
+                })
+            };
+            let body = kube::client::Body::from(serde_json::to_vec(&answer).unwrap());
+            Ok(axum::http::Response::new(body))
+        }
+    });
+    (kube::Client::new(service, "default"), asked)
+}
+
+fn cluster_fixture(metrics_auth: bool) -> (Fixture, Asked) {
+    let (client, asked) = fake_api_server();
+    let f = fixture_with(Some(Authorizer::new(client, "node-a".into())), metrics_auth);
+    (f, asked)
+}
+
+#[tokio::test]
+async fn metrics_in_a_cluster_need_a_token_allowed_to_get_the_metrics_url() {
+    let (f, asked) = cluster_fixture(true);
+    let (code, _, body) = get(&f.router, "/metrics").await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(
+        body.contains("metrics-reader") && body.contains("credentials_file"),
+        "{body}"
+    );
+    let (code, _, body) = get_as(&f.router, "/metrics", Some("forged")).await;
+    assert_eq!(code, StatusCode::UNAUTHORIZED, "{body}");
+    for token in [OUTSIDER, READER] {
+        let (code, _, body) = get_as(&f.router, "/metrics", Some(token)).await;
+        assert_eq!(code, StatusCode::FORBIDDEN, "{token}: {body}");
+        assert!(
+            body.contains("<release>-metrics-reader") && body.contains("--metrics-auth=false"),
+            "{body}"
+        );
+    }
+    let (code, _, body) = get_as(&f.router, "/metrics", Some(SCRAPER)).await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert!(body.contains("sonde_agent_info"), "{body}");
+    let asked = asked.lock().unwrap();
+    assert!(
+        asked.iter().any(
+            |spec| spec["user"] == "system:serviceaccount:monitoring:prometheus"
+                && spec["nonResourceAttributes"]
+                    == serde_json::json!({"path": "/metrics", "verb": "get"})
+        ),
+        "no non-resource review of /metrics: {asked:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_token_allowed_metrics_reads_no_tables() {
+    let (f, _) = cluster_fixture(true);
+    assert_eq!(
+        get_as(&f.router, "/metrics", Some(SCRAPER)).await.0,
+        StatusCode::OK
+    );
+    // A cached /metrics decision for the same token must not let it into /v1.
+    let (code, _, body) = get_as(&f.router, "/v1/tables", Some(SCRAPER)).await;
+    assert_eq!(code, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        get_as(&f.router, "/v1/tables", Some(READER)).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn health_checks_stay_open_in_a_cluster() {
+    let (f, _) = cluster_fixture(true);
+    assert_eq!(get(&f.router, "/healthz").await.0, StatusCode::OK);
+    // Not ready yet, but answered without a token.
+    assert_eq!(
+        get(&f.router, "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test]
+async fn metrics_stay_open_in_a_cluster_with_metrics_auth_off_and_data_does_not() {
+    let (f, asked) = cluster_fixture(false);
+    let (code, _, body) = get(&f.router, "/metrics").await;
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(
+        get(&f.router, "/v1/tables").await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(asked.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_token_that_cannot_be_checked_gets_503_naming_the_missing_rbac() {
+    let (f, _) = cluster_fixture(true);
+    let (code, _, body) = get_as(&f.router, "/metrics", Some(NO_RBAC)).await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("tokenreviews"), "{body}");
+}
+
+#[test]
+fn denials_are_logged_once_per_user_and_kind_every_few_minutes() {
+    let log = auth::DenialLog::default();
+    let t0 = std::time::Instant::now();
+    let later = |s| t0 + std::time::Duration::from_secs(s);
+    assert!(log.should_log("alice metrics", t0));
+    // Every 15 s scrape until the interval has passed: no new line.
+    for s in (15..auth::LOG_EVERY.as_secs()).step_by(15) {
+        assert!(
+            !log.should_log("alice metrics", later(s)),
+            "logged again at {s} s"
+        );
+    }
+    assert!(log.should_log("bob metrics", later(1)));
+    assert!(log.should_log("alice data", later(1)));
+    assert!(log.should_log("alice metrics", later(auth::LOG_EVERY.as_secs())));
 }
