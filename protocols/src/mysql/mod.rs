@@ -116,7 +116,9 @@ impl Parser {
             return;
         }
         if from_client {
-            if seq == 0 {
+            if self.stitch.uploading() {
+                self.stitch.upload_packet(len == 0);
+            } else if seq == 0 {
                 self.stitch.command(payload, start_ns, out);
             } else if seq == 1 && !self.handshake_seen && payload.len() >= 32 {
                 // HandshakeResponse41 (or the SSLRequest that precedes TLS).

@@ -81,6 +81,9 @@ struct Progress {
     body: Option<String>,
     /// Bytes of this answer were not captured: its rows were not all seen.
     cut: bool,
+    /// The server asked for a LOCAL INFILE: the client's packets are the file's content, up to
+    /// an empty one; then the server's OK or ERR answers the statement.
+    uploading: bool,
 }
 
 struct Statement {
@@ -337,9 +340,9 @@ impl Stitcher {
                         self.complete(end_ns, out);
                     }
                 } else if first == 0xfb {
-                    self.progress.status = Some("OK");
-                    self.progress.body = Some("LOCAL INFILE".into());
-                    self.complete(end_ns, out);
+                    // LOAD DATA LOCAL: what it did (`Records: 1000 …`), or why not, comes once
+                    // the client has sent the file.
+                    self.progress.uploading = true;
                 } else {
                     let mut c = payload;
                     let n = packet::lenenc(&mut c).unwrap_or(0);
@@ -456,6 +459,19 @@ impl Stitcher {
         if let Some(p) = self.pending.pop_front() {
             let latency = end_ns.saturating_sub(p.start_ns);
             out.push(record(p, Some((latency, progress)), None));
+        }
+    }
+
+    /// Is the client sending a file the server asked for (LOAD DATA LOCAL)? Its packets are
+    /// then content, not commands, whatever their sequence ids.
+    pub fn uploading(&self) -> bool {
+        self.progress.uploading
+    }
+
+    /// A packet of the file being uploaded; the empty one ends it.
+    pub fn upload_packet(&mut self, empty: bool) {
+        if empty {
+            self.progress.uploading = false;
         }
     }
 

@@ -655,3 +655,73 @@ fn tokens_in_queries_executed_values_and_errors_are_redacted_under_any_name() {
         "{error}"
     );
 }
+
+#[test]
+fn load_data_local_is_answered_by_the_ok_after_the_file_whose_packets_are_no_commands() {
+    let info = b"Records: 2  Deleted: 0  Skipped: 0  Warnings: 0";
+    let mut ok = b"\x00\x02\x00\x02\x00\x00\x00".to_vec();
+    ok.push(info.len() as u8);
+    ok.extend_from_slice(info);
+    // 256 packets of content wrap the sequence id to 0: one of them reads like a COM_QUERY.
+    let mut upload: Vec<u8> = (2..=255u8).flat_map(|seq| pkt(seq, b"a,1\n")).collect();
+    upload.extend(pkt(0, b"\x03DROP TABLE t\n"));
+    upload.extend(pkt(1, b""));
+    let out = run(
+        &mut client(),
+        &[
+            (
+                Direction::Egress,
+                10,
+                pkt(0, b"\x03LOAD DATA LOCAL INFILE 'a.csv' INTO TABLE t"),
+            ),
+            (Direction::Ingress, 11, pkt(1, b"\xfba.csv")),
+            (Direction::Egress, 12, upload),
+            (Direction::Ingress, 30, pkt(2, &ok)),
+            (Direction::Egress, 40, pkt(0, b"\x03COMMIT")),
+            (Direction::Ingress, 41, pkt(1, OK)),
+        ],
+    );
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(
+        out[0].latency_ns,
+        Some(20),
+        "timed to the answer after the file"
+    );
+    assert_eq!(out[0].fields[3], Field::String("OK".into()));
+    assert_eq!(
+        out[0].fields[4],
+        Field::String(String::from_utf8_lossy(info).into())
+    );
+    assert_eq!(out[1].fields[1], Field::String("COMMIT".into()));
+    assert_eq!(out[1].latency_ns, Some(1));
+}
+
+#[test]
+fn load_data_local_refused_by_the_server_after_the_file_is_an_error() {
+    let err = b"\xff\x94\x07#42000The used command is not allowed with this MariaDB version";
+    let out = run(
+        &mut client(),
+        &[
+            (
+                Direction::Egress,
+                10,
+                pkt(0, b"\x03LOAD DATA LOCAL INFILE 'a.csv' INTO TABLE t"),
+            ),
+            (Direction::Ingress, 11, pkt(1, b"\xfba.csv")),
+            // A client that may not read local files sends no content, only the end.
+            (Direction::Egress, 12, pkt(2, b"")),
+            (Direction::Ingress, 13, pkt(3, err)),
+        ],
+    );
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(out[0].latency_ns, Some(3));
+    assert_eq!(out[0].fields[3], Field::String("ERR".into()));
+    assert_eq!(
+        out[0].red,
+        Red::Db {
+            system: "mysql",
+            operation: "LOAD",
+            error: "42000"
+        }
+    );
+}

@@ -19,6 +19,7 @@ use sonde_common::dynlog::reg;
 
 use super::abi::{Piece, Placement, Reg, align_up};
 use super::dwarf::{Dwarf, DwarfError, Param};
+use super::sysv::words;
 use super::types::Type;
 
 const INT_REGS: [u8; 6] = [reg::RDI, reg::RSI, reg::RDX, reg::RCX, reg::R8, reg::R9];
@@ -190,19 +191,6 @@ impl Args {
         self.stack += align_up(size, 8);
         8 + at as i64
     }
-}
-
-/// One piece per eightbyte of a `size`-byte value.
-fn words(size: u64, regs: &[u8]) -> Vec<Piece> {
-    regs.iter()
-        .enumerate()
-        .take(size.div_ceil(8) as usize)
-        .map(|(i, r)| Piece {
-            offset: 8 * i as u64,
-            size: (size - 8 * i as u64).min(8),
-            reg: Reg::Int(*r),
-        })
-        .collect()
 }
 
 fn classify(dwarf: &mut Dwarf, ty: &Type) -> Result<Class, DwarfError> {

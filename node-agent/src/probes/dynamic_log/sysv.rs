@@ -79,7 +79,7 @@ pub fn assign(dwarf: &mut Dwarf, params: &[Param]) -> Result<Vec<Placement>, Dwa
 }
 
 /// One piece per eightbyte of a `size`-byte value.
-fn words(size: u64, regs: &[u8]) -> Vec<Piece> {
+pub(super) fn words(size: u64, regs: &[u8]) -> Vec<Piece> {
     regs.iter()
         .enumerate()
         .take(size.div_ceil(8) as usize)
