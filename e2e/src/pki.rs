@@ -67,6 +67,26 @@ fn signed_cert(dir: &Path, name: &str, subject: &str, extensions: &str) -> Resul
 }
 
 impl Pki {
+    /// A serving certificate for 127.0.0.1 and localhost signed by the CA, as `<name>.crt` and
+    /// `<name>.key` next to it; returns (certificate, key).
+    pub fn serving_cert(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        let dir = self
+            .ca_cert
+            .parent()
+            .context("the CA certificate has no directory")?;
+        signed_cert(
+            dir,
+            name,
+            &format!("/CN={name}"),
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n\
+             extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )?;
+        Ok((
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        ))
+    }
+
     /// Creates every file in `dir`.
     pub fn create(dir: &Path) -> Result<Pki> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -1,5 +1,5 @@
 //! A real Prometheus (Debian's `prometheus`) scraping targets every second, and queries to its HTTP API.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -8,6 +8,17 @@ use anyhow::{Context, Result, bail};
 use crate::ports::free_port;
 use crate::process::Proc;
 use crate::{tools, wait};
+
+/// How Prometheus reaches its targets.
+#[derive(Clone, Debug, Default)]
+pub struct Scrape<'a> {
+    /// Sent as the bearer token (`authorization: {credentials_file}`), as a Prometheus in a
+    /// cluster sends its ServiceAccount's token.
+    pub token: Option<&'a str>,
+    /// Scrape over https, checking the targets' certificates against this CA
+    /// (`tls_config: {ca_file}`).
+    pub ca_file: Option<PathBuf>,
+}
 
 pub struct Prometheus {
     /// `http://127.0.0.1:<port>`.
@@ -20,6 +31,24 @@ impl Prometheus {
     /// `token` as its bearer token when given (`authorization: {credentials_file}`, as a Prometheus
     /// in a cluster sends its ServiceAccount's token).
     pub async fn start(dir: &Path, targets: &[String], token: Option<&str>) -> Result<Prometheus> {
+        Prometheus::start_with(
+            dir,
+            targets,
+            &Scrape {
+                token,
+                ca_file: None,
+            },
+        )
+        .await
+    }
+
+    /// Like [`Prometheus::start`], scraping as `scrape` says.
+    pub async fn start_with(
+        dir: &Path,
+        targets: &[String],
+        scrape: &Scrape<'_>,
+    ) -> Result<Prometheus> {
+        let token = scrape.token;
         std::fs::create_dir_all(dir.join("prometheus-data"))?;
         let config = dir.join("prometheus.yml");
         let targets_yaml = serde_json::to_string(targets)?;
@@ -33,11 +62,18 @@ impl Prometheus {
             }
             None => String::new(),
         };
+        let tls = match &scrape.ca_file {
+            Some(ca) => format!(
+                "    scheme: https\n    tls_config: {{ca_file: {}}}\n",
+                serde_json::to_string(&ca.to_string_lossy())?
+            ),
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
                 "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
-                 scrape_configs:\n  - job_name: sonde-agent\n{authorization}    static_configs:\n      - targets: {targets_yaml}\n"
+                 scrape_configs:\n  - job_name: sonde-agent\n{authorization}{tls}    static_configs:\n      - targets: {targets_yaml}\n"
             ),
         )
         .with_context(|| format!("writing {}", config.display()))?;

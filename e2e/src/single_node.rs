@@ -12,7 +12,7 @@ use sonde_api::ProbeState;
 use crate::cluster::{Cluster, Install, TEST_NAMESPACE};
 use crate::fake_pod::{self, FakePod, PodSpec};
 use crate::observe::{self, HasStatus};
-use crate::sonde::{Agent, Operator};
+use crate::sonde::{Agent, AgentOptions, Operator};
 use crate::suite;
 use crate::tools::{self, SondeBinaries};
 use crate::wait::CONVERGE;
@@ -95,6 +95,15 @@ impl SingleNode {
 
     /// Like [`SingleNode::start_sonde`], with extra operator arguments.
     pub fn start_sonde_with(&self, operator_args: &[String]) -> Result<()> {
+        self.start_sonde_with_agent(operator_args, &AgentOptions::default())
+    }
+
+    /// Like [`SingleNode::start_sonde_with`], with the agent started with `agent`.
+    pub fn start_sonde_with_agent(
+        &self,
+        operator_args: &[String],
+        agent: &AgentOptions,
+    ) -> Result<()> {
         let ids = self.cluster.identities()?;
         *lock(&self.operator) = Some(Operator::start_with_args(
             &self.bins,
@@ -103,11 +112,12 @@ impl SingleNode {
             &self.logs,
             operator_args,
         )?);
-        let mut agent = Agent::start_cluster(
+        let mut agent = Agent::start_cluster_with(
             &self.bins,
             &self.cluster.agent_kubeconfig(self.node)?,
             self.node,
             &self.logs,
+            agent,
         )?;
         self.rt.block_on(agent.wait_healthy())?;
         *lock(&self.agent) = Some(agent);

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::helm;
 use crate::ports::free_port;
@@ -58,10 +58,22 @@ impl Operator {
 /// A running `sonde-agent`.
 pub struct Agent {
     pub node: Option<String>,
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://…` with [`AgentOptions::tls_ca`].
     pub url: String,
     pub port: u16,
+    /// The CA its HTTPS certificate is checked against, when it serves HTTPS.
+    pub tls_ca: Option<PathBuf>,
     pub proc: Proc,
+}
+
+/// How a cluster agent is started beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// Extra arguments, e.g. `--tls-cert-file=…`.
+    pub args: Vec<String>,
+    /// With `--tls-cert-file` in `args`: the CA that issued that certificate (for 127.0.0.1); the
+    /// agent is then reached over `https://127.0.0.1:<port>`, trusting this CA only.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Agent {
@@ -72,17 +84,35 @@ impl Agent {
         node: &str,
         log_dir: &Path,
     ) -> Result<Agent> {
+        Agent::start_cluster_with(bins, kubeconfig, node, log_dir, &AgentOptions::default())
+    }
+
+    /// Like [`Agent::start_cluster`], with `options`.
+    pub fn start_cluster_with(
+        bins: &SondeBinaries,
+        kubeconfig: &Path,
+        node: &str,
+        log_dir: &Path,
+        options: &AgentOptions,
+    ) -> Result<Agent> {
         let port = free_port()?;
         let mut cmd = Command::new(&bins.agent);
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--node-name", node])
+            .args(&options.args)
             .env("KUBECONFIG", kubeconfig)
             .env("NODE_NAME", node)
             .env("RUST_LOG", "info,sonde_agent=debug");
+        let scheme = if options.tls_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Ok(Agent {
             node: Some(node.to_owned()),
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{scheme}://127.0.0.1:{port}"),
             port,
+            tls_ca: options.tls_ca.clone(),
             proc: Proc::spawn(&format!("agent-{node}"), cmd, log_dir)?,
         })
     }
@@ -104,13 +134,26 @@ impl Agent {
             node: None,
             url: format!("http://127.0.0.1:{port}"),
             port,
+            tls_ca: None,
             proc: Proc::spawn("agent-standalone", cmd, log_dir)?,
         })
     }
 
+    /// An HTTP client for [`Agent::url`]: trusting [`Agent::tls_ca`] when it serves HTTPS.
+    pub fn client(&self) -> Result<reqwest::Client> {
+        let mut client = reqwest::Client::builder();
+        if let Some(ca) = &self.tls_ca {
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            client = client
+                .tls_built_in_root_certs(false)
+                .add_root_certificate(reqwest::Certificate::from_pem(&pem)?);
+        }
+        Ok(client.build()?)
+    }
+
     /// Waits until `/healthz` answers 200.
     pub async fn wait_healthy(&mut self) -> Result<()> {
-        let http = reqwest::Client::new();
+        let http = self.client()?;
         let url = format!("{}/healthz", self.url);
         let proc = &mut self.proc;
         wait::until("agent /healthz", Duration::from_secs(60), || {

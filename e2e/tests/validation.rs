@@ -402,6 +402,127 @@ fn the_monitors_send_a_token_to_the_agents_only_with_metrics_authorization(_: &E
     Ok(())
 }
 
+/// With `agent.tls.secretName` the agents serve HTTPS only: the Secret is mounted read-only (no
+/// subPath, so renewals reach the agent), the flags point at it, kubelet probes and every scraper
+/// use https, and the monitors trust the Secret's `ca.crt` unless `monitoring.tlsConfig` says
+/// otherwise; the API server accepts the rendered DaemonSet. Without it nothing of this is rendered.
+fn with_a_tls_secret_the_agents_are_probed_and_scraped_over_https(env: &Env) -> Result<()> {
+    let monitors = [
+        "--set",
+        "monitoring.serviceMonitor.enabled=true",
+        "--set",
+        "monitoring.podMonitor.enabled=true",
+    ];
+    let mut args = monitors.to_vec();
+    args.extend(["--set", "agent.tls.secretName=sonde-agent-tls"]);
+    let docs = helm::documents(&helm::template(&args)?)?;
+    let pod = &object(&docs, "DaemonSet", "sonde-agent")
+        .context("DaemonSet sonde-agent not rendered")?["spec"]["template"];
+    let agent = &pod["spec"]["containers"][0];
+    for flag in [
+        "--tls-cert-file=/etc/sonde/tls/tls.crt",
+        "--tls-key-file=/etc/sonde/tls/tls.key",
+    ] {
+        ensure!(
+            agent["args"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(flag))),
+            "the agent's args lack {flag}: {}",
+            agent["args"]
+        );
+    }
+    ensure!(
+        agent["volumeMounts"].as_array().is_some_and(|m| m.iter().any(|m| {
+            m == &serde_json::json!({"name": "tls", "mountPath": "/etc/sonde/tls", "readOnly": true})
+        })),
+        "the Secret is not mounted read-only at /etc/sonde/tls: {}",
+        agent["volumeMounts"]
+    );
+    ensure!(
+        pod["spec"]["volumes"].as_array().is_some_and(|v| {
+            v.iter().any(|v| {
+            v == &serde_json::json!({"name": "tls", "secret": {"secretName": "sonde-agent-tls"}})
+        })
+        }),
+        "no volume of Secret sonde-agent-tls: {}",
+        pod["spec"]["volumes"]
+    );
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &agent[probe]["httpGet"];
+        ensure!(
+            get["scheme"] == "HTTPS" && get["port"] == "https",
+            "{probe}: {get}"
+        );
+    }
+    ensure!(
+        agent["ports"][0]["name"] == "https",
+        "container port: {}",
+        agent["ports"]
+    );
+    ensure!(
+        pod["metadata"]["annotations"]["prometheus.io/scheme"] == "https",
+        "pod annotations: {}",
+        pod["metadata"]["annotations"]
+    );
+    let service = object(&docs, "Service", "sonde-agent").context("Service sonde-agent")?;
+    ensure!(
+        service["spec"]["ports"][0]["name"] == "https"
+            && service["spec"]["ports"][0]["appProtocol"] == "https"
+            && service["metadata"]["annotations"]["prometheus.io/scheme"] == "https",
+        "Service sonde-agent: {service}"
+    );
+    let default_tls = serde_json::json!({
+        "ca": {"secret": {"name": "sonde-agent-tls", "key": "ca.crt"}},
+        "serverName": "sonde-agent.sonde-system.svc",
+    });
+    let endpoints = |docs: &[serde_json::Value]| -> Result<Vec<serde_json::Value>> {
+        let service_monitor = object(docs, "ServiceMonitor", "sonde")
+            .context("ServiceMonitor sonde not rendered")?["spec"]["endpoints"]
+            .as_array()
+            .and_then(|e| e.iter().find(|e| e["port"] != "metrics"))
+            .cloned()
+            .context("no ServiceMonitor endpoint for the agents")?;
+        let pod_monitor = object(docs, "PodMonitor", "sonde-agent")
+            .context("PodMonitor sonde-agent not rendered")?["spec"]["podMetricsEndpoints"][0]
+            .clone();
+        Ok(vec![service_monitor, pod_monitor])
+    };
+    for endpoint in endpoints(&docs)? {
+        ensure!(
+            endpoint["port"] == "https"
+                && endpoint["scheme"] == "https"
+                && endpoint["tlsConfig"] == default_tls,
+            "a monitor's agent endpoint: {endpoint}"
+        );
+    }
+    args.extend(["--set", "monitoring.tlsConfig.insecureSkipVerify=true"]);
+    for endpoint in endpoints(&helm::documents(&helm::template(&args)?)?)? {
+        ensure!(
+            endpoint["tlsConfig"] == serde_json::json!({"insecureSkipVerify": true}),
+            "monitoring.tlsConfig is not passed through: {endpoint}"
+        );
+    }
+    // Without the monitors: this API server has no Prometheus Operator CRDs.
+    let rendered = helm::template(&["--set", "agent.tls.secretName=sonde-agent-tls"])?;
+    let out = env
+        .cluster
+        .kubectl
+        .run(&["apply", "--dry-run=server", "-f", "-"], Some(&rendered))?;
+    ensure!(
+        out.contains("daemonset.apps/sonde-agent"),
+        "the DaemonSet with TLS missing from the dry run:\n{out}"
+    );
+
+    let plain = helm::template(&monitors)?;
+    for https in ["https", "HTTPS", "tls-cert-file", "sonde-agent-tls"] {
+        ensure!(
+            !plain.contains(https),
+            "{https:?} rendered without agent.tls.secretName"
+        );
+    }
+    Ok(())
+}
+
 /// The chart's `sonde-metrics-reader` grants exactly what the agent asks of a `/metrics` caller (a
 /// SubjectAccessReview of `get` on the non-resource URL /metrics), to the Prometheus ServiceAccount
 /// named in `monitoring.prometheusServiceAccount` (none by default); the agent may ask it.
@@ -689,6 +810,10 @@ fn main() -> ExitCode {
     scenarios.push(Scenario::new(
         "the_monitors_send_a_token_to_the_agents_only_with_metrics_authorization",
         the_monitors_send_a_token_to_the_agents_only_with_metrics_authorization,
+    ));
+    scenarios.push(Scenario::new(
+        "with_a_tls_secret_the_agents_are_probed_and_scraped_over_https",
+        with_a_tls_secret_the_agents_are_probed_and_scraped_over_https,
     ));
     scenarios.push(Scenario::new(
         "the_metrics_reader_role_is_bound_to_the_prometheus_service_account_given",

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use prometheus_client::registry::Registry;
-use sonde_agent::http::{self, AppState, Authorizer, Mode};
+use sonde_agent::http::{self, AppState, Authorizer, Mode, tls};
 use sonde_agent::probes::{
     self, ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared,
     profiler::ProfilerShared, protocols::ProtocolsShared,
@@ -58,6 +58,24 @@ struct Cli {
     /// do); false leaves it open, for a Prometheus that cannot send a token. Standalone it is open.
     #[arg(long, env = "SONDE_METRICS_AUTH", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     metrics_auth: bool,
+    /// PEM certificate chain (server certificate first) for HTTPS, with --tls-key-file: the listener
+    /// then serves HTTPS only, /healthz and /readyz included. A renewed file (cert-manager) is
+    /// served from the next connection on; an unusable one keeps the previous certificate.
+    #[arg(
+        long,
+        env = "SONDE_TLS_CERT_FILE",
+        value_name = "PATH",
+        requires = "tls_key_file"
+    )]
+    tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file's certificate.
+    #[arg(
+        long,
+        env = "SONDE_TLS_KEY_FILE",
+        value_name = "PATH",
+        requires = "tls_cert_file"
+    )]
+    tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +136,8 @@ enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("cannot install the {signal} handler: {source}")]
@@ -186,6 +206,12 @@ fn host_name() -> String {
 }
 
 async fn run(cli: Cli) -> Result<(), StartError> {
+    // Before anything starts: a bad certificate or key stops the agent with the flag and file.
+    let tls = match (cli.tls_cert_file.clone(), cli.tls_key_file.clone()) {
+        (Some(cert), Some(key)) => Some(tls::server_config(tls::TlsFiles { cert, key })?),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let source = match cli.manifests.clone() {
         Some(path) => {
             manifests::check(&path)?;
@@ -288,7 +314,7 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let http_task = tokio::spawn({
         let stop = stop_http.clone();
         async move {
-            if let Err(e) = http::serve(listener, http::router(state), async move {
+            if let Err(e) = http::serve(listener, tls, http::router(state), async move {
                 stop.cancelled().await
             })
             .await
@@ -300,11 +326,13 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     });
     let _enter = span.enter();
     info!(
-        "sonde-agent {} listening on http://{bound}",
+        "sonde-agent {} listening on {scheme}://{bound}",
         env!("CARGO_PKG_VERSION")
     );
-    info!("tables: http://{bound}/v1/tables   rows: http://{bound}/v1/tables/<name>?format=csv");
-    info!("status: http://{bound}/v1/status   metrics: http://{bound}/metrics");
+    info!(
+        "tables: {scheme}://{bound}/v1/tables   rows: {scheme}://{bound}/v1/tables/<name>?format=csv"
+    );
+    info!("status: {scheme}://{bound}/v1/status   metrics: {scheme}://{bound}/metrics");
     drop(_enter);
 
     match source {

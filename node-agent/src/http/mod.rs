@@ -3,12 +3,13 @@
 //! name pods, routes and error types of captured traffic) and `/v1/status`, `/v1/tables`,
 //! `/v1/tables/{name}`, `/v1/profiles/{pprof,flamegraph.svg}` (in a cluster a bearer token allowed
 //! to get `tables.sonde.dev`, cluster-wide or in the namespace asked for, see `auth`: tables hold
-//! request bodies).
+//! request bodies). With `--tls-cert-file` it serves HTTPS only, see `tls`.
 mod auth;
 mod handlers;
 mod profiles;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -130,13 +131,23 @@ async fn count_requests(State(state): State<Shared>, req: Request, next: Next) -
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` completes.
+/// Serves `router` on `listener` until `shutdown` completes: over TLS with `tls`, else plain HTTP.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    match tls {
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        None => {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }
