@@ -116,3 +116,38 @@ fn go_sql_driver_results_without_their_column_definitions_count_their_rows() {
     assert_eq!(column(last, "rows"), &Field::Int64(1));
     assert!(!replay::render(Kind::Mysql, &r).contains("hunter2"));
 }
+
+#[test]
+fn pymysql_load_data_local_is_answered_after_its_file_and_multi_results_are_one_record() {
+    let r = replay::check_case(Kind::Mysql, Transport::Tcp, "mysql", "pymysql_app");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let loads: Vec<&Record> = r
+        .records
+        .iter()
+        .filter(|rec| {
+            matches!(column(rec, "req_body"), Field::String(s) if s.starts_with("LOAD DATA LOCAL"))
+        })
+        .collect();
+    // What PyMySQL printed: 3000 rows loaded, then none (the same names again, skipped).
+    let answers: Vec<&str> = loads.iter().map(|rec| text(rec, "resp_body")).collect();
+    assert_eq!(
+        answers,
+        [
+            "Records: 3000  Deleted: 0  Skipped: 0  Warnings: 0",
+            "Records: 3000  Deleted: 0  Skipped: 3000  Warnings: 3000",
+        ]
+    );
+    // The file's 45 KB were sent within each statement's time, and none of it is a command.
+    let cmds: Vec<&str> = r.records.iter().map(|rec| text(rec, "req_cmd")).collect();
+    assert!(
+        cmds.iter()
+            .all(|c| ["COM_CONNECT", "COM_QUERY", "COM_QUIT"].contains(c)),
+        "{cmds:?}"
+    );
+    assert_eq!(r.records.len(), 13, "{}", replay::render(Kind::Mysql, &r));
+    let both = find(&r.records, "SELECT 1; SELECT 2, 3");
+    assert_eq!(column(both, "rows"), &Field::Int64(2));
+    let call = find(&r.records, "CALL two_sets()");
+    assert_eq!(column(call, "rows"), &Field::Int64(4));
+    assert!(!replay::render(Kind::Mysql, &r).contains("sonde-secret"));
+}

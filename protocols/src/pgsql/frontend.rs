@@ -22,7 +22,10 @@ pub(super) enum Frontend {
     Startup(Vec<(String, String)>),
     /// SSLRequest or GSSENCRequest: answered by one byte.
     EncryptionRequest,
-    Cancel,
+    /// CancelRequest: the backend whose query to cancel (its secret key is left out).
+    Cancel {
+        pid: u32,
+    },
     Query(String),
     Parse {
         name: String,
@@ -134,7 +137,9 @@ pub(super) fn decode(frame: &[u8]) -> Option<Frontend> {
                 Frontend::Startup(params)
             }
             SSL_REQUEST | GSSENC_REQUEST => Frontend::EncryptionRequest,
-            CANCEL_REQUEST => Frontend::Cancel,
+            CANCEL_REQUEST => Frontend::Cancel {
+                pid: be_u32(frame, 8)?,
+            },
             _ => return None,
         });
     }

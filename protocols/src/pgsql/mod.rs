@@ -78,7 +78,12 @@ impl Parser {
         )
     }
 
-    fn feed_client(&mut self, ts_ns: u64, data: &[u8]) -> Result<(), ParseError> {
+    fn feed_client(
+        &mut self,
+        ts_ns: u64,
+        data: &[u8],
+        out: &mut Vec<Record>,
+    ) -> Result<(), ParseError> {
         self.client_ts = ts_ns;
         if self.client.is_desynced() {
             // A client message has no mark to be recognised by in the middle of the stream: its
@@ -98,7 +103,7 @@ impl Parser {
             {
                 Ok(Some(frame)) => {
                     match frontend::decode(&frame.bytes) {
-                        Some(msg) => self.stitch.request(msg, frame.start_ns),
+                        Some(msg) => self.stitch.request(msg, frame.start_ns, out),
                         None => {
                             first_error.get_or_insert(ParseError::new(
                                 PROTOCOL,
@@ -193,7 +198,7 @@ impl ConnParser for Parser {
             return Ok(());
         }
         if self.carries_requests(dir) {
-            self.feed_client(ts_ns, data)
+            self.feed_client(ts_ns, data, out)
         } else {
             self.feed_server(ts_ns, data, out)
         }

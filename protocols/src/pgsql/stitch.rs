@@ -223,7 +223,7 @@ impl Stitcher {
         self.pending.back_mut().filter(|u| u.open)
     }
 
-    pub fn request(&mut self, msg: Frontend, start_ns: u64) {
+    pub fn request(&mut self, msg: Frontend, start_ns: u64, out: &mut Vec<Record>) {
         match msg {
             Frontend::Startup(params) => {
                 let text = params
@@ -238,6 +238,12 @@ impl Stitcher {
                     start_ns,
                 );
                 self.push(unit);
+            }
+            Frontend::Cancel { pid } => {
+                // Sent on a connection of its own, which the server closes without an answer: a
+                // record as it is sent, counted in no RED series (it has no duration).
+                let unit = self.unit("CancelRequest", Some(format!("pid={pid}")), start_ns);
+                out.push(record(unit, None, None));
             }
             Frontend::EncryptionRequest => {
                 let mut unit = self.unit("SSLRequest", None, start_ns);
@@ -405,7 +411,7 @@ impl Stitcher {
                     }
                 }
             }
-            Frontend::Flush | Frontend::Terminate | Frontend::Cancel | Frontend::Copy => {}
+            Frontend::Flush | Frontend::Terminate | Frontend::Copy => {}
         }
     }
 

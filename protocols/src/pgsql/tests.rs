@@ -837,3 +837,33 @@ fn a_bound_value_cut_by_the_capture_inside_a_token_has_it_redacted() {
     feed(&mut p, Direction::Ingress, 2, &resp, &mut out);
     assert_eq!(out[0].fields[2], s("$1='x <redacted>', …"));
 }
+
+#[test]
+fn a_cancel_request_is_a_record_naming_the_backend_but_not_its_secret_key() {
+    // psycopg2's cancel(), pgx's cancelled context: 16 bytes on a connection of their own, which
+    // the server closes without an answer.
+    let mut cancel = b"\x00\x00\x00\x10\x04\xd2\x16\x2e".to_vec();
+    cancel.extend_from_slice(&28_636u32.to_be_bytes());
+    cancel.extend_from_slice(b"\x5e\xc7\x2e\x7b");
+    assert!(detect(Direction::Egress, &cancel, 40000));
+    let mut p = client();
+    let mut out = Vec::new();
+    feed(&mut p, Direction::Egress, 7, &cancel, &mut out);
+    p.expire(u64::MAX, &mut out);
+    assert_eq!(out.len(), 1, "{out:?}");
+    let r = &out[0];
+    assert_eq!(r.request_ns, 7);
+    assert_eq!(r.latency_ns, None);
+    assert_eq!(r.fields[0], Field::String("CancelRequest".into()));
+    assert_eq!(r.fields[1], Field::String("pid=28636".into()));
+    assert_eq!(r.fields[3], Field::Null);
+    // Never answered by design: no error, so not observed as a request that got no answer.
+    assert_eq!(
+        r.red,
+        Red::Db {
+            system: "postgresql",
+            operation: crate::sql::OTHER,
+            error: ""
+        }
+    );
+}
