@@ -1,7 +1,8 @@
 //! Protocol capture against real peers on loopback: nginx serving `return 200`, curl as client;
 //! a Python HTTP server (`fixtures/protocols/awkward_answers.py`) for answers larger than a syscall's
-//! capture. Needs root (eBPF), nginx, curl and python3 (`scripts/setup peers`); fails loudly
-//! without them.
+//! capture; Python database applications (psycopg2, PyMySQL) against PostgreSQL and MariaDB.
+//! Needs root (eBPF), nginx, curl, python3, PostgreSQL 15, MariaDB and Debian's python3-psycopg2
+//! and python3-pymysql (`scripts/setup peers`); fails loudly without them.
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -885,4 +886,403 @@ async fn red_series_go_five_minutes_after_the_last_protocol_tracepoint_is_remove
     tokio::time::advance(Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(series(&registry), 0, "{}", metrics_text(&registry));
+}
+
+// --- Python database applications (Debian's python3-psycopg2 and python3-pymysql) --------------
+
+/// Debian's python3, which has the drivers `scripts/setup peers` installs with apt.
+fn debian_python3() -> PathBuf {
+    for module in ["psycopg2", "pymysql"] {
+        let found = Command::new("/usr/bin/python3")
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            found,
+            "/usr/bin/python3 lacks {module}: run `scripts/setup peers`"
+        );
+    }
+    std::fs::canonicalize("/usr/bin/python3").unwrap()
+}
+
+/// A Python client (`script` run with `args`) waiting for a line on stdin before it connects.
+fn python_app(script: &str, args: &[&str]) -> std::process::Child {
+    Command::new(debian_python3())
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Tracing of `protocols` in the python3 process `pid`, told to go once the probe is attached;
+/// its printed lines once it exited successfully.
+async fn traced_app(
+    mut app: std::process::Child,
+    protocols: Vec<Protocol>,
+) -> (Traced, Vec<String>) {
+    use std::io::{BufRead, BufReader, Write};
+    let traced = Traced::start(
+        &tracepoint(protocols, "*/python3*"),
+        target(app.id(), &debian_python3().to_string_lossy()),
+    );
+    app.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let lines: Vec<String> = BufReader::new(app.stdout.take().unwrap())
+        .lines()
+        .map(Result::unwrap)
+        .collect();
+    assert!(app.wait().unwrap().success(), "{lines:?}");
+    (traced, lines)
+}
+
+/// A throw-away PostgreSQL 15 cluster in `dir` trusting local TCP logins, its postmaster listening
+/// on 127.0.0.1:`port` (run as the postgres user: PostgreSQL refuses root).
+fn start_trusting_postgres(dir: &Path, port: u16) -> Server {
+    let bin = Path::new("/usr/lib/postgresql/15/bin");
+    assert!(
+        bin.join("postgres").exists(),
+        "PostgreSQL 15 is missing: run `scripts/setup peers`"
+    );
+    let as_postgres = [
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--init-groups",
+        "--",
+    ];
+    run_ok(
+        Command::new(which("chown"))
+            .args(["-R", "postgres:postgres"])
+            .arg(dir),
+    );
+    run_ok(
+        Command::new(which("setpriv"))
+            .args(as_postgres)
+            .arg(bin.join("initdb"))
+            .arg("-D")
+            .arg(dir.join("data"))
+            .args(["-U", "postgres", "--auth=trust"])
+            .current_dir(dir),
+    );
+    let child = Command::new(which("setpriv"))
+        .args(as_postgres)
+        .arg(bin.join("postgres"))
+        .arg("-D")
+        .arg(dir.join("data"))
+        .args([
+            "-p",
+            &port.to_string(),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-k",
+        ])
+        .arg(dir)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting postgres");
+    // SIGINT is PostgreSQL's fast shutdown.
+    let server = Server {
+        child,
+        signal: nix::sys::signal::Signal::SIGINT,
+    };
+    wait_until("postgres", || {
+        Command::new(bin.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    server
+}
+
+/// psycopg2 cancelling its own query from a timer, as an application's request timeout does.
+const PSYCOPG2_CANCEL: &str = r#"
+import sys, threading, psycopg2
+sys.stdin.readline()
+c = psycopg2.connect(host="127.0.0.1", port=int(sys.argv[1]), user="postgres", dbname="postgres")
+k = c.cursor()
+k.execute("SELECT pg_backend_pid()")
+print(k.fetchone()[0], flush=True)
+threading.Timer(0.3, c.cancel).start()
+try:
+    k.execute("SELECT pg_sleep(30)")
+except psycopg2.errors.QueryCanceled as e:
+    print(e.pgcode, flush=True)
+c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_app_cancelling_its_postgres_query_gets_a_cancel_request_row_and_no_parse_error() {
+    // Under /tmp, whatever TMPDIR says: the postgres user must be able to reach it.
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let port = free_port();
+    let _postgres = start_trusting_postgres(dir.path(), port);
+    let app = python_app(PSYCOPG2_CANCEL, &[&port.to_string()]);
+    let (traced, printed) = traced_app(app, vec![Protocol::Pgsql]).await;
+    assert_eq!(printed.len(), 2, "{printed:?}");
+    let backend = &printed[0];
+    assert_eq!(printed[1], "57014", "the query was cancelled");
+
+    let rows = wait_for_rows(&traced.store, "pgsql_events", |r| {
+        r.iter().any(|row| text(row, "req_cmd") == "CancelRequest")
+            && r.iter()
+                .any(|row| text(row, "req") == "SELECT pg_sleep(30)")
+    })
+    .await;
+    // Both connections closed: anything either would count is in.
+    wait_for_rows(&traced.store, "conn_stats", |r| closed(r).len() >= 2).await;
+    let metrics = metrics_text(&traced.registry);
+    traced.probe.stop().await;
+    let cancel = rows
+        .iter()
+        .find(|row| text(row, "req_cmd") == "CancelRequest")
+        .unwrap_or_else(|| panic!("no CancelRequest row: {rows:?}"));
+    assert_eq!(text(cancel, "req"), format!("pid={backend}"), "{cancel:?}");
+    assert_eq!(cancel["latency"], Value::Null, "{cancel:?}");
+    let sleep = rows
+        .iter()
+        .find(|row| text(row, "req") == "SELECT pg_sleep(30)")
+        .unwrap();
+    assert!(
+        text(sleep, "resp").starts_with("ERROR 57014: canceling statement"),
+        "{sleep:?}"
+    );
+    // The cancel's connection is understood, not a parse failure; and it is no RED series.
+    assert_eq!(
+        metric_sum(&metrics, "sonde_protocol_parse_errors_total", &[]),
+        0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "db_client_operation_duration_seconds_count",
+            &["error_type=\"connection_closed\""]
+        ),
+        0,
+        "{metrics}"
+    );
+}
+
+/// mariadbd on a new data directory in `dir`, listening on 127.0.0.1:`port`, allowing LOAD DATA
+/// LOCAL; root logs in over TCP without a password; database `sonde` created.
+fn start_mariadb_with_local_infile(dir: &Path, port: u16) -> Server {
+    let data = dir.join("data");
+    let socket = dir.join("mariadb.sock");
+    run_ok(
+        Command::new(which("mariadb-install-db"))
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=root", "--auth-root-authentication-method=normal"]),
+    );
+    let child = Command::new(which("mariadbd"))
+        .arg("--no-defaults")
+        .arg(format!("--datadir={}", data.display()))
+        .args(["--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
+        .arg("--local-infile=1")
+        .arg(format!("--port={port}"))
+        .arg(format!("--socket={}", socket.display()))
+        .arg(format!("--pid-file={}", dir.join("mariadb.pid").display()))
+        .arg(format!("--log-error={}", dir.join("mariadb.err").display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting mariadbd");
+    let server = Server {
+        child,
+        signal: nix::sys::signal::Signal::SIGTERM,
+    };
+    let over_socket = |sql: &str| {
+        Command::new(which("mariadb"))
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", socket.display()))
+            .args(["-u", "root", "-e", sql])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    wait_until("mariadbd", || over_socket("SELECT 1"));
+    assert!(
+        over_socket("CREATE DATABASE sonde"),
+        "cannot create database sonde"
+    );
+    server
+}
+
+/// PyMySQL loading a file of `argv[2]` lines with LOAD DATA LOCAL INFILE, then committing; prints
+/// the rows loaded.
+const PYMYSQL_LOAD: &str = r#"
+import sys, tempfile, pymysql
+lines = int(sys.argv[2])
+f = tempfile.NamedTemporaryFile("w", suffix=".csv")
+f.write("".join(f"{i},{'x' * 60}\n" for i in range(lines)))
+f.flush()
+sys.stdin.readline()
+c = pymysql.connect(host="127.0.0.1", port=int(sys.argv[1]), user="root", database="sonde", local_infile=True)
+k = c.cursor()
+k.execute("CREATE TABLE items (id INT, name VARCHAR(80))")
+k.execute(f"LOAD DATA LOCAL INFILE '{f.name}' INTO TABLE items FIELDS TERMINATED BY ','")
+print(k.rowcount, flush=True)
+c.commit()
+c.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_app_loading_a_local_file_into_mariadb_gets_its_outcome_and_no_stray_commands() {
+    // 100,000 lines (6.6 MB): over 256 packets, whose sequence ids wrap to 0, as a command's do.
+    const LINES: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _mariadb = start_mariadb_with_local_infile(dir.path(), port);
+    let app = python_app(PYMYSQL_LOAD, &[&port.to_string(), &LINES.to_string()]);
+    let (traced, printed) = traced_app(app, vec![Protocol::Mysql]).await;
+    assert_eq!(printed, [LINES.to_string()]);
+
+    let rows = wait_for_rows(&traced.store, "mysql_events", |r| {
+        r.iter().any(|row| text(row, "req_cmd") == "COM_QUIT")
+    })
+    .await;
+    traced.probe.stop().await;
+    let cmds: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|row| (text(row, "req_cmd"), text(row, "req_body")))
+        .collect();
+    let load = rows
+        .iter()
+        .find(|row| text(row, "req_body").starts_with("LOAD DATA LOCAL INFILE"))
+        .unwrap_or_else(|| panic!("no LOAD DATA row: {cmds:?}"));
+    assert_eq!(text(load, "resp_status"), "OK", "{load:?}");
+    assert_eq!(
+        text(load, "resp_body"),
+        format!("Records: {LINES}  Deleted: 0  Skipped: 0  Warnings: 0"),
+        "{load:?}"
+    );
+    // The file's content is none of the commands, and COMMIT has its own answer.
+    assert_eq!(
+        cmds.iter()
+            .map(|(cmd, body)| if cmd == &"COM_QUERY" { *body } else { *cmd })
+            .filter(|c| !c.starts_with("LOAD DATA"))
+            .collect::<Vec<_>>(),
+        [
+            "COM_CONNECT",
+            "SET AUTOCOMMIT = 0",
+            "CREATE TABLE items (id INT, name VARCHAR(80))",
+            "COMMIT",
+            "COM_QUIT"
+        ],
+        "{cmds:?}"
+    );
+    let commit = rows
+        .iter()
+        .find(|row| text(row, "req_body") == "COMMIT")
+        .unwrap();
+    assert_eq!(text(commit, "resp_body"), "affected rows: 0", "{commit:?}");
+}
+
+/// dnsmasq answering `sonde.test` on 127.0.0.1:`port`, with an SSHFP record for web.sonde.test.
+fn start_dnsmasq_with_sshfp(dir: &Path, port: u16) -> Server {
+    let child = Command::new(which("dnsmasq"))
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--user=root",
+            "--listen-address=127.0.0.1",
+            "--local=/sonde.test/",
+            "--host-record=web.sonde.test,10.0.0.7",
+            "--dns-rr=web.sonde.test,44,010100112233445566778899aabbccddeeff00112233",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
+        .arg(format!(
+            "--log-facility={}",
+            dir.join("dnsmasq.log").display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("starting dnsmasq");
+    let server = Server {
+        child,
+        signal: nix::sys::signal::Signal::SIGTERM,
+    };
+    wait_until("dnsmasq", || {
+        dig_short(port, &["web.sonde.test", "A"]) == "10.0.0.7\n"
+    });
+    server
+}
+
+/// dig's short answer from the server on 127.0.0.1:`port` ("" if it failed).
+fn dig_short(port: u16, args: &[&str]) -> String {
+    let out = Command::new(which("dig"))
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+tries=1",
+            "+time=5",
+            "+short",
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running dig");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A DNS server's UDP socket, traced while it runs, is told DNS by its first traced datagram, a
+/// query without the port hint (the client's port is no DNS port): a query of a type the decoder
+/// has no name for (SSHFP) is DNS too, or the socket is never traced again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_server_whose_first_traced_query_has_an_unknown_type_still_gets_every_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dnsmasq = start_dnsmasq_with_sshfp(dir.path(), port);
+    let Traced {
+        store,
+        registry,
+        probe: p,
+    } = Traced::start(
+        &tracepoint(vec![Protocol::Dns], "*/dnsmasq"),
+        target(dnsmasq.pid(), "/usr/sbin/dnsmasq"),
+    );
+    assert_eq!(
+        dig_short(port, &["web.sonde.test", "SSHFP"]),
+        "1 1 00112233445566778899AABBCCDDEEFF00112233\n"
+    );
+    assert_eq!(dig_short(port, &["web.sonde.test", "A"]), "10.0.0.7\n");
+
+    let dns = wait_for_rows(&store, "dns_events", |r| r.len() >= 2).await;
+    let metrics = metrics_text(&registry);
+    p.stop().await;
+    let got: Vec<[&str; 4]> = dns
+        .iter()
+        .map(|r| {
+            [
+                text(r, "query_name"),
+                text(r, "query_type"),
+                text(r, "rcode"),
+                text(r, "trace_role"),
+            ]
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ["web.sonde.test", "SSHFP", "NOERROR", "server"],
+            ["web.sonde.test", "A", "NOERROR", "server"],
+        ],
+        "{dns:?}\n{metrics}"
+    );
+    assert!(
+        text(&dns[0], "resp_body").contains(r#""type":"SSHFP""#),
+        "{dns:?}"
+    );
 }

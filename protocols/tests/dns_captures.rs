@@ -35,3 +35,27 @@ fn tcp_queries_on_one_connection_survive_any_chunking() {
     assert!(r.errors.is_empty(), "{:?}", r.errors);
     assert_eq!(string(&r.records[1].fields[5]), "AAAA");
 }
+
+#[test]
+fn queries_of_types_the_decoder_does_not_know_keep_their_name_and_answers() {
+    let r = replay::check_case(Kind::Dns, Transport::Udp, "dns", "udp_unknown_type");
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    let names: Vec<(&str, &str)> = r
+        .records
+        .iter()
+        .map(|rec| (string(&rec.fields[4]), string(&rec.fields[5])))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("web.sonde.test", "SSHFP"),
+            ("_443._tcp.web.sonde.test", "TLSA"),
+            ("web.sonde.test", "OTHER"),
+        ]
+    );
+    // dnsmasq's SSHFP record: listed with its name and type, its data not decoded.
+    assert_eq!(
+        string(&r.records[0].fields[3]),
+        r#"{"answers":[{"name":"web.sonde.test","type":"SSHFP","data":null}]}"#
+    );
+}

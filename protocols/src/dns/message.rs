@@ -161,22 +161,7 @@ impl Message {
     pub fn parse(bytes: &[u8]) -> Option<Message> {
         let header = Header::parse(bytes)?;
         let body = if header.counts_fit(bytes.len()) {
-            simple_dns::Packet::parse(bytes).ok().map(|p| {
-                let questions = p
-                    .questions
-                    .iter()
-                    .map(|q| (name_text(&q.qname), type_name(q.qtype.into())))
-                    .collect();
-                let answers = p
-                    .answers
-                    .iter()
-                    .map(|rr| {
-                        let ty = type_name(rr.rdata.type_code().into());
-                        (name_text(&rr.name), ty, rdata_text(&rr.rdata))
-                    })
-                    .collect();
-                (questions, answers)
-            })
+            decode(bytes, header.qd)
         } else {
             None
         };
@@ -206,6 +191,83 @@ impl Message {
                 .str("type", ty)
                 .opt_str("data", data.as_deref());
         }))
+    }
+}
+
+/// Questions and answers of a message, None when it does not decode.
+fn decode(bytes: &[u8], qd: u16) -> Option<(Vec<Question>, Vec<Answer>)> {
+    if let Ok(packet) = simple_dns::Packet::parse(bytes) {
+        return Some(body(&packet, &[]));
+    }
+    let (patched, codes) = with_known_qtypes(bytes, qd)?;
+    let packet = simple_dns::Packet::parse(&patched).ok()?;
+    Some(body(&packet, &codes))
+}
+
+/// simple-dns rejects a whole message whose question has a type it has no name for (SSHFP, TLSA,
+/// private types): the message with such types read as ANY, and the questions' own type codes.
+/// None when no question has such a type (the message is wrong elsewhere).
+fn with_known_qtypes(bytes: &[u8], qd: u16) -> Option<(Vec<u8>, Vec<u16>)> {
+    let offsets = question_type_offsets(bytes, qd)?;
+    let mut patched = bytes.to_vec();
+    let mut codes = Vec::with_capacity(offsets.len());
+    for at in offsets {
+        let field = patched.get_mut(at..at + 2)?;
+        let code = u16::from_be_bytes([field[0], field[1]]);
+        codes.push(code);
+        if simple_dns::QTYPE::try_from(code).is_err() {
+            field.copy_from_slice(&u16::from(simple_dns::QTYPE::ANY).to_be_bytes());
+        }
+    }
+    (patched != bytes).then_some((patched, codes))
+}
+
+/// A decoded message's questions (typed by `codes` where given) and answers, as owned text.
+fn body(packet: &simple_dns::Packet<'_>, codes: &[u16]) -> (Vec<Question>, Vec<Answer>) {
+    let questions = packet
+        .questions
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let code = codes.get(i).copied().unwrap_or_else(|| q.qtype.into());
+            (name_text(&q.qname), type_name(code))
+        })
+        .collect();
+    let answers = packet
+        .answers
+        .iter()
+        .map(|rr| {
+            let ty = type_name(rr.rdata.type_code().into());
+            (name_text(&rr.name), ty, rdata_text(&rr.rdata))
+        })
+        .collect();
+    (questions, answers)
+}
+
+/// Where the type of each of the `qd` questions is (they follow the header: a name, then type
+/// and class), None if they do not fit.
+fn question_type_offsets(bytes: &[u8], qd: u16) -> Option<Vec<usize>> {
+    let mut at = HEADER_LEN;
+    let mut offsets = Vec::with_capacity(usize::from(qd));
+    for _ in 0..qd {
+        at = skip_name(bytes, at)?;
+        bytes.get(at..at + 4)?;
+        offsets.push(at);
+        at += 4;
+    }
+    Some(offsets)
+}
+
+/// The offset after the name at `at`: labels up to the root label or a compression pointer.
+fn skip_name(bytes: &[u8], mut at: usize) -> Option<usize> {
+    loop {
+        let len = *bytes.get(at)?;
+        match len & 0xc0 {
+            0 if len == 0 => return Some(at + 1),
+            0 => at += 1 + usize::from(len),
+            0xc0 => return Some(at + 2),
+            _ => return None,
+        }
     }
 }
 
@@ -239,12 +301,17 @@ pub(crate) fn is_plain_query(bytes: &[u8]) -> bool {
     if h.bit(6) != 0 || h.rcode() != 0 {
         return false;
     }
-    match simple_dns::Packet::parse(bytes) {
-        Ok(p) => p
-            .questions
+    let named = |p: simple_dns::Packet<'_>| {
+        p.questions
             .first()
-            .is_some_and(|q| q.qname.get_labels().iter().all(|l| !l.as_ref().is_empty())),
-        Err(_) => false,
+            .is_some_and(|q| q.qname.get_labels().iter().all(|l| !l.as_ref().is_empty()))
+    };
+    match simple_dns::Packet::parse(bytes) {
+        Ok(p) => named(p),
+        // A query of a type simple-dns has no name for is a query all the same: a DNS server's
+        // socket is detected from its first datagram, and then never again.
+        Err(_) => with_known_qtypes(bytes, 1)
+            .is_some_and(|(patched, _)| simple_dns::Packet::parse(&patched).is_ok_and(named)),
     }
 }
 
@@ -264,9 +331,11 @@ fn type_name(code: u16) -> &'static str {
         35 => "NAPTR",
         41 => "OPT",
         43 => "DS",
+        44 => "SSHFP",
         46 => "RRSIG",
         47 => "NSEC",
         48 => "DNSKEY",
+        52 => "TLSA",
         64 => "SVCB",
         65 => "HTTPS",
         99 => "SPF",

@@ -4,7 +4,9 @@
 //! Message bodies (questions, answers) are decoded with `simple-dns`: small (its only dependency is
 //! bitflags), zero-copy, and it only follows compression pointers backwards, so hostile input cannot
 //! make it loop. The fixed 12-byte header is read here ([`message::Header`]) so that stitching and
-//! the header columns still work for bodies the crate rejects (e.g. an unknown query type).
+//! the header columns still work for bodies the crate rejects (e.g. a malformed name). A question of
+//! a type the crate has no name for (SSHFP, TLSA, private types), which it rejects too, is decoded
+//! as ANY and then named by its own code.
 mod message;
 #[cfg(test)]
 mod tests;

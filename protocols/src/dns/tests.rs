@@ -119,6 +119,25 @@ fn a_body_the_decoder_rejects_still_stitches_by_header() {
 }
 
 #[test]
+fn a_query_of_an_unknown_type_is_decoded_and_detected_unless_cut_short_or_malformed() {
+    // QUERY with type 65400, which the decoder has no name for: decoded as OTHER.
+    let mut unknown = QUERY.to_vec();
+    let at = unknown.len() - 4;
+    unknown[at..at + 2].copy_from_slice(&65400u16.to_be_bytes());
+    let m = Message::parse(&unknown).unwrap();
+    assert_eq!(m.first_question(), (Some("a.test".into()), Some("OTHER")));
+    // Without the port hint too (a DNS server's socket is detected from the query it reads first).
+    assert!(detect(Direction::Ingress, &unknown, 40000));
+    // Cut inside its class, or a label length with the reserved 0b01 prefix: no body.
+    assert!(
+        Message::parse(&unknown[..unknown.len() - 1]).is_some_and(|m| m.queries_json().is_none())
+    );
+    let mut reserved = unknown.clone();
+    reserved[message::HEADER_LEN] = 0x41;
+    assert!(Message::parse(&reserved).is_some_and(|m| m.queries_json().is_none()));
+}
+
+#[test]
 fn absurd_counts_are_not_decoded() {
     let mut bomb = QUERY.to_vec();
     bomb[6..12].copy_from_slice(&[0xff; 6]);

@@ -1,14 +1,16 @@
 //! Commands ↔ replies, in order (RESP has no ids; pipelines keep order). Server pushes are not
 //! replies: RESP3 push frames, and in RESP2 the `message`/`pmessage`/`smessage` arrays a subscribed
 //! connection receives, become records of their own (`PUSH PUB`, `PUSH SUB`, …) without latency.
-//! (UN)SUBSCRIBE is answered by one confirmation per channel; all of them make its reply.
+//! (UN)SUBSCRIBE is answered by one confirmation per channel; all of them make its reply. An
+//! UNSUBSCRIBE without channels is answered once per channel the connection was subscribed to, as
+//! followed from the confirmations seen.
 //!
 //! Bytes lost from the replies leave the waiting commands unanswered. Commands lost (a server
 //! reading a pipeline in reads longer than what is captured) are worse: an unknown number of
 //! replies then belongs to commands never seen, so the commands after the loss are paired only
 //! once the connection is quiet, from the end (a close is no such moment: a client that went away
 //! leaves commands unanswered); never by a guess that could give a command another one's reply.
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 use super::commands;
 use super::parse::{AggKind, Frame, Text, Value};
@@ -17,6 +19,9 @@ use crate::{Field, ParseConfig, REDACTED, Record, Red, Unanswered, json};
 
 /// More unanswered commands than this means replies are not being seen: the oldest go first.
 const MAX_QUEUED: usize = 1024;
+/// Subscriptions followed per kind; past this an UNSUBSCRIBE of all takes fewer confirmations and
+/// the rest become `PUSH SUB` records.
+const MAX_FOLLOWED_SUBSCRIPTIONS: usize = 1024;
 
 const SUBSCRIBE_FAMILY: [&str; 6] = [
     "subscribe",
@@ -37,6 +42,8 @@ struct Command {
     args: String,
     /// Replies this command gets: one, or one per channel for the subscribe family.
     expected: usize,
+    /// An (P|S)UNSUBSCRIBE of every channel: its `expected` is set by its first confirmation.
+    unsubscribe_all: bool,
     replies: Vec<Frame>,
 }
 
@@ -46,6 +53,8 @@ pub struct Stitcher {
     /// Replies that came before their command was seen.
     replies: VecDeque<Frame>,
     subscribed: bool,
+    /// Channels, patterns and shard channels subscribed to, by [`subscription_kind`].
+    subscriptions: [HashSet<Vec<u8>>; 3],
     ready: Vec<Record>,
     /// Commands seen so far (the next one's `seq`).
     seen: u64,
@@ -62,6 +71,7 @@ impl Stitcher {
             commands: VecDeque::new(),
             replies: VecDeque::new(),
             subscribed: false,
+            subscriptions: Default::default(),
             ready: Vec::new(),
             seen: 0,
             lost_before: None,
@@ -95,11 +105,9 @@ impl Stitcher {
             args = rest;
         }
         let lower = operation.to_ascii_lowercase();
-        let expected = if SUBSCRIBE_FAMILY.contains(&lower.as_str()) {
-            args.len().max(1)
-        } else {
-            1
-        };
+        let family = SUBSCRIBE_FAMILY.contains(&lower.as_str());
+        let expected = if family { args.len().max(1) } else { 1 };
+        let unsubscribe_all = family && args.is_empty() && lower.contains("unsubscribe");
         let more = (*len as usize).saturating_sub(items.len());
         let args = render_args(operation, &name, args, more, &self.config);
         if self.commands.len() >= MAX_QUEUED
@@ -116,6 +124,7 @@ impl Stitcher {
             operation,
             args,
             expected,
+            unsubscribe_all,
             replies: Vec::new(),
         });
         self.pair();
@@ -155,6 +164,7 @@ impl Stitcher {
                 .commands
                 .front()
                 .is_some_and(|c| c.operation.eq_ignore_ascii_case(&first));
+            self.follow_subscription(&first, items.get(1), awaited);
             return (!awaited).then_some(first);
         }
         let message = matches!(first.as_str(), "message" | "pmessage" | "smessage");
@@ -162,6 +172,31 @@ impl Stitcher {
             AggKind::Push => Some(first),
             AggKind::Array if message && self.subscribed => Some(first),
             _ => None,
+        }
+    }
+
+    /// Follows the channels subscribed to from a confirmation. The first confirmation of an
+    /// UNSUBSCRIBE of all says how many it gets: one per channel subscribed to before it (or a
+    /// single one, channel null, when there was none).
+    fn follow_subscription(&mut self, kind: &str, channel: Option<&Value>, awaited: bool) {
+        let Some(index) = subscription_kind(kind) else {
+            return;
+        };
+        let followed = &mut self.subscriptions[index];
+        if awaited
+            && let Some(command) = self.commands.front_mut()
+            && command.unsubscribe_all
+            && command.replies.is_empty()
+        {
+            command.expected = followed.len().max(1);
+        }
+        let Some(name) = channel.and_then(Value::text) else {
+            return;
+        };
+        if kind.contains("unsubscribe") {
+            followed.remove(&name.bytes);
+        } else if followed.len() < MAX_FOLLOWED_SUBSCRIPTIONS {
+            followed.insert(name.bytes.clone());
         }
     }
 
@@ -223,7 +258,7 @@ impl Stitcher {
         let pairable = self
             .commands
             .iter()
-            .all(|c| c.expected == 1 && !commands::may_block(c.operation));
+            .all(|c| c.expected == 1 && !c.unsubscribe_all && !commands::may_block(c.operation));
         if pairable
             && crate::align_from_end(
                 &self.commands,
@@ -342,6 +377,16 @@ impl Stitcher {
                 error: "",
             },
         });
+    }
+}
+
+/// Which of [`Stitcher::subscriptions`] a confirmation of this kind concerns.
+fn subscription_kind(kind: &str) -> Option<usize> {
+    match kind {
+        "subscribe" | "unsubscribe" => Some(0),
+        "psubscribe" | "punsubscribe" => Some(1),
+        "ssubscribe" | "sunsubscribe" => Some(2),
+        _ => None,
     }
 }
 
