@@ -3,6 +3,8 @@
 //! and the rows and metrics it produced.
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod peers;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
