@@ -123,4 +123,28 @@ impl Prometheus {
             .cloned()
             .unwrap_or_default())
     }
+
+    /// Waits up to `timeout` for a `sonde_` series scraped from the job `sonde-agent`; `what`
+    /// names the wait in its error.
+    pub async fn sonde_series(
+        &self,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<Vec<serde_json::Value>> {
+        let series = wait::until(what, timeout, || async {
+            let r = self
+                .query(r#"{__name__=~"sonde_.+", job="sonde-agent"}"#)
+                .await?;
+            Ok((!r.is_empty()).then_some(r))
+        })
+        .await?;
+        if !series.iter().any(|s| {
+            s["metric"]["__name__"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("sonde_"))
+        }) {
+            bail!("unexpected query result {series:?}");
+        }
+        Ok(series)
+    }
 }
