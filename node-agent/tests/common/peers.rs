@@ -138,12 +138,7 @@ pub fn init_postgres_with(dir: &Path, logins: PgLogins) -> PathBuf {
             .arg(pg_tool("initdb"))
             .arg("-D")
             .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "--auth-local=trust",
-                host_auth,
-            ])
+            .args(["-U", "postgres", "--auth-local=trust", host_auth])
             .arg(format!("--pwfile={}", dir.join("pw").display()))
             .current_dir(dir),
     );
