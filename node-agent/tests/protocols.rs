@@ -1286,3 +1286,158 @@ async fn a_dns_server_whose_first_traced_query_has_an_unknown_type_still_gets_ev
         "{dns:?}"
     );
 }
+
+/// A DNS client querying 127.0.0.1:`argv[1]` in `argv[2]` rounds, each on a fresh UDP socket (as
+/// glibc and dig do), for A records of names under sonde.test: by sendto on an unconnected socket
+/// (its first send binds the socket and looks up the route), by connect then send, and by connect
+/// then one sendmmsg of two queries (glibc's A and AAAA): the first answer may come while the
+/// second query is being sent. Prints the names it got answers for.
+const FRESH_SOCKET_DNS_CLIENT: &str = r#"
+import ctypes, socket, struct, sys
+
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+class msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32),
+                ("iov", ctypes.POINTER(iovec)), ("iovlen", ctypes.c_size_t),
+                ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+class mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+def query(qid, name):
+    labels = name.encode().split(b".")
+    wire = b"".join(bytes([len(l)]) + l for l in labels) + b"\0"
+    return struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0) + wire + struct.pack(">HH", 1, 1)
+
+port, rounds = int(sys.argv[1]), int(sys.argv[2])
+answered = []
+for i in range(rounds):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    mode = i % 3
+    names = ["q%d.sonde.test" % i] if mode < 2 else ["q%d.sonde.test" % i, "r%d.sonde.test" % i]
+    queries = [query(2 * i + k, n) for k, n in enumerate(names)]
+    if mode == 0:
+        s.sendto(queries[0], ("127.0.0.1", port))
+    elif mode == 1:
+        s.connect(("127.0.0.1", port))
+        s.send(queries[0])
+    else:
+        s.connect(("127.0.0.1", port))
+        bufs = [ctypes.create_string_buffer(q, len(q)) for q in queries]
+        iovs = [iovec(ctypes.cast(b, ctypes.c_void_p), len(q)) for b, q in zip(bufs, queries)]
+        msgs = (mmsghdr * 2)()
+        for k in range(2):
+            msgs[k].hdr.iov = ctypes.pointer(iovs[k])
+            msgs[k].hdr.iovlen = 1
+        sent = libc.sendmmsg(s.fileno(), msgs, 2, 0)
+        assert sent == 2, ("sendmmsg", sent, ctypes.get_errno())
+    for _ in names:
+        s.recv(512)
+    answered += names
+    s.close()
+print(" ".join(answered))
+"#;
+
+/// A DNS client and its server on loopback, both traced: for every query the client's latency
+/// (request sent → answer read) is at least the server's (request read → answer sent). On loopback
+/// a datagram reaches its peer inside the send, and with both on one CPU (pinned here, as busy pods
+/// of one node are) the woken peer may run before the send returns: sent data stamped at the send's
+/// exit made the client's latency of the first query of a sendmmsg shorter than the server's (14
+/// or 15 of the 80 queries before sends were stamped at their entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_client_latency_is_never_shorter_than_its_servers_for_the_same_query() {
+    const ROUNDS: usize = 60;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cgroup = TestCgroup::new("dns-timing");
+    let (
+        Traced {
+            store, probe: p, ..
+        },
+        _pause,
+    ) = Traced::in_pod(&cgroup, "dns-timing", vec![Protocol::Dns]);
+    let _dnsmasq = Server {
+        child: Command::new("/bin/sh")
+            .args(cgroup.enter_and_exec())
+            .arg(which("taskset"))
+            .args(["-c", "0"])
+            .arg(which("dnsmasq"))
+            .args([
+                "--no-daemon",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+                "--listen-address=127.0.0.1",
+                "--address=/sonde.test/10.0.0.7",
+            ])
+            .arg(format!("--port={port}"))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("dnsmasq.pid").display()
+            ))
+            .arg(format!(
+                "--log-facility={}",
+                dir.path().join("dnsmasq.log").display()
+            ))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .expect("starting dnsmasq"),
+        signal: nix::sys::signal::Signal::SIGTERM,
+    };
+    wait_until("dnsmasq", || {
+        dig_short(port, &["web.sonde.test", "A"]) == "10.0.0.7\n"
+    });
+    let client = Command::new("/bin/sh")
+        .args(cgroup.enter_and_exec())
+        .arg(which("taskset"))
+        .args(["-c", "0"])
+        .arg(python3())
+        .args(["-c", FRESH_SOCKET_DNS_CLIENT])
+        .args([port.to_string(), ROUNDS.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running the DNS client");
+    let stdout = String::from_utf8_lossy(&client.stdout);
+    let names: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(names.len(), ROUNDS + ROUNDS / 3, "{client:?}");
+
+    let ours = |r: &Row| names.contains(&text(r, "query_name"));
+    let dns = wait_for_rows(&store, "dns_events", |rows| {
+        rows.iter().filter(|r| ours(r)).count() >= 2 * names.len()
+    })
+    .await;
+    p.stop().await;
+    let latency = |name: &str, role: &str| {
+        dns.iter()
+            .find(|r| text(r, "query_name") == name && text(r, "trace_role") == role)
+            .and_then(|r| match r.get("latency") {
+                Some(Value::Int64(ns)) => Some(*ns),
+                _ => None,
+            })
+    };
+    let mut shorter = Vec::new();
+    for name in &names {
+        let (Some(client), Some(server)) = (latency(name, "client"), latency(name, "server"))
+        else {
+            panic!("no client and server latency for {name}: {dns:?}");
+        };
+        if client < server {
+            shorter.push(format!("{name}: client {client} ns < server {server} ns"));
+        }
+    }
+    assert!(
+        shorter.is_empty(),
+        "{} of {} queries have a client latency shorter than the server's:\n{}",
+        shorter.len(),
+        names.len(),
+        shorter.join("\n")
+    );
+}

@@ -189,7 +189,10 @@ pub struct EventHeader {
     /// One of the `EVENT_*` kinds.
     pub kind: u32,
     pub tgid: u32,
-    /// Monotonic ns (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) at the syscall's exit.
+    /// Monotonic ns (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) at the syscall's exit; for the data
+    /// events of a send ([`DIR_EGRESS`]: write, writev, send*, sendfile) at its entry, since its
+    /// bytes may reach the peer (loopback, veth), and be answered, before it returns. Events of
+    /// one connection come in the ring's order, which these times need not follow.
     pub ts_ns: u64,
     /// cgroup v2 id of the thread.
     pub cgroup_id: u64,

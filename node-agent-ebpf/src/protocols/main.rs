@@ -12,6 +12,10 @@
 //!   that length at the right stream position (a data event without data);
 //! - close: the connection's byte counts.
 //!
+//! Data events are stamped when their bytes moved: a receive's at its exit, a send's at its entry
+//! (saved in the thread's slot with the arguments), since a send may deliver its bytes to a peer
+//! on the same node, and even get the answer, before it returns.
+//!
 //! Addresses: a TCP connect's local address comes from `sock:inet_sock_set_state` — the socket
 //! enters SYN_SENT inside `connect`, on the thread whose stashed arguments name the fd, and leaves
 //! it for ESTABLISHED with the source address and port chosen. Every other open (accepts, UDP
@@ -201,6 +205,12 @@ struct Args {
     addr_len: u64,
     /// [`selection_epoch`] when the process was last found selected.
     epoch: u64,
+    /// Monotonic ns at the entry of a syscall that sends (0 for the others): its data events'
+    /// time. The bytes may reach the peer, and its answer come back, long before the send returns
+    /// (loopback and veth deliver inside the send; the first send on a fresh UDP socket binds it
+    /// and looks up its route), so a client's request stamped at exit could look answered sooner
+    /// than the server took.
+    entry_ns: u64,
 }
 
 /// Offset of syscall argument `n` in a `syscalls:sys_enter_*` record (after the common header and
@@ -358,6 +368,13 @@ fn stash_addr(
     if !maybe_selected(tgid) {
         return 0;
     }
+    // `syscall` is a constant in each enter hook: the others have no clock read at all.
+    let entry_ns = if sends(syscall) {
+        // SAFETY: helper without arguments.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
     // A thread with a slot of the current selection epoch belongs to a selected process: no
     // need to ask the exact maps again (one hash lookup per syscall instead of two or three).
     // Fds known not to be inet sockets are left to the exit hook, which looks the fd up anyway.
@@ -371,6 +388,7 @@ fn stash_addr(
         addr,
         addr_len,
         epoch,
+        entry_ns,
     };
     match CONN_ARGS.get_ptr_mut(&id) {
         // SAFETY: this thread's own slot; only this thread writes it, at enter and exit.
@@ -388,6 +406,15 @@ fn stash_addr(
         }
     }
     0
+}
+
+/// Does `syscall` send bytes (its data events are stamped at its entry, [`Args::entry_ns`])?
+#[inline(always)]
+fn sends(syscall: u32) -> bool {
+    matches!(
+        syscall,
+        SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG | SYS_SENDMMSG | SYS_SENDFILE
+    )
 }
 
 /// The selection epoch: user space bumps it whenever a tgid or cgroup leaves the selection, so a
@@ -1061,10 +1088,7 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
         tgid: (id >> 32) as u32,
         fd: args.fd as u32,
     };
-    let egress = matches!(
-        args.syscall,
-        SYS_WRITE | SYS_WRITEV | SYS_SENDTO | SYS_SENDMSG
-    );
+    let egress = sends(args.syscall);
     let Some(info) = conn_of(id, key, or_none(datagram_peer(&args)), egress) else {
         return 0;
     };
@@ -1085,7 +1109,7 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: this CPU's scratch slot, used only for the duration of this program run.
     let event = unsafe { &mut *event };
-    start_data(event, id, key.fd, generation, ret, egress, args.syscall);
+    start_data(event, id, key.fd, generation, ret, &args);
     let mut budget = MAX_CHUNKS_PER_SYSCALL;
     let (iov, iov_count) = match args.layout {
         BUF_IOVEC => (args.buf, args.count),
@@ -1203,8 +1227,8 @@ fn note_peer(id: u64, fd: u32, info: &mut ConnInfo, peer: PeerAddr, role: u32) {
     }
 }
 
-/// Fills the header fields a syscall's data events share, stamped now (position, length and chunk
-/// are set per chunk).
+/// Fills the header fields a syscall's data events share (position, length and chunk are set per
+/// chunk), stamped by [`data_time`].
 #[inline(always)]
 fn start_data(
     event: &mut DataEvent,
@@ -1212,16 +1236,25 @@ fn start_data(
     fd: u32,
     generation: u64,
     syscall_len: u64,
-    egress: bool,
-    syscall: u32,
+    args: &Args,
 ) {
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    event.header.header = header(EVENT_DATA, id, fd, generation, now);
+    let egress = sends(args.syscall);
+    event.header.header = header(EVENT_DATA, id, fd, generation, data_time(args));
     event.header.syscall_len = syscall_len;
     event.header.direction = if egress { DIR_EGRESS } else { DIR_INGRESS };
-    event.header.syscall = syscall;
+    event.header.syscall = args.syscall;
     event.header.chunk = 0;
+}
+
+/// When a data syscall's bytes moved: a send's at its entry (its bytes may be with the peer, even
+/// answered, before it returns), a receive's now, at its exit (they are there when it returns).
+#[inline(always)]
+fn data_time(args: &Args) -> u64 {
+    if args.entry_ns != 0 {
+        return args.entry_ns;
+    }
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Adds `n` bytes to one direction of a connection; returns the stream position they start at.
@@ -1286,15 +1319,7 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
             count_drop(DROP_RING_FULL);
             continue;
         }
-        start_data(
-            event,
-            id,
-            key.fd,
-            info.generation,
-            len,
-            egress,
-            args.syscall,
-        );
+        start_data(event, id, key.fd, info.generation, len, &args);
         // The message's msg_iov and msg_iovlen (at 16 and 24), laid out like an iovec.
         let (iov, iov_count) = read_iovec(hdr + 16);
         let captured = if iov_count > 1 && len <= DATA_CHUNK as u64 {
@@ -1354,10 +1379,8 @@ pub fn conn_exit_sendfile(ctx: TracePointContext) -> u32 {
     if info.state != CONN_TRACE && info.state != CONN_PENDING {
         return 0;
     }
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     let event = DataEventHeader {
-        header: header(EVENT_DATA, id, key.fd, info.generation, now),
+        header: header(EVENT_DATA, id, key.fd, info.generation, data_time(&args)),
         syscall_len: ret,
         stream_pos: pos + ret,
         direction: DIR_EGRESS,
