@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::peers::*;
 use common::*;
 use sonde_agent::tables::Value;
 use sonde_api::{AssignedProbe, ProbeConfig, Protocol, TracepointSpec};
@@ -937,67 +938,6 @@ async fn traced_app(
     (traced, lines)
 }
 
-/// A throw-away PostgreSQL 15 cluster in `dir` trusting local TCP logins, its postmaster listening
-/// on 127.0.0.1:`port` (run as the postgres user: PostgreSQL refuses root).
-fn start_trusting_postgres(dir: &Path, port: u16) -> Server {
-    let bin = Path::new("/usr/lib/postgresql/15/bin");
-    assert!(
-        bin.join("postgres").exists(),
-        "PostgreSQL 15 is missing: run `scripts/setup peers`"
-    );
-    let as_postgres = [
-        "--reuid=postgres",
-        "--regid=postgres",
-        "--init-groups",
-        "--",
-    ];
-    run_ok(
-        Command::new(which("chown"))
-            .args(["-R", "postgres:postgres"])
-            .arg(dir),
-    );
-    run_ok(
-        Command::new(which("setpriv"))
-            .args(as_postgres)
-            .arg(bin.join("initdb"))
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-U", "postgres", "--auth=trust"])
-            .current_dir(dir),
-    );
-    let child = Command::new(which("setpriv"))
-        .args(as_postgres)
-        .arg(bin.join("postgres"))
-        .arg("-D")
-        .arg(dir.join("data"))
-        .args([
-            "-p",
-            &port.to_string(),
-            "-c",
-            "listen_addresses=127.0.0.1",
-            "-k",
-        ])
-        .arg(dir)
-        .current_dir(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting postgres");
-    // SIGINT is PostgreSQL's fast shutdown.
-    let server = Server {
-        child,
-        signal: nix::sys::signal::Signal::SIGINT,
-    };
-    wait_until("postgres", || {
-        Command::new(bin.join("pg_isready"))
-            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    server
-}
-
 /// psycopg2 cancelling its own query from a timer, as an application's request timeout does.
 const PSYCOPG2_CANCEL: &str = r#"
 import sys, threading, psycopg2
@@ -1019,7 +959,8 @@ async fn a_python_app_cancelling_its_postgres_query_gets_a_cancel_request_row_an
     // Under /tmp, whatever TMPDIR says: the postgres user must be able to reach it.
     let dir = tempfile::tempdir_in("/tmp").unwrap();
     let port = free_port();
-    let _postgres = start_trusting_postgres(dir.path(), port);
+    let data = init_postgres_with(dir.path(), PgLogins::Trust);
+    let _postgres = start_postgres(dir.path(), &data, port, None);
     let app = python_app(PSYCOPG2_CANCEL, &[&port.to_string()]);
     let (traced, printed) = traced_app(app, vec![Protocol::Pgsql]).await;
     assert_eq!(printed.len(), 2, "{printed:?}");
@@ -1067,54 +1008,6 @@ async fn a_python_app_cancelling_its_postgres_query_gets_a_cancel_request_row_an
     );
 }
 
-/// mariadbd on a new data directory in `dir`, listening on 127.0.0.1:`port`, allowing LOAD DATA
-/// LOCAL; root logs in over TCP without a password; database `sonde` created.
-fn start_mariadb_with_local_infile(dir: &Path, port: u16) -> Server {
-    let data = dir.join("data");
-    let socket = dir.join("mariadb.sock");
-    run_ok(
-        Command::new(which("mariadb-install-db"))
-            .arg("--no-defaults")
-            .arg(format!("--datadir={}", data.display()))
-            .args(["--user=root", "--auth-root-authentication-method=normal"]),
-    );
-    let child = Command::new(which("mariadbd"))
-        .arg("--no-defaults")
-        .arg(format!("--datadir={}", data.display()))
-        .args(["--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
-        .arg("--local-infile=1")
-        .arg(format!("--port={port}"))
-        .arg(format!("--socket={}", socket.display()))
-        .arg(format!("--pid-file={}", dir.join("mariadb.pid").display()))
-        .arg(format!("--log-error={}", dir.join("mariadb.err").display()))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("starting mariadbd");
-    let server = Server {
-        child,
-        signal: nix::sys::signal::Signal::SIGTERM,
-    };
-    let over_socket = |sql: &str| {
-        Command::new(which("mariadb"))
-            .arg("--no-defaults")
-            .arg(format!("--socket={}", socket.display()))
-            .args(["-u", "root", "-e", sql])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    wait_until("mariadbd", || over_socket("SELECT 1"));
-    assert!(
-        over_socket("CREATE DATABASE sonde"),
-        "cannot create database sonde"
-    );
-    server
-}
-
 /// PyMySQL loading a file of `argv[2]` lines with LOAD DATA LOCAL INFILE, then committing; prints
 /// the rows loaded.
 const PYMYSQL_LOAD: &str = r#"
@@ -1139,7 +1032,8 @@ async fn a_python_app_loading_a_local_file_into_mariadb_gets_its_outcome_and_no_
     const LINES: usize = 100_000;
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let _mariadb = start_mariadb_with_local_infile(dir.path(), port);
+    let data = init_mariadb(dir.path());
+    let _mariadb = start_mariadb_with(dir.path(), &data, port, &["--local-infile=1"]);
     let app = python_app(PYMYSQL_LOAD, &[&port.to_string(), &LINES.to_string()]);
     let (traced, printed) = traced_app(app, vec![Protocol::Mysql]).await;
     assert_eq!(printed, [LINES.to_string()]);
@@ -1185,58 +1079,6 @@ async fn a_python_app_loading_a_local_file_into_mariadb_gets_its_outcome_and_no_
     assert_eq!(text(commit, "resp_body"), "affected rows: 0", "{commit:?}");
 }
 
-/// dnsmasq answering `sonde.test` on 127.0.0.1:`port`, with an SSHFP record for web.sonde.test.
-fn start_dnsmasq_with_sshfp(dir: &Path, port: u16) -> Server {
-    let child = Command::new(which("dnsmasq"))
-        .args([
-            "--no-daemon",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--user=root",
-            "--listen-address=127.0.0.1",
-            "--local=/sonde.test/",
-            "--host-record=web.sonde.test,10.0.0.7",
-            "--dns-rr=web.sonde.test,44,010100112233445566778899aabbccddeeff00112233",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--pid-file={}", dir.join("dnsmasq.pid").display()))
-        .arg(format!(
-            "--log-facility={}",
-            dir.join("dnsmasq.log").display()
-        ))
-        .stdin(std::process::Stdio::null())
-        .spawn()
-        .expect("starting dnsmasq");
-    let server = Server {
-        child,
-        signal: nix::sys::signal::Signal::SIGTERM,
-    };
-    wait_until("dnsmasq", || {
-        dig_short(port, &["web.sonde.test", "A"]) == "10.0.0.7\n"
-    });
-    server
-}
-
-/// dig's short answer from the server on 127.0.0.1:`port` ("" if it failed).
-fn dig_short(port: u16, args: &[&str]) -> String {
-    let out = Command::new(which("dig"))
-        .args([
-            "@127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "+tries=1",
-            "+time=5",
-            "+short",
-        ])
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("running dig");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A DNS server's UDP socket, traced while it runs, is told DNS by its first traced datagram, a
 /// query without the port hint (the client's port is no DNS port): a query of a type the decoder
 /// has no name for (SSHFP) is DNS too, or the socket is never traced again.
@@ -1244,7 +1086,12 @@ fn dig_short(port: u16, args: &[&str]) -> String {
 async fn a_dns_server_whose_first_traced_query_has_an_unknown_type_still_gets_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let dnsmasq = start_dnsmasq_with_sshfp(dir.path(), port);
+    let dnsmasq = start_dnsmasq_with(
+        dir.path(),
+        std::net::Ipv4Addr::LOCALHOST,
+        port,
+        &["--dns-rr=web.sonde.test,44,010100112233445566778899aabbccddeeff00112233"],
+    );
     let Traced {
         store,
         registry,
@@ -1254,10 +1101,13 @@ async fn a_dns_server_whose_first_traced_query_has_an_unknown_type_still_gets_ev
         target(dnsmasq.pid(), "/usr/sbin/dnsmasq"),
     );
     assert_eq!(
-        dig_short(port, &["web.sonde.test", "SSHFP"]),
+        dig(port, &["web.sonde.test", "SSHFP"]).unwrap_or_default(),
         "1 1 00112233445566778899AABBCCDDEEFF00112233\n"
     );
-    assert_eq!(dig_short(port, &["web.sonde.test", "A"]), "10.0.0.7\n");
+    assert_eq!(
+        dig(port, &["web.sonde.test", "A"]).unwrap_or_default(),
+        "10.0.0.7\n"
+    );
 
     let dns = wait_for_rows(&store, "dns_events", |r| r.len() >= 2).await;
     let metrics = metrics_text(&registry);
@@ -1393,7 +1243,7 @@ async fn a_dns_client_latency_is_never_shorter_than_its_servers_for_the_same_que
         signal: nix::sys::signal::Signal::SIGTERM,
     };
     wait_until("dnsmasq", || {
-        dig_short(port, &["web.sonde.test", "A"]) == "10.0.0.7\n"
+        dig(port, &["web.sonde.test", "A"]).unwrap_or_default() == "10.0.0.7\n"
     });
     let client = Command::new("/bin/sh")
         .args(cgroup.enter_and_exec())
