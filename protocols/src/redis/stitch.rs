@@ -316,11 +316,18 @@ impl Stitcher {
 
     fn emit(&mut self, command: Command) {
         let end_ns = command.replies.last().map(|r| r.end_ns);
+        // EXEC answers with each queued command's reply: one that failed fails the transaction
+        // for its client (redis-py, go-redis raise it), so its error counts.
+        let exec = command.operation == "EXEC";
         let error = command
             .replies
             .iter()
             .find_map(|r| match &r.value {
                 Value::Error(t) => Some(crate::error_type::redis(&t.bytes)),
+                Value::Aggregate { items, .. } if exec => items.iter().find_map(|v| match v {
+                    Value::Error(t) => Some(crate::error_type::redis(&t.bytes)),
+                    _ => None,
+                }),
                 _ => None,
             })
             .unwrap_or("");

@@ -45,6 +45,44 @@ fn inline_commands_are_parsed_like_arrays() {
 }
 
 #[test]
+fn a_transaction_whose_queued_command_failed_carries_that_error() {
+    let mut p = parser();
+    let mut out = Vec::new();
+    p.feed(
+        Direction::Egress,
+        100,
+        b"*1\r\n$5\r\nMULTI\r\n*2\r\n$4\r\nINCR\r\n$1\r\ns\r\n*3\r\n$3\r\nSET\r\n$1\r\nn\r\n$1\r\n1\r\n*1\r\n$4\r\nEXEC\r\n",
+        &mut out,
+    )
+    .unwrap();
+    p.feed(
+        Direction::Ingress,
+        200,
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n-WRONGTYPE Operation against a key holding the wrong kind of value\r\n+OK\r\n",
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out.len(), 4, "{:?}", rows(&out));
+    assert_eq!(
+        out[3].red,
+        Red::Db {
+            system: "redis",
+            operation: "EXEC",
+            error: "WRONGTYPE"
+        }
+    );
+    // The queued command itself was only answered QUEUED.
+    assert_eq!(
+        out[1].red,
+        Red::Db {
+            system: "redis",
+            operation: "INCR",
+            error: ""
+        }
+    );
+}
+
+#[test]
 fn deep_nesting_is_an_error_not_a_stack_overflow() {
     let mut p = parser();
     let mut out = Vec::new();

@@ -86,14 +86,60 @@ pub(crate) const OTHER: &str = "_OTHER";
 
 /// The statement's verb (`SELECT`, `INSERT`, …) from a bounded list, else `_OTHER`.
 /// Leading blanks, comments and parentheses are skipped.
-pub(crate) fn operation(text: &str) -> &'static str {
-    let word: String = skip_noise(text)
-        .chars()
+/// MariaDB's `SET STATEMENT var=value[, …] FOR <statement>` is the inner statement's operation.
+pub(crate) fn operation(mut text: &str) -> &'static str {
+    loop {
+        text = skip_noise(text);
+        let verb = first_word(text);
+        let inner = (verb == "SET")
+            .then(|| set_statement_target(&text[verb.len()..]))
+            .flatten();
+        match inner {
+            Some(inner) => text = inner,
+            None => return VERBS.iter().find(|v| **v == verb).copied().unwrap_or(OTHER),
+        }
+    }
+}
+
+/// The first word of `text`, uppercased, at most 12 letters.
+fn first_word(text: &str) -> String {
+    text.chars()
         .take_while(|c| c.is_ascii_alphabetic())
         .take(12)
         .map(|c| c.to_ascii_uppercase())
-        .collect();
-    VERBS.iter().find(|v| **v == word).copied().unwrap_or(OTHER)
+        .collect()
+}
+
+/// After `SET`: the statement a `STATEMENT … FOR` clause runs, if that is what follows.
+fn set_statement_target(after_set: &str) -> Option<&str> {
+    let rest = skip_noise(after_set);
+    if first_word(rest) != "STATEMENT" {
+        return None;
+    }
+    let rest = &rest["STATEMENT".len()..];
+    let bytes = rest.as_bytes();
+    // The first whole word FOR outside quotes ends the settings.
+    let mut quote = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if matches!(b, b'\'' | b'"' | b'`') => quote = Some(b),
+            None if b.eq_ignore_ascii_case(&b'f')
+                && bytes
+                    .get(i..i + 3)
+                    .is_some_and(|w| w.eq_ignore_ascii_case(b"for"))
+                && (i == 0 || !bytes[i - 1].is_ascii_alphanumeric() && bytes[i - 1] != b'_')
+                && bytes
+                    .get(i + 3)
+                    .is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'_') =>
+            {
+                return Some(&rest[i + 3..]);
+            }
+            None => {}
+        }
+    }
+    None
 }
 
 fn skip_noise(mut s: &str) -> &str {

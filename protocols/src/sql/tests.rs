@@ -8,6 +8,25 @@ fn operation_is_the_first_keyword_uppercased() {
 }
 
 #[test]
+fn a_mariadb_set_statement_for_is_the_operation_it_runs() {
+    assert_eq!(
+        operation("SET STATEMENT max_statement_time=1 FOR SELECT SLEEP(2)"),
+        "SELECT"
+    );
+    assert_eq!(
+        operation("set statement sql_mode='NO_ENGINE_SUBSTITUTION', for_x=1 for update t set a=1"),
+        "UPDATE"
+    );
+    assert_eq!(
+        operation("SET STATEMENT note='for you' FOR DELETE FROM t"),
+        "DELETE"
+    );
+    // Not a SET STATEMENT: the SET itself.
+    assert_eq!(operation("SET autocommit=0"), "SET");
+    assert_eq!(operation("SET STATEMENT x=1"), "SET");
+}
+
+#[test]
 fn operation_outside_the_bounded_set_is_other() {
     assert_eq!(operation("frobnicate everything"), OTHER);
     assert_eq!(operation(""), OTHER);
