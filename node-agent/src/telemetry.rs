@@ -130,3 +130,12 @@ impl Telemetry {
         }
     }
 }
+
+/// What `/metrics` shows of `registry`, for tests.
+#[cfg(test)]
+pub(crate) fn scrape(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)
+        .expect("encoding to a String cannot fail");
+    text
+}

@@ -497,10 +497,9 @@ mod tests {
     }
 
     fn series(registry: &Registry, pod: &str) -> Vec<String> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
         let label = format!("pod=\"{pod}\"");
-        text.lines()
+        crate::telemetry::scrape(registry)
+            .lines()
             .filter(|l| l.starts_with("sonde_pod_") && l.contains(&label))
             .map(str::to_owned)
             .collect()

@@ -275,14 +275,8 @@ pub fn sanitize(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::encoding::text::encode;
+    use crate::telemetry::scrape;
     use std::time::Duration;
-
-    fn scrape(registry: &Registry) -> String {
-        let mut out = String::new();
-        encode(&mut out, registry).unwrap();
-        out
-    }
 
     #[test]
     fn printed_maps_become_gauges_and_disappear_with_their_script() {

@@ -296,17 +296,11 @@ impl Collector for UserCollector {
 mod tests {
     use std::time::Duration;
 
-    use prometheus_client::encoding::text::encode;
+    use crate::telemetry::scrape;
     use sonde_api::{MetricSpec, MetricType};
 
     use super::*;
     use crate::probes::retire::RETIRE_AFTER;
-
-    fn scrape(registry: &Registry) -> String {
-        let mut out = String::new();
-        encode(&mut out, registry).unwrap();
-        out
-    }
 
     #[tokio::test(start_paused = true)]
     async fn a_stopped_probes_user_metrics_go_at_once_and_its_counters_after_a_last_scrape() {

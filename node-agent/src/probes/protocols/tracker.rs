@@ -1311,19 +1311,13 @@ mod tests {
 
     /// The `http_server_request_duration_seconds_count` lines of `/metrics`.
     fn server_counts(registry: &prometheus_client::registry::Registry) -> Vec<String> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("http_server_request_duration_seconds_count{"))
-            .map(str::to_owned)
-            .collect()
+        metric_lines(registry, "http_server_request_duration_seconds_count{")
     }
 
     /// The lines of `/metrics` that start with `prefix`.
     fn metric_lines(registry: &prometheus_client::registry::Registry, prefix: &str) -> Vec<String> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
-        text.lines()
+        crate::telemetry::scrape(registry)
+            .lines()
             .filter(|l| l.starts_with(prefix))
             .map(str::to_owned)
             .collect()
