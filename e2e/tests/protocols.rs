@@ -489,9 +489,11 @@ fn a_client_that_gives_up_on_a_slow_server_is_an_error_that_took_its_wait(env: &
                 .unwrap_or_default()
                 .parse()
                 .with_context(|| format!("a sum that is no number: {sum}"))?;
-            // From the request to the server's close, which followed the client's at once.
+            // From the request to the server's close, which followed the client's: at least the
+            // client's wait, and far from the 5-minute answer timeout (no bound on this machine's
+            // speed beyond that).
             ensure!(
-                seconds >= CLIENT_TIMEOUT.as_secs_f64() * 0.9 && seconds < 5.0,
+                seconds >= CLIENT_TIMEOUT.as_secs_f64() * 0.9 && seconds < 60.0,
                 "the unanswered request took {seconds} s by Sonde, the client waited {CLIENT_TIMEOUT:?}: {sum}"
             );
             Ok(())
