@@ -182,16 +182,20 @@ impl Cluster {
     /// A kubeconfig for the agent of `node` (a Node object that exists), as the chart's DaemonSet
     /// pod there gets its identity: the agent ServiceAccount's token bound to a Pod on `node`, so
     /// the API server knows the node and the chart's admission policy lets this agent write that
-    /// node's NodeAssignment only. The Pod object stands for the DaemonSet's pod (nothing runs it).
+    /// node's NodeAssignment only. The Pod object stands for the DaemonSet's pod (nothing runs it)
+    /// and carries its selector labels, so the operator finds it among the agents.
     pub fn agent_kubeconfig(&self, node: &str) -> Result<PathBuf> {
         self.identities()?;
         let (ns, sa) = (helm::NAMESPACE, format!("{}-agent", helm::RELEASE));
         let pod = format!("{sa}-{node}");
         self.kubectl
             .apply(&format!(
-                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}}}\n\
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {pod}, namespace: {ns}, labels: {{\
+                 app.kubernetes.io/name: sonde, app.kubernetes.io/instance: {release}, \
+                 app.kubernetes.io/component: agent}}}}\n\
                  spec: {{nodeName: {node}, serviceAccountName: {sa}, \
-                 containers: [{{name: agent, image: sonde}}]}}\n"
+                 containers: [{{name: agent, image: sonde}}]}}\n",
+                release = helm::RELEASE
             ))
             .with_context(|| format!("creating the agent's Pod {ns}/{pod}"))?;
         let token = self.token_with(

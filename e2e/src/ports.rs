@@ -1,6 +1,6 @@
 //! Free loopback ports for the processes a test starts.
 use std::collections::HashSet;
-use std::net::TcpListener;
+use std::net::{IpAddr, TcpListener};
 use std::sync::Mutex;
 
 use anyhow::{Context, Result};
@@ -21,4 +21,16 @@ pub fn free_port() -> Result<u16> {
         }
     }
     anyhow::bail!("no free loopback port after 64 tries")
+}
+
+/// A port [`free_port`] hands out that is also free on each of `ips` (other loopback addresses,
+/// for servers that share one port on different addresses).
+pub fn free_port_on(ips: &[IpAddr]) -> Result<u16> {
+    for _ in 0..64 {
+        let port = free_port()?;
+        if ips.iter().all(|ip| TcpListener::bind((*ip, port)).is_ok()) {
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no port free on 127.0.0.1 and {ips:?} after 64 tries")
 }

@@ -1,5 +1,6 @@
 //! Sonde's own processes, each with its own identity: `sonde-operator` replicas and a `sonde-agent`
 //! per (fake) node, plus a standalone agent for benchmarks.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -58,7 +59,8 @@ impl Operator {
 /// A running `sonde-agent`.
 pub struct Agent {
     pub node: Option<String>,
-    /// `http://127.0.0.1:<port>`, or `https://…` with [`AgentOptions::tls_ca`].
+    /// `http://127.0.0.1:<port>` (or [`AgentOptions::listen_ip`]), or `https://…` with
+    /// [`AgentOptions::tls_ca`].
     pub url: String,
     pub port: u16,
     /// The CA its HTTPS certificate is checked against, when it serves HTTPS.
@@ -74,6 +76,11 @@ pub struct AgentOptions {
     /// With `--tls-cert-file` in `args`: the CA that issued that certificate (for 127.0.0.1); the
     /// agent is then reached over `https://127.0.0.1:<port>`, trusting this CA only.
     pub tls_ca: Option<PathBuf>,
+    /// The address it listens on (default 127.0.0.1): another loopback address lets agents of
+    /// several nodes share one port, as the DaemonSet's pods do on their pod IPs.
+    pub listen_ip: Option<IpAddr>,
+    /// The port it listens on (default: a free one).
+    pub port: Option<u16>,
 }
 
 impl Agent {
@@ -95,9 +102,16 @@ impl Agent {
         log_dir: &Path,
         options: &AgentOptions,
     ) -> Result<Agent> {
-        let port = free_port()?;
+        let port = match options.port {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        let addr = SocketAddr::new(
+            options.listen_ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            port,
+        );
         let mut cmd = Command::new(&bins.agent);
-        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        cmd.args(["--listen", &addr.to_string()])
             .args(["--node-name", node])
             .args(&options.args)
             .env("KUBECONFIG", kubeconfig)
@@ -110,7 +124,7 @@ impl Agent {
         };
         Ok(Agent {
             node: Some(node.to_owned()),
-            url: format!("{scheme}://127.0.0.1:{port}"),
+            url: format!("{scheme}://{addr}"),
             port,
             tls_ca: options.tls_ca.clone(),
             proc: Proc::spawn(&format!("agent-{node}"), cmd, log_dir)?,

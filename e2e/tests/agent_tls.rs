@@ -49,6 +49,7 @@ fn setup() -> Result<Env> {
                 format!("--tls-key-file={}", key.display()),
             ],
             tls_ca: Some(ca.clone()),
+            ..AgentOptions::default()
         },
     )?;
     Ok(Env {

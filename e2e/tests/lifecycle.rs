@@ -72,7 +72,8 @@ impl Env {
     }
 
     /// The operator Deployment's arguments in the cluster now, minus the two that
-    /// [`Operator::start_with_args`] sets for a host process (listen address, Lease namespace).
+    /// [`Operator::start_with_args`] sets for a host process (listen address, Lease namespace) and
+    /// the table-query listener (a fixed loopback port, a pod's own in a cluster).
     fn deployment_args(&self) -> Result<Vec<String>> {
         let api: Api<Deployment> = Api::namespaced(self.cluster.client.clone(), helm::NAMESPACE);
         let name = format!("{}-operator", helm::RELEASE);
@@ -86,7 +87,11 @@ impl Env {
             .args
             .unwrap_or_default()
             .into_iter()
-            .filter(|a| !a.starts_with("--metrics-listen=") && !a.starts_with("--lease-namespace="))
+            .filter(|a| {
+                !a.starts_with("--metrics-listen=")
+                    && !a.starts_with("--lease-namespace=")
+                    && !a.starts_with("--query-listen=")
+            })
             .collect())
     }
 

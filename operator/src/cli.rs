@@ -43,6 +43,28 @@ pub struct Args {
     /// The operator's own namespace (--lease-namespace) is always excluded.
     #[arg(long, value_delimiter = ',')]
     pub auto_exclude_namespaces: Option<Vec<String>>,
+    /// Serve every node's tables at /v1/tables here (asking each node's agent with the caller's
+    /// token). Unset: off. The chart binds it to the pod's loopback (reached by port-forward).
+    #[arg(long)]
+    pub query_listen: Option<SocketAddr>,
+    /// Namespace of the agent pods a table query asks.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "sonde-system")]
+    pub agent_namespace: String,
+    /// Label selector of the agent pods a table query asks.
+    #[arg(long, default_value = "app.kubernetes.io/component=agent")]
+    pub agent_selector: String,
+    /// Port the agents serve /v1/tables on.
+    #[arg(long, default_value_t = 9440)]
+    pub agent_port: u16,
+    /// The agents serve HTTPS with a certificate from this CA (PEM).
+    #[arg(long)]
+    pub agent_ca_file: Option<std::path::PathBuf>,
+    /// The name the agents' certificate is for (default: their pod IPs).
+    #[arg(long, requires = "agent_ca_file")]
+    pub agent_server_name: Option<String>,
+    /// How long one agent may take to answer a table query.
+    #[arg(long, default_value_t = 10)]
+    pub agent_timeout_seconds: u64,
 }
 
 /// What to do instead of running the controllers.
@@ -87,6 +109,29 @@ impl Args {
             self.auto_exclude_namespaces.as_deref(),
             &self.lease_namespace,
         )
+    }
+
+    /// How a table query finds and reaches the agents; fails if the CA file cannot be read.
+    pub fn agents(&self) -> anyhow::Result<crate::query::AgentsConfig> {
+        let tls = match &self.agent_ca_file {
+            None => None,
+            Some(path) => Some(crate::query::AgentTls {
+                ca_pem: std::fs::read(path).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--agent-ca-file {}: cannot read it: {e}; mount the agents' CA there (the chart does, from agent.tls.secretName)",
+                        path.display()
+                    )
+                })?,
+                server_name: self.agent_server_name.clone(),
+            }),
+        };
+        Ok(crate::query::AgentsConfig {
+            namespace: self.agent_namespace.clone(),
+            selector: self.agent_selector.clone(),
+            port: self.agent_port,
+            tls,
+            timeout: std::time::Duration::from_secs(self.agent_timeout_seconds.max(1)),
+        })
     }
 
     pub fn identity(&self) -> String {

@@ -13,6 +13,7 @@ mod fixtures;
 mod http;
 mod leader;
 mod metrics;
+mod query;
 mod reconcile;
 mod resources;
 mod status;
@@ -54,6 +55,14 @@ async fn main() -> anyhow::Result<()> {
     let client = kube::Client::try_default().await.context(
         "cannot reach the Kubernetes API: set KUBECONFIG or run in a pod with a service account",
     )?;
+    // Table queries are served by every replica, leading or not.
+    let query = match args.query_listen {
+        Some(addr) => {
+            let agents = args.agents()?;
+            tokio::spawn(query::serve(addr, client.clone(), agents, metrics.clone()))
+        }
+        None => tokio::spawn(std::future::pending()),
+    };
     let identity = args.identity();
     let auto_telemetry = args.auto_telemetry();
     for feature in auto_telemetry.features() {
@@ -116,6 +125,10 @@ async fn main() -> anyhow::Result<()> {
         }
         served = http => {
             let served = served.context("HTTP server task failed")?;
+            served?;
+        }
+        served = query => {
+            let served = served.context("table-query server task failed")?;
             served?;
         }
     }

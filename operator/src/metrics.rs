@@ -24,6 +24,12 @@ pub struct FeatureLabels {
     pub feature: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    /// `complete` (every node answered), `partial` (some did not), `failed` (none did).
+    pub outcome: &'static str,
+}
+
 /// Kind label of the assignment pass (all NodeAssignments at once).
 pub const ASSIGNMENT_KIND: &str = "NodeAssignment";
 
@@ -37,6 +43,8 @@ pub struct Metrics {
     applies: Counter,
     leader: Gauge,
     auto_targets: Family<FeatureLabels, Gauge>,
+    queries: Family<QueryLabels, Counter>,
+    query_node_failures: Counter,
 }
 
 fn duration_histogram() -> Histogram {
@@ -55,6 +63,8 @@ impl Metrics {
         let applies = Counter::default();
         let leader = Gauge::default();
         let auto_targets = Family::<FeatureLabels, Gauge>::default();
+        let queries = Family::<QueryLabels, Counter>::default();
+        let query_node_failures = Counter::default();
         // prometheus-client appends `_total` to counters.
         registry.register(
             "sonde_operator_reconciles",
@@ -86,6 +96,16 @@ impl Metrics {
             "Containers targeted by a cluster-wide auto-telemetry feature on all nodes",
             auto_targets.clone(),
         );
+        registry.register(
+            "sonde_operator_table_queries",
+            "Queries of every node's tables, by whether every node, some or none answered",
+            queries.clone(),
+        );
+        registry.register(
+            "sonde_operator_table_query_node_failures",
+            "Nodes whose agent did not answer a query of every node's tables (named in its Sonde-Failed-Nodes header)",
+            query_node_failures.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -94,7 +114,15 @@ impl Metrics {
             applies,
             leader,
             auto_targets,
+            queries,
+            query_node_failures,
         }
+    }
+
+    /// A query of every node's tables answered, `failed_nodes` of them without their agent.
+    pub fn queried(&self, outcome: &'static str, failed_nodes: usize) {
+        self.queries.get_or_create(&QueryLabels { outcome }).inc();
+        self.query_node_failures.inc_by(failed_nodes as u64);
     }
 
     pub fn reconciled(&self, kind: &'static str, took: Duration) {
@@ -157,6 +185,7 @@ mod tests {
         m.set_leader(true);
         assert_eq!(m.set_auto_telemetry_targets("protocols", 3), None);
         assert_eq!(m.set_auto_telemetry_targets("protocols", 4), Some(3));
+        m.queried("partial", 2);
         let text = m.encode().unwrap();
         for want in [
             "sonde_operator_reconciles_total{kind=\"Tracepoint\"} 1",
@@ -165,6 +194,8 @@ mod tests {
             "sonde_operator_assignment_applies_total 1",
             "sonde_operator_leader 1",
             "sonde_operator_auto_telemetry_targets{feature=\"protocols\"} 4",
+            "sonde_operator_table_queries_total{outcome=\"partial\"} 1",
+            "sonde_operator_table_query_node_failures_total 2",
         ] {
             assert!(text.contains(want), "missing `{want}` in:\n{text}");
         }

@@ -1,0 +1,138 @@
+//! The agents a query asks: the pods of the agent DaemonSet (found by label in the release
+//! namespace), one per node, reached at their pod IP.
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+
+use super::QueryError;
+
+/// How the agents are found and reached.
+#[derive(Clone, Debug)]
+pub struct AgentsConfig {
+    pub namespace: String,
+    /// Label selector of the agent pods.
+    pub selector: String,
+    pub port: u16,
+    /// Set when the agents serve HTTPS.
+    pub tls: Option<AgentTls>,
+    /// How long one agent may take to answer.
+    pub timeout: Duration,
+}
+
+/// What verifies the agents' certificate.
+#[derive(Clone, Debug)]
+pub struct AgentTls {
+    /// PEM certificates of the CA that issued it.
+    pub ca_pem: Vec<u8>,
+    /// The name the certificate is for (the chart's `<release>-agent.<namespace>.svc`); unset, the
+    /// pod IP must be in it.
+    pub server_name: Option<String>,
+}
+
+/// One node's agent.
+#[derive(Debug)]
+pub struct Agent {
+    pub node: String,
+    /// `http(s)://host:port`, without a path.
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+/// The agents of the nodes in `nodes` (all when empty), and the nodes whose agent cannot be
+/// asked, with why.
+pub async fn find(
+    kube: &kube::Client,
+    config: &AgentsConfig,
+    nodes: &[String],
+) -> Result<(Vec<Agent>, Vec<(String, String)>), QueryError> {
+    let pods: Api<Pod> = Api::namespaced(kube.clone(), &config.namespace);
+    let listed = pods
+        .list(&ListParams::default().labels(&config.selector))
+        .await
+        .map_err(|source| QueryError::ListAgents {
+            namespace: config.namespace.clone(),
+            selector: config.selector.clone(),
+            source,
+        })?;
+    // One pod per node: a running one with an IP before others (a DaemonSet being rolled has two).
+    let mut by_node: BTreeMap<String, Result<IpAddr, String>> = BTreeMap::new();
+    for pod in listed.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+            continue;
+        };
+        if pod.metadata.deletion_timestamp.is_some()
+            || (!nodes.is_empty() && !nodes.contains(&node))
+        {
+            continue;
+        }
+        let status = pod.status.unwrap_or_default();
+        let ip = match status.pod_ip.as_deref().map(str::parse::<IpAddr>) {
+            Some(Ok(ip)) => Ok(ip),
+            Some(Err(_)) | None => Err(format!("agent pod {name} has no IP yet")),
+        };
+        let running = status.phase.as_deref() == Some("Running");
+        match by_node.get(&node) {
+            Some(Ok(_)) if !running => {}
+            _ => {
+                by_node.insert(node, ip);
+            }
+        }
+    }
+    let mut agents = Vec::new();
+    let mut failed = Vec::new();
+    for node in nodes {
+        if !by_node.contains_key(node) {
+            failed.push((
+                node.clone(),
+                format!("no agent pod (selector {}) on this node", config.selector),
+            ));
+        }
+    }
+    for (node, ip) in by_node {
+        match ip.and_then(|ip| agent(config, &node, ip)) {
+            Ok(agent) => agents.push(agent),
+            Err(why) => failed.push((node, why)),
+        }
+    }
+    Ok((agents, failed))
+}
+
+fn agent(config: &AgentsConfig, node: &str, ip: IpAddr) -> Result<Agent, String> {
+    let addr = SocketAddr::new(ip, config.port);
+    let builder = reqwest::Client::builder()
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout)
+        .no_proxy();
+    let (builder, base) = match &config.tls {
+        None => (builder, format!("http://{addr}")),
+        Some(tls) => {
+            let mut builder = builder.use_rustls_tls().tls_built_in_root_certs(false);
+            let cas = reqwest::Certificate::from_pem_bundle(&tls.ca_pem)
+                .map_err(|e| format!("the agents' CA is no PEM certificate: {e}"))?;
+            for ca in cas {
+                builder = builder.add_root_certificate(ca);
+            }
+            match &tls.server_name {
+                // The certificate names the agents' Service: asked by that name, connected to
+                // this pod.
+                Some(name) => (
+                    builder.resolve(name, addr),
+                    format!("https://{name}:{}", config.port),
+                ),
+                None => (builder, format!("https://{addr}")),
+            }
+        }
+    };
+    let client = builder
+        .build()
+        .map_err(|e| format!("cannot make an HTTP client for the agent at {addr}: {e}"))?;
+    Ok(Agent {
+        node: node.to_owned(),
+        base,
+        client,
+    })
+}
