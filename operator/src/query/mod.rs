@@ -36,8 +36,10 @@ const DEFAULT_LIMIT: usize = 1000;
 /// Agents asked at once.
 const CONCURRENCY: usize = 16;
 /// The agents' answers to one query held at once, at most: the operator's memory is bounded
-/// whatever `limit` and however many nodes (its controllers live in the same process).
-const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// whatever `limit` and however many nodes (its controllers live in the same process, under the
+/// chart's 256 MiB limit). A query peaks at about twice this: the answers and the rows taken from
+/// them, then the rows and the merged answer.
+const MAX_ANSWER_BYTES: usize = 32 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -463,4 +465,53 @@ fn urlencoding(name: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(status: u16, body: &'static str) -> reqwest::Response {
+        let response = axum::http::Response::builder()
+            .status(status)
+            .body(body)
+            .expect("a response");
+        reqwest::Response::from(response)
+    }
+
+    #[tokio::test]
+    async fn answers_beyond_what_one_query_may_hold_are_refused_with_what_to_ask() {
+        let held = AtomicUsize::new(0);
+        let (status, body) = read(response(200, "{\"time_\":1}\n"), &held)
+            .await
+            .expect("within the bound");
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, &b"{\"time_\":1}\n"[..])
+        );
+        assert_eq!(held.load(Ordering::Relaxed), body.len());
+        let held = AtomicUsize::new(MAX_ANSWER_BYTES - 4);
+        let refused = read(response(200, "{\"time_\":1}\n"), &held)
+            .await
+            .expect_err("beyond the bound");
+        assert!(refused.contains("fewer rows"), "{refused}");
+    }
+
+    #[test]
+    fn an_agents_refusal_is_told_by_its_error_field() {
+        assert_eq!(
+            refusal(
+                StatusCode::FORBIDDEN,
+                b"{\"error\":\"user x may not read tables\"}"
+            ),
+            "403 Forbidden: user x may not read tables"
+        );
+        assert_eq!(
+            refusal(StatusCode::BAD_GATEWAY, b" upstream gone\n"),
+            "502 Bad Gateway: upstream gone"
+        );
+        let mut headers = HeaderMap::new();
+        put(&mut headers, "sonde-failed-nodes", "nöde-b (refused\n)");
+        assert_eq!(headers["sonde-failed-nodes"], "n?de-b (refused?)");
+    }
 }
