@@ -4,12 +4,15 @@
 //! (patched into the Pods' status as a kubelet would) and answers `/v1/tables` and
 //! `/v1/tables/http_events` with the rows of both, merged oldest first, in every format; the
 //! agents' own refusals reach the caller, `?namespace=` and `?node=` are passed on, and a stopped
-//! agent is named in `Sonde-Failed-Nodes` while the other's rows still come.
+//! agent is named in `Sonde-Failed-Nodes` while the other's rows still come. A profiler Tracepoint
+//! over a CPU-bound pod per node (busy-a, busy-b) makes the operator's `/v1/profiles/pprof` and
+//! `/v1/profiles/flamegraph.svg` one profile of both nodes' samples.
 //!
 //! Needs what `protocols` needs (root, etcd, kube-apiserver, helm from `scripts/setup e2e`, nginx
-//! and curl from `scripts/setup peers`) and the loopback addresses 127.0.0.2 and 127.0.0.3 (all of
-//! 127/8 answers on Linux).
+//! and curl from `scripts/setup peers`), cc, and the loopback addresses 127.0.0.2 and 127.0.0.3
+//! (all of 127/8 answers on Linux).
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,6 +20,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
+use prost::Message;
 use serde_json::Value;
 use sonde_api::{ProbeState, Tracepoint};
 use sonde_e2e::cluster::{Cluster, Install, TEST_NAMESPACE};
@@ -27,6 +31,7 @@ use sonde_e2e::sonde::{Agent, AgentOptions, Operator};
 use sonde_e2e::suite::{self, Environment, Scenario};
 use sonde_e2e::wait::{self, CONVERGE};
 use sonde_e2e::{helm, observe, peers, ports, tools};
+use sonde_profile::pprof::Profile;
 
 /// The fake nodes, each with its agent's address (its "pod IP").
 const NODES: [(&str, Ipv4Addr); 2] = [
@@ -37,6 +42,10 @@ const PROBE_ID: &str = "Tracepoint/sonde-e2e/web-http";
 /// Requests sent to each node's nginx, at `/<node>/<i>`.
 const REQUESTS: usize = 3;
 const TABLE: &str = "http_events";
+const PROFILER_ID: &str = "Tracepoint/sonde-e2e/cpu";
+/// The window of every profile asked for: longer than the whole test, so no sample leaves it
+/// between two reads and a later read holds at least the samples of an earlier one.
+const PROFILE_SECONDS: u64 = 3600;
 
 const TRACEPOINT: &str = "apiVersion: sonde.dev/v1alpha1
 kind: Tracepoint
@@ -50,6 +59,20 @@ spec:
     protocols: [http]
 ";
 
+/// As profiler.rs's, over the busy pods only (the nginx pods are `app: web`).
+const PROFILER: &str = "apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata:
+  name: cpu
+  namespace: sonde-e2e
+spec:
+  selector:
+    matchLabels: {app: busy}
+  probe:
+    profiler:
+      frequencyHz: 99
+";
+
 struct Env {
     // Drop order = field order: Sonde's processes, then the fake pods, then the control plane,
     // then the runtime and the directory.
@@ -61,6 +84,8 @@ struct Env {
     nodes: BTreeMap<String, (String, u16)>,
     /// `http://127.0.0.1:<--query-listen port>`.
     query_url: String,
+    /// The CPU-bound fixture the busy pods run.
+    hot: PathBuf,
     logs: PathBuf,
     rt: tokio::runtime::Runtime,
     dir: tempfile::TempDir,
@@ -84,6 +109,7 @@ fn setup() -> Result<Env> {
     let nginx = peers::nginx()?;
     let rt = tokio::runtime::Runtime::new()?;
     let dir = suite::work_dir("sonde-e2e-cluster-query-")?;
+    let hot = peers::compile_hot(dir.path())?;
     let logs = dir.path().join("logs");
     let cluster = rt.block_on(Cluster::start(dir.path(), Install { rbac: true }))?;
     let ips: Vec<IpAddr> = NODES.iter().map(|(_, ip)| IpAddr::V4(*ip)).collect();
@@ -96,6 +122,7 @@ fn setup() -> Result<Env> {
         cluster,
         nodes: BTreeMap::new(),
         query_url,
+        hot,
         logs,
         rt,
         dir,
@@ -192,6 +219,8 @@ fn start_agent(
         node,
         &env.logs,
         &AgentOptions {
+            // Samples become stack_traces rows each second, not each 10 s.
+            args: vec!["--profiler-period=1s".to_owned()],
             listen_ip: Some(IpAddr::V4(ip)),
             port: Some(port),
             ..AgentOptions::default()
@@ -262,7 +291,9 @@ struct Answer {
     nodes: Option<String>,
     failed: Option<String>,
     content_type: Option<String>,
+    /// The body as text (a note of its size when it is not UTF-8).
     body: String,
+    bytes: Vec<u8>,
 }
 
 impl std::fmt::Display for Answer {
@@ -281,13 +312,26 @@ impl Answer {
     fn rows(&self) -> Result<Vec<Value>> {
         serde_json::from_str(&self.body).with_context(|| format!("no JSON array of rows: {self}"))
     }
+
+    /// The body as a gzip'd pprof profile.
+    fn profile(&self) -> Result<Profile> {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(self.bytes.as_slice())
+            .read_to_end(&mut raw)
+            .with_context(|| format!("no gzip'd body: {self}"))?;
+        Profile::decode(raw.as_slice()).with_context(|| format!("no pprof profile: {self}"))
+    }
 }
 
 /// GET `path` on the operator's query listener with `token` (none: no Authorization header).
 fn query(env: &Env, path: &str, token: Option<&str>) -> Result<Answer> {
-    let url = format!("{}{path}", env.query_url);
+    get(env, &format!("{}{path}", env.query_url), token)
+}
+
+/// GET `url` with `token` (none: no Authorization header).
+fn get(env: &Env, url: &str, token: Option<&str>) -> Result<Answer> {
     env.rt.block_on(async {
-        let mut req = reqwest::Client::new().get(&url);
+        let mut req = reqwest::Client::new().get(url);
         if let Some(token) = token {
             req = req.bearer_auth(token);
         }
@@ -303,13 +347,17 @@ fn query(env: &Env, path: &str, token: Option<&str>) -> Result<Answer> {
             header("content-type"),
         );
         let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        let body = String::from_utf8(bytes.clone())
+            .unwrap_or_else(|_| format!("<{} bytes, not UTF-8>", bytes.len()));
         Ok(Answer {
-            url: url.clone(),
+            url: url.to_owned(),
             status,
             nodes,
             failed,
             content_type,
-            body: resp.text().await.unwrap_or_default(),
+            body,
+            bytes,
         })
     })
 }
@@ -600,6 +648,258 @@ fn node_asks_only_that_nodes_agent_and_a_table_no_node_has_is_not_found(env: &En
     Ok(())
 }
 
+/// The busy pod of `node`: busy-a on node-a, busy-b on node-b.
+fn busy_pod(node: &str) -> String {
+    format!("busy-{}", node.trim_start_matches("node-"))
+}
+
+/// Starts each node's busy pod, applies the profiler Tracepoint and waits until each agent's own
+/// `stack_traces` has `hot_three` rows of its node's busy pod. The pods come back to be stopped
+/// once read: each busy loop would take a core of the machine until the end of the test.
+fn profile_busy_pods(env: &Env) -> Result<Vec<FakePod>> {
+    let cluster = &env.cluster;
+    let mut pods = Vec::new();
+    for (node, _) in NODES {
+        let spec = PodSpec {
+            namespace: TEST_NAMESPACE.into(),
+            name: busy_pod(node),
+            node: node.into(),
+            labels: BTreeMap::from([("app".to_string(), "busy".to_string())]),
+            container: "app".into(),
+            // Sampled whenever it runs; at the lowest priority it leaves the cores to the
+            // agents, the operator and the API server.
+            command: vec![
+                "nice".into(),
+                "-n19".into(),
+                env.hot.to_string_lossy().into_owned(),
+            ],
+        };
+        pods.push(
+            env.rt
+                .block_on(FakePod::start(&cluster.client, &spec, &env.logs))?,
+        );
+    }
+    cluster.kubectl.apply(PROFILER)?;
+    let api = kube::Api::<Tracepoint>::namespaced(cluster.client.clone(), TEST_NAMESPACE);
+    env.rt.block_on(observe::wait_condition(
+        &api, "cpu", "Ready", "True", CONVERGE,
+    ))?;
+    for (node, _) in NODES {
+        env.rt.block_on(observe::wait_probe_state(
+            &cluster.client,
+            node,
+            PROFILER_ID,
+            ProbeState::Attached,
+            CONVERGE,
+        ))?;
+    }
+    let token = reader_token(env)?;
+    for (node, (url, _)) in &env.nodes {
+        let pod = busy_pod(node);
+        env.rt.block_on(wait::until_ok(
+            &format!("hot_three rows of {pod} in {node}'s stack_traces"),
+            CONVERGE,
+            || async {
+                let rows = expect::table_rows(url, &token, "stack_traces").await?;
+                let hot = rows
+                    .iter()
+                    .filter(|r| r["pod"] == pod.as_str() && r["namespace"] == TEST_NAMESPACE)
+                    .filter(|r| {
+                        r["stack_trace"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains(";hot_three (hot.c:")
+                    })
+                    .count();
+                ensure!(
+                    hot > 0,
+                    "no hot_three rows of {pod} yet ({} rows)",
+                    rows.len()
+                );
+                Ok(())
+            },
+        ))?;
+    }
+    Ok(pods)
+}
+
+/// String `i` of `profile`'s string table.
+fn string(profile: &Profile, i: i64) -> Option<&str> {
+    let i = usize::try_from(i).ok()?;
+    profile.string_table.get(i).map(String::as_str)
+}
+
+/// The samples (the first value, `samples/count`) of `profile` by their `pod` label.
+fn samples_by_pod(profile: &Profile) -> Result<BTreeMap<String, i64>> {
+    let first = profile
+        .sample_type
+        .first()
+        .map(|t| string(profile, t.r#type));
+    ensure!(
+        first == Some(Some("samples")),
+        "the first value of a sample should be samples/count, not {first:?}"
+    );
+    let mut by_pod = BTreeMap::new();
+    for sample in &profile.sample {
+        let pod = sample
+            .label
+            .iter()
+            .find(|l| string(profile, l.key) == Some("pod"))
+            .and_then(|l| string(profile, l.str))
+            .unwrap_or_default();
+        let count = sample
+            .value
+            .first()
+            .with_context(|| format!("a sample without values: {sample:?}"))?;
+        *by_pod.entry(pod.to_owned()).or_insert(0) += count;
+    }
+    Ok(by_pod)
+}
+
+/// The names of `profile`'s functions.
+fn functions(profile: &Profile) -> BTreeSet<&str> {
+    profile
+        .function
+        .iter()
+        .filter_map(|f| string(profile, f.name))
+        .collect()
+}
+
+/// The samples by pod of both agents' own profiles of the test namespace.
+fn own_samples(env: &Env, scope: &str, token: &str) -> Result<BTreeMap<String, i64>> {
+    let mut by_pod = BTreeMap::new();
+    for (url, _) in env.nodes.values() {
+        let answer = get(
+            env,
+            &format!("{url}/v1/profiles/pprof?{scope}"),
+            Some(token),
+        )?;
+        ensure!(answer.status == 200, "{answer}");
+        for (pod, count) in samples_by_pod(&answer.profile()?)? {
+            *by_pod.entry(pod).or_insert(0) += count;
+        }
+    }
+    Ok(by_pod)
+}
+
+fn one_cpu_profile_holds_the_samples_of_every_node_and_node_narrows_it(env: &Env) -> Result<()> {
+    let busy = profile_busy_pods(env)?;
+    let token = reader_token(env)?;
+    let scope = format!("seconds={PROFILE_SECONDS}&namespace={TEST_NAMESPACE}");
+    let both = Some("node-a,node-b");
+
+    let answer = query(
+        env,
+        &format!("/v1/profiles/flamegraph.svg?{scope}"),
+        Some(&token),
+    )?;
+    ensure!(
+        answer.status == 200
+            && answer.content_type.as_deref() == Some("image/svg+xml")
+            && answer.nodes.as_deref() == both
+            && answer.failed.is_none(),
+        "an SVG of node-a and node-b with no failed node: {answer}"
+    );
+    ensure!(
+        answer.body.contains("hot_three") && answer.body.contains("CPU on every node"),
+        "the flame graph should show hot_three under a title of every node: {answer}"
+    );
+
+    // Samples are only added (the window outlasts the test): each pod's samples in the
+    // operator's profile are at least what its agent had before and at most what it has after.
+    let before = own_samples(env, &scope, &token)?;
+    let answer = query(env, &format!("/v1/profiles/pprof?{scope}"), Some(&token))?;
+    let after = own_samples(env, &scope, &token)?;
+    ensure!(
+        answer.status == 200 && answer.nodes.as_deref() == both && answer.failed.is_none(),
+        "{answer}"
+    );
+    let profile = answer.profile()?;
+    let merged = samples_by_pod(&profile)?;
+    let pods: Vec<String> = NODES.iter().map(|(node, _)| busy_pod(node)).collect();
+    ensure!(
+        merged.keys().eq(&pods) && before.keys().eq(&pods),
+        "the samples of {pods:?} should be in the operator's profile ({merged:?}) as in the agents' ({before:?})"
+    );
+    for pod in &pods {
+        let (low, high) = (before[pod], after[pod]);
+        ensure!(
+            low > 0 && (low..=high).contains(&merged[pod]),
+            "{pod}: {} samples through the operator, its agent had {low} before and {high} after",
+            merged[pod]
+        );
+    }
+    ensure!(
+        functions(&profile).contains("hot_three"),
+        "no hot_three function in the operator's profile: {:?}",
+        functions(&profile)
+    );
+
+    // pod= narrows on every node: busy-b's samples alone, from node-b.
+    let answer = query(
+        env,
+        &format!("/v1/profiles/pprof?{scope}&pod=busy-b"),
+        Some(&token),
+    )?;
+    ensure!(
+        answer.status == 200 && answer.nodes.as_deref() == both,
+        "{answer}"
+    );
+    let profile = answer.profile()?;
+    let by_pod = samples_by_pod(&profile)?;
+    ensure!(
+        by_pod.keys().eq(["busy-b"])
+            && by_pod["busy-b"] >= before["busy-b"]
+            && functions(&profile).contains("hot_three"),
+        "pod=busy-b should be busy-b's hot_three samples, at least {} of them: {by_pod:?}",
+        before["busy-b"]
+    );
+
+    // node= asks that node's agent only: busy-b does not run on node-a.
+    let answer = query(
+        env,
+        &format!("/v1/profiles/pprof?{scope}&pod=busy-b&node=node-a"),
+        Some(&token),
+    )?;
+    ensure!(
+        answer.status == 200
+            && answer.nodes.as_deref() == Some("node-a")
+            && answer.failed.is_none(),
+        "{answer}"
+    );
+    let profile = answer.profile()?;
+    ensure!(
+        profile.sample.is_empty(),
+        "node-a has no sample of busy-b: {:?}",
+        samples_by_pod(&profile)?
+    );
+    let answer = query(
+        env,
+        &format!("/v1/profiles/flamegraph.svg?{scope}&node=node-b"),
+        Some(&token),
+    )?;
+    ensure!(
+        answer.status == 200
+            && answer.nodes.as_deref() == Some("node-b")
+            && answer.body.contains("CPU on node-b")
+            && answer.body.contains("hot_three"),
+        "node-b's flame graph, titled with its name: {answer}"
+    );
+
+    for kind in ["pprof", "flamegraph.svg"] {
+        let answer = query(env, &format!("/v1/profiles/{kind}?{scope}"), None)?;
+        ensure!(
+            answer.status == 401 && answer.body.contains("Authorization: Bearer"),
+            "without a token the agents' 401 should come: {answer}"
+        );
+    }
+    // Their rows stay; their busy loops need not.
+    for pod in busy {
+        env.rt.block_on(pod.delete(&env.cluster.client))?;
+    }
+    Ok(())
+}
+
 fn with_one_agent_stopped_the_others_rows_come_and_it_is_named_failed(env: &Env) -> Result<()> {
     let token = reader_token(env)?;
     let own = agent_rows(env, "node-a")?;
@@ -644,6 +944,10 @@ fn main() -> ExitCode {
             Scenario::new(
                 "node_asks_only_that_nodes_agent_and_a_table_no_node_has_is_not_found",
                 node_asks_only_that_nodes_agent_and_a_table_no_node_has_is_not_found,
+            ),
+            Scenario::new(
+                "one_cpu_profile_holds_the_samples_of_every_node_and_node_narrows_it",
+                one_cpu_profile_holds_the_samples_of_every_node_and_node_narrows_it,
             ),
             // Last: it stops node-b's agent.
             Scenario::new(

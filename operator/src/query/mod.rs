@@ -1,7 +1,8 @@
 //! Every node's tables in one query: `/v1/tables` and `/v1/tables/{name}` on the operator ask the
 //! agent of every node (or of `?node=a,b`) and merge the answers — rows from all nodes, the newest
 //! `limit` of them oldest first, in the format asked; the table list with counts summed and the
-//! nodes that have each table. Each agent answers only what it answers its callers: the caller's
+//! nodes that have each table. `/v1/profiles/pprof` and `/v1/profiles/flamegraph.svg` make one CPU
+//! profile of every node's `stack_traces` rows ([`profiles`]). Each agent answers only what it answers its callers: the caller's
 //! `Authorization` header goes with every request, so the agents' checks (a token allowed to get
 //! `tables.sonde.dev`, cluster-wide or in `?namespace=`) decide here too, and this listener holds
 //! no rights to data of its own.
@@ -11,6 +12,7 @@
 //! passed on (a 401 or 403 says what to bind), else a 502 names every node's failure.
 mod agents;
 mod merge;
+mod profiles;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -78,6 +80,8 @@ pub fn router(kube: kube::Client, agents: AgentsConfig, metrics: Arc<Metrics>) -
     Router::new()
         .route("/v1/tables", get(tables))
         .route("/v1/tables/{name}", get(table))
+        .route("/v1/profiles/pprof", get(profiles::pprof))
+        .route("/v1/profiles/flamegraph.svg", get(profiles::flamegraph_svg))
         .with_state(Arc::new(Shared {
             kube,
             agents,

@@ -16,11 +16,10 @@
 //! Contract used by the probe manager: `ProfilerShared::new(&mut Registry)`,
 //! `ProfilerProbe::{start, status, update, stop}`.
 pub mod engine;
-pub mod flamegraph;
+pub use sonde_profile::{flamegraph, pprof};
 pub mod kernel;
 pub mod maps;
 mod metrics;
-pub mod pprof;
 pub mod selection;
 pub mod symbolize;
 
@@ -44,8 +43,7 @@ use crate::targets::TargetProcess;
 pub const TABLE: &str = "stack_traces";
 /// How often samples are drained, symbolized and written, unless configured otherwise.
 pub const DEFAULT_PERIOD: Duration = Duration::from_secs(10);
-/// Sampling frequency when the spec has none.
-pub const DEFAULT_FREQUENCY_HZ: u32 = 99;
+pub use sonde_profile::query::DEFAULT_FREQUENCY_HZ;
 
 /// The columns of [`TABLE`] after the target columns.
 pub fn columns() -> Vec<Column> {

@@ -20,8 +20,7 @@ use blazesym::symbolize::{CodeInfo, Input, Sym, Symbolized, Symbolizer as Blaze}
 
 use super::maps::{Mapping, ProcessMaps};
 
-/// Prefix of kernel frames.
-pub const KERNEL_PREFIX: &str = "[k] ";
+pub use sonde_profile::frames::{KERNEL_PREFIX, function_name};
 /// Root frame added to user stacks whose walk stopped before a thread entry point: frame pointers
 /// are missing somewhere on the stack (unwinding without them is not implemented yet).
 pub const TRUNCATED_FRAME: &str = "[truncated: no frame pointers]";
@@ -309,25 +308,9 @@ fn frame(name: &str, info: Option<&CodeInfo<'_>>) -> String {
     }
 }
 
-/// The function of a frame: `main (hot.c:12)` → `main`.
-pub fn function_name(frame: &str) -> &str {
-    match frame.find(" (") {
-        Some(i) if frame.ends_with(')') => &frame[..i],
-        _ => frame,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn function_names_drop_the_source_location() {
-        assert_eq!(function_name("main (hot.c:12)"), "main");
-        assert_eq!(function_name("main"), "main");
-        assert_eq!(function_name("libc.so.6+0x1234"), "libc.so.6+0x1234");
-        assert_eq!(function_name("[k] do_syscall_64"), "[k] do_syscall_64");
-    }
 
     #[test]
     fn this_process_symbolizes_its_own_functions_and_the_kernel() {

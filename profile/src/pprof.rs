@@ -11,7 +11,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use prost::Message;
 
-use super::symbolize::KERNEL_PREFIX;
+use crate::frames::KERNEL_PREFIX;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Profile {

@@ -2,8 +2,8 @@
 //! (source lines dropped) so a hot function is one box, not one per line.
 use std::collections::BTreeMap;
 
-use super::pprof::StackRow;
-use super::symbolize::function_name;
+use crate::frames::function_name;
+use crate::pprof::StackRow;
 
 /// Folded lines (`root;…;leaf count`), one per distinct function stack, sorted.
 pub fn folded(rows: &[StackRow]) -> Vec<String> {
