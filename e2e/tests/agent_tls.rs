@@ -101,6 +101,22 @@ fn the_agent_serves_its_api_over_https_only(env: &Env) -> Result<()> {
             "plain HTTP was answered: {:?}",
             answer.map(|r| r.status())
         );
+        // ... and counted (the handshake ends when the plain request is refused).
+        let metrics = env.node.metrics_token()?;
+        wait::until_ok("the failed handshake counted", CONVERGE, || async {
+            let (code, text) = get(env, "/metrics", Some(&metrics)).await?;
+            ensure!(code == 200, "GET /metrics: {code} {text}");
+            let failures = text
+                .lines()
+                .find_map(|l| l.strip_prefix("sonde_http_tls_handshake_failures_total "))
+                .and_then(|v| v.trim().parse::<f64>().ok());
+            ensure!(
+                failures.is_some_and(|n| n >= 1.0),
+                "sonde_http_tls_handshake_failures_total after a plain-HTTP request: {failures:?}"
+            );
+            Ok(())
+        })
+        .await?;
         Ok(())
     })
 }

@@ -314,7 +314,8 @@ async fn run(cli: Cli) -> Result<(), StartError> {
     let http_task = tokio::spawn({
         let stop = stop_http.clone();
         async move {
-            if let Err(e) = http::serve(listener, tls, http::router(state), async move {
+            let failures = state.telemetry.tls_handshake_failures.clone();
+            if let Err(e) = http::serve(listener, tls, failures, http::router(state), async move {
                 stop.cancelled().await
             })
             .await

@@ -53,6 +53,8 @@ pub struct Telemetry {
     pub http_requests: Family<HttpLabels, Counter>,
     pub status_writes: Family<ResultLabels, Counter>,
     pub manifest_errors: Counter,
+    /// Connections to the HTTPS listener dropped before their TLS handshake finished.
+    pub tls_handshake_failures: Counter,
 }
 
 impl Telemetry {
@@ -107,6 +109,11 @@ impl Telemetry {
             "sonde_manifest_errors",
             "Problems found in --manifests files",
             t.manifest_errors.clone(),
+        );
+        registry.register(
+            "sonde_http_tls_handshake_failures",
+            "Connections to the agent's HTTPS listener dropped before their TLS handshake finished: plain-HTTP clients, clients that do not trust its CA, handshakes not done within 10 s",
+            t.tls_handshake_failures.clone(),
         );
         t
     }

@@ -131,18 +131,23 @@ async fn count_requests(State(state): State<Shared>, req: Request, next: Next) -
     response
 }
 
-/// Serves `router` on `listener` until `shutdown` completes: over TLS with `tls`, else plain HTTP.
+/// Serves `router` on `listener` until `shutdown` completes: over TLS with `tls` (failed
+/// handshakes counted in `handshake_failures`), else plain HTTP.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
+    handshake_failures: prometheus_client::metrics::counter::Counter,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     match tls {
         Some(config) => {
-            axum::serve(tls::TlsListener::new(listener, config), router)
-                .with_graceful_shutdown(shutdown)
-                .await
+            axum::serve(
+                tls::TlsListener::new(listener, config, handshake_failures),
+                router,
+            )
+            .with_graceful_shutdown(shutdown)
+            .await
         }
         None => {
             axum::serve(listener, router)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use prometheus_client::metrics::counter::Counter;
 use rustls::ServerConfig;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::{self, PemObject};
@@ -196,14 +197,17 @@ pub struct TlsListener {
     tcp: TcpListener,
     acceptor: TlsAcceptor,
     handshakes: JoinSet<io::Result<(TlsStream<TcpStream>, SocketAddr)>>,
+    /// Handshakes that failed or timed out.
+    failures: Counter,
 }
 
 impl TlsListener {
-    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>) -> Self {
+    pub fn new(tcp: TcpListener, config: Arc<ServerConfig>, failures: Counter) -> Self {
         TlsListener {
             tcp,
             acceptor: TlsAcceptor::from(config),
             handshakes: JoinSet::new(),
+            failures,
         }
     }
 }
@@ -231,8 +235,12 @@ impl axum::serve::Listener for TlsListener {
             tokio::select! {
                 Some(done) = self.handshakes.join_next() => match done {
                     Ok(Ok(connection)) => return connection,
-                    // A plain-HTTP client, a scanner, or a client that does not trust our CA.
-                    Ok(Err(e)) => debug!("TLS handshake failed: {e}"),
+                    // A plain-HTTP client, a scanner, or a client that does not trust our CA:
+                    // counted, logged at debug only (anyone reaching the port can make them).
+                    Ok(Err(e)) => {
+                        self.failures.inc();
+                        debug!("TLS handshake failed: {e}");
+                    }
                     Err(e) => error!("a TLS handshake task failed: {e}"),
                 },
                 accepted = self.tcp.accept() => match accepted {

@@ -59,22 +59,29 @@ fn pair() -> Pair {
 }
 
 /// The agent's `serve` with `tls` on a free loopback port; stops when the token is cancelled.
-async fn start(tls: Option<Arc<ServerConfig>>) -> (SocketAddr, CancellationToken) {
+/// Also returns its count of failed handshakes.
+async fn start_counting(
+    tls: Option<Arc<ServerConfig>>,
+) -> (SocketAddr, CancellationToken, Counter) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local address");
     let router = Router::new().route("/healthz", get(|| async { "ok" }));
     let stop = CancellationToken::new();
     let stopped = stop.clone();
+    let failures = Counter::default();
+    let counted = failures.clone();
     tokio::spawn(async move {
-        crate::http::serve(
-            listener,
-            tls,
-            router,
-            async move { stopped.cancelled().await },
-        )
+        crate::http::serve(listener, tls, counted, router, async move {
+            stopped.cancelled().await
+        })
         .await
         .expect("serve");
     });
+    (addr, stop, failures)
+}
+
+async fn start(tls: Option<Arc<ServerConfig>>) -> (SocketAddr, CancellationToken) {
+    let (addr, stop, _) = start_counting(tls).await;
     (addr, stop)
 }
 
@@ -126,9 +133,10 @@ async fn the_listener_answers_https_with_the_given_certificate() {
 }
 
 #[tokio::test]
-async fn the_tls_listener_refuses_plain_http() {
+async fn the_tls_listener_refuses_plain_http_and_counts_it() {
     let p = pair();
-    let (addr, stop) = start(Some(server_config(p.files.clone()).expect("valid files"))).await;
+    let (addr, stop, failures) =
+        start_counting(Some(server_config(p.files.clone()).expect("valid files"))).await;
     let mut tcp = TcpStream::connect(addr).await.expect("connect");
     tcp.write_all(REQUEST).await.expect("write");
     let mut response = Vec::new();
@@ -139,6 +147,12 @@ async fn the_tls_listener_refuses_plain_http() {
         "plain HTTP was answered: {}",
         String::from_utf8_lossy(&response)
     );
+    // Counted once the listener collects the failed handshake (its next turn).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while failures.get() == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(failures.get(), 1, "failed handshakes counted");
     stop.cancel();
 }
 
