@@ -98,7 +98,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| QueryError::Bind { addr, source })?;
-    tracing::info!(%addr, selector = %agents.selector, namespace = %agents.namespace, "serving every node's tables at /v1/tables");
+    tracing::info!(%addr, selector = %agents.selector, namespace = %agents.namespace, "serving every node's tables and profiles at /v1/tables and /v1/profiles");
     axum::serve(listener, router(kube, agents, metrics))
         .await
         .map_err(|source| QueryError::Serve { addr, source })
@@ -160,6 +160,8 @@ async fn read(mut response: reqwest::Response, held: &AtomicUsize) -> Answer {
             Ok(Some(chunk)) => {
                 let before = held.fetch_add(chunk.len(), Ordering::Relaxed);
                 if before + chunk.len() > MAX_ANSWER_BYTES {
+                    // Dropped whole: what it held is free for the other nodes' answers.
+                    held.fetch_sub(body.len() + chunk.len(), Ordering::Relaxed);
                     return Err(format!(
                         "the nodes' answers exceed the {} MiB one query may hold; ask for fewer rows (limit, since) or fewer nodes (node=)",
                         MAX_ANSWER_BYTES >> 20
@@ -499,6 +501,8 @@ mod tests {
             .await
             .expect_err("beyond the bound");
         assert!(refused.contains("fewer rows"), "{refused}");
+        // What the refused answer had taken is given back.
+        assert_eq!(held.load(Ordering::Relaxed), MAX_ANSWER_BYTES - 4);
     }
 
     #[test]
