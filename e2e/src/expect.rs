@@ -14,6 +14,35 @@ pub async fn table_rows(url: &str, token: &str, table: &str) -> Result<Vec<Value
     Ok(serde_json::from_str(&body)?)
 }
 
+/// The profiler Tracepoint `cpu` in the test namespace over the pods labelled `app: busy`, which
+/// run the CPU-bound `hot` fixture (`peers::compile_hot`).
+pub const BUSY_PROFILER: &str = "apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata:
+  name: cpu
+  namespace: sonde-e2e
+spec:
+  selector:
+    matchLabels: {app: busy}
+  probe:
+    profiler:
+      frequencyHz: 99
+";
+
+/// How many `stack_traces` rows of `pod` (in `namespace`) hold the `hot` fixture's `hot_three`
+/// frame.
+pub fn hot_three_rows(rows: &[Value], namespace: &str, pod: &str) -> usize {
+    rows.iter()
+        .filter(|r| r["pod"] == pod && r["namespace"] == namespace)
+        .filter(|r| {
+            r["stack_trace"]
+                .as_str()
+                .unwrap_or("")
+                .contains(";hot_three (hot.c:")
+        })
+        .count()
+}
+
 /// The server-side `http_events` rows of one pod that answered 200.
 pub struct HttpServerRows<'a> {
     pub pod: &'a str,

@@ -260,16 +260,7 @@ fn without_any_tracepoint_a_busy_pod_appears_in_stack_traces(env: &Env) -> Resul
                     !rows.iter().any(|r| r["namespace"] == QUIET_NAMESPACE),
                     "stacks of the excluded namespace"
                 );
-                let hot = rows
-                    .iter()
-                    .filter(|r| r["pod"] == "busy-1" && r["namespace"] == TEST_NAMESPACE)
-                    .filter(|r| {
-                        r["stack_trace"]
-                            .as_str()
-                            .unwrap_or("")
-                            .contains(";hot_three (hot.c:")
-                    })
-                    .count();
+                let hot = expect::hot_three_rows(&rows, TEST_NAMESPACE, "busy-1");
                 ensure!(
                     hot > 0,
                     "no hot_three rows for busy-1 yet ({} rows)",

@@ -59,20 +59,6 @@ spec:
     protocols: [http]
 ";
 
-/// As profiler.rs's, over the busy pods only (the nginx pods are `app: web`).
-const PROFILER: &str = "apiVersion: sonde.dev/v1alpha1
-kind: Tracepoint
-metadata:
-  name: cpu
-  namespace: sonde-e2e
-spec:
-  selector:
-    matchLabels: {app: busy}
-  probe:
-    profiler:
-      frequencyHz: 99
-";
-
 struct Env {
     // Drop order = field order: Sonde's processes, then the fake pods, then the control plane,
     // then the runtime and the directory.
@@ -679,7 +665,7 @@ fn profile_busy_pods(env: &Env) -> Result<Vec<FakePod>> {
                 .block_on(FakePod::start(&cluster.client, &spec, &env.logs))?,
         );
     }
-    cluster.kubectl.apply(PROFILER)?;
+    cluster.kubectl.apply(expect::BUSY_PROFILER)?;
     let api = kube::Api::<Tracepoint>::namespaced(cluster.client.clone(), TEST_NAMESPACE);
     env.rt.block_on(observe::wait_condition(
         &api, "cpu", "Ready", "True", CONVERGE,
@@ -701,16 +687,7 @@ fn profile_busy_pods(env: &Env) -> Result<Vec<FakePod>> {
             CONVERGE,
             || async {
                 let rows = expect::table_rows(url, &token, "stack_traces").await?;
-                let hot = rows
-                    .iter()
-                    .filter(|r| r["pod"] == pod.as_str() && r["namespace"] == TEST_NAMESPACE)
-                    .filter(|r| {
-                        r["stack_trace"]
-                            .as_str()
-                            .unwrap_or("")
-                            .contains(";hot_three (hot.c:")
-                    })
-                    .count();
+                let hot = expect::hot_three_rows(&rows, TEST_NAMESPACE, &pod);
                 ensure!(
                     hot > 0,
                     "no hot_three rows of {pod} yet ({} rows)",

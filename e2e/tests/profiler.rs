@@ -48,18 +48,7 @@ fn setup() -> Result<Env> {
     Ok(Env { node, hot })
 }
 
-const TRACEPOINT: &str = "apiVersion: sonde.dev/v1alpha1
-kind: Tracepoint
-metadata:
-  name: cpu
-  namespace: sonde-e2e
-spec:
-  selector:
-    matchLabels: {app: busy}
-  probe:
-    profiler:
-      frequencyHz: 99
-";
+const TRACEPOINT: &str = expect::BUSY_PROFILER;
 
 fn a_profiler_tracepoint_on_a_fake_pod_fills_stack_traces_pprof_and_pod_metrics(
     env: &Env,
