@@ -46,6 +46,10 @@ struct Cli {
     /// Memory budget of all tables together, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 128)]
     total_budget_mib: usize,
+    /// A table no probe has written to for this long (its probes removed) is dropped with its
+    /// rows and series (e.g. 1h; 0s keeps such tables until their rows are evicted).
+    #[arg(long, env = "SONDE_ORPHAN_TABLE_TTL", value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    orphan_table_ttl: std::time::Duration,
     /// How often the CPU profiler drains, symbolizes and writes its samples (e.g. 10s).
     #[arg(long, env = "SONDE_PROFILER_PERIOD", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     profiler_period: std::time::Duration,
@@ -254,6 +258,9 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         total: cli.total_budget_mib << 20,
     };
     let store = Store::new(node.clone(), budget, telemetry.tables.clone());
+    if !cli.orphan_table_ttl.is_zero() {
+        tokio::spawn(retire_orphan_tables(store.clone(), cli.orphan_table_ttl));
+    }
     let ctx = ProbeContext {
         node: node.clone(),
         tables: store.clone(),
@@ -383,6 +390,18 @@ async fn wait_for_signal() -> Result<(), StartError> {
         _ = int.recv() => info!("SIGINT received"),
     }
     Ok(())
+}
+
+/// Drops the tables of probes long gone, checking every minute (or every `ttl`, if shorter).
+async fn retire_orphan_tables(store: Store, ttl: std::time::Duration) {
+    let mut every = tokio::time::interval(ttl.min(std::time::Duration::from_secs(60)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        for table in store.retire_orphans(std::time::Instant::now(), ttl) {
+            info!(%table, ?ttl, "table dropped: no probe wrote to it for --orphan-table-ttl");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub struct TableMetrics {
     pub bytes: Family<TableLabels, Gauge>,
     pub evicted: Family<TableLabels, Counter>,
     pub rejected: Family<TableLabels, Counter>,
+    /// Tables dropped, rows and all, after no probe wrote to them for `--orphan-table-ttl`.
+    pub retired: Counter,
 }
 
 /// Every metric the agent core emits about itself. Cheap to clone (families are `Arc`s inside).
@@ -94,6 +96,11 @@ impl Telemetry {
             "sonde_table_rows_rejected",
             "Rows whose width did not match the table's columns",
             t.tables.rejected.clone(),
+        );
+        registry.register(
+            "sonde_tables_retired",
+            "Tables dropped with their rows and series after no probe wrote to them for --orphan-table-ttl",
+            t.tables.retired.clone(),
         );
         registry.register(
             "sonde_http_requests",

@@ -44,16 +44,15 @@ impl Drop for Agent {
 }
 
 fn start(dir: &Path) -> Agent {
+    start_with(dir, &["--bpftrace", "/nonexistent/bpftrace"])
+}
+
+/// [`start`] with `args` instead of a missing bpftrace.
+fn start_with(dir: &Path, args: &[&str]) -> Agent {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_sonde-agent"))
-        .args([
-            "--manifests",
-            dir.to_str().unwrap(),
-            "--listen",
-            &addr,
-            "--bpftrace",
-            "/nonexistent/bpftrace",
-        ])
+        .args(["--manifests", dir.to_str().unwrap(), "--listen", &addr])
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -179,6 +178,58 @@ fn the_standalone_agent_serves_its_manifests_probes_and_problems_then_stops_clea
     .unwrap();
     let exit = agent.child.wait().unwrap();
     assert!(exit.success(), "the agent exited with {exit}");
+}
+
+/// A script whose rows fill the table `ticks` once a second.
+const TICKS: &str = "apiVersion: sonde.dev/v1alpha1
+kind: BpftraceScript
+metadata:
+  name: ticks
+spec:
+  tableName: ticks
+  program: 'interval:s:1 { printf(\"n:%d\\n\", 1); }'
+";
+
+#[test]
+fn the_table_of_a_removed_script_goes_after_the_orphan_ttl_with_its_series() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ticks.yaml"), TICKS).unwrap();
+    let agent = start_with(dir.path(), &["--orphan-table-ttl", "2s"]);
+    let has_table = |want: bool| {
+        let (code, body) = get(&agent.addr, "/v1/tables").unwrap_or_default();
+        code == 200 && body.contains("\"name\":\"ticks\"") == want
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has_table(true) {
+        assert!(
+            Instant::now() < deadline,
+            "the script's table never showed up: {:?}",
+            get(&agent.addr, "/v1/status")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // While the script runs, its table stays however long.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(has_table(true), "{:?}", get(&agent.addr, "/v1/tables"));
+    std::fs::remove_file(dir.path().join("ticks.yaml")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !has_table(false) {
+        assert!(
+            Instant::now() < deadline,
+            "the removed script's table stayed: {:?}",
+            get(&agent.addr, "/v1/tables")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = get(&agent.addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("sonde_tables_retired_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("table=\"ticks\""),
+        "its sonde_table_* series stayed:\n{metrics}"
+    );
 }
 
 /// Runs the agent with `args` (no NODE_NAME) and expects it to exit by itself within seconds; its

@@ -7,7 +7,10 @@
 //! - `TableWriter::append(&self, row: Row)`: never blocks for long, never fails loudly (a row with the
 //!   wrong width is counted as rejected), evicts the oldest rows past the budget and counts them.
 //!
-//! Tables outlive the probes that created them: their rows stay queryable until evicted. Memory is
+//! Tables outlive the probes that created them: their rows stay queryable until evicted, or until the
+//! table is retired after no probe wrote to it for a while ([`Store::retire_orphans`], the agent's
+//! `--orphan-table-ttl`), so that a node's tables and their series do not grow with every probe it
+//! ever ran. Memory is
 //! bounded twice: per table (oldest rows of that table go first) and in total (oldest rows of the
 //! largest table go first). Budgets count what a kept row takes: its encoding in the table's byte
 //! ring plus an index entry (see `stored`).
@@ -24,6 +27,7 @@ mod tests;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
 
 pub use format::{Format, encode};
 pub use query::{MAX_LIMIT, Query, QueryError, parse_since};
@@ -176,6 +180,8 @@ struct StoreInner {
 struct Table {
     name: String,
     owner: Mutex<String>,
+    /// When [`Store::retire_orphans`] first saw no writer of it (None while one writes).
+    orphaned_at: Mutex<Option<Instant>>,
     /// Every column, target columns first.
     columns: Vec<Column>,
     data: Mutex<TableData>,
@@ -293,6 +299,7 @@ impl Store {
         let table = Arc::new(Table {
             name: name.to_owned(),
             owner: Mutex::new(owner.to_owned()),
+            orphaned_at: Mutex::new(None),
             columns: all,
             data: Mutex::new(TableData::default()),
             evicted: AtomicU64::new(0),
@@ -304,6 +311,37 @@ impl Store {
             store: self.inner.clone(),
             table,
         })
+    }
+
+    /// Drops the tables no probe has written to for `ttl` — no writer of theirs left since a call
+    /// at least `ttl` before `now` — with their rows and series, and returns their names. Called
+    /// every so often: the first call that finds a table without a writer starts its time.
+    pub fn retire_orphans(&self, now: Instant, ttl: Duration) -> Vec<String> {
+        let mut tables = self.inner.tables.write().unwrap_or_else(|p| p.into_inner());
+        let mut retired = Vec::new();
+        tables.retain(|name, table| {
+            // Writers and queries in progress hold the table too; the store's map holds it once.
+            // Creating a writer takes the map's lock, which this holds.
+            if Arc::strong_count(table) > 1 {
+                *lock(&table.orphaned_at) = None;
+                return true;
+            }
+            let since = *lock(&table.orphaned_at).get_or_insert(now);
+            if now.saturating_duration_since(since) < ttl {
+                return true;
+            }
+            let bytes = lock(&table.data).bytes;
+            self.inner.total_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            let metrics = &self.inner.metrics;
+            metrics.rows.remove(&table.labels);
+            metrics.bytes.remove(&table.labels);
+            metrics.evicted.remove(&table.labels);
+            metrics.rejected.remove(&table.labels);
+            metrics.retired.inc();
+            retired.push(name.clone());
+            false
+        });
+        retired
     }
 
     /// Every table, by name.

@@ -373,3 +373,46 @@ fn a_full_table_s_ring_never_outgrows_its_budget() {
     }
     assert!(s.list()[0].evicted_rows > 0);
 }
+
+#[test]
+fn a_table_no_probe_writes_to_is_retired_after_the_ttl_with_its_rows_and_series() {
+    let (s, metrics) = store(1 << 20, 1 << 20);
+    let ttl = Duration::from_secs(3600);
+    let t0 = Instant::now();
+    let gone = s
+        .create("gone", "BpftraceScript/old", cols())
+        .expect("create");
+    gone.append(row(1, "a"));
+    drop(gone);
+    let live = s
+        .create("live", "BpftraceScript/new", cols())
+        .expect("create");
+    live.append(row(2, "b"));
+    let held = s.total_bytes();
+    // The first look starts the time; within the TTL nothing goes.
+    assert!(s.retire_orphans(t0, ttl).is_empty());
+    assert!(s.retire_orphans(t0 + ttl / 2, ttl).is_empty());
+    assert_eq!(
+        s.retire_orphans(t0 + ttl, ttl),
+        ["gone"],
+        "the table without a writer for the TTL"
+    );
+    let names: Vec<String> = s.list().into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["live"]);
+    assert!(s.total_bytes() < held, "its rows no longer count");
+    assert!(metrics.rows.get(&labels("gone")).is_none());
+    assert!(metrics.rows.get(&labels("live")).is_some());
+    assert_eq!(metrics.retired.get(), 1);
+    // The table with a writer stays however long.
+    assert!(s.retire_orphans(t0 + ttl * 10, ttl).is_empty());
+    drop(live);
+    // A probe back before the TTL ends keeps the table, its time starts anew.
+    assert!(s.retire_orphans(t0 + ttl * 11, ttl).is_empty());
+    let again = s
+        .create("live", "BpftraceScript/new", cols())
+        .expect("create");
+    assert!(s.retire_orphans(t0 + ttl * 12, ttl).is_empty());
+    drop(again);
+    assert!(s.retire_orphans(t0 + ttl * 13, ttl).is_empty());
+    assert_eq!(s.retire_orphans(t0 + ttl * 14, ttl), ["live"]);
+}
