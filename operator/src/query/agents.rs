@@ -57,9 +57,32 @@ pub async fn find(
             selector: config.selector.clone(),
             source,
         })?;
-    // One pod per node: a running one with an IP before others (a DaemonSet being rolled has two).
+    let by_node = pick(listed.items, nodes);
+    let mut agents = Vec::new();
+    let mut failed = Vec::new();
+    for node in nodes {
+        if !by_node.contains_key(node) {
+            failed.push((
+                node.clone(),
+                format!("no agent pod (selector {}) on this node", config.selector),
+            ));
+        }
+    }
+    for (node, ip) in by_node {
+        match ip.and_then(|ip| agent(config, &node, ip)) {
+            Ok(agent) => agents.push(agent),
+            Err(why) => failed.push((node, why)),
+        }
+    }
+    Ok((agents, failed))
+}
+
+/// The agent pod to ask on each node (of `nodes`; all when empty): its IP, or why there is none.
+/// A running one with an IP before others (a DaemonSet being rolled has two on a node); pods
+/// being deleted and pods not scheduled yet are left out.
+fn pick(pods: Vec<Pod>, nodes: &[String]) -> BTreeMap<String, Result<IpAddr, String>> {
     let mut by_node: BTreeMap<String, Result<IpAddr, String>> = BTreeMap::new();
-    for pod in listed.items {
+    for pod in pods {
         let name = pod.metadata.name.clone().unwrap_or_default();
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
             continue;
@@ -82,23 +105,7 @@ pub async fn find(
             }
         }
     }
-    let mut agents = Vec::new();
-    let mut failed = Vec::new();
-    for node in nodes {
-        if !by_node.contains_key(node) {
-            failed.push((
-                node.clone(),
-                format!("no agent pod (selector {}) on this node", config.selector),
-            ));
-        }
-    }
-    for (node, ip) in by_node {
-        match ip.and_then(|ip| agent(config, &node, ip)) {
-            Ok(agent) => agents.push(agent),
-            Err(why) => failed.push((node, why)),
-        }
-    }
-    Ok((agents, failed))
+    by_node
 }
 
 fn agent(config: &AgentsConfig, node: &str, ip: IpAddr) -> Result<Agent, String> {
@@ -135,4 +142,49 @@ fn agent(config: &AgentsConfig, node: &str, ip: IpAddr) -> Result<Agent, String>
         base,
         client,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, node: Option<&str>, ip: Option<&str>, phase: &str, deleted: bool) -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "deletionTimestamp": deleted.then_some("2026-12-07T00:00:00Z"),
+            },
+            "spec": {"nodeName": node, "containers": []},
+            "status": {"podIP": ip, "phase": phase},
+        }))
+        .expect("a pod")
+    }
+
+    #[test]
+    fn one_pod_per_node_a_running_one_with_an_ip_first() {
+        let pods = vec![
+            pod("a-old", Some("a"), Some("10.0.0.1"), "Running", false),
+            pod("a-new", Some("a"), None, "Pending", false),
+            pod("b-gone", Some("b"), Some("10.0.0.2"), "Running", true),
+            pod("b-new", Some("b"), None, "Pending", false),
+            pod("c", Some("c"), Some("10.0.0.3"), "Running", false),
+            pod("unscheduled", None, None, "Pending", false),
+        ];
+        let picked = pick(pods.clone(), &[]);
+        let ip = |s: &str| Ok(s.parse::<IpAddr>().expect("an IP"));
+        assert_eq!(
+            picked.get("a"),
+            Some(&ip("10.0.0.1")),
+            "the running pod of a rollout"
+        );
+        assert_eq!(
+            picked.get("b"),
+            Some(&Err("agent pod b-new has no IP yet".to_owned())),
+            "a pod being deleted is not asked"
+        );
+        assert_eq!(picked.get("c"), Some(&ip("10.0.0.3")));
+        assert_eq!(picked.len(), 3);
+        let only = pick(pods, &["c".to_owned(), "z".to_owned()]);
+        assert_eq!(only.keys().collect::<Vec<_>>(), ["c"]);
+    }
 }
