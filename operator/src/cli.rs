@@ -111,19 +111,29 @@ impl Args {
         )
     }
 
-    /// How a table query finds and reaches the agents; fails if the CA file cannot be read.
+    /// How a table query finds and reaches the agents; fails if the CA file cannot be read or
+    /// holds no PEM certificate.
     pub fn agents(&self) -> anyhow::Result<crate::query::AgentsConfig> {
         let tls = match &self.agent_ca_file {
             None => None,
-            Some(path) => Some(crate::query::AgentTls {
-                ca_pem: std::fs::read(path).map_err(|e| {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|e| {
                     anyhow::anyhow!(
                         "--agent-ca-file {}: cannot read it: {e}; mount the agents' CA there (the chart does, from agent.tls.secretName)",
                         path.display()
                     )
-                })?,
-                server_name: self.agent_server_name.clone(),
-            }),
+                })?;
+                let cas = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    anyhow::anyhow!(
+                        "--agent-ca-file {}: no PEM certificate in it: {e}; give the ca.crt of the agents' TLS Secret",
+                        path.display()
+                    )
+                })?;
+                Some(crate::query::AgentTls {
+                    cas,
+                    server_name: self.agent_server_name.clone(),
+                })
+            }
         };
         Ok(crate::query::AgentsConfig {
             namespace: self.agent_namespace.clone(),

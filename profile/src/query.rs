@@ -1,6 +1,7 @@
 //! The parameters of a profile request (`seconds`, `namespace`, `pod`, `container`, `pid`, `hz`),
 //! read alike by the agent (one node) and the operator (every node).
 use std::collections::HashMap;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::pprof::StackRow;
 
@@ -82,6 +83,16 @@ impl ProfileQuery {
 }
 
 impl ProfileQuery {
+    /// The time asked for, ending now: its start (ns since the epoch) and its length (ns).
+    pub fn window(&self) -> (i64, i64) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
+        let length = (self.seconds as i64) * 1_000_000_000;
+        (now - length, length)
+    }
+
     /// A flame graph's title: `CPU on <place> — last <seconds>s (<what was asked>)`.
     pub fn title(&self, place: &str) -> String {
         let mut scope: Vec<String> = [

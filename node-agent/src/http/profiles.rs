@@ -2,7 +2,6 @@
 //! last `seconds` (default 60), optionally narrowed by `namespace`, `pod`, `container` and `pid`,
 //! as a gzip'd pprof profile or a flame graph.
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query as RawQuery, State};
 use axum::http::{StatusCode, header};
@@ -15,13 +14,6 @@ use crate::probes::profiler::{TABLE, flamegraph};
 use crate::tables::{MAX_LIMIT, Query, TablesError, Value};
 use sonde_profile::query::ProfileQuery;
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// The selected rows, or an error response.
 fn rows(
     state: &Shared,
@@ -29,7 +21,7 @@ fn rows(
 ) -> Result<(ProfileQuery, Vec<StackRow>), (StatusCode, String)> {
     let query =
         ProfileQuery::parse(params).map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-    let since = now_ns() - (query.seconds as i64) * 1_000_000_000;
+    let (since, _) = query.window();
     let result = match state.store.query(
         TABLE,
         &Query {
@@ -72,8 +64,8 @@ pub(super) async fn pprof(
         Ok(r) => r,
         Err((code, message)) => return error(code, message),
     };
-    let duration = (query.seconds as i64) * 1_000_000_000;
-    let profile = pprof::build(&rows, query.hz, now_ns() - duration, duration);
+    let (start, duration) = query.window();
+    let profile = pprof::build(&rows, query.hz, start, duration);
     match pprof::encode_gzip(&profile) {
         Ok(body) => (
             [

@@ -25,8 +25,8 @@ pub struct AgentsConfig {
 /// What verifies the agents' certificate.
 #[derive(Clone, Debug)]
 pub struct AgentTls {
-    /// PEM certificates of the CA that issued it.
-    pub ca_pem: Vec<u8>,
+    /// The CA certificates that issued it (read once, at start-up).
+    pub cas: Vec<reqwest::Certificate>,
     /// The name the certificate is for (the chart's `<release>-agent.<namespace>.svc`); unset, the
     /// pod IP must be in it.
     pub server_name: Option<String>,
@@ -36,8 +36,8 @@ pub struct AgentTls {
 #[derive(Debug)]
 pub struct Agent {
     pub node: String,
-    /// `http(s)://host:port`, without a path.
-    pub base: String,
+    /// `http(s)://host:port/`.
+    pub base: reqwest::Url,
     pub client: reqwest::Client,
 }
 
@@ -118,10 +118,8 @@ fn agent(config: &AgentsConfig, node: &str, ip: IpAddr) -> Result<Agent, String>
         None => (builder, format!("http://{addr}")),
         Some(tls) => {
             let mut builder = builder.use_rustls_tls().tls_built_in_root_certs(false);
-            let cas = reqwest::Certificate::from_pem_bundle(&tls.ca_pem)
-                .map_err(|e| format!("the agents' CA is no PEM certificate: {e}"))?;
-            for ca in cas {
-                builder = builder.add_root_certificate(ca);
+            for ca in &tls.cas {
+                builder = builder.add_root_certificate(ca.clone());
             }
             match &tls.server_name {
                 // The certificate names the agents' Service: asked by that name, connected to
@@ -137,6 +135,7 @@ fn agent(config: &AgentsConfig, node: &str, ip: IpAddr) -> Result<Agent, String>
     let client = builder
         .build()
         .map_err(|e| format!("cannot make an HTTP client for the agent at {addr}: {e}"))?;
+    let base = reqwest::Url::parse(&base).map_err(|e| format!("{base} is no URL: {e}"))?;
     Ok(Agent {
         node: node.to_owned(),
         base,

@@ -115,11 +115,12 @@ fn error(code: StatusCode, message: impl Into<String>) -> Response {
 /// What one agent answered, or why it did not.
 type Answer = Result<(StatusCode, Bytes), String>;
 
-/// Asks every agent of `nodes` (all when empty) for `path` with `query`, passing `authorization`.
+/// Asks every agent of `nodes` (all when empty) for the path of `segments` with `query`, passing
+/// `authorization`.
 async fn ask(
     shared: &Shared,
     nodes: &[String],
-    path: &str,
+    segments: &[&str],
     query: &[(&str, String)],
     authorization: Option<&HeaderValue>,
 ) -> Result<(Vec<(String, Answer)>, Vec<(String, String)>), QueryError> {
@@ -128,10 +129,12 @@ async fn ask(
     let held = &held;
     let answers = futures::stream::iter(agents)
         .map(|agent| async move {
-            let mut request = agent
-                .client
-                .get(format!("{}{path}", agent.base))
-                .query(query);
+            let mut url = agent.base.clone();
+            // Only URLs that cannot be a base refuse segments; http(s) ones always take them.
+            if let Ok(mut path) = url.path_segments_mut() {
+                path.pop_if_empty().extend(segments);
+            }
+            let mut request = agent.client.get(url).query(query);
             if let Some(value) = authorization {
                 request = request.header(header::AUTHORIZATION, value.clone());
             }
@@ -149,6 +152,56 @@ async fn ask(
     let mut answers = answers;
     answers.sort_by(|a, b| a.0.cmp(&b.0));
     Ok((answers, failed))
+}
+
+/// What an agent's 404 means: for a table's rows, that the node has none (a table is made where
+/// its probe runs); for the table list, a refusal like any other.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NotFound {
+    NoRows,
+    Refusal,
+}
+
+/// Asks the agents of `?node=` (all by default) for the path of `segments` with `query`, with the
+/// caller's `Authorization`, and sorts their answers into an [`Outcome`]: each 200 body goes to
+/// `add` (its error fails that node). Also returns whether `add` took any body.
+async fn gather(
+    shared: &Shared,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    segments: &[&str],
+    query: &[(&str, String)],
+    not_found: NotFound,
+    mut add: impl FnMut(&str, &[u8]) -> Result<(), String>,
+) -> Result<(Outcome, bool), Box<Response>> {
+    let (answers, failed) = ask(
+        shared,
+        &nodes_param(params),
+        segments,
+        query,
+        headers.get(header::AUTHORIZATION),
+    )
+    .await
+    .map_err(|e| Box::new(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())))?;
+    let mut outcome = Outcome::new(failed);
+    let mut found = false;
+    for (node, answer) in answers {
+        match answer {
+            Ok((StatusCode::OK, body)) => match add(&node, &body) {
+                Ok(()) => {
+                    found = true;
+                    outcome.answered.push(node);
+                }
+                Err(why) => outcome.failed.push((node, why)),
+            },
+            Ok((StatusCode::NOT_FOUND, _)) if not_found == NotFound::NoRows => {
+                outcome.answered.push(node);
+            }
+            Ok((status, body)) => outcome.refused(node, status, body),
+            Err(why) => outcome.failed.push((node, why)),
+        }
+    }
+    Ok((outcome, found))
 }
 
 /// An agent's answer, read while all answers together stay within [`MAX_ANSWER_BYTES`].
@@ -238,13 +291,17 @@ impl Outcome {
         )
     }
 
-    fn respond(mut self, metrics: &Metrics, content_type: &str, body: Vec<u8>) -> Response {
-        let outcome = if self.failed.is_empty() {
+    /// `complete` when every node answered, else `partial`.
+    fn label(&self) -> &'static str {
+        if self.failed.is_empty() {
             "complete"
         } else {
             "partial"
-        };
-        metrics.queried(outcome, self.failed.len());
+        }
+    }
+
+    fn respond(mut self, metrics: &Metrics, content_type: &str, body: Vec<u8>) -> Response {
+        metrics.queried(self.label(), self.failed.len());
         self.answered.sort();
         self.failed.sort();
         let mut response =
@@ -301,34 +358,22 @@ async fn tables(
     Params(params): Params<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    let nodes = nodes_param(&params);
-    let (answers, failed) = match ask(
-        &shared,
-        &nodes,
-        "/v1/tables",
-        &[],
-        headers.get(header::AUTHORIZATION),
-    )
-    .await
-    {
-        Ok(asked) => asked,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    let mut outcome = Outcome::new(failed);
     let mut merged = Tables::default();
-    for (node, answer) in answers {
-        match answer {
-            Ok((StatusCode::OK, body)) => match merged.add(&node, &body) {
-                Ok(()) => outcome.answered.push(node),
-                Err(e) => outcome.failed.push((node, e.to_string())),
-            },
-            Ok((status, body)) => outcome.refused(node, status, body),
-            Err(why) => outcome.failed.push((node, why)),
-        }
-    }
-    if outcome.answered.is_empty() {
-        return outcome.nothing(&shared.metrics, "the table list");
-    }
+    let gathered = gather(
+        &shared,
+        &params,
+        &headers,
+        &["v1", "tables"],
+        &[],
+        NotFound::Refusal,
+        |node, body| merged.add(node, body).map_err(|e| e.to_string()),
+    )
+    .await;
+    let outcome = match gathered {
+        Ok((outcome, true)) => outcome,
+        Ok((outcome, false)) => return outcome.nothing(&shared.metrics, "the table list"),
+        Err(response) => return *response,
+    };
     let body = serde_json::to_vec(&merged.into_json()).unwrap_or_default();
     outcome.respond(&shared.metrics, "application/json", body)
 }
@@ -388,52 +433,30 @@ async fn table(
             query.push((key, value.clone()));
         }
     }
-    let path = format!("/v1/tables/{}", urlencoding(&name));
-    let (answers, failed) = match ask(
-        &shared,
-        &nodes_param(&params),
-        &path,
-        &query,
-        headers.get(header::AUTHORIZATION),
-    )
-    .await
-    {
-        Ok(asked) => asked,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    let mut outcome = Outcome::new(failed);
     let mut rows = Rows::default();
-    let mut found = false;
-    for (node, answer) in answers {
-        match answer {
-            Ok((StatusCode::OK, body)) => {
-                let added = if format == Format::Csv {
-                    rows.add_csv(&body)
-                } else {
-                    rows.add_ndjson(&body)
-                };
-                match added {
-                    Ok(()) => {
-                        found = true;
-                        outcome.answered.push(node);
-                    }
-                    Err(e) => outcome.failed.push((node, e.to_string())),
-                }
-            }
-            // The table is made where its probe runs: a node without it has no rows of it.
-            Ok((StatusCode::NOT_FOUND, _)) => outcome.answered.push(node),
-            Ok((status, body)) => outcome.refused(node, status, body),
-            Err(why) => outcome.failed.push((node, why)),
-        }
-    }
-    if !found {
-        if outcome.first_refusal.is_none() && !outcome.answered.is_empty() {
-            let outcome_label = if outcome.failed.is_empty() {
-                "complete"
+    let gathered = gather(
+        &shared,
+        &params,
+        &headers,
+        &["v1", "tables", &name],
+        &query,
+        NotFound::NoRows,
+        |_, body| {
+            let added = if format == Format::Csv {
+                rows.add_csv(body)
             } else {
-                "partial"
+                rows.add_ndjson(body)
             };
-            shared.metrics.queried(outcome_label, outcome.failed.len());
+            added.map_err(|e| e.to_string())
+        },
+    )
+    .await;
+    let outcome = match gathered {
+        Ok((outcome, true)) => outcome,
+        Ok((outcome, false)) if outcome.first_refusal.is_none() && !outcome.answered.is_empty() => {
+            shared
+                .metrics
+                .queried(outcome.label(), outcome.failed.len());
             let unasked = if outcome.failed.is_empty() {
                 String::new()
             } else {
@@ -447,8 +470,9 @@ async fn table(
                 ),
             );
         }
-        return outcome.nothing(&shared.metrics, &format!("table {name}"));
-    }
+        Ok((outcome, false)) => return outcome.nothing(&shared.metrics, &format!("table {name}")),
+        Err(response) => return *response,
+    };
     match format {
         Format::Json => outcome.respond(&shared.metrics, "application/json", rows.json(limit)),
         Format::Ndjson => {
@@ -459,18 +483,6 @@ async fn table(
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
     }
-}
-
-/// A table name as one path segment.
-fn urlencoding(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

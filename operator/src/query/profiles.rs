@@ -4,7 +4,6 @@
 //! several nodes in one flame graph.
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Query as Params, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -13,7 +12,7 @@ use sonde_profile::flamegraph;
 use sonde_profile::pprof::{self, StackRow};
 use sonde_profile::query::ProfileQuery;
 
-use super::{MAX_LIMIT, Outcome, Shared, ask, error, nodes_param};
+use super::{MAX_LIMIT, NotFound, Outcome, Shared, error, gather};
 
 /// The profiler's table.
 const TABLE: &str = "stack_traces";
@@ -29,13 +28,6 @@ struct StackLine {
     count: i64,
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// The rows every node's agent has for `params`, and what the nodes answered; or the answer when
 /// none could be read.
 async fn rows(
@@ -45,7 +37,7 @@ async fn rows(
 ) -> Result<(ProfileQuery, Vec<StackRow>, Outcome), Box<Response>> {
     let query = ProfileQuery::parse(params)
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, e.to_string())))?;
-    let since = now_ns() - (query.seconds as i64) * 1_000_000_000;
+    let (since, _) = query.window();
     let mut upstream = vec![
         ("limit", MAX_LIMIT.to_string()),
         ("format", "ndjson".to_owned()),
@@ -54,32 +46,21 @@ async fn rows(
     if let Some(namespace) = &query.namespace {
         upstream.push(("namespace", namespace.clone()));
     }
-    let (answers, failed) = ask(
-        shared,
-        &nodes_param(params),
-        &format!("/v1/tables/{TABLE}"),
-        &upstream,
-        headers.get(header::AUTHORIZATION),
-    )
-    .await
-    .map_err(|e| Box::new(error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())))?;
-    let mut outcome = Outcome::new(failed);
     let mut rows = Vec::new();
-    for (node, answer) in answers {
-        match answer {
-            Ok((StatusCode::OK, body)) => match stack_rows(&body, &query) {
-                Ok(mut found) => {
-                    rows.append(&mut found);
-                    outcome.answered.push(node);
-                }
-                Err(e) => outcome.failed.push((node, e)),
-            },
-            // No profiler ran on that node: no samples there.
-            Ok((StatusCode::NOT_FOUND, _)) => outcome.answered.push(node),
-            Ok((status, body)) => outcome.refused(node, status, body),
-            Err(why) => outcome.failed.push((node, why)),
-        }
-    }
+    let (outcome, _) = gather(
+        shared,
+        params,
+        headers,
+        &["v1", "tables", TABLE],
+        &upstream,
+        // No profiler ran on that node: no samples there.
+        NotFound::NoRows,
+        |_, body| {
+            rows.append(&mut stack_rows(body, &query)?);
+            Ok(())
+        },
+    )
+    .await?;
     if outcome.answered.is_empty() {
         return Err(Box::new(outcome.nothing(&shared.metrics, "the profile")));
     }
@@ -119,8 +100,8 @@ pub(super) async fn pprof(
         Ok(found) => found,
         Err(response) => return *response,
     };
-    let duration = (query.seconds as i64) * 1_000_000_000;
-    let profile = pprof::build(&rows, query.hz, now_ns() - duration, duration);
+    let (start, duration) = query.window();
+    let profile = pprof::build(&rows, query.hz, start, duration);
     match pprof::encode_gzip(&profile) {
         Ok(body) => {
             let mut response = outcome.respond(&shared.metrics, "application/octet-stream", body);
