@@ -1,13 +1,14 @@
 //! The capture programs' selection, on the real kernel: a process leaves the selection at once even
 //! while its prefilter bit stays set (another key shares it), because the selection epoch moves on
-//! and its threads' argument slots stop vouching for it.
-use std::collections::HashSet;
+//! and its threads' argument slots stop vouching for it; children and programs named exactly are
+//! selected by the kernel itself.
+use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use sonde_agent::probes::protocols::events::{Event, decode};
 use sonde_agent::probes::protocols::kernel::{Kernel, LoopMaps};
-use sonde_common::conn::{filter_bit_cgroup, filter_bit_tgid};
+use sonde_common::conn::{ExecName, filter_bit_cgroup, filter_bit_tgid};
 
 /// A process sending a UDP datagram to the discard port every 20 ms from one thread.
 fn udp_sender() -> Child {
@@ -25,16 +26,28 @@ fn udp_sender() -> Child {
 
 /// Events of process `tgid` waiting in the ring (all of them are consumed).
 fn events_of(maps: &mut LoopMaps, tgid: u32) -> usize {
-    let mut count = 0;
+    drain(maps).0.get(&tgid).copied().unwrap_or_default()
+}
+
+/// Data and open events waiting in the ring by process, and the exec events' processes and names
+/// (all records are consumed).
+fn drain(maps: &mut LoopMaps) -> (HashMap<u32, usize>, Vec<(u32, String)>) {
+    let mut counts = HashMap::new();
+    let mut execs = Vec::new();
     while let Some(record) = maps.ring.next() {
-        let of_tgid = match decode(&record) {
-            Ok(Event::Data(h, _)) => h.header.tgid == tgid,
-            Ok(Event::Open(ev)) => ev.header.tgid == tgid,
-            _ => false,
+        let tgid = match decode(&record) {
+            Ok(Event::Data(h, _)) => h.header.tgid,
+            Ok(Event::Open(ev)) => ev.header.tgid,
+            Ok(Event::Exec(ev)) => {
+                let name = String::from_utf8_lossy(ev.name.as_bytes()).into_owned();
+                execs.push((ev.header.tgid, name));
+                continue;
+            }
+            _ => continue,
         };
-        count += usize::from(of_tgid);
+        *counts.entry(tgid).or_default() += 1;
     }
-    count
+    (counts, execs)
 }
 
 /// A cgroup id (none exists with it) whose prefilter bit is `bit`.
@@ -198,4 +211,96 @@ fn files_and_pipes_are_told_from_sockets_by_the_kernel_and_never_reach_user_spac
         [(socket_fd, "classify"), (socket_fd, "data")],
         "events of the process"
     );
+}
+
+/// Sends a UDP datagram to the discard port every 20 ms, forever.
+const UDP_LOOP: &str = "import socket, time\n\
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+    while True:\n    s.sendto(b'x', ('127.0.0.1', 9))\n    time.sleep(0.02)\n";
+
+/// python3 started through a symlink called `name` in `dir`: execve's path, and so the thread's
+/// name, is the symlink's.
+fn python_named(dir: &std::path::Path, name: &str, script: &str) -> Child {
+    let link = dir.join(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(python3(), &link).unwrap();
+    }
+    Command::new(&link)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/setup installs it)")
+}
+
+/// Debian's python3 (a version manager's shim on PATH would pick a program by the name it was
+/// started as).
+fn python3() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from("/usr/bin/python3");
+    assert!(path.exists(), "scripts/setup installs Debian's python3");
+    path
+}
+
+#[test]
+fn a_program_named_exactly_is_captured_from_its_exec_until_it_starts_another_or_its_name_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut kernel, mut maps) = Kernel::load(false).expect("load the capture programs (root)");
+    let named = ExecName::new(b"*/sonde-named").unwrap();
+    kernel
+        .set_execs(&HashSet::from([named]), &HashSet::new())
+        .unwrap();
+
+    // Five datagrams, then, told so, the same process starts python3 by its own name.
+    let script = format!(
+        "import os, socket, sys, time\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for _ in range(5):\n    s.sendto(b'x', ('127.0.0.1', 9))\n    time.sleep(0.02)\n\
+         sys.stdin.readline()\n\
+         os.execv({python:?}, [{python:?}, '-c', 'print(\"started\", flush=True)\\n' + {UDP_LOOP:?}])\n",
+        python = python3().to_string_lossy(),
+    );
+    let mut switching = python_named(dir.path(), "sonde-named", &script);
+    let mut steady = python_named(dir.path(), "sonde-named", UDP_LOOP);
+    let (switching_pid, steady_pid) = (switching.id(), steady.id());
+    let stop = |child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let of = |counts: &HashMap<u32, usize>, pid| counts.get(&pid).copied().unwrap_or_default();
+
+    std::thread::sleep(Duration::from_millis(500));
+    let (running, execs) = drain(&mut maps);
+    // The first starts python3 under its own name: no longer selected.
+    let started = tell(&mut switching);
+    std::thread::sleep(Duration::from_millis(50));
+    drain(&mut maps);
+    std::thread::sleep(Duration::from_millis(300));
+    let (one_switched, _) = drain(&mut maps);
+    // The name goes (its probe was removed): so does the process selected for it.
+    kernel.set_execs(&HashSet::new(), &HashSet::new()).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    drain(&mut maps);
+    std::thread::sleep(Duration::from_millis(300));
+    let (name_gone, _) = drain(&mut maps);
+    stop(&mut switching);
+    stop(&mut steady);
+
+    let mut execs: Vec<(u32, String)> = execs
+        .into_iter()
+        .filter(|(pid, _)| [switching_pid, steady_pid].contains(pid))
+        .collect();
+    execs.sort();
+    let mut expected = [switching_pid, steady_pid].map(|pid| (pid, "*/sonde-named".to_owned()));
+    expected.sort();
+    assert_eq!(execs, expected, "an exec event each, naming what matched");
+    assert!(of(&running, switching_pid) >= 5, "{running:?}");
+    assert!(of(&running, steady_pid) >= 5, "{running:?}");
+    assert_eq!(started, "started");
+    assert_eq!(
+        of(&one_switched, switching_pid),
+        0,
+        "events after it started another program"
+    );
+    assert!(of(&one_switched, steady_pid) >= 5, "{one_switched:?}");
+    assert_eq!(of(&name_gone, steady_pid), 0, "events after the name went");
 }

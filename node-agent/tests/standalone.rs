@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{NginxSite, free_port, start_nginx, which};
+use common::{NginxSite, Server, free_port, start_nginx, which};
 
 const WEB: &str = "apiVersion: sonde.dev/v1alpha1
 kind: Tracepoint
@@ -332,6 +332,49 @@ fn an_empty_manifests_directory_is_one_warning_naming_it() {
     assert_eq!(warnings.len(), 1, "{stderr}");
 }
 
+/// The rows of `http_events` once `enough` says so, or those there after 30 s.
+fn http_rows(
+    agent: &Agent,
+    enough: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<serde_json::Value> = get(&agent.addr, "/v1/tables/http_events?format=ndjson")
+            .filter(|(code, _)| *code == 200)
+            .map(|(_, body)| {
+                body.lines()
+                    .filter_map(|line| serde_json::from_str(line).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if enough(&rows) || Instant::now() > deadline {
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// An nginx answering `hello` on a port of its own, and an agent whose one manifest is the
+/// Tracepoint `name`, started and waiting for a process to trace.
+fn nginx_and_agent_with(dir: &Path, name: &str, tracepoint: &str) -> (u16, Server, Agent) {
+    let port = free_port();
+    let site = NginxSite {
+        main: "",
+        http: "",
+        server: "location / { return 200 \"hello\\n\"; }",
+    };
+    let (nginx, _worker) = start_nginx(dir, port, &site);
+    let manifests = dir.join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    std::fs::write(manifests.join(format!("{name}.yaml")), tracepoint).unwrap();
+    let agent = start(&manifests);
+    let id = format!("Tracepoint/default/{name}");
+    wait_for_status(&agent, &format!("{id} waiting for a process"), |s| {
+        probe(s, &id).is_some_and(|p| p["state"] == "Pending")
+    });
+    (port, nginx, agent)
+}
+
 /// Selects the one-shot clients below by their marker argument.
 const CLIENTS: &str = "apiVersion: sonde.dev/v1alpha1
 kind: Tracepoint
@@ -361,22 +404,7 @@ while s.recv(4096):
 fn processes_that_start_after_the_agent_are_traced_even_when_they_exit_at_once() {
     const RUNS: usize = 8;
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let site = NginxSite {
-        main: "",
-        http: "",
-        server: "location / { return 200 \"hello\\n\"; }",
-    };
-    let (_nginx, _worker) = start_nginx(dir.path(), port, &site);
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).unwrap();
-    std::fs::write(manifests.join("clients.yaml"), CLIENTS).unwrap();
-    let agent = start(&manifests);
-    wait_for_status(
-        &agent,
-        "the clients Tracepoint waiting for a process",
-        |s| probe(s, "Tracepoint/default/clients").is_some_and(|p| p["state"] == "Pending"),
-    );
+    let (port, _nginx, agent) = nginx_and_agent_with(dir.path(), "clients", CLIENTS);
 
     // One after the other, each alive for about a quarter of a second: the agent's periodic
     // rescan (every 2 s) would see a few at most; each must be selected when it execs, and its
@@ -397,21 +425,7 @@ fn processes_that_start_after_the_agent_are_traced_even_when_they_exit_at_once()
         assert!(out.status.success(), "client {run}: {out:?}");
     }
 
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let rows = loop {
-        let rows: Vec<serde_json::Value> = get(&agent.addr, "/v1/tables/http_events?format=ndjson")
-            .filter(|(code, _)| *code == 200)
-            .map(|(_, body)| {
-                body.lines()
-                    .filter_map(|line| serde_json::from_str(line).ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if rows.len() >= RUNS || Instant::now() > deadline {
-            break rows;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let rows = http_rows(&agent, |rows| rows.len() >= RUNS);
     let mut seen: Vec<(i64, String)> = rows
         .iter()
         .map(|row| {
@@ -430,6 +444,75 @@ fn processes_that_start_after_the_agent_are_traced_even_when_they_exit_at_once()
         .map(|(run, pid)| (*pid, format!("/once/{run}")))
         .collect();
     assert_eq!(seen, expected, "one row per client run, nothing else");
+    let (_, metrics) = get(&agent.addr, "/metrics").unwrap();
+    assert!(
+        metrics.contains("sonde_events_dropped_total{reason=\"unrouted\"} 0"),
+        "{metrics}"
+    );
+}
+
+/// Selects curl by its file name, which the kernel matches in the exec itself.
+const CURLS: &str = "apiVersion: sonde.dev/v1alpha1
+kind: Tracepoint
+metadata:
+  name: curls
+spec:
+  process:
+    exe: '*/curl'
+  probe:
+    protocols: [http]
+";
+
+/// Twenty `curl`s back to back, each alive for a few milliseconds: more than the process scan's
+/// rate limit lets it find in time (it found 11 of 20), but the selector names the program, so the
+/// kernel selects each in its exec, before it runs.
+#[test]
+fn every_curl_of_a_burst_is_traced_when_the_selector_names_the_program() {
+    const RUNS: usize = 20;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, _nginx, agent) = nginx_and_agent_with(dir.path(), "curls", CURLS);
+
+    let mut pids = Vec::new();
+    for run in 0..RUNS {
+        let child = Command::new(which("curl"))
+            .args(["-sS", "-o", "/dev/null"])
+            .arg(format!("http://127.0.0.1:{port}/burst/{run}"))
+            .spawn()
+            .unwrap();
+        pids.push(i64::from(child.id()));
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "curl {run}: {out:?}");
+    }
+
+    let burst = |row: &serde_json::Value| {
+        row["req_path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("/burst/"))
+    };
+    let rows = http_rows(&agent, |rows| {
+        rows.iter().filter(|r| burst(r)).count() >= RUNS
+    });
+    let mut seen: Vec<(i64, String)> = rows
+        .iter()
+        .filter(|row| burst(row))
+        .map(|row| {
+            assert_eq!(row["trace_role"], "client", "{row}");
+            assert_eq!(row["resp_status"], 200, "{row}");
+            assert_eq!(row["container"], "curl", "{row}");
+            (
+                row["pid"].as_i64().unwrap_or_default(),
+                row["req_path"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let mut expected: Vec<(i64, String)> = pids
+        .iter()
+        .enumerate()
+        .map(|(run, pid)| (*pid, format!("/burst/{run}")))
+        .collect();
+    expected.sort();
+    assert_eq!(seen, expected, "one row per curl, each by its own process");
     let (_, metrics) = get(&agent.addr, "/metrics").unwrap();
     assert!(
         metrics.contains("sonde_events_dropped_total{reason=\"unrouted\"} 0"),

@@ -3,8 +3,9 @@
 //!
 //! Kernel → user: events on the [`names::EVENTS_MAP`] ring buffer. Each starts with an
 //! [`EventHeader`] whose `kind` says which struct it is: [`OpenEvent`], [`CloseEvent`],
-//! [`ClassifyEvent`], [`PeerEvent`], [`ForkEvent`], [`LocalEvent`] or a data event ([`DataEventHeader`] followed by `len` bytes). User → kernel:
-//! the filter maps (tgids, cgroup ids) and [`ConnInfo::state`] for fds the kernel could not classify.
+//! [`ClassifyEvent`], [`PeerEvent`], [`ForkEvent`], [`LocalEvent`], [`ExecEvent`] or a data event
+//! ([`DataEventHeader`] followed by `len` bytes). User → kernel: the filter maps (tgids, cgroup
+//! ids, [`ExecName`]s) and [`ConnInfo::state`] for fds the kernel could not classify.
 
 /// Bytes of one data event; a syscall's buffers are split into chunks of at most this size.
 /// A power of two so the eBPF side can bound lengths with a mask.
@@ -48,6 +49,9 @@ pub const EVENT_FORK: u32 = 6;
 /// [`EventHeader::kind`]: a traced TCP client connection was established, with its local address
 /// ([`LocalEvent`]; from `sock:inet_sock_set_state`, before or after the connection's open event).
 pub const EVENT_LOCAL: u32 = 7;
+/// [`EventHeader::kind`]: a process started a program that a selector names exactly, and the
+/// kernel selected it in its exec ([`ExecEvent`]).
+pub const EVENT_EXEC: u32 = 8;
 
 /// [`OpenEvent::flags`]: a datagram socket seen first in a recvfrom/recvmsg/recvmmsg returning a
 /// source address (role server) or a sendto/sendmsg/sendmmsg with a destination (role client);
@@ -344,6 +348,67 @@ pub struct ForkEvent {
 }
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48);
 
+/// Bytes of an [`ExecName`], its terminating zero included.
+pub const EXEC_NAME_BYTES: usize = 64;
+
+/// Longest file name an [`ExecName`] of the `*/` form can hold: the kernel reads a started
+/// program's file name from the thread's name, which holds 15 bytes, so that a 15-byte name may
+/// have been cut.
+pub const EXEC_FILE_NAME_MAX: usize = 14;
+
+/// [`names::TGIDS_MAP`] value of a process the kernel selected in its exec (see [`ExecName`]); a
+/// key selected by user space holds its own tgid, a child the kernel selected its ancestor's. No
+/// tgid is this large.
+pub const EXEC_SELECTED: u32 = u32::MAX;
+
+/// Key of [`names::EXECS_MAP`]: a program a process selector names exactly, so that the kernel can
+/// select a process that starts it in the exec itself — before it runs, where the agent's process
+/// scan comes a millisecond or more later, after a short-lived client may have done its work. Either
+/// an absolute path, matched against the path the program was started by (execve's), or `*/` and
+/// a file name of at most [`EXEC_FILE_NAME_MAX`] bytes, matched against that path's last
+/// component; zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExecName {
+    pub bytes: [u8; EXEC_NAME_BYTES],
+}
+
+impl ExecName {
+    /// Prefix of the names matched against a path's last component.
+    pub const ANY_DIRECTORY: &'static [u8] = b"*/";
+
+    /// `name` as a key: None if it does not fit (with its terminating zero) or holds a zero byte.
+    pub fn new(name: &[u8]) -> Option<ExecName> {
+        if name.len() >= EXEC_NAME_BYTES || name.contains(&0) {
+            return None;
+        }
+        let mut bytes = [0; EXEC_NAME_BYTES];
+        bytes[..name.len()].copy_from_slice(name);
+        Some(ExecName { bytes })
+    }
+
+    /// The name without its padding.
+    pub fn as_bytes(&self) -> &[u8] {
+        let len = self
+            .bytes
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(EXEC_NAME_BYTES);
+        &self.bytes[..len]
+    }
+}
+
+/// A process started a program an [`ExecName`] names and was selected in its exec: until the
+/// agent's scan finds it, its events are the selector's of that name. `header.tgid` is the process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub header: EventHeader,
+    /// The key that matched.
+    pub name: ExecName,
+}
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 40 + EXEC_NAME_BYTES);
+
 /// Header of a data event; `len` bytes of data follow it in the same ring-buffer record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -383,6 +448,9 @@ pub mod names {
     pub const EVENTS_MAP: &str = "CONN_EVENTS";
     /// `HashMap<u32 tgid, u32>`: selected processes.
     pub const TGIDS_MAP: &str = "CONN_TGIDS";
+    /// `HashMap<`[`super::ExecName`]`, u32>`: programs whose processes the kernel selects in
+    /// their exec.
+    pub const EXECS_MAP: &str = "CONN_EXECS";
     /// `HashMap<u64 cgroup id, u32>`: selected cgroups (v2 ids).
     pub const CGROUPS_MAP: &str = "CONN_CGROUPS";
     /// `Array<u64>` of [`super::FILTER_WORDS`]: the selection prefilter bitmap.
@@ -436,6 +504,7 @@ pub mod names {
     pub const TASK_TRACEPOINTS: &[(&str, &str, &str)] = &[
         ("task", "task_newtask", "conn_task_newtask"),
         ("sched", "sched_process_exit", "conn_sched_process_exit"),
+        ("sched", "sched_process_exec", "conn_sched_process_exec"),
         ("sock", "inet_sock_set_state", "conn_sock_set_state"),
     ];
 }
@@ -453,6 +522,8 @@ mod pod {
     unsafe impl aya::Pod for super::ClassifyEvent {}
     unsafe impl aya::Pod for super::PeerEvent {}
     unsafe impl aya::Pod for super::ForkEvent {}
+    unsafe impl aya::Pod for super::ExecName {}
+    unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::LocalEvent {}
     unsafe impl aya::Pod for super::PeerAddr {}
     unsafe impl aya::Pod for super::DataEventHeader {}

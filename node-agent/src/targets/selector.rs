@@ -4,6 +4,7 @@
 use globset::{Glob, GlobMatcher};
 use regex::Regex;
 use sonde_api::ProcessSelector;
+use sonde_common::conn::{EXEC_FILE_NAME_MAX, ExecName};
 
 use super::TargetsError;
 
@@ -68,6 +69,39 @@ pub fn validate(selector: &ProcessSelector) -> Result<(), TargetsError> {
     ProcessMatcher::new(selector).map(|_| ())
 }
 
+/// What the kernel can match for `selector` in a process's exec (see [`ExecName`]), for a
+/// selector of `exe` alone: an absolute path without glob characters, or `*/` and a file name of
+/// at most [`EXEC_FILE_NAME_MAX`] bytes (several in braces: `*/{curl,wget}`), each matching exactly
+/// what the glob matches. The rest — other globs and alternatives (`*/python3*`), longer names,
+/// command lines — is left to the process scan.
+pub fn exec_names(selector: &ProcessSelector) -> Vec<ExecName> {
+    const GLOB: &[char] = &['*', '?', '[', ']', '{', '}', '\\', ','];
+    let plain = |name: &str| !name.is_empty() && !name.contains(GLOB);
+    let (Some(exe), None) = (selector.exe.as_deref(), &selector.cmdline) else {
+        return Vec::new();
+    };
+    let names: Vec<String> = if exe.starts_with('/') && plain(exe) {
+        vec![exe.to_owned()]
+    } else if let Some(file) = exe.strip_prefix("*/") {
+        let alternatives: Vec<&str> = match file.strip_prefix('{').and_then(|f| f.strip_suffix('}'))
+        {
+            Some(inside) => inside.split(',').collect(),
+            None => vec![file],
+        };
+        alternatives
+            .into_iter()
+            .filter(|name| plain(name) && !name.contains('/') && name.len() <= EXEC_FILE_NAME_MAX)
+            .map(|name| format!("*/{name}"))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    names
+        .iter()
+        .filter_map(|name| ExecName::new(name.as_bytes()))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -128,5 +162,34 @@ mod tests {
             err.contains("process.cmdline") && err.contains("(unclosed"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn the_kernel_matches_at_exec_only_programs_a_selector_names_exactly() {
+        let names = |exe: &str, cmdline: Option<&str>| -> Vec<String> {
+            exec_names(&selector(Some(exe), cmdline))
+                .iter()
+                .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
+                .collect()
+        };
+        assert_eq!(names("/usr/bin/curl", None), ["/usr/bin/curl"]);
+        assert_eq!(names("*/curl", None), ["*/curl"]);
+        assert_eq!(names("*/{curl,wget,python3*}", None), ["*/curl", "*/wget"]);
+        for scan_only in ["*/python3*", "/usr/bin/*", "**/curl", "curl", "*/bin/curl"] {
+            assert!(names(scan_only, None).is_empty(), "{scan_only}");
+        }
+        assert!(names("*/curl", Some("example.com")).is_empty());
+        assert_eq!(names("*/redis-sentinel", None), ["*/redis-sentinel"]);
+        assert!(
+            names("*/postgres_exporter", None).is_empty(),
+            "15 bytes and more"
+        );
+        assert!(names(&format!("/{}", "x".repeat(63)), None).is_empty());
+        assert!(exec_names(&selector(None, Some("curl"))).is_empty());
+        // Each name matches what the glob matches: `*/` a file name in any directory.
+        let glob = ProcessMatcher::new(&selector(Some("*/{curl,wget,python3*}"), None)).unwrap();
+        assert!(glob.matches(Path::new("/opt/x/wget"), None, ""));
+        assert!(!glob.matches(Path::new("/opt/x/wget2"), None, ""));
+        assert!(!glob.matches(Path::new("/opt/wget/x"), None, ""));
     }
 }

@@ -2,7 +2,8 @@
 //! `sonde_common::conn`).
 use sonde_common::conn::{
     ClassifyEvent, CloseEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA,
-    EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, ForkEvent, LocalEvent, OpenEvent, PeerEvent,
+    EVENT_EXEC, EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, ExecEvent, ForkEvent, LocalEvent,
+    OpenEvent, PeerEvent,
 };
 
 /// One record of the ring buffer.
@@ -14,6 +15,7 @@ pub enum Event<'a> {
     Peer(PeerEvent),
     Fork(ForkEvent),
     Local(LocalEvent),
+    Exec(ExecEvent),
     Data(DataEventHeader, &'a [u8]),
 }
 
@@ -70,6 +72,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
         EVENT_PEER => Ok(Event::Peer(read(bytes, kind)?)),
         EVENT_FORK => Ok(Event::Fork(read(bytes, kind)?)),
         EVENT_LOCAL => Ok(Event::Local(read(bytes, kind)?)),
+        EVENT_EXEC => Ok(Event::Exec(read(bytes, kind)?)),
         EVENT_DATA => {
             let header: DataEventHeader = read(bytes, kind)?;
             let start = std::mem::size_of::<DataEventHeader>();

@@ -1,7 +1,8 @@
 //! The protocol-capture eBPF programs: loaded and attached once for every protocol Tracepoint of this
 //! agent, detached when the last one stops. The selected tgids and cgroup ids live in two maps kept
 //! equal to the [`Routes`](super::routes::Routes) here, with the prefilter bitmap of both that the
-//! programs check first and the selection epoch that tells them a key left.
+//! programs check first and the selection epoch that tells them a key left; the programs that
+//! selectors name exactly in a third, for the kernel to select their processes in the exec.
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -9,7 +10,8 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use sonde_common::conn::{
-    ConnInfo, ConnKey, FILTER_WORDS, SockOffsets, filter_bit_cgroup, filter_bit_tgid, names,
+    ConnInfo, ConnKey, EXEC_SELECTED, ExecName, FILTER_WORDS, SockOffsets, filter_bit_cgroup,
+    filter_bit_tgid, names,
 };
 use tracing::warn;
 
@@ -78,12 +80,14 @@ pub struct Kernel {
     _ebpf: Ebpf,
     tgids: BpfHashMap<MapData, u32, u32>,
     cgroups: BpfHashMap<MapData, u64, u32>,
+    execs: BpfHashMap<MapData, ExecName, u32>,
     filter: Array<MapData, u64>,
     epoch: Array<MapData, u64>,
     /// The selection epoch as last written.
     epoch_value: u64,
     tgid_set: HashSet<u32>,
     cgroup_set: HashSet<u64>,
+    exec_set: HashSet<ExecName>,
     /// The prefilter bits this side set (the kernel sets those of children it selects: see
     /// [`Kernel::set_filter`]).
     filter_words: Vec<u64>,
@@ -184,12 +188,14 @@ impl Kernel {
         let kernel = Kernel {
             tgids: take(&mut ebpf, names::TGIDS_MAP)?,
             cgroups: take(&mut ebpf, names::CGROUPS_MAP)?,
+            execs: take(&mut ebpf, names::EXECS_MAP)?,
             filter: take(&mut ebpf, names::FILTER_MAP)?,
             epoch: take(&mut ebpf, names::EPOCH_MAP)?,
             epoch_value: 0,
             _ebpf: ebpf,
             tgid_set: HashSet::new(),
             cgroup_set: HashSet::new(),
+            exec_set: HashSet::new(),
             filter_words: vec![0; FILTER_WORDS as usize],
             rebuilt: Instant::now(),
         };
@@ -233,19 +239,62 @@ impl Kernel {
             names::CGROUPS_MAP,
         )?;
         if !gone_tgids.is_empty() || !gone_cgroups.is_empty() {
-            let next = self.epoch_value.wrapping_add(1);
-            self.epoch
-                .set(0, next, 0)
-                .map_err(|source| KernelError::Filter {
-                    map: names::EPOCH_MAP,
-                    source,
-                })?;
-            self.epoch_value = next;
+            self.next_epoch()?;
         }
         let orphan_bits: Vec<u32> = orphans.iter().map(|&t| filter_bit_tgid(t)).collect();
         self.write_filter(wanted, &orphan_bits)?;
         if self.rebuilt.elapsed() >= FILTER_REBUILD_EVERY {
             self.rebuild_filter(cgroups)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the selection epoch on: threads of processes no longer selected stop being traced
+    /// at their next syscall.
+    fn next_epoch(&mut self) -> Result<(), KernelError> {
+        let next = self.epoch_value.wrapping_add(1);
+        self.epoch
+            .set(0, next, 0)
+            .map_err(|source| KernelError::Filter {
+                map: names::EPOCH_MAP,
+                source,
+            })?;
+        self.epoch_value = next;
+        Ok(())
+    }
+
+    /// Makes the exec-name map hold exactly `wanted`. When names went, the processes the kernel
+    /// selected in their exec and that are not selected here (`tgids`) leave the selection: their
+    /// program may be named by no probe any more. (One that started a moment ago goes with them,
+    /// and comes back when the process scan finds it.)
+    pub fn set_execs(
+        &mut self,
+        wanted: &HashSet<ExecName>,
+        tgids: &HashSet<u32>,
+    ) -> Result<(), KernelError> {
+        let gone = sync(
+            &mut self.execs,
+            &mut self.exec_set,
+            wanted,
+            |_| 1,
+            names::EXECS_MAP,
+        )?;
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let selected_at_exec: Vec<u32> = self
+            .tgids
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(tgid, why)| why == EXEC_SELECTED && !tgids.contains(&tgid))
+            .map(|(tgid, _)| tgid)
+            .collect();
+        for tgid in &selected_at_exec {
+            // Gone meanwhile (it exited) is fine.
+            let _ = self.tgids.remove(tgid);
+        }
+        if !selected_at_exec.is_empty() {
+            self.next_epoch()?;
         }
         Ok(())
     }

@@ -48,6 +48,7 @@ use self::rows::Tables;
 use self::tracker::Tracker;
 use super::{ProbeContext, RuntimeStatus};
 use crate::targets::TargetProcess;
+use crate::targets::selector::exec_names;
 
 /// Default of `spec.probe.maxBodyBytes`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512;
@@ -216,15 +217,18 @@ impl ProtocolsShared {
         });
         let tgids: HashSet<u32> = routes.tgids.keys().copied().collect();
         let cgroups: HashSet<u64> = routes.cgroups.keys().copied().collect();
+        let execs: HashSet<_> = routes.execs.keys().copied().collect();
         {
             let mut current = self.routes.write().unwrap_or_else(PoisonError::into_inner);
             let before = std::mem::take(&mut *current);
             *current = before.succeeded_by(routes, std::time::Instant::now());
         }
         if let Some(running) = inner.running.as_mut() {
-            running
-                .kernel
+            // The routes above first: a process the kernel selects for a name finds its route.
+            let kernel = &mut running.kernel;
+            kernel
                 .set_filter(&tgids, &cgroups)
+                .and_then(|()| kernel.set_execs(&execs, &tgids))
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
@@ -265,6 +269,11 @@ fn probe_routes(
         },
         targets: targets.to_vec(),
         by_cgroup: probe.process.is_none() && !probe.targets.is_empty(),
+        // Standalone selectors only: one that narrows pods would need the pod's cgroup checked too.
+        exec_names: match &probe.process {
+            Some(selector) if probe.targets.is_empty() => exec_names(selector),
+            _ => Vec::new(),
+        },
     }
 }
 

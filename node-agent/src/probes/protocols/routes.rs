@@ -10,6 +10,7 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sonde_common::conn::ExecName;
 use sonde_protocols::{Kind, ParseConfig};
 
 use crate::targets::TargetProcess;
@@ -32,6 +33,9 @@ pub struct ProbeRoutes {
     pub targets: Vec<TargetProcess>,
     /// Select the targets' cgroups rather than their tgids.
     pub by_cgroup: bool,
+    /// Programs the probe's process selector names exactly: the kernel selects a process that
+    /// starts one in its exec (see [`ExecName`]).
+    pub exec_names: Vec<ExecName>,
 }
 
 /// How long a route outlives its selection. The capture ring still holds what the kernel captured
@@ -41,11 +45,13 @@ pub struct ProbeRoutes {
 pub const RETIRED_ROUTE_GRACE: Duration = Duration::from_secs(10);
 
 /// Routes by tgid and by cgroup id; a tgid route wins, and a selected key's route wins over a
-/// retired one.
+/// retired one. Routes by exec name are those of processes the kernel selected in their exec,
+/// until the process scan finds them.
 #[derive(Clone, Debug, Default)]
 pub struct Routes {
     pub tgids: HashMap<u32, Arc<Route>>,
     pub cgroups: HashMap<u64, Arc<Route>>,
+    pub execs: HashMap<ExecName, Arc<Route>>,
     /// Routes of keys no longer selected, until their deadline.
     retired_tgids: HashMap<u32, (Arc<Route>, Instant)>,
     retired_cgroups: HashMap<u64, (Arc<Route>, Instant)>,
@@ -76,7 +82,18 @@ impl Routes {
     ) -> Routes {
         let mut tgids: HashMap<u32, Route> = HashMap::new();
         let mut cgroups: HashMap<u64, Route> = HashMap::new();
+        let mut execs: HashMap<ExecName, Route> = HashMap::new();
         for probe in probes.values() {
+            for name in &probe.exec_names {
+                let route = Route {
+                    kinds: probe.kinds.clone(),
+                    config: probe.config.clone(),
+                    namespace: String::new(),
+                    pod: String::new(),
+                    container: file_name(name),
+                };
+                merge(execs.entry(*name), route);
+            }
             for target in &probe.targets {
                 let route = Route {
                     kinds: probe.kinds.clone(),
@@ -98,9 +115,18 @@ impl Routes {
         Routes {
             tgids: tgids.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             cgroups: cgroups.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
+            execs: execs.into_iter().map(|(k, v)| (k, Arc::new(v))).collect(),
             ..Routes::default()
         }
     }
+}
+
+/// The label a standalone process running the program `name` names gets (as
+/// [`TargetProcess::container_label`] gives it): the file name.
+fn file_name(name: &ExecName) -> String {
+    let bytes = name.as_bytes();
+    let start = bytes.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }
 
 fn retire<K: Hash + Eq>(
@@ -168,6 +194,7 @@ mod tests {
                 config: ParseConfig::default(),
                 targets: vec![target(10, "p")],
                 by_cgroup: false,
+                exec_names: Vec::new(),
             },
         );
         probes.insert(
@@ -180,6 +207,7 @@ mod tests {
                 },
                 targets: vec![target(10, "p"), target(11, "q")],
                 by_cgroup: false,
+                exec_names: Vec::new(),
             },
         );
         let routes = Routes::build(&probes, |_| None);
@@ -200,6 +228,7 @@ mod tests {
                 config: ParseConfig::default(),
                 targets: vec![target(10, "p")],
                 by_cgroup: true,
+                exec_names: Vec::new(),
             },
         );
         let routes = Routes::build(&probes, |pid| (pid == 10).then_some(777));
@@ -226,8 +255,34 @@ mod tests {
                 config: ParseConfig::default(),
                 targets,
                 by_cgroup,
+                exec_names: Vec::new(),
             },
         )])
+    }
+
+    #[test]
+    fn programs_named_by_two_probes_merge_their_protocols_and_are_labelled_by_file_name() {
+        let name = |s: &str| ExecName::new(s.as_bytes()).unwrap();
+        let probe = |kinds, names: &[&str]| ProbeRoutes {
+            kinds,
+            config: ParseConfig::default(),
+            targets: Vec::new(),
+            by_cgroup: false,
+            exec_names: names.iter().map(|n| name(n)).collect(),
+        };
+        let probes = BTreeMap::from([
+            ("a".to_owned(), probe(vec![Kind::Http], &["*/curl"])),
+            (
+                "b".to_owned(),
+                probe(vec![Kind::Dns], &["*/curl", "/usr/bin/psql"]),
+            ),
+        ]);
+        let routes = Routes::build(&probes, |_| None);
+        let curl = &routes.execs[&name("*/curl")];
+        assert_eq!(curl.kinds, vec![Kind::Http, Kind::Dns]);
+        assert_eq!(curl.container, "curl");
+        assert_eq!(routes.execs[&name("/usr/bin/psql")].container, "psql");
+        assert!(routes.tgids.is_empty() && routes.cgroups.is_empty());
     }
 
     #[test]

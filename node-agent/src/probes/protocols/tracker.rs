@@ -11,8 +11,9 @@ use rustc_hash::FxHashMap;
 use sonde_common::conn::{
     CLASSIFY_INET, CLASSIFY_UDP, CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE,
     ClassifyEvent, CloseEvent, ConnInfo, ConnKey, DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS,
-    DataEventHeader, EventHeader, ForkEvent, LocalEvent, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED,
-    OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
+    DataEventHeader, EventHeader, ExecEvent, ForkEvent, LocalEvent, OPEN_DATAGRAM,
+    OPEN_LOCAL_REPORTED, OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT,
+    ROLE_SERVER,
 };
 use sonde_protocols::{Direction, Record, Red, Role, Transport};
 use tracing::{debug, warn};
@@ -141,10 +142,11 @@ pub struct Tracker {
     /// Local addresses the kernel reported for TCP connects whose open event is still to come
     /// (a blocking connect is established before it returns).
     locals: HashMap<ConnKey, std::net::SocketAddr>,
-    /// Child tgid → its parent's route when a selected process forked: the kernel traces the
-    /// child of a process selected by tgid from its first syscall, before the agent's process
-    /// scan has seen it. Entries go when the child exits.
-    forked_routes: HashMap<u32, Arc<super::routes::Route>>,
+    /// Routes of processes the kernel selected before the agent's process scan has seen them: a
+    /// child of a process selected by tgid takes its parent's route, from its first syscall; a
+    /// process that started a program a selector names, that name's route. Entries go when the
+    /// process exits.
+    kernel_routes: HashMap<u32, Arc<super::routes::Route>>,
     /// Processes the last sweep found gone: the next one forgets them (see
     /// [`Tracker::sweep_exited`]).
     gone_before: HashSet<u32>,
@@ -177,7 +179,7 @@ impl Tracker {
             last_stats_ns: Clock::monotonic_now(),
             look_due: false,
             locals: HashMap::new(),
-            forked_routes: HashMap::new(),
+            kernel_routes: HashMap::new(),
             gone_before: HashSet::new(),
         }
     }
@@ -201,6 +203,7 @@ impl Tracker {
             Ok(Event::Classify(ev)) => self.on_classify(ev),
             Ok(Event::Peer(ev)) => self.on_peer(ev),
             Ok(Event::Fork(ev)) => self.on_fork(ev),
+            Ok(Event::Exec(ev)) => self.on_exec(ev),
             Ok(Event::Local(ev)) => self.on_local(ev),
             Ok(Event::Data(h, data)) => self.on_data(h, data),
             Ok(Event::Close(ev)) => self.on_close(ev),
@@ -221,7 +224,7 @@ impl Tracker {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .lookup(h.tgid, h.cgroup_id)
-            .or_else(|| self.forked_routes.get(&h.tgid).cloned())
+            .or_else(|| self.kernel_routes.get(&h.tgid).cloned())
     }
 
     fn new_conn(&mut self, h: &EventHeader) -> Conn {
@@ -275,11 +278,11 @@ impl Tracker {
         // A reused pid starts clean.
         self.inherited.remove(&ev.child);
         match self.route_of(&ev.header) {
-            Some(route) if self.forked_routes.len() < MAX_FORKED_ROUTES => {
-                self.forked_routes.insert(ev.child, route);
+            Some(route) if self.kernel_routes.len() < MAX_KERNEL_ROUTES => {
+                self.kernel_routes.insert(ev.child, route);
             }
             _ => {
-                self.forked_routes.remove(&ev.child);
+                self.kernel_routes.remove(&ev.child);
             }
         }
         let mut fds = HashMap::new();
@@ -291,6 +294,43 @@ impl Tracker {
         }
         if !fds.is_empty() {
             self.inherited.insert(ev.child, fds);
+        }
+    }
+
+    /// A process started a program a selector names, and the kernel selected it: until the
+    /// process scan routes it, its events take that name's route, labelled as the scan would label
+    /// it — by the file name of the program it runs, which may be a symlink's target.
+    fn on_exec(&mut self, ev: ExecEvent) {
+        let tgid = ev.header.tgid;
+        let route = self
+            .routes
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .execs
+            .get(&ev.name)
+            .cloned();
+        match route {
+            Some(route)
+                if self.kernel_routes.len() < MAX_KERNEL_ROUTES
+                    || self.kernel_routes.contains_key(&tgid) =>
+            {
+                let runs = std::fs::read_link(format!("/proc/{tgid}/exe")).ok();
+                let label = runs
+                    .as_deref()
+                    .and_then(std::path::Path::file_name)
+                    .map(|name| name.to_string_lossy());
+                let route = match label {
+                    Some(label) if label != route.container => Arc::new(super::routes::Route {
+                        container: label.into_owned(),
+                        ..(*route).clone()
+                    }),
+                    _ => route,
+                };
+                self.kernel_routes.insert(tgid, route);
+            }
+            _ => {
+                self.kernel_routes.remove(&tgid);
+            }
         }
     }
 
@@ -759,7 +799,7 @@ impl Tracker {
         let mut tracked: HashSet<u32> = self.conns.keys().map(|k| k.tgid).collect();
         tracked.extend(self.listeners.keys().map(|k| k.tgid));
         tracked.extend(self.inherited.keys());
-        tracked.extend(self.forked_routes.keys());
+        tracked.extend(self.kernel_routes.keys());
         let gone_now: HashSet<u32> = tracked.into_iter().filter(|&t| !alive(t)).collect();
         let (gone, waiting): (HashSet<u32>, HashSet<u32>) = gone_now
             .into_iter()
@@ -767,7 +807,7 @@ impl Tracker {
         self.gone_before = waiting;
         self.listeners.retain(|k, _| !gone.contains(&k.tgid));
         self.inherited.retain(|tgid, _| !gone.contains(tgid));
-        self.forked_routes.retain(|tgid, _| !gone.contains(tgid));
+        self.kernel_routes.retain(|tgid, _| !gone.contains(tgid));
         let dead: Vec<ConnKey> = self
             .conns
             .keys()
@@ -816,7 +856,7 @@ impl Tracker {
                     .map(|r| target_labels(r)),
             );
         }
-        traced.extend(self.forked_routes.values().map(|r| target_labels(r)));
+        traced.extend(self.kernel_routes.values().map(|r| target_labels(r)));
         traced.extend(
             self.conns
                 .values()
@@ -1065,9 +1105,9 @@ fn unanswered_wait(
         .map(|at| at.saturating_sub(request_ns))
 }
 
-/// Children's routes kept at most (see `Tracker::forked_routes`); beyond, a child waits for the
-/// process scan to route it.
-const MAX_FORKED_ROUTES: usize = 16384;
+/// Routes of processes the kernel selected kept at most (see `Tracker::kernel_routes`); beyond, a
+/// process waits for the process scan to route it.
+const MAX_KERNEL_ROUTES: usize = 16384;
 
 /// Local addresses kept for open events still to come (see `Tracker::locals`).
 const MAX_PENDING_LOCALS: usize = 4096;
