@@ -3,8 +3,10 @@
 //! [`super`]. Only shapes that are defined well enough to rarely match anything else:
 //!
 //! - **JWT**: three base64url segments joined by `.`, the first two starting `eyJ` (a JSON object,
-//!   `{"`, encodes so); the third may be empty (`alg: none`). One `eyJ…` segment alone is left: a
-//!   base64 JSON pagination cursor has that shape.
+//!   `{"`, encodes so); the third may be empty (`alg: none`). An encrypted one (JWE, RFC 7516):
+//!   five segments, the first starting `eyJ`, the second (the encrypted key) possibly empty, the
+//!   initialization vector and the tag of at least 16 characters (96 bits), a ciphertext between.
+//!   One `eyJ…` segment alone is left: a base64 JSON pagination cursor has that shape.
 //! - **AWS access key id**: `AKIA` (long-term) or `ASIA` (temporary) and 16 uppercase letters or
 //!   digits, 20 in all. **AWS secret access key**: 40 characters of base64 (`A-Za-z0-9+/`) mixing
 //!   upper and lower case and digits, only in a text that also holds an access key id: alone, that
@@ -12,7 +14,8 @@
 //! - **GitHub**: `ghp_`, `gho_`, `ghu_`, `ghs_`, `ghr_` and at least 36 letters or digits;
 //!   `github_pat_` and at least 82 letters, digits or `_` (GitHub's documented formats).
 //! - **Slack**: `xoxb-`, `xoxa-`, `xoxp-`, `xoxr-`, `xoxs-` and at least 10 letters, digits or `-`.
-//! - **Stripe** live keys: `sk_live_`, `rk_live_` and at least 24 letters or digits.
+//! - **Stripe** keys: `sk_live_`, `rk_live_`, `sk_test_`, `rk_test_` and at least 24 letters or
+//!   digits (a test key still reads and writes the account's test data).
 //! - **Google API key**: `AIza` and exactly 35 letters, digits, `_` or `-`.
 //! - **PEM private key**: what follows a `-----BEGIN … PRIVATE KEY-----` line (also `… PRIVATE KEY
 //!   BLOCK` of PGP) up to its `-----END`: base64, line breaks (raw or JSON-escaped), the
@@ -21,6 +24,10 @@
 //! - **`Bearer <token>`** (RFC 6750, capital B as clients send it) in text: the token, of RFC 6750's
 //!   characters, when it has at least 8 with a digit or at least 20 (`Bearer tokens` in prose is
 //!   left; a JWT or vendor token after it is one of the shapes above anyway).
+//! - **`Basic <credentials>`** (RFC 7617) in text — a logged request, a `curl -H` in a script, a
+//!   header copied into a JSON body: the credentials, at least 12 base64 characters that decode to
+//!   text without control characters holding a `:` after at least one byte (`user:password`), which
+//!   prose (`Basic Authentication`) does not.
 //!
 //! A token counts only where it starts and ends at a boundary: the byte before and the byte after
 //! are not of its alphabet (so `xAKIA…` or a `ghp_` inside a longer word is nothing). A URL escape
@@ -37,7 +44,7 @@
 //! statement and Redis value. In order: a text shorter than the shortest token ([`SHORTEST`]) and
 //! not cut holds none (most header values, many bodies); then five anchor bytes are looked for
 //! (`J` of `eyJ`, `I` of `AKIA`/`ASIA`/`AIza`, `_` of the GitHub and Stripe prefixes, `x` of `xox`,
-//! `B` of `BEGIN` and `Bearer`), 32 bytes at a time in SIMD compares the compiler makes of a loop
+//! `B` of `BEGIN`, `Bearer` and `Basic`), 32 bytes at a time in SIMD compares the compiler makes of a loop
 //! without early exit, a shorter text eight bytes at a time by word arithmetic (about one
 //! instruction per byte either way); only where one is found are its positions taken and each
 //! checked against the few shapes it can be part of. (`memchr` for each prefix would be one pass per
@@ -60,6 +67,7 @@ pub(crate) enum Shape {
     GoogleApiKey,
     PemPrivateKey,
     Bearer,
+    Basic,
 }
 
 /// A token found: its bytes in the text, and its shape.
@@ -295,11 +303,9 @@ fn at_anchor(bytes: &[u8], i: usize, cut: bool) -> Option<Token> {
                     token(shape.find(bytes, i - 3, cut), Shape::GitHub)
                 }
                 (_, Some(b"sk" | b"rk"), _) => {
-                    let prefix = if bytes[i - 2] == b's' {
-                        b"sk_live_"
-                    } else {
-                        b"rk_live_"
-                    };
+                    let prefix = [b"sk_live_", b"sk_test_", b"rk_live_", b"rk_test_"]
+                        .into_iter()
+                        .find(|prefix| has(bytes, i - 2, *prefix))?;
                     let shape = Prefixed::new(prefix, ALNUM | UNDERSCORE, ALNUM, 24);
                     token(shape.find(bytes, i - 2, cut), Shape::Stripe)
                 }
@@ -324,7 +330,8 @@ fn at_anchor(bytes: &[u8], i: usize, cut: bool) -> Option<Token> {
             i.checked_sub(5).and_then(|s| pem(bytes, s)),
             Shape::PemPrivateKey,
         )
-        .or_else(|| token(bearer(bytes, i, cut), Shape::Bearer)),
+        .or_else(|| token(bearer(bytes, i, cut), Shape::Bearer))
+        .or_else(|| token(basic(bytes, i, cut), Shape::Basic)),
         _ => None,
     }
 }
@@ -394,6 +401,9 @@ fn jwt(bytes: &[u8], start: usize, cut: bool) -> Option<Range<usize>> {
     }
     let payload = header_end + 1;
     let payload_end = run(bytes, payload, BASE64URL);
+    if let Some(end) = jwe_end(bytes, payload) {
+        return Some(start..end);
+    }
     if !has(bytes, payload, b"eyJ") {
         // What there is of an `eyJ` that the end cut.
         let kept = bytes.get(payload..).unwrap_or_default();
@@ -408,6 +418,24 @@ fn jwt(bytes: &[u8], start: usize, cut: bool) -> Option<Range<usize>> {
     }
     Some(start..run(bytes, payload_end + 1, BASE64URL))
 }
+
+/// The end of an encrypted JWT's last four segments starting at `from` (after its header and
+/// `.`): key `.` IV `.` ciphertext `.` tag.
+fn jwe_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    for min in [0, JWE_NONCE, 1] {
+        let end = run(bytes, at, BASE64URL);
+        if end - at < min || bytes.get(end) != Some(&b'.') {
+            return None;
+        }
+        at = end + 1;
+    }
+    let end = run(bytes, at, BASE64URL);
+    (end - at >= JWE_NONCE && boundary_after(bytes, end, BASE64URL | TOKEN68)).then_some(end)
+}
+
+/// The shortest initialization vector and tag of a JWE: 96 bits (A*GCM's IV) in base64url.
+const JWE_NONCE: usize = 16;
 
 /// The shortest first or second segment of a JWT: the JSON of a header names its `alg` at least
 /// (`{"alg":"none"}`, 19 characters), of a payload one claim (`{"a":1}`, 10).
@@ -468,6 +496,65 @@ fn bearer(bytes: &[u8], start: usize, cut: bool) -> Option<Range<usize>> {
     let shaped = token.len() >= 20 || (token.len() >= 8 && token.iter().any(u8::is_ascii_digit));
     let cut_short = cut && end == bytes.len() && !token.is_empty();
     ((shaped && boundary_after(bytes, end, ALNUM)) || cut_short).then_some(from..end)
+}
+
+/// The credentials after a `Basic` starting at `start` (see the module doc for which count); in a
+/// `cut` text, what there is of them when they run to the end.
+fn basic(bytes: &[u8], start: usize, cut: bool) -> Option<Range<usize>> {
+    const BASE64: u8 = ALNUM | B64;
+    if !has(bytes, start, b"Basic ") || !boundary_before(bytes, start, ALNUM) {
+        return None;
+    }
+    let from = start
+        + b"Basic".len()
+        + bytes[start + 5..]
+            .iter()
+            .take_while(|&&b| b == b' ')
+            .count();
+    let encoded_end = run(bytes, from, BASE64);
+    let end = encoded_end
+        + bytes[encoded_end..]
+            .iter()
+            .take(2)
+            .take_while(|&&b| b == b'=')
+            .count();
+    let encoded = &bytes[from..encoded_end];
+    let cut_short = cut && end == bytes.len() && !encoded.is_empty();
+    let whole =
+        encoded.len() >= 12 && boundary_after(bytes, end, ALNUM) && decodes_to_credentials(encoded);
+    (whole || cut_short).then_some(from..end)
+}
+
+/// Does base64 `encoded` (without padding) decode to `user:password`: no control characters, a
+/// `:` after the first byte? (Hand-written: this crate has no base64 decoder, and this one stops
+/// at the first byte that says no.)
+fn decodes_to_credentials(encoded: &[u8]) -> bool {
+    if encoded.len() % 4 == 1 {
+        return false;
+    }
+    let (mut bits, mut held, mut decoded) = (0u32, 0u32, 0usize);
+    let mut colon = false;
+    for &c in encoded {
+        let value = match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            _ => 63,
+        };
+        bits = (bits << 6 | u32::from(value)) & 0xffff;
+        held += 6;
+        if held >= 8 {
+            held -= 8;
+            let byte = (bits >> held) as u8;
+            if byte < 0x20 || byte == 0x7f {
+                return false;
+            }
+            colon |= byte == b':' && decoded > 0;
+            decoded += 1;
+        }
+    }
+    colon
 }
 
 /// AWS secret access keys, in a text holding an access key id: runs of exactly 40 base64

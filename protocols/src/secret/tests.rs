@@ -53,6 +53,34 @@ fn a_jwt_is_redacted_whatever_names_it_and_the_text_around_stays() {
 }
 
 #[test]
+fn an_encrypted_jwt_is_redacted_whole() {
+    // RFC 7516's header `{"alg":"RSA-OAEP","enc":"A256GCM"}`; a key, IV, ciphertext and tag of
+    // the lengths A256GCM gives them.
+    let header = "eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ";
+    let jwe = format!(
+        "{header}.{}.{}.{}.{}",
+        fake("", 342),
+        fake("", 16),
+        fake("", 40),
+        fake("", 22)
+    );
+    assert_eq!(
+        found(&format!("id_token={jwe}&x=1"), false),
+        [(Shape::Jwt, &*jwe)]
+    );
+    // Direct encryption: no encrypted key.
+    let direct = format!(
+        "{header}..{}.{}.{}",
+        fake("", 16),
+        fake("", 8),
+        fake("", 22)
+    );
+    assert_eq!(shown(&format!(r#""{direct}""#), false), r#""<redacted>""#);
+    // Dotted names after a base64 JSON value are no JWE: the IV and tag are too short.
+    assert_eq!(found(&format!("{header}.a.b.c.d"), false), []);
+}
+
+#[test]
 fn one_base64_json_segment_is_no_jwt() {
     // A pagination cursor: base64 of `{"id":123}`.
     for text in [
@@ -130,8 +158,9 @@ fn slack_stripe_and_google_keys_are_redacted() {
     let slack = format!("xoxb-{}-{}", "1234567890", fake("", 24));
     let stripe = fake("sk_live_", 24);
     let restricted = fake("rk_live_", 99);
+    let test = fake("sk_test_", 99);
     let google = fake("AIza", 35);
-    let text = format!("a={slack}&b={stripe}&c={restricted}&d={google}");
+    let text = format!("a={slack}&b={stripe}&c={restricted}&d={google}&e={test}");
     assert_eq!(
         found(&text, false),
         [
@@ -139,19 +168,21 @@ fn slack_stripe_and_google_keys_are_redacted() {
             (Shape::Stripe, &*stripe),
             (Shape::Stripe, &*restricted),
             (Shape::GoogleApiKey, &*google),
+            (Shape::Stripe, &*test),
         ]
     );
     assert_eq!(
         shown(&text, false),
-        "a=<redacted>&b=<redacted>&c=<redacted>&d=<redacted>"
+        "a=<redacted>&b=<redacted>&c=<redacted>&d=<redacted>&e=<redacted>"
     );
 }
 
 #[test]
 fn words_that_start_like_a_vendor_prefix_are_left() {
     for text in [
-        format!("skip sketch skill {}", fake("sk_test_", 24)),
+        format!("skip sketch skill {}", fake("sk_demo_", 24)),
         "sk_live_short".to_string(),
+        "sk_test_short".to_string(),
         "xoxo, gossip girl; xoxb-short".to_string(),
         fake("AIza", 34),
         fake("AIza", 36),
@@ -218,6 +249,32 @@ fn bearer_tokens_in_text_are_redacted_but_not_the_word() {
     ] {
         assert_eq!(found(text, false), [], "{text}");
     }
+}
+
+#[test]
+fn basic_credentials_in_text_are_redacted_but_not_the_word() {
+    // `Aladdin:open sesame`, RFC 7617's example, in a script's curl command and a JSON log line.
+    let curl = "curl -H 'Authorization: Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==' https://api";
+    assert_eq!(
+        shown(curl, false),
+        "curl -H 'Authorization: Basic <redacted>' https://api"
+    );
+    let log = r#"{"msg":"retry","header":"Basic YWJjOmRlZmdo"}"#;
+    assert_eq!(found(log, false), [(Shape::Basic, "YWJjOmRlZmdo")]);
+    for text in [
+        "Basic Authentication is enabled",
+        r#"WWW-Authenticate: Basic realm="api", charset="UTF-8""#,
+        "Basic Om5vdXNlcjEyMw==", // `:nouser123`
+        "Basic aGVsbG8gd29ybGQh", // `hello world!`: no `:`
+        "basic YWJjOmRlZmdo",     // lower case: what clients do not send
+    ] {
+        assert_eq!(found(text, false), [], "{text}");
+    }
+    // Cut inside the credentials: what there is of them goes.
+    assert_eq!(
+        shown("Authorization: Basic QWxhZGRp", true),
+        "Authorization: Basic <redacted>"
+    );
 }
 
 #[test]
@@ -345,6 +402,7 @@ fn no_whole_token_is_shorter_than_the_length_texts_are_skipped_below() {
         (Shape::Stripe, fake("sk_live_", 24)),
         (Shape::GoogleApiKey, fake("AIza", 35)),
         (Shape::Bearer, "Bearer 2Yotn1Fz".to_string()),
+        (Shape::Basic, "Basic YWJjOmRlZmdo".to_string()),
     ];
     for (shape, token) in shortest {
         assert!(token.len() >= SHORTEST, "{token}");
