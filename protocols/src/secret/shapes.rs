@@ -477,47 +477,42 @@ fn pem(bytes: &[u8], start: usize) -> Option<Range<usize>> {
 /// The token after a `Bearer` starting at `start` (see the module doc for which count).
 fn bearer(bytes: &[u8], start: usize, cut: bool) -> Option<Range<usize>> {
     const B64TOKEN: u8 = ALNUM | DASH | UNDERSCORE | B64 | TOKEN68;
-    if !has(bytes, start, b"Bearer ") || !boundary_before(bytes, start, ALNUM) {
-        return None;
-    }
-    let from = start
-        + b"Bearer".len()
-        + bytes[start + 6..]
-            .iter()
-            .take_while(|&&b| b == b' ')
-            .count();
-    let token_end = run(bytes, from, B64TOKEN);
-    let end = token_end
-        + bytes[token_end..]
-            .iter()
-            .take_while(|&&b| b == b'=')
-            .count();
+    let (from, token_end, end) = after_scheme(bytes, start, b"Bearer", B64TOKEN)?;
     let token = &bytes[from..token_end];
     let shaped = token.len() >= 20 || (token.len() >= 8 && token.iter().any(u8::is_ascii_digit));
     let cut_short = cut && end == bytes.len() && !token.is_empty();
     ((shaped && boundary_after(bytes, end, ALNUM)) || cut_short).then_some(from..end)
 }
 
+/// The credentials after an authentication scheme's name (`Bearer`, `Basic`) starting at `start`
+/// and one or more spaces: where they start, where their run of `class` ends, and where they end
+/// with their `=` padding.
+fn after_scheme(
+    bytes: &[u8],
+    start: usize,
+    scheme: &[u8],
+    class: u8,
+) -> Option<(usize, usize, usize)> {
+    let name_end = start + scheme.len();
+    if !has(bytes, start, scheme)
+        || bytes.get(name_end) != Some(&b' ')
+        || !boundary_before(bytes, start, ALNUM)
+    {
+        return None;
+    }
+    let count = |from: usize, byte: u8| {
+        let rest = bytes.get(from..).unwrap_or_default();
+        rest.iter().take_while(|&&b| b == byte).count()
+    };
+    let from = name_end + count(name_end, b' ');
+    let token_end = run(bytes, from, class);
+    Some((from, token_end, token_end + count(token_end, b'=')))
+}
+
 /// The credentials after a `Basic` starting at `start` (see the module doc for which count); in a
 /// `cut` text, what there is of them when they run to the end.
 fn basic(bytes: &[u8], start: usize, cut: bool) -> Option<Range<usize>> {
-    const BASE64: u8 = ALNUM | B64;
-    if !has(bytes, start, b"Basic ") || !boundary_before(bytes, start, ALNUM) {
-        return None;
-    }
-    let from = start
-        + b"Basic".len()
-        + bytes[start + 5..]
-            .iter()
-            .take_while(|&&b| b == b' ')
-            .count();
-    let encoded_end = run(bytes, from, BASE64);
-    let end = encoded_end
-        + bytes[encoded_end..]
-            .iter()
-            .take(2)
-            .take_while(|&&b| b == b'=')
-            .count();
+    let (from, encoded_end, end) = after_scheme(bytes, start, b"Basic", ALNUM | B64)?;
     let encoded = &bytes[from..encoded_end];
     let cut_short = cut && end == bytes.len() && !encoded.is_empty();
     let whole =
