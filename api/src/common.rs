@@ -13,9 +13,10 @@ pub struct ProcessSelector {
     /// A program started through a symlink matches by the symlink's path too: its first argument
     /// when absolute, else where that name is found in the process's PATH (Debian's `redis-server`
     /// started by name runs `/usr/bin/redis-check-rdb` and matches `*/redis-server`). Standalone, a
-    /// path without glob characters or `*/` and a file name of up to 14 bytes (also
-    /// `*/{curl,wget}`), without `cmdline`, is matched by the kernel as a process starts the
-    /// program: such a process is traced from its first syscall, however briefly it runs.
+    /// path without glob characters, or `*/` and a file name of up to 14 bytes or its start
+    /// (`*/curl`, `*/python3*`, also `*/{curl,wget}`), without `cmdline`, is matched by the kernel
+    /// as a process starts the program: such a process is traced from its first syscall, however
+    /// briefly it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub exe: Option<String>,

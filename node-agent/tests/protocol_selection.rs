@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use sonde_agent::probes::protocols::events::{Event, decode};
 use sonde_agent::probes::protocols::kernel::{Kernel, LoopMaps};
-use sonde_common::conn::{ExecName, filter_bit_cgroup, filter_bit_tgid};
+use sonde_agent::targets::selector::ExecPattern;
+use sonde_common::conn::{filter_bit_cgroup, filter_bit_tgid, until_zero};
 
 /// A process sending a UDP datagram to the discard port every 20 ms from one thread.
 fn udp_sender() -> Child {
@@ -29,8 +30,8 @@ fn events_of(maps: &mut LoopMaps, tgid: u32) -> usize {
     drain(maps).0.get(&tgid).copied().unwrap_or_default()
 }
 
-/// Data and open events waiting in the ring by process, and the exec events' processes and names
-/// (all records are consumed).
+/// Data and open events waiting in the ring by process, and the exec events' processes and
+/// programs (all records are consumed).
 fn drain(maps: &mut LoopMaps) -> (HashMap<u32, usize>, Vec<(u32, String)>) {
     let mut counts = HashMap::new();
     let mut execs = Vec::new();
@@ -39,7 +40,7 @@ fn drain(maps: &mut LoopMaps) -> (HashMap<u32, usize>, Vec<(u32, String)>) {
             Ok(Event::Data(h, _)) => h.header.tgid,
             Ok(Event::Open(ev)) => ev.header.tgid,
             Ok(Event::Exec(ev)) => {
-                let name = String::from_utf8_lossy(ev.name.as_bytes()).into_owned();
+                let name = String::from_utf8_lossy(until_zero(&ev.comm)).into_owned();
                 execs.push((ev.header.tgid, name));
                 continue;
             }
@@ -245,10 +246,18 @@ fn python3() -> std::path::PathBuf {
 fn a_program_named_exactly_is_captured_from_its_exec_until_it_starts_another_or_its_name_goes() {
     let dir = tempfile::tempdir().unwrap();
     let (mut kernel, mut maps) = Kernel::load(false).expect("load the capture programs (root)");
-    let named = ExecName::new(b"*/sonde-named").unwrap();
-    kernel
-        .set_execs(&HashSet::from([named]), &HashSet::new())
-        .unwrap();
+    // One program by its name, one by the start of its name.
+    let patterns = HashSet::from([
+        ExecPattern::File {
+            name: "sonde-named".into(),
+            prefix: false,
+        },
+        ExecPattern::File {
+            name: "sonde-ste".into(),
+            prefix: true,
+        },
+    ]);
+    kernel.set_execs(&patterns, &HashSet::new()).unwrap();
 
     // Five datagrams, then, told so, the same process starts python3 by its own name.
     let script = format!(
@@ -260,7 +269,9 @@ fn a_program_named_exactly_is_captured_from_its_exec_until_it_starts_another_or_
         python = python3().to_string_lossy(),
     );
     let mut switching = python_named(dir.path(), "sonde-named", &script);
-    let mut steady = python_named(dir.path(), "sonde-named", UDP_LOOP);
+    let mut steady = python_named(dir.path(), "sonde-steady", UDP_LOOP);
+    // Neither its name nor its start: left to the process scan.
+    let mut other = python_named(dir.path(), "sonde-namedx", UDP_LOOP);
     let (switching_pid, steady_pid) = (switching.id(), steady.id());
     let stop = |child: &mut Child| {
         let _ = child.kill();
@@ -282,17 +293,26 @@ fn a_program_named_exactly_is_captured_from_its_exec_until_it_starts_another_or_
     drain(&mut maps);
     std::thread::sleep(Duration::from_millis(300));
     let (name_gone, _) = drain(&mut maps);
+    let other_pid = other.id();
     stop(&mut switching);
     stop(&mut steady);
+    stop(&mut other);
 
     let mut execs: Vec<(u32, String)> = execs
         .into_iter()
-        .filter(|(pid, _)| [switching_pid, steady_pid].contains(pid))
+        .filter(|(pid, _)| [switching_pid, steady_pid, other_pid].contains(pid))
         .collect();
     execs.sort();
-    let mut expected = [switching_pid, steady_pid].map(|pid| (pid, "*/sonde-named".to_owned()));
+    let mut expected = [
+        (switching_pid, "sonde-named".to_owned()),
+        (steady_pid, "sonde-steady".to_owned()),
+    ];
     expected.sort();
-    assert_eq!(execs, expected, "an exec event each, naming what matched");
+    assert_eq!(
+        execs, expected,
+        "an exec event each, with the program's name"
+    );
+    assert_eq!(of(&running, other_pid), 0, "{running:?}");
     assert!(of(&running, switching_pid) >= 5, "{running:?}");
     assert!(of(&running, steady_pid) >= 5, "{running:?}");
     assert_eq!(started, "started");

@@ -451,46 +451,48 @@ fn processes_that_start_after_the_agent_are_traced_even_when_they_exit_at_once()
     );
 }
 
-/// Selects curl by its file name, which the kernel matches in the exec itself.
-const CURLS: &str = "apiVersion: sonde.dev/v1alpha1
+/// A Tracepoint `name` on the HTTP of the programs `exe` names.
+fn http_clients(name: &str, exe: &str) -> String {
+    format!(
+        "apiVersion: sonde.dev/v1alpha1
 kind: Tracepoint
 metadata:
-  name: curls
+  name: {name}
 spec:
   process:
-    exe: '*/curl'
+    exe: '{exe}'
   probe:
     protocols: [http]
-";
+"
+    )
+}
 
-/// Twenty `curl`s back to back, each alive for a few milliseconds: more than the process scan's
-/// rate limit lets it find in time (it found 11 of 20), but the selector names the program, so the
-/// kernel selects each in its exec, before it runs.
-#[test]
-fn every_curl_of_a_burst_is_traced_when_the_selector_names_the_program() {
-    const RUNS: usize = 20;
+/// Runs `client` (given the URL) `runs` times one after the other against nginx, under a
+/// Tracepoint on `exe`; checks that each run left its one row, every row labelled `label`.
+fn burst_is_traced_whole(exe: &str, runs: usize, client: impl Fn(&str) -> Command, label: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let (port, _nginx, agent) = nginx_and_agent_with(dir.path(), "curls", CURLS);
+    let (port, _nginx, agent) =
+        nginx_and_agent_with(dir.path(), "clients", &http_clients("clients", exe));
 
     let mut pids = Vec::new();
-    for run in 0..RUNS {
-        let child = Command::new(which("curl"))
-            .args(["-sS", "-o", "/dev/null"])
-            .arg(format!("http://127.0.0.1:{port}/burst/{run}"))
+    for run in 0..runs {
+        let child = client(&format!("http://127.0.0.1:{port}/burst/{run}"))
             .spawn()
             .unwrap();
         pids.push(i64::from(child.id()));
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "curl {run}: {out:?}");
+        assert!(out.status.success(), "run {run}: {out:?}");
     }
 
+    // Tests run side by side: another one's clients may be traced by this agent too.
     let burst = |row: &serde_json::Value| {
-        row["req_path"]
-            .as_str()
-            .is_some_and(|p| p.starts_with("/burst/"))
+        row["remote_port"] == port
+            && row["req_path"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/burst/"))
     };
     let rows = http_rows(&agent, |rows| {
-        rows.iter().filter(|r| burst(r)).count() >= RUNS
+        rows.iter().filter(|r| burst(r)).count() >= runs
     });
     let mut seen: Vec<(i64, String)> = rows
         .iter()
@@ -498,7 +500,7 @@ fn every_curl_of_a_burst_is_traced_when_the_selector_names_the_program() {
         .map(|row| {
             assert_eq!(row["trace_role"], "client", "{row}");
             assert_eq!(row["resp_status"], 200, "{row}");
-            assert_eq!(row["container"], "curl", "{row}");
+            assert_eq!(row["container"], label, "{row}");
             (
                 row["pid"].as_i64().unwrap_or_default(),
                 row["req_path"].as_str().unwrap_or_default().to_owned(),
@@ -512,10 +514,47 @@ fn every_curl_of_a_burst_is_traced_when_the_selector_names_the_program() {
         .map(|(run, pid)| (*pid, format!("/burst/{run}")))
         .collect();
     expected.sort();
-    assert_eq!(seen, expected, "one row per curl, each by its own process");
+    assert_eq!(seen, expected, "one row per run, each by its own process");
     let (_, metrics) = get(&agent.addr, "/metrics").unwrap();
     assert!(
         metrics.contains("sonde_events_dropped_total{reason=\"unrouted\"} 0"),
         "{metrics}"
+    );
+}
+
+/// Twenty `curl`s back to back, each alive for a few milliseconds: more than the process scan's
+/// rate limit lets it find in time (it found 11 of 20), but the selector names the program, so the
+/// kernel selects each in its exec, before it runs.
+#[test]
+fn every_curl_of_a_burst_is_traced_when_the_selector_names_the_program() {
+    burst_is_traced_whole(
+        "*/curl",
+        20,
+        |url| {
+            let mut curl = Command::new(which("curl"));
+            curl.args(["-sS", "-o", "/dev/null", url]);
+            curl
+        },
+        "curl",
+    );
+}
+
+/// `curl` started through a symlink called `fetch-url`, selected by the start of that name: the
+/// kernel matches the start of a name too, and a client gone before the agent could look at it
+/// is labelled by the program it ran, as the process scan labels the ones it sees.
+#[test]
+fn every_client_of_a_burst_is_traced_under_the_start_of_its_name_and_labelled_by_its_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let fetch = dir.path().join("fetch-url");
+    std::os::unix::fs::symlink(which("curl"), &fetch).unwrap();
+    burst_is_traced_whole(
+        "*/fetch*",
+        20,
+        |url| {
+            let mut curl = Command::new(&fetch);
+            curl.args(["-sS", "-o", "/dev/null", url]);
+            curl
+        },
+        "curl",
     );
 }

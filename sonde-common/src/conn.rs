@@ -5,7 +5,7 @@
 //! [`EventHeader`] whose `kind` says which struct it is: [`OpenEvent`], [`CloseEvent`],
 //! [`ClassifyEvent`], [`PeerEvent`], [`ForkEvent`], [`LocalEvent`], [`ExecEvent`] or a data event
 //! ([`DataEventHeader`] followed by `len` bytes). User → kernel: the filter maps (tgids, cgroup
-//! ids, [`ExecName`]s) and [`ConnInfo::state`] for fds the kernel could not classify.
+//! ids, programs named exactly) and [`ConnInfo::state`] for fds the kernel could not classify.
 
 /// Bytes of one data event; a syscall's buffers are split into chunks of at most this size.
 /// A power of two so the eBPF side can bound lengths with a mask.
@@ -348,66 +348,65 @@ pub struct ForkEvent {
 }
 const _: () = assert!(core::mem::size_of::<ForkEvent>() == 48);
 
-/// Bytes of an [`ExecName`], its terminating zero included.
-pub const EXEC_NAME_BYTES: usize = 64;
+/// Bytes of an [`ExecPath`], its terminating zero included.
+pub const EXEC_PATH_BYTES: usize = 64;
 
-/// Longest file name an [`ExecName`] of the `*/` form can hold: the kernel reads a started
-/// program's file name from the thread's name, which holds 15 bytes, so that a 15-byte name may
-/// have been cut.
-pub const EXEC_FILE_NAME_MAX: usize = 14;
+/// Bytes of a thread's name (`TASK_COMM_LEN`), its terminating zero included. Exec sets it to the
+/// started program's file name, cut to 15 bytes.
+pub const COMM_BYTES: usize = 16;
 
-/// [`names::TGIDS_MAP`] value of a process the kernel selected in its exec (see [`ExecName`]); a
-/// key selected by user space holds its own tgid, a child the kernel selected its ancestor's. No
-/// tgid is this large.
+/// Longest file name [`names::EXEC_FILES_MAP`] matches whole: a 15-byte thread name may have been
+/// cut. (The start of a file name may be 15 bytes long.)
+pub const EXEC_FILE_NAME_MAX: usize = COMM_BYTES - 2;
+
+/// [`names::TGIDS_MAP`] value of a process the kernel selected in its exec (see
+/// [`names::EXEC_PATHS_MAP`]); a key selected by user space holds its own tgid, a child the kernel
+/// selected its ancestor's. No tgid is this large.
 pub const EXEC_SELECTED: u32 = u32::MAX;
 
-/// Key of [`names::EXECS_MAP`]: a program a process selector names exactly, so that the kernel can
-/// select a process that starts it in the exec itself — before it runs, where the agent's process
-/// scan comes a millisecond or more later, after a short-lived client may have done its work. Either
-/// an absolute path, matched against the path the program was started by (execve's), or `*/` and
-/// a file name of at most [`EXEC_FILE_NAME_MAX`] bytes, matched against that path's last
-/// component; zero-padded.
+/// Key of [`names::EXEC_PATHS_MAP`]: an absolute path a process selector names, zero-padded.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ExecName {
-    pub bytes: [u8; EXEC_NAME_BYTES],
+pub struct ExecPath {
+    pub bytes: [u8; EXEC_PATH_BYTES],
 }
 
-impl ExecName {
-    /// Prefix of the names matched against a path's last component.
-    pub const ANY_DIRECTORY: &'static [u8] = b"*/";
-
-    /// `name` as a key: None if it does not fit (with its terminating zero) or holds a zero byte.
-    pub fn new(name: &[u8]) -> Option<ExecName> {
-        if name.len() >= EXEC_NAME_BYTES || name.contains(&0) {
+impl ExecPath {
+    /// `path` as a key: None if it does not fit (with its terminating zero) or holds a zero byte.
+    pub fn new(path: &[u8]) -> Option<ExecPath> {
+        if path.len() >= EXEC_PATH_BYTES || path.contains(&0) {
             return None;
         }
-        let mut bytes = [0; EXEC_NAME_BYTES];
-        bytes[..name.len()].copy_from_slice(name);
-        Some(ExecName { bytes })
+        let mut bytes = [0; EXEC_PATH_BYTES];
+        bytes[..path.len()].copy_from_slice(path);
+        Some(ExecPath { bytes })
     }
 
-    /// The name without its padding.
+    /// The path without its padding.
     pub fn as_bytes(&self) -> &[u8] {
-        let len = self
-            .bytes
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(EXEC_NAME_BYTES);
-        &self.bytes[..len]
+        until_zero(&self.bytes)
     }
 }
 
-/// A process started a program an [`ExecName`] names and was selected in its exec: until the
-/// agent's scan finds it, its events are the selector's of that name. `header.tgid` is the process.
+/// `bytes` up to its first zero.
+pub fn until_zero(bytes: &[u8]) -> &[u8] {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    &bytes[..len]
+}
+
+/// A process started a program that a selector names exactly (by [`names::EXEC_PATHS_MAP`] or
+/// [`names::EXEC_FILES_MAP`]) and was selected in its exec: until the agent's process scan finds
+/// it, user space routes its events by what it started. `header.tgid` is the process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExecEvent {
     pub header: EventHeader,
-    /// The key that matched.
-    pub name: ExecName,
+    /// The path it was started by, if it fits an [`ExecPath`] (else zeros).
+    pub path: ExecPath,
+    /// The thread's name: the program's file name, cut to 15 bytes.
+    pub comm: [u8; COMM_BYTES],
 }
-const _: () = assert!(core::mem::size_of::<ExecEvent>() == 40 + EXEC_NAME_BYTES);
+const _: () = assert!(core::mem::size_of::<ExecEvent>() == 40 + EXEC_PATH_BYTES + COMM_BYTES);
 
 /// Header of a data event; `len` bytes of data follow it in the same ring-buffer record.
 #[repr(C)]
@@ -448,9 +447,14 @@ pub mod names {
     pub const EVENTS_MAP: &str = "CONN_EVENTS";
     /// `HashMap<u32 tgid, u32>`: selected processes.
     pub const TGIDS_MAP: &str = "CONN_TGIDS";
-    /// `HashMap<`[`super::ExecName`]`, u32>`: programs whose processes the kernel selects in
-    /// their exec.
-    pub const EXECS_MAP: &str = "CONN_EXECS";
+    /// `HashMap<`[`super::ExecPath`]`, u32>`: absolute paths of programs whose processes the
+    /// kernel selects in their exec — a selector names them exactly, and the agent's process scan
+    /// would come a millisecond or more after the exec, after a short-lived client is done.
+    pub const EXEC_PATHS_MAP: &str = "CONN_EXEC_PATHS";
+    /// `LpmTrie<[u8; COMM_BYTES], u32>`: file names (ending with their zero) and starts of file
+    /// names (without) of programs whose processes the kernel selects in their exec, matched
+    /// against the thread's name.
+    pub const EXEC_FILES_MAP: &str = "CONN_EXEC_FILES";
     /// `HashMap<u64 cgroup id, u32>`: selected cgroups (v2 ids).
     pub const CGROUPS_MAP: &str = "CONN_CGROUPS";
     /// `Array<u64>` of [`super::FILTER_WORDS`]: the selection prefilter bitmap.
@@ -522,7 +526,7 @@ mod pod {
     unsafe impl aya::Pod for super::ClassifyEvent {}
     unsafe impl aya::Pod for super::PeerEvent {}
     unsafe impl aya::Pod for super::ForkEvent {}
-    unsafe impl aya::Pod for super::ExecName {}
+    unsafe impl aya::Pod for super::ExecPath {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::LocalEvent {}
     unsafe impl aya::Pod for super::PeerAddr {}

@@ -51,7 +51,7 @@ use aya_ebpf::{
         bpf_probe_read_user_buf, generated,
     },
     macros::{map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TracePointContext,
 };
 use formats::{CLONE_THREAD, NEWTASK_CLONE_FLAGS, NEWTASK_PID};
@@ -60,9 +60,9 @@ use sonde_common::conn::{
     ConnKey, DATA_CHUNK, DIR_EGRESS, DIR_INGRESS, DROP_ARGS_MAP_FULL, DROP_CONN_MAP_FULL,
     DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_TGIDS_MAP_FULL, DROP_TRUNCATED,
     DROP_UNCLASSIFIED, DataEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA,
-    EVENT_EXEC, EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, EXEC_FILE_NAME_MAX,
-    EXEC_NAME_BYTES, EXEC_SELECTED,
-    EventHeader, ExecEvent, ExecName, FILTER_WORDS, ForkEvent,
+    COMM_BYTES, EVENT_EXEC, EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, EXEC_PATH_BYTES,
+    EXEC_SELECTED,
+    EventHeader, ExecEvent, ExecPath, FILTER_WORDS, ForkEvent,
     LocalEvent, MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED,
     OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
     ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, SockOffsets, TAIL_BYTES, TAIL_GAP_CHUNK,
@@ -1738,12 +1738,16 @@ fn select_here(tgid: u32, why: u32) {
     }
 }
 
-/// Programs that process selectors name exactly (`ExecName`), kept by user space.
+/// Absolute paths of programs that process selectors name exactly, kept by user space.
 #[map]
-static CONN_EXECS: HashMap<ExecName, u32> = HashMap::with_max_entries(1024, 0);
-/// Scratch of `conn_sched_process_exec`: the started program's path, and its `*/` key.
+static CONN_EXEC_PATHS: HashMap<ExecPath, u32> = HashMap::with_max_entries(1024, 0);
+/// File names (with their terminating zero) and starts of file names (without) that process
+/// selectors name, kept by user space: one longest-prefix lookup of the thread's name answers both.
 #[map]
-static CONN_EXEC_SCRATCH: PerCpuArray<[ExecName; 2]> = PerCpuArray::with_max_entries(1, 0);
+static CONN_EXEC_FILES: LpmTrie<[u8; COMM_BYTES], u32> = LpmTrie::with_max_entries(1024, 0);
+/// Scratch of `conn_sched_process_exec`: the started program's path.
+#[map]
+static CONN_EXEC_SCRATCH: PerCpuArray<ExecPath> = PerCpuArray::with_max_entries(1, 0);
 
 /// `sched:sched_process_exec`: `__data_loc char[] filename`, the path execve was given (its
 /// offset in the record in the low 16 bits, its length with the terminating zero in the high 16).
@@ -1751,7 +1755,7 @@ const EXEC_FILENAME: usize = 8;
 
 /// A process starts a program (fires after the new image is in place, before it runs): if a
 /// process selector names the program exactly, the process is selected here and user space told
-/// which name matched, so that a client that is done within the millisecond the agent's process
+/// what it started, so that a client that is done within the millisecond the agent's process
 /// scan takes to find it (a `curl` in a script) is traced from its first syscall. The scan still
 /// decides (globs, command lines, symlinks): this only makes a sure match early. A process the
 /// kernel selected this way that starts an unnamed program leaves the selection.
@@ -1759,29 +1763,26 @@ const EXEC_FILENAME: usize = 8;
 pub fn conn_sched_process_exec(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    let Some(scratch) = CONN_EXEC_SCRATCH.get_ptr_mut(0) else {
+    let Some(path) = CONN_EXEC_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: this CPU's slot; programs do not migrate while they run.
-    let [path, file] = unsafe { &mut *scratch };
+    let path = unsafe { &mut *path };
+    // Exec sets the thread's name to the program's file name.
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_BYTES]);
     // SAFETY: plain lookups; the values are not dereferenced.
-    let hit = if read_exec_path(&ctx, path) && unsafe { CONN_EXECS.get(&*path) }.is_some() {
-        Some(*path)
-    } else if file_name_key(file) && unsafe { CONN_EXECS.get(&*file) }.is_some() {
-        Some(*file)
-    } else {
-        None
-    };
+    let named = (read_exec_path(&ctx, path) && unsafe { CONN_EXEC_PATHS.get(&*path) }.is_some())
+        || (comm[0] != 0 && CONN_EXEC_FILES.get(Key::new(8 * COMM_BYTES as u32, comm)).is_some());
     // SAFETY: plain lookup; the value is copied.
     let selected_by = unsafe { CONN_TGIDS.get(&tgid) }.copied();
-    let Some(name) = hit else {
+    if !named {
         if selected_by == Some(EXEC_SELECTED) {
             let _ = CONN_TGIDS.remove(&tgid);
             // Its one thread's slot would still say selected until the epoch moves on.
             let _ = CONN_ARGS.remove(&id);
         }
         return 0;
-    };
+    }
     if selected_by.is_none() {
         select_here(tgid, EXEC_SELECTED);
     }
@@ -1789,7 +1790,8 @@ pub fn conn_sched_process_exec(ctx: TracePointContext) -> u32 {
     let now = unsafe { bpf_ktime_get_ns() };
     let event = ExecEvent {
         header: header(EVENT_EXEC, id, 0, 0, now),
-        name,
+        path: *path,
+        comm,
     };
     if send::<ExecEvent>(&event).is_err() {
         count_drop(DROP_RING_FULL);
@@ -1797,44 +1799,25 @@ pub fn conn_sched_process_exec(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// Reads the path the program was started by into `path`, zero-padded; false when it is no
-/// absolute path or does not fit (such a path is no key).
+/// Reads the path the program was started by into `path`, zero-padded (all zeros when it does
+/// not fit); false when it is no absolute path that fits.
 #[inline(always)]
-fn read_exec_path(ctx: &TracePointContext, path: &mut ExecName) -> bool {
+fn read_exec_path(ctx: &TracePointContext, path: &mut ExecPath) -> bool {
+    path.bytes = [0; EXEC_PATH_BYTES];
     let loc: u32 = ctx_load(ctx, EXEC_FILENAME);
-    if (loc >> 16) as usize > EXEC_NAME_BYTES {
+    if (loc >> 16) as usize > EXEC_PATH_BYTES {
         return false;
     }
-    path.bytes = [0; EXEC_NAME_BYTES];
     // SAFETY: the helper checks the address and writes at most the buffer's length, with a
     // terminating zero.
     let read = unsafe {
         generated::bpf_probe_read_kernel_str(
             path.bytes.as_mut_ptr().cast(),
-            EXEC_NAME_BYTES as u32,
+            EXEC_PATH_BYTES as u32,
             ctx.as_ptr().cast::<u8>().add((loc & 0xffff) as usize).cast(),
         )
     };
     read > 0 && path.bytes[0] == b'/'
-}
-
-/// Writes `*/` and the started program's file name to `key`: the thread's name, which exec sets
-/// to that file name (the last component of the path it was started by); false when the name
-/// may have been cut to fit (`EXEC_FILE_NAME_MAX`). (Taken from the path, the name's variable
-/// offset made the verifier walk every combination of a slash's and a byte's position.)
-#[inline(always)]
-fn file_name_key(key: &mut ExecName) -> bool {
-    let Ok(comm) = bpf_get_current_comm() else {
-        return false;
-    };
-    if comm[0] == 0 || comm[EXEC_FILE_NAME_MAX] != 0 {
-        return false;
-    }
-    key.bytes = [0; EXEC_NAME_BYTES];
-    let prefix = ExecName::ANY_DIRECTORY;
-    key.bytes[..prefix.len()].copy_from_slice(prefix);
-    key.bytes[prefix.len()..prefix.len() + comm.len()].copy_from_slice(&comm);
-    true
 }
 
 #[path = "../formats.rs"]

@@ -4,7 +4,7 @@
 use globset::{Glob, GlobMatcher};
 use regex::Regex;
 use sonde_api::ProcessSelector;
-use sonde_common::conn::{EXEC_FILE_NAME_MAX, ExecName};
+use sonde_common::conn::{COMM_BYTES, EXEC_FILE_NAME_MAX, EXEC_PATH_BYTES};
 
 use super::TargetsError;
 
@@ -69,36 +69,80 @@ pub fn validate(selector: &ProcessSelector) -> Result<(), TargetsError> {
     ProcessMatcher::new(selector).map(|_| ())
 }
 
-/// What the kernel can match for `selector` in a process's exec (see [`ExecName`]), for a
-/// selector of `exe` alone: an absolute path without glob characters, or `*/` and a file name of
-/// at most [`EXEC_FILE_NAME_MAX`] bytes (several in braces: `*/{curl,wget}`), each matching exactly
-/// what the glob matches. The rest — other globs and alternatives (`*/python3*`), longer names,
-/// command lines — is left to the process scan.
-pub fn exec_names(selector: &ProcessSelector) -> Vec<ExecName> {
+/// A program a process selector names exactly, which the kernel can match in a process's exec
+/// (see `sonde_common::conn::names::EXEC_PATHS_MAP` and `EXEC_FILES_MAP`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExecPattern {
+    /// An absolute path of at most 63 bytes, matched against the path the program was started by.
+    Path(String),
+    /// A file name of at most [`EXEC_FILE_NAME_MAX`] bytes, or (`prefix`) the start of one of at
+    /// most 15, matched against the started program's file name.
+    File { name: String, prefix: bool },
+}
+
+impl ExecPattern {
+    /// Does a program started by `path` (empty if unknown), whose thread's name is `comm`, match?
+    pub fn matches(&self, path: &[u8], comm: &[u8]) -> bool {
+        match self {
+            ExecPattern::Path(p) => p.as_bytes() == path,
+            ExecPattern::File { name, prefix: true } => comm.starts_with(name.as_bytes()),
+            ExecPattern::File {
+                name,
+                prefix: false,
+            } => comm == name.as_bytes(),
+        }
+    }
+
+    /// How a standalone process running such a program is labelled (as
+    /// [`super::TargetProcess::container_label`] does it): the file name, or its start.
+    pub fn label(&self) -> &str {
+        match self {
+            ExecPattern::Path(path) => path.rsplit('/').next().unwrap_or(path),
+            ExecPattern::File { name, .. } => name,
+        }
+    }
+}
+
+/// What the kernel can match for `selector` in a process's exec, for a selector of `exe` alone: an
+/// absolute path without glob characters, or `*/` and a file name or the start of one (`*/curl`,
+/// `*/python3*`; several in braces: `*/{curl,wget,python3*}`), each matching only what the glob
+/// matches. The rest — other globs, longer names, command lines — is left to the process scan.
+pub fn exec_patterns(selector: &ProcessSelector) -> Vec<ExecPattern> {
     const GLOB: &[char] = &['*', '?', '[', ']', '{', '}', '\\', ','];
     let plain = |name: &str| !name.is_empty() && !name.contains(GLOB);
     let (Some(exe), None) = (selector.exe.as_deref(), &selector.cmdline) else {
         return Vec::new();
     };
-    let names: Vec<String> = if exe.starts_with('/') && plain(exe) {
-        vec![exe.to_owned()]
-    } else if let Some(file) = exe.strip_prefix("*/") {
-        let alternatives: Vec<&str> = match file.strip_prefix('{').and_then(|f| f.strip_suffix('}'))
-        {
-            Some(inside) => inside.split(',').collect(),
-            None => vec![file],
-        };
-        alternatives
+    if exe.starts_with('/') {
+        return (plain(exe) && exe.len() < EXEC_PATH_BYTES)
+            .then(|| ExecPattern::Path(exe.to_owned()))
             .into_iter()
-            .filter(|name| plain(name) && !name.contains('/') && name.len() <= EXEC_FILE_NAME_MAX)
-            .map(|name| format!("*/{name}"))
-            .collect()
-    } else {
-        Vec::new()
+            .collect();
+    }
+    let Some(file) = exe.strip_prefix("*/") else {
+        return Vec::new();
     };
-    names
-        .iter()
-        .filter_map(|name| ExecName::new(name.as_bytes()))
+    let alternatives: Vec<&str> = match file.strip_prefix('{').and_then(|f| f.strip_suffix('}')) {
+        Some(inside) => inside.split(',').collect(),
+        None => vec![file],
+    };
+    alternatives
+        .into_iter()
+        .filter_map(|alternative| {
+            let (name, prefix) = match alternative.strip_suffix('*') {
+                Some(start) => (start, true),
+                None => (alternative, false),
+            };
+            let fits = if prefix {
+                name.len() < COMM_BYTES
+            } else {
+                name.len() <= EXEC_FILE_NAME_MAX
+            };
+            (plain(name) && !name.contains('/') && fits).then(|| ExecPattern::File {
+                name: name.to_owned(),
+                prefix,
+            })
+        })
         .collect()
 }
 
@@ -166,30 +210,77 @@ mod tests {
 
     #[test]
     fn the_kernel_matches_at_exec_only_programs_a_selector_names_exactly() {
-        let names = |exe: &str, cmdline: Option<&str>| -> Vec<String> {
-            exec_names(&selector(Some(exe), cmdline))
+        let patterns = |exe: &str, cmdline: Option<&str>| -> Vec<String> {
+            exec_patterns(&selector(Some(exe), cmdline))
                 .iter()
-                .map(|n| String::from_utf8_lossy(n.as_bytes()).into_owned())
+                .map(|p| match p {
+                    ExecPattern::Path(path) => path.clone(),
+                    ExecPattern::File { name, prefix } => {
+                        format!("*/{name}{}", if *prefix { "*" } else { "" })
+                    }
+                })
                 .collect()
         };
-        assert_eq!(names("/usr/bin/curl", None), ["/usr/bin/curl"]);
-        assert_eq!(names("*/curl", None), ["*/curl"]);
-        assert_eq!(names("*/{curl,wget,python3*}", None), ["*/curl", "*/wget"]);
-        for scan_only in ["*/python3*", "/usr/bin/*", "**/curl", "curl", "*/bin/curl"] {
-            assert!(names(scan_only, None).is_empty(), "{scan_only}");
-        }
-        assert!(names("*/curl", Some("example.com")).is_empty());
-        assert_eq!(names("*/redis-sentinel", None), ["*/redis-sentinel"]);
-        assert!(
-            names("*/postgres_exporter", None).is_empty(),
-            "15 bytes and more"
+        assert_eq!(patterns("/usr/bin/curl", None), ["/usr/bin/curl"]);
+        assert_eq!(patterns("*/curl", None), ["*/curl"]);
+        assert_eq!(patterns("*/python3*", None), ["*/python3*"]);
+        assert_eq!(
+            patterns("*/{curl,wget,python3*,py*n}", None),
+            ["*/curl", "*/wget", "*/python3*"]
         );
-        assert!(names(&format!("/{}", "x".repeat(63)), None).is_empty());
-        assert!(exec_names(&selector(None, Some("curl"))).is_empty());
-        // Each name matches what the glob matches: `*/` a file name in any directory.
-        let glob = ProcessMatcher::new(&selector(Some("*/{curl,wget,python3*}"), None)).unwrap();
-        assert!(glob.matches(Path::new("/opt/x/wget"), None, ""));
-        assert!(!glob.matches(Path::new("/opt/x/wget2"), None, ""));
-        assert!(!glob.matches(Path::new("/opt/wget/x"), None, ""));
+        assert_eq!(patterns("*/redis-sentinel", None), ["*/redis-sentinel"]);
+        assert_eq!(patterns("*/postgres_export*", None), ["*/postgres_export*"]);
+        for scan_only in [
+            "/usr/bin/*",
+            "**/curl",
+            "curl",
+            "*/bin/curl",
+            "*/*",
+            "*/py*n",
+            "*/postgres_exporter",  // 17 bytes: more than a thread's name holds
+            "*/postgres_exporter*", // the start of one, 17 bytes
+        ] {
+            assert!(patterns(scan_only, None).is_empty(), "{scan_only}");
+        }
+        assert!(patterns("*/curl", Some("example.com")).is_empty());
+        assert!(patterns(&format!("/{}", "x".repeat(63)), None).is_empty());
+        assert!(exec_patterns(&selector(None, Some("curl"))).is_empty());
+    }
+
+    #[test]
+    fn what_the_kernel_matches_at_exec_the_glob_matches_too() {
+        // Programs as execve starts them: (path, thread name = file name cut to 15 bytes).
+        let programs = [
+            ("/usr/bin/curl", "curl"),
+            ("/usr/bin/curly", "curly"),
+            ("/usr/bin/python3.11", "python3.11"),
+            ("/opt/python3/bin/app", "app"),
+            ("/usr/local/bin/postgres_exporter", "postgres_export"),
+        ];
+        for exe in [
+            "/usr/bin/curl",
+            "*/curl",
+            "*/{curl,python3*}",
+            "*/postgres_export*",
+        ] {
+            let glob = ProcessMatcher::new(&selector(Some(exe), None)).unwrap();
+            for pattern in exec_patterns(&selector(Some(exe), None)) {
+                for (path, comm) in programs {
+                    if pattern.matches(path.as_bytes(), comm.as_bytes()) {
+                        assert!(
+                            glob.matches(Path::new(path), None, ""),
+                            "{pattern:?} matched {path}, {exe} does not"
+                        );
+                    }
+                }
+            }
+        }
+        let curl = ExecPattern::File {
+            name: "curl".into(),
+            prefix: false,
+        };
+        assert!(curl.matches(b"", b"curl") && !curl.matches(b"", b"curly"));
+        assert_eq!(curl.label(), "curl");
+        assert_eq!(ExecPattern::Path("/usr/bin/psql".into()).label(), "psql");
     }
 }

@@ -6,16 +6,18 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use sonde_common::conn::{
-    ConnInfo, ConnKey, EXEC_SELECTED, ExecName, FILTER_WORDS, SockOffsets, filter_bit_cgroup,
-    filter_bit_tgid, names,
+    COMM_BYTES, ConnInfo, ConnKey, EXEC_SELECTED, ExecPath, FILTER_WORDS, SockOffsets,
+    filter_bit_cgroup, filter_bit_tgid, names,
 };
 use tracing::warn;
 
 use crate::kernel_btf::{BtfError, KernelBtf};
+use crate::targets::selector::ExecPattern;
 
 /// The protocols eBPF object built by build.rs, aligned for the ELF parser.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/protocols"));
@@ -80,14 +82,15 @@ pub struct Kernel {
     _ebpf: Ebpf,
     tgids: BpfHashMap<MapData, u32, u32>,
     cgroups: BpfHashMap<MapData, u64, u32>,
-    execs: BpfHashMap<MapData, ExecName, u32>,
+    exec_paths: BpfHashMap<MapData, ExecPath, u32>,
+    exec_files: LpmTrie<MapData, [u8; COMM_BYTES], u32>,
     filter: Array<MapData, u64>,
     epoch: Array<MapData, u64>,
     /// The selection epoch as last written.
     epoch_value: u64,
     tgid_set: HashSet<u32>,
     cgroup_set: HashSet<u64>,
-    exec_set: HashSet<ExecName>,
+    exec_patterns: HashSet<ExecPattern>,
     /// The prefilter bits this side set (the kernel sets those of children it selects: see
     /// [`Kernel::set_filter`]).
     filter_words: Vec<u64>,
@@ -188,14 +191,15 @@ impl Kernel {
         let kernel = Kernel {
             tgids: take(&mut ebpf, names::TGIDS_MAP)?,
             cgroups: take(&mut ebpf, names::CGROUPS_MAP)?,
-            execs: take(&mut ebpf, names::EXECS_MAP)?,
+            exec_paths: take(&mut ebpf, names::EXEC_PATHS_MAP)?,
+            exec_files: take(&mut ebpf, names::EXEC_FILES_MAP)?,
             filter: take(&mut ebpf, names::FILTER_MAP)?,
             epoch: take(&mut ebpf, names::EPOCH_MAP)?,
             epoch_value: 0,
             _ebpf: ebpf,
             tgid_set: HashSet::new(),
             cgroup_set: HashSet::new(),
-            exec_set: HashSet::new(),
+            exec_patterns: HashSet::new(),
             filter_words: vec![0; FILTER_WORDS as usize],
             rebuilt: Instant::now(),
         };
@@ -263,22 +267,39 @@ impl Kernel {
         Ok(())
     }
 
-    /// Makes the exec-name map hold exactly `wanted`. When names went, the processes the kernel
-    /// selected in their exec and that are not selected here (`tgids`) leave the selection: their
-    /// program may be named by no probe any more. (One that started a moment ago goes with them,
-    /// and comes back when the process scan finds it.)
+    /// Makes the kernel's maps of programs named exactly hold `wanted`. When patterns went, the
+    /// processes the kernel selected in their exec and that are not selected here (`tgids`) leave
+    /// the selection: their program may be named by no probe any more. (One that started a moment
+    /// ago goes with them, and comes back when the process scan finds it.)
     pub fn set_execs(
         &mut self,
-        wanted: &HashSet<ExecName>,
+        wanted: &HashSet<ExecPattern>,
         tgids: &HashSet<u32>,
     ) -> Result<(), KernelError> {
-        let gone = sync(
-            &mut self.execs,
-            &mut self.exec_set,
-            wanted,
-            |_| 1,
-            names::EXECS_MAP,
-        )?;
+        let gone: Vec<ExecPattern> = self.exec_patterns.difference(wanted).cloned().collect();
+        for pattern in &gone {
+            // Already gone is fine: the goal is its absence.
+            let _ = match exec_key(pattern) {
+                Some(ExecKey::Path(key)) => self.exec_paths.remove(&key),
+                Some(ExecKey::File(key)) => self.exec_files.remove(&key),
+                None => Ok(()),
+            };
+            self.exec_patterns.remove(pattern);
+        }
+        let new: Vec<ExecPattern> = wanted.difference(&self.exec_patterns).cloned().collect();
+        for pattern in new {
+            let (result, map) = match exec_key(&pattern) {
+                Some(ExecKey::Path(key)) => {
+                    (self.exec_paths.insert(key, 1, 0), names::EXEC_PATHS_MAP)
+                }
+                Some(ExecKey::File(key)) => {
+                    (self.exec_files.insert(&key, 1, 0), names::EXEC_FILES_MAP)
+                }
+                None => continue,
+            };
+            result.map_err(|source| KernelError::Filter { map, source })?;
+            self.exec_patterns.insert(pattern);
+        }
         if gone.is_empty() {
             return Ok(());
         }
@@ -382,6 +403,30 @@ fn prefilter(tgids: &HashSet<u32>, cgroups: &HashSet<u64>) -> Vec<u64> {
         words[(bit / 64) as usize] |= 1 << (bit % 64);
     }
     words
+}
+
+/// A pattern's key in the kernel's maps.
+enum ExecKey {
+    Path(ExecPath),
+    File(Key<[u8; COMM_BYTES]>),
+}
+
+/// `pattern`'s key: an exact file name ends with its zero, so that only a whole thread name
+/// matches it; the start of one does not. None for what does not fit (not made by
+/// [`crate::targets::selector::exec_patterns`]).
+fn exec_key(pattern: &ExecPattern) -> Option<ExecKey> {
+    match pattern {
+        ExecPattern::Path(path) => ExecPath::new(path.as_bytes()).map(ExecKey::Path),
+        ExecPattern::File { name, prefix } => {
+            let matched = name.len() + usize::from(!prefix);
+            if matched > COMM_BYTES || name.as_bytes().contains(&0) {
+                return None;
+            }
+            let mut data = [0; COMM_BYTES];
+            data[..name.len()].copy_from_slice(name.as_bytes());
+            Some(ExecKey::File(Key::new(8 * matched as u32, data)))
+        }
+    }
 }
 
 /// Makes `map` hold the keys of `wanted` (with `value` of each), as far as this side put them

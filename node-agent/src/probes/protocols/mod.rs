@@ -48,7 +48,7 @@ use self::rows::Tables;
 use self::tracker::Tracker;
 use super::{ProbeContext, RuntimeStatus};
 use crate::targets::TargetProcess;
-use crate::targets::selector::exec_names;
+use crate::targets::selector::exec_patterns;
 
 /// Default of `spec.probe.maxBodyBytes`.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 512;
@@ -217,7 +217,7 @@ impl ProtocolsShared {
         });
         let tgids: HashSet<u32> = routes.tgids.keys().copied().collect();
         let cgroups: HashSet<u64> = routes.cgroups.keys().copied().collect();
-        let execs: HashSet<_> = routes.execs.keys().copied().collect();
+        let execs: HashSet<_> = routes.execs.keys().cloned().collect();
         {
             let mut current = self.routes.write().unwrap_or_else(PoisonError::into_inner);
             let before = std::mem::take(&mut *current);
@@ -270,8 +270,8 @@ fn probe_routes(
         targets: targets.to_vec(),
         by_cgroup: probe.process.is_none() && !probe.targets.is_empty(),
         // Standalone selectors only: one that narrows pods would need the pod's cgroup checked too.
-        exec_names: match &probe.process {
-            Some(selector) if probe.targets.is_empty() => exec_names(selector),
+        exec_patterns: match &probe.process {
+            Some(selector) if probe.targets.is_empty() => exec_patterns(selector),
             _ => Vec::new(),
         },
     }

@@ -10,10 +10,10 @@ use std::hash::Hash;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sonde_common::conn::ExecName;
 use sonde_protocols::{Kind, ParseConfig};
 
 use crate::targets::TargetProcess;
+use crate::targets::selector::ExecPattern;
 
 /// Settings that apply to one traced process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,8 +34,8 @@ pub struct ProbeRoutes {
     /// Select the targets' cgroups rather than their tgids.
     pub by_cgroup: bool,
     /// Programs the probe's process selector names exactly: the kernel selects a process that
-    /// starts one in its exec (see [`ExecName`]).
-    pub exec_names: Vec<ExecName>,
+    /// starts one in its exec.
+    pub exec_patterns: Vec<ExecPattern>,
 }
 
 /// How long a route outlives its selection. The capture ring still holds what the kernel captured
@@ -51,7 +51,7 @@ pub const RETIRED_ROUTE_GRACE: Duration = Duration::from_secs(10);
 pub struct Routes {
     pub tgids: HashMap<u32, Arc<Route>>,
     pub cgroups: HashMap<u64, Arc<Route>>,
-    pub execs: HashMap<ExecName, Arc<Route>>,
+    pub execs: HashMap<ExecPattern, Arc<Route>>,
     /// Routes of keys no longer selected, until their deadline.
     retired_tgids: HashMap<u32, (Arc<Route>, Instant)>,
     retired_cgroups: HashMap<u64, (Arc<Route>, Instant)>,
@@ -82,17 +82,17 @@ impl Routes {
     ) -> Routes {
         let mut tgids: HashMap<u32, Route> = HashMap::new();
         let mut cgroups: HashMap<u64, Route> = HashMap::new();
-        let mut execs: HashMap<ExecName, Route> = HashMap::new();
+        let mut execs: HashMap<ExecPattern, Route> = HashMap::new();
         for probe in probes.values() {
-            for name in &probe.exec_names {
+            for pattern in &probe.exec_patterns {
                 let route = Route {
                     kinds: probe.kinds.clone(),
                     config: probe.config.clone(),
                     namespace: String::new(),
                     pod: String::new(),
-                    container: file_name(name),
+                    container: pattern.label().to_owned(),
                 };
-                merge(execs.entry(*name), route);
+                merge(execs.entry(pattern.clone()), route);
             }
             for target in &probe.targets {
                 let route = Route {
@@ -121,12 +121,25 @@ impl Routes {
     }
 }
 
-/// The label a standalone process running the program `name` names gets (as
-/// [`TargetProcess::container_label`] gives it): the file name.
-fn file_name(name: &ExecName) -> String {
-    let bytes = name.as_bytes();
-    let start = bytes.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
+impl Routes {
+    /// The route of a process the kernel selected in its exec of a program started by `path`
+    /// (empty if unknown) whose thread's name is `comm`: that of every pattern it matches, merged.
+    pub fn exec_route(&self, path: &[u8], comm: &[u8]) -> Option<Arc<Route>> {
+        let mut matching = self
+            .execs
+            .iter()
+            .filter(|(pattern, _)| pattern.matches(path, comm))
+            .map(|(_, route)| route);
+        let first = matching.next()?;
+        let mut merged: Option<Route> = None;
+        for route in matching {
+            merge_into(
+                merged.get_or_insert_with(|| (**first).clone()),
+                (**route).clone(),
+            );
+        }
+        Some(merged.map_or_else(|| first.clone(), Arc::new))
+    }
 }
 
 fn retire<K: Hash + Eq>(
@@ -150,21 +163,23 @@ fn merge<K>(slot: std::collections::hash_map::Entry<'_, K, Route>, route: Route)
         Entry::Vacant(v) => {
             v.insert(route);
         }
-        Entry::Occupied(mut o) => {
-            let existing = o.get_mut();
-            for kind in route.kinds {
-                if !existing.kinds.contains(&kind) {
-                    existing.kinds.push(kind);
-                }
-            }
-            existing.kinds.sort();
-            existing.config.max_body_bytes = existing
-                .config
-                .max_body_bytes
-                .max(route.config.max_body_bytes);
-            existing.config.redact |= route.config.redact;
+        Entry::Occupied(mut o) => merge_into(o.get_mut(), route),
+    }
+}
+
+/// `route`'s protocols and settings added to `existing`'s.
+fn merge_into(existing: &mut Route, route: Route) {
+    for kind in route.kinds {
+        if !existing.kinds.contains(&kind) {
+            existing.kinds.push(kind);
         }
     }
+    existing.kinds.sort();
+    existing.config.max_body_bytes = existing
+        .config
+        .max_body_bytes
+        .max(route.config.max_body_bytes);
+    existing.config.redact |= route.config.redact;
 }
 
 #[cfg(test)]
@@ -194,7 +209,7 @@ mod tests {
                 config: ParseConfig::default(),
                 targets: vec![target(10, "p")],
                 by_cgroup: false,
-                exec_names: Vec::new(),
+                exec_patterns: Vec::new(),
             },
         );
         probes.insert(
@@ -207,7 +222,7 @@ mod tests {
                 },
                 targets: vec![target(10, "p"), target(11, "q")],
                 by_cgroup: false,
-                exec_names: Vec::new(),
+                exec_patterns: Vec::new(),
             },
         );
         let routes = Routes::build(&probes, |_| None);
@@ -228,7 +243,7 @@ mod tests {
                 config: ParseConfig::default(),
                 targets: vec![target(10, "p")],
                 by_cgroup: true,
-                exec_names: Vec::new(),
+                exec_patterns: Vec::new(),
             },
         );
         let routes = Routes::build(&probes, |pid| (pid == 10).then_some(777));
@@ -255,33 +270,48 @@ mod tests {
                 config: ParseConfig::default(),
                 targets,
                 by_cgroup,
-                exec_names: Vec::new(),
+                exec_patterns: Vec::new(),
             },
         )])
     }
 
     #[test]
-    fn programs_named_by_two_probes_merge_their_protocols_and_are_labelled_by_file_name() {
-        let name = |s: &str| ExecName::new(s.as_bytes()).unwrap();
-        let probe = |kinds, names: &[&str]| ProbeRoutes {
+    fn a_program_named_by_two_probes_gets_both_their_protocols_and_is_labelled_by_its_name() {
+        let file = |name: &str, prefix| ExecPattern::File {
+            name: name.into(),
+            prefix,
+        };
+        let probe = |kinds, exec_patterns| ProbeRoutes {
             kinds,
             config: ParseConfig::default(),
             targets: Vec::new(),
             by_cgroup: false,
-            exec_names: names.iter().map(|n| name(n)).collect(),
+            exec_patterns,
         };
         let probes = BTreeMap::from([
-            ("a".to_owned(), probe(vec![Kind::Http], &["*/curl"])),
+            (
+                "a".to_owned(),
+                probe(vec![Kind::Http], vec![file("curl", false)]),
+            ),
             (
                 "b".to_owned(),
-                probe(vec![Kind::Dns], &["*/curl", "/usr/bin/psql"]),
+                probe(
+                    vec![Kind::Dns],
+                    vec![file("cur", true), ExecPattern::Path("/usr/bin/psql".into())],
+                ),
             ),
         ]);
         let routes = Routes::build(&probes, |_| None);
-        let curl = &routes.execs[&name("*/curl")];
+        let curl = routes.exec_route(b"/usr/bin/curl", b"curl").unwrap();
         assert_eq!(curl.kinds, vec![Kind::Http, Kind::Dns]);
-        assert_eq!(curl.container, "curl");
-        assert_eq!(routes.execs[&name("/usr/bin/psql")].container, "psql");
+        let curly = routes.exec_route(b"/usr/bin/curly", b"curly").unwrap();
+        assert_eq!(
+            (curly.kinds.clone(), curly.container.as_str()),
+            (vec![Kind::Dns], "cur")
+        );
+        let psql = routes.exec_route(b"/usr/bin/psql", b"psql").unwrap();
+        assert_eq!(psql.container, "psql");
+        assert!(routes.exec_route(b"/usr/bin/wget", b"wget").is_none());
         assert!(routes.tgids.is_empty() && routes.cgroups.is_empty());
     }
 

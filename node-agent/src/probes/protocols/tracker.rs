@@ -13,7 +13,7 @@ use sonde_common::conn::{
     ClassifyEvent, CloseEvent, ConnInfo, ConnKey, DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS,
     DataEventHeader, EventHeader, ExecEvent, ForkEvent, LocalEvent, OPEN_DATAGRAM,
     OPEN_LOCAL_REPORTED, OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT,
-    ROLE_SERVER,
+    ROLE_SERVER, until_zero,
 };
 use sonde_protocols::{Direction, Record, Red, Role, Transport};
 use tracing::{debug, warn};
@@ -298,33 +298,30 @@ impl Tracker {
     }
 
     /// A process started a program a selector names, and the kernel selected it: until the
-    /// process scan routes it, its events take that name's route, labelled as the scan would label
-    /// it — by the file name of the program it runs, which may be a symlink's target.
+    /// process scan routes it, its events take the route of what it started, labelled as the scan
+    /// would label it — by the file name of the program it runs, which may be a symlink's target
+    /// (`python3` runs `python3.11`).
     fn on_exec(&mut self, ev: ExecEvent) {
         let tgid = ev.header.tgid;
+        let (path, comm) = (ev.path.as_bytes(), until_zero(&ev.comm));
         let route = self
             .routes
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .execs
-            .get(&ev.name)
-            .cloned();
+            .exec_route(path, comm);
         match route {
             Some(route)
                 if self.kernel_routes.len() < MAX_KERNEL_ROUTES
                     || self.kernel_routes.contains_key(&tgid) =>
             {
-                let runs = std::fs::read_link(format!("/proc/{tgid}/exe")).ok();
-                let label = runs
-                    .as_deref()
-                    .and_then(std::path::Path::file_name)
-                    .map(|name| name.to_string_lossy());
-                let route = match label {
-                    Some(label) if label != route.container => Arc::new(super::routes::Route {
-                        container: label.into_owned(),
+                let label = program_name(tgid, path, comm);
+                let route = if label == route.container {
+                    route
+                } else {
+                    Arc::new(super::routes::Route {
+                        container: label,
                         ..(*route).clone()
-                    }),
-                    _ => route,
+                    })
                 };
                 self.kernel_routes.insert(tgid, route);
             }
@@ -1103,6 +1100,20 @@ fn unanswered_wait(
     ended_ns
         .filter(|_| ended && request_ns > answers_lost_ns)
         .map(|at| at.saturating_sub(request_ns))
+}
+
+/// The file name of the program process `tgid` runs, as the process scan reads it (its `exe`
+/// link's), having started it by `path` (empty if unknown) under the thread name `comm`: once the
+/// process is gone, where `path`'s symlinks lead (a standalone process's paths are the host's),
+/// else `comm`.
+fn program_name(tgid: u32, path: &[u8], comm: &[u8]) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
+    std::fs::read_link(format!("/proc/{tgid}/exe"))
+        .or_else(|_| std::fs::canonicalize(path))
+        .ok()
+        .and_then(|runs| Some(runs.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| String::from_utf8_lossy(comm).into_owned())
 }
 
 /// Routes of processes the kernel selected kept at most (see `Tracker::kernel_routes`); beyond, a
