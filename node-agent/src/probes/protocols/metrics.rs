@@ -223,7 +223,7 @@ impl ProtocolMetrics {
         }
         registry.register(
             "sonde_events_dropped",
-            "Capture events lost before parsing, by reason (ring_full, truncated, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full; in the agent: decode_error, unrouted for bytes of a process without a route, addresses_unknown for rows written without the connection's addresses, and fd_gone for bytes of an fd not seen opened that was gone before anything could tell whether it was a socket)",
+            "Capture events lost before parsing, by reason (ring_full, truncated for syscalls with bytes beyond the 16 KiB captured, whose rows are usually whole, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full; in the agent: decode_error, unrouted for bytes of a process without a route, addresses_unknown for rows written without the connection's addresses, and fd_gone for bytes of an fd not seen opened that was gone before anything could tell whether it was a socket)",
             m.dropped.clone(),
         );
         registry.register(
