@@ -207,7 +207,10 @@ fn spec(protocols: Vec<Protocol>, process: Option<sonde_api::ProcessSelector>) -
     }
 }
 
-/// A protocol Tracepoint selecting processes by executable (`exe`: a glob such as `*/nginx`).
+/// A protocol Tracepoint selecting processes by executable (`exe`: a glob such as `*/nginx`). The
+/// test picks the targets itself, its own processes: the probe it assigns carries no selector of
+/// its own, which would have the kernel select every such program started meanwhile (another
+/// test's, side by side), as an agent's standalone probe does.
 pub fn tracepoint(protocols: Vec<Protocol>, exe: &str) -> (AssignedProbe, TracepointSpec) {
     let spec = spec(
         protocols,
@@ -216,7 +219,9 @@ pub fn tracepoint(protocols: Vec<Protocol>, exe: &str) -> (AssignedProbe, Tracep
             cmdline: None,
         }),
     );
-    (assigned(spec.clone(), vec![]), spec)
+    let mut probe = assigned(spec.clone(), vec![]);
+    probe.process = None;
+    (probe, spec)
 }
 
 /// A protocol Tracepoint on a whole pod container: its processes are selected by cgroup, so
