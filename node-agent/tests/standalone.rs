@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{NginxSite, Server, free_port, start_nginx, which};
+use common::{NginxSite, Server, free_port, start_nginx, wait_until, which};
 
 const WEB: &str = "apiVersion: sonde.dev/v1alpha1
 kind: Tracepoint
@@ -199,28 +199,12 @@ fn the_table_of_a_removed_script_goes_after_the_orphan_ttl_with_its_series() {
         let (code, body) = get(&agent.addr, "/v1/tables").unwrap_or_default();
         code == 200 && body.contains("\"name\":\"ticks\"") == want
     };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !has_table(true) {
-        assert!(
-            Instant::now() < deadline,
-            "the script's table never showed up: {:?}",
-            get(&agent.addr, "/v1/status")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until("the script's table", || has_table(true));
     // While the script runs, its table stays however long.
     std::thread::sleep(Duration::from_secs(5));
     assert!(has_table(true), "{:?}", get(&agent.addr, "/v1/tables"));
     std::fs::remove_file(dir.path().join("ticks.yaml")).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !has_table(false) {
-        assert!(
-            Instant::now() < deadline,
-            "the removed script's table stayed: {:?}",
-            get(&agent.addr, "/v1/tables")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until("the removed script's table going", || has_table(false));
     let (_, metrics) = get(&agent.addr, "/metrics").unwrap();
     assert!(
         metrics.contains("sonde_tables_retired_total 1"),

@@ -249,8 +249,7 @@ impl ProcessScanner {
 /// only when its executable or command line changed (that lookup reads its environment and stats
 /// files in its root: tens of microseconds, for every such process at every full scan otherwise).
 fn read_process(dir: &Path, pid: u32, known: Option<&ProcessInfo>) -> Option<ProcessInfo> {
-    let exe = fs::read_link(dir.join("exe")).ok()?;
-    let exe = strip_deleted(exe);
+    let exe = executable(dir)?;
     let raw_cmdline = fs::read(dir.join("cmdline")).ok()?;
     let cmdline = join_cmdline(&raw_cmdline);
     let started_as = match known {
@@ -307,6 +306,12 @@ fn started_as(dir: &Path, exe: &Path, raw_cmdline: &[u8]) -> Option<PathBuf> {
         })
         .filter(|(_, found)| found.dev() == running.dev() && found.ino() == running.ino())
         .map(|(candidate, _)| candidate)
+}
+
+/// The executable of the process whose /proc directory is `dir`, as selectors name it; None once
+/// it exited.
+pub fn executable(dir: &Path) -> Option<PathBuf> {
+    fs::read_link(dir.join("exe")).ok().map(strip_deleted)
 }
 
 /// The kernel appends ` (deleted)` to the link of a replaced executable; selectors name the path.

@@ -1109,9 +1109,8 @@ fn unanswered_wait(
 fn program_name(tgid: u32, path: &[u8], comm: &[u8]) -> String {
     use std::os::unix::ffi::OsStrExt;
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
-    std::fs::read_link(format!("/proc/{tgid}/exe"))
-        .or_else(|_| std::fs::canonicalize(path))
-        .ok()
+    crate::targets::process::executable(std::path::Path::new(&format!("/proc/{tgid}")))
+        .or_else(|| std::fs::canonicalize(path).ok())
         .and_then(|runs| Some(runs.file_name()?.to_string_lossy().into_owned()))
         .unwrap_or_else(|| String::from_utf8_lossy(comm).into_owned())
 }
