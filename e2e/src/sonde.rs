@@ -137,9 +137,20 @@ impl Agent {
         manifests: &Path,
         log_dir: &Path,
     ) -> Result<Agent> {
+        Agent::start_standalone_with(bins, manifests, log_dir, &[])
+    }
+
+    /// [`Agent::start_standalone`] with extra flags.
+    pub fn start_standalone_with(
+        bins: &SondeBinaries,
+        manifests: &Path,
+        log_dir: &Path,
+        flags: &[&str],
+    ) -> Result<Agent> {
         let port = free_port()?;
         let mut cmd = Command::new(&bins.agent);
-        cmd.arg("--manifests")
+        cmd.args(flags)
+            .arg("--manifests")
             .arg(manifests)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .env_remove("KUBECONFIG")

@@ -316,6 +316,47 @@ fn object<'a>(
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
 }
 
+/// `agent.shedWhenSaturated` reaches the agent's flags: by default it sheds over 1% of the node's
+/// CPUs; the values given are passed as they are.
+fn the_agent_sheds_on_saturated_nodes_as_the_chart_values_say(_: &Env) -> Result<()> {
+    let cases: [(&[&str], [&str; 2]); 2] = [
+        (
+            &[],
+            [
+                "--shed-when-saturated=true",
+                "--saturated-capture-percent=1",
+            ],
+        ),
+        (
+            &[
+                "--set",
+                "agent.shedWhenSaturated.enabled=false",
+                "--set",
+                "agent.shedWhenSaturated.budgetPercent=2.5",
+            ],
+            [
+                "--shed-when-saturated=false",
+                "--saturated-capture-percent=2.5",
+            ],
+        ),
+    ];
+    for (settings, flags) in cases {
+        let docs = helm::documents(&helm::template(settings)?)?;
+        let args = object(&docs, "DaemonSet", "sonde-agent")
+            .context("DaemonSet sonde-agent not rendered")?["spec"]["template"]["spec"]
+            ["containers"][0]["args"]
+            .clone();
+        for flag in flags {
+            ensure!(
+                args.as_array()
+                    .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(flag))),
+                "{settings:?}: the agent's args {args} lack {flag}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// With `agent.metricsAuthorization` (the default) the agent runs with `--metrics-auth=true` and
 /// the monitors send a token to the agents' `/metrics`: the ServiceMonitor Prometheus's own
 /// (bearerTokenFile), the PodMonitor, which cannot, the chart's scraper identity's; with it off,
@@ -806,6 +847,10 @@ fn main() -> ExitCode {
     scenarios.push(Scenario::new(
         "monitors_are_rendered_only_when_enabled",
         monitors_are_rendered_only_when_enabled,
+    ));
+    scenarios.push(Scenario::new(
+        "the_agent_sheds_on_saturated_nodes_as_the_chart_values_say",
+        the_agent_sheds_on_saturated_nodes_as_the_chart_values_say,
     ));
     scenarios.push(Scenario::new(
         "the_monitors_send_a_token_to_the_agents_only_with_metrics_authorization",

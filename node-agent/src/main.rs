@@ -11,6 +11,7 @@ use std::sync::Arc;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 use sonde_agent::http::{self, AppState, Authorizer, Mode, tls};
+use sonde_agent::probes::protocols::governor::Shedding;
 use sonde_agent::probes::{
     self, ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared,
     profiler::ProfilerShared, protocols::ProtocolsShared,
@@ -57,6 +58,16 @@ struct Cli {
     /// traffic (cumulative bytes, conn_close 0); closed connections always get their final row.
     #[arg(long, env = "SONDE_CONN_STATS_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     conn_stats_interval: std::time::Duration,
+    /// While the node's CPUs are saturated (95% busy or more), protocol tracing captures fewer
+    /// connections rather than take CPU from the workloads: every traced connection's bytes are
+    /// still counted, but only a share of them (`sonde_capture_connection_share`) is parsed, each
+    /// request seen counting for several in the RED histograms. False captures everything always.
+    #[arg(long, env = "SONDE_SHED_WHEN_SATURATED", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    shed_when_saturated: bool,
+    /// The CPU protocol capture may use on a saturated node before it sheds connections, in
+    /// percent of the node's CPUs (1 on a 2-CPU node: a fiftieth of a CPU).
+    #[arg(long, env = "SONDE_SATURATED_CAPTURE_PERCENT", value_name = "PERCENT", default_value_t = sonde_agent::probes::protocols::governor::DEFAULT_BUDGET_PERCENT, value_parser = parse_percent)]
+    saturated_capture_percent: f64,
     /// In a cluster, `/metrics` needs a bearer token of a user allowed to get the non-resource URL
     /// /metrics (checked with TokenReview and SubjectAccessReview, as Kubernetes' own components
     /// do); false leaves it open, for a Prometheus that cannot send a token. Standalone it is open.
@@ -80,6 +91,24 @@ struct Cli {
         requires = "tls_cert_file"
     )]
     tls_key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{value:?} is not a percentage: give a number from 0 to 100, such as 1 or 2.5")]
+struct PercentError {
+    value: String,
+}
+
+/// `--saturated-capture-percent`: a number from 0 to 100.
+fn parse_percent(value: &str) -> Result<f64, PercentError> {
+    value
+        .trim_end_matches('%')
+        .parse::<f64>()
+        .ok()
+        .filter(|p| (0.0..=100.0).contains(p))
+        .ok_or_else(|| PercentError {
+            value: value.to_owned(),
+        })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -265,10 +294,13 @@ async fn run(cli: Cli) -> Result<(), StartError> {
         node: node.clone(),
         tables: store.clone(),
         bpftrace,
-        protocols: Arc::new(ProtocolsShared::with_conn_stats_interval(
-            &mut registry,
-            cli.conn_stats_interval,
-        )),
+        protocols: Arc::new(
+            ProtocolsShared::with_conn_stats_interval(&mut registry, cli.conn_stats_interval)
+                .with_shedding(Shedding {
+                    enabled: cli.shed_when_saturated,
+                    budget_percent: cli.saturated_capture_percent,
+                }),
+        ),
         profiler: Arc::new(ProfilerShared::with_period(
             &mut registry,
             cli.profiler_period,

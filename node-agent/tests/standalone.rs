@@ -260,6 +260,21 @@ fn a_missing_manifests_directory_stops_the_agent_naming_it() {
 }
 
 #[test]
+fn a_capture_budget_beyond_a_hundred_percent_stops_the_agent_naming_the_flag_and_value() {
+    for bad in ["150", "-1", "lots"] {
+        let flag = format!("--saturated-capture-percent={bad}");
+        let (status, stderr) = run_to_exit(&["--manifests", "/tmp", &flag]);
+        assert!(status.is_some_and(|s| !s.success()), "{status:?}: {stderr}");
+        assert!(
+            stderr.contains("--saturated-capture-percent")
+                && stderr.contains(&format!("\"{bad}\" is not a percentage"))
+                && stderr.contains("from 0 to 100"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
 fn without_a_node_name_the_agent_points_at_standalone_mode() {
     let (status, stderr) = run_to_exit(&[]);
     assert!(status.is_some_and(|s| !s.success()), "{status:?}: {stderr}");

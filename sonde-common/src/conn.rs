@@ -105,8 +105,11 @@ pub const DROP_READ_FAILED: u32 = 5;
 /// Drop reason: the selected-tgid map was full when a selected process forked: the child is
 /// traced only once the agent selects it.
 pub const DROP_TGIDS_MAP_FULL: u32 = 6;
+/// Drop reason: the syscall's connection was shed — the node's CPUs were saturated and the agent
+/// over its share of them, so it captures fewer connections ([`SHED_SLOTS`]).
+pub const DROP_SHED: u32 = 7;
 /// Number of drop reasons (size of the drop counter array).
-pub const DROP_REASONS: u32 = 7;
+pub const DROP_REASONS: u32 = 8;
 
 /// Metric label of each drop reason, by index.
 pub const DROP_REASON_NAMES: [&str; DROP_REASONS as usize] = [
@@ -117,7 +120,21 @@ pub const DROP_REASON_NAMES: [&str; DROP_REASONS as usize] = [
     "unclassified_fd",
     "read_failed",
     "tgids_map_full",
+    "shed",
 ];
+
+/// Connections fall into this many slots ([`shed_slot`]); while the node is saturated the agent
+/// sheds the connections of the lowest N ([`names::SHED_MAP`]): their bytes are counted, not
+/// captured. A connection keeps its slot, so a shed one is shed whole, not every other syscall.
+pub const SHED_SLOTS: u32 = 64;
+
+/// The shedding slot of a connection: a multiplicative hash of its identity, so that the
+/// connections of one process (fds in sequence) spread over the slots.
+#[inline(always)]
+pub const fn shed_slot(tgid: u32, fd: u32, generation: u64) -> u32 {
+    let mixed = ((tgid as u64) << 32 | fd as u64) ^ generation.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    (mixed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as u32 & (SHED_SLOTS - 1)
+}
 
 /// Words of the selection prefilter ([`names::FILTER_MAP`]): a bitmap of [`FILTER_BITS`] bits with
 /// the bit of every selected tgid and cgroup id set ([`filter_bit_tgid`], [`filter_bit_cgroup`]).
@@ -466,6 +483,8 @@ pub mod names {
     pub const CONNS_MAP: &str = "CONN_CONNS";
     /// `PerCpuArray<u64>` of [`super::DROP_REASONS`] drop counters.
     pub const DROPS_MAP: &str = "CONN_DROPS";
+    /// `Array<u32>` of one: how many of the [`super::SHED_SLOTS`] slots are shed (0: none).
+    pub const SHED_MAP: &str = "CONN_SHED";
     /// Global `u32`: the agent's own tgid, never traced.
     pub const AGENT_TGID_GLOBAL: &str = "CONN_AGENT_TGID";
     /// Global `u32`: 1 traces every process (cluster-wide auto-telemetry).

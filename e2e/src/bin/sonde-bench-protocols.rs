@@ -9,7 +9,9 @@
 //!    Sonde attaches, for the worker only) / capture only (Sonde's kernel side for the worker, its
 //!    ring drained by a child of this binary that looks at nothing) / Sonde (standalone agent, HTTP
 //!    Tracepoint on nginx, measured after `--saturation-warmup` seconds of the same load have
-//!    filled `http_events`: the steady state), round k starting with the k-th of them (the VM's
+//!    filled `http_events`: the steady state; as it runs by default, shedding connections while
+//!    the CPUs are saturated) / Sonde capturing every connection (`--shed-when-saturated false`),
+//!    round k starting with the k-th of them (the VM's
 //!    drift within a round then falls on each in turn); throughput ratios against the untraced run of the same round, the
 //!    agent's CPU per request (its catching up after the run included), the share of wrk's
 //!    requests that became `http_events` rows and the syscalls dropped to a full ring. Capture
@@ -241,14 +243,19 @@ fn captured(proc: &Proc) -> Result<(u64, u64)> {
     }
 }
 
-async fn start_sonde(bins: &SondeBinaries, dir: &Path, logs: &Path) -> Result<Agent> {
+async fn start_sonde(
+    bins: &SondeBinaries,
+    dir: &Path,
+    logs: &Path,
+    flags: &[&str],
+) -> Result<Agent> {
     let manifests = dir.join("manifests");
     std::fs::create_dir_all(&manifests)?;
     std::fs::write(
         manifests.join("http.yaml"),
         "apiVersion: sonde.dev/v1alpha1\nkind: Tracepoint\nmetadata:\n  name: web\nspec:\n  process:\n    exe: '*/nginx'\n  probe:\n    protocols: [http]\n",
     )?;
-    let mut agent = Agent::start_standalone(bins, &manifests, logs)?;
+    let mut agent = Agent::start_standalone_with(bins, &manifests, logs, flags)?;
     agent.wait_healthy().await?;
     let url = format!("{}/v1/status", agent.url);
     sonde_e2e::wait::until_ok(
@@ -378,16 +385,22 @@ enum Setup {
     BareHooks,
     CaptureOnly,
     Sonde,
+    /// Sonde that never sheds connections.
+    SondeEvery,
 }
 
 impl Setup {
-    const ALL: [Setup; 4] = [
+    const ALL: [Setup; 5] = [
         Setup::Untraced,
         Setup::BareHooks,
         Setup::CaptureOnly,
         Setup::Sonde,
+        Setup::SondeEvery,
     ];
 }
+
+/// The agent flag of [`Setup::SondeEvery`].
+const NEVER_SHED: &[&str] = &["--shed-when-saturated", "false"];
 
 /// What a saturation run of Sonde measured.
 struct SondeRun {
@@ -398,6 +411,8 @@ struct SondeRun {
     recorded: f64,
     /// `ring_full` drops during the run.
     lost: u64,
+    /// Syscalls of shed connections during the run.
+    shed: u64,
 }
 
 /// A standalone agent tracing nginx on `port` while wrk saturates it for `seconds`, after
@@ -409,8 +424,9 @@ async fn saturated_sonde(
     port: u16,
     seconds: u64,
     warmup: u64,
+    flags: &[&str],
 ) -> Result<SondeRun> {
-    let mut agent = start_sonde(bins, dir, logs).await?;
+    let mut agent = start_sonde(bins, dir, logs, flags).await?;
     if warmup > 0 {
         // A fresh agent first fills `http_events` to its budget: the table's memory is faulted in
         // and its ring grows by doubling (copies included), a one-off of a long-running agent
@@ -422,10 +438,11 @@ async fn saturated_sonde(
             "http_events is not full after {warmup} s of warm-up: raise --saturation-warmup"
         );
     }
-    let (a0, rows0, lost0) = (
+    let (a0, rows0, lost0, shed0) = (
         run_seconds(agent.proc.pid()),
         http_rows(&agent).await?,
-        ring_full(&agent).await?,
+        dropped(&agent, "ring_full").await?,
+        dropped(&agent, "shed").await?,
     );
     let run = wrk_run(port, seconds)?;
     // The agent may be behind: let it catch up, and count that work too.
@@ -435,7 +452,8 @@ async fn saturated_sonde(
         rps: run.rps,
         agent_us: (run_seconds(agent.proc.pid()) - a0) * 1e6 / requests,
         recorded: (http_rows(&agent).await? - rows0) as f64 / requests,
-        lost: ring_full(&agent).await? - lost0,
+        lost: dropped(&agent, "ring_full").await? - lost0,
+        shed: dropped(&agent, "shed").await? - shed0,
     };
     agent.proc.stop(Duration::from_secs(10));
     Ok(sonde)
@@ -452,12 +470,13 @@ async fn metrics(agent: &Agent) -> Result<String> {
         .await?)
 }
 
-/// `sonde_events_dropped_total{reason="ring_full"}` of the agent.
-async fn ring_full(agent: &Agent) -> Result<u64> {
+/// `sonde_events_dropped_total{reason="<reason>"}` of the agent.
+async fn dropped(agent: &Agent, reason: &str) -> Result<u64> {
+    let series = format!("sonde_events_dropped_total{{reason=\"{reason}\"}} ");
     Ok(metrics(agent)
         .await?
         .lines()
-        .find_map(|l| l.strip_prefix("sonde_events_dropped_total{reason=\"ring_full\"} "))
+        .find_map(|l| l.strip_prefix(series.as_str()))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0))
 }
@@ -552,15 +571,15 @@ async fn main() -> Result<()> {
             cli.seconds, cli.rounds
         );
         println!(
-            "| round | untraced req/s | bare hooks req/s | capture only req/s | Sonde req/s | bare/untraced | capture/untraced | Sonde/untraced | capture records/req | agent CPU µs/req | Sonde's requests in http_events | syscalls dropped (ring_full) |"
+            "| round | untraced req/s | bare hooks req/s | capture only req/s | Sonde req/s | Sonde, every connection, req/s | bare/untraced | capture/untraced | Sonde/untraced | every connection/untraced | capture records/req | agent CPU µs/req (Sonde / every connection) | requests in http_events (Sonde / every connection) | syscalls shed (Sonde) | syscalls dropped, ring_full (Sonde / every connection) |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }
-    let (mut bare_ratios, mut capture_ratios, mut sonde_ratios) =
-        (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare_ratios, mut capture_ratios, mut sonde_ratios, mut every_ratios) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=cli.rounds {
         let (mut untraced, mut bare_rps, mut capture_rps) = (0.0, 0.0, 0.0);
-        let (mut records, mut sonde) = (0, None);
+        let (mut records, mut sonde, mut every) = (0, None, None);
         // Round k starts with the k-th setup: the VM's speed drifts within a round too, and a
         // fixed order would hand that drift to whichever setup always runs last.
         for setup in Setup::ALL
@@ -598,6 +617,21 @@ async fn main() -> Result<()> {
                             nginx.port,
                             cli.seconds,
                             cli.saturation_warmup,
+                            &[],
+                        )
+                        .await?,
+                    );
+                }
+                Setup::SondeEvery => {
+                    every = Some(
+                        saturated_sonde(
+                            &bins,
+                            dir.path(),
+                            &logs,
+                            nginx.port,
+                            cli.seconds,
+                            cli.saturation_warmup,
+                            NEVER_SHED,
                         )
                         .await?,
                     );
@@ -605,19 +639,26 @@ async fn main() -> Result<()> {
             }
         }
         let sonde = sonde.context("every round runs Sonde")?;
-        let sonde_rps = sonde.rps;
+        let every = every.context("every round runs Sonde capturing every connection")?;
+        let (sonde_rps, every_rps) = (sonde.rps, every.rps);
         bare_ratios.push(bare_rps / untraced);
         capture_ratios.push(capture_rps / untraced);
         sonde_ratios.push(sonde_rps / untraced);
+        every_ratios.push(every_rps / untraced);
         println!(
-            "| {round} | {untraced:.0} | {bare_rps:.0} | {capture_rps:.0} | {sonde_rps:.0} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} | {:.1}% | {} |",
+            "| {round} | {untraced:.0} | {bare_rps:.0} | {capture_rps:.0} | {sonde_rps:.0} | {every_rps:.0} | {:.3} | {:.3} | {:.3} | {:.3} | {:.2} | {:.2} / {:.2} | {:.1}% / {:.1}% | {} | {} / {} |",
             bare_rps / untraced,
             capture_rps / untraced,
             sonde_rps / untraced,
+            every_rps / untraced,
             records as f64 / (capture_rps * cli.seconds as f64),
             sonde.agent_us,
+            every.agent_us,
             sonde.recorded * 100.0,
+            every.recorded * 100.0,
+            sonde.shed,
             sonde.lost,
+            every.lost,
         );
     }
     if cli.rounds > 0 {
@@ -626,23 +667,33 @@ async fn main() -> Result<()> {
             a.iter().zip(b).map(|(a, b)| (a - b) * 100.0).collect()
         };
         let paired = |a: &[f64], b: &[f64]| -> f64 { median(differences(a, b)) };
-        let (sonde_bare, capture_bare, sonde_capture) = (
+        let (sonde_bare, capture_bare, sonde_capture, every_bare, every_capture) = (
             paired(&sonde_ratios, &bare_ratios),
             paired(&capture_ratios, &bare_ratios),
             paired(&sonde_ratios, &capture_ratios),
+            paired(&every_ratios, &bare_ratios),
+            paired(&every_ratios, &capture_ratios),
         );
+        let every_interval = median_interval(differences(&every_ratios, &bare_ratios));
         // Whether the goal (within 3 points of bare hooks) is decided by these rounds, or by the
         // VM's drift.
         let interval = median_interval(differences(&sonde_ratios, &bare_ratios));
-        let (b, c, s) = (
+        let (b, c, s, e) = (
             median(bare_ratios),
             median(capture_ratios),
             median(sonde_ratios),
+            median(every_ratios),
         );
         println!(
-            "median ratios: bare hooks {b:.3}, capture only {c:.3}, Sonde {s:.3}, Sonde − bare = {:+.1} points; median of the rounds' own differences {sonde_bare:+.1} points: capture only − bare {capture_bare:+.1}, Sonde − capture only {sonde_capture:+.1}",
+            "median ratios: bare hooks {b:.3}, capture only {c:.3}, Sonde {s:.3}, Sonde capturing every connection {e:.3}; Sonde − bare = {:+.1} points; median of the rounds' own differences {sonde_bare:+.1} points: capture only − bare {capture_bare:+.1}, Sonde − capture only {sonde_capture:+.1}; every connection − bare {every_bare:+.1}, every connection − capture only {every_capture:+.1}",
             (s - b) * 100.0,
         );
+        if let Some((low, high, coverage)) = every_interval {
+            println!(
+                "Sonde capturing every connection − bare, the rounds' own differences: their median lies in [{low:+.1}, {high:+.1}] points with {:.1}% confidence (sign test)",
+                coverage * 100.0
+            );
+        }
         match interval {
             Some((low, high, coverage)) => println!(
                 "Sonde − bare, the rounds' own differences: their median lies in [{low:+.1}, {high:+.1}] points with {:.1}% confidence (sign test)",
@@ -667,7 +718,7 @@ async fn main() -> Result<()> {
         cost_run(nginx.port, cli.rate, cli.fixed_seconds, nginx.worker).await?;
     bare.stop(Duration::from_secs(5));
 
-    let agent = start_sonde(&bins, dir.path(), &logs).await?;
+    let agent = start_sonde(&bins, dir.path(), &logs, &[]).await?;
     // Its CPU without traffic (timers, the /proc scans): a fixed cost, spread over the requests.
     const IDLE_SECONDS: u64 = 10;
     // Attaching (loading, the first /proc scans) is not the idle cost: let it settle first.

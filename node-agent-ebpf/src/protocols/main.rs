@@ -58,7 +58,7 @@ use formats::{CLONE_THREAD, NEWTASK_CLONE_FLAGS, NEWTASK_PID};
 use sonde_common::conn::{
     CLASSIFY_INET, CLASSIFY_UDP, CONN_IGNORE, CONN_PENDING, CONN_STATS_ONLY, CONN_TRACE, ClassifyEvent, CloseEvent, ConnInfo,
     ConnKey, DATA_CHUNK, DIR_EGRESS, DIR_INGRESS, DROP_ARGS_MAP_FULL, DROP_CONN_MAP_FULL,
-    DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_TGIDS_MAP_FULL, DROP_TRUNCATED,
+    DROP_READ_FAILED, DROP_REASONS, DROP_RING_FULL, DROP_SHED, DROP_TGIDS_MAP_FULL, DROP_TRUNCATED,
     DROP_UNCLASSIFIED, DataEvent, DataEventHeader, EVENT_CLASSIFY, EVENT_CLOSE, EVENT_DATA,
     COMM_BYTES, EVENT_EXEC, EVENT_FORK, EVENT_LOCAL, EVENT_OPEN, EVENT_PEER, EXEC_PATH_BYTES,
     EXEC_SELECTED,
@@ -66,7 +66,7 @@ use sonde_common::conn::{
     LocalEvent, MAX_CHUNKS_PER_SYSCALL, MAX_IOVECS, MAX_MMSGS, OPEN_DATAGRAM, OPEN_LOCAL_REPORTED,
     OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT, ROLE_SERVER,
     ROLE_UNKNOWN, SYS_RECVMMSG, SYS_SENDMMSG, SockOffsets, TAIL_BYTES, TAIL_GAP_CHUNK,
-    filter_bit_cgroup, filter_bit_tgid,
+    filter_bit_cgroup, filter_bit_tgid, shed_slot,
 };
 
 /// The agent's own tgid: never traced (its HTTP answers would feed back into its tables).
@@ -127,6 +127,9 @@ static CONN_SCRATCH: PerCpuArray<DataEvent> = PerCpuArray::with_max_entries(1, 0
 static CONN_GATHER: PerCpuArray<GatherEvent> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONN_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_REASONS, 0);
+/// One value: how many shedding slots the agent sheds (0 while the node has CPU to spare).
+#[map]
+static CONN_SHED: Array<u32> = Array::with_max_entries(1, 0);
 
 // x86-64 syscall numbers, carried in data events for diagnostics.
 const SYS_READ: u32 = 0;
@@ -324,6 +327,17 @@ fn count_drop(reason: u32) {
         // SAFETY: per-CPU slot of this CPU; programs do not migrate while they run.
         unsafe { *slot += 1 };
     }
+}
+
+/// Is this connection shed (its bytes counted, not captured)? Counted when it is.
+#[inline(always)]
+fn shed(key: &ConnKey, generation: u64) -> bool {
+    let shed = CONN_SHED.get(0).copied().unwrap_or(0);
+    if shed == 0 || shed_slot(key.tgid, key.fd, generation) >= shed {
+        return false;
+    }
+    count_drop(DROP_SHED);
+    true
 }
 
 /// Is `bit` set in the selection prefilter?
@@ -1102,6 +1116,9 @@ pub fn conn_exit_data(ctx: TracePointContext) -> u32 {
     if info.state != CONN_TRACE && info.state != CONN_PENDING {
         return 0;
     }
+    if shed(&key, info.generation) {
+        return 0;
+    }
     if ring_too_full() {
         count_drop(DROP_RING_FULL);
         return 0;
@@ -1316,6 +1333,9 @@ pub fn conn_exit_mmsg(ctx: TracePointContext) -> u32 {
         }
         let pos = advance(info, egress, len);
         if info.state != CONN_TRACE && info.state != CONN_PENDING {
+            continue;
+        }
+        if shed(&key, info.generation) {
             continue;
         }
         if ring_too_full() {

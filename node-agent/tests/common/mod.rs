@@ -15,6 +15,7 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use prometheus_client::registry::Registry;
+use sonde_agent::probes::protocols::governor::Shedding;
 use sonde_agent::probes::protocols::{ProtocolProbe, ProtocolsShared};
 use sonde_agent::probes::{
     ProbeContext, bpftrace::BpftraceShared, dynamic_log::DynamicLogShared, profiler::ProfilerShared,
@@ -146,8 +147,24 @@ pub fn pause_in(cgroup: &TestCgroup) -> Server {
     panic!("sleep did not enter {} within 60 s", cgroup.path.display());
 }
 
+/// Tests count rows exactly: their connections are never shed, however busy the machine running
+/// them is (`protocol_shedding.rs` tests shedding).
+const NEVER_SHED: Shedding = Shedding {
+    enabled: false,
+    budget_percent: 100.0,
+};
+
 pub fn context(store: &Store, registry: &mut Registry) -> ProbeContext {
-    let protocols = ProtocolsShared::new(registry);
+    context_shedding(store, registry, NEVER_SHED)
+}
+
+/// [`context`] whose protocol tracing sheds connections as `shedding` says.
+pub fn context_shedding(
+    store: &Store,
+    registry: &mut Registry,
+    shedding: Shedding,
+) -> ProbeContext {
+    let protocols = ProtocolsShared::new(registry).with_shedding(shedding);
     context_with(store, registry, protocols)
 }
 
@@ -157,7 +174,8 @@ pub fn context_with_conn_stats_every(
     registry: &mut Registry,
     every: Duration,
 ) -> ProbeContext {
-    let protocols = ProtocolsShared::with_conn_stats_interval(registry, every);
+    let protocols =
+        ProtocolsShared::with_conn_stats_interval(registry, every).with_shedding(NEVER_SHED);
     context_with(store, registry, protocols)
 }
 

@@ -10,7 +10,8 @@
 //! The thread runs at the workloads' priority. A `SCHED_IDLE` (or nice 19) thread that yields to
 //! them when the node is saturated was built and measured: with nginx under wrk on this project's
 //! 2-vCPU VMs it cost nginx *more* throughput than a normal thread (6 points, median of 4 rounds)
-//! and lost up to 15% of the requests to a full ring (BENCHMARKS.md), so it was not kept.
+//! and lost up to 15% of the requests to a full ring (BENCHMARKS.md), so it was not kept. On a
+//! saturated node the agent does less instead: [`super::governor`] sheds connections.
 use std::io;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -93,6 +94,7 @@ fn drain(rb: &mut RingBuf<MapData>, tracker: &mut Tracker) -> usize {
         handled += 1;
     }
     tracker.flush();
+    tracker.govern();
     handled
 }
 
@@ -139,7 +141,10 @@ async fn event_loop(mut tracker: Tracker, ring: RingBuf<MapData>, cancel: Cancel
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
-            _ = tick.tick() => tracker.tick(),
+            _ = tick.tick() => {
+                tracker.tick();
+                tracker.govern();
+            }
             () = &mut drain_timer => {
                 let handled = drain(ring.get_mut(), &mut tracker);
                 wait = next_wait(wait, handled);

@@ -74,6 +74,8 @@ pub struct LoopMaps {
     pub ring: RingBuf<MapData>,
     pub conns: BpfHashMap<MapData, ConnKey, ConnInfo>,
     pub drops: PerCpuArray<MapData, u64>,
+    /// How many shedding slots are shed (see [`super::governor`]).
+    pub shed: Array<MapData, u32>,
 }
 
 /// Loaded and attached programs with the filter maps.
@@ -187,6 +189,7 @@ impl Kernel {
             ring: take(&mut ebpf, names::EVENTS_MAP)?,
             conns: take(&mut ebpf, names::CONNS_MAP)?,
             drops: take(&mut ebpf, names::DROPS_MAP)?,
+            shed: take(&mut ebpf, names::SHED_MAP)?,
         };
         let kernel = Kernel {
             tgids: take(&mut ebpf, names::TGIDS_MAP)?,

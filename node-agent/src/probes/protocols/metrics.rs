@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use sonde_common::conn::DROP_REASON_NAMES;
@@ -122,6 +123,9 @@ pub struct ProtocolMetrics {
     /// Fds of traced processes the agent looked at because the kernel could not tell what they
     /// are (kernels without BTF: every fd not seen opened; else only when the kernel's walk failed).
     pub fd_lookups: Counter,
+    /// Share of connections whose bytes are captured (below 1 while shedding: see
+    /// [`super::governor`]).
+    pub capture_share: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub http_server: Histograms<HttpLabels>,
     pub http_client: Histograms<HttpLabels>,
     pub dns: Histograms<DnsLabels>,
@@ -137,6 +141,7 @@ impl Default for ProtocolMetrics {
             dropped: Family::default(),
             parse_errors: Family::default(),
             fd_lookups: Counter::default(),
+            capture_share: Gauge::default(),
             http_server: Family::new_with_constructor(histogram),
             http_client: Family::new_with_constructor(histogram),
             dns: Family::new_with_constructor(histogram),
@@ -223,7 +228,7 @@ impl ProtocolMetrics {
         }
         registry.register(
             "sonde_events_dropped",
-            "Capture events lost before parsing, by reason (ring_full, truncated for syscalls with bytes beyond the 16 KiB captured, whose rows are usually whole, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full; in the agent: decode_error, unrouted for bytes of a process without a route, addresses_unknown for rows written without the connection's addresses, and fd_gone for bytes of an fd not seen opened that was gone before anything could tell whether it was a socket)",
+            "Capture events lost before parsing, by reason (ring_full, truncated for syscalls with bytes beyond the 16 KiB captured, whose rows are usually whole, conn_map_full, args_map_full, unclassified_fd, read_failed, tgids_map_full, shed for syscalls of connections not captured while the node's CPUs were saturated; in the agent: decode_error, unrouted for bytes of a process without a route, addresses_unknown for rows written without the connection's addresses, and fd_gone for bytes of an fd not seen opened that was gone before anything could tell whether it was a socket)",
             m.dropped.clone(),
         );
         registry.register(
@@ -235,6 +240,12 @@ impl ProtocolMetrics {
             "sonde_protocol_fd_lookups",
             "File descriptors of traced processes the agent had to look at (pidfd_getfd) because the kernel could not tell what they are: on kernels without BTF every fd it did not see opened (sockets, files, pipes), else only those whose walk through the fd table failed",
             m.fd_lookups.clone(),
+        );
+        m.capture_share.set(1.0);
+        registry.register(
+            "sonde_capture_connection_share",
+            "Share of traced connections whose bytes are captured: 1, except while the node's CPUs are saturated and capturing takes more than its budget (--saturated-capture-percent); then each request seen counts for 1/share in the RED histograms, and the syscalls of the others count in sonde_events_dropped_total{reason=\"shed\"}",
+            m.capture_share.clone(),
         );
         registry.register(
             "http_server_request_duration_seconds",

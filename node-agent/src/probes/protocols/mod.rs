@@ -15,13 +15,15 @@
 //!
 //! Parts: [`kernel`] loads the eBPF side (`node-agent-ebpf/src/protocols`) and keeps its filter maps
 //! equal to [`routes`] (which process gets which protocols); [`drain`] empties the ring buffer on a
-//! thread of its own; [`events`] decodes the ring buffer;
+//! thread of its own; [`governor`] sheds connections while the node's CPUs are saturated;
+//! [`events`] decodes the ring buffer;
 //! [`sockets`] tells what an fd is; [`conn`] reassembles and parses one connection; [`tracker`] is
 //! the event loop's state; [`rows`] and [`metrics`] are its outputs. Parsers come from
 //! `sonde-protocols`.
 pub mod conn;
 pub mod drain;
 pub mod events;
+pub mod governor;
 pub mod kernel;
 pub mod metrics;
 pub mod routes;
@@ -41,6 +43,7 @@ use tokio::task::AbortHandle;
 use tracing::{error, info, info_span};
 
 use self::drain::DrainThread;
+use self::governor::{Governor, Shedding};
 use self::kernel::Kernel;
 use self::metrics::ProtocolMetrics;
 use self::routes::{ProbeRoutes, Routes};
@@ -89,6 +92,7 @@ pub struct ProtocolsShared {
     inner: Mutex<Inner>,
     cgroup_root: Option<PathBuf>,
     conn_stats_every: Duration,
+    shedding: Shedding,
 }
 
 impl std::fmt::Debug for ProtocolsShared {
@@ -111,7 +115,15 @@ impl ProtocolsShared {
             inner: Mutex::new(Inner::default()),
             cgroup_root: crate::targets::cgroup::cgroup2_mount(),
             conn_stats_every: every,
+            shedding: Shedding::default(),
         }
+    }
+
+    /// Whether and how connections are shed while the node's CPUs are saturated (see
+    /// [`governor`]); by default they are, over [`governor::DEFAULT_BUDGET_PERCENT`] of the node's CPUs.
+    pub fn with_shedding(mut self, shedding: Shedding) -> ProtocolsShared {
+        self.shedding = shedding;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -146,7 +158,12 @@ impl ProtocolsShared {
                 maps.conns,
                 maps.drops,
                 self.conn_stats_every,
-            );
+            )
+            .with_governor(Governor::new(
+                maps.shed,
+                self.shedding,
+                self.metrics.capture_share.clone(),
+            ));
             let drain = info_span!("protocols")
                 .in_scope(|| DrainThread::spawn(tracker, maps.ring))
                 .map_err(|e| {

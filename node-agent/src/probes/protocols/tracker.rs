@@ -13,13 +13,14 @@ use sonde_common::conn::{
     ClassifyEvent, CloseEvent, ConnInfo, ConnKey, DIR_EGRESS, DROP_REASON_NAMES, DROP_REASONS,
     DataEventHeader, EventHeader, ExecEvent, ForkEvent, LocalEvent, OPEN_DATAGRAM,
     OPEN_LOCAL_REPORTED, OPEN_SOCKET_READ, OPEN_UDP, OpenEvent, PeerAddr, PeerEvent, ROLE_CLIENT,
-    ROLE_SERVER, until_zero,
+    ROLE_SERVER, shed_slot, until_zero,
 };
 use sonde_protocols::{Direction, Record, Red, Role, Transport};
 use tracing::{debug, warn};
 
 use super::conn::{Conn, Evidence, Protocol};
 use super::events::{Event, decode};
+use super::governor::Governor;
 use super::metrics::{
     ADDRESSES_UNKNOWN, DECODE_ERROR, DbLabels, DnsLabels, DropLabels, FD_GONE, HttpLabels,
     ParseErrorLabels, ProtocolMetrics, RedLabels, TargetLabels, UNROUTED,
@@ -150,6 +151,8 @@ pub struct Tracker {
     /// Processes the last sweep found gone: the next one forgets them (see
     /// [`Tracker::sweep_exited`]).
     gone_before: HashSet<u32>,
+    /// Sheds connections while the node is saturated (None: every connection is captured).
+    governor: Option<Governor>,
 }
 
 impl Tracker {
@@ -181,6 +184,27 @@ impl Tracker {
             locals: HashMap::new(),
             kernel_routes: HashMap::new(),
             gone_before: HashSet::new(),
+            governor: None,
+        }
+    }
+
+    /// Lets `governor` shed connections while the node's CPUs are saturated.
+    pub fn with_governor(mut self, governor: Governor) -> Tracker {
+        self.governor = Some(governor);
+        self
+    }
+
+    /// Called by the event loop on the thread that parses: decides the share of connections
+    /// captured once per [`super::governor::WINDOW`].
+    pub fn govern(&mut self) {
+        let Some(governor) = &mut self.governor else {
+            return;
+        };
+        let before = governor.shed();
+        governor.step();
+        self.output.weight = governor.weight();
+        if governor.shed() > before {
+            mark_shed(&mut self.conns, governor.shed(), Clock::monotonic_now());
         }
     }
 
@@ -864,6 +888,17 @@ impl Tracker {
     }
 }
 
+/// The connections in the lowest `shed` slots are shed from `now_ns`: answers to their requests
+/// may come unseen, so a request left waiting is no timeout of the peer's (as after bytes lost to
+/// a full ring); the rest of the connection's bytes the kernel counts, and its close reports.
+fn mark_shed(conns: &mut FxHashMap<ConnKey, Conn>, shed: u32, now_ns: u64) {
+    for (key, conn) in conns {
+        if shed_slot(key.tgid, key.fd, conn.generation) < shed {
+            conn.answers_lost_ns = now_ns;
+        }
+    }
+}
+
 /// Whether `conn` gets periodic conn_stats rows: a traced socket (files, and fds whose bytes may
 /// still turn out to be a file's, get none).
 fn reports_stats(conn: &Conn) -> bool {
@@ -955,6 +990,8 @@ struct Output {
     clock: Clock,
     pending: PendingRows,
     series: FxHashMap<SeriesKey, (Arc<super::routes::Route>, Histogram)>,
+    /// How many requests each record stands for: more than 1 while connections are shed.
+    weight: u32,
 }
 
 impl Output {
@@ -964,6 +1001,7 @@ impl Output {
             clock: Clock::new(),
             pending: PendingRows::default(),
             series: FxHashMap::default(),
+            weight: 1,
         }
     }
 
@@ -1078,7 +1116,13 @@ impl Output {
                     status,
                     error,
                 };
-                self.histogram(route, key).observe(seconds);
+                let weight = self.weight;
+                let histogram = self.histogram(route, key);
+                // prometheus-client has no weighted observation; weights are at most
+                // SHED_SLOTS and only while most records are shed.
+                for _ in 0..weight {
+                    histogram.observe(seconds);
+                }
             }
             self.pending.record(kind, conn, record, &self.clock);
         }
@@ -1197,6 +1241,30 @@ mod tests {
             container: String::new(),
         };
         Conn::new(1, 3, 7, Some(Arc::new(route)))
+    }
+
+    #[test]
+    fn connections_shed_lose_their_answers_from_then_and_the_others_keep_theirs() {
+        use sonde_common::conn::SHED_SLOTS;
+        let mut conns: FxHashMap<ConnKey, Conn> = FxHashMap::default();
+        for fd in 3..40 {
+            let mut conn = traced_conn();
+            conn.fd = fd;
+            conns.insert(ConnKey { tgid: 1, fd }, conn);
+        }
+        let shed = SHED_SLOTS / 2;
+        mark_shed(&mut conns, shed, 5_000);
+        let (mut lost, mut kept) = (0, 0);
+        for (key, conn) in &conns {
+            if shed_slot(key.tgid, key.fd, conn.generation) < shed {
+                assert_eq!(conn.answers_lost_ns, 5_000);
+                lost += 1;
+            } else {
+                assert_eq!(conn.answers_lost_ns, 0);
+                kept += 1;
+            }
+        }
+        assert!(lost > 0 && kept > 0, "{lost} shed, {kept} kept");
     }
 
     #[test]
