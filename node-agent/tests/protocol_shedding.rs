@@ -51,6 +51,22 @@ fn get(port: u16, path: &str) -> String {
     answer.split("\r\n\r\n").nth(1).unwrap_or("").to_owned()
 }
 
+/// `n` requests to `prefix` + their number, each on a connection of its own, `pause` apart;
+/// checks nginx answered each.
+async fn requests(port: u16, prefix: &'static str, n: usize, pause: Duration) {
+    let bodies = tokio::task::spawn_blocking(move || {
+        (0..n)
+            .map(|i| {
+                std::thread::sleep(pause);
+                get(port, &format!("{prefix}{i}"))
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    assert!(bodies.iter().all(|b| b == "hello\n"), "nginx answered");
+}
+
 fn share(text: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix("sonde_capture_connection_share "))
@@ -129,14 +145,7 @@ async fn a_saturated_node_sheds_whole_connections_counted_and_weighed_and_takes_
     wait_until("one slot of connections kept", || {
         share(&metrics_text(&registry)) == least
     });
-    let bodies = tokio::task::spawn_blocking(move || {
-        (0..SATURATED_REQUESTS)
-            .map(|i| get(port, &format!("/saturated/{i}")))
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    assert!(bodies.iter().all(|b| b == "hello\n"), "nginx answered");
+    requests(port, "/saturated/", SATURATED_REQUESTS, Duration::ZERO).await;
     let saturated = settled_rows(&store, "/saturated/");
     let text = metrics_text(&registry);
     assert_eq!(share(&text), least, "still saturated: {text}");
@@ -167,18 +176,8 @@ async fn a_saturated_node_sheds_whole_connections_counted_and_weighed_and_takes_
         share(&metrics_text(&registry)) == 1.0
     });
     let before = metrics_text(&registry);
-    let bodies = tokio::task::spawn_blocking(move || {
-        (0..ROOM_REQUESTS)
-            .map(|i| {
-                // Paced: a machine with room stays so while they run.
-                std::thread::sleep(Duration::from_millis(30));
-                get(port, &format!("/room/{i}"))
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
-    assert!(bodies.iter().all(|b| b == "hello\n"), "nginx answered");
+    // Paced: a machine with room stays so while they run.
+    requests(port, "/room/", ROOM_REQUESTS, Duration::from_millis(30)).await;
     let room = settled_rows(&store, "/room/");
     let after = metrics_text(&registry);
     probe.stop().await;

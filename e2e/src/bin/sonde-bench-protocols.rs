@@ -608,33 +608,19 @@ async fn main() -> Result<()> {
                     );
                     records = drained;
                 }
-                Setup::Sonde => {
-                    sonde = Some(
-                        saturated_sonde(
-                            &bins,
-                            dir.path(),
-                            &logs,
-                            nginx.port,
-                            cli.seconds,
-                            cli.saturation_warmup,
-                            &[],
-                        )
-                        .await?,
-                    );
-                }
-                Setup::SondeEvery => {
-                    every = Some(
-                        saturated_sonde(
-                            &bins,
-                            dir.path(),
-                            &logs,
-                            nginx.port,
-                            cli.seconds,
-                            cli.saturation_warmup,
-                            NEVER_SHED,
-                        )
-                        .await?,
-                    );
+                Setup::Sonde | Setup::SondeEvery => {
+                    let shedding = matches!(setup, Setup::Sonde);
+                    let run = saturated_sonde(
+                        &bins,
+                        dir.path(),
+                        &logs,
+                        nginx.port,
+                        cli.seconds,
+                        cli.saturation_warmup,
+                        if shedding { &[] } else { NEVER_SHED },
+                    )
+                    .await?;
+                    *(if shedding { &mut sonde } else { &mut every }) = Some(run);
                 }
             }
         }

@@ -26,7 +26,7 @@ use aya::maps::{Array, MapData};
 use nix::time::{ClockId, clock_gettime};
 use prometheus_client::metrics::gauge::Gauge;
 use sonde_common::conn::SHED_SLOTS;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// How long the node's and the capture thread's CPU are measured before a decision.
 pub const WINDOW: Duration = Duration::from_millis(500);
@@ -261,20 +261,30 @@ impl Governor {
         if kept == self.kept {
             return;
         }
+        // Whole capture left or regained is news; the steps between, at most two a second, are not.
         if kept < self.kept {
-            info!(
-                "the node's CPUs are saturated ({:.0}% busy, tasks waiting for one {:.0}% of the time) and capturing took {:.0} millicores (budget {:.0}): capturing {kept} of {SHED_SLOTS} connections, each request seen counting for {}",
+            let message = format!(
+                "the node's CPUs are saturated ({:.0}% busy, tasks waiting for one {:.0}% of the time) and capturing took {:.0} millicores (budget {:.0}): capturing {kept} in {SHED_SLOTS} of the connections, each request seen counting for {}",
                 load.busy * 100.0,
                 load.waiting * 100.0,
                 used * 1000.0,
                 self.budget * 1000.0,
                 SHED_SLOTS / kept
             );
+            if self.kept == SHED_SLOTS {
+                info!("{message}");
+            } else {
+                debug!("{message}");
+            }
         } else if kept == SHED_SLOTS {
             info!(
                 "the node's CPUs have room ({:.0}% busy, tasks waiting for one {:.0}% of the time): capturing every connection again",
                 load.busy * 100.0,
                 load.waiting * 100.0
+            );
+        } else {
+            debug!(
+                "the node's CPUs have room: capturing {kept} in {SHED_SLOTS} of the connections"
             );
         }
         self.write(kept);
