@@ -58,10 +58,12 @@ struct Cli {
     /// traffic (cumulative bytes, conn_close 0); closed connections always get their final row.
     #[arg(long, env = "SONDE_CONN_STATS_INTERVAL", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     conn_stats_interval: std::time::Duration,
-    /// While the node's CPUs are saturated (95% busy or more), protocol tracing captures fewer
-    /// connections rather than take CPU from the workloads: every traced connection's bytes are
-    /// still counted, but only a share of them (`sonde_capture_connection_share`) is parsed, each
-    /// request seen counting for several in the RED histograms. False captures everything always.
+    /// While the node's CPUs are saturated (tasks waiting for a CPU 5% of the time or more, or
+    /// 95% busy) and capturing takes more than --saturated-capture-percent, protocol tracing
+    /// captures fewer connections rather than take CPU from the workloads: every traced
+    /// connection's bytes are still counted, but only a share of them
+    /// (`sonde_capture_connection_share`) is parsed, each request seen counting for several in the
+    /// RED histograms. False captures everything always.
     #[arg(long, env = "SONDE_SHED_WHEN_SATURATED", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     shed_when_saturated: bool,
     /// The CPU protocol capture may use on a saturated node before it sheds connections, in

@@ -438,22 +438,25 @@ async fn saturated_sonde(
             "http_events is not full after {warmup} s of warm-up: raise --saturation-warmup"
         );
     }
-    let (a0, rows0, lost0, shed0) = (
+    let (a0, rows0, (lost0, shed0)) = (
         run_seconds(agent.proc.pid()),
         http_rows(&agent).await?,
-        dropped(&agent, "ring_full").await?,
-        dropped(&agent, "shed").await?,
+        ring_full_and_shed(&agent).await?,
     );
     let run = wrk_run(port, seconds)?;
     // The agent may be behind: let it catch up, and count that work too.
     tokio::time::sleep(CATCH_UP).await;
     let requests = run.requests.max(1) as f64;
+    // Read before the queries below, whose answers are the agent's work too.
+    let agent_us = (run_seconds(agent.proc.pid()) - a0) * 1e6 / requests;
+    let recorded = (http_rows(&agent).await? - rows0) as f64 / requests;
+    let (lost, shed) = ring_full_and_shed(&agent).await?;
     let sonde = SondeRun {
         rps: run.rps,
-        agent_us: (run_seconds(agent.proc.pid()) - a0) * 1e6 / requests,
-        recorded: (http_rows(&agent).await? - rows0) as f64 / requests,
-        lost: dropped(&agent, "ring_full").await? - lost0,
-        shed: dropped(&agent, "shed").await? - shed0,
+        agent_us,
+        recorded,
+        lost: lost - lost0,
+        shed: shed - shed0,
     };
     agent.proc.stop(Duration::from_secs(10));
     Ok(sonde)
@@ -470,15 +473,17 @@ async fn metrics(agent: &Agent) -> Result<String> {
         .await?)
 }
 
-/// `sonde_events_dropped_total{reason="<reason>"}` of the agent.
-async fn dropped(agent: &Agent, reason: &str) -> Result<u64> {
-    let series = format!("sonde_events_dropped_total{{reason=\"{reason}\"}} ");
-    Ok(metrics(agent)
-        .await?
-        .lines()
-        .find_map(|l| l.strip_prefix(series.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
+/// `sonde_events_dropped_total` of the agent for reasons `ring_full` and `shed`.
+async fn ring_full_and_shed(agent: &Agent) -> Result<(u64, u64)> {
+    let text = metrics(agent).await?;
+    let dropped = |reason: &str| {
+        let series = format!("sonde_events_dropped_total{{reason=\"{reason}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((dropped("ring_full"), dropped("shed")))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -201,8 +201,9 @@ impl Mark {
 /// Decides, on the capture thread, the share of connections the kernel captures.
 pub struct Governor {
     map: Array<MapData, u32>,
-    settings: Shedding,
-    /// The budget in CPUs.
+    /// False: never sheds ([`Shedding::enabled`]).
+    enabled: bool,
+    /// The budget in CPUs ([`Shedding::budget_percent`] of the node's).
     budget: f64,
     kept: u32,
     mark: Option<Mark>,
@@ -216,11 +217,10 @@ impl Governor {
         settings: Shedding,
         share: Gauge<f64, std::sync::atomic::AtomicU64>,
     ) -> Governor {
-        share.set(1.0);
         let cpus = node_cpus().unwrap_or(1);
         let mut governor = Governor {
             map,
-            settings,
+            enabled: settings.enabled,
             budget: settings.budget_percent / 100.0 * f64::from(cpus),
             kept: SHED_SLOTS,
             mark: None,
@@ -242,7 +242,7 @@ impl Governor {
 
     /// Decides again if a window has passed since the last decision.
     pub fn step(&mut self) {
-        if !self.settings.enabled {
+        if !self.enabled {
             return;
         }
         let Some(mark) = &self.mark else {
